@@ -1,0 +1,352 @@
+//! Typed settings, layered: built-in defaults (`config/default.toml`, embedded in the
+//! binary) -> an optional file -> `REFERLOOP_<SECTION>__<KEY>` environment variables
+//! -> `DATABASE_URL`. Secrets are `SecretString`s: their `Debug` is redacted and
+//! `referloop config` prints them as "[redacted]".
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The defaults, one documented key each; also what the binary falls back to.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    /// `None` means "sandbox while no WhatsApp access token is set"; see [`Settings::sandbox`].
+    #[serde(rename = "sandbox")]
+    pub sandbox_setting: Option<bool>,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+    pub worker: WorkerSettings,
+    pub whatsapp: WhatsAppSettings,
+    pub hubspot: HubSpotSettings,
+    pub stripe: StripeSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub public_base_url: String,
+    pub request_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WorkerSettings {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub poll_interval_ms: u64,
+    pub lease_seconds: u64,
+    pub retry_schedule_seconds: Vec<u64>,
+    pub retry_jitter: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct WhatsAppSettings {
+    pub api_base: String,
+    pub api_version: String,
+    pub phone_number_id: String,
+    pub waba_id: String,
+    #[serde(default, serialize_with = "redact")]
+    pub access_token: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub app_secret: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub verify_token: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HubSpotSettings {
+    pub api_base: String,
+    #[serde(default, serialize_with = "redact")]
+    pub access_token: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub client_secret: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub webhook_api_key: Option<SecretString>,
+    pub webhook_api_key_header: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StripeSettings {
+    pub api_base: String,
+    #[serde(default, serialize_with = "redact")]
+    pub secret_key: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub webhook_secret: Option<SecretString>,
+}
+
+/// Configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+fn redact<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A configured secret, treating an empty string as "not configured".
+pub fn secret_value(secret: &Option<SecretString>) -> Option<&str> {
+    secret
+        .as_ref()
+        .map(|s| s.expose_secret())
+        .filter(|s| !s.is_empty())
+}
+
+impl Settings {
+    /// Loads the layers from the real environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Loads the layers with an explicit environment, so tests need not touch the process's.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let env: std::collections::HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("REFERLOOP_") || k == "DATABASE_URL")
+            .collect();
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("REFERLOOP")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("worker.retry_schedule_seconds")
+                .try_parsing(true)
+                .source(Some(env.clone())),
+        );
+        if let Some(url) = env.get("DATABASE_URL") {
+            builder = builder.set_override("database.url", url.as_str())?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
+        if let Err(e) = self.server.listen.parse::<SocketAddr>() {
+            return invalid(
+                "server.listen",
+                format!("`{}` is not host:port ({e})", self.server.listen),
+            );
+        }
+        match url::Url::parse(&self.server.public_base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return invalid(
+                    "server.public_base_url",
+                    format!("`{}` is not an http(s) URL", self.server.public_base_url),
+                )
+            }
+        }
+        if self.server.request_timeout_seconds == 0 {
+            return invalid(
+                "server.request_timeout_seconds",
+                "must be at least 1".into(),
+            );
+        }
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
+        {
+            return invalid(
+                "database.url",
+                "must start with sqlite: or postgres://".into(),
+            );
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".into());
+        }
+        if self.worker.concurrency == 0 {
+            return invalid("worker.concurrency", "must be at least 1".into());
+        }
+        if self.worker.lease_seconds == 0 {
+            return invalid("worker.lease_seconds", "must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.worker.retry_jitter) {
+            return invalid("worker.retry_jitter", "must be in [0, 1)".into());
+        }
+        for (key, value) in [
+            ("whatsapp.api_base", &self.whatsapp.api_base),
+            ("hubspot.api_base", &self.hubspot.api_base),
+            ("stripe.api_base", &self.stripe.api_base),
+        ] {
+            if url::Url::parse(value).is_err() {
+                return invalid(key, format!("`{value}` is not a URL"));
+            }
+        }
+        if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
+            return invalid(
+                "hubspot.webhook_api_key_header",
+                "is not a valid header name".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sandbox unless explicitly turned off, or on by default while no access token is set.
+    pub fn sandbox(&self) -> bool {
+        self.sandbox_setting
+            .unwrap_or_else(|| secret_value(&self.whatsapp.access_token).is_none())
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut value =
+            toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        if let toml::Value::Table(table) = &mut value {
+            table.insert("sandbox".into(), toml::Value::Boolean(self.sandbox()));
+        }
+        value.to_string()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let s = Settings::load_from(None, env(&[])).expect("defaults load");
+        assert_eq!(s.server.listen, "127.0.0.1:8080");
+        assert_eq!(s.database.url, "sqlite://referloop.db");
+        assert!(s.sandbox(), "sandbox while no access token");
+        assert!(s.whatsapp.app_secret.is_none());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("referloop.toml");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"0.0.0.0:9000\"\n[database]\nmax_connections = 3\n[whatsapp]\nverify_token = \"from-file\"\n",
+        )
+        .expect("write");
+        let s = Settings::load_from(
+            Some(&path),
+            env(&[
+                ("REFERLOOP_DATABASE__MAX_CONNECTIONS", "7"),
+                ("REFERLOOP_WHATSAPP__APP_SECRET", "s3cret"),
+                ("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "1,2,3"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.server.listen, "0.0.0.0:9000");
+        assert_eq!(s.database.max_connections, 7);
+        assert_eq!(secret_value(&s.whatsapp.app_secret), Some("s3cret"));
+        assert_eq!(secret_value(&s.whatsapp.verify_token), Some("from-file"));
+        assert_eq!(s.worker.retry_schedule_seconds, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn database_url_wins_over_everything() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REFERLOOP_DATABASE__URL", "sqlite://a.db"),
+                ("DATABASE_URL", "postgres://root@127.0.0.1/test"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.database.url, "postgres://root@127.0.0.1/test");
+    }
+
+    #[test]
+    fn access_token_turns_sandbox_off_unless_forced() {
+        let s = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB")]))
+            .expect("load");
+        assert!(!s.sandbox());
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB"),
+                ("REFERLOOP_SANDBOX", "true"),
+            ]),
+        )
+        .expect("load");
+        assert!(s.sandbox());
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = Settings::load_from(None, env(&[("REFERLOOP_SERVER__LISTEN", "nowhere")]))
+            .expect_err("invalid listen");
+        assert!(err.to_string().contains("server.listen"), "{err}");
+        let err = Settings::load_from(
+            None,
+            env(&[("REFERLOOP_DATABASE__MAX_CONNECTIONS", "many")]),
+        )
+        .expect_err("invalid number");
+        assert!(err.to_string().contains("max_connections"), "{err}");
+        let err = Settings::load_from(None, env(&[("REFERLOOP_LOG__FORMAT", "xml")]))
+            .expect_err("bad enum");
+        assert!(err.to_string().contains("format"), "{err}");
+    }
+
+    #[test]
+    fn printed_configuration_redacts_secrets() {
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REFERLOOP_WHATSAPP__APP_SECRET", "topsecret-app"),
+                ("REFERLOOP_STRIPE__WEBHOOK_SECRET", "whsec_topsecret"),
+            ]),
+        )
+        .expect("load");
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("topsecret"), "{printed}");
+        assert!(printed.contains("[redacted]"));
+        assert!(!format!("{s:?}").contains("topsecret"));
+    }
+}

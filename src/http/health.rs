@@ -1,0 +1,46 @@
+//! Liveness, readiness and metrics.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+
+use super::AppState;
+use crate::store::Queue;
+
+/// The process answers.
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The database answers and its migrations are applied.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.store.readiness().await {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(reason) => {
+            tracing::warn!(%reason, "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, reason)
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    for (queue, name) in [(Queue::Inbox, "inbox"), (Queue::Jobs, "jobs")] {
+        match state.store.count_by_state(queue).await {
+            Ok(counts) => {
+                for (queue_state, n) in counts {
+                    state.metrics.set_queue_items(name, queue_state.as_str(), n);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, queue = name, "could not count queue items for metrics")
+            }
+        }
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}

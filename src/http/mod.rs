@@ -1,0 +1,99 @@
+//! The HTTP layer: routes, the shared state, and the middleware every request passes
+//! through (request id, tracing span, timeout, metrics).
+
+mod error;
+mod health;
+mod webhooks;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
+use crate::store::Store;
+
+pub use error::ApiError;
+
+/// Meta batches up to 1,000 updates and 3 MB in one POST.
+pub const WHATSAPP_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// HubSpot and Stripe send one record or event per request.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let timeout = state.settings.request_timeout();
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route(
+            "/webhooks/whatsapp",
+            get(webhooks::whatsapp_verify)
+                .post(webhooks::whatsapp_receive)
+                .layer(DefaultBodyLimit::max(WHATSAPP_BODY_LIMIT)),
+        )
+        .route(
+            "/webhooks/hubspot",
+            post(webhooks::hubspot_receive).layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT)),
+        )
+        .route(
+            "/webhooks/stripe",
+            post(webhooks::stripe_receive).layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT)),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), track_request))
+        .with_state(state)
+        // Layers run bottom-up for requests: the id is set first, so the span and every
+        // log line inside it carry it, and it is echoed on the response.
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", request_id, method = %request.method(), path = request.uri().path())
+        }))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Counts every routed request by route template and status, and records its latency.
+async fn track_request(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let labels = RequestLabels {
+        route: route.clone(),
+        method,
+        status: response.status().as_u16(),
+    };
+    state.metrics.http_requests.get_or_create(&labels).inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

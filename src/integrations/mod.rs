@@ -1,0 +1,91 @@
+//! Clients for the outside APIs (WhatsApp Cloud API, HubSpot, Stripe) share one
+//! transport. In sandbox mode it makes no network call: each request that would have been
+//! made is recorded in full in the database (`referloop outbound list`) and logged.
+
+use std::time::Duration;
+
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundRequest {
+    pub method: reqwest::Method,
+    pub url: String,
+    /// Sent, never recorded or logged: they carry credentials.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// The job this call belongs to, for the sandbox record.
+    pub job_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutboundResponse {
+    /// Sandbox: recorded as outbound call `call_id`, not sent.
+    Recorded { call_id: i64 },
+    Sent {
+        status: u16,
+        retry_after: Option<String>,
+        body: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("recording the sandboxed call: {0}")]
+    Store(#[from] StoreError),
+    #[error("network: {0}")]
+    Network(#[from] reqwest::Error),
+}
+
+#[derive(Clone)]
+pub enum Outbound {
+    Sandbox(Store),
+    Live(reqwest::Client),
+}
+
+impl Outbound {
+    pub fn new(sandbox: bool, store: Store) -> Result<Outbound, reqwest::Error> {
+        if sandbox {
+            return Ok(Outbound::Sandbox(store));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Outbound::Live(client))
+    }
+
+    pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
+        match self {
+            Outbound::Sandbox(store) => {
+                let method = request.method.as_str();
+                let call_id = store
+                    .record_outbound_call(request.job_id, method, &request.url, &request.body)
+                    .await?;
+                // The body may hold phone numbers: it is in the database, not the log.
+                tracing::info!(call_id, method, url = %request.url, bytes = request.body.len(), "sandbox: outbound call recorded, not sent (see `referloop outbound list`)");
+                Ok(OutboundResponse::Recorded { call_id })
+            }
+            Outbound::Live(client) => {
+                let mut builder = client
+                    .request(request.method, &request.url)
+                    .body(request.body);
+                for (name, value) in &request.headers {
+                    builder = builder.header(name, value);
+                }
+                let response = builder.send().await?;
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = response.text().await?;
+                Ok(OutboundResponse::Sent {
+                    status,
+                    retry_after,
+                    body,
+                })
+            }
+        }
+    }
+}

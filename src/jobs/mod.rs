@@ -1,0 +1,214 @@
+//! The background worker: claims inbox events and jobs from the database, dispatches
+//! them by kind, and records the outcome. Separate from HTTP; any number of replicas may
+//! run it against one PostgreSQL database.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::WorkerSettings;
+use crate::domain::retry::{RetryDecision, RetrySchedule};
+use crate::metrics::Metrics;
+use crate::store::{duration_ms, now_ms, ClaimedItem, Queue, Store, StoreError};
+
+/// What a handler made of an item.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerOutcome {
+    /// Finished; the note is kept on the item.
+    Done { note: Option<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another attempt (a timeout, a 5xx, a rate limit).
+    #[error("{0}")]
+    Retryable(String),
+    /// Another attempt would fail the same way; the item is marked dead at once.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    store: Store,
+    metrics: Arc<Metrics>,
+    schedule: RetrySchedule,
+    settings: WorkerSettings,
+    owner: String,
+}
+
+impl Worker {
+    pub fn new(store: Store, metrics: Arc<Metrics>, settings: WorkerSettings) -> Self {
+        let schedule =
+            RetrySchedule::from_seconds(&settings.retry_schedule_seconds, settings.retry_jitter);
+        let owner = format!(
+            "worker-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        Worker {
+            store,
+            metrics,
+            schedule,
+            settings,
+            owner,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs `concurrency` loops until `shutdown` turns true; an item in hand is finished first.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        let mut loops = JoinSet::new();
+        for _ in 0..self.settings.concurrency {
+            let worker = self.clone();
+            let shutdown = shutdown.clone();
+            loops.spawn(async move { worker.run_loop(shutdown).await });
+        }
+        while loops.join_next().await.is_some() {}
+        tracing::info!(owner = %self.owner, "worker stopped");
+    }
+
+    async fn run_loop(&self, mut shutdown: watch::Receiver<bool>) {
+        let idle = Duration::from_millis(self.settings.poll_interval_ms);
+        while !*shutdown.borrow() {
+            let worked = match self.work_once().await {
+                Ok(worked) => worked,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker could not reach the database");
+                    false
+                }
+            };
+            if worked {
+                continue;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(idle) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Claims and handles one item, inbox first. False when nothing was due.
+    pub async fn work_once(&self) -> Result<bool, StoreError> {
+        for queue in [Queue::Inbox, Queue::Jobs] {
+            let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+            if let Some(item) = self.store.claim(queue, &self.owner, lease).await? {
+                self.handle(item).await?;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn handle(&self, item: ClaimedItem) -> Result<(), StoreError> {
+        let queue = queue_name(item.queue);
+        let span = tracing::info_span!("work", queue, id = item.id, kind = %item.kind, attempt = item.attempts);
+        let _entered = span.enter();
+        if item.attempts > item.max_attempts {
+            // Its last attempt's worker vanished (the lease lapsed): nothing left to try.
+            tracing::error!("attempts exhausted after a lapsed lease; marking dead");
+            self.store
+                .fail(
+                    item.queue,
+                    item.id,
+                    &self.owner,
+                    "attempts exhausted (lease lapsed)",
+                    None,
+                )
+                .await?;
+            self.metrics.worker_outcome(queue, "dead");
+            return Ok(());
+        }
+        let outcome = match item.queue {
+            Queue::Inbox => handle_inbox_event(&item),
+            Queue::Jobs => handle_job(&item),
+        };
+        match outcome {
+            Ok(HandlerOutcome::Done { note }) => {
+                if !self
+                    .store
+                    .complete(item.queue, item.id, &self.owner, note.as_deref())
+                    .await?
+                {
+                    tracing::warn!(
+                        "lease lost before completion; another worker owns the item now"
+                    );
+                }
+                self.metrics.worker_outcome(queue, "done");
+            }
+            Err(error) => self.record_failure(&item, &error).await?,
+        }
+        Ok(())
+    }
+
+    async fn record_failure(
+        &self,
+        item: &ClaimedItem,
+        error: &HandlerError,
+    ) -> Result<(), StoreError> {
+        let queue = queue_name(item.queue);
+        let decision = match error {
+            HandlerError::Permanent(_) => RetryDecision::GiveUp,
+            HandlerError::Retryable(_) => self.schedule.after_failure(
+                item.attempts,
+                item.max_attempts,
+                rand::thread_rng().gen(),
+            ),
+        };
+        let message = error.to_string();
+        match decision {
+            RetryDecision::RetryAfter(delay) => {
+                tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
+                self.store
+                    .fail(
+                        item.queue,
+                        item.id,
+                        &self.owner,
+                        &message,
+                        Some(now_ms() + duration_ms(delay)),
+                    )
+                    .await?;
+                self.metrics.worker_outcome(queue, "retry");
+            }
+            RetryDecision::GiveUp => {
+                tracing::error!(error = %message, "giving up; item is dead (see `referloop {queue} list --state dead`)");
+                self.store
+                    .fail(item.queue, item.id, &self.owner, &message, None)
+                    .await?;
+                self.metrics.worker_outcome(queue, "dead");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn queue_name(queue: Queue) -> &'static str {
+    match queue {
+        Queue::Inbox => "inbox",
+        Queue::Jobs => "jobs",
+    }
+}
+
+/// Inbox events are acknowledged and kept; the referral lifecycle gives them meaning.
+/// Until a kind has a handler it is recorded as seen, not lost.
+fn handle_inbox_event(item: &ClaimedItem) -> Result<HandlerOutcome, HandlerError> {
+    tracing::info!("no handler for this event kind yet; marked processed");
+    Ok(HandlerOutcome::Done {
+        note: Some(format!("unhandled kind: {}", item.kind)),
+    })
+}
+
+/// Jobs are only created by code that also handles them; an unknown kind is a bug
+/// (or a newer replica's job), so it goes straight to dead, visible and re-drivable.
+fn handle_job(item: &ClaimedItem) -> Result<HandlerOutcome, HandlerError> {
+    Err(HandlerError::Permanent(format!(
+        "no handler for job kind `{}`",
+        item.kind
+    )))
+}

@@ -1,0 +1,14 @@
+//! referloop: turns a customer's happy moment into a two-sided referral over WhatsApp,
+//! tracked in HubSpot. `main.rs` only calls [`cli::run`].
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod integrations;
+pub mod jobs;
+pub mod metrics;
+pub mod signatures;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,155 @@
+//! Prometheus metrics: HTTP requests by route and status with a latency histogram,
+//! webhook rejections by reason, stored events, worker outcomes, and queue sizes by
+//! state (read from the database at scrape time, so every replica reports the truth).
+
+use prometheus_client::encoding::{text::encode, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub method: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub queue: String,
+    pub outcome: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub http_duration: HistogramFamily,
+    pub webhook_rejections: Family<RejectionLabels, Counter>,
+    pub webhook_events_stored: Family<SourceLabels, Counter>,
+    pub queue_items: Family<QueueLabels, Gauge>,
+    pub worker_outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("referloop");
+        let http_requests = Family::<RequestLabels, Counter>::default();
+        let http_duration =
+            HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let webhook_rejections = Family::<RejectionLabels, Counter>::default();
+        let webhook_events_stored = Family::<SourceLabels, Counter>::default();
+        let queue_items = Family::<QueueLabels, Gauge>::default();
+        let worker_outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            http_duration.clone(),
+        );
+        registry.register(
+            "webhook_rejections",
+            "Webhook requests refused, by source and reason",
+            webhook_rejections.clone(),
+        );
+        registry.register(
+            "webhook_events_stored",
+            "New webhook events stored in the inbox",
+            webhook_events_stored.clone(),
+        );
+        registry.register(
+            "queue_items",
+            "Inbox events and jobs by state",
+            queue_items.clone(),
+        );
+        registry.register(
+            "worker_outcomes",
+            "Items the worker finished, by outcome",
+            worker_outcomes.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            webhook_rejections,
+            webhook_events_stored,
+            queue_items,
+            worker_outcomes,
+        }
+    }
+
+    pub fn reject(&self, source: &str, reason: &str) {
+        self.webhook_rejections
+            .get_or_create(&RejectionLabels {
+                source: source.into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    pub fn worker_outcome(&self, queue: &str, outcome: &str) {
+        self.worker_outcomes
+            .get_or_create(&OutcomeLabels {
+                queue: queue.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn set_queue_items(&self, queue: &str, state: &str, n: i64) {
+        self.queue_items
+            .get_or_create(&QueueLabels {
+                queue: queue.into(),
+                state: state.into(),
+            })
+            .set(n);
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

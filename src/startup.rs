@@ -1,0 +1,115 @@
+//! Builds the application from settings: store (migrated), HTTP router, worker. Tests
+//! build it on port 0 with a fresh database and talk to it over real HTTP.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::jobs::Worker;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    worker: Option<Worker>,
+}
+
+impl Application {
+    /// Connects to and migrates the database and binds the listener; nothing runs yet.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = Store::connect(&settings.database.url, settings.database.max_connections)
+            .await
+            .context("connecting to the database (database.url)")?;
+        store.migrate().await.context("applying migrations")?;
+        let listener = TcpListener::bind(&settings.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen = {}", settings.server.listen))?;
+        let metrics = Arc::new(Metrics::new());
+        let worker = settings
+            .worker
+            .enabled
+            .then(|| Worker::new(store.clone(), metrics.clone(), settings.worker.clone()));
+        let state = AppState {
+            store,
+            settings: Arc::new(settings),
+            metrics,
+        };
+        Ok(Application {
+            listener,
+            state,
+            worker,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` completes: stops accepting, finishes in-flight requests,
+    /// then lets the worker finish the item in hand.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let settings = self.state.settings.clone();
+        tracing::info!(
+            listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            sandbox = settings.sandbox(),
+            backend = ?self.state.store.backend(),
+            "referloop serving"
+        );
+        let (stop_worker, worker_stopped) = watch::channel(false);
+        let worker = self.worker.map(|w| tokio::spawn(w.run(worker_stopped)));
+        let store = self.state.store.clone();
+        let app = http::router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        tracing::info!("HTTP server stopped; stopping worker");
+        let _ = stop_worker.send(true);
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        store.close().await;
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sigterm) => {
+                sigterm.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing in-flight work");
+}

@@ -1,0 +1,76 @@
+//! The inbox: every webhook event we acknowledged, unique per (source, dedupe key).
+
+use super::{now_ms, Store, StoreError};
+use crate::domain::inbound::NewInboxEvent;
+
+/// Rows per INSERT: 6 binds each keeps a statement well under both backends' bind limits.
+const INSERT_CHUNK: usize = 500;
+
+/// A multi-row INSERT with numbered placeholders (`$n` works on both backends, where
+/// sqlx's `Any` query builder would emit `?`, which PostgreSQL rejects).
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO inbox_events (source, dedupe_key, kind, payload, max_attempts, run_at, received_at, state) VALUES ",
+    );
+    for row in 0..rows {
+        let p = row * 6;
+        if row > 0 {
+            sql.push_str(", ");
+        }
+        // run_at and received_at are both "now" (the sixth bind).
+        sql.push_str(&format!(
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'queued')",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 6
+        ));
+    }
+    sql.push_str(" ON CONFLICT (source, dedupe_key) DO NOTHING");
+    sql
+}
+
+impl Store {
+    /// Stores a webhook's events in one transaction; redelivered events are skipped by
+    /// the unique key. Returns how many were new. The caller acknowledges only after this.
+    pub async fn insert_inbox_events(
+        &self,
+        events: &[NewInboxEvent],
+        max_attempts: i64,
+    ) -> Result<u64, StoreError> {
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let mut inserted = 0;
+        for chunk in events.chunks(INSERT_CHUNK) {
+            let sql = insert_sql(chunk.len());
+            let mut insert = sqlx::query(&sql);
+            for event in chunk {
+                insert = insert
+                    .bind(event.source.as_str())
+                    .bind(event.dedupe_key.as_str())
+                    .bind(event.kind.as_str())
+                    .bind(event.payload.as_str())
+                    .bind(max_attempts)
+                    .bind(now);
+            }
+            inserted += insert.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Total events stored from one source (the load generator's check).
+    pub async fn count_inbox_events(&self, source: &str) -> Result<i64, StoreError> {
+        let n = sqlx::query_scalar("SELECT COUNT(*) FROM inbox_events WHERE source = $1")
+            .bind(source)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+}

@@ -1,0 +1,262 @@
+//! The claim/lease/retry mechanics shared by the inbox and the job queue.
+//!
+//! A worker claims one due item by setting `state = 'running'` and a lease in a single
+//! UPDATE (on PostgreSQL the candidate row is locked with `FOR UPDATE SKIP LOCKED`, so
+//! replicas never claim the same item; SQLite's single writer serialises the statement).
+//! The transaction commits before any outside call. An item whose lease lapses (its worker
+//! crashed) is due again. Outcomes are recorded only by the lease owner.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{now_ms, Backend, Store, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    Inbox,
+    Jobs,
+}
+
+impl Queue {
+    fn table(self) -> &'static str {
+        match self {
+            Queue::Inbox => "inbox_events",
+            Queue::Jobs => "jobs",
+        }
+    }
+
+    /// The column that identifies an item to the outside world, and when it was created.
+    fn key_and_created_columns(self) -> (&'static str, &'static str) {
+        match self {
+            Queue::Inbox => ("source || ':' || dedupe_key", "received_at"),
+            Queue::Jobs => ("idempotency_key", "created_at"),
+        }
+    }
+}
+
+/// `queued` → `running` → `done`; a failure goes to `failed` (due again at `run_at`) or,
+/// with no attempts left, `dead` (kept, visible, re-drivable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Dead,
+}
+
+impl QueueState {
+    pub const ALL: [QueueState; 5] = [
+        QueueState::Queued,
+        QueueState::Running,
+        QueueState::Done,
+        QueueState::Failed,
+        QueueState::Dead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueState::Queued => "queued",
+            QueueState::Running => "running",
+            QueueState::Done => "done",
+            QueueState::Failed => "failed",
+            QueueState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<QueueState> {
+        QueueState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+    }
+}
+
+/// An item a worker holds the lease on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedItem {
+    pub queue: Queue,
+    pub id: i64,
+    pub kind: String,
+    pub payload: String,
+    /// Attempts including this one.
+    pub attempts: i64,
+    pub max_attempts: i64,
+}
+
+/// An item as listed by `referloop inbox list` / `jobs list`.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct QueueRow {
+    pub id: i64,
+    pub kind: String,
+    pub key: String,
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub run_at: i64,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub note: Option<String>,
+}
+
+impl Store {
+    /// Claims the next due item for `owner` until `now + lease_ms`.
+    pub async fn claim(
+        &self,
+        queue: Queue,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedItem>, StoreError> {
+        let now = now_ms();
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let table = queue.table();
+        let sql = format!(
+            "UPDATE {table} SET state = 'running', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
+             WHERE id = (SELECT id FROM {table} \
+                 WHERE (state IN ('queued', 'failed') AND run_at <= $3) OR (state = 'running' AND lease_until < $3) \
+                 ORDER BY run_at, id LIMIT 1 {lock}) \
+             RETURNING id, kind, payload, attempts, max_attempts"
+        );
+        let row = sqlx::query(&sql)
+            .bind(now + lease_ms)
+            .bind(owner)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(ClaimedItem {
+            queue,
+            id: row.try_get("id")?,
+            kind: row.try_get("kind")?,
+            payload: row.try_get("payload")?,
+            attempts: row.try_get("attempts")?,
+            max_attempts: row.try_get("max_attempts")?,
+        }))
+    }
+
+    /// Marks the item done. False when `owner` no longer holds the lease.
+    pub async fn complete(
+        &self,
+        queue: Queue,
+        id: i64,
+        owner: &str,
+        note: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET state = 'done', finished_at = $1, lease_until = NULL, note = $2 \
+             WHERE id = $3 AND state = 'running' AND lease_owner = $4",
+            queue.table()
+        );
+        let done = sqlx::query(&sql)
+            .bind(now_ms())
+            .bind(note)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Records a failed attempt: due again at `retry_at`, or dead when `None`.
+    pub async fn fail(
+        &self,
+        queue: Queue,
+        id: i64,
+        owner: &str,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        let (state, run_at, finished_at) = match retry_at {
+            Some(at) => ("failed", Some(at), None),
+            None => ("dead", None, Some(now_ms())),
+        };
+        let sql = format!(
+            "UPDATE {} SET state = $1, run_at = COALESCE($2, run_at), finished_at = $3, last_error = $4, \
+             lease_until = NULL WHERE id = $5 AND state = 'running' AND lease_owner = $6",
+            queue.table()
+        );
+        let failed = sqlx::query(&sql)
+            .bind(state)
+            .bind(run_at)
+            .bind(finished_at)
+            .bind(error)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(failed.rows_affected() == 1)
+    }
+
+    /// Gives the lease back without counting the attempt (used on shutdown).
+    pub async fn release(&self, queue: Queue, id: i64, owner: &str) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET state = 'queued', attempts = attempts - 1, lease_until = NULL, lease_owner = NULL \
+             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
+            queue.table()
+        );
+        let released = sqlx::query(&sql)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(released.rows_affected() == 1)
+    }
+
+    /// Re-queues a dead item with a fresh set of attempts. False when it is not dead.
+    pub async fn retry_dead(&self, queue: Queue, id: i64) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET state = 'queued', attempts = 0, run_at = $1, finished_at = NULL, lease_until = NULL \
+             WHERE id = $2 AND state = 'dead'",
+            queue.table()
+        );
+        let retried = sqlx::query(&sql)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(retried.rows_affected() == 1)
+    }
+
+    /// Item counts by state, every state present (zero when empty).
+    pub async fn count_by_state(&self, queue: Queue) -> Result<Vec<(QueueState, i64)>, StoreError> {
+        let sql = format!(
+            "SELECT state, COUNT(*) AS n FROM {} GROUP BY state",
+            queue.table()
+        );
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        let mut counts: Vec<(QueueState, i64)> = QueueState::ALL.iter().map(|s| (*s, 0)).collect();
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let n: i64 = row.try_get("n")?;
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
+                entry.1 = n;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The newest items first, optionally in one state.
+    pub async fn list(
+        &self,
+        queue: Queue,
+        state: Option<QueueState>,
+        limit: i64,
+    ) -> Result<Vec<QueueRow>, StoreError> {
+        let (key, created) = queue.key_and_created_columns();
+        let sql = format!(
+            "SELECT id, kind, {key} AS key, state, attempts, max_attempts, run_at, {created} AS created_at, \
+             finished_at, last_error, note FROM {} WHERE (CAST($1 AS TEXT) IS NULL OR state = CAST($1 AS TEXT)) ORDER BY id DESC LIMIT $2",
+            queue.table()
+        );
+        let rows = sqlx::query_as::<_, QueueRow>(&sql)
+            .bind(state.map(QueueState::as_str))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows)
+    }
+}

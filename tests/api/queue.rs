@@ -1,0 +1,272 @@
+//! The job queue and the inbox share the claim/lease/retry mechanics; these tests drive
+//! them directly against each backend.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use referloop::store::{now_ms, Backend, EnqueueOutcome, NewJob, Queue, QueueState, Store};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+fn job(key: &str, max_attempts: i64) -> NewJob {
+    NewJob {
+        kind: "test.noop".into(),
+        payload: r#"{"n":1}"#.into(),
+        idempotency_key: key.into(),
+        max_attempts,
+        run_at: now_ms(),
+    }
+}
+
+async fn state_of(store: &Store, id: i64) -> String {
+    let rows = store.list(Queue::Jobs, None, 1000).await.expect("list");
+    rows.into_iter()
+        .find(|r| r.id == id)
+        .map(|r| r.state)
+        .unwrap_or_default()
+}
+
+async fn enqueue_is_idempotent(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let first = store
+        .enqueue_job(&job("referral:1:invite", 3))
+        .await
+        .expect("enqueue");
+    let second = store
+        .enqueue_job(&job("referral:1:invite", 3))
+        .await
+        .expect("enqueue again");
+    assert!(matches!(first, EnqueueOutcome::Created(_)));
+    assert_eq!(second, EnqueueOutcome::AlreadyQueued(first.id()));
+    assert_eq!(
+        store.list(Queue::Jobs, None, 10).await.expect("list").len(),
+        1
+    );
+}
+
+async fn claim_complete_and_ownership(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let id = store
+        .enqueue_job(&job("k1", 3))
+        .await
+        .expect("enqueue")
+        .id();
+    let claimed = store
+        .claim(Queue::Jobs, "a", 60_000)
+        .await
+        .expect("claim")
+        .expect("due job");
+    assert_eq!(
+        (claimed.id, claimed.attempts, claimed.kind.as_str()),
+        (id, 1, "test.noop")
+    );
+    assert_eq!(state_of(&store, id).await, "running");
+    assert!(
+        store
+            .claim(Queue::Jobs, "b", 60_000)
+            .await
+            .expect("claim")
+            .is_none(),
+        "leased job is not claimable"
+    );
+    assert!(
+        !store
+            .complete(Queue::Jobs, id, "b", None)
+            .await
+            .expect("complete"),
+        "only the owner completes"
+    );
+    assert!(store
+        .complete(Queue::Jobs, id, "a", Some("sent"))
+        .await
+        .expect("complete"));
+    assert_eq!(state_of(&store, id).await, "done");
+    assert!(store
+        .claim(Queue::Jobs, "a", 60_000)
+        .await
+        .expect("claim")
+        .is_none());
+}
+
+async fn lapsed_lease_is_claimed_again(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let id = store
+        .enqueue_job(&job("k1", 3))
+        .await
+        .expect("enqueue")
+        .id();
+    store
+        .claim(Queue::Jobs, "crashed", 1)
+        .await
+        .expect("claim")
+        .expect("due");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = store
+        .claim(Queue::Jobs, "survivor", 60_000)
+        .await
+        .expect("claim")
+        .expect("lapsed lease");
+    assert_eq!((again.id, again.attempts), (id, 2));
+    assert!(
+        !store
+            .complete(Queue::Jobs, id, "crashed", None)
+            .await
+            .expect("complete"),
+        "the old owner lost it"
+    );
+    assert!(store
+        .complete(Queue::Jobs, id, "survivor", None)
+        .await
+        .expect("complete"));
+}
+
+async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let id = store
+        .enqueue_job(&job("k1", 2))
+        .await
+        .expect("enqueue")
+        .id();
+    store
+        .claim(Queue::Jobs, "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("due");
+    assert!(store
+        .fail(Queue::Jobs, id, "w", "HTTP 503", Some(now_ms() + 1_000))
+        .await
+        .expect("fail"));
+    assert_eq!(state_of(&store, id).await, "failed");
+    assert!(
+        store
+            .claim(Queue::Jobs, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_none(),
+        "not before its retry time"
+    );
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let second = store
+        .claim(Queue::Jobs, "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("due again");
+    assert_eq!(second.attempts, 2);
+    assert!(store
+        .fail(Queue::Jobs, id, "w", "HTTP 503 again", None)
+        .await
+        .expect("fail"));
+    let rows = store
+        .list(Queue::Jobs, Some(QueueState::Dead), 10)
+        .await
+        .expect("list");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].last_error.as_deref(), Some("HTTP 503 again"));
+    assert!(
+        store
+            .claim(Queue::Jobs, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_none(),
+        "dead jobs stay put"
+    );
+
+    assert!(store.retry_dead(Queue::Jobs, id).await.expect("retry"));
+    assert!(
+        !store.retry_dead(Queue::Jobs, id).await.expect("retry"),
+        "only dead jobs"
+    );
+    let revived = store
+        .claim(Queue::Jobs, "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("re-queued");
+    assert_eq!(
+        revived.attempts, 1,
+        "a retried job starts a fresh set of attempts"
+    );
+}
+
+async fn release_returns_the_attempt(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let id = store
+        .enqueue_job(&job("k1", 3))
+        .await
+        .expect("enqueue")
+        .id();
+    store
+        .claim(Queue::Jobs, "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("due");
+    assert!(store.release(Queue::Jobs, id, "w").await.expect("release"));
+    let again = store
+        .claim(Queue::Jobs, "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("released");
+    assert_eq!(again.attempts, 1);
+}
+
+async fn concurrent_workers_never_claim_the_same_job(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let total = 120;
+    for n in 0..total {
+        store
+            .enqueue_job(&job(&format!("k{n}"), 3))
+            .await
+            .expect("enqueue");
+    }
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        // Each worker has its own pool, like a separate replica.
+        let store = Store::connect(&db.url, 2).await.expect("connect");
+        workers.push(tokio::spawn(async move {
+            let owner = format!("replica-{w}");
+            let mut mine = Vec::new();
+            while let Some(item) = store
+                .claim(Queue::Jobs, &owner, 60_000)
+                .await
+                .expect("claim")
+            {
+                mine.push(item.id);
+                assert!(store
+                    .complete(Queue::Jobs, item.id, &owner, None)
+                    .await
+                    .expect("complete"));
+            }
+            mine
+        }));
+    }
+    let mut seen = HashSet::new();
+    let mut claimed = 0;
+    for worker in workers {
+        for id in worker.await.expect("worker") {
+            claimed += 1;
+            assert!(seen.insert(id), "job {id} claimed twice");
+        }
+    }
+    assert_eq!(claimed, total);
+    let counts = store.count_by_state(Queue::Jobs).await.expect("counts");
+    assert!(
+        counts.contains(&(QueueState::Done, total as i64)),
+        "{counts:?}"
+    );
+}
+
+both_backends!(
+    enqueue_is_idempotent,
+    claim_complete_and_ownership,
+    lapsed_lease_is_claimed_again,
+    failures_wait_for_their_retry_time_then_die,
+    release_returns_the_attempt,
+    concurrent_workers_never_claim_the_same_job,
+);
