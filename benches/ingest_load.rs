@@ -1,1 +1,191 @@
-fn main() {}
+//! Load generator for the WhatsApp webhook: posts unique, correctly signed status
+//! webhooks over N connections for T seconds, prints requests per second and latency
+//! percentiles, then checks that every 200 is a stored event.
+//!
+//!   cargo bench --bench ingest_load -- --connections 32 --seconds 20
+//!
+//! By default it starts referloop in-process on a fresh PostgreSQL database
+//! (TEST_DATABASE_URL, else postgres://postgres@127.0.0.1:5432/postgres) with the worker
+//! off, so only the ingest path is measured. `--url` and `--database-url` aim it at a
+//! running instance instead (that instance's app secret goes in `--app-secret`).
+
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use referloop::config::Settings;
+use referloop::signatures::sign_meta;
+use referloop::startup::Application;
+use referloop::store::Store;
+use sqlx::{Connection, Executor};
+
+#[derive(Debug, Parser)]
+struct Args {
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// A running referloop (default: one started in-process).
+    #[arg(long)]
+    url: Option<String>,
+    /// The database of that running referloop, to check the stored count.
+    #[arg(long)]
+    database_url: Option<String>,
+    #[arg(long, default_value = "loadgen-app-secret")]
+    app_secret: String,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn status_body(connection: usize, n: u64) -> Vec<u8> {
+    serde_json::json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "12025550100", "phone_number_id": "100000000000202"},
+            "statuses": [{"id": format!("wamid.LOAD.{connection}.{n}"), "status": "delivered",
+                          "timestamp": "1795510803", "recipient_id": "12025550101"}]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+struct ConnectionResult {
+    latencies: Vec<Duration>,
+    ok: u64,
+    other: u64,
+    errors: u64,
+}
+
+async fn drive(url: String, secret: String, connection: usize, until: Instant) -> ConnectionResult {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client");
+    let mut result = ConnectionResult {
+        latencies: Vec::new(),
+        ok: 0,
+        other: 0,
+        errors: 0,
+    };
+    let mut n = 0;
+    while Instant::now() < until {
+        let body = status_body(connection, n);
+        n += 1;
+        let signature = sign_meta(&secret, &body);
+        let started = Instant::now();
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature)
+            .body(body)
+            .send()
+            .await;
+        let elapsed = started.elapsed();
+        match response {
+            Ok(r) if r.status() == 200 => {
+                result.ok += 1;
+                result.latencies.push(elapsed);
+            }
+            Ok(_) => result.other += 1,
+            Err(_) => result.errors += 1,
+        }
+    }
+    result
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn fresh_postgres() -> String {
+    let admin = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .expect("PostgreSQL reachable");
+    let name = format!("referloop_load_{}", uuid::Uuid::new_v4().simple());
+    conn.execute(format!("CREATE DATABASE {name}").as_str())
+        .await
+        .expect("create database");
+    let base = admin
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(admin);
+    format!("{base}/{name}")
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let (url, database_url) = match &args.url {
+        Some(url) => (
+            url.clone(),
+            args.database_url
+                .clone()
+                .expect("--database-url goes with --url"),
+        ),
+        None => {
+            let database_url = fresh_postgres().await;
+            let env = [
+                ("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0"),
+                ("REFERLOOP_WHATSAPP__APP_SECRET", args.app_secret.as_str()),
+                ("REFERLOOP_WORKER__ENABLED", "false"),
+                ("REFERLOOP_DATABASE__MAX_CONNECTIONS", "32"),
+                ("DATABASE_URL", database_url.as_str()),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+            let settings = Settings::load_from(None, env).expect("settings");
+            let app = Application::build(settings).await.expect("start referloop");
+            let url = format!("http://127.0.0.1:{}/webhooks/whatsapp", app.port());
+            tokio::spawn(app.run_until_stopped(std::future::pending()));
+            (url, database_url)
+        }
+    };
+    let store = Store::connect(&database_url, 2).await.expect("database");
+    let before = store.count_inbox_events("whatsapp").await.expect("count");
+
+    println!(
+        "ingest_load: {} connections for {} s against {url}",
+        args.connections, args.seconds
+    );
+    let started = Instant::now();
+    let until = started + Duration::from_secs(args.seconds);
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|c| tokio::spawn(drive(url.clone(), args.app_secret.clone(), c, until)))
+        .collect();
+    let mut latencies = Vec::new();
+    let (mut ok, mut other, mut errors) = (0, 0, 0);
+    for task in tasks {
+        let result = task.await.expect("connection task");
+        latencies.extend(result.latencies);
+        ok += result.ok;
+        other += result.other;
+        errors += result.errors;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let stored = store.count_inbox_events("whatsapp").await.expect("count") - before;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!("requests: {ok} answered 200, {other} other status, {errors} transport errors");
+    println!("throughput: {:.0} requests/s", ok as f64 / elapsed);
+    println!(
+        "latency of 200s: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+        ms(percentile(&latencies, 50.0)),
+        ms(percentile(&latencies, 99.0)),
+        ms(percentile(&latencies, 99.9)),
+        ms(latencies.last().copied().unwrap_or_default()),
+    );
+    println!("stored events: {stored} (expected {ok})");
+    if stored != ok as i64 {
+        eprintln!("MISMATCH: every 200 must be a stored event");
+        std::process::exit(1);
+    }
+}

@@ -35,6 +35,8 @@ pub enum Command {
     Migrate,
     /// Print the effective configuration, secrets redacted.
     Config,
+    /// Exit 0 when the local server answers GET /healthz (the Docker HEALTHCHECK).
+    Health,
     /// Received webhook events.
     Inbox {
         #[command(subcommand)]
@@ -169,6 +171,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             println!("migrations applied");
         }
         Command::Config => print!("{}", settings.to_redacted_toml()),
+        Command::Health => return health_check(&settings).await,
         Command::Inbox { action } => return queue_command(&settings, Queue::Inbox, action).await,
         Command::Jobs { action } => return queue_command(&settings, Queue::Jobs, action).await,
         Command::Outbound {
@@ -203,6 +206,29 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn health_check(settings: &Settings) -> anyhow::Result<ExitCode> {
+    // A wildcard listen address is reached through loopback.
+    let listen = settings
+        .server
+        .listen
+        .replace("0.0.0.0", "127.0.0.1")
+        .replace("[::]", "[::1]");
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(3))
+        .build()?;
+    let healthy = client
+        .get(format!("http://{listen}/healthz"))
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false);
+    Ok(if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -155,11 +154,10 @@ impl Worker {
         let queue = queue_name(item.queue);
         let decision = match error {
             HandlerError::Permanent(_) => RetryDecision::GiveUp,
-            HandlerError::Retryable(_) => self.schedule.after_failure(
-                item.attempts,
-                item.max_attempts,
-                rand::thread_rng().gen(),
-            ),
+            HandlerError::Retryable(_) => {
+                self.schedule
+                    .after_failure(item.attempts, item.max_attempts, rand::random::<f64>())
+            }
         };
         let message = error.to_string();
         match decision {
