@@ -1,6 +1,14 @@
-//! The rules of referloop, free of I/O: what a received webhook is made of, how its
-//! events are identified for deduplication, and how failed work is retried.
+//! The rules of referloop, free of I/O: what a received webhook is made of and how its
+//! events are deduplicated, who is eligible, referral codes and Flow tokens, the
+//! referral state machine, what Meta's answers mean, and how failed work is retried.
 //! Everything else (HTTP, storage, outside APIs) depends on this module, never the reverse.
 
+pub mod code;
+pub mod eligibility;
+pub mod flow_token;
 pub mod inbound;
+pub mod messaging;
+pub mod nomination;
+pub mod phone;
+pub mod referral;
 pub mod retry;

@@ -1,0 +1,239 @@
+//! Who gets invited: the rules a trigger must pass, each refusal with its reason.
+
+use super::phone::{PhoneError, E164};
+
+/// What the HubSpot workflow said happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerKind {
+    Nps,
+    Milestone(Option<String>),
+}
+
+/// An NPS answer in any of the shapes portals use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NpsAnswer {
+    Score(u8),
+    Promoter,
+    Passive,
+    Detractor,
+}
+
+/// Reads a number (`10`), a numeric string (`"9"`, `"9.0"`) or a response group (`PROMOTER`).
+pub fn parse_nps(raw: &str) -> Option<NpsAnswer> {
+    let raw = raw.trim();
+    match raw.to_ascii_uppercase().as_str() {
+        "PROMOTER" => return Some(NpsAnswer::Promoter),
+        "PASSIVE" => return Some(NpsAnswer::Passive),
+        "DETRACTOR" => return Some(NpsAnswer::Detractor),
+        _ => {}
+    }
+    let value: f64 = raw.parse().ok()?;
+    (0.0..=10.0)
+        .contains(&value)
+        .then_some(NpsAnswer::Score(value.round() as u8))
+}
+
+/// Why a trigger does not lead to an invite. Recorded, and answered 2xx all the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ineligible {
+    NotAPromoter { score: Option<NpsAnswer> },
+    NoValidPhone(PhoneError),
+    OptedOut,
+    CoolingDown { last_invited_days_ago: i64 },
+    InviteLimitReached { invites: i64 },
+}
+
+impl Ineligible {
+    pub fn reason(&self) -> String {
+        match self {
+            Ineligible::NotAPromoter {
+                score: Some(NpsAnswer::Score(s)),
+            } => format!("not_a_promoter: score {s}"),
+            Ineligible::NotAPromoter { score: Some(group) } => format!("not_a_promoter: {group:?}"),
+            Ineligible::NotAPromoter { score: None } => "not_a_promoter: no score".into(),
+            Ineligible::NoValidPhone(e) => e.as_str().into(),
+            Ineligible::OptedOut => "opted_out".into(),
+            Ineligible::CoolingDown {
+                last_invited_days_ago,
+            } => {
+                format!("cooldown: invited {last_invited_days_ago} days ago")
+            }
+            Ineligible::InviteLimitReached { invites } => {
+                format!("invite_limit: {invites} invites")
+            }
+        }
+    }
+}
+
+/// The programme's rules for triggers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EligibilityRules {
+    pub promoter_min_score: u8,
+    pub invite_cooldown_days: i64,
+    pub max_invites_per_contact: i64,
+}
+
+/// What we know of the contact when the trigger arrives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerFacts {
+    pub kind: TriggerKind,
+    pub score: Option<NpsAnswer>,
+    pub phone: Result<E164, PhoneError>,
+    pub opted_out: bool,
+    /// Milliseconds since the last invite, if any.
+    pub since_last_invite_ms: Option<i64>,
+    pub invites_so_far: i64,
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// The phone to invite, or why not. Rules in order: promoter (NPS only), phone, opt-out,
+/// cooldown, lifetime limit.
+pub fn check(rules: &EligibilityRules, facts: &TriggerFacts) -> Result<E164, Ineligible> {
+    if facts.kind == TriggerKind::Nps {
+        let promoter = match facts.score {
+            Some(NpsAnswer::Score(s)) => s >= rules.promoter_min_score,
+            Some(NpsAnswer::Promoter) => true,
+            _ => false,
+        };
+        if !promoter {
+            return Err(Ineligible::NotAPromoter { score: facts.score });
+        }
+    }
+    let phone = facts.phone.clone().map_err(Ineligible::NoValidPhone)?;
+    if facts.opted_out {
+        return Err(Ineligible::OptedOut);
+    }
+    if let Some(since) = facts.since_last_invite_ms {
+        if since < rules.invite_cooldown_days * DAY_MS {
+            return Err(Ineligible::CoolingDown {
+                last_invited_days_ago: since / DAY_MS,
+            });
+        }
+    }
+    if facts.invites_so_far >= rules.max_invites_per_contact {
+        return Err(Ineligible::InviteLimitReached {
+            invites: facts.invites_so_far,
+        });
+    }
+    Ok(phone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> EligibilityRules {
+        EligibilityRules {
+            promoter_min_score: 9,
+            invite_cooldown_days: 90,
+            max_invites_per_contact: 3,
+        }
+    }
+
+    fn facts() -> TriggerFacts {
+        TriggerFacts {
+            kind: TriggerKind::Nps,
+            score: Some(NpsAnswer::Score(10)),
+            phone: E164::parse_mobile("+447911123456", "GB"),
+            opted_out: false,
+            since_last_invite_ms: None,
+            invites_so_far: 0,
+        }
+    }
+
+    #[test]
+    fn nps_shapes() {
+        assert_eq!(parse_nps("10"), Some(NpsAnswer::Score(10)));
+        assert_eq!(parse_nps(" 9.0 "), Some(NpsAnswer::Score(9)));
+        assert_eq!(parse_nps("promoter"), Some(NpsAnswer::Promoter));
+        assert_eq!(parse_nps("DETRACTOR"), Some(NpsAnswer::Detractor));
+        assert_eq!(parse_nps("11"), None);
+        assert_eq!(parse_nps("great"), None);
+    }
+
+    #[test]
+    fn promoters_with_a_mobile_are_eligible() {
+        assert!(check(&rules(), &facts()).is_ok());
+        let promoter_group = TriggerFacts {
+            score: Some(NpsAnswer::Promoter),
+            ..facts()
+        };
+        assert!(check(&rules(), &promoter_group).is_ok());
+        let milestone = TriggerFacts {
+            kind: TriggerKind::Milestone(None),
+            score: None,
+            ..facts()
+        };
+        assert!(
+            check(&rules(), &milestone).is_ok(),
+            "milestones need no score"
+        );
+    }
+
+    #[test]
+    fn each_rule_refuses_with_its_reason() {
+        let detractor = TriggerFacts {
+            score: Some(NpsAnswer::Score(6)),
+            ..facts()
+        };
+        assert_eq!(
+            check(&rules(), &detractor).map_err(|e| e.reason()),
+            Err("not_a_promoter: score 6".into())
+        );
+        let passive = TriggerFacts {
+            score: Some(NpsAnswer::Passive),
+            ..facts()
+        };
+        assert!(matches!(
+            check(&rules(), &passive),
+            Err(Ineligible::NotAPromoter { .. })
+        ));
+        let no_score = TriggerFacts {
+            score: None,
+            ..facts()
+        };
+        assert!(matches!(
+            check(&rules(), &no_score),
+            Err(Ineligible::NotAPromoter { score: None })
+        ));
+        let landline = TriggerFacts {
+            phone: E164::parse_mobile("+442079460000", "GB"),
+            ..facts()
+        };
+        assert_eq!(
+            check(&rules(), &landline),
+            Err(Ineligible::NoValidPhone(PhoneError::NotMobile))
+        );
+        let opted_out = TriggerFacts {
+            opted_out: true,
+            ..facts()
+        };
+        assert_eq!(check(&rules(), &opted_out), Err(Ineligible::OptedOut));
+        let recent = TriggerFacts {
+            since_last_invite_ms: Some(10 * DAY_MS),
+            ..facts()
+        };
+        assert_eq!(
+            check(&rules(), &recent),
+            Err(Ineligible::CoolingDown {
+                last_invited_days_ago: 10
+            })
+        );
+        let old = TriggerFacts {
+            since_last_invite_ms: Some(91 * DAY_MS),
+            invites_so_far: 1,
+            ..facts()
+        };
+        assert!(check(&rules(), &old).is_ok());
+        let many = TriggerFacts {
+            since_last_invite_ms: Some(400 * DAY_MS),
+            invites_so_far: 3,
+            ..facts()
+        };
+        assert_eq!(
+            check(&rules(), &many),
+            Err(Ineligible::InviteLimitReached { invites: 3 })
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! WhatsApp messaging rules: status order, what Meta's error codes mean for us, and
+//! opt-out keywords.
+
+use std::time::Duration;
+
+/// A sent message's status; it only moves forward (accepted < sent < delivered < read).
+/// `failed` is final, and is ignored once the message was delivered or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageStatus {
+    Accepted,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl MessageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Accepted => "accepted",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<MessageStatus> {
+        match s {
+            "accepted" => Some(MessageStatus::Accepted),
+            "sent" => Some(MessageStatus::Sent),
+            "delivered" => Some(MessageStatus::Delivered),
+            "read" => Some(MessageStatus::Read),
+            "failed" => Some(MessageStatus::Failed),
+            _ => None,
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            MessageStatus::Accepted => 0,
+            MessageStatus::Sent => 1,
+            MessageStatus::Delivered => 2,
+            MessageStatus::Read => 3,
+            MessageStatus::Failed => 4,
+        }
+    }
+
+    /// The status after `incoming`, or `None` when it changes nothing.
+    pub fn advance(self, incoming: MessageStatus) -> Option<MessageStatus> {
+        match (self, incoming) {
+            (MessageStatus::Failed, _) => None,
+            (MessageStatus::Delivered | MessageStatus::Read, MessageStatus::Failed) => None,
+            (current, next) if next.rank() > current.rank() => Some(next),
+            _ => None,
+        }
+    }
+}
+
+/// What to do about an error Meta returned, synchronously or in a `failed` status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendErrorClass {
+    /// Throughput, pair-rate, transient: retry no sooner than the delay.
+    Retry { not_before: Duration },
+    /// 131049: the per-user marketing limit. No retry for 24 h; a share link still works.
+    MarketingLimit,
+    /// 131050: the user stopped marketing messages from us: record the opt-out.
+    OptedOut,
+    /// 131047: outside the 24-hour window: a template is needed.
+    OutsideWindow,
+    /// 131026: not reachable on WhatsApp.
+    Undeliverable,
+    /// Our request or template is wrong (100, 131008, 131009, 132xxx, 130472, 131030): no retry.
+    Permanent,
+    /// The whole account is blocked (190 token, 131042 payment, 368/131031 policy, 131048
+    /// spam, permission errors): every send will fail until an operator acts.
+    AccountLevel,
+}
+
+impl SendErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SendErrorClass::Retry { .. } => "retry",
+            SendErrorClass::MarketingLimit => "marketing_limit",
+            SendErrorClass::OptedOut => "opted_out",
+            SendErrorClass::OutsideWindow => "outside_window",
+            SendErrorClass::Undeliverable => "undeliverable",
+            SendErrorClass::Permanent => "permanent",
+            SendErrorClass::AccountLevel => "account_level",
+        }
+    }
+}
+
+/// Classifies by Meta's `code` first (the text varies), then by HTTP status.
+pub fn classify(code: Option<i64>, http_status: Option<u16>) -> SendErrorClass {
+    let retry = |secs| SendErrorClass::Retry {
+        not_before: Duration::from_secs(secs),
+    };
+    match code {
+        Some(130429) => retry(2),
+        // One message per 6 seconds to the same user.
+        Some(131056) => retry(6),
+        Some(131000 | 131016 | 1 | 2) => retry(5),
+        Some(131057) => retry(60),
+        Some(4 | 80007) => retry(60),
+        Some(131049) => SendErrorClass::MarketingLimit,
+        Some(131050) => SendErrorClass::OptedOut,
+        Some(131047) => SendErrorClass::OutsideWindow,
+        Some(131026) => SendErrorClass::Undeliverable,
+        Some(190 | 131042 | 368 | 131031 | 131048 | 0 | 10) => SendErrorClass::AccountLevel,
+        Some(200..=299) => SendErrorClass::AccountLevel,
+        Some(100 | 131008 | 131009 | 130472 | 131030) => SendErrorClass::Permanent,
+        Some(132000..=132999) => SendErrorClass::Permanent,
+        _ => match http_status {
+            Some(429) => retry(5),
+            Some(s) if s >= 500 => retry(5),
+            Some(401 | 403) => SendErrorClass::AccountLevel,
+            None => retry(5),
+            _ => SendErrorClass::Permanent,
+        },
+    }
+}
+
+/// True when `text` is exactly one of the stop keywords, ignoring case, surrounding
+/// whitespace and trailing punctuation ("Stop!" counts, "don't stop" does not).
+pub fn is_stop_keyword(text: &str, keywords: &[String]) -> bool {
+    let word = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_punctuation())
+        .trim();
+    keywords.iter().any(|k| k.eq_ignore_ascii_case(word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use MessageStatus::*;
+
+    #[test]
+    fn statuses_never_move_backwards() {
+        assert_eq!(Accepted.advance(Sent), Some(Sent));
+        assert_eq!(Sent.advance(Read), Some(Read));
+        assert_eq!(Read.advance(Delivered), None);
+        assert_eq!(Delivered.advance(Sent), None);
+        assert_eq!(Delivered.advance(Delivered), None);
+        assert_eq!(Sent.advance(Failed), Some(Failed));
+        assert_eq!(Delivered.advance(Failed), None);
+        assert_eq!(Read.advance(Failed), None);
+        assert_eq!(Failed.advance(Read), None);
+        for s in [Accepted, Sent, Delivered, Read, Failed] {
+            assert_eq!(MessageStatus::parse(s.as_str()), Some(s));
+        }
+    }
+
+    #[test]
+    fn error_codes_decide() {
+        assert_eq!(
+            classify(Some(131056), Some(400)),
+            SendErrorClass::Retry {
+                not_before: Duration::from_secs(6)
+            }
+        );
+        assert!(matches!(
+            classify(Some(130429), Some(429)),
+            SendErrorClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(Some(131000), Some(500)),
+            SendErrorClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(Some(80007), Some(429)),
+            SendErrorClass::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(None, Some(503)),
+            SendErrorClass::Retry { .. }
+        ));
+        assert!(
+            matches!(classify(None, None), SendErrorClass::Retry { .. }),
+            "a timeout is retried"
+        );
+        assert_eq!(
+            classify(Some(131049), Some(400)),
+            SendErrorClass::MarketingLimit
+        );
+        assert_eq!(classify(Some(131050), None), SendErrorClass::OptedOut);
+        assert_eq!(
+            classify(Some(131047), Some(400)),
+            SendErrorClass::OutsideWindow
+        );
+        assert_eq!(classify(Some(131026), None), SendErrorClass::Undeliverable);
+        assert_eq!(classify(Some(132001), Some(404)), SendErrorClass::Permanent);
+        assert_eq!(classify(Some(190), Some(401)), SendErrorClass::AccountLevel);
+        assert_eq!(
+            classify(Some(131042), Some(400)),
+            SendErrorClass::AccountLevel
+        );
+        assert_eq!(classify(Some(368), Some(403)), SendErrorClass::AccountLevel);
+        assert_eq!(classify(None, Some(400)), SendErrorClass::Permanent);
+    }
+
+    #[test]
+    fn stop_keywords() {
+        let keywords: Vec<String> = ["STOP", "UNSUBSCRIBE"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert!(is_stop_keyword("stop", &keywords));
+        assert!(is_stop_keyword("  Stop! ", &keywords));
+        assert!(is_stop_keyword("unsubscribe", &keywords));
+        assert!(!is_stop_keyword("don't stop", &keywords));
+        assert!(!is_stop_keyword("stopwatch", &keywords));
+    }
+}

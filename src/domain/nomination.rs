@@ -1,0 +1,249 @@
+//! The referrer's nomination from the Flow: validated fields, or why it is refused.
+
+use serde_json::Value;
+
+use super::phone::{PhoneError, E164};
+
+pub const MAX_NAME_CHARS: usize = 80;
+pub const MAX_MESSAGE_CHARS: usize = 500;
+
+/// What the Flow's `response_json` carried.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FlowReply {
+    pub flow_token: Option<String>,
+    pub friend_name: String,
+    pub friend_phone: String,
+    pub personal_message: Option<String>,
+    pub consent: bool,
+}
+
+/// Parses `response_json` (a JSON string inside the webhook). Empty optional fields may be
+/// `""` or missing; consent may be a boolean or a string.
+pub fn parse_flow_reply(response_json: &str) -> Option<FlowReply> {
+    let value: Value = serde_json::from_str(response_json).ok()?;
+    let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+    let consent = match value.get("friend_consent").or_else(|| value.get("consent")) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => {
+            matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "yes" | "1")
+        }
+        _ => false,
+    };
+    Some(FlowReply {
+        flow_token: text("flow_token").filter(|t| !t.is_empty() && t != "unused"),
+        friend_name: text("friend_name").unwrap_or_default(),
+        friend_phone: text("friend_phone").unwrap_or_default(),
+        personal_message: text("personal_message")
+            .or_else(|| text("message"))
+            .filter(|m| !m.trim().is_empty()),
+        consent,
+    })
+}
+
+/// A nomination that passed validation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nomination {
+    pub friend_name: String,
+    pub friend_phone: E164,
+    pub personal_message: Option<String>,
+    pub consent: bool,
+}
+
+/// Why a nomination is refused; each has a friendly reply to the referrer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NominationRefusal {
+    InvalidToken,
+    InvalidName,
+    InvalidPhone(PhoneError),
+    MessageTooLong,
+    SelfReferral,
+    AlreadyReferred,
+    AlreadyCustomer,
+    TooManyOpenReferrals,
+    FriendOptedOut,
+}
+
+impl NominationRefusal {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NominationRefusal::InvalidToken => "invalid_flow_token",
+            NominationRefusal::InvalidName => "invalid_name",
+            NominationRefusal::InvalidPhone(_) => "invalid_phone",
+            NominationRefusal::MessageTooLong => "message_too_long",
+            NominationRefusal::SelfReferral => "self_referral",
+            NominationRefusal::AlreadyReferred => "already_referred",
+            NominationRefusal::AlreadyCustomer => "already_customer",
+            NominationRefusal::TooManyOpenReferrals => "too_many_open_referrals",
+            NominationRefusal::FriendOptedOut => "friend_opted_out",
+        }
+    }
+
+    /// The short reply sent to the referrer inside the window their Flow reply opened.
+    pub fn reply_text(&self, friend_name: &str) -> String {
+        let friend = if friend_name.trim().is_empty() {
+            "your friend"
+        } else {
+            friend_name.trim()
+        };
+        match self {
+            NominationRefusal::InvalidToken => {
+                "Sorry, we couldn't match that form to your invitation. Please tap \"Refer someone\" again.".into()
+            }
+            NominationRefusal::InvalidName => "Please enter your friend's name (up to 80 characters) and try again.".into(),
+            NominationRefusal::InvalidPhone(_) => {
+                "That number doesn't look like a mobile number. Please include the country code, e.g. +44 7911 123456."
+                    .into()
+            }
+            NominationRefusal::MessageTooLong => "Your personal message is over 500 characters; please shorten it.".into(),
+            NominationRefusal::SelfReferral => "You can't refer yourself, but we love the enthusiasm! Try a friend's number.".into(),
+            NominationRefusal::AlreadyReferred => {
+                format!("Thanks! {friend} has already been invited by someone else, so we can't add them again.")
+            }
+            NominationRefusal::AlreadyCustomer => format!("Good news: {friend} is already a customer, so no invite is needed."),
+            NominationRefusal::TooManyOpenReferrals => {
+                "You have several invitations still open. Once a friend joins you can invite more.".into()
+            }
+            NominationRefusal::FriendOptedOut => {
+                format!("We can't message {friend}: they asked not to receive messages from us.")
+            }
+        }
+    }
+}
+
+/// Collapses whitespace: WhatsApp template parameters may not hold newlines, tabs or runs
+/// of more than four spaces.
+pub fn single_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Validates the fields (the token and the checks that need the store come separately).
+pub fn validate(
+    reply: &FlowReply,
+    referrer: &E164,
+    default_region: &str,
+) -> Result<Nomination, NominationRefusal> {
+    let name = reply.friend_name.trim();
+    let name_chars = name.chars().count();
+    if name_chars == 0 || name_chars > MAX_NAME_CHARS {
+        return Err(NominationRefusal::InvalidName);
+    }
+    let phone = E164::parse_mobile(&reply.friend_phone, default_region)
+        .map_err(NominationRefusal::InvalidPhone)?;
+    let message = reply
+        .personal_message
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    if message.is_some_and(|m| m.chars().count() > MAX_MESSAGE_CHARS) {
+        return Err(NominationRefusal::MessageTooLong);
+    }
+    if &phone == referrer {
+        return Err(NominationRefusal::SelfReferral);
+    }
+    Ok(Nomination {
+        friend_name: name.to_string(),
+        friend_phone: phone,
+        personal_message: message.map(str::to_string),
+        consent: reply.consent,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn referrer() -> E164 {
+        E164::parse_mobile("+447911123456", "GB").expect("valid")
+    }
+
+    fn reply() -> FlowReply {
+        FlowReply {
+            flow_token: Some("t".into()),
+            friend_name: "  Zoë Ñúñez 😀 ".into(),
+            friend_phone: "07911 123457".into(),
+            personal_message: Some("Você vai adorar! 🎉".into()),
+            consent: true,
+        }
+    }
+
+    #[test]
+    fn parses_response_json_variants() {
+        let full = r#"{"flow_token":"rl1.1.a.b","friend_name":"Ana","friend_phone":"+12025550102","personal_message":"","friend_consent":"true"}"#;
+        let parsed = parse_flow_reply(full).expect("json");
+        assert_eq!(parsed.flow_token.as_deref(), Some("rl1.1.a.b"));
+        assert_eq!(parsed.personal_message, None, "empty optional field");
+        assert!(parsed.consent);
+        let minimal = parse_flow_reply(
+            r#"{"friend_name":"Ana","friend_phone":"1","message":"hi","friend_consent":false}"#,
+        )
+        .expect("json");
+        assert_eq!(minimal.flow_token, None);
+        assert_eq!(minimal.personal_message.as_deref(), Some("hi"));
+        assert!(!minimal.consent);
+        assert!(parse_flow_reply("not json").is_none());
+    }
+
+    #[test]
+    fn valid_nomination_keeps_accents_and_emoji() {
+        let nomination = validate(&reply(), &referrer(), "GB").expect("valid");
+        assert_eq!(nomination.friend_name, "Zoë Ñúñez 😀");
+        assert_eq!(nomination.friend_phone.as_str(), "+447911123457");
+        assert_eq!(
+            nomination.personal_message.as_deref(),
+            Some("Você vai adorar! 🎉")
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let check = |r: FlowReply| validate(&r, &referrer(), "GB");
+        assert_eq!(
+            check(FlowReply {
+                friend_name: " ".into(),
+                ..reply()
+            }),
+            Err(NominationRefusal::InvalidName)
+        );
+        assert_eq!(
+            check(FlowReply {
+                friend_name: "é".repeat(81),
+                ..reply()
+            }),
+            Err(NominationRefusal::InvalidName)
+        );
+        assert!(
+            check(FlowReply {
+                friend_name: "é".repeat(80),
+                ..reply()
+            })
+            .is_ok(),
+            "80 characters, not bytes"
+        );
+        assert!(matches!(
+            check(FlowReply {
+                friend_phone: "12".into(),
+                ..reply()
+            }),
+            Err(NominationRefusal::InvalidPhone(_))
+        ));
+        assert_eq!(
+            check(FlowReply {
+                personal_message: Some("x".repeat(501)),
+                ..reply()
+            }),
+            Err(NominationRefusal::MessageTooLong)
+        );
+        assert_eq!(
+            check(FlowReply {
+                friend_phone: "+44 7911 123456".into(),
+                ..reply()
+            }),
+            Err(NominationRefusal::SelfReferral)
+        );
+    }
+
+    #[test]
+    fn single_line_collapses_whitespace() {
+        assert_eq!(single_line("a\n\nb\t c     d"), "a b c d");
+    }
+}

@@ -1,0 +1,150 @@
+//! Phone numbers, parsed with the libphonenumber port: a number is accepted only when
+//! it is a valid mobile number, and is kept in E.164 (`+447911123456`).
+
+use std::fmt;
+
+use phonenumber::{metadata::DATABASE, Mode, Type};
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct E164(String);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("no phone number")]
+    Missing,
+    #[error("not a phone number")]
+    Unparseable,
+    #[error("not a valid number")]
+    Invalid,
+    #[error("not a mobile number")]
+    NotMobile,
+}
+
+impl PhoneError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhoneError::Missing => "no_phone",
+            PhoneError::Unparseable => "phone_unparseable",
+            PhoneError::Invalid => "phone_invalid",
+            PhoneError::NotMobile => "phone_not_mobile",
+        }
+    }
+}
+
+impl E164 {
+    /// Parses `raw`; numbers without a country code are read in `default_region`
+    /// (ISO 3166 alpha-2, e.g. "GB"). WhatsApp's `wa_id` (digits without `+`) is accepted.
+    pub fn parse_mobile(raw: &str, default_region: &str) -> Result<E164, PhoneError> {
+        let trimmed = raw.trim();
+        if trimmed.is_empty() {
+            return Err(PhoneError::Missing);
+        }
+        let region = default_region.parse::<phonenumber::country::Id>().ok();
+        let number = phonenumber::parse(region, trimmed).map_err(|_| PhoneError::Unparseable)?;
+        if !number.is_valid() {
+            return Err(PhoneError::Invalid);
+        }
+        match number.number_type(&DATABASE) {
+            Type::Mobile | Type::FixedLineOrMobile => {}
+            _ => return Err(PhoneError::NotMobile),
+        }
+        Ok(E164(number.format().mode(Mode::E164).to_string()))
+    }
+
+    /// A WhatsApp `wa_id` or `from` (digits, no `+`), which is always international.
+    pub fn from_wa_id(wa_id: &str) -> Result<E164, PhoneError> {
+        let digits: String = wa_id.chars().filter(char::is_ascii_digit).collect();
+        Self::parse_mobile(&format!("+{digits}"), "ZZ")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Digits without `+`: the form of a `wa_id` and of click-to-chat links.
+    pub fn digits(&self) -> &str {
+        self.0.trim_start_matches('+')
+    }
+
+    /// True for +1 numbers in the US (Meta sends them no marketing templates).
+    pub fn is_us(&self) -> bool {
+        phonenumber::parse(None, &self.0)
+            .ok()
+            .and_then(|n| n.country().id())
+            .is_some_and(|id| id == phonenumber::country::Id::US)
+    }
+
+    /// The national significant number, as HubSpot's searchable phone properties hold it.
+    pub fn national_digits(&self) -> String {
+        phonenumber::parse(None, &self.0)
+            .map(|n| n.national().value().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Display for E164 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_normalises_mobiles() {
+        assert_eq!(
+            E164::parse_mobile("+44 7911 123456", "US").map(|p| p.0),
+            Ok("+447911123456".into())
+        );
+        assert_eq!(
+            E164::parse_mobile("07911 123456", "GB").map(|p| p.0),
+            Ok("+447911123456".into())
+        );
+        assert_eq!(
+            E164::parse_mobile("+1 (202) 555-0101", "GB").map(|p| p.0),
+            Ok("+12025550101".into())
+        );
+        assert_eq!(
+            E164::from_wa_id("12025550101").map(|p| p.0),
+            Ok("+12025550101".into())
+        );
+        assert_eq!(
+            E164::parse_mobile("+55 11 99999-0000", "GB").map(|p| p.0),
+            Ok("+5511999990000".into())
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_mobile() {
+        assert_eq!(E164::parse_mobile("", "GB"), Err(PhoneError::Missing));
+        assert_eq!(
+            E164::parse_mobile("call me", "GB"),
+            Err(PhoneError::Unparseable)
+        );
+        assert_eq!(
+            E164::parse_mobile("+44 20 7946 0000", "GB"),
+            Err(PhoneError::NotMobile)
+        );
+        assert_eq!(
+            E164::parse_mobile("+44 7911", "GB"),
+            Err(PhoneError::Invalid)
+        );
+        assert_eq!(
+            E164::parse_mobile("+44 7700 900123", "GB"),
+            Err(PhoneError::Invalid),
+            "Ofcom drama range"
+        );
+    }
+
+    #[test]
+    fn forms_for_whatsapp_and_hubspot() {
+        let us = E164::parse_mobile("+12025550101", "GB").expect("valid");
+        assert_eq!(us.digits(), "12025550101");
+        assert_eq!(us.national_digits(), "2025550101");
+        assert!(us.is_us());
+        let uk = E164::parse_mobile("+447911123456", "GB").expect("valid");
+        assert!(!uk.is_us());
+    }
+}

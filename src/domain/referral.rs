@@ -1,0 +1,374 @@
+//! The referral (one nominated friend) as an explicit state machine. Events may arrive
+//! duplicated or reordered; a state never moves backwards, and each message the machine
+//! asks for ([`Effect`]) belongs to exactly one forward transition, so it is asked for at
+//! most once.
+//!
+//! ```text
+//! nominated ──screened ok, direct──► direct_invite_queued ──delivered──► friend_invited
+//!     │                                  │   └─permanent failure──► friend_unreachable
+//!     │                                  └─131049 (policy), not "direct" mode─┐
+//!     ├──screened ok, share link────────────────────────────► awaiting_friend ┘
+//!     │                                                           └─friend arrives──► friend_invited
+//!     └──screened: refusal──► refused
+//! ```
+
+use super::nomination::NominationRefusal;
+
+/// How the friend is reached (`programme.friend_invite`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FriendInviteMode {
+    /// A marketing template to the friend.
+    Direct,
+    /// A ready-to-forward message and click-to-chat link to the referrer.
+    ShareLink,
+    /// Direct when the referrer confirmed the friend's consent, else (and as a fallback) share link.
+    Auto,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReferralState {
+    Nominated,
+    DirectInviteQueued,
+    AwaitingFriend,
+    FriendInvited,
+    FriendUnreachable,
+    Refused,
+}
+
+impl ReferralState {
+    pub const ALL: [ReferralState; 6] = [
+        ReferralState::Nominated,
+        ReferralState::DirectInviteQueued,
+        ReferralState::AwaitingFriend,
+        ReferralState::FriendInvited,
+        ReferralState::FriendUnreachable,
+        ReferralState::Refused,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferralState::Nominated => "nominated",
+            ReferralState::DirectInviteQueued => "direct_invite_queued",
+            ReferralState::AwaitingFriend => "awaiting_friend",
+            ReferralState::FriendInvited => "friend_invited",
+            ReferralState::FriendUnreachable => "friend_unreachable",
+            ReferralState::Refused => "refused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReferralState> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
+    /// Progress; no transition lowers it. Terminal states share the top rank.
+    pub fn rank(self) -> u8 {
+        match self {
+            ReferralState::Nominated => 0,
+            ReferralState::DirectInviteQueued => 1,
+            ReferralState::AwaitingFriend => 2,
+            ReferralState::FriendInvited
+            | ReferralState::FriendUnreachable
+            | ReferralState::Refused => 3,
+        }
+    }
+
+    /// Still occupying the friend's number (blocks other nominations of it).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            ReferralState::Nominated
+                | ReferralState::DirectInviteQueued
+                | ReferralState::AwaitingFriend
+                | ReferralState::FriendInvited
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferralEvent {
+    /// The checks that need outside data (already a customer in HubSpot) are done.
+    Screened { refusal: Option<NominationRefusal> },
+    /// The direct invite was refused, synchronously or by a `failed` status.
+    /// `policy_limit`: Meta's per-user marketing limit (131049), where a share link still works.
+    DirectInviteFailed { policy_limit: bool },
+    /// A `delivered` or `read` status for the direct invite.
+    DirectInviteDelivered,
+    /// The friend wrote to us (through the share link) and was recognised.
+    FriendArrived,
+}
+
+/// A message the transition asks for. Each is sent through a job whose idempotency key is
+/// the referral id plus the effect, so the store enforces "once" as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    SendFriendInvite,
+    SendShareLink,
+    SendFriendWelcome,
+    SendRefusal(NominationRefusal),
+}
+
+impl Effect {
+    pub fn key(&self) -> &'static str {
+        match self {
+            Effect::SendFriendInvite => "friend_invite",
+            Effect::SendShareLink => "share_link",
+            Effect::SendFriendWelcome => "friend_welcome",
+            Effect::SendRefusal(_) => "refusal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub state: ReferralState,
+    pub effects: Vec<Effect>,
+}
+
+impl Transition {
+    fn to(state: ReferralState, effects: Vec<Effect>) -> Self {
+        Transition { state, effects }
+    }
+}
+
+/// The next state and the messages to send. An event that does not apply (a duplicate,
+/// or one overtaken by a later event) leaves the state as it is and asks for nothing.
+pub fn apply(
+    state: ReferralState,
+    mode: FriendInviteMode,
+    consent: bool,
+    event: &ReferralEvent,
+) -> Transition {
+    use ReferralEvent as E;
+    use ReferralState as S;
+    match (state, event) {
+        (
+            S::Nominated,
+            E::Screened {
+                refusal: Some(refusal),
+            },
+        ) => Transition::to(S::Refused, vec![Effect::SendRefusal(refusal.clone())]),
+        (S::Nominated, E::Screened { refusal: None }) => {
+            let direct = match mode {
+                FriendInviteMode::Direct => true,
+                FriendInviteMode::ShareLink => false,
+                FriendInviteMode::Auto => consent,
+            };
+            if direct {
+                Transition::to(S::DirectInviteQueued, vec![Effect::SendFriendInvite])
+            } else {
+                Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
+            }
+        }
+        (S::DirectInviteQueued, E::DirectInviteFailed { policy_limit: true })
+            if mode != FriendInviteMode::Direct =>
+        {
+            Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
+        }
+        (S::DirectInviteQueued, E::DirectInviteFailed { .. }) => {
+            Transition::to(S::FriendUnreachable, vec![])
+        }
+        (S::DirectInviteQueued, E::DirectInviteDelivered) => {
+            Transition::to(S::FriendInvited, vec![])
+        }
+        // The friend wrote to us while the direct invite was in flight: they are in.
+        (S::DirectInviteQueued, E::FriendArrived) => Transition::to(S::FriendInvited, vec![]),
+        (S::AwaitingFriend, E::FriendArrived) => {
+            Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome])
+        }
+        (unchanged, _) => Transition::to(unchanged, vec![]),
+    }
+}
+
+/// `referral_status` on the friend's HubSpot contact for each state (documented in README).
+pub fn friend_hubspot_status(state: ReferralState) -> Option<&'static str> {
+    match state {
+        ReferralState::Nominated => Some("nominated"),
+        ReferralState::DirectInviteQueued => Some("invite_sent"),
+        ReferralState::AwaitingFriend => Some("share_link_sent"),
+        ReferralState::FriendInvited => Some("friend_invited"),
+        ReferralState::FriendUnreachable => Some("friend_unreachable"),
+        ReferralState::Refused => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use FriendInviteMode as M;
+    use ReferralEvent as E;
+    use ReferralState as S;
+
+    #[test]
+    fn happy_paths() {
+        let t = apply(S::Nominated, M::Auto, true, &E::Screened { refusal: None });
+        assert_eq!(
+            t,
+            Transition::to(S::DirectInviteQueued, vec![Effect::SendFriendInvite])
+        );
+        assert_eq!(
+            apply(
+                S::DirectInviteQueued,
+                M::Auto,
+                true,
+                &E::DirectInviteDelivered
+            )
+            .state,
+            S::FriendInvited
+        );
+
+        let t = apply(S::Nominated, M::Auto, false, &E::Screened { refusal: None });
+        assert_eq!(
+            t,
+            Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
+        );
+        let t = apply(S::AwaitingFriend, M::Auto, false, &E::FriendArrived);
+        assert_eq!(
+            t,
+            Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome])
+        );
+    }
+
+    #[test]
+    fn modes_choose_the_channel() {
+        let screened = E::Screened { refusal: None };
+        assert_eq!(
+            apply(S::Nominated, M::Direct, false, &screened).state,
+            S::DirectInviteQueued
+        );
+        assert_eq!(
+            apply(S::Nominated, M::ShareLink, true, &screened).state,
+            S::AwaitingFriend
+        );
+    }
+
+    #[test]
+    fn policy_limit_falls_back_to_a_share_link_except_in_direct_mode() {
+        let failed = E::DirectInviteFailed { policy_limit: true };
+        let t = apply(S::DirectInviteQueued, M::Auto, true, &failed);
+        assert_eq!(
+            t,
+            Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
+        );
+        assert_eq!(
+            apply(S::DirectInviteQueued, M::Direct, true, &failed).state,
+            S::FriendUnreachable
+        );
+        let permanent = E::DirectInviteFailed {
+            policy_limit: false,
+        };
+        assert_eq!(
+            apply(S::DirectInviteQueued, M::Auto, true, &permanent).state,
+            S::FriendUnreachable
+        );
+    }
+
+    #[test]
+    fn refusal_replies_once() {
+        let refusal = NominationRefusal::AlreadyCustomer;
+        let t = apply(
+            S::Nominated,
+            M::Auto,
+            true,
+            &E::Screened {
+                refusal: Some(refusal.clone()),
+            },
+        );
+        assert_eq!(
+            t,
+            Transition::to(S::Refused, vec![Effect::SendRefusal(refusal)])
+        );
+        assert_eq!(
+            apply(S::Refused, M::Auto, true, &E::Screened { refusal: None }),
+            Transition::to(S::Refused, vec![])
+        );
+    }
+
+    #[test]
+    fn late_events_change_nothing() {
+        assert_eq!(
+            apply(
+                S::FriendInvited,
+                M::Auto,
+                true,
+                &E::DirectInviteFailed { policy_limit: true }
+            )
+            .state,
+            S::FriendInvited
+        );
+        assert_eq!(
+            apply(
+                S::FriendUnreachable,
+                M::Auto,
+                true,
+                &E::DirectInviteDelivered
+            )
+            .state,
+            S::FriendUnreachable
+        );
+        assert!(apply(S::FriendInvited, M::Auto, false, &E::FriendArrived)
+            .effects
+            .is_empty());
+    }
+
+    #[test]
+    fn states_round_trip_their_names() {
+        for state in S::ALL {
+            assert_eq!(S::parse(state.as_str()), Some(state));
+        }
+    }
+
+    fn any_event() -> impl Strategy<Value = ReferralEvent> {
+        prop_oneof![
+            Just(E::Screened { refusal: None }),
+            Just(E::Screened {
+                refusal: Some(NominationRefusal::AlreadyCustomer)
+            }),
+            Just(E::DirectInviteFailed { policy_limit: true }),
+            Just(E::DirectInviteFailed {
+                policy_limit: false
+            }),
+            Just(E::DirectInviteDelivered),
+            Just(E::FriendArrived),
+        ]
+    }
+
+    fn any_mode() -> impl Strategy<Value = FriendInviteMode> {
+        prop_oneof![Just(M::Direct), Just(M::ShareLink), Just(M::Auto)]
+    }
+
+    proptest! {
+        /// Any sequence of events, duplicated and reordered at will, never asks for a
+        /// message twice and never lowers the state's rank.
+        #[test]
+        fn no_second_message_and_no_step_back(
+            mode in any_mode(),
+            consent in any::<bool>(),
+            events in proptest::collection::vec(any_event(), 0..40),
+            repeats in proptest::collection::vec(0usize..40, 0..20),
+        ) {
+            // Duplicate some events at random later positions.
+            let mut sequence = events.clone();
+            for (i, at) in repeats.iter().enumerate() {
+                if let Some(event) = events.get(i % events.len().max(1)).cloned() {
+                    sequence.insert((*at).min(sequence.len()), event);
+                }
+            }
+            let mut state = S::Nominated;
+            let mut asked: Vec<&'static str> = Vec::new();
+            for event in &sequence {
+                let next = apply(state, mode, consent, event);
+                prop_assert!(next.state.rank() >= state.rank(), "{:?} -> {:?} on {:?}", state, next.state, event);
+                if state.rank() == 3 {
+                    prop_assert_eq!(next.state, state, "terminal states stay");
+                }
+                for effect in &next.effects {
+                    prop_assert!(!asked.contains(&effect.key()), "{} asked twice", effect.key());
+                    asked.push(effect.key());
+                }
+                state = next.state;
+            }
+        }
+    }
+}
