@@ -105,19 +105,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn fresh_postgres() -> String {
-    let admin = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL reachable");
+    let admin =
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
     let name = format!("referloop_load_{}", uuid::Uuid::new_v4().simple());
     conn.execute(format!("CREATE DATABASE {name}").as_str())
         .await
         .expect("create database");
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_string())
-        .unwrap_or(admin);
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
     format!("{base}/{name}")
 }
 
@@ -127,9 +122,7 @@ async fn main() {
     let (url, database_url) = match &args.url {
         Some(url) => (
             url.clone(),
-            args.database_url
-                .clone()
-                .expect("--database-url goes with --url"),
+            args.database_url.clone().expect("--database-url goes with --url"),
         ),
         None => {
             let database_url = fresh_postgres().await;

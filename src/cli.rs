@@ -139,10 +139,7 @@ pub fn run() -> ExitCode {
         }
     };
     telemetry::init(settings.log.format, &settings.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("referloop: cannot start the async runtime: {e}");
@@ -224,11 +221,7 @@ async fn health_check(settings: &Settings) -> anyhow::Result<ExitCode> {
         .await
         .map(|r| r.status().is_success())
         .unwrap_or(false);
-    Ok(if healthy {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
@@ -239,17 +232,11 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-async fn queue_command(
-    settings: &Settings,
-    queue: Queue,
-    action: QueueAction,
-) -> anyhow::Result<ExitCode> {
+async fn queue_command(settings: &Settings, queue: Queue, action: QueueAction) -> anyhow::Result<ExitCode> {
     let store = open_store(settings).await?;
     match action {
         QueueAction::List(args) => {
-            let rows = store
-                .list(queue, args.state.map(Into::into), args.limit)
-                .await?;
+            let rows = store.list(queue, args.state.map(Into::into), args.limit).await?;
             for row in &rows {
                 if args.json {
                     println!("{}", serde_json::to_string(row)?);
@@ -313,19 +300,14 @@ async fn dev_post(
     let base = base.trim_end_matches('/');
     let (path, headers) = match source {
         DevSource::Whatsapp => {
-            let secret = secret_value(&settings.whatsapp.app_secret)
-                .context("whatsapp.app_secret is not set")?;
+            let secret = secret_value(&settings.whatsapp.app_secret).context("whatsapp.app_secret is not set")?;
             (
                 "/webhooks/whatsapp",
-                vec![(
-                    "x-hub-signature-256".to_string(),
-                    signatures::sign_meta(secret, &body),
-                )],
+                vec![("x-hub-signature-256".to_string(), signatures::sign_meta(secret, &body))],
             )
         }
         DevSource::Hubspot => {
-            let secret = secret_value(&settings.hubspot.client_secret)
-                .context("hubspot.client_secret is not set")?;
+            let secret = secret_value(&settings.hubspot.client_secret).context("hubspot.client_secret is not set")?;
             let timestamp = now_ms().to_string();
             let path_and_query = if query.is_empty() {
                 "/webhooks/hubspot".to_string()
@@ -347,8 +329,7 @@ async fn dev_post(
             )
         }
         DevSource::Stripe => {
-            let secret = secret_value(&settings.stripe.webhook_secret)
-                .context("stripe.webhook_secret is not set")?;
+            let secret = secret_value(&settings.stripe.webhook_secret).context("stripe.webhook_secret is not set")?;
             (
                 "/webhooks/stripe",
                 vec![(
@@ -364,23 +345,13 @@ async fn dev_post(
         format!("{base}{path}?{query}")
     };
     let client = reqwest::Client::new();
-    let mut request = client
-        .post(&url)
-        .header("content-type", "application/json")
-        .body(body);
+    let mut request = client.post(&url).header("content-type", "application/json").body(body);
     for (name, value) in headers {
         request = request.header(name, value);
     }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let response = request.send().await.with_context(|| format!("POST {url}"))?;
     let status = response.status();
-    println!(
-        "{} {}",
-        status.as_u16(),
-        response.text().await.unwrap_or_default()
-    );
+    println!("{} {}", status.as_u16(), response.text().await.unwrap_or_default());
     Ok(if status.is_success() {
         ExitCode::SUCCESS
     } else {

@@ -8,6 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::code::CodePattern;
+use crate::domain::referral::FriendInviteMode;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The defaults, one documented key each; also what the binary falls back to.
@@ -25,6 +28,9 @@ pub struct Settings {
     pub whatsapp: WhatsAppSettings,
     pub hubspot: HubSpotSettings,
     pub stripe: StripeSettings,
+    pub programme: ProgrammeSettings,
+    pub hubspot_properties: HubSpotProperties,
+    pub templates: TemplateSettings,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -69,6 +75,8 @@ pub struct WhatsAppSettings {
     pub api_version: String,
     pub phone_number_id: String,
     pub waba_id: String,
+    pub business_number: String,
+    pub max_messages_per_second: u32,
     #[serde(default, serialize_with = "redact")]
     pub access_token: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
@@ -87,6 +95,9 @@ pub struct HubSpotSettings {
     #[serde(default, serialize_with = "redact")]
     pub webhook_api_key: Option<SecretString>,
     pub webhook_api_key_header: String,
+    pub contacts_path: String,
+    pub requests_per_10s: u32,
+    pub searches_per_second: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -96,6 +107,71 @@ pub struct StripeSettings {
     pub secret_key: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
     pub webhook_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ProgrammeSettings {
+    pub promoter_min_score: u8,
+    pub nps_property: String,
+    pub default_region: String,
+    pub invite_cooldown_days: i64,
+    pub max_invites_per_contact: i64,
+    pub attribution_window_days: i64,
+    pub max_open_referrals: i64,
+    pub send_flow_with_invite: bool,
+    pub friend_invite: FriendInviteMode,
+    pub code_pattern: String,
+    pub customer_lifecycle_stage: String,
+    pub stop_keywords: Vec<String>,
+    pub stop_button_payloads: Vec<String>,
+    pub default_personal_message: String,
+    #[serde(default, serialize_with = "redact")]
+    pub flow_token_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HubSpotProperties {
+    pub phone: Vec<String>,
+    pub first_name: String,
+    pub language: String,
+    pub referral_code: String,
+    pub referral_status: String,
+    pub referred_by_code: String,
+    pub referrer_contact_id: String,
+    pub whatsapp_opted_out: String,
+    pub lifecycle_stage: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TemplateSettings {
+    pub languages: Vec<String>,
+    pub default_language: String,
+    pub invite: String,
+    pub invite_body: Vec<TemplateParameter>,
+    pub invite_copy_code_button: u8,
+    pub invite_refer_button: u8,
+    pub invite_stop_button: u8,
+    pub flow: String,
+    pub flow_body: Vec<TemplateParameter>,
+    pub flow_button: u8,
+    pub friend_invite: String,
+    pub friend_invite_body: Vec<TemplateParameter>,
+    pub friend_invite_copy_code_button: u8,
+    pub flow_id: String,
+    pub flow_name: String,
+    pub flow_screen: String,
+    pub flow_cta: String,
+}
+
+/// A value a template body parameter can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateParameter {
+    FirstName,
+    Code,
+    FriendName,
+    ReferrerName,
+    PersonalMessage,
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -116,10 +192,7 @@ fn redact<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S
 
 /// A configured secret, treating an empty string as "not configured".
 pub fn secret_value(secret: &Option<SecretString>) -> Option<&str> {
-    secret
-        .as_ref()
-        .map(|s| s.expose_secret())
-        .filter(|s| !s.is_empty())
+    secret.as_ref().map(|s| s.expose_secret()).filter(|s| !s.is_empty())
 }
 
 impl Settings {
@@ -137,10 +210,8 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("REFERLOOP_") || k == "DATABASE_URL")
             .collect();
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
@@ -150,6 +221,13 @@ impl Settings {
                 .separator("__")
                 .list_separator(",")
                 .with_list_parse_key("worker.retry_schedule_seconds")
+                .with_list_parse_key("programme.stop_keywords")
+                .with_list_parse_key("programme.stop_button_payloads")
+                .with_list_parse_key("hubspot_properties.phone")
+                .with_list_parse_key("templates.languages")
+                .with_list_parse_key("templates.invite_body")
+                .with_list_parse_key("templates.flow_body")
+                .with_list_parse_key("templates.friend_invite_body")
                 .try_parsing(true)
                 .source(Some(env.clone())),
         );
@@ -180,17 +258,10 @@ impl Settings {
             }
         }
         if self.server.request_timeout_seconds == 0 {
-            return invalid(
-                "server.request_timeout_seconds",
-                "must be at least 1".into(),
-            );
+            return invalid("server.request_timeout_seconds", "must be at least 1".into());
         }
-        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
-        {
-            return invalid(
-                "database.url",
-                "must start with sqlite: or postgres://".into(),
-            );
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
+            return invalid("database.url", "must start with sqlite: or postgres://".into());
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());
@@ -213,11 +284,40 @@ impl Settings {
                 return invalid(key, format!("`{value}` is not a URL"));
             }
         }
-        if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
+        if let Err(e) = CodePattern::parse(&self.programme.code_pattern) {
+            return invalid("programme.code_pattern", e.0);
+        }
+        if self
+            .programme
+            .default_region
+            .parse::<phonenumber::country::Id>()
+            .is_err()
+        {
             return invalid(
-                "hubspot.webhook_api_key_header",
-                "is not a valid header name".into(),
+                "programme.default_region",
+                "is not an ISO 3166 alpha-2 region such as US or GB".into(),
             );
+        }
+        if self.programme.promoter_min_score > 10 {
+            return invalid("programme.promoter_min_score", "must be 0..=10".into());
+        }
+        if self.whatsapp.max_messages_per_second == 0 {
+            return invalid("whatsapp.max_messages_per_second", "must be at least 1".into());
+        }
+        if self.hubspot.requests_per_10s == 0 || self.hubspot.searches_per_second == 0 {
+            return invalid("hubspot.requests_per_10s", "rate limits must be at least 1".into());
+        }
+        if !self.templates.languages.contains(&self.templates.default_language) {
+            return invalid(
+                "templates.default_language",
+                "must be one of templates.languages".into(),
+            );
+        }
+        if self.templates.flow_id.is_empty() && self.templates.flow_name.is_empty() {
+            return invalid("templates.flow_id", "set flow_id or flow_name".into());
+        }
+        if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
+            return invalid("hubspot.webhook_api_key_header", "is not a valid header name".into());
         }
         Ok(())
     }
@@ -230,12 +330,20 @@ impl Settings {
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
-        let mut value =
-            toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
         if let toml::Value::Table(table) = &mut value {
             table.insert("sandbox".into(), toml::Value::Boolean(self.sandbox()));
         }
         value.to_string()
+    }
+
+    /// The key that signs Flow tokens: its own secret, else the WhatsApp app secret, else
+    /// (sandbox without secrets) a fixed development key.
+    pub fn flow_token_secret(&self) -> String {
+        secret_value(&self.programme.flow_token_secret)
+            .or_else(|| secret_value(&self.whatsapp.app_secret))
+            .unwrap_or("referloop-development-only")
+            .to_string()
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -248,10 +356,7 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -304,8 +409,7 @@ mod tests {
 
     #[test]
     fn access_token_turns_sandbox_off_unless_forced() {
-        let s = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB")]))
-            .expect("load");
+        let s = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB")])).expect("load");
         assert!(!s.sandbox());
         let s = Settings::load_from(
             None,
@@ -320,17 +424,13 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key() {
-        let err = Settings::load_from(None, env(&[("REFERLOOP_SERVER__LISTEN", "nowhere")]))
-            .expect_err("invalid listen");
+        let err =
+            Settings::load_from(None, env(&[("REFERLOOP_SERVER__LISTEN", "nowhere")])).expect_err("invalid listen");
         assert!(err.to_string().contains("server.listen"), "{err}");
-        let err = Settings::load_from(
-            None,
-            env(&[("REFERLOOP_DATABASE__MAX_CONNECTIONS", "many")]),
-        )
-        .expect_err("invalid number");
+        let err = Settings::load_from(None, env(&[("REFERLOOP_DATABASE__MAX_CONNECTIONS", "many")]))
+            .expect_err("invalid number");
         assert!(err.to_string().contains("max_connections"), "{err}");
-        let err = Settings::load_from(None, env(&[("REFERLOOP_LOG__FORMAT", "xml")]))
-            .expect_err("bad enum");
+        let err = Settings::load_from(None, env(&[("REFERLOOP_LOG__FORMAT", "xml")])).expect_err("bad enum");
         assert!(err.to_string().contains("format"), "{err}");
     }
 

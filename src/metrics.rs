@@ -71,8 +71,7 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("referloop");
         let http_requests = Family::<RequestLabels, Counter>::default();
-        let http_duration =
-            HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let http_duration = HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
         let webhook_rejections = Family::<RejectionLabels, Counter>::default();
         let webhook_events_stored = Family::<SourceLabels, Counter>::default();
         let queue_items = Family::<QueueLabels, Gauge>::default();
@@ -97,11 +96,7 @@ impl Metrics {
             "New webhook events stored in the inbox",
             webhook_events_stored.clone(),
         );
-        registry.register(
-            "queue_items",
-            "Inbox events and jobs by state",
-            queue_items.clone(),
-        );
+        registry.register("queue_items", "Inbox events and jobs by state", queue_items.clone());
         registry.register(
             "worker_outcomes",
             "Items the worker finished, by outcome",

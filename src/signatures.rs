@@ -33,8 +33,7 @@ impl SignatureError {
 
 fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
-    let mut mac = HmacSha256::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac = HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     for part in parts {
         mac.update(part);
     }
@@ -46,16 +45,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Meta's `X-Hub-Signature-256: sha256=<hex>`: HMAC-SHA256 of the raw body with the App Secret.
-pub fn verify_meta(
-    app_secret: &str,
-    body: &[u8],
-    header: Option<&str>,
-) -> Result<(), SignatureError> {
+pub fn verify_meta(app_secret: &str, body: &[u8], header: Option<&str>) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
-    let hex_digest = header
-        .trim()
-        .strip_prefix("sha256=")
-        .ok_or(SignatureError::Malformed)?;
+    let hex_digest = header.trim().strip_prefix("sha256=").ok_or(SignatureError::Malformed)?;
     let given = hex::decode(hex_digest).map_err(|_| SignatureError::Malformed)?;
     let expected = hmac_sha256(app_secret.as_bytes(), &[body]);
     if constant_time_eq(&given, &expected) {
@@ -67,10 +59,7 @@ pub fn verify_meta(
 
 /// Signs a body the way Meta does; used by tests, the load generator and `referloop dev`.
 pub fn sign_meta(app_secret: &str, body: &[u8]) -> String {
-    format!(
-        "sha256={}",
-        hex::encode(hmac_sha256(app_secret.as_bytes(), &[body]))
-    )
+    format!("sha256={}", hex::encode(hmac_sha256(app_secret.as_bytes(), &[body])))
 }
 
 /// HubSpot's v3 URI rule: decode only the listed percent-escapes, leave everything else
@@ -95,10 +84,7 @@ pub fn hubspot_decode_uri(uri: &str) -> String {
     while let Some(pos) = rest.find('%') {
         out.push_str(&rest[..pos]);
         let candidate = rest.get(pos..pos + 3).unwrap_or("");
-        match DECODED
-            .iter()
-            .find(|(esc, _)| esc.eq_ignore_ascii_case(candidate))
-        {
+        match DECODED.iter().find(|(esc, _)| esc.eq_ignore_ascii_case(candidate)) {
             Some((_, ch)) => {
                 out.push(*ch);
                 rest = &rest[pos + 3..];
@@ -114,22 +100,11 @@ pub fn hubspot_decode_uri(uri: &str) -> String {
 }
 
 /// The v3 signature: base64(HMAC-SHA256(client secret, method + decoded URI + body + timestamp)).
-pub fn sign_hubspot_v3(
-    client_secret: &str,
-    method: &str,
-    uri: &str,
-    body: &[u8],
-    timestamp: &str,
-) -> String {
+pub fn sign_hubspot_v3(client_secret: &str, method: &str, uri: &str, body: &[u8], timestamp: &str) -> String {
     let uri = hubspot_decode_uri(uri);
     let digest = hmac_sha256(
         client_secret.as_bytes(),
-        &[
-            method.as_bytes(),
-            uri.as_bytes(),
-            body,
-            timestamp.as_bytes(),
-        ],
+        &[method.as_bytes(), uri.as_bytes(), body, timestamp.as_bytes()],
     );
     base64::engine::general_purpose::STANDARD.encode(digest)
 }
@@ -147,10 +122,7 @@ pub fn verify_hubspot_v3(
 ) -> Result<(), SignatureError> {
     let signature = signature.ok_or(SignatureError::Missing)?;
     let timestamp = timestamp.ok_or(SignatureError::Missing)?;
-    let sent_ms: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| SignatureError::Malformed)?;
+    let sent_ms: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Malformed)?;
     if (now_ms - sent_ms).abs() > MAX_SIGNATURE_AGE_MS {
         return Err(SignatureError::Expired);
     }
@@ -160,12 +132,7 @@ pub fn verify_hubspot_v3(
     let uri = hubspot_decode_uri(uri);
     let expected = hmac_sha256(
         client_secret.as_bytes(),
-        &[
-            method.as_bytes(),
-            uri.as_bytes(),
-            body,
-            timestamp.as_bytes(),
-        ],
+        &[method.as_bytes(), uri.as_bytes(), body, timestamp.as_bytes()],
     );
     if constant_time_eq(&given, &expected) {
         Ok(())
@@ -185,12 +152,7 @@ pub fn verify_api_key(expected: &str, given: Option<&str>) -> Result<(), Signatu
 }
 
 /// `Stripe-Signature: t=<unix seconds>,v1=<hex>[,v1=…]`; any `v1` may match (secret roll).
-pub fn verify_stripe(
-    secret: &str,
-    body: &[u8],
-    header: Option<&str>,
-    now_secs: i64,
-) -> Result<(), SignatureError> {
+pub fn verify_stripe(secret: &str, body: &[u8], header: Option<&str>, now_secs: i64) -> Result<(), SignatureError> {
     let header = header.ok_or(SignatureError::Missing)?;
     let mut timestamp: Option<&str> = None;
     let mut candidates = Vec::new();
@@ -232,10 +194,8 @@ pub fn sign_stripe(secret: &str, body: &[u8], timestamp: i64) -> String {
 mod tests {
     use super::*;
 
-    const META_FIXTURE: &[u8] =
-        include_bytes!("../tests/fixtures/whatsapp/text_message_signed.json");
-    const META_FIXTURE_SIG: &str =
-        include_str!("../tests/fixtures/whatsapp/text_message_signed.sig.txt");
+    const META_FIXTURE: &[u8] = include_bytes!("../tests/fixtures/whatsapp/text_message_signed.json");
+    const META_FIXTURE_SIG: &str = include_str!("../tests/fixtures/whatsapp/text_message_signed.sig.txt");
 
     fn fixture_line(prefix: &str) -> String {
         META_FIXTURE_SIG
@@ -250,8 +210,7 @@ mod tests {
         let secret = fixture_line("APP_SECRET=");
         let header = fixture_line("X-Hub-Signature-256:");
         assert_eq!(verify_meta(&secret, META_FIXTURE, Some(&header)), Ok(()));
-        let value: serde_json::Value =
-            serde_json::from_slice(META_FIXTURE).expect("fixture is json");
+        let value: serde_json::Value = serde_json::from_slice(META_FIXTURE).expect("fixture is json");
         let reserialised = serde_json::to_vec(&value).expect("serialise");
         assert_ne!(reserialised, META_FIXTURE);
         assert_eq!(
@@ -270,18 +229,9 @@ mod tests {
         let body = br#"{"object":"whatsapp_business_account"}"#;
         let good = sign_meta("secret", body);
         assert_eq!(verify_meta("secret", body, Some(&good)), Ok(()));
-        assert_eq!(
-            verify_meta("other", body, Some(&good)),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_meta("secret", b"{}", Some(&good)),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_meta("secret", body, None),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify_meta("other", body, Some(&good)), Err(SignatureError::Mismatch));
+        assert_eq!(verify_meta("secret", b"{}", Some(&good)), Err(SignatureError::Mismatch));
+        assert_eq!(verify_meta("secret", body, None), Err(SignatureError::Missing));
         assert_eq!(
             verify_meta("secret", body, Some("md5=abc")),
             Err(SignatureError::Malformed)
@@ -326,9 +276,8 @@ mod tests {
         let uri = "https://x.example/webhooks/hubspot?trigger=nps";
         let ts = 1_700_000_000_000_i64;
         let sig = sign_hubspot_v3(secret, "POST", uri, b"{}", &ts.to_string());
-        let verify = |sig: Option<&str>, t: Option<&str>, now: i64| {
-            verify_hubspot_v3(secret, "POST", uri, b"{}", sig, t, now)
-        };
+        let verify =
+            |sig: Option<&str>, t: Option<&str>, now: i64| verify_hubspot_v3(secret, "POST", uri, b"{}", sig, t, now);
         let t = ts.to_string();
         assert_eq!(verify(Some(&sig), Some(&t), ts + 299_000), Ok(()));
         assert_eq!(
@@ -341,38 +290,22 @@ mod tests {
         );
         assert_eq!(verify(None, Some(&t), ts), Err(SignatureError::Missing));
         assert_eq!(verify(Some(&sig), None, ts), Err(SignatureError::Missing));
-        assert_eq!(
-            verify(Some(&sig), Some("soon"), ts),
-            Err(SignatureError::Malformed)
-        );
-        assert_eq!(
-            verify(Some("!!"), Some(&t), ts),
-            Err(SignatureError::Malformed)
-        );
+        assert_eq!(verify(Some(&sig), Some("soon"), ts), Err(SignatureError::Malformed));
+        assert_eq!(verify(Some("!!"), Some(&t), ts), Err(SignatureError::Malformed));
         let other = (ts + 1).to_string();
-        assert_eq!(
-            verify(Some(&sig), Some(&other), ts),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify(Some(&sig), Some(&other), ts), Err(SignatureError::Mismatch));
     }
 
     #[test]
     fn hubspot_decodes_only_listed_escapes() {
-        assert_eq!(
-            hubspot_decode_uri("/a%3Ab%2fc%20d+e%7E%"),
-            "/a:b/c%20d+e%7E%"
-        );
-        assert_eq!(
-            hubspot_decode_uri("%28%29%2A%2C%3B%40%21%24%27%3F"),
-            "()*,;@!$'?"
-        );
+        assert_eq!(hubspot_decode_uri("/a%3Ab%2fc%20d+e%7E%"), "/a:b/c%20d+e%7E%");
+        assert_eq!(hubspot_decode_uri("%28%29%2A%2C%3B%40%21%24%27%3F"), "()*,;@!$'?");
     }
 
     #[test]
     fn stripe_documented_vector() {
         let body = br#"{"id":"evt_test_0001","object":"event","type":"customer.created"}"#;
-        let header =
-            "t=1767225600,v1=93957963e750dee399c120381e04f6682dbbac7c278bd9bedeea7479aa93045d";
+        let header = "t=1767225600,v1=93957963e750dee399c120381e04f6682dbbac7c278bd9bedeea7479aa93045d";
         assert_eq!(sign_stripe("whsec_test_secret", body, 1767225600), header);
         assert_eq!(
             verify_stripe("whsec_test_secret", body, Some(header), 1767225700),
@@ -398,10 +331,7 @@ mod tests {
             verify_stripe("whsec_a", body, Some(&good), now + 301),
             Err(SignatureError::Expired)
         );
-        assert_eq!(
-            verify_stripe("whsec_a", body, None, now),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify_stripe("whsec_a", body, None, now), Err(SignatureError::Missing));
         assert_eq!(
             verify_stripe("whsec_a", body, Some("v1=abc"), now),
             Err(SignatureError::Malformed)
@@ -412,10 +342,7 @@ mod tests {
         );
         // A rolled secret: the second v1 matches.
         let rolled = format!("{good},v1=00ff");
-        let two = format!(
-            "t={now},v1=00ff,{}",
-            good.split(',').nth(1).unwrap_or_default()
-        );
+        let two = format!("t={now},v1=00ff,{}", good.split(',').nth(1).unwrap_or_default());
         assert_eq!(verify_stripe("whsec_a", body, Some(&rolled), now), Ok(()));
         assert_eq!(verify_stripe("whsec_a", body, Some(&two), now), Ok(()));
     }
@@ -423,14 +350,8 @@ mod tests {
     #[test]
     fn api_key_comparison() {
         assert_eq!(verify_api_key("k1", Some("k1")), Ok(()));
-        assert_eq!(
-            verify_api_key("k1", Some("k2")),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify_api_key("k1", Some("k")),
-            Err(SignatureError::Mismatch)
-        );
+        assert_eq!(verify_api_key("k1", Some("k2")), Err(SignatureError::Mismatch));
+        assert_eq!(verify_api_key("k1", Some("k")), Err(SignatureError::Mismatch));
         assert_eq!(verify_api_key("k1", None), Err(SignatureError::Missing));
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::jobs::Worker;
+use crate::jobs::{Services, Worker};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -31,13 +31,12 @@ impl Application {
             .await
             .with_context(|| format!("binding server.listen = {}", settings.server.listen))?;
         let metrics = Arc::new(Metrics::new());
-        let worker = settings
-            .worker
-            .enabled
-            .then(|| Worker::new(store.clone(), metrics.clone(), settings.worker.clone()));
+        let settings = Arc::new(settings);
+        let services = Arc::new(Services::new(store.clone(), settings.clone(), metrics.clone())?);
+        let worker = settings.worker.enabled.then(|| Worker::new(services));
         let state = AppState {
             store,
-            settings: Arc::new(settings),
+            settings,
             metrics,
         };
         Ok(Application {
@@ -57,10 +56,7 @@ impl Application {
 
     /// Serves until `shutdown` completes: stops accepting, finishes in-flight requests,
     /// then lets the worker finish the item in hand.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let settings = self.state.settings.clone();
         tracing::info!(
             listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -72,9 +68,7 @@ impl Application {
         let worker = self.worker.map(|w| tokio::spawn(w.run(worker_stopped)));
         let store = self.state.store.clone();
         let app = http::router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
         tracing::info!("HTTP server stopped; stopping worker");
         let _ = stop_worker.send(true);
         if let Some(worker) = worker {

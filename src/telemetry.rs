@@ -17,11 +17,7 @@ pub fn init(format: LogFormat, level: &str) {
         .with_ansi(ansi);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }

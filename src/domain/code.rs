@@ -29,15 +29,11 @@ impl CodePattern {
         let mut rest = pattern;
         while !rest.is_empty() {
             if let Some(after) = rest.strip_prefix('{') {
-                let end = after
-                    .find('}')
-                    .ok_or_else(|| PatternError("unclosed `{`".into()))?;
+                let end = after.find('}').ok_or_else(|| PatternError("unclosed `{`".into()))?;
                 let (kind, n) = after[..end]
                     .split_once(':')
                     .ok_or_else(|| PatternError("expected {kind:N}".into()))?;
-                let n: usize = n
-                    .parse()
-                    .map_err(|_| PatternError(format!("`{n}` is not a number")))?;
+                let n: usize = n.parse().map_err(|_| PatternError(format!("`{n}` is not a number")))?;
                 parts.push(match kind {
                     "name" => Part::Name(n),
                     "random" => Part::Random(n),
@@ -47,26 +43,16 @@ impl CodePattern {
             } else {
                 let end = rest.find('{').unwrap_or(rest.len());
                 let literal = rest[..end].to_ascii_uppercase();
-                if !literal
-                    .bytes()
-                    .all(|b| CODE_ALPHABET.contains(&b) || b == b'-')
-                {
-                    return Err(PatternError(format!(
-                        "literal `{literal}` has ambiguous characters"
-                    )));
+                if !literal.bytes().all(|b| CODE_ALPHABET.contains(&b) || b == b'-') {
+                    return Err(PatternError(format!("literal `{literal}` has ambiguous characters")));
                 }
                 parts.push(Part::Literal(literal));
                 rest = &rest[end..];
             }
         }
-        let random: usize = parts
-            .iter()
-            .map(|p| if let Part::Random(n) = p { *n } else { 0 })
-            .sum();
+        let random: usize = parts.iter().map(|p| if let Part::Random(n) = p { *n } else { 0 }).sum();
         if random < 3 {
-            return Err(PatternError(
-                "needs at least 3 random characters to stay unique".into(),
-            ));
+            return Err(PatternError("needs at least 3 random characters to stay unique".into()));
         }
         let longest: usize = parts
             .iter()
@@ -84,11 +70,7 @@ impl CodePattern {
     }
 
     /// Builds a code; `random_index(n)` returns a number in `0..n` (the caller's RNG).
-    pub fn generate(
-        &self,
-        first_name: &str,
-        mut random_index: impl FnMut(usize) -> usize,
-    ) -> String {
+    pub fn generate(&self, first_name: &str, mut random_index: impl FnMut(usize) -> usize) -> String {
         let name = readable_letters(first_name);
         let mut code = String::new();
         for part in &self.0 {
@@ -144,9 +126,7 @@ pub fn normalise_code(raw: &str) -> String {
 pub fn codes_in_text(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_ascii_alphanumeric())
         .map(str::to_ascii_uppercase)
-        .filter(|w| {
-            (6..=MAX_CODE_LEN).contains(&w.len()) && w.bytes().all(|b| CODE_ALPHABET.contains(&b))
-        })
+        .filter(|w| (6..=MAX_CODE_LEN).contains(&w.len()) && w.bytes().all(|b| CODE_ALPHABET.contains(&b)))
         .collect()
 }
 
@@ -172,10 +152,7 @@ mod tests {
         assert!(long.starts_with("MAXMAN"), "{long}");
         for name in ["Zoë", "Ölof", "李", "", "O'Neil-Lily"] {
             let code = pattern.generate(name, counter());
-            assert!(
-                code.bytes().all(|b| CODE_ALPHABET.contains(&b)),
-                "{name} → {code}"
-            );
+            assert!(code.bytes().all(|b| CODE_ALPHABET.contains(&b)), "{name} → {code}");
             assert!(code.len() >= 4);
         }
     }
@@ -194,24 +171,15 @@ mod tests {
             CodePattern::parse("{name:6}{random:2}").is_err(),
             "too few random characters"
         );
-        assert!(
-            CodePattern::parse("{name:12}{random:6}").is_err(),
-            "too long"
-        );
+        assert!(CodePattern::parse("{name:12}{random:6}").is_err(), "too long");
         assert!(CodePattern::parse("{nome:6}{random:4}").is_err());
-        assert!(
-            CodePattern::parse("LOL{random:4}").is_err(),
-            "ambiguous literal"
-        );
+        assert!(CodePattern::parse("LOL{random:4}").is_err(), "ambiguous literal");
         assert!(CodePattern::parse("{name:6").is_err());
     }
 
     #[test]
     fn finds_codes_in_text() {
-        assert_eq!(
-            codes_in_text("Hi! REF anna7kq2 please"),
-            vec!["ANNA7KQ2".to_string()]
-        );
+        assert_eq!(codes_in_text("Hi! REF anna7kq2 please"), vec!["ANNA7KQ2".to_string()]);
         assert!(codes_in_text("hello there").is_empty());
         assert_eq!(normalise_code(" anna 7kq2 "), "ANNA7KQ2");
     }

@@ -53,9 +53,7 @@ impl Ineligible {
             Ineligible::NotAPromoter { score: None } => "not_a_promoter: no score".into(),
             Ineligible::NoValidPhone(e) => e.as_str().into(),
             Ineligible::OptedOut => "opted_out".into(),
-            Ineligible::CoolingDown {
-                last_invited_days_ago,
-            } => {
+            Ineligible::CoolingDown { last_invited_days_ago } => {
                 format!("cooldown: invited {last_invited_days_ago} days ago")
             }
             Ineligible::InviteLimitReached { invites } => {
@@ -165,10 +163,7 @@ mod tests {
             score: None,
             ..facts()
         };
-        assert!(
-            check(&rules(), &milestone).is_ok(),
-            "milestones need no score"
-        );
+        assert!(check(&rules(), &milestone).is_ok(), "milestones need no score");
     }
 
     #[test]
@@ -189,10 +184,7 @@ mod tests {
             check(&rules(), &passive),
             Err(Ineligible::NotAPromoter { .. })
         ));
-        let no_score = TriggerFacts {
-            score: None,
-            ..facts()
-        };
+        let no_score = TriggerFacts { score: None, ..facts() };
         assert!(matches!(
             check(&rules(), &no_score),
             Err(Ineligible::NotAPromoter { score: None })

@@ -27,8 +27,8 @@ pub enum FlowTokenError {
 }
 
 fn signature(secret: &str, invite_id: i64, nonce: &str) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(format!("{PREFIX}.{invite_id}.{nonce}").as_bytes());
     mac.finalize().into_bytes().to_vec()
 }
@@ -41,22 +41,16 @@ impl FlowToken {
 
     pub fn verify(token: &str, secret: &str) -> Result<FlowToken, FlowTokenError> {
         let mut parts = token.trim().split('.');
-        let (Some(PREFIX), Some(id), Some(nonce), Some(sig), None) = (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) else {
+        let (Some(PREFIX), Some(id), Some(nonce), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(FlowTokenError::Malformed);
         };
         let invite_id: i64 = id.parse().map_err(|_| FlowTokenError::Malformed)?;
         if nonce.is_empty() || !nonce.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(FlowTokenError::Malformed);
         }
-        let given = URL_SAFE_NO_PAD
-            .decode(sig)
-            .map_err(|_| FlowTokenError::Malformed)?;
+        let given = URL_SAFE_NO_PAD.decode(sig).map_err(|_| FlowTokenError::Malformed)?;
         let expected = signature(secret, invite_id, nonce);
         if given.len() == expected.len() && bool::from(given.ct_eq(&expected)) {
             Ok(FlowToken {
@@ -81,15 +75,9 @@ mod tests {
         };
         let signed = token.sign("secret");
         assert_eq!(FlowToken::verify(&signed, "secret"), Ok(token));
-        assert_eq!(
-            FlowToken::verify(&signed, "other"),
-            Err(FlowTokenError::Forged)
-        );
+        assert_eq!(FlowToken::verify(&signed, "other"), Err(FlowTokenError::Forged));
         let other_invite = signed.replacen("rl1.42.", "rl1.43.", 1);
-        assert_eq!(
-            FlowToken::verify(&other_invite, "secret"),
-            Err(FlowTokenError::Forged)
-        );
+        assert_eq!(FlowToken::verify(&other_invite, "secret"), Err(FlowTokenError::Forged));
         for bad in [
             "",
             "unused",

@@ -86,9 +86,7 @@ fn scalar_text(value: &Value) -> Option<String> {
 pub fn split_whatsapp(body: &[u8]) -> Result<Vec<NewInboxEvent>, PayloadError> {
     let root = parse(body)?;
     if root.get("object").and_then(Value::as_str) != Some("whatsapp_business_account") {
-        return Err(PayloadError::Unexpected(
-            "not a whatsapp_business_account webhook",
-        ));
+        return Err(PayloadError::Unexpected("not a whatsapp_business_account webhook"));
     }
     let entries = root
         .get("entry")
@@ -109,26 +107,14 @@ pub fn split_whatsapp(body: &[u8]) -> Result<Vec<NewInboxEvent>, PayloadError> {
 }
 
 fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEvent>) {
-    let field = change
-        .get("field")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown");
+    let field = change.get("field").and_then(Value::as_str).unwrap_or("unknown");
     let value = change.get("value").cloned().unwrap_or(Value::Null);
     let context = |item_name: &str, item: &Value| {
         let mut payload = Map::new();
-        payload.insert(
-            "waba_id".into(),
-            entry.get("id").cloned().unwrap_or(Value::Null),
-        );
+        payload.insert("waba_id".into(), entry.get("id").cloned().unwrap_or(Value::Null));
         payload.insert("field".into(), Value::String(field.to_string()));
-        payload.insert(
-            "metadata".into(),
-            value.get("metadata").cloned().unwrap_or(Value::Null),
-        );
-        payload.insert(
-            "contacts".into(),
-            value.get("contacts").cloned().unwrap_or(Value::Null),
-        );
+        payload.insert("metadata".into(), value.get("metadata").cloned().unwrap_or(Value::Null));
+        payload.insert("contacts".into(), value.get("contacts").cloned().unwrap_or(Value::Null));
         payload.insert(item_name.to_string(), item.clone());
         Value::Object(payload).to_string()
     };
@@ -140,41 +126,21 @@ fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEv
     };
 
     let mut itemised = false;
-    for message in value
-        .get("messages")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for message in value.get("messages").and_then(Value::as_array).into_iter().flatten() {
         itemised = true;
         let key = match message.get("id").and_then(scalar_text) {
             Some(id) => format!("message:{id}"),
-            None => format!(
-                "message:sha256:{}",
-                short_hash(message.to_string().as_bytes())
-            ),
+            None => format!("message:sha256:{}", short_hash(message.to_string().as_bytes())),
         };
-        out.push(whatsapp(
-            key,
-            "whatsapp.message",
-            context("message", message),
-        ));
+        out.push(whatsapp(key, "whatsapp.message", context("message", message)));
     }
-    for status in value
-        .get("statuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for status in value.get("statuses").and_then(Value::as_array).into_iter().flatten() {
         itemised = true;
         let id = status.get("id").and_then(scalar_text);
         let state = status.get("status").and_then(scalar_text);
         let key = match (id, state) {
             (Some(id), Some(state)) => format!("status:{id}:{state}"),
-            _ => format!(
-                "status:sha256:{}",
-                short_hash(status.to_string().as_bytes())
-            ),
+            _ => format!("status:sha256:{}", short_hash(status.to_string().as_bytes())),
         };
         out.push(whatsapp(key, "whatsapp.status", context("status", status)));
     }
@@ -185,18 +151,8 @@ fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEv
         .flatten()
     {
         itemised = true;
-        let part = |name: &str| {
-            preference
-                .get(name)
-                .and_then(scalar_text)
-                .unwrap_or_default()
-        };
-        let key = format!(
-            "preference:{}:{}:{}",
-            part("wa_id"),
-            part("value"),
-            part("timestamp")
-        );
+        let part = |name: &str| preference.get(name).and_then(scalar_text).unwrap_or_default();
+        let key = format!("preference:{}:{}:{}", part("wa_id"), part("value"), part("timestamp"));
         out.push(whatsapp(
             key,
             "whatsapp.user_preference",
@@ -219,10 +175,7 @@ pub struct HubSpotTrigger {
 
 /// HubSpot sends either a JSON array of Webhooks API events or one workflow record
 /// (the classic v1 record or a flat object of chosen properties).
-pub fn split_hubspot(
-    body: &[u8],
-    trigger: &HubSpotTrigger,
-) -> Result<Vec<NewInboxEvent>, PayloadError> {
+pub fn split_hubspot(body: &[u8], trigger: &HubSpotTrigger) -> Result<Vec<NewInboxEvent>, PayloadError> {
     match parse(body)? {
         Value::Array(events) => Ok(events.iter().map(hubspot_api_event).collect()),
         Value::Object(record) => Ok(vec![hubspot_workflow_event(&record, body, trigger)?]),
@@ -235,10 +188,7 @@ fn hubspot_api_event(event: &Value) -> NewInboxEvent {
         Some(id) => format!("event:{id}"),
         None => format!("event:sha256:{}", short_hash(event.to_string().as_bytes())),
     };
-    let kind = event
-        .get("subscriptionType")
-        .and_then(Value::as_str)
-        .unwrap_or("event");
+    let kind = event.get("subscriptionType").and_then(Value::as_str).unwrap_or("event");
     NewInboxEvent {
         source: Source::HubSpot,
         dedupe_key: key,
@@ -304,9 +254,8 @@ fn hubspot_workflow_event(
     body: &[u8],
     trigger: &HubSpotTrigger,
 ) -> Result<NewInboxEvent, PayloadError> {
-    let (object, id) = hubspot_record_id(record).ok_or(PayloadError::Unexpected(
-        "no record id (hs_object_id, vid or dealId)",
-    ))?;
+    let (object, id) =
+        hubspot_record_id(record).ok_or(PayloadError::Unexpected("no record id (hs_object_id, vid or dealId)"))?;
     let trigger_name = trigger.trigger.as_deref().unwrap_or("unspecified");
     let mut key = format!("{object}:{id}:{trigger_name}");
     if let Some(name) = &trigger.name {
@@ -324,11 +273,7 @@ fn hubspot_workflow_event(
     payload.insert("trigger".into(), Value::String(trigger_name.to_string()));
     payload.insert(
         "name".into(),
-        trigger
-            .name
-            .clone()
-            .map(Value::String)
-            .unwrap_or(Value::Null),
+        trigger.name.clone().map(Value::String).unwrap_or(Value::Null),
     );
     payload.insert("object_type".into(), Value::String(object.to_string()));
     payload.insert("object_id".into(), Value::String(id));
@@ -349,10 +294,7 @@ pub fn split_stripe(body: &[u8]) -> Result<Vec<NewInboxEvent>, PayloadError> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or(PayloadError::Unexpected("no event id"))?;
-    let kind = root
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown");
+    let kind = root.get("type").and_then(Value::as_str).unwrap_or("unknown");
     Ok(vec![NewInboxEvent {
         source: Source::Stripe,
         dedupe_key: id.to_string(),
@@ -403,11 +345,7 @@ mod tests {
         let keys: Vec<_> = events.iter().map(|e| e.dedupe_key.as_str()).collect();
         assert_eq!(
             keys[..3],
-            [
-                "message:wamid.B",
-                "status:wamid.A:sent",
-                "status:wamid.A:delivered"
-            ]
+            ["message:wamid.B", "status:wamid.A:sent", "status:wamid.A:delivered"]
         );
         assert!(keys[3].starts_with("message_template_status_update:"));
         assert_eq!(events[3].kind, "whatsapp.message_template_status_update");
@@ -415,8 +353,7 @@ mod tests {
 
     #[test]
     fn whatsapp_user_preferences() {
-        let events =
-            split_whatsapp(&fixture("whatsapp/user_preferences_stop.json")).expect("split");
+        let events = split_whatsapp(&fixture("whatsapp/user_preferences_stop.json")).expect("split");
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].kind, "whatsapp.user_preference");
         assert!(events[0].dedupe_key.starts_with("preference:"));
@@ -425,10 +362,7 @@ mod tests {
 
     #[test]
     fn whatsapp_rejects_other_shapes() {
-        assert!(matches!(
-            split_whatsapp(b"{"),
-            Err(PayloadError::NotJson(_))
-        ));
+        assert!(matches!(split_whatsapp(b"{"), Err(PayloadError::NotJson(_))));
         assert!(matches!(
             split_whatsapp(b"{\"object\":\"page\"}"),
             Err(PayloadError::Unexpected(_))
@@ -437,8 +371,7 @@ mod tests {
             split_whatsapp(b"{\"object\":\"whatsapp_business_account\"}"),
             Err(PayloadError::Unexpected(_))
         ));
-        let empty =
-            split_whatsapp(b"{\"object\":\"whatsapp_business_account\",\"entry\":[]}").expect("ok");
+        let empty = split_whatsapp(b"{\"object\":\"whatsapp_business_account\",\"entry\":[]}").expect("ok");
         assert!(empty.is_empty());
     }
 
@@ -448,11 +381,7 @@ mod tests {
             trigger: Some("nps".into()),
             name: None,
         };
-        let flat = split_hubspot(
-            &fixture("hubspot/workflow-webhook-custom-body.json"),
-            &trigger,
-        )
-        .expect("flat");
+        let flat = split_hubspot(&fixture("hubspot/workflow-webhook-custom-body.json"), &trigger).expect("flat");
         assert_eq!(flat[0].dedupe_key, "contact:90001:nps:1767225600000");
         assert_eq!(flat[0].kind, "hubspot.workflow.nps");
         let classic = split_hubspot(
@@ -477,9 +406,7 @@ mod tests {
             a[0].dedupe_key, b[0].dedupe_key,
             "a retry of the same body has the same key"
         );
-        assert!(a[0]
-            .dedupe_key
-            .starts_with("contact:7:milestone:renewal:sha256:"));
+        assert!(a[0].dedupe_key.starts_with("contact:7:milestone:renewal:sha256:"));
     }
 
     #[test]
@@ -488,21 +415,10 @@ mod tests {
             trigger: Some("conversion".into()),
             name: None,
         };
-        let deal = split_hubspot(
-            &fixture("hubspot/workflow-webhook-deal-all-properties.json"),
-            &trigger,
-        )
-        .expect("deal");
-        assert!(
-            deal[0].dedupe_key.starts_with("deal:"),
-            "{}",
-            deal[0].dedupe_key
-        );
-        let api = split_hubspot(
-            &fixture("hubspot/webhooks-api-contact-propertychange.json"),
-            &trigger,
-        )
-        .expect("api");
+        let deal =
+            split_hubspot(&fixture("hubspot/workflow-webhook-deal-all-properties.json"), &trigger).expect("deal");
+        assert!(deal[0].dedupe_key.starts_with("deal:"), "{}", deal[0].dedupe_key);
+        let api = split_hubspot(&fixture("hubspot/webhooks-api-contact-propertychange.json"), &trigger).expect("api");
         assert!(!api.is_empty());
         assert!(api.iter().all(|e| e.dedupe_key.starts_with("event:")));
         assert!(api[0].kind.starts_with("hubspot.contact."));
@@ -527,8 +443,7 @@ mod tests {
 
     #[test]
     fn stripe_event_key_is_its_id() {
-        let events =
-            split_stripe(&fixture("stripe/event-checkout-session-completed.json")).expect("stripe");
+        let events = split_stripe(&fixture("stripe/event-checkout-session-completed.json")).expect("stripe");
         assert!(events[0].dedupe_key.starts_with("evt_"));
         assert_eq!(events[0].kind, "stripe.checkout.session.completed");
         assert!(matches!(

@@ -124,10 +124,7 @@ pub fn classify(code: Option<i64>, http_status: Option<u16>) -> SendErrorClass {
 /// True when `text` is exactly one of the stop keywords, ignoring case, surrounding
 /// whitespace and trailing punctuation ("Stop!" counts, "don't stop" does not).
 pub fn is_stop_keyword(text: &str, keywords: &[String]) -> bool {
-    let word = text
-        .trim()
-        .trim_end_matches(|c: char| c.is_ascii_punctuation())
-        .trim();
+    let word = text.trim().trim_end_matches(|c: char| c.is_ascii_punctuation()).trim();
     keywords.iter().any(|k| k.eq_ignore_ascii_case(word))
 }
 
@@ -168,48 +165,71 @@ mod tests {
             classify(Some(131000), Some(500)),
             SendErrorClass::Retry { .. }
         ));
-        assert!(matches!(
-            classify(Some(80007), Some(429)),
-            SendErrorClass::Retry { .. }
-        ));
-        assert!(matches!(
-            classify(None, Some(503)),
-            SendErrorClass::Retry { .. }
-        ));
+        assert!(matches!(classify(Some(80007), Some(429)), SendErrorClass::Retry { .. }));
+        assert!(matches!(classify(None, Some(503)), SendErrorClass::Retry { .. }));
         assert!(
             matches!(classify(None, None), SendErrorClass::Retry { .. }),
             "a timeout is retried"
         );
-        assert_eq!(
-            classify(Some(131049), Some(400)),
-            SendErrorClass::MarketingLimit
-        );
+        assert_eq!(classify(Some(131049), Some(400)), SendErrorClass::MarketingLimit);
         assert_eq!(classify(Some(131050), None), SendErrorClass::OptedOut);
-        assert_eq!(
-            classify(Some(131047), Some(400)),
-            SendErrorClass::OutsideWindow
-        );
+        assert_eq!(classify(Some(131047), Some(400)), SendErrorClass::OutsideWindow);
         assert_eq!(classify(Some(131026), None), SendErrorClass::Undeliverable);
         assert_eq!(classify(Some(132001), Some(404)), SendErrorClass::Permanent);
         assert_eq!(classify(Some(190), Some(401)), SendErrorClass::AccountLevel);
-        assert_eq!(
-            classify(Some(131042), Some(400)),
-            SendErrorClass::AccountLevel
-        );
+        assert_eq!(classify(Some(131042), Some(400)), SendErrorClass::AccountLevel);
         assert_eq!(classify(Some(368), Some(403)), SendErrorClass::AccountLevel);
         assert_eq!(classify(None, Some(400)), SendErrorClass::Permanent);
     }
 
     #[test]
     fn stop_keywords() {
-        let keywords: Vec<String> = ["STOP", "UNSUBSCRIBE"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let keywords: Vec<String> = ["STOP", "UNSUBSCRIBE"].iter().map(|s| s.to_string()).collect();
         assert!(is_stop_keyword("stop", &keywords));
         assert!(is_stop_keyword("  Stop! ", &keywords));
         assert!(is_stop_keyword("unsubscribe", &keywords));
         assert!(!is_stop_keyword("don't stop", &keywords));
         assert!(!is_stop_keyword("stopwatch", &keywords));
+    }
+}
+
+/// The template language for a contact: their language when a template exists in it
+/// (`pt-BR` → `pt_BR`; `pt` → the first `pt_*`), else the default.
+pub fn pick_language(contact_language: Option<&str>, available: &[String], default: &str) -> String {
+    let Some(wanted) = contact_language
+        .map(|l| l.trim().replace('-', "_"))
+        .filter(|l| !l.is_empty())
+    else {
+        return default.to_string();
+    };
+    if let Some(exact) = available.iter().find(|a| a.eq_ignore_ascii_case(&wanted)) {
+        return exact.clone();
+    }
+    let primary = wanted.split('_').next().unwrap_or("").to_ascii_lowercase();
+    available
+        .iter()
+        .find(|a| a.split('_').next().is_some_and(|p| p.eq_ignore_ascii_case(&primary)))
+        .cloned()
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// The first word of a name, for a friendly greeting.
+pub fn first_name(name: &str) -> String {
+    name.split_whitespace().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod language_tests {
+    use super::*;
+
+    #[test]
+    fn picks_a_matching_template_language() {
+        let available: Vec<String> = ["en_US", "pt_BR", "es"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pick_language(Some("pt-br"), &available, "en_US"), "pt_BR");
+        assert_eq!(pick_language(Some("pt"), &available, "en_US"), "pt_BR");
+        assert_eq!(pick_language(Some("es-MX"), &available, "en_US"), "es");
+        assert_eq!(pick_language(Some("de"), &available, "en_US"), "en_US");
+        assert_eq!(pick_language(None, &available, "en_US"), "en_US");
+        assert_eq!(first_name("  Zoë Ñúñez "), "Zoë");
     }
 }

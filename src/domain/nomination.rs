@@ -89,17 +89,25 @@ impl NominationRefusal {
             NominationRefusal::InvalidToken => {
                 "Sorry, we couldn't match that form to your invitation. Please tap \"Refer someone\" again.".into()
             }
-            NominationRefusal::InvalidName => "Please enter your friend's name (up to 80 characters) and try again.".into(),
+            NominationRefusal::InvalidName => {
+                "Please enter your friend's name (up to 80 characters) and try again.".into()
+            }
             NominationRefusal::InvalidPhone(_) => {
                 "That number doesn't look like a mobile number. Please include the country code, e.g. +44 7911 123456."
                     .into()
             }
-            NominationRefusal::MessageTooLong => "Your personal message is over 500 characters; please shorten it.".into(),
-            NominationRefusal::SelfReferral => "You can't refer yourself, but we love the enthusiasm! Try a friend's number.".into(),
+            NominationRefusal::MessageTooLong => {
+                "Your personal message is over 500 characters; please shorten it.".into()
+            }
+            NominationRefusal::SelfReferral => {
+                "You can't refer yourself, but we love the enthusiasm! Try a friend's number.".into()
+            }
             NominationRefusal::AlreadyReferred => {
                 format!("Thanks! {friend} has already been invited by someone else, so we can't add them again.")
             }
-            NominationRefusal::AlreadyCustomer => format!("Good news: {friend} is already a customer, so no invite is needed."),
+            NominationRefusal::AlreadyCustomer => {
+                format!("Good news: {friend} is already a customer, so no invite is needed.")
+            }
             NominationRefusal::TooManyOpenReferrals => {
                 "You have several invitations still open. Once a friend joins you can invite more.".into()
             }
@@ -117,18 +125,13 @@ pub fn single_line(text: &str) -> String {
 }
 
 /// Validates the fields (the token and the checks that need the store come separately).
-pub fn validate(
-    reply: &FlowReply,
-    referrer: &E164,
-    default_region: &str,
-) -> Result<Nomination, NominationRefusal> {
+pub fn validate(reply: &FlowReply, referrer: &E164, default_region: &str) -> Result<Nomination, NominationRefusal> {
     let name = reply.friend_name.trim();
     let name_chars = name.chars().count();
     if name_chars == 0 || name_chars > MAX_NAME_CHARS {
         return Err(NominationRefusal::InvalidName);
     }
-    let phone = E164::parse_mobile(&reply.friend_phone, default_region)
-        .map_err(NominationRefusal::InvalidPhone)?;
+    let phone = E164::parse_mobile(&reply.friend_phone, default_region).map_err(NominationRefusal::InvalidPhone)?;
     let message = reply
         .personal_message
         .as_deref()
@@ -173,10 +176,9 @@ mod tests {
         assert_eq!(parsed.flow_token.as_deref(), Some("rl1.1.a.b"));
         assert_eq!(parsed.personal_message, None, "empty optional field");
         assert!(parsed.consent);
-        let minimal = parse_flow_reply(
-            r#"{"friend_name":"Ana","friend_phone":"1","message":"hi","friend_consent":false}"#,
-        )
-        .expect("json");
+        let minimal =
+            parse_flow_reply(r#"{"friend_name":"Ana","friend_phone":"1","message":"hi","friend_consent":false}"#)
+                .expect("json");
         assert_eq!(minimal.flow_token, None);
         assert_eq!(minimal.personal_message.as_deref(), Some("hi"));
         assert!(!minimal.consent);
@@ -188,10 +190,7 @@ mod tests {
         let nomination = validate(&reply(), &referrer(), "GB").expect("valid");
         assert_eq!(nomination.friend_name, "Zoë Ñúñez 😀");
         assert_eq!(nomination.friend_phone.as_str(), "+447911123457");
-        assert_eq!(
-            nomination.personal_message.as_deref(),
-            Some("Você vai adorar! 🎉")
-        );
+        assert_eq!(nomination.personal_message.as_deref(), Some("Você vai adorar! 🎉"));
     }
 
     #[test]

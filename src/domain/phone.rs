@@ -106,10 +106,7 @@ mod tests {
             E164::parse_mobile("+1 (202) 555-0101", "GB").map(|p| p.0),
             Ok("+12025550101".into())
         );
-        assert_eq!(
-            E164::from_wa_id("12025550101").map(|p| p.0),
-            Ok("+12025550101".into())
-        );
+        assert_eq!(E164::from_wa_id("12025550101").map(|p| p.0), Ok("+12025550101".into()));
         assert_eq!(
             E164::parse_mobile("+55 11 99999-0000", "GB").map(|p| p.0),
             Ok("+5511999990000".into())
@@ -119,18 +116,9 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_mobile() {
         assert_eq!(E164::parse_mobile("", "GB"), Err(PhoneError::Missing));
-        assert_eq!(
-            E164::parse_mobile("call me", "GB"),
-            Err(PhoneError::Unparseable)
-        );
-        assert_eq!(
-            E164::parse_mobile("+44 20 7946 0000", "GB"),
-            Err(PhoneError::NotMobile)
-        );
-        assert_eq!(
-            E164::parse_mobile("+44 7911", "GB"),
-            Err(PhoneError::Invalid)
-        );
+        assert_eq!(E164::parse_mobile("call me", "GB"), Err(PhoneError::Unparseable));
+        assert_eq!(E164::parse_mobile("+44 20 7946 0000", "GB"), Err(PhoneError::NotMobile));
+        assert_eq!(E164::parse_mobile("+44 7911", "GB"), Err(PhoneError::Invalid));
         assert_eq!(
             E164::parse_mobile("+44 7700 900123", "GB"),
             Err(PhoneError::Invalid),

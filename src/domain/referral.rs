@@ -18,7 +18,8 @@ use super::nomination::NominationRefusal;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FriendInviteMode {
-    /// A marketing template to the friend.
+    /// A marketing template to the friend (only with the friend's recorded consent;
+    /// otherwise a share link). No fallback when Meta refuses it.
     Direct,
     /// A ready-to-forward message and click-to-chat link to the referrer.
     ShareLink,
@@ -34,16 +35,19 @@ pub enum ReferralState {
     FriendInvited,
     FriendUnreachable,
     Refused,
+    /// Left open past `programme.attribution_window_days`; the friend may be nominated again.
+    Expired,
 }
 
 impl ReferralState {
-    pub const ALL: [ReferralState; 6] = [
+    pub const ALL: [ReferralState; 7] = [
         ReferralState::Nominated,
         ReferralState::DirectInviteQueued,
         ReferralState::AwaitingFriend,
         ReferralState::FriendInvited,
         ReferralState::FriendUnreachable,
         ReferralState::Refused,
+        ReferralState::Expired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +58,7 @@ impl ReferralState {
             ReferralState::FriendInvited => "friend_invited",
             ReferralState::FriendUnreachable => "friend_unreachable",
             ReferralState::Refused => "refused",
+            ReferralState::Expired => "expired",
         }
     }
 
@@ -69,7 +74,8 @@ impl ReferralState {
             ReferralState::AwaitingFriend => 2,
             ReferralState::FriendInvited
             | ReferralState::FriendUnreachable
-            | ReferralState::Refused => 3,
+            | ReferralState::Refused
+            | ReferralState::Expired => 3,
         }
     }
 
@@ -133,49 +139,31 @@ impl Transition {
 
 /// The next state and the messages to send. An event that does not apply (a duplicate,
 /// or one overtaken by a later event) leaves the state as it is and asks for nothing.
-pub fn apply(
-    state: ReferralState,
-    mode: FriendInviteMode,
-    consent: bool,
-    event: &ReferralEvent,
-) -> Transition {
+pub fn apply(state: ReferralState, mode: FriendInviteMode, consent: bool, event: &ReferralEvent) -> Transition {
     use ReferralEvent as E;
     use ReferralState as S;
     match (state, event) {
-        (
-            S::Nominated,
-            E::Screened {
-                refusal: Some(refusal),
-            },
-        ) => Transition::to(S::Refused, vec![Effect::SendRefusal(refusal.clone())]),
+        (S::Nominated, E::Screened { refusal: Some(refusal) }) => {
+            Transition::to(S::Refused, vec![Effect::SendRefusal(refusal.clone())])
+        }
         (S::Nominated, E::Screened { refusal: None }) => {
-            let direct = match mode {
-                FriendInviteMode::Direct => true,
-                FriendInviteMode::ShareLink => false,
-                FriendInviteMode::Auto => consent,
-            };
+            // Messaging policy: the business may start a conversation with the friend only
+            // on their recorded consent, whatever the mode; without it, a share link.
+            let direct = consent && mode != FriendInviteMode::ShareLink;
             if direct {
                 Transition::to(S::DirectInviteQueued, vec![Effect::SendFriendInvite])
             } else {
                 Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
             }
         }
-        (S::DirectInviteQueued, E::DirectInviteFailed { policy_limit: true })
-            if mode != FriendInviteMode::Direct =>
-        {
+        (S::DirectInviteQueued, E::DirectInviteFailed { policy_limit: true }) if mode != FriendInviteMode::Direct => {
             Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
         }
-        (S::DirectInviteQueued, E::DirectInviteFailed { .. }) => {
-            Transition::to(S::FriendUnreachable, vec![])
-        }
-        (S::DirectInviteQueued, E::DirectInviteDelivered) => {
-            Transition::to(S::FriendInvited, vec![])
-        }
+        (S::DirectInviteQueued, E::DirectInviteFailed { .. }) => Transition::to(S::FriendUnreachable, vec![]),
+        (S::DirectInviteQueued, E::DirectInviteDelivered) => Transition::to(S::FriendInvited, vec![]),
         // The friend wrote to us while the direct invite was in flight: they are in.
         (S::DirectInviteQueued, E::FriendArrived) => Transition::to(S::FriendInvited, vec![]),
-        (S::AwaitingFriend, E::FriendArrived) => {
-            Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome])
-        }
+        (S::AwaitingFriend, E::FriendArrived) => Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome]),
         (unchanged, _) => Transition::to(unchanged, vec![]),
     }
 }
@@ -188,7 +176,7 @@ pub fn friend_hubspot_status(state: ReferralState) -> Option<&'static str> {
         ReferralState::AwaitingFriend => Some("share_link_sent"),
         ReferralState::FriendInvited => Some("friend_invited"),
         ReferralState::FriendUnreachable => Some("friend_unreachable"),
-        ReferralState::Refused => None,
+        ReferralState::Refused | ReferralState::Expired => None,
     }
 }
 
@@ -203,39 +191,29 @@ mod tests {
     #[test]
     fn happy_paths() {
         let t = apply(S::Nominated, M::Auto, true, &E::Screened { refusal: None });
+        assert_eq!(t, Transition::to(S::DirectInviteQueued, vec![Effect::SendFriendInvite]));
         assert_eq!(
-            t,
-            Transition::to(S::DirectInviteQueued, vec![Effect::SendFriendInvite])
-        );
-        assert_eq!(
-            apply(
-                S::DirectInviteQueued,
-                M::Auto,
-                true,
-                &E::DirectInviteDelivered
-            )
-            .state,
+            apply(S::DirectInviteQueued, M::Auto, true, &E::DirectInviteDelivered).state,
             S::FriendInvited
         );
 
         let t = apply(S::Nominated, M::Auto, false, &E::Screened { refusal: None });
-        assert_eq!(
-            t,
-            Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
-        );
+        assert_eq!(t, Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink]));
         let t = apply(S::AwaitingFriend, M::Auto, false, &E::FriendArrived);
-        assert_eq!(
-            t,
-            Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome])
-        );
+        assert_eq!(t, Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome]));
     }
 
     #[test]
     fn modes_choose_the_channel() {
         let screened = E::Screened { refusal: None };
         assert_eq!(
-            apply(S::Nominated, M::Direct, false, &screened).state,
+            apply(S::Nominated, M::Direct, true, &screened).state,
             S::DirectInviteQueued
+        );
+        // Messaging policy: no recorded consent, no direct message, whatever the mode.
+        assert_eq!(
+            apply(S::Nominated, M::Direct, false, &screened).state,
+            S::AwaitingFriend
         );
         assert_eq!(
             apply(S::Nominated, M::ShareLink, true, &screened).state,
@@ -247,17 +225,12 @@ mod tests {
     fn policy_limit_falls_back_to_a_share_link_except_in_direct_mode() {
         let failed = E::DirectInviteFailed { policy_limit: true };
         let t = apply(S::DirectInviteQueued, M::Auto, true, &failed);
-        assert_eq!(
-            t,
-            Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink])
-        );
+        assert_eq!(t, Transition::to(S::AwaitingFriend, vec![Effect::SendShareLink]));
         assert_eq!(
             apply(S::DirectInviteQueued, M::Direct, true, &failed).state,
             S::FriendUnreachable
         );
-        let permanent = E::DirectInviteFailed {
-            policy_limit: false,
-        };
+        let permanent = E::DirectInviteFailed { policy_limit: false };
         assert_eq!(
             apply(S::DirectInviteQueued, M::Auto, true, &permanent).state,
             S::FriendUnreachable
@@ -275,10 +248,7 @@ mod tests {
                 refusal: Some(refusal.clone()),
             },
         );
-        assert_eq!(
-            t,
-            Transition::to(S::Refused, vec![Effect::SendRefusal(refusal)])
-        );
+        assert_eq!(t, Transition::to(S::Refused, vec![Effect::SendRefusal(refusal)]));
         assert_eq!(
             apply(S::Refused, M::Auto, true, &E::Screened { refusal: None }),
             Transition::to(S::Refused, vec![])
@@ -298,13 +268,7 @@ mod tests {
             S::FriendInvited
         );
         assert_eq!(
-            apply(
-                S::FriendUnreachable,
-                M::Auto,
-                true,
-                &E::DirectInviteDelivered
-            )
-            .state,
+            apply(S::FriendUnreachable, M::Auto, true, &E::DirectInviteDelivered).state,
             S::FriendUnreachable
         );
         assert!(apply(S::FriendInvited, M::Auto, false, &E::FriendArrived)
@@ -326,9 +290,7 @@ mod tests {
                 refusal: Some(NominationRefusal::AlreadyCustomer)
             }),
             Just(E::DirectInviteFailed { policy_limit: true }),
-            Just(E::DirectInviteFailed {
-                policy_limit: false
-            }),
+            Just(E::DirectInviteFailed { policy_limit: false }),
             Just(E::DirectInviteDelivered),
             Just(E::FriendArrived),
         ]

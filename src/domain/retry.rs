@@ -26,10 +26,7 @@ impl RetrySchedule {
     }
 
     pub fn from_seconds(seconds: &[u64], jitter: f64) -> Self {
-        Self::new(
-            seconds.iter().map(|s| Duration::from_secs(*s)).collect(),
-            jitter,
-        )
+        Self::new(seconds.iter().map(|s| Duration::from_secs(*s)).collect(), jitter)
     }
 
     /// Attempts allowed in all: the first plus one per delay.
@@ -39,12 +36,7 @@ impl RetrySchedule {
 
     /// `attempts` counts attempts made so far (1 after the first failure). `unit_random` is
     /// a number in [0, 1) supplied by the caller so that this stays deterministic.
-    pub fn after_failure(
-        &self,
-        attempts: i64,
-        max_attempts: i64,
-        unit_random: f64,
-    ) -> RetryDecision {
+    pub fn after_failure(&self, attempts: i64, max_attempts: i64, unit_random: f64) -> RetryDecision {
         if attempts >= max_attempts || attempts < 1 {
             return RetryDecision::GiveUp;
         }

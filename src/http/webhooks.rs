@@ -27,31 +27,17 @@ impl AppState {
     fn refuse(&self, source: Source, error: ApiError) -> ApiError {
         self.metrics.reject(source.as_str(), error.reason());
         match &error {
-            ApiError::NotConfigured(why) => tracing::error!(
-                source = source.as_str(),
-                why,
-                "webhook refused: not configured"
-            ),
-            _ => tracing::warn!(
-                source = source.as_str(),
-                reason = error.reason(),
-                "webhook refused"
-            ),
+            ApiError::NotConfigured(why) => {
+                tracing::error!(source = source.as_str(), why, "webhook refused: not configured")
+            }
+            _ => tracing::warn!(source = source.as_str(), reason = error.reason(), "webhook refused"),
         }
         error
     }
 
     /// Stores the events; the caller answers 200 only when this returns Ok.
-    async fn store_events(
-        &self,
-        source: Source,
-        events: &[NewInboxEvent],
-    ) -> Result<u64, ApiError> {
-        match self
-            .store
-            .insert_inbox_events(events, inbox_max_attempts(self))
-            .await
-        {
+    async fn store_events(&self, source: Source, events: &[NewInboxEvent]) -> Result<u64, ApiError> {
+        match self.store.insert_inbox_events(events, inbox_max_attempts(self)).await {
             Ok(new) => {
                 self.metrics
                     .webhook_events_stored
@@ -59,12 +45,7 @@ impl AppState {
                         source: source.as_str().into(),
                     })
                     .inc_by(new);
-                tracing::info!(
-                    source = source.as_str(),
-                    received = events.len(),
-                    new,
-                    "webhook stored"
-                );
+                tracing::info!(source = source.as_str(), received = events.len(), new, "webhook stored");
                 Ok(new)
             }
             Err(e) => {
@@ -75,19 +56,12 @@ impl AppState {
     }
 }
 
-fn body_or_refusal(
-    state: &AppState,
-    source: Source,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Bytes, ApiError> {
+fn body_or_refusal(state: &AppState, source: Source, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
     body.map_err(|rejection| state.refuse(source, ApiError::BodyRejected(rejection.status())))
 }
 
 /// Meta's verification handshake: echo `hub.challenge` when the token matches.
-pub async fn whatsapp_verify(
-    State(state): State<AppState>,
-    OriginalUri(uri): OriginalUri,
-) -> impl IntoResponse {
+pub async fn whatsapp_verify(State(state): State<AppState>, OriginalUri(uri): OriginalUri) -> impl IntoResponse {
     let Some(expected) = secret_value(&state.settings.whatsapp.verify_token) else {
         return state
             .refuse(
@@ -103,16 +77,13 @@ pub async fn whatsapp_verify(
             .map(|(_, v)| v.into_owned())
     };
     let mode_ok = param("hub.mode").as_deref() == Some("subscribe");
-    let token_ok =
-        signatures::verify_api_key(expected, param("hub.verify_token").as_deref()).is_ok();
+    let token_ok = signatures::verify_api_key(expected, param("hub.verify_token").as_deref()).is_ok();
     match (mode_ok && token_ok, param("hub.challenge")) {
         (true, Some(challenge)) => {
             tracing::info!("webhook verification handshake accepted");
             (StatusCode::OK, [("content-type", "text/plain")], challenge).into_response()
         }
-        _ => state
-            .refuse(Source::WhatsApp, ApiError::Forbidden)
-            .into_response(),
+        _ => state.refuse(Source::WhatsApp, ApiError::Forbidden).into_response(),
     }
 }
 
@@ -123,10 +94,7 @@ pub async fn whatsapp_receive(
 ) -> Result<StatusCode, ApiError> {
     let source = Source::WhatsApp;
     let Some(secret) = secret_value(&state.settings.whatsapp.app_secret) else {
-        return Err(state.refuse(
-            source,
-            ApiError::NotConfigured("whatsapp.app_secret is not set"),
-        ));
+        return Err(state.refuse(source, ApiError::NotConfigured("whatsapp.app_secret is not set")));
     };
     let body = body_or_refusal(&state, source, body)?;
     signatures::verify_meta(secret, &body, header(&headers, "x-hub-signature-256"))
@@ -151,9 +119,7 @@ pub async fn hubspot_receive(
     if client_secret.is_none() && api_key.is_none() {
         return Err(state.refuse(
             source,
-            ApiError::NotConfigured(
-                "neither hubspot.client_secret nor hubspot.webhook_api_key is set",
-            ),
+            ApiError::NotConfigured("neither hubspot.client_secret nor hubspot.webhook_api_key is set"),
         ));
     }
     let body = body_or_refusal(&state, source, body)?;
@@ -178,16 +144,13 @@ pub async fn hubspot_receive(
                 now_ms(),
             )
         }
-        (_, Some(key), _) => {
-            signatures::verify_api_key(key, header(&headers, &hubspot.webhook_api_key_header))
-        }
+        (_, Some(key), _) => signatures::verify_api_key(key, header(&headers, &hubspot.webhook_api_key_header)),
         (None, None, _) => Err(SignatureError::Missing),
     };
     authenticated.map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
 
     let trigger = hubspot_trigger(uri.query().unwrap_or(""));
-    let events =
-        inbound::split_hubspot(&body, &trigger).map_err(|e| state.refuse(source, e.into()))?;
+    let events = inbound::split_hubspot(&body, &trigger).map_err(|e| state.refuse(source, e.into()))?;
     state.store_events(source, &events).await?;
     Ok(StatusCode::OK)
 }
@@ -211,19 +174,11 @@ pub async fn stripe_receive(
 ) -> Result<StatusCode, ApiError> {
     let source = Source::Stripe;
     let Some(secret) = secret_value(&state.settings.stripe.webhook_secret) else {
-        return Err(state.refuse(
-            source,
-            ApiError::NotConfigured("stripe.webhook_secret is not set"),
-        ));
+        return Err(state.refuse(source, ApiError::NotConfigured("stripe.webhook_secret is not set")));
     };
     let body = body_or_refusal(&state, source, body)?;
-    signatures::verify_stripe(
-        secret,
-        &body,
-        header(&headers, "stripe-signature"),
-        now_ms() / 1000,
-    )
-    .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
+    signatures::verify_stripe(secret, &body, header(&headers, "stripe-signature"), now_ms() / 1000)
+        .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
     let events = inbound::split_stripe(&body).map_err(|e| state.refuse(source, e.into()))?;
     state.store_events(source, &events).await?;
     Ok(StatusCode::OK)

@@ -2,6 +2,10 @@
 //! transport. In sandbox mode it makes no network call: each request that would have been
 //! made is recorded in full in the database (`referloop outbound list`) and logged.
 
+pub mod hubspot;
+mod pacer;
+pub mod whatsapp;
+
 use std::time::Duration;
 
 use crate::store::{Store, StoreError};
@@ -66,9 +70,7 @@ impl Outbound {
                 Ok(OutboundResponse::Recorded { call_id })
             }
             Outbound::Live(client) => {
-                let mut builder = client
-                    .request(request.method, &request.url)
-                    .body(request.body);
+                let mut builder = client.request(request.method, &request.url).body(request.body);
                 for (name, value) in &request.headers {
                     builder = builder.header(name, value);
                 }

@@ -1,12 +1,22 @@
 //! The background worker: claims inbox events and jobs from the database, dispatches
 //! them by kind, and records the outcome. Separate from HTTP; any number of replicas may
 //! run it against one PostgreSQL database.
+//!
+//! `inbox.rs` turns received events into referral steps (`lifecycle.rs`); `outbox.rs`
+//! performs the jobs those steps queue (WhatsApp sends, HubSpot updates).
+
+mod inbox;
+mod lifecycle;
+mod outbox;
+mod services;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+pub use services::Services;
 
 use crate::config::WorkerSettings;
 use crate::domain::retry::{RetryDecision, RetrySchedule};
@@ -22,16 +32,53 @@ pub enum HandlerOutcome {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HandlerError {
-    /// Worth another attempt (a timeout, a 5xx, a rate limit).
-    #[error("{0}")]
-    Retryable(String),
+    /// Worth another attempt (a timeout, a 5xx, a rate limit), no sooner than `not_before`
+    /// when the other side said so (Retry-After, Meta's pair-rate limit).
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        not_before: Option<Duration>,
+    },
     /// Another attempt would fail the same way; the item is marked dead at once.
     #[error("{0}")]
     Permanent(String),
 }
 
+impl HandlerError {
+    pub fn retry(message: impl Into<String>) -> HandlerError {
+        HandlerError::Retryable {
+            message: message.into(),
+            not_before: None,
+        }
+    }
+
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> HandlerError {
+        HandlerError::Retryable {
+            message: message.into(),
+            not_before: Some(delay),
+        }
+    }
+}
+
+impl From<StoreError> for HandlerError {
+    fn from(e: StoreError) -> Self {
+        HandlerError::retry(e.to_string())
+    }
+}
+
+pub type HandlerResult = Result<HandlerOutcome, HandlerError>;
+
+impl HandlerOutcome {
+    pub fn done(note: impl Into<String>) -> HandlerResult {
+        Ok(HandlerOutcome::Done {
+            note: Some(note.into()),
+        })
+    }
+}
+
 #[derive(Clone)]
 pub struct Worker {
+    services: Arc<Services>,
     store: Store,
     metrics: Arc<Metrics>,
     schedule: RetrySchedule,
@@ -40,15 +87,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(store: Store, metrics: Arc<Metrics>, settings: WorkerSettings) -> Self {
-        let schedule =
-            RetrySchedule::from_seconds(&settings.retry_schedule_seconds, settings.retry_jitter);
+    pub fn new(services: Arc<Services>) -> Self {
+        let settings = services.settings.worker.clone();
+        let schedule = RetrySchedule::from_seconds(&settings.retry_schedule_seconds, settings.retry_jitter);
         let owner = format!(
             "worker-{}-{}",
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let store = services.store.clone();
+        let metrics = services.metrics.clone();
         Worker {
+            services,
             store,
             metrics,
             schedule,
@@ -125,8 +175,8 @@ impl Worker {
             return Ok(());
         }
         let outcome = match item.queue {
-            Queue::Inbox => handle_inbox_event(&item),
-            Queue::Jobs => handle_job(&item),
+            Queue::Inbox => inbox::handle(&self.services, &item).await,
+            Queue::Jobs => outbox::handle(&self.services, &item).await,
         };
         match outcome {
             Ok(HandlerOutcome::Done { note }) => {
@@ -135,9 +185,7 @@ impl Worker {
                     .complete(item.queue, item.id, &self.owner, note.as_deref())
                     .await?
                 {
-                    tracing::warn!(
-                        "lease lost before completion; another worker owns the item now"
-                    );
+                    tracing::warn!("lease lost before completion; another worker owns the item now");
                 }
                 self.metrics.worker_outcome(queue, "done");
             }
@@ -146,17 +194,21 @@ impl Worker {
         Ok(())
     }
 
-    async fn record_failure(
-        &self,
-        item: &ClaimedItem,
-        error: &HandlerError,
-    ) -> Result<(), StoreError> {
+    async fn record_failure(&self, item: &ClaimedItem, error: &HandlerError) -> Result<(), StoreError> {
         let queue = queue_name(item.queue);
         let decision = match error {
             HandlerError::Permanent(_) => RetryDecision::GiveUp,
-            HandlerError::Retryable(_) => {
-                self.schedule
+            HandlerError::Retryable { not_before, .. } => {
+                match self
+                    .schedule
                     .after_failure(item.attempts, item.max_attempts, rand::random::<f64>())
+                {
+                    // The other side's "not before" wins over a shorter scheduled delay.
+                    RetryDecision::RetryAfter(delay) => {
+                        RetryDecision::RetryAfter(delay.max(not_before.unwrap_or_default()))
+                    }
+                    RetryDecision::GiveUp => RetryDecision::GiveUp,
+                }
             }
         };
         let message = error.to_string();
@@ -191,22 +243,4 @@ fn queue_name(queue: Queue) -> &'static str {
         Queue::Inbox => "inbox",
         Queue::Jobs => "jobs",
     }
-}
-
-/// Inbox events are acknowledged and kept; the referral lifecycle gives them meaning.
-/// Until a kind has a handler it is recorded as seen, not lost.
-fn handle_inbox_event(item: &ClaimedItem) -> Result<HandlerOutcome, HandlerError> {
-    tracing::info!("no handler for this event kind yet; marked processed");
-    Ok(HandlerOutcome::Done {
-        note: Some(format!("unhandled kind: {}", item.kind)),
-    })
-}
-
-/// Jobs are only created by code that also handles them; an unknown kind is a bug
-/// (or a newer replica's job), so it goes straight to dead, visible and re-drivable.
-fn handle_job(item: &ClaimedItem) -> Result<HandlerOutcome, HandlerError> {
-    Err(HandlerError::Permanent(format!(
-        "no handler for job kind `{}`",
-        item.kind
-    )))
 }

@@ -36,11 +36,7 @@ fn insert_sql(rows: usize) -> String {
 impl Store {
     /// Stores a webhook's events in one transaction; redelivered events are skipped by
     /// the unique key. Returns how many were new. The caller acknowledges only after this.
-    pub async fn insert_inbox_events(
-        &self,
-        events: &[NewInboxEvent],
-        max_attempts: i64,
-    ) -> Result<u64, StoreError> {
+    pub async fn insert_inbox_events(&self, events: &[NewInboxEvent], max_attempts: i64) -> Result<u64, StoreError> {
         if events.is_empty() {
             return Ok(0);
         }

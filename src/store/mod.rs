@@ -6,6 +6,7 @@ mod inbox;
 mod jobs;
 mod outbound;
 mod queue;
+mod referrals;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,6 +18,9 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
 pub use queue::{ClaimedItem, Queue, QueueRow, QueueState};
+pub use referrals::{
+    InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, SideJob,
+};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -52,6 +56,8 @@ pub enum StoreError {
     UnsupportedUrl,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Exhausted(&'static str),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
@@ -96,9 +102,7 @@ impl Store {
             .connect_with(options)
             .await?;
         if backend == Backend::Sqlite {
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
         Ok(Store { pool, backend })
     }
@@ -114,23 +118,14 @@ impl Store {
 
     /// Ready when the database answers and every migration this binary knows is applied.
     pub async fn readiness(&self) -> Result<(), String> {
-        let expected = self
-            .backend
-            .migrator()
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .unwrap_or(0);
-        let applied: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| format!("database: {e}"))?;
+        let expected = self.backend.migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
         match applied {
             Some(v) if v >= expected => Ok(()),
-            _ => Err(format!(
-                "migrations not applied (expected version {expected})"
-            )),
+            _ => Err(format!("migrations not applied (expected version {expected})")),
         }
     }
 

@@ -66,9 +66,7 @@ impl QueueState {
     }
 
     pub fn parse(s: &str) -> Option<QueueState> {
-        QueueState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
+        QueueState::ALL.into_iter().find(|state| state.as_str() == s)
     }
 }
 
@@ -102,12 +100,7 @@ pub struct QueueRow {
 
 impl Store {
     /// Claims the next due item for `owner` until `now + lease_ms`.
-    pub async fn claim(
-        &self,
-        queue: Queue,
-        owner: &str,
-        lease_ms: i64,
-    ) -> Result<Option<ClaimedItem>, StoreError> {
+    pub async fn claim(&self, queue: Queue, owner: &str, lease_ms: i64) -> Result<Option<ClaimedItem>, StoreError> {
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -139,13 +132,7 @@ impl Store {
     }
 
     /// Marks the item done. False when `owner` no longer holds the lease.
-    pub async fn complete(
-        &self,
-        queue: Queue,
-        id: i64,
-        owner: &str,
-        note: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    pub async fn complete(&self, queue: Queue, id: i64, owner: &str, note: Option<&str>) -> Result<bool, StoreError> {
         let sql = format!(
             "UPDATE {} SET state = 'done', finished_at = $1, lease_until = NULL, note = $2 \
              WHERE id = $3 AND state = 'running' AND lease_owner = $4",
@@ -198,11 +185,7 @@ impl Store {
              WHERE id = $1 AND state = 'running' AND lease_owner = $2",
             queue.table()
         );
-        let released = sqlx::query(&sql)
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
+        let released = sqlx::query(&sql).bind(id).bind(owner).execute(&self.pool).await?;
         Ok(released.rows_affected() == 1)
     }
 
@@ -213,20 +196,13 @@ impl Store {
              WHERE id = $2 AND state = 'dead'",
             queue.table()
         );
-        let retried = sqlx::query(&sql)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        let retried = sqlx::query(&sql).bind(now_ms()).bind(id).execute(&self.pool).await?;
         Ok(retried.rows_affected() == 1)
     }
 
     /// Item counts by state, every state present (zero when empty).
     pub async fn count_by_state(&self, queue: Queue) -> Result<Vec<(QueueState, i64)>, StoreError> {
-        let sql = format!(
-            "SELECT state, COUNT(*) AS n FROM {} GROUP BY state",
-            queue.table()
-        );
+        let sql = format!("SELECT state, COUNT(*) AS n FROM {} GROUP BY state", queue.table());
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         let mut counts: Vec<(QueueState, i64)> = QueueState::ALL.iter().map(|s| (*s, 0)).collect();
         for row in rows {
@@ -240,12 +216,7 @@ impl Store {
     }
 
     /// The newest items first, optionally in one state.
-    pub async fn list(
-        &self,
-        queue: Queue,
-        state: Option<QueueState>,
-        limit: i64,
-    ) -> Result<Vec<QueueRow>, StoreError> {
+    pub async fn list(&self, queue: Queue, state: Option<QueueState>, limit: i64) -> Result<Vec<QueueRow>, StoreError> {
         let (key, created) = queue.key_and_created_columns();
         let sql = format!(
             "SELECT id, kind, {key} AS key, state, attempts, max_attempts, run_at, {created} AS created_at, \

@@ -5,23 +5,13 @@ use crate::helpers::*;
 
 async fn health_and_readiness(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let health = app
-        .client
-        .get(app.url("/healthz"))
-        .send()
-        .await
-        .expect("request");
+    let health = app.client.get(app.url("/healthz")).send().await.expect("request");
     assert_eq!(health.status(), 200);
     assert!(
         health.headers().contains_key("x-request-id"),
         "every response carries a request id"
     );
-    let ready = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .expect("request");
+    let ready = app.client.get(app.url("/readyz")).send().await.expect("request");
     assert_eq!(ready.status(), 200);
     let given = app
         .client
@@ -40,9 +30,7 @@ async fn health_and_readiness(backend: Backend) {
 
 async fn readiness_fails_without_migrations(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    let store = referloop::store::Store::connect(&db.url, 2)
-        .await
-        .expect("connect");
+    let store = referloop::store::Store::connect(&db.url, 2).await.expect("connect");
     assert!(store.readiness().await.is_err(), "no migrations table yet");
     store.migrate().await.expect("migrate");
     assert_eq!(store.readiness().await, Ok(()));
@@ -50,12 +38,7 @@ async fn readiness_fails_without_migrations(backend: Backend) {
 
 async fn unknown_routes_are_404(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let response = app
-        .client
-        .get(app.url("/nope"))
-        .send()
-        .await
-        .expect("request");
+    let response = app.client.get(app.url("/nope")).send().await.expect("request");
     assert_eq!(response.status(), 404);
     let wrong_method = app
         .client

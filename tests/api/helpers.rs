@@ -38,8 +38,7 @@ pub struct TestDatabase {
 }
 
 pub fn admin_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 impl TestDatabase {
@@ -48,10 +47,7 @@ impl TestDatabase {
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
                 let url = format!("sqlite://{}", dir.path().join("referloop.db").display());
-                TestDatabase {
-                    url,
-                    _dir: Some(dir),
-                }
+                TestDatabase { url, _dir: Some(dir) }
             }
             Backend::Postgres => {
                 let admin = admin_url();
@@ -114,10 +110,7 @@ impl TestApp {
     }
 
     /// `adjust` edits the environment (add, replace or remove keys) before settings load.
-    pub async fn spawn_with(
-        backend: Backend,
-        adjust: impl FnOnce(&mut Vec<(String, String)>),
-    ) -> TestApp {
+    pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> TestApp {
         let db = TestDatabase::new(backend).await;
         let mut env = base_env(&db.url);
         adjust(&mut env);

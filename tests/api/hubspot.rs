@@ -6,12 +6,7 @@ use crate::helpers::*;
 
 const FLAT_BODY: &[u8] = r#"{"hs_object_id":"90001","firstname":"Zoë","phone":"+1 (202) 555-0101","hs_feedback_last_nps_rating":"10","hs_feedback_last_survey_date":"1767225600000"}"#.as_bytes();
 
-async fn post_signed(
-    app: &TestApp,
-    path_and_query: &str,
-    body: &[u8],
-    timestamp_ms: i64,
-) -> reqwest::StatusCode {
+async fn post_signed(app: &TestApp, path_and_query: &str, body: &[u8], timestamp_ms: i64) -> reqwest::StatusCode {
     let timestamp = timestamp_ms.to_string();
     let public = format!("{PUBLIC_BASE_URL}{path_and_query}");
     let signature = sign_hubspot_v3(HUBSPOT_CLIENT_SECRET, "POST", &public, body, &timestamp);
@@ -28,10 +23,7 @@ async fn post_signed(
 }
 
 async fn stored(app: &TestApp) -> i64 {
-    app.store
-        .count_inbox_events("hubspot")
-        .await
-        .expect("count")
+    app.store.count_inbox_events("hubspot").await.expect("count")
 }
 
 async fn v3_signed_request_with_query_is_accepted(backend: Backend) {
@@ -76,13 +68,7 @@ async fn stale_or_wrong_signatures_are_refused(backend: Backend) {
 
     // Signed for another URL (a proxy's internal one) than the public base.
     let timestamp = now_ms().to_string();
-    let signature = sign_hubspot_v3(
-        HUBSPOT_CLIENT_SECRET,
-        "POST",
-        &app.url(path),
-        FLAT_BODY,
-        &timestamp,
-    );
+    let signature = sign_hubspot_v3(HUBSPOT_CLIENT_SECRET, "POST", &app.url(path), FLAT_BODY, &timestamp);
     let internal = app
         .client
         .post(app.url(path))
@@ -144,14 +130,8 @@ async fn api_key_authentication(backend: Backend) {
 }
 
 async fn unconfigured_webhook_fails_closed(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |env| {
-        remove_env(env, "REFERLOOP_HUBSPOT__CLIENT_SECRET")
-    })
-    .await;
-    assert_eq!(
-        post_signed(&app, "/webhooks/hubspot", FLAT_BODY, now_ms()).await,
-        503
-    );
+    let app = TestApp::spawn_with(backend, |env| remove_env(env, "REFERLOOP_HUBSPOT__CLIENT_SECRET")).await;
+    assert_eq!(post_signed(&app, "/webhooks/hubspot", FLAT_BODY, now_ms()).await, 503);
     assert_eq!(stored(&app).await, 0);
     app.shutdown().await;
 }

@@ -4,11 +4,7 @@ use referloop::store::Backend;
 use crate::both_backends;
 use crate::helpers::*;
 
-fn sample_value(
-    scrape: &prometheus_parse::Scrape,
-    metric: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
+fn sample_value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape.samples.iter().find_map(|s| {
         let matches = s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
         if !matches {
@@ -24,10 +20,7 @@ fn sample_value(
 }
 
 async fn metrics_are_valid_prometheus_text(backend: Backend) {
-    let app = TestApp::spawn_with(backend, |env| {
-        set_env(env, "REFERLOOP_WORKER__ENABLED", "false")
-    })
-    .await;
+    let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
     let body = crate::whatsapp::batch_body();
     let ok = app
         .client
@@ -47,12 +40,7 @@ async fn metrics_are_valid_prometheus_text(backend: Backend) {
         .expect("request");
     assert_eq!(refused.status(), 401);
 
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("request");
+    let response = app.client.get(app.url("/metrics")).send().await.expect("request");
     assert_eq!(response.status(), 200);
     let text = response.text().await.expect("body");
     let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -61,11 +49,7 @@ async fn metrics_are_valid_prometheus_text(backend: Backend) {
     let requests = sample_value(
         &scrape,
         "referloop_http_requests_total",
-        &[
-            ("route", "/webhooks/whatsapp"),
-            ("method", "POST"),
-            ("status", "200"),
-        ],
+        &[("route", "/webhooks/whatsapp"), ("method", "POST"), ("status", "200")],
     );
     assert_eq!(requests, Some(1.0), "{text}");
     let rejections = sample_value(

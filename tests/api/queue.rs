@@ -30,30 +30,20 @@ async fn state_of(store: &Store, id: i64) -> String {
 async fn enqueue_is_idempotent(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
-    let first = store
-        .enqueue_job(&job("referral:1:invite", 3))
-        .await
-        .expect("enqueue");
+    let first = store.enqueue_job(&job("referral:1:invite", 3)).await.expect("enqueue");
     let second = store
         .enqueue_job(&job("referral:1:invite", 3))
         .await
         .expect("enqueue again");
     assert!(matches!(first, EnqueueOutcome::Created(_)));
     assert_eq!(second, EnqueueOutcome::AlreadyQueued(first.id()));
-    assert_eq!(
-        store.list(Queue::Jobs, None, 10).await.expect("list").len(),
-        1
-    );
+    assert_eq!(store.list(Queue::Jobs, None, 10).await.expect("list").len(), 1);
 }
 
 async fn claim_complete_and_ownership(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
-    let id = store
-        .enqueue_job(&job("k1", 3))
-        .await
-        .expect("enqueue")
-        .id();
+    let id = store.enqueue_job(&job("k1", 3)).await.expect("enqueue").id();
     let claimed = store
         .claim(Queue::Jobs, "a", 60_000)
         .await
@@ -65,18 +55,11 @@ async fn claim_complete_and_ownership(backend: Backend) {
     );
     assert_eq!(state_of(&store, id).await, "running");
     assert!(
-        store
-            .claim(Queue::Jobs, "b", 60_000)
-            .await
-            .expect("claim")
-            .is_none(),
+        store.claim(Queue::Jobs, "b", 60_000).await.expect("claim").is_none(),
         "leased job is not claimable"
     );
     assert!(
-        !store
-            .complete(Queue::Jobs, id, "b", None)
-            .await
-            .expect("complete"),
+        !store.complete(Queue::Jobs, id, "b", None).await.expect("complete"),
         "only the owner completes"
     );
     assert!(store
@@ -84,21 +67,13 @@ async fn claim_complete_and_ownership(backend: Backend) {
         .await
         .expect("complete"));
     assert_eq!(state_of(&store, id).await, "done");
-    assert!(store
-        .claim(Queue::Jobs, "a", 60_000)
-        .await
-        .expect("claim")
-        .is_none());
+    assert!(store.claim(Queue::Jobs, "a", 60_000).await.expect("claim").is_none());
 }
 
 async fn lapsed_lease_is_claimed_again(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
-    let id = store
-        .enqueue_job(&job("k1", 3))
-        .await
-        .expect("enqueue")
-        .id();
+    let id = store.enqueue_job(&job("k1", 3)).await.expect("enqueue").id();
     store
         .claim(Queue::Jobs, "crashed", 1)
         .await
@@ -127,11 +102,7 @@ async fn lapsed_lease_is_claimed_again(backend: Backend) {
 async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
-    let id = store
-        .enqueue_job(&job("k1", 2))
-        .await
-        .expect("enqueue")
-        .id();
+    let id = store.enqueue_job(&job("k1", 2)).await.expect("enqueue").id();
     store
         .claim(Queue::Jobs, "w", 60_000)
         .await
@@ -143,11 +114,7 @@ async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
         .expect("fail"));
     assert_eq!(state_of(&store, id).await, "failed");
     assert!(
-        store
-            .claim(Queue::Jobs, "w", 60_000)
-            .await
-            .expect("claim")
-            .is_none(),
+        store.claim(Queue::Jobs, "w", 60_000).await.expect("claim").is_none(),
         "not before its retry time"
     );
 
@@ -162,18 +129,11 @@ async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
         .fail(Queue::Jobs, id, "w", "HTTP 503 again", None)
         .await
         .expect("fail"));
-    let rows = store
-        .list(Queue::Jobs, Some(QueueState::Dead), 10)
-        .await
-        .expect("list");
+    let rows = store.list(Queue::Jobs, Some(QueueState::Dead), 10).await.expect("list");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].last_error.as_deref(), Some("HTTP 503 again"));
     assert!(
-        store
-            .claim(Queue::Jobs, "w", 60_000)
-            .await
-            .expect("claim")
-            .is_none(),
+        store.claim(Queue::Jobs, "w", 60_000).await.expect("claim").is_none(),
         "dead jobs stay put"
     );
 
@@ -187,20 +147,13 @@ async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
         .await
         .expect("claim")
         .expect("re-queued");
-    assert_eq!(
-        revived.attempts, 1,
-        "a retried job starts a fresh set of attempts"
-    );
+    assert_eq!(revived.attempts, 1, "a retried job starts a fresh set of attempts");
 }
 
 async fn release_returns_the_attempt(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
-    let id = store
-        .enqueue_job(&job("k1", 3))
-        .await
-        .expect("enqueue")
-        .id();
+    let id = store.enqueue_job(&job("k1", 3)).await.expect("enqueue").id();
     store
         .claim(Queue::Jobs, "w", 60_000)
         .await
@@ -220,10 +173,7 @@ async fn concurrent_workers_never_claim_the_same_job(backend: Backend) {
     let store = db.store().await;
     let total = 120;
     for n in 0..total {
-        store
-            .enqueue_job(&job(&format!("k{n}"), 3))
-            .await
-            .expect("enqueue");
+        store.enqueue_job(&job(&format!("k{n}"), 3)).await.expect("enqueue");
     }
     let mut workers = Vec::new();
     for w in 0..6 {
@@ -232,11 +182,7 @@ async fn concurrent_workers_never_claim_the_same_job(backend: Backend) {
         workers.push(tokio::spawn(async move {
             let owner = format!("replica-{w}");
             let mut mine = Vec::new();
-            while let Some(item) = store
-                .claim(Queue::Jobs, &owner, 60_000)
-                .await
-                .expect("claim")
-            {
+            while let Some(item) = store.claim(Queue::Jobs, &owner, 60_000).await.expect("claim") {
                 mine.push(item.id);
                 assert!(store
                     .complete(Queue::Jobs, item.id, &owner, None)
@@ -256,10 +202,7 @@ async fn concurrent_workers_never_claim_the_same_job(backend: Backend) {
     }
     assert_eq!(claimed, total);
     let counts = store.count_by_state(Queue::Jobs).await.expect("counts");
-    assert!(
-        counts.contains(&(QueueState::Done, total as i64)),
-        "{counts:?}"
-    );
+    assert!(counts.contains(&(QueueState::Done, total as i64)), "{counts:?}");
 }
 
 both_backends!(

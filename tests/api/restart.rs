@@ -54,7 +54,7 @@ async fn sigkill_after_acknowledgement_loses_nothing(backend: Backend) {
 
     let mut first = start(&db.url, port);
     wait_ready(&client, &base).await;
-    let body = crate::whatsapp::batch_body();
+    let body = crate::whatsapp::texts_body();
     let response = client
         .post(format!("{base}/webhooks/whatsapp"))
         .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))

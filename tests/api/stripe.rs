@@ -5,10 +5,7 @@ use crate::both_backends;
 use crate::helpers::*;
 
 async fn post(app: &TestApp, body: &[u8], signature: Option<String>) -> reqwest::StatusCode {
-    let mut request = app
-        .client
-        .post(app.url("/webhooks/stripe"))
-        .body(body.to_vec());
+    let mut request = app.client.post(app.url("/webhooks/stripe")).body(body.to_vec());
     if let Some(signature) = signature {
         request = request.header("stripe-signature", signature);
     }
@@ -20,27 +17,14 @@ async fn signed_event_is_stored_once(backend: Backend) {
     let body = fixture("stripe/event-checkout-session-completed.json");
     let now = now_ms() / 1000;
     assert_eq!(
-        post(
-            &app,
-            &body,
-            Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now))
-        )
-        .await,
+        post(&app, &body, Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now))).await,
         200
     );
     assert_eq!(
-        post(
-            &app,
-            &body,
-            Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now + 1))
-        )
-        .await,
+        post(&app, &body, Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now + 1))).await,
         200
     );
-    assert_eq!(
-        app.store.count_inbox_events("stripe").await.expect("count"),
-        1
-    );
+    assert_eq!(app.store.count_inbox_events("stripe").await.expect("count"), 1);
     app.shutdown().await;
 }
 
@@ -55,12 +39,7 @@ async fn tampered_or_stale_events_are_refused(backend: Backend) {
         .into_bytes();
     assert_eq!(post(&app, &tampered, Some(signature)).await, 401);
     assert_eq!(
-        post(
-            &app,
-            &body,
-            Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now - 301))
-        )
-        .await,
+        post(&app, &body, Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now - 301))).await,
         401
     );
     assert_eq!(
@@ -70,22 +49,11 @@ async fn tampered_or_stale_events_are_refused(backend: Backend) {
     assert_eq!(post(&app, &body, None).await, 401);
     let no_id = br#"{"object":"event","type":"invoice.paid"}"#;
     assert_eq!(
-        post(
-            &app,
-            no_id,
-            Some(sign_stripe(STRIPE_WEBHOOK_SECRET, no_id, now))
-        )
-        .await,
+        post(&app, no_id, Some(sign_stripe(STRIPE_WEBHOOK_SECRET, no_id, now))).await,
         400
     );
-    assert_eq!(
-        app.store.count_inbox_events("stripe").await.expect("count"),
-        0
-    );
+    assert_eq!(app.store.count_inbox_events("stripe").await.expect("count"), 0);
     app.shutdown().await;
 }
 
-both_backends!(
-    signed_event_is_stored_once,
-    tampered_or_stale_events_are_refused
-);
+both_backends!(signed_event_is_stored_once, tampered_or_stale_events_are_refused);

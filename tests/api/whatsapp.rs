@@ -25,6 +25,24 @@ pub fn batch_body() -> Vec<u8> {
     .into_bytes()
 }
 
+/// Three inbound texts that match no referral: each is handled and marked done.
+pub fn texts_body() -> Vec<u8> {
+    let message = |n: u32| {
+        json!({"from": "447911123456", "id": format!("wamid.TEXT{n}"), "timestamp": "1795510810",
+               "type": "text", "text": {"body": format!("hello {n}")}})
+    };
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "12025550100", "phone_number_id": "100000000000202"},
+            "messages": [message(1), message(2), message(3)]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
 async fn post(app: &TestApp, body: &[u8], signature: Option<String>) -> reqwest::StatusCode {
     let mut request = app
         .client
@@ -38,10 +56,7 @@ async fn post(app: &TestApp, body: &[u8], signature: Option<String>) -> reqwest:
 }
 
 async fn stored(app: &TestApp) -> i64 {
-    app.store
-        .count_inbox_events("whatsapp")
-        .await
-        .expect("count")
+    app.store.count_inbox_events("whatsapp").await.expect("count")
 }
 
 async fn handshake_echoes_challenge(backend: Backend) {
@@ -96,10 +111,7 @@ async fn signed_batch_is_stored_once_per_event(backend: Backend) {
         .into_iter()
         .map(|r| r.key)
         .collect();
-    assert!(
-        keys.contains(&"whatsapp:status:wamid.AAA:sent".to_string()),
-        "{keys:?}"
-    );
+    assert!(keys.contains(&"whatsapp:status:wamid.AAA:sent".to_string()), "{keys:?}");
     assert!(keys.contains(&"whatsapp:status:wamid.AAA:delivered".to_string()));
     assert!(keys.contains(&"whatsapp:message:wamid.BBB".to_string()));
     app.shutdown().await;
@@ -129,11 +141,7 @@ async fn bad_signatures_are_refused_and_store_nothing(backend: Backend) {
     let mut tampered = body.clone();
     let last = tampered.len() - 2;
     tampered[last] = b' ';
-    assert_eq!(
-        post(&app, &tampered, Some(good.clone())).await,
-        401,
-        "one byte changed"
-    );
+    assert_eq!(post(&app, &tampered, Some(good.clone())).await, 401, "one byte changed");
     assert_eq!(
         post(&app, &body, Some(sign_meta("another-secret", &body))).await,
         401,
@@ -158,40 +166,22 @@ async fn malformed_and_oversized_bodies_are_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let not_json = b"{\"object\": \"whatsapp_business_account\", ".to_vec();
     assert_eq!(
-        post(
-            &app,
-            &not_json,
-            Some(sign_meta(WHATSAPP_APP_SECRET, &not_json))
-        )
-        .await,
+        post(&app, &not_json, Some(sign_meta(WHATSAPP_APP_SECRET, &not_json))).await,
         400
     );
     let wrong_object = br#"{"object":"page","entry":[]}"#.to_vec();
     assert_eq!(
-        post(
-            &app,
-            &wrong_object,
-            Some(sign_meta(WHATSAPP_APP_SECRET, &wrong_object))
-        )
-        .await,
+        post(&app, &wrong_object, Some(sign_meta(WHATSAPP_APP_SECRET, &wrong_object))).await,
         400
     );
 
     // Just over the 4 MiB limit; a 3 MB batch (Meta's maximum) is accepted.
     let big = vec![b' '; 4 * 1024 * 1024 + 1];
-    assert_eq!(
-        post(&app, &big, Some(sign_meta(WHATSAPP_APP_SECRET, &big))).await,
-        413
-    );
+    assert_eq!(post(&app, &big, Some(sign_meta(WHATSAPP_APP_SECRET, &big))).await, 413);
     let mut three_mb = batch_body();
     three_mb.extend(std::iter::repeat_n(b' ', 3 * 1000 * 1000));
     assert_eq!(
-        post(
-            &app,
-            &three_mb,
-            Some(sign_meta(WHATSAPP_APP_SECRET, &three_mb))
-        )
-        .await,
+        post(&app, &three_mb, Some(sign_meta(WHATSAPP_APP_SECRET, &three_mb))).await,
         200
     );
     assert_eq!(stored(&app).await, 3);

@@ -8,7 +8,7 @@ use crate::helpers::*;
 
 async fn stored_events_are_processed_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let body = crate::whatsapp::batch_body();
+    let body = crate::whatsapp::texts_body();
     let response = app
         .client
         .post(app.url("/webhooks/whatsapp"))
@@ -33,13 +33,7 @@ async fn stored_events_are_processed_once(backend: Backend) {
     assert!(all_done, "the worker processes every stored event");
     for row in app.store.list(Queue::Inbox, None, 10).await.expect("list") {
         assert_eq!(row.attempts, 1);
-        assert!(
-            row.note
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("unhandled kind: whatsapp."),
-            "{row:?}"
-        );
+        assert_eq!(row.note.as_deref(), Some("text not matched to a referral"), "{row:?}");
     }
     app.shutdown().await;
 }
@@ -74,11 +68,7 @@ async fn unknown_job_kinds_go_dead_and_stay_visible(backend: Backend) {
         .expect("list");
     assert_eq!(rows[0].id, id);
     assert_eq!(rows[0].attempts, 1, "a permanent failure is not retried");
-    assert!(rows[0]
-        .last_error
-        .as_deref()
-        .unwrap_or("")
-        .contains("no handler"));
+    assert!(rows[0].last_error.as_deref().unwrap_or("").contains("no handler"));
     app.shutdown().await;
 }
 

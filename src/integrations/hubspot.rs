@@ -1,0 +1,278 @@
+//! HubSpot CRM client (bearer token: a private-app token or a service key): update,
+//! search and create contacts, kept under the account's limits, backing off on 429 by
+//! the policy HubSpot names.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::{json, Map, Value};
+
+use super::pacer::Pacer;
+use super::{Outbound, OutboundRequest, OutboundResponse};
+use crate::config::HubSpotSettings;
+use crate::domain::phone::E164;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HubSpotError {
+    #[error("rate limited ({policy}); retry in {retry_after:?}")]
+    RateLimited { retry_after: Duration, policy: String },
+    #[error("{0}")]
+    Retryable(String),
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FoundContact {
+    pub id: String,
+    pub properties: Map<String, Value>,
+}
+
+impl FoundContact {
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+}
+
+#[derive(Clone)]
+pub struct HubSpotClient {
+    outbound: Outbound,
+    contacts_url: String,
+    token: Option<String>,
+    requests: Arc<Pacer>,
+    searches: Arc<Pacer>,
+}
+
+/// The phone properties a search candidate is re-checked against.
+const PHONE_PROPERTIES: [&str; 4] = [
+    "phone",
+    "mobilephone",
+    "hs_calculated_phone_number",
+    "hs_calculated_mobile_number",
+];
+
+impl HubSpotClient {
+    pub fn new(settings: &HubSpotSettings, outbound: Outbound) -> HubSpotClient {
+        HubSpotClient {
+            outbound,
+            contacts_url: format!("{}{}", settings.api_base.trim_end_matches('/'), settings.contacts_path),
+            token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
+            requests: Arc::new(Pacer::new(settings.requests_per_10s, Duration::from_secs(10))),
+            searches: Arc::new(Pacer::new(settings.searches_per_second, Duration::from_secs(1))),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        body: Value,
+        job_id: Option<i64>,
+    ) -> Result<Option<Value>, HubSpotError> {
+        self.requests.wait().await;
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(token) = &self.token {
+            headers.push(("authorization".to_string(), format!("Bearer {token}")));
+        }
+        let request = OutboundRequest {
+            method,
+            url,
+            headers,
+            body: body.to_string(),
+            job_id,
+        };
+        match self.outbound.send(request).await {
+            Ok(OutboundResponse::Recorded { call_id }) => {
+                Ok(Some(json!({"id": format!("sandbox-{call_id}"), "results": []})))
+            }
+            Ok(OutboundResponse::Sent { status, body, .. }) => interpret(status, &body),
+            Err(e) => Err(HubSpotError::Retryable(format!("request failed: {e}"))),
+        }
+    }
+
+    /// Sets properties on a contact (`""` clears one).
+    pub async fn update_contact(
+        &self,
+        id: &str,
+        properties: &Map<String, Value>,
+        job_id: Option<i64>,
+    ) -> Result<(), HubSpotError> {
+        let url = format!("{}/{}", self.contacts_url, id);
+        self.call(reqwest::Method::PATCH, url, json!({"properties": properties}), job_id)
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates a contact; a conflict with an existing one returns that contact's id.
+    pub async fn create_contact(
+        &self,
+        properties: &Map<String, Value>,
+        job_id: Option<i64>,
+    ) -> Result<String, HubSpotError> {
+        match self
+            .call(
+                reqwest::Method::POST,
+                self.contacts_url.clone(),
+                json!({"properties": properties}),
+                job_id,
+            )
+            .await
+        {
+            Ok(Some(created)) => created
+                .get("id")
+                .and_then(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                })
+                .ok_or_else(|| HubSpotError::Permanent("created contact without an id".into())),
+            Ok(None) => Err(HubSpotError::Permanent("created contact without a body".into())),
+            Err(HubSpotError::Permanent(message)) if message.contains("Existing ID") => {
+                existing_id(&message).ok_or(HubSpotError::Permanent(message))
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Contacts whose phone is `phone`: HubSpot stores free text, so search the computed
+    /// national-number properties and the raw ones, then keep candidates whose numbers
+    /// normalise to the same E.164.
+    pub async fn search_by_phone(
+        &self,
+        phone: &E164,
+        properties: &[&str],
+        default_region: &str,
+        job_id: Option<i64>,
+    ) -> Result<Vec<FoundContact>, HubSpotError> {
+        self.searches.wait().await;
+        let national = phone.national_digits();
+        let filter =
+            |name: &str, value: &str| json!({"filters": [{"propertyName": name, "operator": "EQ", "value": value}]});
+        let mut wanted: Vec<&str> = properties.to_vec();
+        wanted.extend(PHONE_PROPERTIES);
+        let body = json!({
+            "filterGroups": [
+                filter("hs_searchable_calculated_phone_number", &national),
+                filter("hs_searchable_calculated_mobile_number", &national),
+                filter("phone", phone.as_str()),
+                filter("mobilephone", phone.as_str()),
+            ],
+            "properties": wanted,
+            "limit": 20,
+        });
+        let url = format!("{}/search", self.contacts_url);
+        let answer = self
+            .call(reqwest::Method::POST, url, body, job_id)
+            .await?
+            .unwrap_or(Value::Null);
+        let results = answer
+            .get("results")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let found = results
+            .into_iter()
+            .filter_map(|r| {
+                let id = r.get("id").and_then(Value::as_str)?.to_string();
+                let properties = r
+                    .get("properties")
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                Some(FoundContact { id, properties })
+            })
+            .filter(|c| {
+                PHONE_PROPERTIES
+                    .iter()
+                    .filter_map(|p| c.property(p))
+                    .any(|raw| E164::parse_mobile(raw, default_region).is_ok_and(|n| &n == phone))
+            })
+            .collect();
+        Ok(found)
+    }
+}
+
+fn existing_id(message: &str) -> Option<String> {
+    let after = message.split("Existing ID:").nth(1)?;
+    let id: String = after.trim_start().chars().take_while(char::is_ascii_digit).collect();
+    (!id.is_empty()).then_some(id)
+}
+
+fn interpret(status: u16, body: &str) -> Result<Option<Value>, HubSpotError> {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    if (200..300).contains(&status) {
+        return Ok(parsed);
+    }
+    let field = |name: &str| {
+        parsed
+            .as_ref()
+            .and_then(|p| p.get(name))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let message = format!(
+        "HTTP {status}: {} (correlationId {})",
+        field("message"),
+        field("correlationId")
+    );
+    match status {
+        429 => {
+            let policy = field("policyName");
+            let retry_after = match policy.as_str() {
+                "SECONDLY" => Duration::from_secs(1),
+                "DAILY" => Duration::from_secs(3600),
+                _ => Duration::from_secs(10),
+            };
+            Err(HubSpotError::RateLimited { retry_after, policy })
+        }
+        423 | 477 | 500..=599 => Err(HubSpotError::Retryable(message)),
+        _ => Err(HubSpotError::Permanent(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interprets_answers() {
+        assert!(matches!(interpret(200, r#"{"id":"1"}"#), Ok(Some(_))));
+        assert_eq!(interpret(204, ""), Ok(None));
+        let limited = interpret(429, r#"{"status":"error","policyName":"TEN_SECONDLY_ROLLING"}"#);
+        assert_eq!(
+            limited,
+            Err(HubSpotError::RateLimited {
+                retry_after: Duration::from_secs(10),
+                policy: "TEN_SECONDLY_ROLLING".into()
+            })
+        );
+        let secondly = interpret(429, r#"{"policyName":"SECONDLY"}"#);
+        assert!(
+            matches!(secondly, Err(HubSpotError::RateLimited { retry_after, .. }) if retry_after == Duration::from_secs(1))
+        );
+        assert!(matches!(interpret(502, "bad gateway"), Err(HubSpotError::Retryable(_))));
+        assert!(matches!(
+            interpret(400, r#"{"message":"Property does not exist"}"#),
+            Err(HubSpotError::Permanent(_))
+        ));
+    }
+
+    #[test]
+    fn conflict_names_the_existing_contact() {
+        let body = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/hubspot/contact-create-conflict-409.json"
+        ))
+        .expect("fixture");
+        let error = interpret(409, &body).expect_err("conflict");
+        match error {
+            HubSpotError::Permanent(message) => assert_eq!(existing_id(&message), Some("90002".into())),
+            other => panic!("{other:?}"),
+        }
+    }
+}

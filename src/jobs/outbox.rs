@@ -1,0 +1,226 @@
+//! Jobs: the calls to outside APIs the lifecycle queued. Each reads its current state
+//! from the store first, so a retried or duplicated job does nothing twice.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use super::lifecycle;
+use super::{HandlerError, HandlerOutcome, HandlerResult, Services};
+use crate::domain::messaging::SendErrorClass;
+use crate::domain::phone::E164;
+use crate::domain::referral::{friend_hubspot_status, ReferralState};
+use crate::integrations::hubspot::HubSpotError;
+use crate::store::ClaimedItem;
+
+pub async fn handle(s: &Services, item: &ClaimedItem) -> HandlerResult {
+    let Ok(payload) = serde_json::from_str::<Value>(&item.payload) else {
+        return Err(HandlerError::Permanent("job payload is not JSON".into()));
+    };
+    let id = |name: &str| payload.get(name).and_then(Value::as_i64);
+    match item.kind.as_str() {
+        "whatsapp.send" => match id("message_id") {
+            Some(message_id) => send_whatsapp(s, item, message_id).await,
+            None => Err(HandlerError::Permanent("no message_id".into())),
+        },
+        "referral.screen" => match id("referral_id") {
+            Some(referral_id) => {
+                let business = payload
+                    .get("business_number")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                lifecycle::screen(s, referral_id, business, item.id).await
+            }
+            None => Err(HandlerError::Permanent("no referral_id".into())),
+        },
+        "hubspot.update_contact" => update_contact(s, item, &payload).await,
+        "hubspot.sync_friend" => match id("referral_id") {
+            Some(referral_id) => sync_friend(s, item, referral_id).await,
+            None => Err(HandlerError::Permanent("no referral_id".into())),
+        },
+        "hubspot.sync_opt_out" => sync_opt_out(s, item, &payload).await,
+        other => Err(HandlerError::Permanent(format!("no handler for job kind `{other}`"))),
+    }
+}
+
+pub fn hubspot_error(error: HubSpotError) -> HandlerError {
+    match error {
+        HubSpotError::RateLimited { retry_after, policy } => {
+            HandlerError::retry_after(format!("HubSpot rate limit {policy}"), retry_after)
+        }
+        HubSpotError::Retryable(message) => HandlerError::retry(message),
+        HubSpotError::Permanent(message) => HandlerError::Permanent(message),
+    }
+}
+
+async fn send_whatsapp(s: &Services, item: &ClaimedItem, message_id: i64) -> HandlerResult {
+    let Some(message) = s.store.message(message_id).await? else {
+        return Err(HandlerError::Permanent(format!("message {message_id} not found")));
+    };
+    match message.status.as_str() {
+        "queued" => {}
+        // An earlier attempt died between Meta's answer and our record of it. Meta echoes
+        // our callback data in the status it sends for an accepted message, so wait for
+        // that a little before sending again (Meta takes no idempotency key).
+        "sending" if item.attempts <= 2 => {
+            return Err(HandlerError::retry_after(
+                "interrupted send: waiting for Meta's status",
+                Duration::from_secs(60),
+            ));
+        }
+        "sending" => tracing::warn!(message_id, "interrupted send never confirmed; sending again"),
+        done => return HandlerOutcome::done(format!("message already {done}")),
+    }
+    if message.marketing == 1 && s.store.is_opted_out(&message.to_phone).await? {
+        s.store
+            .record_send(message.id, "suppressed", None, None, Some("recipient opted out"))
+            .await?;
+        return HandlerOutcome::done("suppressed: recipient opted out of marketing");
+    }
+    s.store
+        .advance_message_status(message.id, "queued", "sending", None, None)
+        .await?;
+    match s.whatsapp.send(&message.body, Some(item.id)).await {
+        Ok(accepted) => {
+            s.store
+                .advance_message_status(message.id, "sending", "accepted", None, None)
+                .await?;
+            s.store.set_message_wamid(message.id, &accepted.wamid).await?;
+            HandlerOutcome::done(format!("accepted as {}", accepted.wamid))
+        }
+        Err(failure) => {
+            let retry_delay = match failure.class {
+                SendErrorClass::Retry { not_before } => Some(not_before.max(failure.retry_after.unwrap_or_default())),
+                _ => None,
+            };
+            if let Some(delay) = retry_delay {
+                s.store
+                    .advance_message_status(message.id, "sending", "queued", None, None)
+                    .await?;
+                return Err(HandlerError::retry_after(failure.title, delay));
+            }
+            if failure.class == SendErrorClass::AccountLevel {
+                // Keep the message queued: `referloop jobs retry` sends it once fixed.
+                s.store
+                    .advance_message_status(message.id, "sending", "queued", None, None)
+                    .await?;
+                lifecycle::after_send_failure(s, &message, failure.class).await?;
+                return Err(HandlerError::Permanent(format!(
+                    "account-level error {:?}: {}",
+                    failure.code, failure.title
+                )));
+            }
+            s.store
+                .advance_message_status(message.id, "sending", "failed", failure.code, Some(&failure.title))
+                .await?;
+            lifecycle::after_send_failure(s, &message, failure.class).await?;
+            Err(HandlerError::Permanent(format!(
+                "{} (code {}): {}",
+                failure.class.as_str(),
+                failure.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                failure.title
+            )))
+        }
+    }
+}
+
+async fn update_contact(s: &Services, item: &ClaimedItem, payload: &Value) -> HandlerResult {
+    let contact_id = payload.get("contact_id").and_then(Value::as_str).unwrap_or_default();
+    let properties = payload
+        .get("properties")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    if contact_id.is_empty() {
+        return Err(HandlerError::Permanent("no contact_id".into()));
+    }
+    s.hubspot
+        .update_contact(contact_id, &properties, Some(item.id))
+        .await
+        .map_err(hubspot_error)?;
+    HandlerOutcome::done(format!("contact {contact_id} updated"))
+}
+
+/// Creates or finds the friend's contact, then sets its referral properties from the
+/// referral's current state (so an older job cannot write a stale status).
+async fn sync_friend(s: &Services, item: &ClaimedItem, referral_id: i64) -> HandlerResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(HandlerError::Permanent(format!("referral {referral_id} not found")));
+    };
+    let Some(status) = ReferralState::parse(&referral.state).and_then(friend_hubspot_status) else {
+        return HandlerOutcome::done("nothing to record for this state");
+    };
+    let names = &s.settings.hubspot_properties;
+    let phone = E164::parse_mobile(&referral.friend_phone, "ZZ")
+        .map_err(|_| HandlerError::Permanent("stored friend phone is invalid".into()))?;
+    let mut properties = Map::new();
+    properties.insert(names.referral_status.clone(), json!(status));
+    properties.insert(names.referred_by_code.clone(), json!(referral.referral_code));
+    properties.insert(names.referrer_contact_id.clone(), json!(referral.referrer_contact_id));
+    let contact_id = match referral.friend_contact_id.clone() {
+        Some(id) => id,
+        None => {
+            let found = s
+                .hubspot
+                .search_by_phone(&phone, &[], &s.settings.programme.default_region, Some(item.id))
+                .await
+                .map_err(hubspot_error)?;
+            let id = match found.first() {
+                Some(contact) => contact.id.clone(),
+                None => {
+                    let mut create = properties.clone();
+                    create.insert("phone".into(), json!(phone.as_str()));
+                    create.insert(names.first_name.clone(), json!(referral.friend_name));
+                    s.hubspot
+                        .create_contact(&create, Some(item.id))
+                        .await
+                        .map_err(hubspot_error)?
+                }
+            };
+            s.store.set_friend_contact_id(referral.id, &id).await?;
+            id
+        }
+    };
+    s.hubspot
+        .update_contact(&contact_id, &properties, Some(item.id))
+        .await
+        .map_err(hubspot_error)?;
+    HandlerOutcome::done(format!("friend contact {contact_id}: {status}"))
+}
+
+/// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.
+async fn sync_opt_out(s: &Services, item: &ClaimedItem, payload: &Value) -> HandlerResult {
+    let Some(phone) = payload
+        .get("phone")
+        .and_then(Value::as_str)
+        .and_then(|p| E164::parse_mobile(p, "ZZ").ok())
+    else {
+        return Err(HandlerError::Permanent("no valid phone".into()));
+    };
+    let opted_out = payload.get("opted_out").and_then(Value::as_bool).unwrap_or(true);
+    let mut ids = s.store.contact_ids_for_phone(phone.as_str()).await?;
+    if ids.is_empty() {
+        let found = s
+            .hubspot
+            .search_by_phone(&phone, &[], &s.settings.programme.default_region, Some(item.id))
+            .await
+            .map_err(hubspot_error)?;
+        ids = found.into_iter().map(|c| c.id).collect();
+    }
+    let names = &s.settings.hubspot_properties;
+    let mut properties = Map::new();
+    properties.insert(
+        names.whatsapp_opted_out.clone(),
+        json!(if opted_out { "true" } else { "false" }),
+    );
+    if opted_out {
+        properties.insert(names.referral_status.clone(), json!("opted_out"));
+    }
+    for id in &ids {
+        s.hubspot
+            .update_contact(id, &properties, Some(item.id))
+            .await
+            .map_err(hubspot_error)?;
+    }
+    HandlerOutcome::done(format!("opt-out mirrored to {} contact(s)", ids.len()))
+}

@@ -1,0 +1,42 @@
+//! What the handlers work with: the store, the settings and the outside-API clients.
+
+use std::sync::Arc;
+
+use crate::config::Settings;
+use crate::domain::code::CodePattern;
+use crate::integrations::hubspot::HubSpotClient;
+use crate::integrations::whatsapp::WhatsAppClient;
+use crate::integrations::Outbound;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub struct Services {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+    pub whatsapp: WhatsAppClient,
+    pub hubspot: HubSpotClient,
+    pub code_pattern: CodePattern,
+    pub flow_token_secret: String,
+}
+
+impl Services {
+    pub fn new(store: Store, settings: Arc<Settings>, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
+        let outbound = Outbound::new(settings.sandbox(), store.clone())?;
+        let code_pattern = CodePattern::parse(&settings.programme.code_pattern)?;
+        Ok(Services {
+            whatsapp: WhatsAppClient::new(&settings.whatsapp, outbound.clone()),
+            hubspot: HubSpotClient::new(&settings.hubspot, outbound),
+            flow_token_secret: settings.flow_token_secret(),
+            code_pattern,
+            store,
+            settings,
+            metrics,
+        })
+    }
+
+    /// Attempts for the jobs the lifecycle queues (from the retry schedule).
+    pub fn max_attempts(&self) -> i64 {
+        self.settings.worker.retry_schedule_seconds.len() as i64 + 1
+    }
+}
