@@ -1,9 +1,11 @@
 //! HTTP and storage tests, each run against both PostgreSQL and SQLite.
 
+mod fakes;
 mod helpers;
 
 mod health;
 mod hubspot;
+mod lifecycle;
 mod metrics;
 mod queue;
 mod restart;

@@ -1,0 +1,284 @@
+//! Local fakes of the Graph API and HubSpot, answering in the documented shapes and
+//! checking what we send (paths, bearer tokens); tests inspect the received requests.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use referloop::signatures::{sign_hubspot_v3, sign_meta};
+use referloop::store::{now_ms, Backend, Queue, QueueState};
+use serde_json::{json, Value};
+use wiremock::matchers::{header, method, path, path_regex};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::*;
+
+pub const META_TOKEN: &str = "EAAtest-meta-token";
+pub const HUBSPOT_TOKEN: &str = "pat-test-hubspot-token";
+pub const PHONE_NUMBER_ID: &str = "100000000000202";
+pub const MESSAGES_PATH: &str = "/v24.0/100000000000202/messages";
+pub const REFERRER_PHONE: &str = "+447911123456";
+pub const FRIEND_PHONE: &str = "+447911123457";
+
+/// Accepts every send with a fresh wamid, like Meta's 200 answer.
+pub struct GraphAccepts(pub AtomicUsize);
+
+impl Respond for GraphAccepts {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let to = body["to"].as_str().unwrap_or("").to_string();
+        ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": to.trim_start_matches('+')}],
+            "messages": [{"id": format!("wamid.OUT{n}")}]
+        }))
+    }
+}
+
+/// A Graph error in Meta's shape.
+pub fn graph_error(status: u16, code: i64, message: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status).set_body_json(json!({
+        "error": {"message": message, "type": "OAuthException", "code": code,
+                  "error_data": {"messaging_product": "whatsapp", "details": message}, "fbtrace_id": "Atest"}
+    }))
+}
+
+pub struct Lifecycle {
+    pub app: TestApp,
+    pub meta: MockServer,
+    pub hubspot: MockServer,
+}
+
+impl Lifecycle {
+    /// Starts the fakes (with their default answers, lowest priority) and the app.
+    pub async fn start(backend: Backend, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> Lifecycle {
+        let meta = MockServer::start().await;
+        let hubspot = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path(MESSAGES_PATH))
+            .and(header("authorization", format!("Bearer {META_TOKEN}").as_str()))
+            .respond_with(GraphAccepts(AtomicUsize::new(0)))
+            .with_priority(10)
+            .mount(&meta)
+            .await;
+        let bearer = format!("Bearer {HUBSPOT_TOKEN}");
+        Mock::given(method("PATCH"))
+            .and(path_regex(r"^/crm/v3/objects/contacts/[^/]+$"))
+            .and(header("authorization", bearer.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "x", "properties": {}})))
+            .with_priority(10)
+            .mount(&hubspot)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/crm/v3/objects/contacts/search"))
+            .and(header("authorization", bearer.as_str()))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"total": 0, "results": []})))
+            .with_priority(10)
+            .mount(&hubspot)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/crm/v3/objects/contacts"))
+            .and(header("authorization", bearer.as_str()))
+            .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "95001", "properties": {}})))
+            .with_priority(10)
+            .mount(&hubspot)
+            .await;
+        let meta_uri = meta.uri();
+        let hubspot_uri = hubspot.uri();
+        let app = TestApp::spawn_with(backend, |env| {
+            for (key, value) in [
+                ("REFERLOOP_WHATSAPP__API_BASE", meta_uri.as_str()),
+                ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", META_TOKEN),
+                ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", PHONE_NUMBER_ID),
+                ("REFERLOOP_HUBSPOT__API_BASE", hubspot_uri.as_str()),
+                ("REFERLOOP_HUBSPOT__ACCESS_TOKEN", HUBSPOT_TOKEN),
+                ("REFERLOOP_HUBSPOT__REQUESTS_PER_10S", "1000"),
+                ("REFERLOOP_HUBSPOT__SEARCHES_PER_SECOND", "100"),
+                ("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "1,1,1"),
+                ("REFERLOOP_WORKER__RETRY_JITTER", "0"),
+                ("REFERLOOP_PROGRAMME__DEFAULT_REGION", "GB"),
+            ] {
+                set_env(env, key, value);
+            }
+            adjust(env);
+        })
+        .await;
+        Lifecycle { app, meta, hubspot }
+    }
+
+    pub async fn shutdown(self) {
+        self.app.shutdown().await;
+    }
+
+    /// A signed HubSpot workflow webhook with a flat body.
+    pub async fn trigger(&self, query: &str, body: Value) -> u16 {
+        let path_and_query = format!("/webhooks/hubspot?{query}");
+        let bytes = body.to_string().into_bytes();
+        let timestamp = now_ms().to_string();
+        let signature = sign_hubspot_v3(
+            HUBSPOT_CLIENT_SECRET,
+            "POST",
+            &format!("{PUBLIC_BASE_URL}{path_and_query}"),
+            &bytes,
+            &timestamp,
+        );
+        self.app
+            .client
+            .post(self.app.url(&path_and_query))
+            .header("x-hubspot-signature-v3", signature)
+            .header("x-hubspot-request-timestamp", timestamp)
+            .body(bytes)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+
+    /// An NPS trigger for a contact.
+    pub async fn nps(&self, contact_id: &str, phone: &str, first_name: &str, score: &str, survey_date: &str) -> u16 {
+        let body = json!({"hs_object_id": contact_id, "firstname": first_name, "mobilephone": phone,
+                          "hs_feedback_last_nps_rating": score, "hs_feedback_last_survey_date": survey_date});
+        self.trigger("trigger=nps", body).await
+    }
+
+    /// A signed WhatsApp webhook carrying `value` (messages, statuses or user_preferences).
+    pub async fn whatsapp(&self, field: &str, value: Value) -> u16 {
+        let mut value = value;
+        value["messaging_product"] = json!("whatsapp");
+        value["metadata"] = json!({"display_phone_number": "15550001234", "phone_number_id": PHONE_NUMBER_ID});
+        let body = json!({"object": "whatsapp_business_account",
+                          "entry": [{"id": "100000000000101", "changes": [{"field": field, "value": value}]}]})
+        .to_string()
+        .into_bytes();
+        self.app
+            .client
+            .post(self.app.url("/webhooks/whatsapp"))
+            .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+
+    pub async fn inbound(&self, message: Value) -> u16 {
+        self.whatsapp("messages", json!({"messages": [message]})).await
+    }
+
+    pub async fn status(&self, wamid: &str, status: &str, error: Option<(i64, &str)>) -> u16 {
+        let mut item =
+            json!({"id": wamid, "status": status, "timestamp": "1795510900", "recipient_id": "447911123457"});
+        if let Some((code, title)) = error {
+            item["errors"] = json!([{"code": code, "title": title, "message": title}]);
+        }
+        self.whatsapp("messages", json!({"statuses": [item]})).await
+    }
+
+    /// Waits until nothing is queued, running or waiting for a retry in either queue.
+    pub async fn settle(&self) {
+        let store = self.app.store.clone();
+        let settled = eventually(Duration::from_secs(30), || {
+            let store = store.clone();
+            async move {
+                for queue in [Queue::Inbox, Queue::Jobs] {
+                    let Ok(counts) = store.count_by_state(queue).await else {
+                        return false;
+                    };
+                    let busy = counts
+                        .iter()
+                        .filter(|(s, _)| matches!(s, QueueState::Queued | QueueState::Running | QueueState::Failed))
+                        .map(|(_, n)| n)
+                        .sum::<i64>();
+                    if busy > 0 {
+                        return false;
+                    }
+                }
+                true
+            }
+        })
+        .await;
+        assert!(
+            settled,
+            "queues did not settle: {:?}",
+            self.app.store.list(Queue::Jobs, None, 50).await
+        );
+    }
+
+    /// Bodies of the messages sent to the Graph API, in order.
+    pub async fn sent(&self) -> Vec<Value> {
+        self.meta
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.url.path() == MESSAGES_PATH)
+            .map(|r| serde_json::from_slice(&r.body).unwrap_or(Value::Null))
+            .collect()
+    }
+
+    /// Sent messages of one template (or of type "text"/"interactive" when `name` is that).
+    pub async fn sent_of(&self, name: &str) -> Vec<Value> {
+        self.sent()
+            .await
+            .into_iter()
+            .filter(|b| b["template"]["name"] == name || b["type"] == name)
+            .collect()
+    }
+
+    /// HubSpot requests as (method, path, body).
+    pub async fn hubspot_calls(&self) -> Vec<(String, String, Value)> {
+        self.hubspot
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+                (r.method.to_string(), r.url.path().to_string(), body)
+            })
+            .collect()
+    }
+
+    pub async fn invite_id(&self) -> i64 {
+        let invites = self.app.store.list_invites(10).await.expect("invites");
+        invites
+            .iter()
+            .find(|i| i.state != "ineligible")
+            .map(|i| i.id)
+            .expect("an invite")
+    }
+}
+
+/// The quick-reply tap on "Refer someone".
+pub fn refer_tap(from: &str, wamid: &str, invite_id: i64) -> Value {
+    json!({"from": from.trim_start_matches('+'), "id": wamid, "timestamp": "1795510950", "type": "button",
+           "button": {"payload": format!("refer:{invite_id}"), "text": "Refer someone"}})
+}
+
+/// The Flow's completion message.
+pub fn flow_reply(from: &str, wamid: &str, context_id: &str, response: Value) -> Value {
+    json!({"context": {"from": "15550001234", "id": context_id}, "from": from.trim_start_matches('+'),
+           "id": wamid, "timestamp": "1795511100", "type": "interactive",
+           "interactive": {"type": "nfm_reply", "nfm_reply": {"name": "flow", "body": "Sent",
+                           "response_json": response.to_string()}}})
+}
+
+pub fn text_message(from: &str, wamid: &str, body: &str) -> Value {
+    json!({"from": from.trim_start_matches('+'), "id": wamid, "timestamp": "1795511200", "type": "text",
+           "text": {"body": body}})
+}
+
+/// Graph answers with `template` for every send whose body matches `partial`.
+pub async fn mount_graph_answer(meta: &MockServer, partial: Value, template: ResponseTemplate, times: Option<u64>) {
+    let mut mock = Mock::given(method("POST"))
+        .and(path(MESSAGES_PATH))
+        .and(wiremock::matchers::body_partial_json(partial))
+        .respond_with(template)
+        .with_priority(1);
+    if let Some(n) = times {
+        mock = mock.up_to_n_times(n);
+    }
+    mock.mount(meta).await;
+}
