@@ -7,11 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{secret_value, Settings};
-use crate::signatures;
+use crate::config::Settings;
+use crate::dev::{self, DevClient};
 use crate::startup::{shutdown_signal, Application};
 use crate::store::{now_ms, Queue, QueueRow, QueueState, Store};
-use crate::telemetry;
+use crate::telemetry::{self, mask_phone};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,8 +52,25 @@ pub enum Command {
         #[command(subcommand)]
         action: OutboundAction,
     },
-    /// Development helpers.
+    /// Invites and referrals, newest first.
+    Referrals {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// WhatsApp messages we sent or queued, newest first.
+    Messages {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Development helpers: signed webhooks to a running referloop.
     Dev {
+        /// Where referloop listens (default: http://<server.listen>).
+        #[arg(long, global = true)]
+        base_url: Option<String>,
         #[command(subcommand)]
         action: DevAction,
     },
@@ -116,9 +133,53 @@ pub enum DevAction {
         /// Query string for HubSpot, e.g. "trigger=nps".
         #[arg(long, default_value = "")]
         query: String,
-        /// Where referloop listens (default: server.public_base_url).
+    },
+    /// A HubSpot workflow trigger for a contact (flat body).
+    Trigger {
         #[arg(long)]
-        base_url: Option<String>,
+        contact: String,
+        #[arg(long)]
+        phone: String,
+        #[arg(long)]
+        name: String,
+        /// NPS score; ignored with --milestone.
+        #[arg(long, default_value = "10")]
+        score: String,
+        /// A milestone trigger with this name instead of NPS.
+        #[arg(long)]
+        milestone: Option<String>,
+    },
+    /// The invited customer taps "Refer someone".
+    Tap {
+        #[arg(long)]
+        invite: i64,
+    },
+    /// The customer completes the Flow, nominating a friend.
+    Nominate {
+        #[arg(long)]
+        invite: i64,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        phone: String,
+        #[arg(long, default_value = "")]
+        message: String,
+        /// The referrer confirms the friend agreed to be contacted.
+        #[arg(long)]
+        consent: bool,
+    },
+    /// An inbound text (a friend arriving through the share link, or STOP).
+    Say {
+        #[arg(long)]
+        from: String,
+        text: String,
+    },
+    /// A status webhook for a message we sent.
+    Status {
+        #[arg(long)]
+        wamid: String,
+        #[arg(long, default_value = "delivered")]
+        status: String,
     },
 }
 
@@ -190,17 +251,60 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 }
             }
         }
-        Command::Dev {
-            action:
-                DevAction::Post {
-                    source,
-                    file,
-                    query,
-                    base_url,
-                },
-        } => {
-            return dev_post(&settings, source, &file, &query, base_url).await;
+        Command::Referrals { limit, json } => {
+            let store = open_store(&settings).await?;
+            for invite in store.list_invites(limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&invite)?);
+                } else {
+                    println!(
+                        "invite #{} contact {} {} {} code {} {}{}",
+                        invite.id,
+                        invite.contact_id,
+                        invite.trigger,
+                        invite.phone.as_deref().map(mask_phone).unwrap_or_else(|| "-".into()),
+                        invite.referral_code.as_deref().unwrap_or("-"),
+                        invite.state,
+                        invite.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                    );
+                }
+            }
+            for referral in store.list_referrals(limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&referral)?);
+                } else {
+                    println!(
+                        "referral #{} invite #{} friend {} {} consent {} {}{}",
+                        referral.id,
+                        referral.invite_id,
+                        referral.friend_name,
+                        mask_phone(&referral.friend_phone),
+                        referral.consent == 1,
+                        referral.state,
+                        referral.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                    );
+                }
+            }
         }
+        Command::Messages { limit, json } => {
+            let store = open_store(&settings).await?;
+            for message in store.list_messages(limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&message)?);
+                } else {
+                    println!(
+                        "message #{} {} to {} {} wamid {}{}",
+                        message.id,
+                        message.purpose,
+                        mask_phone(&message.to_phone),
+                        message.status,
+                        message.wamid.as_deref().unwrap_or("-"),
+                        message.error_code.map(|c| format!(" error {c}")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Dev { base_url, action } => return dev_command(&settings, base_url, action).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -288,73 +392,63 @@ fn describe(row: &QueueRow) -> String {
     line
 }
 
-async fn dev_post(
-    settings: &Settings,
-    source: DevSource,
-    file: &std::path::Path,
-    query: &str,
-    base_url: Option<String>,
-) -> anyhow::Result<ExitCode> {
-    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let base = base_url.unwrap_or_else(|| settings.server.public_base_url.clone());
-    let base = base.trim_end_matches('/');
-    let (path, headers) = match source {
-        DevSource::Whatsapp => {
-            let secret = secret_value(&settings.whatsapp.app_secret).context("whatsapp.app_secret is not set")?;
-            (
-                "/webhooks/whatsapp",
-                vec![("x-hub-signature-256".to_string(), signatures::sign_meta(secret, &body))],
-            )
+async fn dev_command(settings: &Settings, base_url: Option<String>, action: DevAction) -> anyhow::Result<ExitCode> {
+    let client = DevClient::new(settings, base_url);
+    let accepted = match action {
+        DevAction::Post { source, file, query } => {
+            let body = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            match source {
+                DevSource::Whatsapp => client.whatsapp(body).await?,
+                DevSource::Hubspot => client.hubspot(&query, body).await?,
+                DevSource::Stripe => client.stripe(body).await?,
+            }
         }
-        DevSource::Hubspot => {
-            let secret = secret_value(&settings.hubspot.client_secret).context("hubspot.client_secret is not set")?;
-            let timestamp = now_ms().to_string();
-            let path_and_query = if query.is_empty() {
-                "/webhooks/hubspot".to_string()
-            } else {
-                format!("/webhooks/hubspot?{query}")
+        DevAction::Trigger {
+            contact,
+            phone,
+            name,
+            score,
+            milestone,
+        } => {
+            let body = serde_json::json!({"hs_object_id": contact, "firstname": name, "mobilephone": phone,
+                "hs_feedback_last_nps_rating": score, "hs_feedback_last_survey_date": now_ms().to_string()});
+            let query = match milestone {
+                Some(name) => {
+                    let name: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+                    format!("trigger=milestone&name={name}")
+                }
+                None => "trigger=nps".to_string(),
             };
-            let public = format!(
-                "{}{}",
-                settings.server.public_base_url.trim_end_matches('/'),
-                path_and_query
-            );
-            let signature = signatures::sign_hubspot_v3(secret, "POST", &public, &body, &timestamp);
-            (
-                "/webhooks/hubspot",
-                vec![
-                    ("x-hubspot-signature-v3".to_string(), signature),
-                    ("x-hubspot-request-timestamp".to_string(), timestamp),
-                ],
-            )
+            client.hubspot(&query, body.to_string().into_bytes()).await?
         }
-        DevSource::Stripe => {
-            let secret = secret_value(&settings.stripe.webhook_secret).context("stripe.webhook_secret is not set")?;
-            (
-                "/webhooks/stripe",
-                vec![(
-                    "stripe-signature".to_string(),
-                    signatures::sign_stripe(secret, &body, now_ms() / 1000),
-                )],
-            )
+        DevAction::Tap { invite } => {
+            let store = open_store(settings).await?;
+            let row = store.invite(invite).await?.context("no such invite")?;
+            let phone = row.phone.context("that invite has no phone")?;
+            client.whatsapp(dev::refer_tap(&phone, invite)).await?
+        }
+        DevAction::Nominate {
+            invite,
+            name,
+            phone,
+            message,
+            consent,
+        } => {
+            let store = open_store(settings).await?;
+            let (referrer, token) = dev::latest_flow_token(&store, invite).await?;
+            client
+                .whatsapp(dev::flow_reply(&referrer, &token, &name, &phone, &message, consent))
+                .await?
+        }
+        DevAction::Say { from, text } => client.whatsapp(dev::text(&from, &text)).await?,
+        DevAction::Status { wamid, status } => {
+            let store = open_store(settings).await?;
+            let message = store
+                .message_by_wamid(&wamid)
+                .await?
+                .context("no message with that wamid")?;
+            client.whatsapp(dev::status(&wamid, &status, &message.to_phone)).await?
         }
     };
-    let url = if query.is_empty() {
-        format!("{base}{path}")
-    } else {
-        format!("{base}{path}?{query}")
-    };
-    let client = reqwest::Client::new();
-    let mut request = client.post(&url).header("content-type", "application/json").body(body);
-    for (name, value) in headers {
-        request = request.header(name, value);
-    }
-    let response = request.send().await.with_context(|| format!("POST {url}"))?;
-    let status = response.status();
-    println!("{} {}", status.as_u16(), response.text().await.unwrap_or_default());
-    Ok(if status.is_success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -284,6 +284,14 @@ impl Settings {
                 return invalid(key, format!("`{value}` is not a URL"));
             }
         }
+        if !self.sandbox() {
+            if self.whatsapp.phone_number_id.is_empty() {
+                return invalid("whatsapp.phone_number_id", "is required outside sandbox mode".into());
+            }
+            if secret_value(&self.whatsapp.access_token).is_none() {
+                return invalid("whatsapp.access_token", "is required outside sandbox mode".into());
+            }
+        }
         if let Err(e) = CodePattern::parse(&self.programme.code_pattern) {
             return invalid("programme.code_pattern", e.0);
         }
@@ -409,8 +417,17 @@ mod tests {
 
     #[test]
     fn access_token_turns_sandbox_off_unless_forced() {
-        let s = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB")])).expect("load");
+        let s = Settings::load_from(
+            None,
+            env(&[
+                ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB"),
+                ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", "1"),
+            ]),
+        )
+        .expect("load");
         assert!(!s.sandbox());
+        let err = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAB")])).expect_err("no id");
+        assert!(err.to_string().contains("whatsapp.phone_number_id"), "{err}");
         let s = Settings::load_from(
             None,
             env(&[

@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod domain;
 pub mod http;
 pub mod integrations;

@@ -260,8 +260,8 @@ async fn refusals_reply_to_the_referrer(backend: Backend) {
         .map(|b| b["text"]["body"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(texts.len(), 2, "{texts:?}");
-    assert!(texts[0].contains("can't refer yourself"), "{texts:?}");
-    assert!(texts[1].contains("couldn't match"), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("can't refer yourself")), "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("couldn't match")), "{texts:?}");
     assert!(lc.sent_of("tmpl_referral_friend_invite").await.is_empty());
     assert!(lc.app.store.list_referrals(5).await.expect("referrals").is_empty());
     lc.shutdown().await;

@@ -9,6 +9,7 @@ mod lifecycle;
 mod metrics;
 mod queue;
 mod restart;
+mod sandbox;
 mod stripe;
 mod whatsapp;
 mod worker;
