@@ -59,6 +59,13 @@ pub struct Metrics {
     pub webhook_events_stored: Family<SourceLabels, Counter>,
     pub queue_items: Family<QueueLabels, Gauge>,
     pub worker_outcomes: Family<OutcomeLabels, Counter>,
+    pub whatsapp_send_errors: Family<SendErrorLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SendErrorLabels {
+    pub class: String,
+    pub code: String,
 }
 
 impl Default for Metrics {
@@ -76,6 +83,7 @@ impl Metrics {
         let webhook_events_stored = Family::<SourceLabels, Counter>::default();
         let queue_items = Family::<QueueLabels, Gauge>::default();
         let worker_outcomes = Family::<OutcomeLabels, Counter>::default();
+        let whatsapp_send_errors = Family::<SendErrorLabels, Counter>::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -102,6 +110,11 @@ impl Metrics {
             "Items the worker finished, by outcome",
             worker_outcomes.clone(),
         );
+        registry.register(
+            "whatsapp_send_errors",
+            "WhatsApp sends Meta refused, by class and code (class account_level: every send will fail)",
+            whatsapp_send_errors.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -110,6 +123,7 @@ impl Metrics {
             webhook_events_stored,
             queue_items,
             worker_outcomes,
+            whatsapp_send_errors,
         }
     }
 
@@ -127,6 +141,16 @@ impl Metrics {
             .get_or_create(&OutcomeLabels {
                 queue: queue.into(),
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    pub fn whatsapp_send_error(&self, class: &str, code: Option<i64>) {
+        let code = code.map(|c| c.to_string()).unwrap_or_else(|| "none".into());
+        self.whatsapp_send_errors
+            .get_or_create(&SendErrorLabels {
+                class: class.into(),
+                code,
             })
             .inc();
     }

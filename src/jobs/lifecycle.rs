@@ -728,7 +728,7 @@ pub async fn on_status(s: &Services, item: &ClaimedItem, payload: &Value) -> Han
     if next == MessageStatus::Failed {
         let class = classify(code, None);
         note.push_str(&format!(" ({}: {})", code.unwrap_or_default(), class.as_str()));
-        after_send_failure(s, &message, class).await?;
+        after_send_failure(s, &message, class, code).await?;
     }
     if matches!(next, MessageStatus::Delivered | MessageStatus::Read) && message.purpose == "friend_invite" {
         if let Some(referral) = referral_of(s, message.referral_id).await? {
@@ -754,14 +754,15 @@ pub async fn after_send_failure(
     s: &Services,
     message: &crate::store::MessageRow,
     class: SendErrorClass,
+    code: Option<i64>,
 ) -> Result<(), HandlerError> {
     if class == SendErrorClass::OptedOut {
         if let Ok(phone) = E164::parse_mobile(&message.to_phone, "ZZ") {
             record_opt_out(s, &phone, "meta_131050", true).await?;
         }
     }
+    s.metrics.whatsapp_send_error(class.as_str(), code);
     if class == SendErrorClass::AccountLevel {
-        s.metrics.reject("whatsapp_account", "account_level_error");
         tracing::error!(
             message_id = message.id,
             "WhatsApp refused the send for an account-level reason: every send will fail until an operator acts"

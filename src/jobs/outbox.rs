@@ -104,7 +104,7 @@ async fn send_whatsapp(s: &Services, item: &ClaimedItem, message_id: i64) -> Han
                 s.store
                     .advance_message_status(message.id, "sending", "queued", None, None)
                     .await?;
-                lifecycle::after_send_failure(s, &message, failure.class).await?;
+                lifecycle::after_send_failure(s, &message, failure.class, failure.code).await?;
                 return Err(HandlerError::Permanent(format!(
                     "account-level error {:?}: {}",
                     failure.code, failure.title
@@ -113,7 +113,7 @@ async fn send_whatsapp(s: &Services, item: &ClaimedItem, message_id: i64) -> Han
             s.store
                 .advance_message_status(message.id, "sending", "failed", failure.code, Some(&failure.title))
                 .await?;
-            lifecycle::after_send_failure(s, &message, failure.class).await?;
+            lifecycle::after_send_failure(s, &message, failure.class, failure.code).await?;
             Err(HandlerError::Permanent(format!(
                 "{} (code {}): {}",
                 failure.class.as_str(),

@@ -479,6 +479,78 @@ async fn auto_mode_without_consent_uses_a_share_link(backend: Backend) {
     lc.shutdown().await;
 }
 
+async fn direct_mode_has_no_fallback(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__FRIEND_INVITE", "direct")
+    })
+    .await;
+    mount_graph_answer(
+        &lc.meta,
+        json!({"template": {"name": "tmpl_referral_friend_invite"}}),
+        graph_error(
+            400,
+            131049,
+            "This message was not delivered to maintain healthy ecosystem engagement.",
+        ),
+        None,
+    )
+    .await;
+    let (_, token, _) = to_flow(&lc).await;
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.R1",
+        "x",
+        nomination(Some(&token), FRIEND_PHONE, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+    assert_eq!(lc.sent_of("tmpl_referral_friend_invite").await.len(), 1);
+    assert!(lc.sent_of("text").await.is_empty(), "no share link in direct mode");
+    assert_eq!(referral_state(&lc).await, "friend_unreachable");
+    let calls = lc.hubspot_calls().await;
+    assert!(
+        calls
+            .iter()
+            .any(|(_, _, b)| b["properties"]["referral_status"] == "friend_unreachable"),
+        "{calls:?}"
+    );
+    lc.shutdown().await;
+}
+
+async fn stop_button_and_131050_opt_out(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let stop_tap = json!({"from": "447911123460", "id": "wamid.STOPTAP", "timestamp": "1795510950", "type": "button",
+                          "button": {"payload": "Stop promotions", "text": "Stop promotions"}});
+    assert_eq!(lc.inbound(stop_tap).await, 200);
+    assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1").await, 200);
+    lc.settle().await;
+    assert!(
+        lc.app.store.is_opted_out("+447911123460").await.expect("query"),
+        "quick reply opts out"
+    );
+    let messages = lc.app.store.list_messages(5).await.expect("messages");
+    let wamid = messages[0].wamid.clone().expect("invite wamid");
+    assert_eq!(
+        lc.status(&wamid, "failed", Some((131050, "User has stopped marketing messages")))
+            .await,
+        200
+    );
+    lc.settle().await;
+    assert!(
+        lc.app.store.is_opted_out(REFERRER_PHONE).await.expect("query"),
+        "131050 records the opt-out"
+    );
+    let message = lc
+        .app
+        .store
+        .message_by_wamid(&wamid)
+        .await
+        .expect("query")
+        .expect("message");
+    assert_eq!((message.status.as_str(), message.error_code), ("failed", Some(131050)));
+    lc.shutdown().await;
+}
+
 async fn stop_keyword_and_user_preferences(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     // HubSpot knows the number as Ana's contact.
@@ -663,6 +735,8 @@ both_backends!(
     auto_mode_falls_back_to_a_share_link_after_131049,
     auto_mode_without_consent_uses_a_share_link,
     stop_keyword_and_user_preferences,
+    direct_mode_has_no_fallback,
+    stop_button_and_131050_opt_out,
     graph_500_then_success_sends_once,
     graph_429_honours_retry_after,
     permanent_meta_error_is_recorded_not_retried,
