@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::code::CodePattern;
 use crate::domain::referral::FriendInviteMode;
+use crate::domain::reward::RewardKind;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// The defaults, one documented key each; also what the binary falls back to.
@@ -31,6 +32,34 @@ pub struct Settings {
     pub programme: ProgrammeSettings,
     pub hubspot_properties: HubSpotProperties,
     pub templates: TemplateSettings,
+    pub api: ApiSettings,
+    pub rewards: RewardSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ApiSettings {
+    pub token_sha256: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RewardSettings {
+    pub pool_low_watermark: i64,
+    pub referrer: RewardSide,
+    pub friend: RewardSide,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RewardSide {
+    pub kind: RewardKind,
+    pub amount: i64,
+    pub currency: String,
+    pub description: String,
+    pub static_code: String,
+    pub stripe_coupon: String,
+    pub hubspot_property: String,
+    pub webhook_url: String,
+    #[serde(default, serialize_with = "redact")]
+    pub webhook_secret: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -103,6 +132,7 @@ pub struct HubSpotSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct StripeSettings {
     pub api_base: String,
+    pub api_version: String,
     #[serde(default, serialize_with = "redact")]
     pub secret_key: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
@@ -125,6 +155,9 @@ pub struct ProgrammeSettings {
     pub stop_keywords: Vec<String>,
     pub stop_button_payloads: Vec<String>,
     pub default_personal_message: String,
+    pub reward_hold_days: i64,
+    pub max_rewarded_referrals_per_referrer: i64,
+    pub reward_cap_period_days: i64,
     #[serde(default, serialize_with = "redact")]
     pub flow_token_secret: Option<SecretString>,
 }
@@ -140,6 +173,9 @@ pub struct HubSpotProperties {
     pub referrer_contact_id: String,
     pub whatsapp_opted_out: String,
     pub lifecycle_stage: String,
+    pub referrals_converted: String,
+    pub referral_rewards_total: String,
+    pub referral_reward: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -161,6 +197,10 @@ pub struct TemplateSettings {
     pub flow_name: String,
     pub flow_screen: String,
     pub flow_cta: String,
+    pub thanks: String,
+    pub thanks_body: Vec<TemplateParameter>,
+    pub reward: String,
+    pub reward_body: Vec<TemplateParameter>,
 }
 
 /// A value a template body parameter can carry.
@@ -172,6 +212,25 @@ pub enum TemplateParameter {
     FriendName,
     ReferrerName,
     PersonalMessage,
+    Reward,
+}
+
+impl RewardSide {
+    /// What is missing for this kind of reward, if anything.
+    fn problem(&self) -> Option<String> {
+        let missing = |key: &str| Some(format!("kind {:?} needs `{key}`", self.kind));
+        match self.kind {
+            RewardKind::StaticCode if self.static_code.is_empty() => missing("static_code"),
+            RewardKind::StripePromotionCode if self.stripe_coupon.is_empty() => missing("stripe_coupon"),
+            RewardKind::HubspotCredit if self.hubspot_property.is_empty() => missing("hubspot_property"),
+            RewardKind::Webhook if self.webhook_url.is_empty() => missing("webhook_url"),
+            RewardKind::Webhook if secret_value(&self.webhook_secret).is_none() => missing("webhook_secret"),
+            RewardKind::StripeBalanceCredit | RewardKind::HubspotCredit if self.amount <= 0 => {
+                Some("amount must be positive".into())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Configuration that cannot be used; the message names the key.
@@ -228,6 +287,9 @@ impl Settings {
                 .with_list_parse_key("templates.invite_body")
                 .with_list_parse_key("templates.flow_body")
                 .with_list_parse_key("templates.friend_invite_body")
+                .with_list_parse_key("templates.thanks_body")
+                .with_list_parse_key("templates.reward_body")
+                .with_list_parse_key("api.token_sha256")
                 .try_parsing(true)
                 .source(Some(env.clone())),
         );
@@ -323,6 +385,25 @@ impl Settings {
         }
         if self.templates.flow_id.is_empty() && self.templates.flow_name.is_empty() {
             return invalid("templates.flow_id", "set flow_id or flow_name".into());
+        }
+        for (key, side) in [
+            ("rewards.referrer", &self.rewards.referrer),
+            ("rewards.friend", &self.rewards.friend),
+        ] {
+            if let Some(problem) = side.problem() {
+                return Err(ConfigError::Invalid { key, problem });
+            }
+        }
+        if self
+            .api
+            .token_sha256
+            .iter()
+            .any(|h| h.len() != 64 || hex::decode(h).is_err())
+        {
+            return invalid(
+                "api.token_sha256",
+                "each entry must be 64 hex characters (referloop api hash-token)".into(),
+            );
         }
         if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
             return invalid("hubspot.webhook_api_key_header", "is not a valid header name".into());

@@ -60,6 +60,7 @@ pub struct Metrics {
     pub queue_items: Family<QueueLabels, Gauge>,
     pub worker_outcomes: Family<OutcomeLabels, Counter>,
     pub whatsapp_send_errors: Family<SendErrorLabels, Counter>,
+    pub reward_pool_exhausted: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -84,6 +85,7 @@ impl Metrics {
         let queue_items = Family::<QueueLabels, Gauge>::default();
         let worker_outcomes = Family::<OutcomeLabels, Counter>::default();
         let whatsapp_send_errors = Family::<SendErrorLabels, Counter>::default();
+        let reward_pool_exhausted = Counter::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -115,6 +117,11 @@ impl Metrics {
             "WhatsApp sends Meta refused, by class and code (class account_level: every send will fail)",
             whatsapp_send_errors.clone(),
         );
+        registry.register(
+            "reward_pool_exhausted",
+            "Rewards that found the discount-code pool empty",
+            reward_pool_exhausted.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -124,6 +131,7 @@ impl Metrics {
             queue_items,
             worker_outcomes,
             whatsapp_send_errors,
+            reward_pool_exhausted,
         }
     }
 
@@ -153,6 +161,10 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    pub fn reward_pool_exhausted(&self) {
+        self.reward_pool_exhausted.inc();
     }
 
     pub fn set_queue_items(&self, queue: &str, state: &str, n: i64) {

@@ -190,6 +190,31 @@ pub fn sign_stripe(secret: &str, body: &[u8], timestamp: i64) -> String {
     format!("t={t},v1={}", hex::encode(digest))
 }
 
+/// Standard Webhooks (used for reward fulfilment): `webhook-signature: v1,<base64>` where
+/// the HMAC-SHA256 key is the base64 part of a `whsec_…` secret and the message is
+/// `<webhook-id>.<webhook-timestamp>.<body>`.
+pub fn sign_standard_webhook(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> Result<String, String> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.trim_start_matches("whsec_"))
+        .map_err(|_| "not a whsec_<base64> secret".to_string())?;
+    let t = timestamp.to_string();
+    let digest = hmac_sha256(&key, &[id.as_bytes(), b".", t.as_bytes(), b".", body]);
+    Ok(format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    ))
+}
+
+/// Verifies a Standard Webhooks signature header (space-separated `v1,<sig>` entries).
+pub fn verify_standard_webhook(secret: &str, id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
+    let Ok(expected) = sign_standard_webhook(secret, id, timestamp, body) else {
+        return false;
+    };
+    header
+        .split_whitespace()
+        .any(|candidate| constant_time_eq(candidate.as_bytes(), expected.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +370,22 @@ mod tests {
         let two = format!("t={now},v1=00ff,{}", good.split(',').nth(1).unwrap_or_default());
         assert_eq!(verify_stripe("whsec_a", body, Some(&rolled), now), Ok(()));
         assert_eq!(verify_stripe("whsec_a", body, Some(&two), now), Ok(()));
+    }
+
+    #[test]
+    fn standard_webhook_round_trip() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let sig = sign_standard_webhook(secret, "msg_1", 1700000000, b"{}").expect("sign");
+        assert!(sig.starts_with("v1,"));
+        assert!(verify_standard_webhook(
+            secret,
+            "msg_1",
+            1700000000,
+            b"{}",
+            &format!("v1,bogus {sig}")
+        ));
+        assert!(!verify_standard_webhook(secret, "msg_2", 1700000000, b"{}", &sig));
+        assert!(sign_standard_webhook("whsec_!!", "m", 1, b"").is_err());
     }
 
     #[test]

@@ -33,11 +33,12 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let settings = Arc::new(settings);
         let services = Arc::new(Services::new(store.clone(), settings.clone(), metrics.clone())?);
-        let worker = settings.worker.enabled.then(|| Worker::new(services));
+        let worker = settings.worker.enabled.then(|| Worker::new(services.clone()));
         let state = AppState {
             store,
             settings,
             metrics,
+            services,
         };
         Ok(Application {
             listener,

@@ -12,3 +12,4 @@ pub mod nomination;
 pub mod phone;
 pub mod referral;
 pub mod retry;
+pub mod reward;

@@ -37,10 +37,12 @@ pub enum ReferralState {
     Refused,
     /// Left open past `programme.attribution_window_days`; the friend may be nominated again.
     Expired,
+    /// The friend signed up or bought: thanks and rewards were granted.
+    Converted,
 }
 
 impl ReferralState {
-    pub const ALL: [ReferralState; 7] = [
+    pub const ALL: [ReferralState; 8] = [
         ReferralState::Nominated,
         ReferralState::DirectInviteQueued,
         ReferralState::AwaitingFriend,
@@ -48,6 +50,7 @@ impl ReferralState {
         ReferralState::FriendUnreachable,
         ReferralState::Refused,
         ReferralState::Expired,
+        ReferralState::Converted,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -59,6 +62,7 @@ impl ReferralState {
             ReferralState::FriendUnreachable => "friend_unreachable",
             ReferralState::Refused => "refused",
             ReferralState::Expired => "expired",
+            ReferralState::Converted => "converted",
         }
     }
 
@@ -66,17 +70,23 @@ impl ReferralState {
         Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 
-    /// Progress; no transition lowers it. Terminal states share the top rank.
+    /// Progress; no transition lowers it. Final states share the top rank.
     pub fn rank(self) -> u8 {
         match self {
             ReferralState::Nominated => 0,
             ReferralState::DirectInviteQueued => 1,
             ReferralState::AwaitingFriend => 2,
-            ReferralState::FriendInvited
+            ReferralState::FriendInvited => 3,
+            ReferralState::Converted
             | ReferralState::FriendUnreachable
             | ReferralState::Refused
-            | ReferralState::Expired => 3,
+            | ReferralState::Expired => 4,
         }
+    }
+
+    /// No event moves a referral out of these.
+    pub fn is_final(self) -> bool {
+        self.rank() == 4
     }
 
     /// Still occupying the friend's number (blocks other nominations of it).
@@ -102,6 +112,8 @@ pub enum ReferralEvent {
     DirectInviteDelivered,
     /// The friend wrote to us (through the share link) and was recognised.
     FriendArrived,
+    /// The friend signed up or bought (HubSpot, Stripe or the API said so).
+    Converted,
 }
 
 /// A message the transition asks for. Each is sent through a job whose idempotency key is
@@ -112,6 +124,10 @@ pub enum Effect {
     SendShareLink,
     SendFriendWelcome,
     SendRefusal(NominationRefusal),
+    /// Thank the referrer (`tmpl_referral_thanks`).
+    ThankReferrer,
+    /// Create the referrer's and the friend's rewards.
+    GrantRewards,
 }
 
 impl Effect {
@@ -121,6 +137,8 @@ impl Effect {
             Effect::SendShareLink => "share_link",
             Effect::SendFriendWelcome => "friend_welcome",
             Effect::SendRefusal(_) => "refusal",
+            Effect::ThankReferrer => "thanks",
+            Effect::GrantRewards => "rewards",
         }
     }
 }
@@ -164,6 +182,10 @@ pub fn apply(state: ReferralState, mode: FriendInviteMode, consent: bool, event:
         // The friend wrote to us while the direct invite was in flight: they are in.
         (S::DirectInviteQueued, E::FriendArrived) => Transition::to(S::FriendInvited, vec![]),
         (S::AwaitingFriend, E::FriendArrived) => Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome]),
+        // Only an invited friend converts, and only once.
+        (S::FriendInvited, E::Converted) => {
+            Transition::to(S::Converted, vec![Effect::ThankReferrer, Effect::GrantRewards])
+        }
         (unchanged, _) => Transition::to(unchanged, vec![]),
     }
 }
@@ -176,6 +198,7 @@ pub fn friend_hubspot_status(state: ReferralState) -> Option<&'static str> {
         ReferralState::AwaitingFriend => Some("share_link_sent"),
         ReferralState::FriendInvited => Some("friend_invited"),
         ReferralState::FriendUnreachable => Some("friend_unreachable"),
+        ReferralState::Converted => Some("converted"),
         ReferralState::Refused | ReferralState::Expired => None,
     }
 }
@@ -256,6 +279,22 @@ mod tests {
     }
 
     #[test]
+    fn only_an_invited_friend_converts_and_once() {
+        let t = apply(S::FriendInvited, M::Auto, true, &E::Converted);
+        assert_eq!(
+            t,
+            Transition::to(S::Converted, vec![Effect::ThankReferrer, Effect::GrantRewards])
+        );
+        assert_eq!(
+            apply(S::Converted, M::Auto, true, &E::Converted),
+            Transition::to(S::Converted, vec![])
+        );
+        for early in [S::Nominated, S::DirectInviteQueued, S::AwaitingFriend, S::Refused] {
+            assert_eq!(apply(early, M::Auto, true, &E::Converted).state, early);
+        }
+    }
+
+    #[test]
     fn late_events_change_nothing() {
         assert_eq!(
             apply(
@@ -293,6 +332,7 @@ mod tests {
             Just(E::DirectInviteFailed { policy_limit: false }),
             Just(E::DirectInviteDelivered),
             Just(E::FriendArrived),
+            Just(E::Converted),
         ]
     }
 
@@ -322,8 +362,8 @@ mod tests {
             for event in &sequence {
                 let next = apply(state, mode, consent, event);
                 prop_assert!(next.state.rank() >= state.rank(), "{:?} -> {:?} on {:?}", state, next.state, event);
-                if state.rank() == 3 {
-                    prop_assert_eq!(next.state, state, "terminal states stay");
+                if state.is_final() {
+                    prop_assert_eq!(next.state, state, "final states stay");
                 }
                 for effect in &next.effects {
                     prop_assert!(!asked.contains(&effect.key()), "{} asked twice", effect.key());

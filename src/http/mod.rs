@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, the shared state, and the middleware every request passes
 //! through (request id, tracing span, timeout, metrics).
 
+mod api;
 mod error;
 mod health;
 mod webhooks;
@@ -19,6 +20,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Settings;
+use crate::jobs::Services;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::store::Store;
 
@@ -34,6 +36,8 @@ pub struct AppState {
     pub store: Store,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
+    /// The worker's services, for the API's synchronous conversions.
+    pub services: Arc<Services>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,6 +61,11 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/stripe",
             post(webhooks::stripe_receive).layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT)),
         )
+        .route(
+            "/api/v1/conversions",
+            post(api::post_conversion).layer(DefaultBodyLimit::max(64 * 1024)),
+        )
+        .route("/api/v1/referrals/{id}/void", post(api::void_referral))
         .route_layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
         // Layers run bottom-up for requests: the id is set first, so the span and every

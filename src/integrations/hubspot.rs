@@ -41,6 +41,7 @@ impl FoundContact {
 #[derive(Clone)]
 pub struct HubSpotClient {
     outbound: Outbound,
+    api_base: String,
     contacts_url: String,
     token: Option<String>,
     requests: Arc<Pacer>,
@@ -59,6 +60,7 @@ impl HubSpotClient {
     pub fn new(settings: &HubSpotSettings, outbound: Outbound) -> HubSpotClient {
         HubSpotClient {
             outbound,
+            api_base: settings.api_base.trim_end_matches('/').to_string(),
             contacts_url: format!("{}{}", settings.api_base.trim_end_matches('/'), settings.contacts_path),
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
             requests: Arc::new(Pacer::new(settings.requests_per_10s, Duration::from_secs(10))),
@@ -78,11 +80,17 @@ impl HubSpotClient {
         if let Some(token) = &self.token {
             headers.push(("authorization".to_string(), format!("Bearer {token}")));
         }
+        // GET requests carry no body.
+        let body = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
         let request = OutboundRequest {
             method,
             url,
             headers,
-            body: body.to_string(),
+            body,
             job_id,
         };
         match self.outbound.send(request).await {
@@ -136,6 +144,31 @@ impl HubSpotClient {
             }
             Err(other) => Err(other),
         }
+    }
+
+    /// The contacts associated with a deal (v4 associations API).
+    pub async fn deal_contacts(&self, deal_id: &str, job_id: Option<i64>) -> Result<Vec<String>, HubSpotError> {
+        let url = format!("{}/crm/v4/objects/deal/{deal_id}/associations/contact", self.api_base);
+        let answer = self
+            .call(reqwest::Method::GET, url, Value::Null, job_id)
+            .await?
+            .unwrap_or(Value::Null);
+        let ids = answer
+            .get("results")
+            .and_then(Value::as_array)
+            .map(|results| {
+                results
+                    .iter()
+                    .filter_map(|r| r.get("toObjectId"))
+                    .filter_map(|id| {
+                        id.as_str()
+                            .map(str::to_string)
+                            .or_else(|| id.as_i64().map(|n| n.to_string()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(ids)
     }
 
     /// Contacts whose phone is `phone`: HubSpot stores free text, so search the computed

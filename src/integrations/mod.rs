@@ -4,6 +4,7 @@
 
 pub mod hubspot;
 mod pacer;
+pub mod stripe;
 pub mod whatsapp;
 
 use std::time::Duration;
@@ -27,7 +28,7 @@ pub enum OutboundResponse {
     Recorded { call_id: i64 },
     Sent {
         status: u16,
-        retry_after: Option<String>,
+        headers: reqwest::header::HeaderMap,
         body: String,
     },
 }
@@ -76,17 +77,9 @@ impl Outbound {
                 }
                 let response = builder.send().await?;
                 let status = response.status().as_u16();
-                let retry_after = response
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string);
+                let headers = response.headers().clone();
                 let body = response.text().await?;
-                Ok(OutboundResponse::Sent {
-                    status,
-                    retry_after,
-                    body,
-                })
+                Ok(OutboundResponse::Sent { status, headers, body })
             }
         }
     }

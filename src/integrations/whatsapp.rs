@@ -68,11 +68,10 @@ impl WhatsAppClient {
             Ok(OutboundResponse::Recorded { call_id }) => Ok(Accepted {
                 wamid: format!("wamid.sandbox.{call_id}"),
             }),
-            Ok(OutboundResponse::Sent {
-                status,
-                retry_after,
-                body,
-            }) => interpret(status, retry_after.as_deref(), &body),
+            Ok(OutboundResponse::Sent { status, headers, body }) => {
+                let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
+                interpret(status, retry_after, &body)
+            }
             Err(e) => Err(SendFailure {
                 class: classify(None, None),
                 code: None,

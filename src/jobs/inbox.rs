@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::lifecycle;
+use super::{conversions, lifecycle};
 use super::{HandlerOutcome, HandlerResult, Services};
 use crate::store::ClaimedItem;
 
@@ -18,6 +18,8 @@ pub async fn handle(services: &Services, item: &ClaimedItem) -> HandlerResult {
         "whatsapp.message" => lifecycle::on_message(services, item, &payload).await,
         "whatsapp.status" => lifecycle::on_status(services, item, &payload).await,
         "whatsapp.user_preference" => lifecycle::on_user_preference(services, &payload).await,
+        "hubspot.workflow.conversion" => conversions::on_hubspot_conversion(services, &payload, item.id).await,
+        kind if kind.starts_with("stripe.") => conversions::on_stripe_event(services, kind, &payload).await,
         other => {
             tracing::info!(kind = other, "no handler for this event kind; marked processed");
             HandlerOutcome::done(format!("unhandled kind: {other}"))

@@ -539,7 +539,7 @@ pub async fn apply_event(
             if let Effect::SendRefusal(refusal) = effect {
                 reason = Some(refusal.reason());
             }
-            messages.push(effect_message(s, &current, effect, arrived_from, business_number)?);
+            messages.extend(effect_message(s, &current, effect, arrived_from, business_number)?);
         }
         let mut jobs = Vec::new();
         if friend_hubspot_status(transition.state).is_some() {
@@ -588,13 +588,13 @@ fn share_text(code: &str) -> String {
     format!("Hi! I'd like to join. My referral code is {code}")
 }
 
-fn effect_message(
+pub(super) fn effect_message(
     s: &Services,
     r: &ReferralRow,
     effect: &Effect,
     arrived_from: Option<&E164>,
     business_number: &str,
-) -> Result<NewMessage, HandlerError> {
+) -> Result<Option<NewMessage>, HandlerError> {
     let invalid = |what: &str| HandlerError::Permanent(format!("stored {what} phone is invalid"));
     let referrer = E164::parse_mobile(&r.referrer_phone, "ZZ").map_err(|_| invalid("referrer"))?;
     let friend = match arrived_from {
@@ -624,7 +624,9 @@ fn effect_message(
                         crate::config::TemplateParameter::FriendName => friend_first.clone(),
                         crate::config::TemplateParameter::ReferrerName
                         | crate::config::TemplateParameter::FirstName => referrer_first.clone(),
-                        crate::config::TemplateParameter::Code => r.referral_code.clone(),
+                        crate::config::TemplateParameter::Code | crate::config::TemplateParameter::Reward => {
+                            r.referral_code.clone()
+                        }
                         crate::config::TemplateParameter::PersonalMessage => personal.clone(),
                     })
                     .collect();
@@ -677,11 +679,35 @@ fn effect_message(
             false,
             bodies::text(referrer.as_str(), &refusal.reply_text(&r.friend_name), &callback),
         ),
+        Effect::ThankReferrer => {
+            let t = &s.settings.templates;
+            let params = t
+                .thanks_body
+                .iter()
+                .map(|p| match p {
+                    crate::config::TemplateParameter::FriendName => friend_first.clone(),
+                    _ => referrer_first.clone(),
+                })
+                .collect();
+            let body = bodies::template(bodies::Template {
+                to: referrer.as_str(),
+                name: &t.thanks,
+                language: &r.language,
+                body_params: params,
+                copy_code: None,
+                quick_replies: vec![],
+                flow_button: None,
+                callback: &callback,
+            });
+            (referrer.clone(), true, body)
+        }
+        // Rewards are rows, not messages: `record_conversion` creates them.
+        Effect::GrantRewards => return Ok(None),
     };
-    Ok(NewMessage {
+    Ok(Some(NewMessage {
         referral_id: Some(r.id),
         ..s.message(key, effect.key(), &to, marketing, body)
-    })
+    }))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -810,7 +836,7 @@ async fn opt_out(s: &Services, phone: &E164, source: &str, acknowledge: bool) ->
             OptOutChange::OptedOut(at) | OptOutChange::AlreadyOptedOut(at) => at,
             _ => now_ms(),
         };
-        let text = "You won't receive promotional messages from us on WhatsApp any more. Reply START to undo.";
+        let text = "You won't receive promotional messages from us on WhatsApp any more.";
         reply_in_window(s, phone, format!("opt_out_ack:{}:{since}", phone.as_str()), text).await?;
     }
     HandlerOutcome::done(format!("opt-out ({source}): {change:?}"))

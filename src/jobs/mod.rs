@@ -5,6 +5,7 @@
 //! `inbox.rs` turns received events into referral steps (`lifecycle.rs`); `outbox.rs`
 //! performs the jobs those steps queue (WhatsApp sends, HubSpot updates).
 
+mod conversions;
 mod inbox;
 mod lifecycle;
 mod outbox;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use conversions::{convert, match_referral};
 pub use services::Services;
 
 use crate::config::WorkerSettings;

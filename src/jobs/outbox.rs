@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::lifecycle;
+use super::{conversions, lifecycle};
 use super::{HandlerError, HandlerOutcome, HandlerResult, Services};
 use crate::domain::messaging::SendErrorClass;
 use crate::domain::phone::E164;
@@ -39,6 +39,19 @@ pub async fn handle(s: &Services, item: &ClaimedItem) -> HandlerResult {
             None => Err(HandlerError::Permanent("no referral_id".into())),
         },
         "hubspot.sync_opt_out" => sync_opt_out(s, item, &payload).await,
+        "reward.issue" => match id("reward_id") {
+            Some(reward_id) => conversions::issue_reward(s, reward_id, item.id).await,
+            None => Err(HandlerError::Permanent("no reward_id".into())),
+        },
+        "hubspot.referrer_counters" => {
+            let contact = payload.get("contact_id").and_then(Value::as_str).unwrap_or_default();
+            conversions::referrer_counters(s, contact, item.id).await
+        }
+        "hubspot.credit_total" => {
+            let contact = payload.get("contact_id").and_then(Value::as_str).unwrap_or_default();
+            let property = payload.get("property").and_then(Value::as_str).unwrap_or_default();
+            conversions::credit_total(s, contact, property, item.id).await
+        }
         other => Err(HandlerError::Permanent(format!("no handler for job kind `{other}`"))),
     }
 }

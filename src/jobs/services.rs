@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::config::Settings;
 use crate::domain::code::CodePattern;
 use crate::integrations::hubspot::HubSpotClient;
+use crate::integrations::stripe::StripeClient;
 use crate::integrations::whatsapp::WhatsAppClient;
 use crate::integrations::Outbound;
 use crate::metrics::Metrics;
@@ -16,6 +17,9 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub whatsapp: WhatsAppClient,
     pub hubspot: HubSpotClient,
+    pub stripe: StripeClient,
+    /// For reward fulfilment webhooks to the business's own URL.
+    pub outbound: Outbound,
     pub code_pattern: CodePattern,
     pub flow_token_secret: String,
 }
@@ -26,7 +30,9 @@ impl Services {
         let code_pattern = CodePattern::parse(&settings.programme.code_pattern)?;
         Ok(Services {
             whatsapp: WhatsAppClient::new(&settings.whatsapp, outbound.clone()),
-            hubspot: HubSpotClient::new(&settings.hubspot, outbound),
+            hubspot: HubSpotClient::new(&settings.hubspot, outbound.clone()),
+            stripe: StripeClient::new(&settings.stripe, outbound.clone()),
+            outbound,
             flow_token_secret: settings.flow_token_secret(),
             code_pattern,
             store,

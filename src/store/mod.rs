@@ -7,6 +7,7 @@ mod jobs;
 mod outbound;
 mod queue;
 mod referrals;
+mod rewards;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,6 +22,7 @@ pub use queue::{ClaimedItem, Queue, QueueRow, QueueState};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, SideJob,
 };
+pub use rewards::{ConversionEffects, ConversionRecord, ConversionRow, NewConversion, NewReward, RewardRow};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

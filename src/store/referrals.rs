@@ -138,7 +138,7 @@ const INVITE_COLUMNS: &str = "id, trigger_key, contact_id, trigger, phone, first
     state, reason, created_at";
 
 /// Inserts a message and its send job; nothing when the key was seen before.
-async fn insert_message(conn: &mut AnyConnection, message: &NewMessage) -> Result<Option<i64>, StoreError> {
+pub(super) async fn insert_message(conn: &mut AnyConnection, message: &NewMessage) -> Result<Option<i64>, StoreError> {
     let now = now_ms();
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO messages (idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, status, \
@@ -167,7 +167,7 @@ async fn insert_message(conn: &mut AnyConnection, message: &NewMessage) -> Resul
     Ok(Some(id))
 }
 
-async fn insert_job(conn: &mut AnyConnection, job: &SideJob) -> Result<(), StoreError> {
+pub(super) async fn insert_job(conn: &mut AnyConnection, job: &SideJob) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
          VALUES ($1, $2, $3, 'queued', $4, $5, $6) ON CONFLICT (idempotency_key) DO NOTHING",

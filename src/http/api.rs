@@ -1,0 +1,170 @@
+//! The programme's own API: `POST /api/v1/conversions` (a conversion the business saw)
+//! and `POST /api/v1/referrals/{id}/void` (a refund). Bearer tokens are configured as
+//! SHA-256 digests and compared in constant time.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::domain::phone::E164;
+use crate::jobs::convert;
+use crate::store::NewConversion;
+
+fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
+    (status, Json(json!({"error": reason.into()}))).into_response()
+}
+
+/// `Ok(())` for a configured token; otherwise the answer to give.
+fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+    let allowed = &state.settings.api.token_sha256;
+    if allowed.is_empty() {
+        tracing::error!("API refused: api.token_sha256 is empty");
+        return Err(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the API is not configured (api.token_sha256)",
+        ));
+    }
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let digest = hex::encode(Sha256::digest(token.as_bytes()));
+    let known = allowed.iter().fold(0u8, |found, h| {
+        found | digest.as_bytes().ct_eq(h.to_ascii_lowercase().as_bytes()).unwrap_u8()
+    });
+    if token.is_empty() || known == 0 {
+        state.metrics.reject("api", "bad_token");
+        tracing::warn!("API refused: missing or unknown bearer token");
+        return Err(problem(StatusCode::UNAUTHORIZED, "missing or unknown bearer token"));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ConversionRequest {
+    pub external_id: Option<String>,
+    pub referral_code: Option<String>,
+    pub friend_phone: Option<String>,
+    pub hubspot_contact_id: Option<String>,
+    pub amount: Option<i64>,
+    pub currency: Option<String>,
+}
+
+pub async fn post_conversion(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(refused) = authorise(&state, &headers) {
+        return refused;
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return problem(rejection.status(), "request body too large or unreadable"),
+    };
+    let request: ConversionRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body is not the expected JSON: {e}")),
+    };
+    let Some(external_id) = request.external_id.filter(|e| !e.trim().is_empty() && e.len() <= 200) else {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "external_id is required (at most 200 characters): it makes the call idempotent",
+        );
+    };
+    let region = &state.settings.programme.default_region;
+    let phone = match request.friend_phone.as_deref().map(|p| E164::parse_mobile(p, region)) {
+        Some(Err(e)) => return problem(StatusCode::UNPROCESSABLE_ENTITY, format!("friend_phone: {e}")),
+        Some(Ok(p)) => Some(p),
+        None => None,
+    };
+    if request.referral_code.is_none() && phone.is_none() && request.hubspot_contact_id.is_none() {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give referral_code, friend_phone or hubspot_contact_id",
+        );
+    }
+    let services = &state.services;
+    let matched = match crate::jobs::match_referral(
+        services,
+        request.hubspot_contact_id.as_deref(),
+        phone.as_ref().map(E164::as_str),
+        request.referral_code.as_deref(),
+    )
+    .await
+    {
+        Ok(matched) => matched,
+        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let conversion = NewConversion {
+        source: "api".into(),
+        external_id,
+        referral_id: matched.0,
+        matched_by: matched.1,
+        amount: request.amount,
+        currency: request.currency,
+        payment_ref: None,
+        stripe_customer: None,
+    };
+    let record = match convert(services, conversion).await {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::error!(error = %e, "conversion could not be recorded");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily unavailable; retry with the same external_id",
+            );
+        }
+    };
+    let c = &record.conversion;
+    let referral_state = match c.referral_id {
+        Some(id) => state.services.store.referral(id).await.ok().flatten().map(|r| r.state),
+        None => None,
+    };
+    let answer = json!({
+        "conversion_id": c.id,
+        "external_id": c.external_id,
+        "outcome": c.outcome,
+        "referral_id": c.referral_id,
+        "referral_state": referral_state,
+    });
+    let status = match c.outcome.as_str() {
+        "converted" if record.created => StatusCode::CREATED,
+        "converted" | "already_converted" => StatusCode::OK,
+        "unattributed" => StatusCode::NOT_FOUND,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    (status, Json(answer)).into_response()
+}
+
+pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(refused) = authorise(&state, &headers) {
+        return refused;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return problem(StatusCode::NOT_FOUND, "no such referral");
+    };
+    match state.store.referral(id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return problem(StatusCode::NOT_FOUND, "no such referral"),
+        Err(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
+    }
+    match state.store.void_rewards(id).await {
+        Ok(voided) => (
+            StatusCode::OK,
+            Json(json!({"referral_id": id, "voided_rewards": voided})),
+        )
+            .into_response(),
+        Err(_) => problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
+    }
+}

@@ -1,0 +1,241 @@
+//! Stripe client: form-encoded requests with bracketed nesting, the API version pinned
+//! with `Stripe-Version`, an `Idempotency-Key` on every POST (the reward's id, so a retry
+//! can never create a second object), and Stripe's retry advice obeyed.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+
+use super::{Outbound, OutboundRequest, OutboundResponse};
+use crate::config::StripeSettings;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StripeError {
+    /// 409, 424, 429, 5xx and connection errors: retry with the same key.
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        not_before: Option<Duration>,
+    },
+    /// Other 4xx, and `idempotency_error` (a bug on our side).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+#[derive(Clone)]
+pub struct StripeClient {
+    outbound: Outbound,
+    base: String,
+    version: String,
+    secret_key: Option<String>,
+}
+
+impl StripeClient {
+    pub fn new(settings: &StripeSettings, outbound: Outbound) -> StripeClient {
+        StripeClient {
+            outbound,
+            base: settings.api_base.trim_end_matches('/').to_string(),
+            version: settings.api_version.clone(),
+            secret_key: settings.secret_key.as_ref().map(|k| k.expose_secret().to_string()),
+        }
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(String, String)],
+        idempotency_key: Option<&str>,
+        job_id: Option<i64>,
+    ) -> Result<Value, StripeError> {
+        let mut headers = vec![
+            ("stripe-version".to_string(), self.version.clone()),
+            (
+                "content-type".to_string(),
+                "application/x-www-form-urlencoded".to_string(),
+            ),
+        ];
+        if let Some(key) = &self.secret_key {
+            headers.push(("authorization".to_string(), format!("Bearer {key}")));
+        }
+        if let Some(key) = idempotency_key {
+            headers.push(("idempotency-key".to_string(), key.to_string()));
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = OutboundRequest {
+            method,
+            url: format!("{}{path}", self.base),
+            headers,
+            body,
+            job_id,
+        };
+        match self.outbound.send(request).await {
+            Ok(OutboundResponse::Recorded { call_id }) => Ok(json!({"id": format!("sandbox_{call_id}")})),
+            Ok(OutboundResponse::Sent { status, headers, body }) => {
+                let should_retry = headers
+                    .get("stripe-should-retry")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| v == "true");
+                let retry_after = headers
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                interpret(status, should_retry, retry_after, &body)
+            }
+            Err(e) => Err(StripeError::Retryable {
+                message: format!("request failed: {e}"),
+                not_before: None,
+            }),
+        }
+    }
+
+    /// A one-use promotion code on `coupon` (API 2025-09-30+ shape: `promotion[coupon]`).
+    pub async fn create_promotion_code(
+        &self,
+        coupon: &str,
+        code: &str,
+        customer: Option<&str>,
+        metadata: &[(&str, String)],
+        idempotency_key: &str,
+        job_id: Option<i64>,
+    ) -> Result<Value, StripeError> {
+        let mut form = vec![
+            ("promotion[type]".to_string(), "coupon".to_string()),
+            ("promotion[coupon]".to_string(), coupon.to_string()),
+            ("code".to_string(), code.to_string()),
+            ("max_redemptions".to_string(), "1".to_string()),
+        ];
+        if let Some(customer) = customer {
+            form.push(("customer".to_string(), customer.to_string()));
+        }
+        for (key, value) in metadata {
+            form.push((format!("metadata[{key}]"), value.clone()));
+        }
+        self.call(
+            reqwest::Method::POST,
+            "/v1/promotion_codes",
+            &form,
+            Some(idempotency_key),
+            job_id,
+        )
+        .await
+    }
+
+    /// A customer balance credit (a negative balance transaction).
+    pub async fn credit_balance(
+        &self,
+        customer: &str,
+        amount: i64,
+        currency: &str,
+        description: &str,
+        idempotency_key: &str,
+        job_id: Option<i64>,
+    ) -> Result<Value, StripeError> {
+        let form = vec![
+            ("amount".to_string(), (-amount.abs()).to_string()),
+            ("currency".to_string(), currency.to_string()),
+            ("description".to_string(), description.to_string()),
+        ];
+        let path = format!("/v1/customers/{customer}/balance_transactions");
+        self.call(reqwest::Method::POST, &path, &form, Some(idempotency_key), job_id)
+            .await
+    }
+
+    /// A Checkout Session with its discount breakdown, where a typed promotion code shows.
+    pub async fn checkout_session_discounts(
+        &self,
+        session_id: &str,
+        job_id: Option<i64>,
+    ) -> Result<Value, StripeError> {
+        let path = format!("/v1/checkout/sessions/{session_id}?expand[]=total_details.breakdown");
+        self.call(reqwest::Method::GET, &path, &[], None, job_id).await
+    }
+
+    pub async fn promotion_code(&self, id: &str, job_id: Option<i64>) -> Result<Value, StripeError> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/v1/promotion_codes/{id}"),
+            &[],
+            None,
+            job_id,
+        )
+        .await
+    }
+}
+
+fn interpret(
+    status: u16,
+    should_retry: Option<bool>,
+    retry_after: Option<Duration>,
+    body: &str,
+) -> Result<Value, StripeError> {
+    let parsed: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    if (200..300).contains(&status) {
+        return Ok(parsed);
+    }
+    let kind = parsed.pointer("/error/type").and_then(Value::as_str).unwrap_or("");
+    let message = parsed
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no error message");
+    let message = format!("HTTP {status} {kind}: {message}");
+    if kind == "idempotency_error" {
+        return Err(StripeError::Permanent(message));
+    }
+    let retryable = should_retry.unwrap_or(matches!(status, 409 | 424 | 429 | 500..=599));
+    if retryable {
+        Err(StripeError::Retryable {
+            message,
+            not_before: retry_after,
+        })
+    } else {
+        Err(StripeError::Permanent(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_stripe_retry_advice() {
+        assert!(interpret(200, None, None, r#"{"id":"promo_1"}"#).is_ok());
+        assert!(matches!(
+            interpret(500, None, None, "{}"),
+            Err(StripeError::Retryable { .. })
+        ));
+        assert!(matches!(
+            interpret(429, None, None, "{}"),
+            Err(StripeError::Retryable { .. })
+        ));
+        assert!(matches!(
+            interpret(409, None, None, "{}"),
+            Err(StripeError::Retryable { .. })
+        ));
+        assert!(matches!(
+            interpret(500, Some(false), None, "{}"),
+            Err(StripeError::Permanent(_))
+        ));
+        assert!(matches!(
+            interpret(400, Some(true), None, "{}"),
+            Err(StripeError::Retryable { .. })
+        ));
+        assert!(matches!(
+            interpret(400, None, None, r#"{"error":{"type":"invalid_request_error"}}"#),
+            Err(StripeError::Permanent(_))
+        ));
+        let idempotency = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/stripe/error-idempotency.json"
+        ))
+        .expect("fixture");
+        assert!(matches!(
+            interpret(400, Some(true), None, &idempotency),
+            Err(StripeError::Permanent(_))
+        ));
+    }
+}
