@@ -66,6 +66,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Conversions recorded from HubSpot, Stripe and the API, newest first.
+    Conversions {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rewards (the ledger) and the discount-code pool.
+    Rewards {
+        #[command(subcommand)]
+        action: RewardsAction,
+    },
+    /// API tokens.
+    Api {
+        #[command(subcommand)]
+        action: ApiAction,
+    },
     /// Development helpers: signed webhooks to a running referloop.
     Dev {
         /// Where referloop listens (default: http://<server.listen>).
@@ -82,6 +99,26 @@ pub enum QueueAction {
     List(ListArgs),
     /// Re-queue a dead item with a fresh set of attempts.
     Retry { id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RewardsAction {
+    /// List rewards, newest first.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load discount codes into the pool: one per line, or the first column of a CSV
+    /// (a header line "code" is skipped). Codes already loaded are ignored.
+    LoadCodes { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiAction {
+    /// Print the SHA-256 digest of a token, for api.token_sha256.
+    HashToken { token: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,6 +341,68 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 }
             }
         }
+        Command::Conversions { limit, json } => {
+            let store = open_store(&settings).await?;
+            for c in store.list_conversions(limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&c)?);
+                } else {
+                    println!(
+                        "conversion #{} {} {} referral {} {} (matched by {}) {}",
+                        c.id,
+                        c.source,
+                        c.external_id,
+                        c.referral_id.map(|r| format!("#{r}")).unwrap_or_else(|| "-".into()),
+                        c.outcome,
+                        c.matched_by.as_deref().unwrap_or("-"),
+                        format_ms(c.created_at)
+                    );
+                }
+            }
+        }
+        Command::Rewards {
+            action: RewardsAction::List { limit, json },
+        } => {
+            let store = open_store(&settings).await?;
+            for r in store.list_rewards(limit).await? {
+                if json {
+                    println!("{}", serde_json::to_string(&r)?);
+                } else {
+                    println!(
+                        "reward #{} referral #{} {} {} {} {} {} {}{}",
+                        r.id,
+                        r.referral_id,
+                        r.beneficiary,
+                        mask_phone(&r.phone),
+                        r.kind,
+                        r.state,
+                        r.amount,
+                        r.code.as_deref().unwrap_or("-"),
+                        r.last_error.map(|e| format!("\n  last error: {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            println!("free pool codes: {}", store.free_pool_codes().await?);
+        }
+        Command::Rewards {
+            action: RewardsAction::LoadCodes { file },
+        } => {
+            let store = open_store(&settings).await?;
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let codes = parse_code_file(&text);
+            let loaded = store.load_reward_codes(&codes).await?;
+            println!(
+                "{loaded} new code(s) loaded ({} read); {} free",
+                codes.len(),
+                store.free_pool_codes().await?
+            );
+        }
+        Command::Api {
+            action: ApiAction::HashToken { token },
+        } => {
+            use sha2::Digest;
+            println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
+        }
         Command::Dev { base_url, action } => return dev_command(&settings, base_url, action).await,
     }
     Ok(ExitCode::SUCCESS)
@@ -326,6 +425,15 @@ async fn health_check(settings: &Settings) -> anyhow::Result<ExitCode> {
         .map(|r| r.status().is_success())
         .unwrap_or(false);
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Codes from a file: the first column of each line, without a "code" header or blanks.
+fn parse_code_file(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.split(',').next())
+        .map(|code| code.trim().trim_matches('"').to_string())
+        .filter(|code| !code.is_empty() && !code.eq_ignore_ascii_case("code"))
+        .collect()
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {

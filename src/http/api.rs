@@ -22,8 +22,8 @@ fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(json!({"error": reason.into()}))).into_response()
 }
 
-/// `Ok(())` for a configured token; otherwise the answer to give.
-fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+/// `Ok(())` for a configured token; otherwise the status and reason to answer with.
+fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
     let allowed = &state.settings.api.token_sha256;
     if allowed.is_empty() {
         tracing::error!("API refused: api.token_sha256 is empty");
@@ -45,7 +45,7 @@ fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if token.is_empty() || known == 0 {
         state.metrics.reject("api", "bad_token");
         tracing::warn!("API refused: missing or unknown bearer token");
-        return Err(problem(StatusCode::UNAUTHORIZED, "missing or unknown bearer token"));
+        return Err((StatusCode::UNAUTHORIZED, "missing or unknown bearer token"));
     }
     Ok(())
 }
@@ -65,8 +65,8 @@ pub async fn post_conversion(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(refused) = authorise(&state, &headers) {
-        return refused;
+    if let Err((status, reason)) = authorise(&state, &headers) {
+        return problem(status, reason);
     }
     let body = match body {
         Ok(body) => body,
@@ -148,8 +148,8 @@ pub async fn post_conversion(
 }
 
 pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(refused) = authorise(&state, &headers) {
-        return refused;
+    if let Err((status, reason)) = authorise(&state, &headers) {
+        return problem(status, reason);
     }
     let Ok(id) = id.parse::<i64>() else {
         return problem(StatusCode::NOT_FOUND, "no such referral");

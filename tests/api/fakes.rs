@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use referloop::signatures::{sign_hubspot_v3, sign_meta};
-use referloop::store::{now_ms, Backend, Queue, QueueState};
+use referloop::store::{now_ms, Backend, Queue};
 use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
@@ -43,10 +43,14 @@ pub fn graph_error(status: u16, code: i64, message: &str) -> ResponseTemplate {
     }))
 }
 
+pub const API_TOKEN: &str = "test-api-token";
+pub const STRIPE_KEY: &str = "sk_test_referloop";
+
 pub struct Lifecycle {
     pub app: TestApp,
     pub meta: MockServer,
     pub hubspot: MockServer,
+    pub stripe: MockServer,
 }
 
 impl Lifecycle {
@@ -83,8 +87,14 @@ impl Lifecycle {
             .with_priority(10)
             .mount(&hubspot)
             .await;
+        let stripe = MockServer::start().await;
         let meta_uri = meta.uri();
         let hubspot_uri = hubspot.uri();
+        let stripe_uri = stripe.uri();
+        let token_hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(API_TOKEN.as_bytes()))
+        };
         let app = TestApp::spawn_with(backend, |env| {
             for (key, value) in [
                 ("REFERLOOP_WHATSAPP__API_BASE", meta_uri.as_str()),
@@ -97,13 +107,21 @@ impl Lifecycle {
                 ("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "1,1,1"),
                 ("REFERLOOP_WORKER__RETRY_JITTER", "0"),
                 ("REFERLOOP_PROGRAMME__DEFAULT_REGION", "GB"),
+                ("REFERLOOP_STRIPE__API_BASE", stripe_uri.as_str()),
+                ("REFERLOOP_STRIPE__SECRET_KEY", STRIPE_KEY),
+                ("REFERLOOP_API__TOKEN_SHA256", token_hash.as_str()),
             ] {
                 set_env(env, key, value);
             }
             adjust(env);
         })
         .await;
-        Lifecycle { app, meta, hubspot }
+        Lifecycle {
+            app,
+            meta,
+            hubspot,
+            stripe,
+        }
     }
 
     pub async fn shutdown(self) {
@@ -176,22 +194,24 @@ impl Lifecycle {
         self.whatsapp("messages", json!({"statuses": [item]})).await
     }
 
-    /// Waits until nothing is queued, running or waiting for a retry in either queue.
+    /// Waits until nothing is running or due soon (queued or waiting for a retry within a
+    /// ten seconds) in either queue; items held for later (reward holds) are left alone.
     pub async fn settle(&self) {
         let store = self.app.store.clone();
         let settled = eventually(Duration::from_secs(30), || {
             let store = store.clone();
             async move {
+                let soon = now_ms() + 10_000;
                 for queue in [Queue::Inbox, Queue::Jobs] {
-                    let Ok(counts) = store.count_by_state(queue).await else {
+                    let Ok(items) = store.list(queue, None, 10_000).await else {
                         return false;
                     };
-                    let busy = counts
-                        .iter()
-                        .filter(|(s, _)| matches!(s, QueueState::Queued | QueueState::Running | QueueState::Failed))
-                        .map(|(_, n)| n)
-                        .sum::<i64>();
-                    if busy > 0 {
+                    let busy = items.iter().any(|i| match i.state.as_str() {
+                        "running" => true,
+                        "queued" | "failed" => i.run_at <= soon,
+                        _ => false,
+                    });
+                    if busy {
                         return false;
                     }
                 }
@@ -239,6 +259,37 @@ impl Lifecycle {
                 (r.method.to_string(), r.url.path().to_string(), body)
             })
             .collect()
+    }
+
+    /// `POST /api/v1/conversions` with the test token.
+    pub async fn api_conversion(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .app
+            .client
+            .post(self.app.url("/api/v1/conversions"))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A signed Stripe event.
+    pub async fn stripe_event(&self, event: Value) -> u16 {
+        let body = event.to_string().into_bytes();
+        let signature = referloop::signatures::sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now_ms() / 1000);
+        self.app
+            .client
+            .post(self.app.url("/webhooks/stripe"))
+            .header("stripe-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
     }
 
     pub async fn invite_id(&self) -> i64 {

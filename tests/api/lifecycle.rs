@@ -10,7 +10,7 @@ use crate::helpers::*;
 const ANA: &str = "90001";
 
 /// Trigger → invite → "Refer someone" → Flow. Returns (invite id, flow token, Flow wamid).
-async fn to_flow(lc: &Lifecycle) -> (i64, String, String) {
+pub async fn to_flow(lc: &Lifecycle) -> (i64, String, String) {
     assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1767225600000").await, 200);
     lc.settle().await;
     let invite_id = lc.invite_id().await;
@@ -34,7 +34,7 @@ async fn to_flow(lc: &Lifecycle) -> (i64, String, String) {
     (invite_id, token, flow_wamid)
 }
 
-fn nomination(token: Option<&str>, friend_phone: &str, consent: bool) -> Value {
+pub fn nomination(token: Option<&str>, friend_phone: &str, consent: bool) -> Value {
     let mut response = json!({"friend_name": "Zoë Ñúñez 😀", "friend_phone": friend_phone,
                               "personal_message": "Você vai adorar!\nÉ ótimo 🎉", "friend_consent": consent});
     if let Some(token) = token {

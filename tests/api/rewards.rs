@@ -1,0 +1,492 @@
+//! Conversions and rewards end to end, against fakes of HubSpot, the Graph API and Stripe.
+
+use referloop::store::{Backend, Queue, QueueState};
+use serde_json::{json, Value};
+use wiremock::matchers::{header, method, path, query_param};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::both_backends;
+use crate::fakes::*;
+use crate::helpers::*;
+use crate::lifecycle::{nomination, to_flow};
+
+/// Drives a referral to `friend_invited` (friend contact 95001). Returns (referral id, code).
+async fn invited_friend(lc: &Lifecycle) -> (i64, String) {
+    let (_, token, _) = to_flow(lc).await;
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.R1",
+        "x",
+        nomination(Some(&token), FRIEND_PHONE, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+    let messages = lc.app.store.list_messages(20).await.expect("messages");
+    let wamid = messages
+        .iter()
+        .find(|m| m.purpose == "friend_invite")
+        .and_then(|m| m.wamid.clone())
+        .expect("wamid");
+    assert_eq!(lc.status(&wamid, "delivered", None).await, 200);
+    lc.settle().await;
+    let referral = lc.app.store.list_referrals(1).await.expect("referrals")[0].clone();
+    assert_eq!(referral.state, "friend_invited");
+    (referral.id, referral.referral_code)
+}
+
+fn checkout_event(id: &str, session: &str, extra: Value) -> Value {
+    let mut object = json!({"id": session, "object": "checkout.session", "mode": "payment", "status": "complete",
+        "payment_status": "paid", "amount_total": 4900, "currency": "usd", "customer": "cus_friend",
+        "payment_intent": format!("pi_{session}"), "customer_details": {"email": "zoe@example.com", "phone": null},
+        "metadata": {}, "discounts": [], "total_details": {"amount_discount": 0}});
+    if let (Some(o), Some(e)) = (object.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    json!({"id": id, "object": "event", "type": "checkout.session.completed", "api_version": "2025-09-30.clover",
+           "data": {"object": object}})
+}
+
+async fn rewards(lc: &Lifecycle) -> Vec<referloop::store::RewardRow> {
+    lc.app.store.list_rewards(10).await.expect("rewards")
+}
+
+async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let (referral_id, _) = invited_friend(&lc).await;
+    let api_body =
+        json!({"external_id": "order-1001", "friend_phone": FRIEND_PHONE, "amount": 4900, "currency": "usd"});
+    let (first_status, first) = lc.api_conversion(api_body.clone()).await;
+    assert_eq!(first_status, 201, "{first}");
+    assert_eq!(first["referral_state"], "converted");
+    for _ in 0..2 {
+        let (status, again) = lc.api_conversion(api_body.clone()).await;
+        assert_eq!((status, &again), (200, &first), "a repeat answers the same");
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            lc.trigger(
+                "trigger=conversion",
+                json!({"hs_object_id": "95001", "lifecyclestage": "customer"})
+            )
+            .await,
+            200
+        );
+        let event = checkout_event("evt_1", "cs_1", json!({"client_reference_id": referral_id.to_string()}));
+        assert_eq!(lc.stripe_event(event).await, 200);
+    }
+    lc.settle().await;
+
+    let conversions = lc.app.store.list_conversions(10).await.expect("conversions");
+    let mut outcomes: Vec<_> = conversions
+        .iter()
+        .map(|c| (c.source.as_str(), c.outcome.as_str()))
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("api", "converted"),
+            ("hubspot", "already_converted"),
+            ("stripe", "already_converted")
+        ]
+    );
+    let rewards = rewards(&lc).await;
+    assert_eq!(rewards.len(), 2, "one reward per side");
+    assert!(rewards.iter().all(|r| r.state == "issued"), "{rewards:?}");
+    assert_eq!(lc.sent_of("tmpl_referral_thanks").await.len(), 1, "one thank-you");
+    let reward_messages = lc.sent_of("tmpl_referral_reward").await;
+    assert_eq!(reward_messages.len(), 2, "one reward message each");
+    let to: Vec<_> = reward_messages
+        .iter()
+        .map(|m| m["to"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(to.contains(&REFERRER_PHONE.to_string()) && to.contains(&FRIEND_PHONE.to_string()));
+
+    // Counters come from the ledger, whatever the number of jobs that set them.
+    let counters: Vec<_> = lc
+        .hubspot_calls()
+        .await
+        .into_iter()
+        .filter(|(m, p, b)| {
+            m == "PATCH" && p.ends_with("/contacts/90001") && b["properties"].get("referrals_converted").is_some()
+        })
+        .map(|(_, _, b)| {
+            (
+                b["properties"]["referrals_converted"].clone(),
+                b["properties"]["referral_rewards_total"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(counters.last(), Some(&(json!("1"), json!("1000"))), "{counters:?}");
+    assert!(
+        counters.iter().all(|(n, _)| n == "1"),
+        "never more than one conversion: {counters:?}"
+    );
+    lc.shutdown().await;
+}
+
+async fn hubspot_deal_conversion_uses_its_contacts(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    Mock::given(method("GET"))
+        .and(path("/crm/v4/objects/deal/555/associations/contact"))
+        .and(header("authorization", format!("Bearer {HUBSPOT_TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
+            {"toObjectId": 95001, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 3, "label": null}]}]})))
+        .mount(&lc.hubspot)
+        .await;
+    invited_friend(&lc).await;
+    let deal = json!({"portalId": 1, "dealId": 555, "isDeleted": false,
+                      "properties": {"hs_is_closed_won": {"value": "true"}, "amount": {"value": "49.00"}}});
+    assert_eq!(lc.trigger("trigger=conversion", deal).await, 200);
+    lc.settle().await;
+    let conversions = lc.app.store.list_conversions(5).await.expect("conversions");
+    assert_eq!(
+        (conversions[0].outcome.as_str(), conversions[0].amount),
+        ("converted", Some(4900))
+    );
+    assert_eq!(conversions[0].matched_by.as_deref(), Some("hubspot_contact"));
+    assert_eq!(rewards(&lc).await.len(), 2);
+    lc.shutdown().await;
+}
+
+async fn stripe_checkout_matched_by_typed_code_and_phone(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let (_, code) = invited_friend(&lc).await;
+    Mock::given(method("GET"))
+        .and(path("/v1/checkout/sessions/cs_typed"))
+        .and(query_param("expand[]", "total_details.breakdown"))
+        .and(header("authorization", format!("Bearer {STRIPE_KEY}").as_str()))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"id": "cs_typed", "total_details": {"breakdown": {
+            "discounts": [{"amount": 500, "discount": {"promotion_code": {"id": "promo_x", "code": code}}}]}}})),
+        )
+        .mount(&lc.stripe)
+        .await;
+    let event = checkout_event(
+        "evt_2",
+        "cs_typed",
+        json!({"discounts": [{"promotion_code": "promo_x"}], "total_details": {"amount_discount": 500},
+               "customer_details": {"email": "zoe@example.com", "phone": "+44 7911 123457"}}),
+    );
+    assert_eq!(lc.stripe_event(event).await, 200);
+    lc.settle().await;
+    let conversions = lc.app.store.list_conversions(5).await.expect("conversions");
+    assert_eq!(conversions[0].outcome, "converted");
+    assert_eq!(conversions[0].matched_by.as_deref(), Some("code_and_phone"));
+    let stripe_calls = lc.stripe.received_requests().await.unwrap_or_default();
+    assert!(
+        stripe_calls.iter().all(|r| r.headers.get("stripe-version").is_some()),
+        "API version pinned"
+    );
+    lc.shutdown().await;
+}
+
+async fn stripe_500_then_success_makes_one_promotion_code(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_REWARDS__FRIEND__KIND", "stripe_promotion_code");
+        set_env(env, "REFERLOOP_REWARDS__FRIEND__STRIPE_COUPON", "RFR-FRIEND");
+    })
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/promotion_codes"))
+        .respond_with(
+            ResponseTemplate::new(500)
+                .set_body_json(json!({"error": {"type": "api_error", "message": "Something went wrong"}})),
+        )
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&lc.stripe)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/v1/promotion_codes"))
+        .and(header("authorization", format!("Bearer {STRIPE_KEY}").as_str()))
+        .respond_with(|request: &wiremock::Request| {
+            let form: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(&request.body).into_owned().collect();
+            ResponseTemplate::new(200).set_body_json(json!({"id": "promo_1", "object": "promotion_code",
+                "code": form.get("code"), "max_redemptions": 1, "promotion": {"type": "coupon", "coupon": form.get("promotion[coupon]")}}))
+        })
+        .mount(&lc.stripe)
+        .await;
+    let (referral_id, code) = invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "referral_code": code}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+
+    let calls: Vec<_> = lc.stripe.received_requests().await.unwrap_or_default();
+    let posts: Vec<_> = calls.iter().filter(|r| r.url.path() == "/v1/promotion_codes").collect();
+    assert_eq!(posts.len(), 2, "one 500, one success");
+    let keys: Vec<_> = posts
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        })
+        .collect();
+    assert!(
+        !keys[0].is_empty() && keys[0] == keys[1],
+        "the retry reuses the Idempotency-Key: {keys:?}"
+    );
+    assert_eq!(posts[0].body, posts[1].body, "byte-identical parameters");
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&posts[1].body).into_owned().collect();
+    assert_eq!(form.get("promotion[type]").map(String::as_str), Some("coupon"));
+    assert_eq!(form.get("promotion[coupon]").map(String::as_str), Some("RFR-FRIEND"));
+    assert_eq!(form.get("max_redemptions").map(String::as_str), Some("1"));
+    assert_eq!(
+        form.get("customer"),
+        None,
+        "no Stripe customer known from an API conversion"
+    );
+    let friend = rewards(&lc)
+        .await
+        .into_iter()
+        .find(|r| r.beneficiary == "friend")
+        .expect("friend reward");
+    assert_eq!(friend.state, "issued");
+    assert_eq!(friend.code, Some(format!("{code}F{referral_id}")));
+    assert_eq!(friend.external_ref.as_deref(), Some("promo_1"));
+    let reward_messages = lc.sent_of("tmpl_referral_reward").await;
+    assert_eq!(reward_messages.iter().filter(|m| m["to"] == FRIEND_PHONE).count(), 1);
+    lc.shutdown().await;
+}
+
+async fn conversion_after_the_window_changes_nothing(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__ATTRIBUTION_WINDOW_DAYS", "0")
+    })
+    .await;
+    invited_friend(&lc).await;
+    let (status, answer) = lc
+        .api_conversion(json!({"external_id": "late-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["outcome"], "outside_window");
+    lc.settle().await;
+    assert!(rewards(&lc).await.is_empty());
+    assert!(lc.sent_of("tmpl_referral_thanks").await.is_empty());
+    lc.shutdown().await;
+}
+
+async fn unattributed_conversion_is_recorded(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let (status, answer) = lc
+        .api_conversion(json!({"external_id": "walk-in-1", "referral_code": "NOSUCH22"}))
+        .await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(answer["outcome"], "unattributed");
+    let event = checkout_event("evt_9", "cs_9", json!({}));
+    assert_eq!(lc.stripe_event(event).await, 200);
+    lc.settle().await;
+    let conversions = lc.app.store.list_conversions(5).await.expect("conversions");
+    assert_eq!(conversions.len(), 2);
+    assert!(conversions
+        .iter()
+        .all(|c| c.outcome == "unattributed" && c.referral_id.is_none()));
+    let (status, _) = lc.api_conversion(json!({"external_id": "x"})).await;
+    assert_eq!(status, 422, "a conversion must name something to match");
+    let unauthorised = lc
+        .app
+        .client
+        .post(lc.app.url("/api/v1/conversions"))
+        .bearer_auth("wrong")
+        .json(&json!({}))
+        .send()
+        .await;
+    assert_eq!(unauthorised.expect("request").status(), 401);
+    lc.shutdown().await;
+}
+
+async fn cap_reached_rewards_only_the_friend(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__MAX_REWARDED_REFERRALS_PER_REFERRER", "0")
+    })
+    .await;
+    invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    let rewards = rewards(&lc).await;
+    let state = |who: &str| rewards.iter().find(|r| r.beneficiary == who).map(|r| r.state.clone());
+    assert_eq!(state("referrer").as_deref(), Some("capped"));
+    assert_eq!(state("friend").as_deref(), Some("issued"));
+    assert_eq!(
+        lc.sent_of("tmpl_referral_thanks").await.len(),
+        1,
+        "the referrer is still thanked"
+    );
+    let reward_messages = lc.sent_of("tmpl_referral_reward").await;
+    assert_eq!(reward_messages.len(), 1);
+    assert_eq!(reward_messages[0]["to"], FRIEND_PHONE);
+    lc.shutdown().await;
+}
+
+async fn held_rewards_can_be_voided(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__REWARD_HOLD_DAYS", "14")
+    })
+    .await;
+    let (referral_id, _) = invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    assert!(rewards(&lc).await.iter().all(|r| r.state == "pending"), "held");
+    let void = lc
+        .app
+        .client
+        .post(lc.app.url(&format!("/api/v1/referrals/{referral_id}/void")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(void.status(), 200);
+    let body: Value = void.json().await.expect("json");
+    assert_eq!(body["voided_rewards"], 2);
+    assert!(rewards(&lc).await.iter().all(|r| r.state == "void"));
+    assert!(lc.sent_of("tmpl_referral_reward").await.is_empty());
+    let missing = lc
+        .app
+        .client
+        .post(lc.app.url("/api/v1/referrals/999/void"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await;
+    assert_eq!(missing.expect("request").status(), 404);
+    lc.shutdown().await;
+}
+
+async fn exhausted_code_pool_fails_clearly(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_REWARDS__FRIEND__KIND", "code_pool")
+    })
+    .await;
+    invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    let friend = rewards(&lc)
+        .await
+        .into_iter()
+        .find(|r| r.beneficiary == "friend")
+        .expect("friend reward");
+    assert_eq!(friend.state, "failed");
+    assert!(
+        friend.last_error.as_deref().unwrap_or("").contains("pool is exhausted"),
+        "{friend:?}"
+    );
+    let dead = lc
+        .app
+        .store
+        .list(Queue::Jobs, Some(QueueState::Dead), 10)
+        .await
+        .expect("jobs");
+    let job = dead.iter().find(|j| j.kind == "reward.issue").expect("dead reward job");
+    let metrics = lc
+        .app
+        .client
+        .get(lc.app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(metrics.contains("referloop_reward_pool_exhausted_total 1"), "{metrics}");
+
+    // An operator loads codes and re-drives the job.
+    lc.app
+        .store
+        .load_reward_codes(&["POOL-A".to_string(), "POOL-B".to_string()])
+        .await
+        .expect("load");
+    assert!(lc.app.store.retry_dead(Queue::Jobs, job.id).await.expect("retry"));
+    lc.settle().await;
+    let friend = rewards(&lc)
+        .await
+        .into_iter()
+        .find(|r| r.beneficiary == "friend")
+        .expect("friend reward");
+    assert_eq!(
+        (friend.state.as_str(), friend.code.as_deref()),
+        ("issued", Some("POOL-A"))
+    );
+    assert_eq!(lc.app.store.free_pool_codes().await.expect("free"), 1);
+    lc.shutdown().await;
+}
+
+async fn fulfilment_webhook_is_signed(backend: Backend) {
+    let fulfilment = wiremock::MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/fulfil"))
+        .respond_with(ResponseTemplate::new(204))
+        .mount(&fulfilment)
+        .await;
+    let url = format!("{}/fulfil", fulfilment.uri());
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_REWARDS__REFERRER__KIND", "webhook");
+        set_env(env, "REFERLOOP_REWARDS__REFERRER__WEBHOOK_URL", &url);
+        set_env(env, "REFERLOOP_REWARDS__REFERRER__WEBHOOK_SECRET", secret);
+    })
+    .await;
+    invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    let received = fulfilment.received_requests().await.unwrap_or_default();
+    assert_eq!(received.len(), 1);
+    let request = &received[0];
+    let header = |name: &str| {
+        request
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let timestamp: i64 = header("webhook-timestamp").parse().expect("timestamp");
+    assert!(referloop::signatures::verify_standard_webhook(
+        secret,
+        &header("webhook-id"),
+        timestamp,
+        &request.body,
+        &header("webhook-signature")
+    ));
+    let body: Value = serde_json::from_slice(&request.body).expect("json");
+    assert_eq!(body["data"]["beneficiary"], "referrer");
+    assert_eq!(body["data"]["amount"], 1000);
+    let referrer = rewards(&lc)
+        .await
+        .into_iter()
+        .find(|r| r.beneficiary == "referrer")
+        .expect("reward");
+    assert_eq!(referrer.state, "issued");
+    lc.shutdown().await;
+}
+
+both_backends!(
+    one_conversion_from_three_sources_each_three_times,
+    hubspot_deal_conversion_uses_its_contacts,
+    stripe_checkout_matched_by_typed_code_and_phone,
+    stripe_500_then_success_makes_one_promotion_code,
+    conversion_after_the_window_changes_nothing,
+    unattributed_conversion_is_recorded,
+    cap_reached_rewards_only_the_friend,
+    held_rewards_can_be_voided,
+    exhausted_code_pool_fails_clearly,
+    fulfilment_webhook_is_signed,
+);
