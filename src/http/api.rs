@@ -27,7 +27,7 @@ fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &
     let allowed = &state.settings.api.token_sha256;
     if allowed.is_empty() {
         tracing::error!("API refused: api.token_sha256 is empty");
-        return Err(problem(
+        return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "the API is not configured (api.token_sha256)",
         ));
