@@ -211,6 +211,15 @@ pub enum DevAction {
         from: String,
         text: String,
     },
+    /// A HubSpot conversion (the friend's lifecycle stage became customer).
+    Convert {
+        /// The friend's phone (matched against nominated friends).
+        #[arg(long)]
+        phone: String,
+        /// The friend's HubSpot contact id (default: derived from the phone).
+        #[arg(long)]
+        contact: Option<String>,
+    },
     /// A status webhook for a message we sent.
     Status {
         #[arg(long)]
@@ -549,6 +558,14 @@ async fn dev_command(settings: &Settings, base_url: Option<String>, action: DevA
                 .await?
         }
         DevAction::Say { from, text } => client.whatsapp(dev::text(&from, &text)).await?,
+        DevAction::Convert { phone, contact } => {
+            let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+            let contact = contact.unwrap_or_else(|| format!("phone-{digits}"));
+            let body = serde_json::json!({"hs_object_id": contact, "mobilephone": phone, "lifecyclestage": "customer"});
+            client
+                .hubspot("trigger=conversion", body.to_string().into_bytes())
+                .await?
+        }
         DevAction::Status { wamid, status } => {
             let store = open_store(settings).await?;
             let message = store

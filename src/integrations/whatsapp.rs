@@ -37,11 +37,16 @@ pub struct WhatsAppClient {
 
 impl WhatsAppClient {
     pub fn new(settings: &WhatsAppSettings, outbound: Outbound) -> WhatsAppClient {
+        // Sandbox mode may run without a number: the recorded URL then shows a placeholder.
+        let phone_number_id = if settings.phone_number_id.is_empty() {
+            "PHONE_NUMBER_ID"
+        } else {
+            settings.phone_number_id.as_str()
+        };
         let url = format!(
-            "{}/{}/{}/messages",
+            "{}/{}/{phone_number_id}/messages",
             settings.api_base.trim_end_matches('/'),
-            settings.api_version,
-            settings.phone_number_id
+            settings.api_version
         );
         WhatsAppClient {
             outbound,

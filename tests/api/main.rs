@@ -9,6 +9,7 @@ mod lifecycle;
 mod metrics;
 mod queue;
 mod restart;
+mod reward_property;
 mod rewards;
 mod sandbox;
 mod stripe;
