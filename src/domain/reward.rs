@@ -26,11 +26,14 @@ impl Beneficiary {
     }
 }
 
-/// `pending` → `issued` | `failed` (retried; re-drivable when dead) | `void`;
+/// `pending` → `issuing` → `issued` | `failed` (retried; re-drivable when dead);
+/// `pending`/`failed` → `void` (a refund; never once issuing began);
 /// `capped` is final (recorded, never issued).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RewardState {
     Pending,
+    /// Claimed by the worker that is fulfilling it; a void can no longer cancel it.
+    Issuing,
     Issued,
     Failed,
     Capped,
@@ -49,6 +52,7 @@ impl RewardState {
     pub fn as_str(self) -> &'static str {
         match self {
             RewardState::Pending => "pending",
+            RewardState::Issuing => "issuing",
             RewardState::Issued => "issued",
             RewardState::Failed => "failed",
             RewardState::Capped => "capped",
@@ -60,9 +64,10 @@ impl RewardState {
         Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 
-    /// Whether issuing may still happen.
+    /// Whether issuing may (still) happen; `issuing` is resumed after a crash, under the
+    /// same idempotency key.
     pub fn can_issue(self) -> bool {
-        matches!(self, RewardState::Pending | RewardState::Failed)
+        matches!(self, RewardState::Pending | RewardState::Failed | RewardState::Issuing)
     }
 
     /// A refund or void cancels what has not been issued yet.

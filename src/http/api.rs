@@ -139,7 +139,7 @@ pub async fn post_conversion(
         "referral_state": referral_state,
     });
     let status = match c.outcome.as_str() {
-        "converted" if record.created => StatusCode::CREATED,
+        "converted" if record.converted_now => StatusCode::CREATED,
         "converted" | "already_converted" => StatusCode::OK,
         "unattributed" => StatusCode::NOT_FOUND,
         _ => StatusCode::UNPROCESSABLE_ENTITY,

@@ -8,7 +8,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 
 use super::pacer::Pacer;
-use super::{Outbound, OutboundRequest, OutboundResponse};
+use super::{Outbound, OutboundError, OutboundRequest, OutboundResponse};
 use crate::config::WhatsAppSettings;
 use crate::domain::messaging::{classify, SendErrorClass};
 
@@ -25,6 +25,9 @@ pub struct SendFailure {
     pub code: Option<i64>,
     pub title: String,
     pub retry_after: Option<Duration>,
+    /// The request may have reached Meta (a timeout or a broken connection after sending):
+    /// it may have been accepted.
+    pub ambiguous: bool,
 }
 
 #[derive(Clone)]
@@ -77,12 +80,19 @@ impl WhatsAppClient {
                 let retry_after = headers.get("retry-after").and_then(|v| v.to_str().ok());
                 interpret(status, retry_after, &body)
             }
-            Err(e) => Err(SendFailure {
-                class: classify(None, None),
-                code: None,
-                title: format!("request failed: {e}"),
-                retry_after: None,
-            }),
+            Err(e) => {
+                let ambiguous = match &e {
+                    OutboundError::Network(network) => !network.is_connect(),
+                    OutboundError::Store(_) => false,
+                };
+                Err(SendFailure {
+                    class: classify(None, None),
+                    code: None,
+                    title: format!("request failed: {e}"),
+                    retry_after: None,
+                    ambiguous,
+                })
+            }
         }
     }
 }
@@ -102,6 +112,7 @@ fn interpret(status: u16, retry_after: Option<&str>, body: &str) -> Result<Accep
             code: None,
             title: "2xx without a message id".into(),
             retry_after: None,
+            ambiguous: true,
         });
     }
     let code = parsed.pointer("/error/code").and_then(Value::as_i64);
@@ -118,6 +129,7 @@ fn interpret(status: u16, retry_after: Option<&str>, body: &str) -> Result<Accep
         retry_after: retry_after
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs),
+        ambiguous: false,
     })
 }
 

@@ -271,7 +271,7 @@ pub async fn on_stripe_event(s: &Services, kind: &str, event: &Value) -> Handler
         return Err(HandlerError::Permanent("event without data.object".into()));
     };
     match kind {
-        "stripe.checkout.session.completed" => {
+        "stripe.checkout.session.completed" | "stripe.checkout.session.async_payment_succeeded" => {
             let paid = matches!(text(object, "/payment_status"), Some("paid" | "no_payment_required"));
             if !paid {
                 return HandlerOutcome::done("session not paid yet (async payment)");
@@ -425,6 +425,9 @@ pub async fn issue_reward(s: &Services, reward_id: i64, job_id: i64) -> HandlerR
     let Some(referral) = s.store.referral(reward.referral_id).await? else {
         return Err(HandlerError::Permanent("referral not found".into()));
     };
+    if !s.store.claim_reward(reward.id).await? {
+        return HandlerOutcome::done("reward was voided or issued meanwhile");
+    }
     let side = s.reward_side(beneficiary).clone();
     let fulfilled = fulfil(s, &reward, &referral, beneficiary, &side, job_id).await;
     let (code, external_ref) = match fulfilled {
@@ -504,19 +507,9 @@ pub async fn issue_reward(s: &Services, reward_id: i64, job_id: i64) -> HandlerR
 
 impl Services {
     fn queued_message(&self, key: String, purpose: &str, to: &E164, body: Value) -> crate::store::NewMessage {
-        crate::store::NewMessage {
-            idempotency_key: key,
-            purpose: purpose.into(),
-            to_phone: to.as_str().into(),
-            invite_id: None,
-            referral_id: None,
-            // A reward is an account update, but the policy is strict: no message at all
-            // to a number that opted out (the reward is still issued and in HubSpot).
-            marketing: true,
-            body: body.to_string(),
-            run_at: now_ms(),
-            max_attempts: self.max_attempts(),
-        }
+        // A reward is an account update, but the policy is strict: no message at all to a
+        // number that opted out (the reward is still issued and in HubSpot).
+        self.message(key, purpose, to, true, body)
     }
 }
 
@@ -633,28 +626,45 @@ async fn fulfil(
     }
 }
 
-/// Sets the referrer's counters from the ledger (never increments them).
+/// Sets the referrer's counters from the ledger (never increments them). Another job may
+/// have written an older reading after ours: re-read after writing until they agree.
 pub async fn referrer_counters(s: &Services, contact_id: &str, job_id: i64) -> HandlerResult {
-    let (converted, total) = s.store.referrer_counters(contact_id).await?;
     let names = &s.settings.hubspot_properties;
-    let mut properties = Map::new();
-    properties.insert(names.referrals_converted.clone(), json!(converted.to_string()));
-    properties.insert(names.referral_rewards_total.clone(), json!(total.to_string()));
-    s.hubspot
-        .update_contact(contact_id, &properties, Some(job_id))
-        .await
-        .map_err(hubspot_error)?;
+    let mut written = None;
+    for _ in 0..3 {
+        let ledger = s.store.referrer_counters(contact_id).await?;
+        if written == Some(ledger) {
+            break;
+        }
+        let mut properties = Map::new();
+        properties.insert(names.referrals_converted.clone(), json!(ledger.0.to_string()));
+        properties.insert(names.referral_rewards_total.clone(), json!(ledger.1.to_string()));
+        s.hubspot
+            .update_contact(contact_id, &properties, Some(job_id))
+            .await
+            .map_err(hubspot_error)?;
+        written = Some(ledger);
+    }
+    let (converted, total) = written.unwrap_or_default();
     HandlerOutcome::done(format!("contact {contact_id}: {converted} converted, {total} rewarded"))
 }
 
-/// Sets a contact's credit property to its issued `hubspot_credit` total.
+/// Sets a contact's credit property to its issued `hubspot_credit` total (re-read after
+/// writing, as for the counters).
 pub async fn credit_total(s: &Services, contact_id: &str, property: &str, job_id: i64) -> HandlerResult {
-    let total = s.store.contact_credit_total(contact_id).await?;
-    let mut properties = Map::new();
-    properties.insert(property.to_string(), json!(total.to_string()));
-    s.hubspot
-        .update_contact(contact_id, &properties, Some(job_id))
-        .await
-        .map_err(hubspot_error)?;
-    HandlerOutcome::done(format!("contact {contact_id}: credit {total}"))
+    let mut written = None;
+    for _ in 0..3 {
+        let total = s.store.contact_credit_total(contact_id).await?;
+        if written == Some(total) {
+            break;
+        }
+        let mut properties = Map::new();
+        properties.insert(property.to_string(), json!(total.to_string()));
+        s.hubspot
+            .update_contact(contact_id, &properties, Some(job_id))
+            .await
+            .map_err(hubspot_error)?;
+        written = Some(total);
+    }
+    HandlerOutcome::done(format!("contact {contact_id}: credit {}", written.unwrap_or_default()))
 }

@@ -32,7 +32,11 @@ fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
 // Queuing helpers
 
 impl Services {
-    fn message(&self, key: String, purpose: &str, to: &E164, marketing: bool, body: Value) -> NewMessage {
+    /// A message to queue. Its callback data is set to its key, so that a status for a
+    /// send we failed to record can still be matched to it.
+    pub(super) fn message(&self, key: String, purpose: &str, to: &E164, marketing: bool, body: Value) -> NewMessage {
+        let mut body = body;
+        body["biz_opaque_callback_data"] = json!(key);
         NewMessage {
             idempotency_key: key,
             purpose: purpose.into(),
@@ -151,7 +155,15 @@ pub async fn on_trigger(s: &Services, inbox_id: i64, payload: &Value) -> Handler
         state: "invited".into(),
         reason: None,
     };
-    let phone = match eligibility::check(&rules, &facts) {
+    // A re-run of this trigger (after a crash or a failed queue) must not count its own
+    // invite against the cooldown: it resumes where it stopped.
+    let earlier = s.store.invite_by_trigger_key(&invite.trigger_key).await?;
+    let checked = match &earlier {
+        Some(done) if done.state == "ineligible" => return HandlerOutcome::done("already recorded as ineligible"),
+        Some(_) => phone.map_err(eligibility::Ineligible::NoValidPhone),
+        None => eligibility::check(&rules, &facts),
+    };
+    let phone = match checked {
         Ok(phone) => phone,
         Err(ineligible) => {
             invite.state = "ineligible".into();
@@ -543,6 +555,12 @@ pub async fn apply_event(
         }
         let mut jobs = Vec::new();
         if friend_hubspot_status(transition.state).is_some() {
+            // One job creates (or finds) the friend's contact; the status updates wait for it.
+            jobs.push(s.side_job(
+                "hubspot.create_friend",
+                format!("hubspot.friend_create:{}", current.id),
+                json!({"referral_id": current.id}),
+            ));
             jobs.push(s.side_job(
                 "hubspot.sync_friend",
                 format!("hubspot.friend:{}:{}", current.id, transition.state.as_str()),
@@ -725,7 +743,13 @@ pub async fn on_status(s: &Services, item: &ClaimedItem, payload: &Value) -> Han
     let title = text(status, "/errors/0/title")
         .or_else(|| text(status, "/errors/0/message"))
         .map(str::to_string);
-    let Some(message) = s.store.message_by_wamid(wamid).await? else {
+    let mut found = s.store.message_by_wamid(wamid).await?;
+    if found.is_none() {
+        if let Some(key) = text(status, "/biz_opaque_callback_data") {
+            found = s.store.attach_wamid(key, wamid).await?;
+        }
+    }
+    let Some(message) = found else {
         // A status can overtake the record of our send; give it a little time.
         if item.attempts < 3 {
             return Err(HandlerError::retry_after(
@@ -754,6 +778,9 @@ pub async fn on_status(s: &Services, item: &ClaimedItem, payload: &Value) -> Han
     if next == MessageStatus::Failed {
         let class = classify(code, None);
         note.push_str(&format!(" ({}: {})", code.unwrap_or_default(), class.as_str()));
+        if let SendErrorClass::Retry { not_before } = class {
+            note.push_str(&resend_once(s, &message, not_before).await?);
+        }
         after_send_failure(s, &message, class, code).await?;
     }
     if matches!(next, MessageStatus::Delivered | MessageStatus::Read) && message.purpose == "friend_invite" {
@@ -765,6 +792,36 @@ pub async fn on_status(s: &Services, item: &ClaimedItem, payload: &Value) -> Han
         }
     }
     HandlerOutcome::done(note)
+}
+
+/// A transient failure reported by a `failed` status: send the message again, once, under
+/// a key of its own.
+async fn resend_once(
+    s: &Services,
+    message: &crate::store::MessageRow,
+    not_before: std::time::Duration,
+) -> Result<String, HandlerError> {
+    if message.idempotency_key.ends_with(":resend") {
+        return Ok("; already resent once".into());
+    }
+    let Ok(to) = E164::parse_mobile(&message.to_phone, "ZZ") else {
+        return Ok("; invalid recipient, not resent".into());
+    };
+    let body: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+    let resend = NewMessage {
+        invite_id: message.invite_id,
+        referral_id: message.referral_id,
+        run_at: now_ms() + crate::store::duration_ms(not_before),
+        ..s.message(
+            format!("{}:resend", message.idempotency_key),
+            &message.purpose,
+            &to,
+            message.marketing == 1,
+            body,
+        )
+    };
+    s.store.queue(&[resend], &[]).await?;
+    Ok("; resend queued".into())
 }
 
 async fn referral_of(s: &Services, id: Option<i64>) -> Result<Option<ReferralRow>, HandlerError> {
@@ -849,20 +906,14 @@ async fn record_opt_out(
     source: &str,
     opted_out: bool,
 ) -> Result<OptOutChange, HandlerError> {
-    let change = s.store.set_opt_out(phone.as_str(), opted_out, source).await?;
-    let changed_at = match change {
-        OptOutChange::OptedOut(at) => Some(at),
-        OptOutChange::Resumed => Some(now_ms()),
-        _ => None,
-    };
-    if let Some(at) = changed_at {
-        let value = if opted_out { "stop" } else { "resume" };
-        let job = s.side_job(
-            "hubspot.sync_opt_out",
-            format!("hubspot.opt_out:{}:{value}:{at}", phone.as_str()),
-            json!({"phone": phone.as_str(), "opted_out": opted_out}),
-        );
-        s.store.queue(&[], &[job]).await?;
+    let value = if opted_out { "stop" } else { "resume" };
+    let mirror = s.side_job(
+        "hubspot.sync_opt_out",
+        format!("hubspot.opt_out:{}:{value}:{}", phone.as_str(), now_ms()),
+        json!({"phone": phone.as_str(), "opted_out": opted_out}),
+    );
+    let change = s.store.set_opt_out(phone.as_str(), opted_out, source, &mirror).await?;
+    if matches!(change, OptOutChange::OptedOut(_) | OptOutChange::Resumed) {
         tracing::info!(phone = %mask_phone(phone.as_str()), source, opted_out, "marketing preference recorded");
     }
     Ok(change)

@@ -116,8 +116,10 @@ impl Worker {
     /// Runs `concurrency` loops until `shutdown` turns true; an item in hand is finished first.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut loops = JoinSet::new();
-        for _ in 0..self.settings.concurrency {
-            let worker = self.clone();
+        for n in 0..self.settings.concurrency {
+            // Each loop owns its leases, so one loop can never complete another's item.
+            let mut worker = self.clone();
+            worker.owner = format!("{}-{n}", self.owner);
             let shutdown = shutdown.clone();
             loops.spawn(async move { worker.run_loop(shutdown).await });
         }

@@ -11,7 +11,10 @@ use crate::domain::messaging::SendErrorClass;
 use crate::domain::phone::E164;
 use crate::domain::referral::{friend_hubspot_status, ReferralState};
 use crate::integrations::hubspot::HubSpotError;
-use crate::store::ClaimedItem;
+use crate::store::{now_ms, ClaimedItem};
+
+/// How long a send interrupted mid-request waits for Meta's status before sending again.
+const INTERRUPTED_SEND_WAIT_MS: i64 = 120_000;
 
 pub async fn handle(s: &Services, item: &ClaimedItem) -> HandlerResult {
     let Ok(payload) = serde_json::from_str::<Value>(&item.payload) else {
@@ -34,6 +37,10 @@ pub async fn handle(s: &Services, item: &ClaimedItem) -> HandlerResult {
             None => Err(HandlerError::Permanent("no referral_id".into())),
         },
         "hubspot.update_contact" => update_contact(s, item, &payload).await,
+        "hubspot.create_friend" => match id("referral_id") {
+            Some(referral_id) => create_friend(s, item, referral_id).await,
+            None => Err(HandlerError::Permanent("no referral_id".into())),
+        },
         "hubspot.sync_friend" => match id("referral_id") {
             Some(referral_id) => sync_friend(s, item, referral_id).await,
             None => Err(HandlerError::Permanent("no referral_id".into())),
@@ -70,35 +77,42 @@ async fn send_whatsapp(s: &Services, item: &ClaimedItem, message_id: i64) -> Han
     let Some(message) = s.store.message(message_id).await? else {
         return Err(HandlerError::Permanent(format!("message {message_id} not found")));
     };
-    match message.status.as_str() {
-        "queued" => {}
-        // An earlier attempt died between Meta's answer and our record of it. Meta echoes
-        // our callback data in the status it sends for an accepted message, so wait for
-        // that a little before sending again (Meta takes no idempotency key).
-        "sending" if item.attempts <= 2 => {
-            return Err(HandlerError::retry_after(
-                "interrupted send: waiting for Meta's status",
-                Duration::from_secs(60),
-            ));
+    let from = match message.status.as_str() {
+        "queued" => "queued",
+        // An earlier attempt was interrupted after the request may have reached Meta (a
+        // crash, a timeout). Meta takes no idempotency key, but its statuses echo our
+        // callback data (the message's key), which `on_status` uses to record the send.
+        // Wait for that a while before sending again.
+        "sending" => {
+            let waited = now_ms() - message.updated_at;
+            if waited < INTERRUPTED_SEND_WAIT_MS {
+                let rest = Duration::from_millis((INTERRUPTED_SEND_WAIT_MS - waited) as u64);
+                return Err(HandlerError::retry_after(
+                    "interrupted send: waiting for Meta's status",
+                    rest,
+                ));
+            }
+            tracing::warn!(message_id, "interrupted send never confirmed by Meta; sending again");
+            "sending"
         }
-        "sending" => tracing::warn!(message_id, "interrupted send never confirmed; sending again"),
         done => return HandlerOutcome::done(format!("message already {done}")),
-    }
+    };
     if message.marketing == 1 && s.store.is_opted_out(&message.to_phone).await? {
         s.store
             .record_send(message.id, "suppressed", None, None, Some("recipient opted out"))
             .await?;
         return HandlerOutcome::done("suppressed: recipient opted out of marketing");
     }
-    s.store
-        .advance_message_status(message.id, "queued", "sending", None, None)
-        .await?;
+    if !s
+        .store
+        .advance_message_status(message.id, from, "sending", None, None)
+        .await?
+    {
+        return HandlerOutcome::done("another worker is sending this message");
+    }
     match s.whatsapp.send(&message.body, Some(item.id)).await {
         Ok(accepted) => {
-            s.store
-                .advance_message_status(message.id, "sending", "accepted", None, None)
-                .await?;
-            s.store.set_message_wamid(message.id, &accepted.wamid).await?;
+            s.store.mark_accepted(message.id, &accepted.wamid).await?;
             HandlerOutcome::done(format!("accepted as {}", accepted.wamid))
         }
         Err(failure) => {
@@ -154,51 +168,78 @@ async fn update_contact(s: &Services, item: &ClaimedItem, payload: &Value) -> Ha
     HandlerOutcome::done(format!("contact {contact_id} updated"))
 }
 
-/// Creates or finds the friend's contact, then sets its referral properties from the
-/// referral's current state (so an older job cannot write a stale status).
-async fn sync_friend(s: &Services, item: &ClaimedItem, referral_id: i64) -> HandlerResult {
+/// Finds the friend's contact by phone or creates it (once per referral), then records
+/// its id; the status updates (`hubspot.sync_friend`) wait for it.
+async fn create_friend(s: &Services, item: &ClaimedItem, referral_id: i64) -> HandlerResult {
     let Some(referral) = s.store.referral(referral_id).await? else {
         return Err(HandlerError::Permanent(format!("referral {referral_id} not found")));
     };
-    let Some(status) = ReferralState::parse(&referral.state).and_then(friend_hubspot_status) else {
-        return HandlerOutcome::done("nothing to record for this state");
-    };
-    let names = &s.settings.hubspot_properties;
+    if let Some(id) = &referral.friend_contact_id {
+        return HandlerOutcome::done(format!("friend contact {id} already recorded"));
+    }
     let phone = E164::parse_mobile(&referral.friend_phone, "ZZ")
         .map_err(|_| HandlerError::Permanent("stored friend phone is invalid".into()))?;
+    let names = &s.settings.hubspot_properties;
+    let found = s
+        .hubspot
+        .search_by_phone(&phone, &[], &s.settings.programme.default_region, Some(item.id))
+        .await
+        .map_err(hubspot_error)?;
+    let id = match found.first() {
+        Some(contact) => contact.id.clone(),
+        None => {
+            let mut create = friend_properties(s, &referral);
+            create.insert("phone".into(), json!(phone.as_str()));
+            create.insert(names.first_name.clone(), json!(referral.friend_name));
+            s.hubspot
+                .create_contact(&create, Some(item.id))
+                .await
+                .map_err(hubspot_error)?
+        }
+    };
+    s.store.set_friend_contact_id(referral.id, &id).await?;
+    HandlerOutcome::done(format!("friend contact {id}"))
+}
+
+fn friend_properties(s: &Services, referral: &crate::store::ReferralRow) -> Map<String, Value> {
+    let names = &s.settings.hubspot_properties;
+    let status = ReferralState::parse(&referral.state)
+        .and_then(friend_hubspot_status)
+        .unwrap_or("nominated");
     let mut properties = Map::new();
     properties.insert(names.referral_status.clone(), json!(status));
     properties.insert(names.referred_by_code.clone(), json!(referral.referral_code));
     properties.insert(names.referrer_contact_id.clone(), json!(referral.referrer_contact_id));
-    let contact_id = match referral.friend_contact_id.clone() {
-        Some(id) => id,
-        None => {
-            let found = s
-                .hubspot
-                .search_by_phone(&phone, &[], &s.settings.programme.default_region, Some(item.id))
-                .await
-                .map_err(hubspot_error)?;
-            let id = match found.first() {
-                Some(contact) => contact.id.clone(),
-                None => {
-                    let mut create = properties.clone();
-                    create.insert("phone".into(), json!(phone.as_str()));
-                    create.insert(names.first_name.clone(), json!(referral.friend_name));
-                    s.hubspot
-                        .create_contact(&create, Some(item.id))
-                        .await
-                        .map_err(hubspot_error)?
-                }
-            };
-            s.store.set_friend_contact_id(referral.id, &id).await?;
-            id
-        }
+    properties
+}
+
+/// Sets the friend's referral properties from the referral's current state (so an older
+/// job cannot write a stale status).
+async fn sync_friend(s: &Services, item: &ClaimedItem, referral_id: i64) -> HandlerResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(HandlerError::Permanent(format!("referral {referral_id} not found")));
     };
+    if ReferralState::parse(&referral.state)
+        .and_then(friend_hubspot_status)
+        .is_none()
+    {
+        return HandlerOutcome::done("nothing to record for this state");
+    }
+    let Some(contact_id) = referral.friend_contact_id.clone() else {
+        return Err(HandlerError::retry_after(
+            "waiting for the friend's contact",
+            Duration::from_secs(2),
+        ));
+    };
+    let properties = friend_properties(s, &referral);
     s.hubspot
         .update_contact(&contact_id, &properties, Some(item.id))
         .await
         .map_err(hubspot_error)?;
-    HandlerOutcome::done(format!("friend contact {contact_id}: {status}"))
+    HandlerOutcome::done(format!(
+        "friend contact {contact_id}: {}",
+        properties.values().next().cloned().unwrap_or_default()
+    ))
 }
 
 /// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.

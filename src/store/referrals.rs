@@ -92,6 +92,7 @@ pub struct MessageRow {
     pub status: String,
     pub error_code: Option<i64>,
     pub error_title: Option<String>,
+    pub updated_at: i64,
 }
 
 /// A message to send through the job queue.
@@ -130,7 +131,7 @@ pub enum OptOutChange {
 }
 
 const MESSAGE_COLUMNS: &str = "id, idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, \
-    wamid, status, error_code, error_title";
+    wamid, status, error_code, error_title, updated_at";
 const REFERRAL_COLUMNS: &str = "id, invite_id, flow_token, referrer_contact_id, referrer_phone, referrer_name, \
     referral_code, friend_phone, friend_name, personal_message, consent, language, state, reason, \
     friend_contact_id, nominated_at";
@@ -259,6 +260,14 @@ impl Store {
         Ok((row, created.is_some()))
     }
 
+    pub async fn invite_by_trigger_key(&self, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
+        let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE trigger_key = $1");
+        Ok(sqlx::query_as::<_, InviteRow>(&sql)
+            .bind(trigger_key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     pub async fn invite(&self, id: i64) -> Result<Option<InviteRow>, StoreError> {
         let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = $1");
         Ok(sqlx::query_as::<_, InviteRow>(&sql)
@@ -382,7 +391,8 @@ impl Store {
         Ok(n)
     }
 
-    /// The open referral waiting for this friend (matched by number, else by code).
+    /// The open referral waiting for this friend: matched by the nominated number, else by
+    /// a code that exactly one waiting referral has (never the referrer's own number).
     pub async fn referral_awaiting_friend(
         &self,
         phone: &str,
@@ -401,15 +411,16 @@ impl Store {
         }
         let by_code = format!(
             "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE referral_code = $1 AND state = 'awaiting_friend' \
-             ORDER BY id LIMIT 1"
+             AND referrer_phone <> $2 ORDER BY id LIMIT 2"
         );
         for code in codes {
-            if let Some(row) = sqlx::query_as::<_, ReferralRow>(&by_code)
+            let rows = sqlx::query_as::<_, ReferralRow>(&by_code)
                 .bind(code)
-                .fetch_optional(&self.pool)
-                .await?
-            {
-                return Ok(Some(row));
+                .bind(phone)
+                .fetch_all(&self.pool)
+                .await?;
+            if rows.len() == 1 {
+                return Ok(rows.into_iter().next());
             }
         }
         Ok(None)
@@ -450,13 +461,16 @@ impl Store {
         Ok(true)
     }
 
+    /// Records the friend's HubSpot contact unless one is recorded already.
     pub async fn set_friend_contact_id(&self, referral_id: i64, contact_id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE referrals SET friend_contact_id = $1, updated_at = $2 WHERE id = $3")
-            .bind(contact_id)
-            .bind(now_ms())
-            .bind(referral_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE referrals SET friend_contact_id = $1, updated_at = $2 WHERE id = $3 AND friend_contact_id IS NULL",
+        )
+        .bind(contact_id)
+        .bind(now_ms())
+        .bind(referral_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -537,14 +551,32 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_message_wamid(&self, id: i64, wamid: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE messages SET wamid = $1, updated_at = $2 WHERE id = $3")
-            .bind(wamid)
-            .bind(now_ms())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+    /// Meta accepted the message: its wamid and status, in one statement.
+    pub async fn mark_accepted(&self, id: i64, wamid: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET status = 'accepted', wamid = $1, updated_at = $2 WHERE id = $3 AND status = 'sending'",
+        )
+        .bind(wamid)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A status arrived for a wamid we never recorded (our send was interrupted after Meta
+    /// accepted it): Meta echoes our callback data, which is the message's idempotency key.
+    pub async fn attach_wamid(&self, idempotency_key: &str, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
+        sqlx::query(
+            "UPDATE messages SET wamid = $1, status = CASE WHEN status IN ('queued', 'sending') THEN 'accepted' \
+             ELSE status END, updated_at = $2 WHERE idempotency_key = $3 AND wamid IS NULL",
+        )
+        .bind(wamid)
+        .bind(now_ms())
+        .bind(idempotency_key)
+        .execute(&self.pool)
+        .await?;
+        self.message_by_wamid(wamid).await
     }
 
     /// Moves a message's status from `from` to `to` (compare-and-set).
@@ -604,8 +636,15 @@ impl Store {
         Ok(flag == Some(1))
     }
 
-    /// Records an opt-out (`opted_out = true`) or its lifting.
-    pub async fn set_opt_out(&self, phone: &str, opted_out: bool, source: &str) -> Result<OptOutChange, StoreError> {
+    /// Records an opt-out (`opted_out = true`) or its lifting, atomically; `mirror` (the
+    /// HubSpot update) is queued in the same transaction when something changed.
+    pub async fn set_opt_out(
+        &self,
+        phone: &str,
+        opted_out: bool,
+        source: &str,
+        mirror: &SideJob,
+    ) -> Result<OptOutChange, StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO wa_users (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING")
@@ -613,40 +652,43 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT opted_out, opted_out_at FROM wa_users WHERE phone = $1")
+        let change = if opted_out {
+            let changed = sqlx::query(
+                "UPDATE wa_users SET opted_out = 1, opted_out_at = $1, opt_out_source = $2, updated_at = $1 \
+                 WHERE phone = $3 AND opted_out = 0",
+            )
+            .bind(now)
+            .bind(source)
             .bind(phone)
-            .fetch_one(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-        let was: i64 = row.try_get("opted_out")?;
-        let since: Option<i64> = row.try_get("opted_out_at")?;
-        let change = match (was == 1, opted_out) {
-            (false, true) => OptOutChange::OptedOut(now),
-            (true, true) => OptOutChange::AlreadyOptedOut(since.unwrap_or(now)),
-            (true, false) => OptOutChange::Resumed,
-            (false, false) => OptOutChange::Unchanged,
+            if changed.rows_affected() == 1 {
+                OptOutChange::OptedOut(now)
+            } else {
+                let since: Option<i64> = sqlx::query_scalar("SELECT opted_out_at FROM wa_users WHERE phone = $1")
+                    .bind(phone)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                OptOutChange::AlreadyOptedOut(since.unwrap_or(now))
+            }
+        } else {
+            let changed = sqlx::query(
+                "UPDATE wa_users SET opted_out = 0, opted_out_at = NULL, opt_out_source = $1, updated_at = $2 \
+                 WHERE phone = $3 AND opted_out = 1",
+            )
+            .bind(source)
+            .bind(now)
+            .bind(phone)
+            .execute(&mut *tx)
+            .await?;
+            if changed.rows_affected() == 1 {
+                OptOutChange::Resumed
+            } else {
+                OptOutChange::Unchanged
+            }
         };
-        match change {
-            OptOutChange::OptedOut(at) => {
-                sqlx::query(
-                    "UPDATE wa_users SET opted_out = 1, opted_out_at = $1, opt_out_source = $2, updated_at = $1 WHERE phone = $3",
-                )
-                .bind(at)
-                .bind(source)
-                .bind(phone)
-                .execute(&mut *tx)
-                .await?;
-            }
-            OptOutChange::Resumed => {
-                sqlx::query(
-                    "UPDATE wa_users SET opted_out = 0, opted_out_at = NULL, opt_out_source = $1, updated_at = $2 WHERE phone = $3",
-                )
-                .bind(source)
-                .bind(now)
-                .bind(phone)
-                .execute(&mut *tx)
-                .await?;
-            }
-            OptOutChange::AlreadyOptedOut(_) | OptOutChange::Unchanged => {}
+        if matches!(change, OptOutChange::OptedOut(_) | OptOutChange::Resumed) {
+            insert_job(&mut tx, mirror).await?;
         }
         tx.commit().await?;
         Ok(change)

@@ -76,11 +76,19 @@ pub struct ConversionEffects {
     pub reward_job_attempts: i64,
 }
 
-/// The recorded conversion and whether this call created it.
+/// The recorded conversion, whether this call created it, and whether this call converted
+/// the referral.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConversionRecord {
     pub conversion: ConversionRow,
     pub created: bool,
+    pub converted_now: bool,
+}
+
+/// Outcomes a repeated signal keeps; the others are evaluated again (the friend may have
+/// been invited, or nominated, since).
+fn is_final_outcome(outcome: &str) -> bool {
+    matches!(outcome, "converted" | "already_converted" | "outside_window")
 }
 
 const CONVERSION_COLUMNS: &str =
@@ -117,20 +125,33 @@ impl Store {
         .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(id) = inserted else {
-            tx.rollback().await?;
-            let sql = format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE source = $1 AND external_id = $2");
-            let existing = sqlx::query_as::<_, ConversionRow>(&sql)
-                .bind(&conversion.source)
-                .bind(&conversion.external_id)
-                .fetch_one(&self.pool)
-                .await?;
-            return Ok(ConversionRecord {
-                conversion: existing,
-                created: false,
-            });
+        let (id, created) = match inserted {
+            Some(id) => (id, true),
+            None => {
+                let sql =
+                    format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE source = $1 AND external_id = $2");
+                let existing = sqlx::query_as::<_, ConversionRow>(&sql)
+                    .bind(&conversion.source)
+                    .bind(&conversion.external_id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if is_final_outcome(&existing.outcome) || conversion.referral_id.is_none() {
+                    tx.rollback().await?;
+                    return Ok(ConversionRecord {
+                        conversion: existing,
+                        created: false,
+                        converted_now: false,
+                    });
+                }
+                sqlx::query("UPDATE conversions SET referral_id = $1, matched_by = $2 WHERE id = $3")
+                    .bind(conversion.referral_id)
+                    .bind(&conversion.matched_by)
+                    .bind(existing.id)
+                    .execute(&mut *tx)
+                    .await?;
+                (existing.id, false)
+            }
         };
-
         let outcome = match conversion.referral_id {
             None => "unattributed".to_string(),
             Some(referral_id) => {
@@ -159,7 +180,7 @@ impl Store {
                             match state.as_str() {
                                 "converted" => "already_converted".to_string(),
                                 "friend_invited" if nominated_at < window_start => "outside_window".to_string(),
-                                other => format!("not_invited ({other})"),
+                                _ => "not_invited".to_string(),
                             }
                         }
                     }
@@ -177,9 +198,11 @@ impl Store {
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
+        let converted_now = row.outcome == "converted";
         Ok(ConversionRecord {
             conversion: row,
-            created: true,
+            created,
+            converted_now,
         })
     }
 
@@ -293,7 +316,7 @@ impl Store {
         let mut tx = self.pool.begin().await?;
         let issued = sqlx::query(
             "UPDATE rewards SET state = 'issued', code = $1, external_ref = $2, last_error = NULL, updated_at = $3 \
-             WHERE id = $4 AND state IN ('pending', 'failed')",
+             WHERE id = $4 AND state = 'issuing'",
         )
         .bind(code)
         .bind(external_ref)
@@ -314,9 +337,21 @@ impl Store {
         Ok(true)
     }
 
+    /// Claims a reward for fulfilment; false when it was voided, capped or issued meanwhile.
+    pub async fn claim_reward(&self, id: i64) -> Result<bool, StoreError> {
+        let claimed = sqlx::query(
+            "UPDATE rewards SET state = 'issuing', updated_at = $1 WHERE id = $2 AND state IN ('pending', 'failed', 'issuing')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
     pub async fn fail_reward(&self, id: i64, error: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE rewards SET state = 'failed', last_error = $1, updated_at = $2 WHERE id = $3 AND state IN ('pending', 'failed')",
+            "UPDATE rewards SET state = 'failed', last_error = $1, updated_at = $2 WHERE id = $3 AND state = 'issuing'",
         )
         .bind(error)
         .bind(now_ms())
@@ -432,7 +467,11 @@ impl Store {
             "friend_phone" => "friend_phone",
             _ => "referral_code",
         };
-        let sql = format!("SELECT id, friend_phone FROM referrals WHERE {column} = $1 AND state IN ('friend_invited', 'converted') ORDER BY id");
+        // Open or converted referrals: a signal for one not yet invited is recorded as such.
+        let sql = format!(
+            "SELECT id, friend_phone FROM referrals WHERE {column} = $1 AND state IN \
+             ('nominated', 'direct_invite_queued', 'awaiting_friend', 'friend_invited', 'converted') ORDER BY id"
+        );
         let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("friend_phone")?)))

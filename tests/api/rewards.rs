@@ -73,7 +73,11 @@ async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
             .await,
             200
         );
-        let event = checkout_event("evt_1", "cs_1", json!({"client_reference_id": referral_id.to_string()}));
+        let event = checkout_event(
+            "evt_1",
+            "cs_1",
+            json!({"client_reference_id": format!("referral:{referral_id}")}),
+        );
         assert_eq!(lc.stripe_event(event).await, 200);
     }
     lc.settle().await;
