@@ -370,14 +370,12 @@ async fn stripe_conversion(
     amount_field: &str,
     phone_field: &str,
 ) -> HandlerResult {
+    // Merchants put their own ids in client_reference_id: only ours (`referral:<id>`)
+    // names a referral; metadata.referral_id is explicit.
     let by_reference = text(object, "/client_reference_id")
+        .and_then(|r| r.strip_prefix("referral:"))
         .or_else(|| text(object, "/metadata/referral_id"))
-        .and_then(|r| {
-            r.trim_start_matches("referral:")
-                .trim_start_matches("ref_")
-                .parse::<i64>()
-                .ok()
-        });
+        .and_then(|r| r.trim().parse::<i64>().ok());
     let matched = match by_reference {
         Some(id) => (Some(id), Some("client_reference_id".to_string())),
         None => match_referral(s, None, text(object, phone_field), code.as_deref()).await?,

@@ -854,11 +854,25 @@ pub async fn after_send_failure(
     if message.purpose != "friend_invite" {
         return Ok(());
     }
+    // Only a final refusal moves the referral; an account-level problem is fixed by an
+    // operator and the send retried, and a transient one is sent again.
+    let policy_limit = match class {
+        SendErrorClass::MarketingLimit => true,
+        SendErrorClass::OptedOut
+        | SendErrorClass::Undeliverable
+        | SendErrorClass::Permanent
+        | SendErrorClass::OutsideWindow => false,
+        SendErrorClass::AccountLevel | SendErrorClass::Retry { .. } => return Ok(()),
+    };
     if let Some(referral) = referral_of(s, message.referral_id).await? {
-        let event = ReferralEvent::DirectInviteFailed {
-            policy_limit: class == SendErrorClass::MarketingLimit,
-        };
-        apply_event(s, &referral, &event, None, "").await?;
+        apply_event(
+            s,
+            &referral,
+            &ReferralEvent::DirectInviteFailed { policy_limit },
+            None,
+            "",
+        )
+        .await?;
     }
     Ok(())
 }

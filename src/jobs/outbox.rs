@@ -120,6 +120,11 @@ async fn send_whatsapp(s: &Services, item: &ClaimedItem, message_id: i64) -> Han
                 SendErrorClass::Retry { not_before } => Some(not_before.max(failure.retry_after.unwrap_or_default())),
                 _ => None,
             };
+            if failure.ambiguous {
+                // The request may have been delivered: keep `sending`, so the next attempt
+                // waits for Meta's status before sending again.
+                return Err(HandlerError::retry_after(failure.title, Duration::from_secs(30)));
+            }
             if let Some(delay) = retry_delay {
                 s.store
                     .advance_message_status(message.id, "sending", "queued", None, None)

@@ -3,6 +3,8 @@
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
+use wiremock::ResponseTemplate;
+
 use crate::both_backends;
 use crate::fakes::*;
 use crate::helpers::*;
@@ -551,6 +553,138 @@ async fn stop_button_and_131050_opt_out(backend: Backend) {
     lc.shutdown().await;
 }
 
+async fn interrupted_send_is_reconciled_by_callback_data(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    // Meta's answer is lost (a 200 without a message id): we cannot know the send's fate.
+    mount_graph_answer(
+        &lc.meta,
+        json!({"template": {"name": "tmpl_referral_invite"}}),
+        ResponseTemplate::new(200).set_body_json(json!({"messaging_product": "whatsapp"})),
+        Some(1),
+    )
+    .await;
+    assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1").await, 200);
+    let store = lc.app.store.clone();
+    let interrupted = eventually(std::time::Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .list_messages(5)
+                .await
+                .map(|m| m.first().is_some_and(|m| m.status == "sending"))
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    assert!(interrupted, "the message waits in `sending`");
+    let key = lc.sent_of("tmpl_referral_invite").await[0]["biz_opaque_callback_data"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        key,
+        format!("invite:{}", lc.invite_id().await),
+        "callback data is the message key"
+    );
+    // Meta reports the message it did accept, echoing our callback data.
+    let status = json!({"statuses": [{"id": "wamid.LATE", "status": "delivered", "timestamp": "1795510900",
+                                      "recipient_id": "447911123456", "biz_opaque_callback_data": key}]});
+    assert_eq!(lc.whatsapp("messages", status).await, 200);
+    let reconciled = eventually(std::time::Duration::from_secs(10), || {
+        let store = store.clone();
+        async move {
+            store
+                .message_by_wamid("wamid.LATE")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|m| m.status == "delivered")
+        }
+    })
+    .await;
+    assert!(reconciled, "the status recorded the send");
+    assert_eq!(
+        lc.sent_of("tmpl_referral_invite").await.len(),
+        1,
+        "and it is not sent again"
+    );
+    lc.shutdown().await;
+}
+
+async fn transient_failed_status_is_resent_once(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1").await, 200);
+    lc.settle().await;
+    for round in 0..2 {
+        let messages = lc.app.store.list_messages(5).await.expect("messages");
+        let wamid = messages[0].wamid.clone().expect("wamid");
+        assert_eq!(
+            lc.status(&wamid, "failed", Some((131000, "Something went wrong")))
+                .await,
+            200,
+            "round {round}"
+        );
+        lc.settle().await;
+    }
+    assert_eq!(
+        lc.sent_of("tmpl_referral_invite").await.len(),
+        2,
+        "resent once, not twice"
+    );
+    lc.shutdown().await;
+}
+
+async fn account_level_error_keeps_the_referral(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    mount_graph_answer(
+        &lc.meta,
+        json!({"template": {"name": "tmpl_referral_friend_invite"}}),
+        graph_error(401, 190, "Error validating access token"),
+        None,
+    )
+    .await;
+    let (_, token, _) = to_flow(&lc).await;
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.R1",
+        "x",
+        nomination(Some(&token), FRIEND_PHONE, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+    assert_eq!(
+        referral_state(&lc).await,
+        "direct_invite_queued",
+        "an operator fixes the token; the friend is not lost"
+    );
+    let dead = lc
+        .app
+        .store
+        .list(Queue::Jobs, Some(QueueState::Dead), 10)
+        .await
+        .expect("jobs");
+    assert!(
+        dead.iter()
+            .any(|j| j.last_error.as_deref().unwrap_or("").contains("account-level")),
+        "{dead:?}"
+    );
+    let metrics = lc
+        .app
+        .client
+        .get(lc.app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"referloop_whatsapp_send_errors_total{class="account_level",code="190"} 1"#),
+        "{metrics}"
+    );
+    lc.shutdown().await;
+}
+
 async fn stop_keyword_and_user_preferences(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     // HubSpot knows the number as Ana's contact.
@@ -735,6 +869,9 @@ both_backends!(
     auto_mode_falls_back_to_a_share_link_after_131049,
     auto_mode_without_consent_uses_a_share_link,
     stop_keyword_and_user_preferences,
+    interrupted_send_is_reconciled_by_callback_data,
+    transient_failed_status_is_resent_once,
+    account_level_error_keeps_the_referral,
     direct_mode_has_no_fallback,
     stop_button_and_131050_opt_out,
     graph_500_then_success_sends_once,

@@ -261,6 +261,50 @@ async fn stripe_500_then_success_makes_one_promotion_code(backend: Backend) {
     lc.shutdown().await;
 }
 
+async fn early_conversion_is_evaluated_again(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__FRIEND_INVITE", "share_link")
+    })
+    .await;
+    let (_, token, _) = to_flow(&lc).await;
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.R1",
+        "x",
+        nomination(Some(&token), FRIEND_PHONE, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+    let body = json!({"external_id": "order-7", "friend_phone": FRIEND_PHONE});
+    let (status, answer) = lc.api_conversion(body.clone()).await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (422, Some("not_invited")),
+        "{answer}"
+    );
+    // The friend arrives through the share link; the same order now converts.
+    let code = lc.app.store.list_referrals(1).await.expect("referrals")[0]
+        .referral_code
+        .clone();
+    assert_eq!(
+        lc.inbound(text_message(
+            FRIEND_PHONE,
+            "wamid.HI",
+            &format!("My referral code is {code}")
+        ))
+        .await,
+        200
+    );
+    lc.settle().await;
+    let (status, answer) = lc.api_conversion(body).await;
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (201, Some("converted")),
+        "{answer}"
+    );
+    lc.shutdown().await;
+}
+
 async fn conversion_after_the_window_changes_nothing(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
         set_env(env, "REFERLOOP_PROGRAMME__ATTRIBUTION_WINDOW_DAYS", "0")
@@ -488,6 +532,7 @@ both_backends!(
     stripe_checkout_matched_by_typed_code_and_phone,
     stripe_500_then_success_makes_one_promotion_code,
     conversion_after_the_window_changes_nothing,
+    early_conversion_is_evaluated_again,
     unattributed_conversion_is_recorded,
     cap_reached_rewards_only_the_friend,
     held_rewards_can_be_voided,
