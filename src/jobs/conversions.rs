@@ -18,7 +18,9 @@ use crate::domain::reward::{self, Beneficiary, RewardKind, RewardState};
 use crate::integrations::stripe::StripeError;
 use crate::integrations::whatsapp::bodies;
 use crate::signatures;
-use crate::store::{now_ms, ConversionEffects, ConversionRecord, NewConversion, NewReward, ReferralRow, SideJob};
+use crate::store::{
+    now_ms, ConversionEffects, ConversionRecord, NewConversion, NewReward, ReferralRow, RewardCap, SideJob,
+};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -86,8 +88,14 @@ async fn conversion_effects(
         r.consent == 1,
         &ReferralEvent::Converted,
     );
+    let programme = &s.settings.programme;
     let mut effects = ConversionEffects {
         reward_job_attempts: s.max_attempts(),
+        referrer_cap: Some(RewardCap {
+            referrer_contact_id: r.referrer_contact_id.clone(),
+            since: now_ms() - programme.reward_cap_period_days * DAY_MS,
+            max: programme.max_rewarded_referrals_per_referrer,
+        }),
         ..Default::default()
     };
     for effect in &transition.effects {
@@ -115,8 +123,6 @@ async fn rewards_for(
     conversion: &NewConversion,
 ) -> Result<Vec<NewReward>, HandlerError> {
     let programme = &s.settings.programme;
-    let since = now_ms() - programme.reward_cap_period_days * DAY_MS;
-    let rewarded = s.store.referrer_rewards_since(&r.referrer_contact_id, since).await?;
     let available_at = now_ms() + programme.reward_hold_days * DAY_MS;
     let mut rewards = Vec::new();
     for beneficiary in [Beneficiary::Referrer, Beneficiary::Friend] {
@@ -124,7 +130,8 @@ async fn rewards_for(
         if side.kind == RewardKind::None {
             continue;
         }
-        let state = reward::initial_state(beneficiary, rewarded, programme.max_rewarded_referrals_per_referrer);
+        // The referrer's cap is decided by the store, inside the converting transaction.
+        let state = RewardState::Pending;
         let (contact_id, phone, name, customer) = match beneficiary {
             Beneficiary::Referrer => (
                 Some(r.referrer_contact_id.clone()),

@@ -182,10 +182,24 @@ pub async fn on_trigger(s: &Services, inbox_id: i64, payload: &Value) -> Handler
         })
         .await?;
     invite.referral_code = Some(code.clone());
-    let (invite, _) = s.store.insert_invite(&invite).await?;
-    if invite.state == "ineligible" {
-        return HandlerOutcome::done("already recorded as ineligible");
-    }
+    let invite = match earlier {
+        // Resuming this trigger: its invite already passed the gate.
+        Some(earlier) => earlier,
+        None => {
+            let cooldown_start = now_ms() - settings.programme.invite_cooldown_days * DAY_MS;
+            let max = settings.programme.max_invites_per_contact;
+            match s.store.claim_invite(&invite, cooldown_start, max).await? {
+                Some(claimed) => claimed,
+                None => {
+                    // Another trigger for this contact was invited at the same instant.
+                    invite.state = "ineligible".into();
+                    invite.reason = Some("cooldown: concurrent invite".into());
+                    s.store.insert_invite(&invite).await?;
+                    return HandlerOutcome::done("ineligible: cooldown: concurrent invite");
+                }
+            }
+        }
+    };
 
     let t = &settings.templates;
     let params = |order: &[crate::config::TemplateParameter]| -> Vec<String> {

@@ -22,7 +22,7 @@ pub use queue::{ClaimedItem, Queue, QueueRow, QueueState};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, SideJob,
 };
-pub use rewards::{ConversionEffects, ConversionRecord, ConversionRow, NewConversion, NewReward, RewardRow};
+pub use rewards::{ConversionEffects, ConversionRecord, ConversionRow, NewConversion, NewReward, RewardCap, RewardRow};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -260,6 +260,52 @@ impl Store {
         Ok((row, created.is_some()))
     }
 
+    /// Records an eligible invite only if the contact's cooldown and lifetime limit still
+    /// allow it at this instant (a compare-and-set on the customer row, in the same
+    /// transaction). `None` when a concurrent invite got there first.
+    pub async fn claim_invite(
+        &self,
+        invite: &NewInvite,
+        cooldown_start: i64,
+        max_invites: i64,
+    ) -> Result<Option<InviteRow>, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let gate = sqlx::query(
+            "UPDATE customers SET last_invite_at = $1, invite_count = invite_count + 1 WHERE contact_id = $2 \
+             AND (last_invite_at IS NULL OR last_invite_at < $3) AND invite_count < $4",
+        )
+        .bind(now)
+        .bind(&invite.contact_id)
+        .bind(cooldown_start)
+        .bind(max_invites)
+        .execute(&mut *tx)
+        .await?;
+        if gate.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        sqlx::query(
+            "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, state, \
+             reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+             ON CONFLICT (trigger_key) DO NOTHING",
+        )
+        .bind(&invite.trigger_key)
+        .bind(&invite.contact_id)
+        .bind(&invite.trigger)
+        .bind(&invite.phone)
+        .bind(&invite.first_name)
+        .bind(&invite.language)
+        .bind(&invite.referral_code)
+        .bind(&invite.state)
+        .bind(&invite.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.invite_by_trigger_key(&invite.trigger_key).await
+    }
+
     pub async fn invite_by_trigger_key(&self, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
         let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE trigger_key = $1");
         Ok(sqlx::query_as::<_, InviteRow>(&sql)

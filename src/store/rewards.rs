@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::referrals::{insert_job, insert_message};
 use super::{now_ms, Backend, NewMessage, SideJob, Store, StoreError};
+use crate::domain::reward::{self, Beneficiary};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewConversion {
@@ -74,6 +75,17 @@ pub struct ConversionEffects {
     /// Jobs to queue; `reward.issue` jobs are added per reward by the store.
     pub jobs: Vec<SideJob>,
     pub reward_job_attempts: i64,
+    /// The referrer's cap, decided inside the transaction so concurrent conversions
+    /// of the same referrer's friends cannot both pass it.
+    pub referrer_cap: Option<RewardCap>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RewardCap {
+    pub referrer_contact_id: String,
+    /// Rewards created since then count.
+    pub since: i64,
+    pub max: i64,
 }
 
 /// The recorded conversion, whether this call created it, and whether this call converted
@@ -216,7 +228,19 @@ impl Store {
         for message in &effects.messages {
             insert_message(tx, message).await?;
         }
+        let referrer_rewarded = match &effects.referrer_cap {
+            Some(cap) => Some((self.referrer_rewards_in(tx, cap).await?, cap.max)),
+            None => None,
+        };
         for reward in &effects.rewards {
+            let state = match (reward.beneficiary.as_str(), referrer_rewarded) {
+                ("referrer", Some((rewarded, max))) if reward.state == "pending" => {
+                    reward::initial_state(Beneficiary::Referrer, rewarded, max)
+                        .as_str()
+                        .to_string()
+                }
+                _ => reward.state.clone(),
+            };
             let id: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO rewards (referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
                  amount, currency, stripe_customer, available_at, created_at, updated_at) \
@@ -230,7 +254,7 @@ impl Store {
             .bind(&reward.first_name)
             .bind(&reward.language)
             .bind(&reward.kind)
-            .bind(&reward.state)
+            .bind(&state)
             .bind(reward.amount)
             .bind(&reward.currency)
             .bind(&reward.stripe_customer)
@@ -238,7 +262,7 @@ impl Store {
             .bind(now)
             .fetch_optional(&mut **tx)
             .await?;
-            if let (Some(id), "pending") = (id, reward.state.as_str()) {
+            if let (Some(id), "pending") = (id, state.as_str()) {
                 let job = SideJob {
                     kind: "reward.issue".into(),
                     payload: serde_json::json!({ "reward_id": id }).to_string(),
@@ -253,6 +277,31 @@ impl Store {
             insert_job(tx, job).await?;
         }
         Ok(())
+    }
+
+    /// The referrer's rewards counting against the cap, with the referrer's customer row
+    /// locked on PostgreSQL (SQLite's single writer already serialises the transaction).
+    async fn referrer_rewards_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        cap: &RewardCap,
+    ) -> Result<i64, StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT contact_id FROM customers WHERE contact_id = $1 FOR UPDATE")
+                .bind(&cap.referrer_contact_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        }
+        let n = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
+             WHERE r.referrer_contact_id = $1 AND w.beneficiary = 'referrer' \
+             AND w.state IN ('pending', 'issuing', 'issued', 'failed') AND w.created_at >= $2",
+        )
+        .bind(&cap.referrer_contact_id)
+        .bind(cap.since)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(n)
     }
 
     pub async fn list_conversions(&self, limit: i64) -> Result<Vec<ConversionRow>, StoreError> {
@@ -272,20 +321,6 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         Ok(id.flatten())
-    }
-
-    /// The referrer's rewards counting against the cap since `since`.
-    pub async fn referrer_rewards_since(&self, referrer_contact_id: &str, since: i64) -> Result<i64, StoreError> {
-        let n = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
-             WHERE r.referrer_contact_id = $1 AND w.beneficiary = 'referrer' \
-             AND w.state IN ('pending', 'issued', 'failed') AND w.created_at >= $2",
-        )
-        .bind(referrer_contact_id)
-        .bind(since)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(n)
     }
 
     pub async fn reward(&self, id: i64) -> Result<Option<RewardRow>, StoreError> {

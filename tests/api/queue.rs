@@ -212,4 +212,41 @@ both_backends!(
     failures_wait_for_their_retry_time_then_die,
     release_returns_the_attempt,
     concurrent_workers_never_claim_the_same_job,
+    invite_gate_admits_one_of_concurrent_invites,
 );
+
+/// Two triggers for one contact handled at the same instant: the invite gate admits one.
+async fn invite_gate_admits_one_of_concurrent_invites(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    store
+        .customer_code("90001", "Ana", || "ANA7KQ2".to_string())
+        .await
+        .expect("code");
+    let invite = |key: &str| referloop::store::NewInvite {
+        trigger_key: key.into(),
+        contact_id: "90001".into(),
+        trigger: "nps".into(),
+        phone: Some("+447911123456".into()),
+        first_name: "Ana".into(),
+        language: "en_US".into(),
+        referral_code: Some("ANA7KQ2".into()),
+        state: "invited".into(),
+        reason: None,
+    };
+    let mut attempts = Vec::new();
+    for n in 0..4 {
+        let store = Store::connect(&db.url, 2).await.expect("connect");
+        let invite = invite(&format!("inbox:{n}"));
+        attempts.push(tokio::spawn(async move {
+            store.claim_invite(&invite, now_ms() - 1000, 3).await
+        }));
+    }
+    let mut admitted = 0;
+    for attempt in attempts {
+        if attempt.await.expect("task").expect("claim").is_some() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 1, "the cooldown holds under concurrency");
+}
