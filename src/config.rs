@@ -127,6 +127,7 @@ pub struct HubSpotSettings {
     pub contacts_path: String,
     pub requests_per_10s: u32,
     pub searches_per_second: u32,
+    pub record_referral_links: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

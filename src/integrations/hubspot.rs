@@ -146,6 +146,73 @@ impl HubSpotClient {
         }
     }
 
+    /// The type id of our contact-to-contact label (`label`, with `inverse` the other way),
+    /// creating the pair when HubSpot does not have it yet.
+    pub async fn referral_association_type(
+        &self,
+        name: &str,
+        label: &str,
+        inverse: &str,
+        job_id: Option<i64>,
+    ) -> Result<i64, HubSpotError> {
+        let url = format!("{}/crm/v4/associations/contact/contact/labels", self.api_base);
+        let find = |answer: &Value| {
+            answer.get("results").and_then(Value::as_array).and_then(|results| {
+                results
+                    .iter()
+                    .find(|r| r.get("label").and_then(Value::as_str) == Some(label))
+                    .and_then(|r| r.get("typeId").and_then(Value::as_i64))
+            })
+        };
+        let existing = self
+            .call(reqwest::Method::GET, url.clone(), Value::Null, job_id)
+            .await?
+            .unwrap_or(Value::Null);
+        if let Some(id) = find(&existing) {
+            return Ok(id);
+        }
+        let body = json!({"name": name, "label": label, "inverseLabel": inverse});
+        let created = self
+            .call(reqwest::Method::POST, url, body, job_id)
+            .await?
+            .unwrap_or(Value::Null);
+        // Sandbox answers carry no labels: any id will do there.
+        Ok(find(&created).unwrap_or(0))
+    }
+
+    /// Links two contacts with a user-defined association type (idempotent).
+    pub async fn associate_contacts(
+        &self,
+        from: &str,
+        to: &str,
+        type_id: i64,
+        job_id: Option<i64>,
+    ) -> Result<(), HubSpotError> {
+        let url = format!(
+            "{}/crm/v4/objects/contact/{from}/associations/contact/{to}",
+            self.api_base
+        );
+        let body = json!([{"associationCategory": "USER_DEFINED", "associationTypeId": type_id}]);
+        self.call(reqwest::Method::PUT, url, body, job_id).await.map(|_| ())
+    }
+
+    /// A note on the timelines of `contacts` (note → contact is HubSpot-defined type 202).
+    pub async fn add_note(
+        &self,
+        contacts: &[&str],
+        html: &str,
+        timestamp_ms: i64,
+        job_id: Option<i64>,
+    ) -> Result<(), HubSpotError> {
+        let associations: Vec<Value> = contacts
+            .iter()
+            .map(|id| json!({"to": {"id": id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}]}))
+            .collect();
+        let body = json!({"properties": {"hs_timestamp": timestamp_ms.to_string(), "hs_note_body": html}, "associations": associations});
+        let url = format!("{}/crm/v3/objects/notes", self.api_base);
+        self.call(reqwest::Method::POST, url, body, job_id).await.map(|_| ())
+    }
+
     /// The contacts associated with a deal (v4 associations API).
     pub async fn deal_contacts(&self, deal_id: &str, job_id: Option<i64>) -> Result<Vec<String>, HubSpotError> {
         let url = format!("{}/crm/v4/objects/deal/{deal_id}/associations/contact", self.api_base);

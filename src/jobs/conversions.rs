@@ -109,6 +109,13 @@ async fn conversion_effects(
         format!("hubspot.friend:{}:converted", r.id),
         json!({"referral_id": r.id}),
     ));
+    if s.settings.hubspot.record_referral_links {
+        effects.jobs.push(s.job(
+            "hubspot.link_referral",
+            format!("hubspot.link:{}", r.id),
+            json!({"referral_id": r.id}),
+        ));
+    }
     effects.jobs.push(s.job(
         "hubspot.referrer_counters",
         format!("hubspot.counters:{}:converted", r.id),
@@ -672,4 +679,46 @@ pub async fn credit_total(s: &Services, contact_id: &str, property: &str, job_id
         written = Some(total);
     }
     HandlerOutcome::done(format!("contact {contact_id}: credit {}", written.unwrap_or_default()))
+}
+
+/// Links referrer and friend in HubSpot ("Referred" / "Referred by") and notes the
+/// conversion on both timelines. The association is idempotent; the note comes last.
+pub async fn link_referral(s: &Services, referral_id: i64, job_id: i64) -> HandlerResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(HandlerError::Permanent(format!("referral {referral_id} not found")));
+    };
+    let Some(friend) = referral.friend_contact_id.clone() else {
+        return Err(HandlerError::retry_after(
+            "waiting for the friend's contact",
+            Duration::from_secs(2),
+        ));
+    };
+    let referrer = referral.referrer_contact_id.clone();
+    let type_id = s
+        .hubspot
+        .referral_association_type("referrer_referred", "Referred", "Referred by", Some(job_id))
+        .await
+        .map_err(hubspot_error)?;
+    s.hubspot
+        .associate_contacts(&referrer, &friend, type_id, Some(job_id))
+        .await
+        .map_err(hubspot_error)?;
+    let note = format!(
+        "<p>Referral {}: {} (contact {friend}) converted with code {}, referred by contact {referrer}.</p>",
+        referral.id,
+        html_escape(&referral.friend_name),
+        html_escape(&referral.referral_code)
+    );
+    s.hubspot
+        .add_note(&[&referrer, &friend], &note, now_ms(), Some(job_id))
+        .await
+        .map_err(hubspot_error)?;
+    HandlerOutcome::done(format!("contacts {referrer} and {friend} linked (type {type_id})"))
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

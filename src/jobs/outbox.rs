@@ -50,6 +50,10 @@ pub async fn handle(s: &Services, item: &ClaimedItem) -> HandlerResult {
             Some(reward_id) => conversions::issue_reward(s, reward_id, item.id).await,
             None => Err(HandlerError::Permanent("no reward_id".into())),
         },
+        "hubspot.link_referral" => match id("referral_id") {
+            Some(referral_id) => conversions::link_referral(s, referral_id, item.id).await,
+            None => Err(HandlerError::Permanent("no referral_id".into())),
+        },
         "hubspot.referrer_counters" => {
             let contact = payload.get("contact_id").and_then(Value::as_str).unwrap_or_default();
             conversions::referrer_counters(s, contact, item.id).await

@@ -305,6 +305,73 @@ async fn early_conversion_is_evaluated_again(backend: Backend) {
     lc.shutdown().await;
 }
 
+async fn conversion_links_the_contacts_in_hubspot(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_HUBSPOT__RECORD_REFERRAL_LINKS", "true")
+    })
+    .await;
+    let bearer = format!("Bearer {HUBSPOT_TOKEN}");
+    Mock::given(method("GET"))
+        .and(path("/crm/v4/associations/contact/contact/labels"))
+        .and(header("authorization", bearer.as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": []})))
+        .mount(&lc.hubspot)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/crm/v4/associations/contact/contact/labels"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
+            {"category": "USER_DEFINED", "typeId": 91, "label": "Referred"},
+            {"category": "USER_DEFINED", "typeId": 92, "label": "Referred by"}]})))
+        .mount(&lc.hubspot)
+        .await;
+    Mock::given(method("PUT"))
+        .and(path("/crm/v4/objects/contact/90001/associations/contact/95001"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"fromObjectTypeId": "0-1", "fromObjectId": 90001})),
+        )
+        .mount(&lc.hubspot)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/crm/v3/objects/notes"))
+        .respond_with(ResponseTemplate::new(201).set_body_json(json!({"id": "note-1"})))
+        .mount(&lc.hubspot)
+        .await;
+    invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    let calls = lc.hubspot_calls().await;
+    let label = calls
+        .iter()
+        .find(|(m, p, _)| m == "POST" && p.ends_with("/labels"))
+        .expect("label created");
+    assert_eq!(
+        label.2,
+        json!({"name": "referrer_referred", "label": "Referred", "inverseLabel": "Referred by"})
+    );
+    let link = calls.iter().find(|(m, _, _)| m == "PUT").expect("association");
+    assert_eq!(
+        link.2,
+        json!([{"associationCategory": "USER_DEFINED", "associationTypeId": 91}])
+    );
+    let note = calls
+        .iter()
+        .find(|(m, p, _)| m == "POST" && p == "/crm/v3/objects/notes")
+        .expect("note");
+    let linked: Vec<_> = note.2["associations"]
+        .as_array()
+        .map(|a| a.iter().map(|x| x["to"]["id"].clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(linked, vec![json!("90001"), json!("95001")]);
+    assert!(note.2["properties"]["hs_note_body"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Zoë"));
+    lc.shutdown().await;
+}
+
 async fn conversion_after_the_window_changes_nothing(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
         set_env(env, "REFERLOOP_PROGRAMME__ATTRIBUTION_WINDOW_DAYS", "0")
@@ -533,6 +600,7 @@ both_backends!(
     stripe_500_then_success_makes_one_promotion_code,
     conversion_after_the_window_changes_nothing,
     early_conversion_is_evaluated_again,
+    conversion_links_the_contacts_in_hubspot,
     unattributed_conversion_is_recorded,
     cap_reached_rewards_only_the_friend,
     held_rewards_can_be_voided,
