@@ -117,7 +117,7 @@ pub enum RewardsAction {
 
 #[derive(Debug, Subcommand)]
 pub enum ApiAction {
-    /// Print the SHA-256 digest of a token, for api.token_sha256.
+    /// Print the SHA-256 digest of a token, for api.tokens.
     HashToken { token: String },
 }
 

@@ -38,7 +38,7 @@ pub struct Settings {
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ApiSettings {
-    pub token_sha256: Vec<String>,
+    pub tokens: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -290,7 +290,7 @@ impl Settings {
                 .with_list_parse_key("templates.friend_invite_body")
                 .with_list_parse_key("templates.thanks_body")
                 .with_list_parse_key("templates.reward_body")
-                .with_list_parse_key("api.token_sha256")
+                .with_list_parse_key("api.tokens")
                 .try_parsing(true)
                 .source(Some(env.clone())),
         );
@@ -395,14 +395,9 @@ impl Settings {
                 return Err(ConfigError::Invalid { key, problem });
             }
         }
-        if self
-            .api
-            .token_sha256
-            .iter()
-            .any(|h| h.len() != 64 || hex::decode(h).is_err())
-        {
+        if self.api.tokens.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
             return invalid(
-                "api.token_sha256",
+                "api.tokens",
                 "each entry must be 64 hex characters (referloop api hash-token)".into(),
             );
         }

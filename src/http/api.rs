@@ -24,12 +24,12 @@ fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
 
 /// `Ok(())` for a configured token; otherwise the status and reason to answer with.
 fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
-    let allowed = &state.settings.api.token_sha256;
+    let allowed = &state.settings.api.tokens;
     if allowed.is_empty() {
-        tracing::error!("API refused: api.token_sha256 is empty");
+        tracing::error!("API refused: api.tokens is empty");
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
-            "the API is not configured (api.token_sha256)",
+            "the API is not configured (api.tokens)",
         ));
     }
     let token = headers

@@ -95,6 +95,16 @@ async fn conversion_effects(
             referrer_contact_id: r.referrer_contact_id.clone(),
             since: now_ms() - programme.reward_cap_period_days * DAY_MS,
             max: programme.max_rewarded_referrals_per_referrer,
+            on_capped: {
+                let names = &s.settings.hubspot_properties;
+                let mut properties = Map::new();
+                properties.insert(names.referral_status.clone(), json!("reward_capped"));
+                s.job(
+                    "hubspot.update_contact",
+                    format!("hubspot.capped:{}", r.id),
+                    json!({"contact_id": r.referrer_contact_id, "properties": properties}),
+                )
+            },
         }),
         ..Default::default()
     };

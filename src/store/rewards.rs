@@ -86,6 +86,8 @@ pub struct RewardCap {
     /// Rewards created since then count.
     pub since: i64,
     pub max: i64,
+    /// Queued when the referrer's reward is capped (tells HubSpot).
+    pub on_capped: SideJob,
 }
 
 /// The recorded conversion, whether this call created it, and whether this call converted
@@ -275,6 +277,17 @@ impl Store {
         }
         for job in &effects.jobs {
             insert_job(tx, job).await?;
+        }
+        if let (Some(cap), Some((rewarded, max))) = (&effects.referrer_cap, referrer_rewarded) {
+            let referrer_pending = effects
+                .rewards
+                .iter()
+                .any(|r| r.beneficiary == "referrer" && r.state == "pending");
+            if referrer_pending
+                && reward::initial_state(Beneficiary::Referrer, rewarded, max) == reward::RewardState::Capped
+            {
+                insert_job(tx, &cap.on_capped).await?;
+            }
         }
         Ok(())
     }

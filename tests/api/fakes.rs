@@ -109,7 +109,7 @@ impl Lifecycle {
                 ("REFERLOOP_PROGRAMME__DEFAULT_REGION", "GB"),
                 ("REFERLOOP_STRIPE__API_BASE", stripe_uri.as_str()),
                 ("REFERLOOP_STRIPE__SECRET_KEY", STRIPE_KEY),
-                ("REFERLOOP_API__TOKEN_SHA256", token_hash.as_str()),
+                ("REFERLOOP_API__TOKENS", token_hash.as_str()),
             ] {
                 set_env(env, key, value);
             }

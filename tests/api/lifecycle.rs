@@ -577,8 +577,18 @@ async fn interrupted_send_is_reconciled_by_callback_data(backend: Backend) {
     })
     .await;
     assert!(interrupted, "the message waits in `sending`");
-    let key = lc.sent_of("tmpl_referral_invite").await[0]["biz_opaque_callback_data"]
-        .as_str()
+    // The request reaches the fake around the time the message is marked `sending`.
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        sent = lc.sent_of("tmpl_referral_invite").await;
+        if !sent.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let key = sent
+        .first()
+        .and_then(|b| b["biz_opaque_callback_data"].as_str())
         .unwrap_or_default()
         .to_string();
     assert_eq!(

@@ -441,6 +441,13 @@ async fn cap_reached_rewards_only_the_friend(backend: Backend) {
     let reward_messages = lc.sent_of("tmpl_referral_reward").await;
     assert_eq!(reward_messages.len(), 1);
     assert_eq!(reward_messages[0]["to"], FRIEND_PHONE);
+    let calls = lc.hubspot_calls().await;
+    assert!(
+        calls.iter().any(|(m, p, b)| m == "PATCH"
+            && p.ends_with("/contacts/90001")
+            && b["properties"]["referral_status"] == "reward_capped"),
+        "the cap is told in HubSpot"
+    );
     lc.shutdown().await;
 }
 
