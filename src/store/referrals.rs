@@ -168,6 +168,29 @@ pub(super) async fn insert_message(conn: &mut AnyConnection, message: &NewMessag
     Ok(Some(id))
 }
 
+/// Records a trigger's invite; a redelivered trigger (same key) adds nothing.
+async fn insert_invite_row(conn: &mut AnyConnection, invite: &NewInvite) -> Result<(), StoreError> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, state, \
+         reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+         ON CONFLICT (trigger_key) DO NOTHING",
+    )
+    .bind(&invite.trigger_key)
+    .bind(&invite.contact_id)
+    .bind(&invite.trigger)
+    .bind(&invite.phone)
+    .bind(&invite.first_name)
+    .bind(&invite.language)
+    .bind(&invite.referral_code)
+    .bind(&invite.state)
+    .bind(&invite.reason)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 pub(super) async fn insert_job(conn: &mut AnyConnection, job: &SideJob) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
@@ -233,31 +256,14 @@ impl Store {
     }
 
     /// Records a trigger's invite; a redelivered trigger returns the existing row.
-    pub async fn insert_invite(&self, invite: &NewInvite) -> Result<(InviteRow, bool), StoreError> {
-        let now = now_ms();
-        let created: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, state, \
-             reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
-             ON CONFLICT (trigger_key) DO NOTHING RETURNING id",
-        )
-        .bind(&invite.trigger_key)
-        .bind(&invite.contact_id)
-        .bind(&invite.trigger)
-        .bind(&invite.phone)
-        .bind(&invite.first_name)
-        .bind(&invite.language)
-        .bind(&invite.referral_code)
-        .bind(&invite.state)
-        .bind(&invite.reason)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
+    pub async fn insert_invite(&self, invite: &NewInvite) -> Result<InviteRow, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        insert_invite_row(&mut conn, invite).await?;
         let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE trigger_key = $1");
-        let row = sqlx::query_as::<_, InviteRow>(&sql)
+        Ok(sqlx::query_as::<_, InviteRow>(&sql)
             .bind(&invite.trigger_key)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((row, created.is_some()))
+            .fetch_one(&mut *conn)
+            .await?)
     }
 
     /// Records an eligible invite only if the contact's cooldown and lifetime limit still
@@ -285,23 +291,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(None);
         }
-        sqlx::query(
-            "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, state, \
-             reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
-             ON CONFLICT (trigger_key) DO NOTHING",
-        )
-        .bind(&invite.trigger_key)
-        .bind(&invite.contact_id)
-        .bind(&invite.trigger)
-        .bind(&invite.phone)
-        .bind(&invite.first_name)
-        .bind(&invite.language)
-        .bind(&invite.referral_code)
-        .bind(&invite.state)
-        .bind(&invite.reason)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        insert_invite_row(&mut tx, invite).await?;
         tx.commit().await?;
         self.invite_by_trigger_key(&invite.trigger_key).await
     }

@@ -55,7 +55,7 @@ async fn start(url: &str, settings: &Arc<Settings>) -> Process {
 }
 
 async fn seed_invited_referral(store: &Store) -> i64 {
-    let (invite, _) = store
+    let invite = store
         .insert_invite(&NewInvite {
             trigger_key: "seed".into(),
             contact_id: "90001".into(),
