@@ -220,10 +220,13 @@ pub enum DevAction {
         #[arg(long)]
         contact: Option<String>,
     },
-    /// A status webhook for a message we sent.
+    /// A status webhook for a message we sent: by wamid, or the friend invite of a referral.
     Status {
+        #[arg(long, required_unless_present = "referral")]
+        wamid: Option<String>,
+        /// The referral whose friend invite the status is for.
         #[arg(long)]
-        wamid: String,
+        referral: Option<i64>,
         #[arg(long, default_value = "delivered")]
         status: String,
     },
@@ -566,12 +569,26 @@ async fn dev_command(settings: &Settings, base_url: Option<String>, action: DevA
                 .hubspot("trigger=conversion", body.to_string().into_bytes())
                 .await?
         }
-        DevAction::Status { wamid, status } => {
+        DevAction::Status {
+            wamid,
+            referral,
+            status,
+        } => {
             let store = open_store(settings).await?;
-            let message = store
-                .message_by_wamid(&wamid)
-                .await?
-                .context("no message with that wamid")?;
+            let message = match (wamid, referral) {
+                (Some(wamid), _) => store
+                    .message_by_wamid(&wamid)
+                    .await?
+                    .context("no message with that wamid")?,
+                (None, Some(referral)) => store
+                    .list_messages(1000)
+                    .await?
+                    .into_iter()
+                    .find(|m| m.referral_id == Some(referral) && m.purpose == "friend_invite")
+                    .context("no friend invite for that referral")?,
+                (None, None) => anyhow::bail!("give --wamid or --referral"),
+            };
+            let wamid = message.wamid.clone().context("that message has not been sent yet")?;
             client.whatsapp(dev::status(&wamid, &status, &message.to_phone)).await?
         }
     };

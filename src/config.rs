@@ -14,6 +14,21 @@ use crate::domain::referral::FriendInviteMode;
 use crate::domain::reward::RewardKind;
 use serde::{Deserialize, Serialize, Serializer};
 
+/// Settings that are lists: in the environment, comma-separated.
+const LIST_KEYS: [&str; 11] = [
+    "worker.retry_schedule_seconds",
+    "programme.stop_keywords",
+    "programme.stop_button_payloads",
+    "hubspot_properties.phone",
+    "templates.languages",
+    "templates.invite_body",
+    "templates.flow_body",
+    "templates.friend_invite_body",
+    "templates.thanks_body",
+    "templates.reward_body",
+    "api.tokens",
+];
+
 /// The defaults, one documented key each; also what the binary falls back to.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -279,21 +294,27 @@ impl Settings {
             config::Environment::with_prefix("REFERLOOP")
                 .prefix_separator("_")
                 .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("worker.retry_schedule_seconds")
-                .with_list_parse_key("programme.stop_keywords")
-                .with_list_parse_key("programme.stop_button_payloads")
-                .with_list_parse_key("hubspot_properties.phone")
-                .with_list_parse_key("templates.languages")
-                .with_list_parse_key("templates.invite_body")
-                .with_list_parse_key("templates.flow_body")
-                .with_list_parse_key("templates.friend_invite_body")
-                .with_list_parse_key("templates.thanks_body")
-                .with_list_parse_key("templates.reward_body")
-                .with_list_parse_key("api.tokens")
-                .try_parsing(true)
+                // Values stay strings (a verify token "007" must not become 7); serde
+                // converts numbers and booleans where the setting is one.
                 .source(Some(env.clone())),
         );
+        // Lists come as comma-separated strings; split them here so that every value stays
+        // a string (config's own list parsing would also coerce scalars).
+        for (name, value) in &env {
+            let Some(rest) = name.strip_prefix("REFERLOOP_") else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                builder = builder.set_override(key, items)?;
+            }
+        }
         if let Some(url) = env.get("DATABASE_URL") {
             builder = builder.set_override("database.url", url.as_str())?;
         }
@@ -467,6 +488,10 @@ mod tests {
             env(&[
                 ("REFERLOOP_DATABASE__MAX_CONNECTIONS", "7"),
                 ("REFERLOOP_WHATSAPP__APP_SECRET", "s3cret"),
+                ("REFERLOOP_HUBSPOT__WEBHOOK_API_KEY", "007"),
+                ("REFERLOOP_SANDBOX", "false"),
+                ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "1e6"),
+                ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", "100000000000202"),
                 ("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "1,2,3"),
                 ("UNRELATED", "x"),
             ]),
@@ -477,6 +502,16 @@ mod tests {
         assert_eq!(secret_value(&s.whatsapp.app_secret), Some("s3cret"));
         assert_eq!(secret_value(&s.whatsapp.verify_token), Some("from-file"));
         assert_eq!(s.worker.retry_schedule_seconds, vec![1, 2, 3]);
+        assert_eq!(
+            secret_value(&s.hubspot.webhook_api_key),
+            Some("007"),
+            "secrets stay strings"
+        );
+        assert_eq!(secret_value(&s.whatsapp.access_token), Some("1e6"));
+        assert!(!s.sandbox());
+        let one =
+            Settings::load_from(None, env(&[("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "60")])).expect("one entry");
+        assert_eq!(one.worker.retry_schedule_seconds, vec![60]);
     }
 
     #[test]

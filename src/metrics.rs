@@ -61,6 +61,7 @@ pub struct Metrics {
     pub worker_outcomes: Family<OutcomeLabels, Counter>,
     pub whatsapp_send_errors: Family<SendErrorLabels, Counter>,
     pub reward_pool_exhausted: Counter,
+    pub reward_codes_free: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,6 +87,7 @@ impl Metrics {
         let worker_outcomes = Family::<OutcomeLabels, Counter>::default();
         let whatsapp_send_errors = Family::<SendErrorLabels, Counter>::default();
         let reward_pool_exhausted = Counter::default();
+        let reward_codes_free = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -122,6 +124,11 @@ impl Metrics {
             "Rewards that found the discount-code pool empty",
             reward_pool_exhausted.clone(),
         );
+        registry.register(
+            "reward_codes_free",
+            "Unused codes in the reward code pool (read from the database at scrape time)",
+            reward_codes_free.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -132,6 +139,7 @@ impl Metrics {
             worker_outcomes,
             whatsapp_send_errors,
             reward_pool_exhausted,
+            reward_codes_free,
         }
     }
 

@@ -123,7 +123,7 @@ pub fn verify_hubspot_v3(
     let signature = signature.ok_or(SignatureError::Missing)?;
     let timestamp = timestamp.ok_or(SignatureError::Missing)?;
     let sent_ms: i64 = timestamp.trim().parse().map_err(|_| SignatureError::Malformed)?;
-    if (now_ms - sent_ms).abs() > MAX_SIGNATURE_AGE_MS {
+    if now_ms.abs_diff(sent_ms) > MAX_SIGNATURE_AGE_MS as u64 {
         return Err(SignatureError::Expired);
     }
     let given = base64::engine::general_purpose::STANDARD
@@ -168,7 +168,7 @@ pub fn verify_stripe(secret: &str, body: &[u8], header: Option<&str>, now_secs: 
     if candidates.is_empty() {
         return Err(SignatureError::Malformed);
     }
-    if (now_secs - sent).abs() * 1000 > MAX_SIGNATURE_AGE_MS {
+    if now_secs.abs_diff(sent).saturating_mul(1000) > MAX_SIGNATURE_AGE_MS as u64 {
         return Err(SignatureError::Expired);
     }
     let expected = hmac_sha256(secret.as_bytes(), &[timestamp.as_bytes(), b".", body]);
@@ -316,6 +316,12 @@ mod tests {
         assert_eq!(verify(None, Some(&t), ts), Err(SignatureError::Missing));
         assert_eq!(verify(Some(&sig), None, ts), Err(SignatureError::Missing));
         assert_eq!(verify(Some(&sig), Some("soon"), ts), Err(SignatureError::Malformed));
+        let extreme = i64::MIN.to_string();
+        assert_eq!(
+            verify(Some(&sig), Some(&extreme), ts),
+            Err(SignatureError::Expired),
+            "no overflow"
+        );
         assert_eq!(verify(Some("!!"), Some(&t), ts), Err(SignatureError::Malformed));
         let other = (ts + 1).to_string();
         assert_eq!(verify(Some(&sig), Some(&other), ts), Err(SignatureError::Mismatch));

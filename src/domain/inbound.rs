@@ -12,9 +12,10 @@
 //! | stripe   | event                      | `<evt_ id>`                                             |
 //!
 //! A workflow webhook carries no event id, so its key is derived from the record, the
-//! trigger named in the URL, and the property that changes each time the trigger fires
-//! (the survey date for NPS, the lifecycle-stage date for conversions, `closedate` for
-//! deals); without one, a hash of the body, which is identical across HubSpot's retries.
+//! trigger named in the URL, and the property that changes each time that trigger fires
+//! (the survey date for `nps`, the lifecycle-stage date or `closedate` for `conversion`);
+//! for other triggers (milestones), or when that property is absent, a hash of the body,
+//! which is identical across HubSpot's retries.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -242,12 +243,15 @@ pub fn hubspot_record_id(record: &Map<String, Value>) -> Option<(&'static str, S
     None
 }
 
-/// Properties that change each time the matching trigger fires, in order of preference.
-const TRIGGER_DATE_PROPERTIES: [&str; 3] = [
-    "hs_feedback_last_survey_date",
-    "hs_lifecyclestage_customer_date",
-    "closedate",
-];
+/// The properties that change each time a trigger fires, by trigger; other triggers
+/// (milestones) are told apart by the body's hash.
+fn occurrence_properties(trigger: &str) -> &'static [&'static str] {
+    match trigger {
+        "nps" => &["hs_feedback_last_survey_date"],
+        "conversion" => &["hs_lifecyclestage_customer_date", "closedate"],
+        _ => &[],
+    }
+}
 
 fn hubspot_workflow_event(
     record: &Map<String, Value>,
@@ -262,7 +266,7 @@ fn hubspot_workflow_event(
         key.push(':');
         key.push_str(name);
     }
-    let occurrence = TRIGGER_DATE_PROPERTIES
+    let occurrence = occurrence_properties(trigger_name)
         .iter()
         .find_map(|p| hubspot_property(record, p))
         .unwrap_or_else(|| format!("sha256:{}", short_hash(body)));

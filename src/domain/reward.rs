@@ -41,8 +41,9 @@ pub enum RewardState {
 }
 
 impl RewardState {
-    pub const ALL: [RewardState; 5] = [
+    pub const ALL: [RewardState; 6] = [
         RewardState::Pending,
+        RewardState::Issuing,
         RewardState::Issued,
         RewardState::Failed,
         RewardState::Capped,

@@ -36,6 +36,12 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     }
+    match state.store.free_pool_codes().await {
+        Ok(free) => {
+            state.metrics.reward_codes_free.set(free);
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count free reward codes for metrics"),
+    }
     (
         [(
             header::CONTENT_TYPE,

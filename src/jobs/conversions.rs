@@ -400,10 +400,23 @@ async fn stripe_conversion(
         .and_then(|r| r.strip_prefix("referral:"))
         .or_else(|| text(object, "/metadata/referral_id"))
         .and_then(|r| r.trim().parse::<i64>().ok());
-    let matched = match by_reference {
-        Some(id) => (Some(id), Some("client_reference_id".to_string())),
-        None => match_referral(s, None, text(object, phone_field), code.as_deref()).await?,
+    // A reference can be set by the buyer (Payment Links take it from the URL): when the
+    // customer's phone is known it must be the friend's, else the reference is ignored.
+    let region = &s.settings.programme.default_region;
+    let buyer_phone = text(object, phone_field).and_then(|p| E164::parse_mobile(p, region).ok());
+    let referenced = match by_reference {
+        Some(id) => s.store.referral(id).await?,
+        None => None,
     };
+    let matched = match referenced {
+        Some(r) if buyer_phone.as_ref().is_none_or(|p| p.as_str() == r.friend_phone) => {
+            (Some(r.id), Some("client_reference_id".to_string()))
+        }
+        _ => match_referral(s, None, text(object, phone_field), code.as_deref()).await?,
+    };
+    // The Stripe customer becomes the friend's (promotion codes are restricted to it, credits
+    // go to it) only when the buyer's phone confirms the friend.
+    let confirmed = buyer_phone.is_some() && matched.0.is_some();
     let record = convert(
         s,
         NewConversion {
@@ -414,7 +427,7 @@ async fn stripe_conversion(
             amount: object.pointer(amount_field).and_then(Value::as_i64),
             currency: text(object, "/currency").map(str::to_string),
             payment_ref: text(object, "/payment_intent").map(str::to_string),
-            stripe_customer: text(object, "/customer").map(str::to_string),
+            stripe_customer: text(object, "/customer").filter(|_| confirmed).map(str::to_string),
         },
     )
     .await?;
@@ -462,7 +475,17 @@ pub async fn issue_reward(s: &Services, reward_id: i64, job_id: i64) -> HandlerR
 
     let given = code.clone().unwrap_or_else(|| side.description.clone());
     let mut messages = Vec::new();
-    if let Ok(phone) = E164::parse_mobile(&reward.phone, "ZZ") {
+    // A friend who gave no consent is messaged only inside a window they opened.
+    let may_message = match beneficiary {
+        Beneficiary::Referrer => true,
+        Beneficiary::Friend if referral.consent == 1 => true,
+        Beneficiary::Friend => {
+            let last = s.store.last_inbound_at(&reward.phone).await?;
+            last.is_some_and(|at| now_ms() - at < 24 * 60 * 60 * 1000)
+        }
+    };
+    let phone = E164::parse_mobile(&reward.phone, "ZZ").ok().filter(|_| may_message);
+    if let Some(phone) = phone {
         let t = &s.settings.templates;
         let params = t
             .reward_body
@@ -551,7 +574,6 @@ async fn fulfil(
         RewardKind::CodePool => {
             let code = s.store.assign_pool_code(reward.id).await?;
             let free = s.store.free_pool_codes().await?;
-            s.metrics.set_queue_items("reward_code_pool", "free", free);
             if free < s.settings.rewards.pool_low_watermark {
                 tracing::warn!(
                     free,

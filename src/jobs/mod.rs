@@ -178,10 +178,13 @@ impl Worker {
             self.metrics.worker_outcome(queue, "dead");
             return Ok(());
         }
+        // Keep the lease while the handler runs, however many outside calls it makes.
+        let heartbeat = self.heartbeat(&item);
         let outcome = match item.queue {
             Queue::Inbox => inbox::handle(&self.services, &item).await,
             Queue::Jobs => outbox::handle(&self.services, &item).await,
         };
+        heartbeat.abort();
         match outcome {
             Ok(HandlerOutcome::Done { note }) => {
                 if !self
@@ -196,6 +199,25 @@ impl Worker {
             Err(error) => self.record_failure(&item, &error).await?,
         }
         Ok(())
+    }
+
+    /// Extends the item's lease every third of the lease until aborted.
+    fn heartbeat(&self, item: &ClaimedItem) -> tokio::task::JoinHandle<()> {
+        let (store, owner, queue, id) = (self.store.clone(), self.owner.clone(), item.queue, item.id);
+        let lease = Duration::from_secs(self.settings.lease_seconds);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                match store.extend_lease(queue, id, &owner, duration_ms(lease)).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(id, "lease lost while the handler runs");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(id, error = %e, "could not extend the lease"),
+                }
+            }
+        })
     }
 
     async fn record_failure(&self, item: &ClaimedItem, error: &HandlerError) -> Result<(), StoreError> {

@@ -131,6 +131,21 @@ impl Store {
         }))
     }
 
+    /// Extends a lease its owner still holds (the worker's heartbeat for long handlers).
+    pub async fn extend_lease(&self, queue: Queue, id: i64, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+        let sql = format!(
+            "UPDATE {} SET lease_until = $1 WHERE id = $2 AND state = 'running' AND lease_owner = $3",
+            queue.table()
+        );
+        let extended = sqlx::query(&sql)
+            .bind(now_ms() + lease_ms)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(extended.rows_affected() == 1)
+    }
+
     /// Marks the item done. False when `owner` no longer holds the lease.
     pub async fn complete(&self, queue: Queue, id: i64, owner: &str, note: Option<&str>) -> Result<bool, StoreError> {
         let sql = format!(

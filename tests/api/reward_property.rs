@@ -24,6 +24,8 @@ enum Op {
     Crash,
     /// The process restarts: new pool, new services, new worker.
     Restart,
+    /// A worker claims a pending reward for fulfilment and dies before recording anything.
+    DieWhileIssuing,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -32,6 +34,7 @@ fn op() -> impl Strategy<Value = Op> {
         (1usize..6).prop_map(Op::Work),
         Just(Op::Crash),
         Just(Op::Restart),
+        Just(Op::DieWhileIssuing),
     ]
 }
 
@@ -130,6 +133,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Crash => {
                 let _ = process.store.claim(Queue::Jobs, "ghost", 1).await.expect("claim");
+            }
+            Op::DieWhileIssuing => {
+                let rewards = process.store.list_rewards(10).await.expect("rewards");
+                if let Some(pending) = rewards.iter().find(|r| r.state == "pending") {
+                    process.store.claim_reward(pending.id).await.expect("claim");
+                }
             }
             Op::Restart => {
                 process.store.close().await;
