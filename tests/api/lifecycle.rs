@@ -36,6 +36,19 @@ pub async fn to_flow(lc: &Lifecycle) -> (i64, String, String) {
     (invite_id, token, flow_wamid)
 }
 
+/// Trigger → invite → Flow → Ana nominates Zoë (with or without consent), settled.
+pub async fn nominate_friend(lc: &Lifecycle, consent: bool) {
+    let (_, token, _) = to_flow(lc).await;
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.R1",
+        "x",
+        nomination(Some(&token), FRIEND_PHONE, consent),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+}
+
 pub fn nomination(token: Option<&str>, friend_phone: &str, consent: bool) -> Value {
     let mut response = json!({"friend_name": "Zoë Ñúñez 😀", "friend_phone": friend_phone,
                               "personal_message": "Você vai adorar!\nÉ ótimo 🎉", "friend_consent": consent});
@@ -378,15 +391,7 @@ async fn share_link_mode_and_the_friend_arriving(backend: Backend) {
         set_env(env, "REFERLOOP_PROGRAMME__FRIEND_INVITE", "share_link")
     })
     .await;
-    let (_, token, _) = to_flow(&lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, true),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(&lc, true).await;
     assert!(
         lc.sent_of("tmpl_referral_friend_invite").await.is_empty(),
         "no direct message in share_link mode"
@@ -435,15 +440,7 @@ async fn auto_mode_falls_back_to_a_share_link_after_131049(backend: Backend) {
         None,
     )
     .await;
-    let (_, token, _) = to_flow(&lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, true),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(&lc, true).await;
     assert_eq!(
         lc.sent_of("tmpl_referral_friend_invite").await.len(),
         1,
@@ -467,15 +464,7 @@ async fn auto_mode_falls_back_to_a_share_link_after_131049(backend: Backend) {
 
 async fn auto_mode_without_consent_uses_a_share_link(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
-    let (_, token, _) = to_flow(&lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, false),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(&lc, false).await;
     assert!(lc.sent_of("tmpl_referral_friend_invite").await.is_empty());
     assert_eq!(referral_state(&lc).await, "awaiting_friend");
     lc.shutdown().await;
@@ -497,15 +486,7 @@ async fn direct_mode_has_no_fallback(backend: Backend) {
         None,
     )
     .await;
-    let (_, token, _) = to_flow(&lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, true),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(&lc, true).await;
     assert_eq!(lc.sent_of("tmpl_referral_friend_invite").await.len(), 1);
     assert!(lc.sent_of("text").await.is_empty(), "no share link in direct mode");
     assert_eq!(referral_state(&lc).await, "friend_unreachable");
@@ -653,15 +634,7 @@ async fn account_level_error_keeps_the_referral(backend: Backend) {
         None,
     )
     .await;
-    let (_, token, _) = to_flow(&lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, true),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(&lc, true).await;
     assert_eq!(
         referral_state(&lc).await,
         "direct_invite_queued",

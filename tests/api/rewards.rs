@@ -8,19 +8,11 @@ use wiremock::{Mock, ResponseTemplate};
 use crate::both_backends;
 use crate::fakes::*;
 use crate::helpers::*;
-use crate::lifecycle::{nomination, to_flow};
+use crate::lifecycle::nominate_friend;
 
 /// Drives a referral to `friend_invited` (friend contact 95001). Returns (referral id, code).
 async fn invited_friend(lc: &Lifecycle) -> (i64, String) {
-    let (_, token, _) = to_flow(lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, true),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(lc, true).await;
     let messages = lc.app.store.list_messages(20).await.expect("messages");
     let wamid = messages
         .iter()
@@ -266,15 +258,7 @@ async fn early_conversion_is_evaluated_again(backend: Backend) {
         set_env(env, "REFERLOOP_PROGRAMME__FRIEND_INVITE", "share_link")
     })
     .await;
-    let (_, token, _) = to_flow(&lc).await;
-    let reply = flow_reply(
-        REFERRER_PHONE,
-        "wamid.R1",
-        "x",
-        nomination(Some(&token), FRIEND_PHONE, true),
-    );
-    assert_eq!(lc.inbound(reply).await, 200);
-    lc.settle().await;
+    nominate_friend(&lc, true).await;
     let body = json!({"external_id": "order-7", "friend_phone": FRIEND_PHONE});
     let (status, answer) = lc.api_conversion(body.clone()).await;
     assert_eq!(
