@@ -9,8 +9,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::Settings;
 use crate::dev::{self, DevClient};
+use crate::domain::messaging::MessagePurpose;
+use crate::domain::state::{Persisted, QueueState};
 use crate::startup::{shutdown_signal, Application};
-use crate::store::{now_ms, Queue, QueueRow, QueueState, Store};
+use crate::store::{now_ms, Queue, QueueRow, Store};
 use crate::telemetry::{self, mask_phone};
 
 #[derive(Debug, Parser)]
@@ -313,7 +315,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         invite.trigger,
                         invite.phone.as_deref().map(mask_phone).unwrap_or_else(|| "-".into()),
                         invite.referral_code.as_deref().unwrap_or("-"),
-                        invite.state,
+                        invite.state.as_str(),
                         invite.reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     );
                 }
@@ -329,7 +331,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         referral.friend_name,
                         mask_phone(&referral.friend_phone),
                         referral.consent == 1,
-                        referral.state,
+                        referral.state.as_str(),
                         referral.reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     );
                 }
@@ -344,9 +346,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                     println!(
                         "message #{} {} to {} {} wamid {}{}",
                         message.id,
-                        message.purpose,
+                        message.purpose.as_str(),
                         mask_phone(&message.to_phone),
-                        message.status,
+                        message.status.as_str(),
                         message.wamid.as_deref().unwrap_or("-"),
                         message.error_code.map(|c| format!(" error {c}")).unwrap_or_default()
                     );
@@ -365,7 +367,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         c.source,
                         c.external_id,
                         c.referral_id.map(|r| format!("#{r}")).unwrap_or_else(|| "-".into()),
-                        c.outcome,
+                        c.outcome.as_str(),
                         c.matched_by.as_deref().unwrap_or("-"),
                         format_ms(c.created_at)
                     );
@@ -387,7 +389,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         r.beneficiary,
                         mask_phone(&r.phone),
                         r.kind,
-                        r.state,
+                        r.state.as_str(),
                         r.amount,
                         r.code.as_deref().unwrap_or("-"),
                         r.last_error.map(|e| format!("\n  last error: {e}")).unwrap_or_default()
@@ -493,14 +495,14 @@ fn describe(row: &QueueRow) -> String {
     let mut line = format!(
         "#{} {:<7} {} {} attempts {}/{} created {}",
         row.id,
-        row.state,
+        row.state.as_str(),
         row.kind,
         row.key,
         row.attempts,
         row.max_attempts,
         format_ms(row.created_at)
     );
-    if row.state == "failed" || row.state == "queued" {
+    if QueueState::WAITING.contains(&row.state) {
         line.push_str(&format!(" next {}", format_ms(row.run_at)));
     }
     if let Some(error) = &row.last_error {
@@ -584,7 +586,7 @@ async fn dev_command(settings: &Settings, base_url: Option<String>, action: DevA
                     .list_messages(1000)
                     .await?
                     .into_iter()
-                    .find(|m| m.referral_id == Some(referral) && m.purpose == "friend_invite")
+                    .find(|m| m.referral_id == Some(referral) && m.purpose == MessagePurpose::FriendInvite)
                     .context("no friend invite for that referral")?,
                 (None, None) => anyhow::bail!("give --wamid or --referral"),
             };

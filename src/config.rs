@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::code::CodePattern;
+use crate::domain::nomination::NominationRefusal;
 use crate::domain::referral::FriendInviteMode;
 use crate::domain::reward::RewardKind;
 use serde::{Deserialize, Serialize, Serializer};
@@ -49,6 +50,49 @@ pub struct Settings {
     pub templates: TemplateSettings,
     pub api: ApiSettings,
     pub rewards: RewardSettings,
+    pub replies: Replies,
+}
+
+/// The texts referloop writes itself, always inside a 24-hour window the recipient opened
+/// (templates are submitted to Meta instead). `{name}` placeholders are filled in; see
+/// `config/default.toml` for each text's placeholders.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Replies {
+    /// The interactive Flow sent when the customer taps "Refer someone".
+    pub flow_prompt: String,
+    /// To the referrer: the message to forward to the friend.
+    pub share_link: String,
+    /// Pre-filled in the friend's chat by the share link.
+    pub share_prefill: String,
+    /// To a friend who arrived through the share link.
+    pub friend_welcome: String,
+    /// To someone who opted out by keyword.
+    pub opt_out_ack: String,
+    /// To the referrer, one per refusal reason (`NominationRefusal::reason`).
+    pub refusals: std::collections::BTreeMap<String, String>,
+}
+
+impl Replies {
+    /// `template` with each `{name}` replaced by its value.
+    pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+        values.iter().fold(template.to_string(), |text, (name, value)| {
+            text.replace(&format!("{{{name}}}"), value)
+        })
+    }
+
+    /// The reply for a refused nomination.
+    pub fn refusal(&self, refusal: &NominationRefusal, friend_name: &str) -> String {
+        let friend = match friend_name.trim() {
+            "" => "your friend",
+            name => name,
+        };
+        let template = self
+            .refusals
+            .get(refusal.reason())
+            .map(String::as_str)
+            .unwrap_or_default();
+        Self::fill(template, &[("friend_name", friend)])
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -106,7 +150,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct WorkerSettings {
     pub enabled: bool,
-    pub concurrency: usize,
+    /// Loops claiming inbox events (webhooks received).
+    pub inbox_concurrency: usize,
+    /// Loops claiming jobs (sends and outside calls); apart from the inbox loops, so a
+    /// burst of one never starves the other.
+    pub job_concurrency: usize,
+    /// How long a send interrupted mid-request waits for Meta's status before it is sent
+    /// again.
+    pub interrupted_send_wait_seconds: u64,
     pub poll_interval_ms: u64,
     pub lease_seconds: u64,
     pub retry_schedule_seconds: Vec<u64>,
@@ -174,6 +225,9 @@ pub struct ProgrammeSettings {
     pub reward_hold_days: i64,
     pub max_rewarded_referrals_per_referrer: i64,
     pub reward_cap_period_days: i64,
+    /// A purchase with a referrer's code by a number never nominated creates the referral
+    /// at conversion time (codes shared by hand) instead of staying unattributed.
+    pub attribute_code_only: bool,
     #[serde(default, serialize_with = "redact")]
     pub flow_token_secret: Option<SecretString>,
 }
@@ -350,8 +404,19 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());
         }
-        if self.worker.concurrency == 0 {
-            return invalid("worker.concurrency", "must be at least 1".into());
+        if self.worker.inbox_concurrency == 0 {
+            return invalid("worker.inbox_concurrency", "must be at least 1".into());
+        }
+        if self.worker.job_concurrency == 0 {
+            return invalid("worker.job_concurrency", "must be at least 1".into());
+        }
+        for refusal in NominationRefusal::ALL {
+            if !self.replies.refusals.contains_key(refusal.reason()) {
+                return Err(ConfigError::Invalid {
+                    key: "replies.refusals",
+                    problem: format!("needs a text for `{}`", refusal.reason()),
+                });
+            }
         }
         if self.worker.lease_seconds == 0 {
             return invalid("worker.lease_seconds", "must be at least 1".into());

@@ -5,6 +5,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::config::{secret_value, Settings};
+use crate::domain::messaging::MessagePurpose;
 use crate::signatures;
 use crate::store::{now_ms, Store};
 
@@ -137,13 +138,9 @@ pub fn status(wamid: &str, status: &str, to: &str) -> Vec<u8> {
 /// The flow_token of the newest Flow message sent for an invite.
 pub async fn latest_flow_token(store: &Store, invite_id: i64) -> anyhow::Result<(String, String)> {
     let message = store
-        .latest_message_for_invite(invite_id, "flow")
+        .latest_message_for_invite(invite_id, MessagePurpose::Flow)
         .await?
         .context("no Flow was sent for this invite yet: run `referloop dev tap` first")?;
-    let body: Value = serde_json::from_str(&message.body)?;
-    let token = body
-        .pointer("/interactive/action/parameters/flow_token")
-        .and_then(Value::as_str)
-        .context("the Flow message has no flow_token")?;
-    Ok((message.to_phone, token.to_string()))
+    let token = crate::whatsapp::render::flow_token_of(&message.body).context("the Flow message has no flow_token")?;
+    Ok((message.to_phone, token))
 }

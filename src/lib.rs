@@ -1,6 +1,7 @@
 //! referloop: turns a customer's happy moment into a two-sided referral over WhatsApp,
 //! tracked in HubSpot. `main.rs` only calls [`cli::run`].
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod dev;
@@ -13,3 +14,4 @@ pub mod signatures;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod whatsapp;

@@ -39,9 +39,33 @@ pub fn mask_phone(raw: &str) -> String {
     out
 }
 
+/// A value fit for a log line: control characters (newlines, tabs, NUL...) are escaped,
+/// so a value cannot forge a line of its own.
+pub fn escape(value: &str) -> String {
+    if !value.chars().any(char::is_control) {
+        return value.to_string();
+    }
+    let mut escaped = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
-    use super::mask_phone;
+    use super::{escape, mask_phone};
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape("whatsapp.status"), "whatsapp.status");
+        assert_eq!(escape("a\nINFO forged\t\0"), "a\\nINFO forged\\t\\u{0}");
+        assert_eq!(escape("Zoë\r"), "Zoë\\r");
+    }
 
     #[test]
     fn masks_all_but_prefix_and_last_four() {

@@ -36,11 +36,19 @@ pub fn parse_nps(raw: &str) -> Option<NpsAnswer> {
 /// Why a trigger does not lead to an invite. Recorded, and answered 2xx all the same.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ineligible {
-    NotAPromoter { score: Option<NpsAnswer> },
+    NotAPromoter {
+        score: Option<NpsAnswer>,
+    },
     NoValidPhone(PhoneError),
     OptedOut,
-    CoolingDown { last_invited_days_ago: i64 },
-    InviteLimitReached { invites: i64 },
+    CoolingDown {
+        last_invited_days_ago: i64,
+    },
+    InviteLimitReached {
+        invites: i64,
+    },
+    /// Another trigger for the contact passed the invite gate at the same instant.
+    ConcurrentInvite,
 }
 
 impl Ineligible {
@@ -59,6 +67,7 @@ impl Ineligible {
             Ineligible::InviteLimitReached { invites } => {
                 format!("invite_limit: {invites} invites")
             }
+            Ineligible::ConcurrentInvite => "cooldown: concurrent invite".into(),
         }
     }
 }

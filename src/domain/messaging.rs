@@ -3,10 +3,20 @@
 
 use std::time::Duration;
 
-/// A sent message's status; it only moves forward (accepted < sent < delivered < read).
-/// `failed` is final, and is ignored once the message was delivered or read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use super::state::{decode, Persisted, UnknownState};
+
+/// A message's status: ours while we send it (`queued` → `sending` → `accepted`, or
+/// `suppressed` when policy stops it), then Meta's, which only move forward
+/// (accepted < sent < delivered < read). `failed` is final, and is ignored once the
+/// message was delivered or read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
+    Queued,
+    /// A send attempt began; Meta may or may not have it (see the send job).
+    Sending,
+    /// Not sent: the recipient opted out of marketing.
+    Suppressed,
     Accepted,
     Sent,
     Delivered,
@@ -14,45 +24,126 @@ pub enum MessageStatus {
     Failed,
 }
 
-impl MessageStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageStatus::Accepted => "accepted",
-            MessageStatus::Sent => "sent",
-            MessageStatus::Delivered => "delivered",
-            MessageStatus::Read => "read",
-            MessageStatus::Failed => "failed",
-        }
-    }
+impl Persisted for MessageStatus {
+    const ALL: &'static [Self] = &[
+        Self::Queued,
+        Self::Sending,
+        Self::Suppressed,
+        Self::Accepted,
+        Self::Sent,
+        Self::Delivered,
+        Self::Read,
+        Self::Failed,
+    ];
 
-    pub fn parse(s: &str) -> Option<MessageStatus> {
-        match s {
-            "accepted" => Some(MessageStatus::Accepted),
-            "sent" => Some(MessageStatus::Sent),
-            "delivered" => Some(MessageStatus::Delivered),
-            "read" => Some(MessageStatus::Read),
-            "failed" => Some(MessageStatus::Failed),
-            _ => None,
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Suppressed => "suppressed",
+            Self::Accepted => "accepted",
+            Self::Sent => "sent",
+            Self::Delivered => "delivered",
+            Self::Read => "read",
+            Self::Failed => "failed",
         }
     }
+}
+
+impl TryFrom<String> for MessageStatus {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
+    }
+}
+
+impl TryFrom<String> for MessagePurpose {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
+    }
+}
+
+impl MessageStatus {
+    /// Before Meta confirmed the send: a status from Meta (echoing our callback data)
+    /// proves it was accepted.
+    pub const UNCONFIRMED: &'static [Self] = &[Self::Queued, Self::Sending];
 
     fn rank(self) -> u8 {
         match self {
-            MessageStatus::Accepted => 0,
-            MessageStatus::Sent => 1,
-            MessageStatus::Delivered => 2,
-            MessageStatus::Read => 3,
-            MessageStatus::Failed => 4,
+            Self::Queued | Self::Sending => 0,
+            Self::Accepted => 1,
+            Self::Sent => 2,
+            Self::Delivered => 3,
+            Self::Read => 4,
+            Self::Failed | Self::Suppressed => 5,
         }
     }
 
-    /// The status after `incoming`, or `None` when it changes nothing.
+    /// The status after Meta reported `incoming`, or `None` when it changes nothing.
     pub fn advance(self, incoming: MessageStatus) -> Option<MessageStatus> {
         match (self, incoming) {
-            (MessageStatus::Failed, _) => None,
-            (MessageStatus::Delivered | MessageStatus::Read, MessageStatus::Failed) => None,
+            (Self::Failed | Self::Suppressed, _) => None,
+            (Self::Delivered | Self::Read, Self::Failed) => None,
             (current, next) if next.rank() > current.rank() => Some(next),
             _ => None,
+        }
+    }
+
+    /// Meta reported the message on the recipient's phone.
+    pub fn is_delivered(self) -> bool {
+        matches!(self, Self::Delivered | Self::Read)
+    }
+}
+
+/// What a message is for; the send job and the status handler act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessagePurpose {
+    /// `tmpl_referral_invite` to the customer.
+    Invite,
+    /// The nomination Flow (template or interactive).
+    Flow,
+    /// The marketing template to a consenting friend.
+    FriendInvite,
+    /// The forwardable text to the referrer.
+    ShareLink,
+    /// The text to a friend who arrived through a share link.
+    FriendWelcome,
+    /// A refused nomination, told to the referrer.
+    Refusal,
+    /// `tmpl_referral_thanks` to the referrer.
+    Thanks,
+    /// A reward message.
+    Reward,
+    /// A reply inside the service window (opt-out acknowledgement, refusals).
+    Reply,
+}
+
+impl Persisted for MessagePurpose {
+    const ALL: &'static [Self] = &[
+        Self::Invite,
+        Self::Flow,
+        Self::FriendInvite,
+        Self::ShareLink,
+        Self::FriendWelcome,
+        Self::Refusal,
+        Self::Thanks,
+        Self::Reward,
+        Self::Reply,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Invite => "invite",
+            Self::Flow => "flow",
+            Self::FriendInvite => "friend_invite",
+            Self::ShareLink => "share_link",
+            Self::FriendWelcome => "friend_welcome",
+            Self::Refusal => "refusal",
+            Self::Thanks => "thanks",
+            Self::Reward => "reward",
+            Self::Reply => "reply",
         }
     }
 }
@@ -144,9 +235,9 @@ mod tests {
         assert_eq!(Delivered.advance(Failed), None);
         assert_eq!(Read.advance(Failed), None);
         assert_eq!(Failed.advance(Read), None);
-        for s in [Accepted, Sent, Delivered, Read, Failed] {
-            assert_eq!(MessageStatus::parse(s.as_str()), Some(s));
-        }
+        assert_eq!(Queued.advance(Delivered), Some(Delivered));
+        assert_eq!(Sending.advance(Sent), Some(Sent));
+        assert_eq!(Suppressed.advance(Delivered), None);
     }
 
     #[test]

@@ -13,3 +13,5 @@ pub mod phone;
 pub mod referral;
 pub mod retry;
 pub mod reward;
+pub mod state;
+pub mod work;

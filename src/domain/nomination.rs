@@ -49,7 +49,8 @@ pub struct Nomination {
     pub consent: bool,
 }
 
-/// Why a nomination is refused; each has a friendly reply to the referrer.
+/// Why a nomination is refused; each has a friendly reply to the referrer
+/// (`[replies.refusals]` in the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NominationRefusal {
     InvalidToken,
@@ -64,6 +65,19 @@ pub enum NominationRefusal {
 }
 
 impl NominationRefusal {
+    /// One of each kind (each has a reply text in `[replies.refusals]`).
+    pub const ALL: [NominationRefusal; 9] = [
+        NominationRefusal::InvalidToken,
+        NominationRefusal::InvalidName,
+        NominationRefusal::InvalidPhone(PhoneError::Invalid),
+        NominationRefusal::MessageTooLong,
+        NominationRefusal::SelfReferral,
+        NominationRefusal::AlreadyReferred,
+        NominationRefusal::AlreadyCustomer,
+        NominationRefusal::TooManyOpenReferrals,
+        NominationRefusal::FriendOptedOut,
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             NominationRefusal::InvalidToken => "invalid_flow_token",
@@ -75,45 +89,6 @@ impl NominationRefusal {
             NominationRefusal::AlreadyCustomer => "already_customer",
             NominationRefusal::TooManyOpenReferrals => "too_many_open_referrals",
             NominationRefusal::FriendOptedOut => "friend_opted_out",
-        }
-    }
-
-    /// The short reply sent to the referrer inside the window their Flow reply opened.
-    pub fn reply_text(&self, friend_name: &str) -> String {
-        let friend = if friend_name.trim().is_empty() {
-            "your friend"
-        } else {
-            friend_name.trim()
-        };
-        match self {
-            NominationRefusal::InvalidToken => {
-                "Sorry, we couldn't match that form to your invitation. Please tap \"Refer someone\" again.".into()
-            }
-            NominationRefusal::InvalidName => {
-                "Please enter your friend's name (up to 80 characters) and try again.".into()
-            }
-            NominationRefusal::InvalidPhone(_) => {
-                "That number doesn't look like a mobile number. Please include the country code, e.g. +44 7911 123456."
-                    .into()
-            }
-            NominationRefusal::MessageTooLong => {
-                "Your personal message is over 500 characters; please shorten it.".into()
-            }
-            NominationRefusal::SelfReferral => {
-                "You can't refer yourself, but we love the enthusiasm! Try a friend's number.".into()
-            }
-            NominationRefusal::AlreadyReferred => {
-                format!("Thanks! {friend} has already been invited by someone else, so we can't add them again.")
-            }
-            NominationRefusal::AlreadyCustomer => {
-                format!("Good news: {friend} is already a customer, so no invite is needed.")
-            }
-            NominationRefusal::TooManyOpenReferrals => {
-                "You have several invitations still open. Once a friend joins you can invite more.".into()
-            }
-            NominationRefusal::FriendOptedOut => {
-                format!("We can't message {friend}: they asked not to receive messages from us.")
-            }
         }
     }
 }

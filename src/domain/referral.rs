@@ -10,9 +10,19 @@
 //!     ├──screened ok, share link────────────────────────────► awaiting_friend ┘
 //!     │                                                           └─friend arrives──► friend_invited
 //!     └──screened: refusal──► refused
+//!
+//! nominated, direct_invite_queued, awaiting_friend, friend_invited, friend_unreachable
+//!     ──converted (within the attribution window)──► converted
+//! nominated, direct_invite_queued, awaiting_friend, friend_invited
+//!     ──past the attribution window, the number nominated again──► expired
 //! ```
+//!
+//! Attribution: a nominated referral that was not refused converts whatever its delivery
+//! state; the friend may have got the code another way (a forwarded share link, a
+//! lost delivery receipt, a number WhatsApp cannot reach).
 
 use super::nomination::NominationRefusal;
+use super::state::{decode, Persisted, UnknownState};
 
 /// How the friend is reached (`programme.friend_invite`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -27,7 +37,8 @@ pub enum FriendInviteMode {
     Auto,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ReferralState {
     Nominated,
     DirectInviteQueued,
@@ -41,46 +52,70 @@ pub enum ReferralState {
     Converted,
 }
 
-impl ReferralState {
-    pub const ALL: [ReferralState; 8] = [
-        ReferralState::Nominated,
-        ReferralState::DirectInviteQueued,
-        ReferralState::AwaitingFriend,
-        ReferralState::FriendInvited,
-        ReferralState::FriendUnreachable,
-        ReferralState::Refused,
-        ReferralState::Expired,
-        ReferralState::Converted,
+impl Persisted for ReferralState {
+    const ALL: &'static [Self] = &[
+        Self::Nominated,
+        Self::DirectInviteQueued,
+        Self::AwaitingFriend,
+        Self::FriendInvited,
+        Self::FriendUnreachable,
+        Self::Refused,
+        Self::Expired,
+        Self::Converted,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
-            ReferralState::Nominated => "nominated",
-            ReferralState::DirectInviteQueued => "direct_invite_queued",
-            ReferralState::AwaitingFriend => "awaiting_friend",
-            ReferralState::FriendInvited => "friend_invited",
-            ReferralState::FriendUnreachable => "friend_unreachable",
-            ReferralState::Refused => "refused",
-            ReferralState::Expired => "expired",
-            ReferralState::Converted => "converted",
+            Self::Nominated => "nominated",
+            Self::DirectInviteQueued => "direct_invite_queued",
+            Self::AwaitingFriend => "awaiting_friend",
+            Self::FriendInvited => "friend_invited",
+            Self::FriendUnreachable => "friend_unreachable",
+            Self::Refused => "refused",
+            Self::Expired => "expired",
+            Self::Converted => "converted",
         }
     }
+}
 
-    pub fn parse(s: &str) -> Option<ReferralState> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
+impl TryFrom<String> for ReferralState {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
     }
+}
+
+impl ReferralState {
+    /// Still occupying the friend's number (blocks other nominations of it, counts
+    /// against `programme.max_open_referrals`). The migrations' partial unique index
+    /// `referrals_open_friend` lists the same states.
+    pub const OPEN: &'static [Self] = &[
+        Self::Nominated,
+        Self::DirectInviteQueued,
+        Self::AwaitingFriend,
+        Self::FriendInvited,
+    ];
+
+    /// A conversion matched to a referral in one of these converts it (within the window).
+    pub const CONVERTIBLE: &'static [Self] = &[
+        Self::Nominated,
+        Self::DirectInviteQueued,
+        Self::AwaitingFriend,
+        Self::FriendInvited,
+        Self::FriendUnreachable,
+    ];
+
+    /// Where a friend writing to us (through a share link) is expected.
+    pub const AWAITING_FRIEND: &'static [Self] = &[Self::DirectInviteQueued, Self::AwaitingFriend];
 
     /// Progress; no transition lowers it. Final states share the top rank.
     pub fn rank(self) -> u8 {
         match self {
-            ReferralState::Nominated => 0,
-            ReferralState::DirectInviteQueued => 1,
-            ReferralState::AwaitingFriend => 2,
-            ReferralState::FriendInvited => 3,
-            ReferralState::Converted
-            | ReferralState::FriendUnreachable
-            | ReferralState::Refused
-            | ReferralState::Expired => 4,
+            Self::Nominated => 0,
+            Self::DirectInviteQueued => 1,
+            Self::AwaitingFriend => 2,
+            Self::FriendInvited | Self::FriendUnreachable => 3,
+            Self::Converted | Self::Refused | Self::Expired => 4,
         }
     }
 
@@ -89,15 +124,12 @@ impl ReferralState {
         self.rank() == 4
     }
 
-    /// Still occupying the friend's number (blocks other nominations of it).
     pub fn is_open(self) -> bool {
-        matches!(
-            self,
-            ReferralState::Nominated
-                | ReferralState::DirectInviteQueued
-                | ReferralState::AwaitingFriend
-                | ReferralState::FriendInvited
-        )
+        Self::OPEN.contains(&self)
+    }
+
+    pub fn is_convertible(self) -> bool {
+        Self::CONVERTIBLE.contains(&self)
     }
 }
 
@@ -112,8 +144,11 @@ pub enum ReferralEvent {
     DirectInviteDelivered,
     /// The friend wrote to us (through the share link) and was recognised.
     FriendArrived,
-    /// The friend signed up or bought (HubSpot, Stripe or the API said so).
+    /// The friend signed up or bought (HubSpot, Stripe or the API said so), within the
+    /// attribution window.
     Converted,
+    /// The attribution window passed and the number was nominated again.
+    Expired,
 }
 
 /// A message the transition asks for. Each is sent through a job whose idempotency key is
@@ -182,10 +217,11 @@ pub fn apply(state: ReferralState, mode: FriendInviteMode, consent: bool, event:
         // The friend wrote to us while the direct invite was in flight: they are in.
         (S::DirectInviteQueued, E::FriendArrived) => Transition::to(S::FriendInvited, vec![]),
         (S::AwaitingFriend, E::FriendArrived) => Transition::to(S::FriendInvited, vec![Effect::SendFriendWelcome]),
-        // Only an invited friend converts, and only once.
-        (S::FriendInvited, E::Converted) => {
+        // Whatever the delivery state: the friend may have got the code another way.
+        (from, E::Converted) if from.is_convertible() => {
             Transition::to(S::Converted, vec![Effect::ThankReferrer, Effect::GrantRewards])
         }
+        (from, E::Expired) if from.is_open() => Transition::to(S::Expired, vec![]),
         (unchanged, _) => Transition::to(unchanged, vec![]),
     }
 }
@@ -279,18 +315,32 @@ mod tests {
     }
 
     #[test]
-    fn only_an_invited_friend_converts_and_once() {
-        let t = apply(S::FriendInvited, M::Auto, true, &E::Converted);
-        assert_eq!(
-            t,
-            Transition::to(S::Converted, vec![Effect::ThankReferrer, Effect::GrantRewards])
-        );
-        assert_eq!(
-            apply(S::Converted, M::Auto, true, &E::Converted),
-            Transition::to(S::Converted, vec![])
-        );
-        for early in [S::Nominated, S::DirectInviteQueued, S::AwaitingFriend, S::Refused] {
-            assert_eq!(apply(early, M::Auto, true, &E::Converted).state, early);
+    fn every_nominated_referral_not_refused_converts_once() {
+        for &from in S::CONVERTIBLE {
+            let t = apply(from, M::Auto, true, &E::Converted);
+            assert_eq!(
+                t,
+                Transition::to(S::Converted, vec![Effect::ThankReferrer, Effect::GrantRewards]),
+                "from {from:?}"
+            );
+        }
+        for stays in [S::Converted, S::Refused, S::Expired] {
+            assert_eq!(
+                apply(stays, M::Auto, true, &E::Converted),
+                Transition::to(stays, vec![])
+            );
+        }
+    }
+
+    #[test]
+    fn only_open_referrals_expire() {
+        for &state in S::ALL {
+            let next = apply(state, M::Auto, true, &E::Expired).state;
+            if state.is_open() {
+                assert_eq!(next, S::Expired);
+            } else {
+                assert_eq!(next, state);
+            }
         }
     }
 
@@ -315,13 +365,6 @@ mod tests {
             .is_empty());
     }
 
-    #[test]
-    fn states_round_trip_their_names() {
-        for state in S::ALL {
-            assert_eq!(S::parse(state.as_str()), Some(state));
-        }
-    }
-
     fn any_event() -> impl Strategy<Value = ReferralEvent> {
         prop_oneof![
             Just(E::Screened { refusal: None }),
@@ -333,6 +376,7 @@ mod tests {
             Just(E::DirectInviteDelivered),
             Just(E::FriendArrived),
             Just(E::Converted),
+            Just(E::Expired),
         ]
     }
 

@@ -2,6 +2,8 @@
 //! programme's cap and hold rules. The `rewards` table is the ledger HubSpot's counters are
 //! computed from.
 
+use super::state::{decode, Persisted, UnknownState};
+
 /// Who a reward is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Beneficiary {
@@ -18,18 +20,17 @@ impl Beneficiary {
     }
 
     pub fn parse(s: &str) -> Option<Beneficiary> {
-        match s {
-            "referrer" => Some(Beneficiary::Referrer),
-            "friend" => Some(Beneficiary::Friend),
-            _ => None,
-        }
+        [Beneficiary::Referrer, Beneficiary::Friend]
+            .into_iter()
+            .find(|b| b.as_str() == s)
     }
 }
 
 /// `pending` → `issuing` → `issued` | `failed` (retried; re-drivable when dead);
 /// `pending`/`failed` → `void` (a refund; never once issuing began);
 /// `capped` is final (recorded, never issued).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum RewardState {
     Pending,
     /// Claimed by the worker that is fulfilling it; a void can no longer cancel it.
@@ -40,40 +41,52 @@ pub enum RewardState {
     Void,
 }
 
-impl RewardState {
-    pub const ALL: [RewardState; 6] = [
-        RewardState::Pending,
-        RewardState::Issuing,
-        RewardState::Issued,
-        RewardState::Failed,
-        RewardState::Capped,
-        RewardState::Void,
+impl Persisted for RewardState {
+    const ALL: &'static [Self] = &[
+        Self::Pending,
+        Self::Issuing,
+        Self::Issued,
+        Self::Failed,
+        Self::Capped,
+        Self::Void,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    fn as_str(self) -> &'static str {
         match self {
-            RewardState::Pending => "pending",
-            RewardState::Issuing => "issuing",
-            RewardState::Issued => "issued",
-            RewardState::Failed => "failed",
-            RewardState::Capped => "capped",
-            RewardState::Void => "void",
+            Self::Pending => "pending",
+            Self::Issuing => "issuing",
+            Self::Issued => "issued",
+            Self::Failed => "failed",
+            Self::Capped => "capped",
+            Self::Void => "void",
         }
     }
+}
 
-    pub fn parse(s: &str) -> Option<RewardState> {
-        Self::ALL.into_iter().find(|state| state.as_str() == s)
+impl TryFrom<String> for RewardState {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
     }
+}
+
+impl RewardState {
+    /// States that may still be issued (`issuing` is resumed after a crash).
+    pub const ISSUABLE: &'static [Self] = &[Self::Pending, Self::Failed, Self::Issuing];
+    /// A refund or void cancels these.
+    pub const VOIDABLE: &'static [Self] = &[Self::Pending, Self::Failed];
+    /// The referrer's rewards in these count against the cap.
+    pub const COUNTS_AGAINST_CAP: &'static [Self] = &[Self::Pending, Self::Issuing, Self::Issued, Self::Failed];
 
     /// Whether issuing may (still) happen; `issuing` is resumed after a crash, under the
     /// same idempotency key.
     pub fn can_issue(self) -> bool {
-        matches!(self, RewardState::Pending | RewardState::Failed | RewardState::Issuing)
+        Self::ISSUABLE.contains(&self)
     }
 
     /// A refund or void cancels what has not been issued yet.
     pub fn can_void(self) -> bool {
-        matches!(self, RewardState::Pending | RewardState::Failed)
+        Self::VOIDABLE.contains(&self)
     }
 }
 
@@ -121,9 +134,6 @@ mod tests {
 
     #[test]
     fn states() {
-        for state in RewardState::ALL {
-            assert_eq!(RewardState::parse(state.as_str()), Some(state));
-        }
         assert!(RewardState::Failed.can_issue());
         assert!(!RewardState::Issued.can_issue());
         assert!(!RewardState::Capped.can_void());

@@ -14,8 +14,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use crate::app::conversion::{attribute, convert};
+use crate::app::reward;
 use crate::domain::phone::E164;
-use crate::jobs::convert;
+use crate::domain::state::{ConversionOutcome, Persisted};
 use crate::store::NewConversion;
 
 fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
@@ -95,7 +97,7 @@ pub async fn post_conversion(
         );
     }
     let services = &state.services;
-    let matched = match crate::jobs::match_referral(
+    let attribution = match attribute(
         services,
         request.hubspot_contact_id.as_deref(),
         phone.as_ref().map(E164::as_str),
@@ -103,20 +105,23 @@ pub async fn post_conversion(
     )
     .await
     {
-        Ok(matched) => matched,
-        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Ok(attribution) => attribution,
+        Err(e) => {
+            tracing::error!(error = %e, "conversion could not be matched");
+            return problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable");
+        }
     };
     let conversion = NewConversion {
         source: "api".into(),
         external_id,
-        referral_id: matched.0,
-        matched_by: matched.1,
+        referral_id: None,
+        matched_by: None,
         amount: request.amount,
         currency: request.currency,
         payment_ref: None,
         stripe_customer: None,
     };
-    let record = match convert(services, conversion).await {
+    let record = match convert(services, None, conversion, attribution).await {
         Ok(record) => record,
         Err(e) => {
             tracing::error!(error = %e, "conversion could not be recorded");
@@ -128,21 +133,30 @@ pub async fn post_conversion(
     };
     let c = &record.conversion;
     let referral_state = match c.referral_id {
-        Some(id) => state.services.store.referral(id).await.ok().flatten().map(|r| r.state),
+        Some(id) => state
+            .services
+            .store
+            .referral(id)
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.state.as_str()),
         None => None,
     };
     let answer = json!({
         "conversion_id": c.id,
         "external_id": c.external_id,
-        "outcome": c.outcome,
+        "outcome": c.outcome.as_str(),
         "referral_id": c.referral_id,
         "referral_state": referral_state,
     });
-    let status = match c.outcome.as_str() {
-        "converted" if record.converted_now => StatusCode::CREATED,
-        "converted" | "already_converted" => StatusCode::OK,
-        "unattributed" => StatusCode::NOT_FOUND,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    let status = match c.outcome {
+        ConversionOutcome::Converted if record.converted_now => StatusCode::CREATED,
+        ConversionOutcome::Converted | ConversionOutcome::AlreadyConverted => StatusCode::OK,
+        ConversionOutcome::Unattributed => StatusCode::NOT_FOUND,
+        ConversionOutcome::Pending | ConversionOutcome::OutsideWindow | ConversionOutcome::NotConvertible => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
     };
     (status, Json(answer)).into_response()
 }
@@ -159,7 +173,7 @@ pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Pa
         Ok(None) => return problem(StatusCode::NOT_FOUND, "no such referral"),
         Err(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
     }
-    match state.store.void_rewards(id).await {
+    match reward::void(&state.services, id).await {
         Ok(voided) => (
             StatusCode::OK,
             Json(json!({"referral_id": id, "voided_rewards": voided})),

@@ -5,6 +5,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::domain::state::Persisted;
 use crate::store::Queue;
 
 /// The process answers.

@@ -19,8 +19,8 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::app::Services;
 use crate::config::Settings;
-use crate::jobs::Services;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::store::Store;
 

@@ -1,11 +1,11 @@
 //! WhatsApp Cloud API client: `POST /{version}/{phone_number_id}/messages` with a bearer
-//! token, paced per phone number, and the request bodies for each message we send.
+//! token, paced per phone number. The bodies are rendered in `crate::whatsapp::render`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::pacer::Pacer;
 use super::{Outbound, OutboundError, OutboundRequest, OutboundResponse};
@@ -133,104 +133,6 @@ fn interpret(status: u16, retry_after: Option<&str>, body: &str) -> Result<Accep
     })
 }
 
-/// Request bodies, in the shapes Meta documents.
-pub mod bodies {
-    use super::*;
-
-    fn envelope(to: &str, kind: &str, content: Value, callback: &str) -> Value {
-        let mut body = json!({
-            "messaging_product": "whatsapp",
-            "recipient_type": "individual",
-            "to": to,
-            "type": kind,
-            "biz_opaque_callback_data": callback,
-        });
-        body[kind] = content;
-        body
-    }
-
-    fn text_params(values: &[String]) -> Value {
-        Value::Array(values.iter().map(|v| json!({"type": "text", "text": v})).collect())
-    }
-
-    pub struct Template<'a> {
-        pub to: &'a str,
-        pub name: &'a str,
-        pub language: &'a str,
-        pub body_params: Vec<String>,
-        /// (button index, code)
-        pub copy_code: Option<(u8, &'a str)>,
-        /// (button index, payload)
-        pub quick_replies: Vec<(u8, String)>,
-        /// (button index, flow token)
-        pub flow_button: Option<(u8, &'a str)>,
-        pub callback: &'a str,
-    }
-
-    pub fn template(t: Template<'_>) -> Value {
-        let mut components = vec![];
-        if !t.body_params.is_empty() {
-            components.push(json!({"type": "body", "parameters": text_params(&t.body_params)}));
-        }
-        if let Some((index, code)) = t.copy_code {
-            components.push(json!({"type": "button", "sub_type": "copy_code", "index": index,
-                "parameters": [{"type": "coupon_code", "coupon_code": code}]}));
-        }
-        for (index, payload) in &t.quick_replies {
-            components.push(json!({"type": "button", "sub_type": "quick_reply", "index": index,
-                "parameters": [{"type": "payload", "payload": payload}]}));
-        }
-        if let Some((index, token)) = t.flow_button {
-            components.push(json!({"type": "button", "sub_type": "flow", "index": index.to_string(),
-                "parameters": [{"type": "action", "action": {"flow_token": token}}]}));
-        }
-        envelope(
-            t.to,
-            "template",
-            json!({"name": t.name, "language": {"code": t.language}, "components": components}),
-            t.callback,
-        )
-    }
-
-    pub struct InteractiveFlow<'a> {
-        pub to: &'a str,
-        pub body_text: &'a str,
-        pub flow_id: &'a str,
-        pub flow_name: &'a str,
-        pub cta: &'a str,
-        pub screen: &'a str,
-        pub flow_token: &'a str,
-        pub callback: &'a str,
-    }
-
-    /// A Flow inside the 24-hour window.
-    pub fn interactive_flow(f: InteractiveFlow<'_>) -> Value {
-        let mut parameters = json!({
-            "flow_message_version": "3",
-            "flow_cta": f.cta,
-            "flow_token": f.flow_token,
-            "flow_action": "navigate",
-            "flow_action_payload": {"screen": f.screen},
-        });
-        if f.flow_id.is_empty() {
-            parameters["flow_name"] = json!(f.flow_name);
-        } else {
-            parameters["flow_id"] = json!(f.flow_id);
-        }
-        envelope(
-            f.to,
-            "interactive",
-            json!({"type": "flow", "body": {"text": f.body_text}, "action": {"name": "flow", "parameters": parameters}}),
-            f.callback,
-        )
-    }
-
-    /// Free-form text inside the 24-hour window.
-    pub fn text(to: &str, body: &str, callback: &str) -> Value {
-        envelope(to, "text", json!({"preview_url": false, "body": body}), callback)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,27 +169,5 @@ mod tests {
         )
         .expect_err("refused");
         assert_eq!(template.class, SendErrorClass::Permanent);
-    }
-
-    #[test]
-    fn template_body_matches_the_documented_shape() {
-        let body = bodies::template(bodies::Template {
-            to: "+447911123456",
-            name: "tmpl_referral_invite",
-            language: "en_US",
-            body_params: vec!["Zoë".into(), "ZEK7Q2".into()],
-            copy_code: Some((0, "ZEK7Q2")),
-            quick_replies: vec![(1, "refer:7".into())],
-            flow_button: None,
-            callback: "invite:7",
-        });
-        assert_eq!(body["type"], "template");
-        assert_eq!(body["template"]["components"][0]["parameters"][0]["text"], "Zoë");
-        assert_eq!(body["template"]["components"][1]["sub_type"], "copy_code");
-        assert_eq!(
-            body["template"]["components"][1]["parameters"][0]["coupon_code"],
-            "ZEK7Q2"
-        );
-        assert_eq!(body["template"]["components"][2]["parameters"][0]["payload"], "refer:7");
     }
 }

@@ -1,82 +1,28 @@
-//! The background worker: claims inbox events and jobs from the database, dispatches
-//! them by kind, and records the outcome. Separate from HTTP; any number of replicas may
-//! run it against one PostgreSQL database.
+//! The background worker: claims inbox events and jobs from the database, hands each to
+//! its use case (`dispatch`), and records the outcome. Separate from HTTP; any number of
+//! replicas may run it against one PostgreSQL database.
 //!
-//! `inbox.rs` turns received events into referral steps (`lifecycle.rs`); `outbox.rs`
-//! performs the jobs those steps queue (WhatsApp sends, HubSpot updates).
+//! Inbox events and jobs have loops of their own (`worker.inbox_concurrency`,
+//! `worker.job_concurrency`), so a flood of webhooks never starves the sends, nor the
+//! reverse. Each item runs inside its own tracing span.
 
-mod conversions;
-mod inbox;
-mod lifecycle;
-mod outbox;
-mod services;
+mod dispatch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
-pub use conversions::{convert, match_referral};
-pub use services::Services;
+pub use crate::app::Services;
+pub use dispatch::InboundEvent;
 
+use crate::app::{Outcome, StepError, Work};
 use crate::config::WorkerSettings;
 use crate::domain::retry::{RetryDecision, RetrySchedule};
 use crate::metrics::Metrics;
-use crate::store::{duration_ms, now_ms, ClaimedItem, Queue, Store, StoreError};
-
-/// What a handler made of an item.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HandlerOutcome {
-    /// Finished; the note is kept on the item.
-    Done { note: Option<String> },
-}
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum HandlerError {
-    /// Worth another attempt (a timeout, a 5xx, a rate limit), no sooner than `not_before`
-    /// when the other side said so (Retry-After, Meta's pair-rate limit).
-    #[error("{message}")]
-    Retryable {
-        message: String,
-        not_before: Option<Duration>,
-    },
-    /// Another attempt would fail the same way; the item is marked dead at once.
-    #[error("{0}")]
-    Permanent(String),
-}
-
-impl HandlerError {
-    pub fn retry(message: impl Into<String>) -> HandlerError {
-        HandlerError::Retryable {
-            message: message.into(),
-            not_before: None,
-        }
-    }
-
-    pub fn retry_after(message: impl Into<String>, delay: Duration) -> HandlerError {
-        HandlerError::Retryable {
-            message: message.into(),
-            not_before: Some(delay),
-        }
-    }
-}
-
-impl From<StoreError> for HandlerError {
-    fn from(e: StoreError) -> Self {
-        HandlerError::retry(e.to_string())
-    }
-}
-
-pub type HandlerResult = Result<HandlerOutcome, HandlerError>;
-
-impl HandlerOutcome {
-    pub fn done(note: impl Into<String>) -> HandlerResult {
-        Ok(HandlerOutcome::Done {
-            note: Some(note.into()),
-        })
-    }
-}
+use crate::store::{duration_ms, in_attempt, now_ms, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError};
 
 #[derive(Clone)]
 pub struct Worker {
@@ -113,27 +59,34 @@ impl Worker {
         &self.owner
     }
 
-    /// Runs `concurrency` loops until `shutdown` turns true; an item in hand is finished first.
+    /// Runs the inbox and job loops until `shutdown` turns true; an item in hand is
+    /// finished first.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut loops = JoinSet::new();
-        for n in 0..self.settings.concurrency {
-            // Each loop owns its leases, so one loop can never complete another's item.
-            let mut worker = self.clone();
-            worker.owner = format!("{}-{n}", self.owner);
-            let shutdown = shutdown.clone();
-            loops.spawn(async move { worker.run_loop(shutdown).await });
+        let queues = [
+            (Queue::Inbox, self.settings.inbox_concurrency),
+            (Queue::Jobs, self.settings.job_concurrency),
+        ];
+        for (queue, concurrency) in queues {
+            for n in 0..concurrency {
+                // Each loop owns its leases, so one loop can never complete another's item.
+                let mut worker = self.clone();
+                worker.owner = format!("{}-{}{n}", self.owner, queue_name(queue));
+                let shutdown = shutdown.clone();
+                loops.spawn(async move { worker.run_loop(queue, shutdown).await });
+            }
         }
         while loops.join_next().await.is_some() {}
         tracing::info!(owner = %self.owner, "worker stopped");
     }
 
-    async fn run_loop(&self, mut shutdown: watch::Receiver<bool>) {
+    async fn run_loop(&self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
         while !*shutdown.borrow() {
-            let worked = match self.work_once().await {
+            let worked = match self.work_once_from(queue).await {
                 Ok(worked) => worked,
                 Err(e) => {
-                    tracing::error!(error = %e, "worker could not reach the database");
+                    tracing::error!(queue = queue_name(queue), error = %e, "worker could not record an item's outcome");
                     false
                 }
             };
@@ -147,22 +100,36 @@ impl Worker {
         }
     }
 
-    /// Claims and handles one item, inbox first. False when nothing was due.
+    /// Claims and handles one item, inbox first (for tests and tools that drive the
+    /// worker by hand). False when nothing was due.
     pub async fn work_once(&self) -> Result<bool, StoreError> {
         for queue in [Queue::Inbox, Queue::Jobs] {
-            let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
-            if let Some(item) = self.store.claim(queue, &self.owner, lease).await? {
-                self.handle(item).await?;
+            if self.work_once_from(queue).await? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
 
+    /// Claims and handles one item of `queue`. False when nothing was due.
+    pub async fn work_once_from(&self, queue: Queue) -> Result<bool, StoreError> {
+        let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+        let Some(item) = self.store.claim(queue, &self.owner, lease).await? else {
+            return Ok(false);
+        };
+        let span = tracing::info_span!(
+            "work",
+            queue = queue_name(queue),
+            id = item.id,
+            kind = %crate::telemetry::escape(&item.kind),
+            attempt = item.attempts
+        );
+        self.handle(item).instrument(span).await?;
+        Ok(true)
+    }
+
     async fn handle(&self, item: ClaimedItem) -> Result<(), StoreError> {
         let queue = queue_name(item.queue);
-        let span = tracing::info_span!("work", queue, id = item.id, kind = %item.kind, attempt = item.attempts);
-        let _entered = span.enter();
         if item.attempts > item.max_attempts {
             // Its last attempt's worker vanished (the lease lapsed): nothing left to try.
             tracing::error!("attempts exhausted after a lapsed lease; marking dead");
@@ -178,23 +145,40 @@ impl Worker {
             self.metrics.worker_outcome(queue, "dead");
             return Ok(());
         }
-        // Keep the lease while the handler runs, however many outside calls it makes.
-        let heartbeat = self.heartbeat(&item);
-        let outcome = match item.queue {
-            Queue::Inbox => inbox::handle(&self.services, &item).await,
-            Queue::Jobs => outbox::handle(&self.services, &item).await,
+        let work = Work {
+            lease: Lease {
+                queue: item.queue,
+                id: item.id,
+                owner: self.owner.clone(),
+            },
+            attempts: item.attempts,
         };
+        // Keep the lease while the step runs, however many outside calls it makes.
+        let heartbeat = self.heartbeat(&item);
+        let services = &self.services;
+        let step = async {
+            match item.queue {
+                Queue::Inbox => dispatch::inbox_item(services, &work, &item).await,
+                Queue::Jobs => dispatch::job_item(services, &work, &item).await,
+            }
+        };
+        let outcome = in_attempt(item.attempts, step).await;
         heartbeat.abort();
         match outcome {
-            Ok(HandlerOutcome::Done { note }) => {
+            Ok(Outcome::Done(note)) => {
                 if !self
                     .store
-                    .complete(item.queue, item.id, &self.owner, note.as_deref())
+                    .complete(item.queue, item.id, &self.owner, Some(&note))
                     .await?
                 {
                     tracing::warn!("lease lost before completion; another worker owns the item now");
                 }
                 self.metrics.worker_outcome(queue, "done");
+            }
+            Ok(Outcome::Committed(ItemEnd::Done(_))) => self.metrics.worker_outcome(queue, "done"),
+            Ok(Outcome::Committed(ItemEnd::Dead(reason))) => {
+                tracing::error!(error = %crate::telemetry::escape(&reason), "refused for good; item is dead");
+                self.metrics.worker_outcome(queue, "dead");
             }
             Err(error) => self.record_failure(&item, &error).await?,
         }
@@ -205,26 +189,30 @@ impl Worker {
     fn heartbeat(&self, item: &ClaimedItem) -> tokio::task::JoinHandle<()> {
         let (store, owner, queue, id) = (self.store.clone(), self.owner.clone(), item.queue, item.id);
         let lease = Duration::from_secs(self.settings.lease_seconds);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                match store.extend_lease(queue, id, &owner, duration_ms(lease)).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(id, "lease lost while the handler runs");
-                        return;
+        let span = tracing::Span::current();
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    match store.extend_lease(queue, id, &owner, duration_ms(lease)).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::warn!("lease lost while the step runs");
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not extend the lease"),
                     }
-                    Err(e) => tracing::warn!(id, error = %e, "could not extend the lease"),
                 }
             }
-        })
+            .instrument(span),
+        )
     }
 
-    async fn record_failure(&self, item: &ClaimedItem, error: &HandlerError) -> Result<(), StoreError> {
+    async fn record_failure(&self, item: &ClaimedItem, error: &StepError) -> Result<(), StoreError> {
         let queue = queue_name(item.queue);
         let decision = match error {
-            HandlerError::Permanent(_) => RetryDecision::GiveUp,
-            HandlerError::Retryable { not_before, .. } => {
+            StepError::Permanent(_) => RetryDecision::GiveUp,
+            StepError::Retryable { not_before, .. } => {
                 match self
                     .schedule
                     .after_failure(item.attempts, item.max_attempts, rand::random::<f64>())
@@ -238,28 +226,25 @@ impl Worker {
             }
         };
         let message = error.to_string();
-        match decision {
+        let logged = crate::telemetry::escape(&message);
+        let (retry_at, outcome) = match decision {
             RetryDecision::RetryAfter(delay) => {
-                tracing::warn!(error = %message, retry_in = ?delay, "attempt failed; will retry");
-                self.store
-                    .fail(
-                        item.queue,
-                        item.id,
-                        &self.owner,
-                        &message,
-                        Some(now_ms() + duration_ms(delay)),
-                    )
-                    .await?;
-                self.metrics.worker_outcome(queue, "retry");
+                tracing::warn!(error = %logged, retry_in = ?delay, "attempt failed; will retry");
+                (Some(now_ms() + duration_ms(delay)), "retry")
             }
             RetryDecision::GiveUp => {
-                tracing::error!(error = %message, "giving up; item is dead (see `referloop {queue} list --state dead`)");
-                self.store
-                    .fail(item.queue, item.id, &self.owner, &message, None)
-                    .await?;
-                self.metrics.worker_outcome(queue, "dead");
+                tracing::error!(error = %logged, "giving up; item is dead (see `referloop {queue} list --state dead`)");
+                (None, "dead")
             }
+        };
+        if !self
+            .store
+            .fail(item.queue, item.id, &self.owner, &message, retry_at)
+            .await?
+        {
+            tracing::warn!("lease lost before the failure was recorded; another worker owns the item now");
         }
+        self.metrics.worker_outcome(queue, outcome);
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 use super::{now_ms, Store, StoreError};
 use crate::domain::inbound::NewInboxEvent;
+use crate::domain::state::{Persisted, QueueState};
 
 /// Rows per INSERT: 6 binds each keeps a statement well under both backends' bind limits.
 const INSERT_CHUNK: usize = 500;
@@ -19,14 +20,15 @@ fn insert_sql(rows: usize) -> String {
         }
         // run_at and received_at are both "now" (the sixth bind).
         sql.push_str(&format!(
-            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'queued')",
+            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, '{}')",
             p + 1,
             p + 2,
             p + 3,
             p + 4,
             p + 5,
             p + 6,
-            p + 6
+            p + 6,
+            QueueState::Queued.as_str()
         ));
     }
     sql.push_str(" ON CONFLICT (source, dedupe_key) DO NOTHING");

@@ -1,9 +1,14 @@
 //! The job queue: the outbox for calls to outside APIs, one row per idempotency key.
+//! Jobs are written in the transaction of the step that asks for them.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
+use super::tx::Tx;
 use super::{now_ms, Store, StoreError};
+use crate::domain::state::{Persisted, QueueState};
+use crate::domain::work::Job;
 
+/// A job row to insert: a [`Job`] in its stored form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
     pub kind: String,
@@ -13,6 +18,19 @@ pub struct NewJob {
     pub idempotency_key: String,
     pub max_attempts: i64,
     pub run_at: i64,
+}
+
+impl NewJob {
+    pub fn new(job: &Job, max_attempts: i64, run_at: i64) -> NewJob {
+        let (kind, payload) = job.encode();
+        NewJob {
+            kind,
+            payload,
+            idempotency_key: job.idempotency_key(),
+            max_attempts,
+            run_at,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,28 +47,46 @@ impl EnqueueOutcome {
     }
 }
 
-impl Store {
-    pub async fn enqueue_job(&self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
-        let inserted: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
-             VALUES ($1, $2, $3, 'queued', $4, $5, $6) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-        )
-        .bind(&job.kind)
-        .bind(&job.payload)
-        .bind(&job.idempotency_key)
-        .bind(job.max_attempts)
-        .bind(job.run_at)
-        .bind(now_ms())
-        .fetch_optional(&self.pool)
+async fn insert_job(conn: &mut AnyConnection, job: &NewJob) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+    )
+    .bind(&job.kind)
+    .bind(&job.payload)
+    .bind(&job.idempotency_key)
+    .bind(QueueState::Queued.as_str())
+    .bind(job.max_attempts)
+    .bind(job.run_at)
+    .bind(now_ms())
+    .fetch_optional(conn)
+    .await?)
+}
+
+async fn existing_id(conn: &mut AnyConnection, key: &str) -> Result<EnqueueOutcome, StoreError> {
+    let existing = sqlx::query("SELECT id FROM jobs WHERE idempotency_key = $1")
+        .bind(key)
+        .fetch_one(conn)
         .await?;
-        if let Some(id) = inserted {
-            return Ok(EnqueueOutcome::Created(id));
+    Ok(EnqueueOutcome::AlreadyQueued(existing.try_get("id")?))
+}
+
+impl Tx {
+    pub async fn enqueue(&mut self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
+        match insert_job(self.write()?, job).await? {
+            Some(id) => Ok(EnqueueOutcome::Created(id)),
+            None => existing_id(self.read(), &job.idempotency_key).await,
         }
-        let existing = sqlx::query("SELECT id FROM jobs WHERE idempotency_key = $1")
-            .bind(&job.idempotency_key)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(EnqueueOutcome::AlreadyQueued(existing.try_get("id")?))
+    }
+}
+
+impl Store {
+    /// Enqueues one job on its own (operators' and tests' entry point).
+    pub async fn enqueue_job(&self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        match insert_job(&mut conn, job).await? {
+            Some(id) => Ok(EnqueueOutcome::Created(id)),
+            None => existing_id(&mut conn, &job.idempotency_key).await,
+        }
     }
 }

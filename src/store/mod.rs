@@ -2,12 +2,14 @@
 //! SQLite (the embedded default) through sqlx's `Any` driver; where the SQL must differ
 //! (job claiming, migrations) the backend is matched explicitly.
 
+mod faults;
 mod inbox;
 mod jobs;
 mod outbound;
 mod queue;
 mod referrals;
 mod rewards;
+mod tx;
 
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,13 +18,16 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use crate::domain::state::QueueState;
+pub use faults::{in_attempt, Faults};
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
-pub use queue::{ClaimedItem, Queue, QueueRow, QueueState};
+pub use queue::{ClaimedItem, Queue, QueueRow};
 pub use referrals::{
-    InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, SideJob,
+    InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow,
 };
-pub use rewards::{ConversionEffects, ConversionRecord, ConversionRow, NewConversion, NewReward, RewardCap, RewardRow};
+pub use rewards::{ConversionRow, NewConversion, NewReward, RewardRow};
+pub use tx::{ItemEnd, Lease, Tx};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -62,12 +67,19 @@ pub enum StoreError {
     Exhausted(&'static str),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Another worker holds the item now (this worker's lease lapsed).
+    #[error("lease lost: another worker owns the item")]
+    LeaseLost,
+    /// A failure injected by a test ([`Faults`]).
+    #[error("injected failure (test)")]
+    Injected,
 }
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    faults: Faults,
 }
 
 /// Milliseconds since the Unix epoch: how every timestamp is stored.
@@ -106,11 +118,20 @@ impl Store {
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            faults: Faults::default(),
+        })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The fault-injection switch (tests); shared by every clone of this store.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

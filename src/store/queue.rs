@@ -10,6 +10,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{now_ms, Backend, Store, StoreError};
+use crate::domain::state::{sql_list, Persisted, QueueState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -18,7 +19,7 @@ pub enum Queue {
 }
 
 impl Queue {
-    fn table(self) -> &'static str {
+    pub(super) fn table(self) -> &'static str {
         match self {
             Queue::Inbox => "inbox_events",
             Queue::Jobs => "jobs",
@@ -31,42 +32,6 @@ impl Queue {
             Queue::Inbox => ("source || ':' || dedupe_key", "received_at"),
             Queue::Jobs => ("idempotency_key", "created_at"),
         }
-    }
-}
-
-/// `queued` → `running` → `done`; a failure goes to `failed` (due again at `run_at`) or,
-/// with no attempts left, `dead` (kept, visible, re-drivable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueState {
-    Queued,
-    Running,
-    Done,
-    Failed,
-    Dead,
-}
-
-impl QueueState {
-    pub const ALL: [QueueState; 5] = [
-        QueueState::Queued,
-        QueueState::Running,
-        QueueState::Done,
-        QueueState::Failed,
-        QueueState::Dead,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QueueState::Queued => "queued",
-            QueueState::Running => "running",
-            QueueState::Done => "done",
-            QueueState::Failed => "failed",
-            QueueState::Dead => "dead",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<QueueState> {
-        QueueState::ALL.into_iter().find(|state| state.as_str() == s)
     }
 }
 
@@ -88,7 +53,8 @@ pub struct QueueRow {
     pub id: i64,
     pub kind: String,
     pub key: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: QueueState,
     pub attempts: i64,
     pub max_attempts: i64,
     pub run_at: i64,
@@ -96,6 +62,11 @@ pub struct QueueRow {
     pub finished_at: Option<i64>,
     pub last_error: Option<String>,
     pub note: Option<String>,
+}
+
+/// A queue state's stored name, for SQL text.
+fn q(state: QueueState) -> &'static str {
+    state.as_str()
 }
 
 impl Store {
@@ -107,10 +78,11 @@ impl Store {
             Backend::Sqlite => "",
         };
         let table = queue.table();
+        let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
         let sql = format!(
-            "UPDATE {table} SET state = 'running', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
+            "UPDATE {table} SET state = '{running}', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
              WHERE id = (SELECT id FROM {table} \
-                 WHERE (state IN ('queued', 'failed') AND run_at <= $3) OR (state = 'running' AND lease_until < $3) \
+                 WHERE (state IN ({waiting}) AND run_at <= $3) OR (state = '{running}' AND lease_until < $3) \
                  ORDER BY run_at, id LIMIT 1 {lock}) \
              RETURNING id, kind, payload, attempts, max_attempts"
         );
@@ -134,8 +106,9 @@ impl Store {
     /// Extends a lease its owner still holds (the worker's heartbeat for long handlers).
     pub async fn extend_lease(&self, queue: Queue, id: i64, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
         let sql = format!(
-            "UPDATE {} SET lease_until = $1 WHERE id = $2 AND state = 'running' AND lease_owner = $3",
-            queue.table()
+            "UPDATE {} SET lease_until = $1 WHERE id = $2 AND state = '{}' AND lease_owner = $3",
+            queue.table(),
+            q(QueueState::Running)
         );
         let extended = sqlx::query(&sql)
             .bind(now_ms() + lease_ms)
@@ -149,9 +122,11 @@ impl Store {
     /// Marks the item done. False when `owner` no longer holds the lease.
     pub async fn complete(&self, queue: Queue, id: i64, owner: &str, note: Option<&str>) -> Result<bool, StoreError> {
         let sql = format!(
-            "UPDATE {} SET state = 'done', finished_at = $1, lease_until = NULL, note = $2 \
-             WHERE id = $3 AND state = 'running' AND lease_owner = $4",
-            queue.table()
+            "UPDATE {} SET state = '{}', finished_at = $1, lease_until = NULL, note = $2 \
+             WHERE id = $3 AND state = '{}' AND lease_owner = $4",
+            queue.table(),
+            q(QueueState::Done),
+            q(QueueState::Running)
         );
         let done = sqlx::query(&sql)
             .bind(now_ms())
@@ -173,13 +148,14 @@ impl Store {
         retry_at: Option<i64>,
     ) -> Result<bool, StoreError> {
         let (state, run_at, finished_at) = match retry_at {
-            Some(at) => ("failed", Some(at), None),
-            None => ("dead", None, Some(now_ms())),
+            Some(at) => (q(QueueState::Failed), Some(at), None),
+            None => (q(QueueState::Dead), None, Some(now_ms())),
         };
         let sql = format!(
             "UPDATE {} SET state = $1, run_at = COALESCE($2, run_at), finished_at = $3, last_error = $4, \
-             lease_until = NULL WHERE id = $5 AND state = 'running' AND lease_owner = $6",
-            queue.table()
+             lease_until = NULL WHERE id = $5 AND state = '{}' AND lease_owner = $6",
+            queue.table(),
+            q(QueueState::Running)
         );
         let failed = sqlx::query(&sql)
             .bind(state)
@@ -196,9 +172,11 @@ impl Store {
     /// Gives the lease back without counting the attempt (used on shutdown).
     pub async fn release(&self, queue: Queue, id: i64, owner: &str) -> Result<bool, StoreError> {
         let sql = format!(
-            "UPDATE {} SET state = 'queued', attempts = attempts - 1, lease_until = NULL, lease_owner = NULL \
-             WHERE id = $1 AND state = 'running' AND lease_owner = $2",
-            queue.table()
+            "UPDATE {} SET state = '{}', attempts = attempts - 1, lease_until = NULL, lease_owner = NULL \
+             WHERE id = $1 AND state = '{}' AND lease_owner = $2",
+            queue.table(),
+            q(QueueState::Queued),
+            q(QueueState::Running)
         );
         let released = sqlx::query(&sql).bind(id).bind(owner).execute(&self.pool).await?;
         Ok(released.rows_affected() == 1)
@@ -207,9 +185,11 @@ impl Store {
     /// Re-queues a dead item with a fresh set of attempts. False when it is not dead.
     pub async fn retry_dead(&self, queue: Queue, id: i64) -> Result<bool, StoreError> {
         let sql = format!(
-            "UPDATE {} SET state = 'queued', attempts = 0, run_at = $1, finished_at = NULL, lease_until = NULL \
-             WHERE id = $2 AND state = 'dead'",
-            queue.table()
+            "UPDATE {} SET state = '{}', attempts = 0, run_at = $1, finished_at = NULL, lease_until = NULL \
+             WHERE id = $2 AND state = '{}'",
+            queue.table(),
+            q(QueueState::Queued),
+            q(QueueState::Dead)
         );
         let retried = sqlx::query(&sql).bind(now_ms()).bind(id).execute(&self.pool).await?;
         Ok(retried.rows_affected() == 1)

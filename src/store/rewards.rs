@@ -3,9 +3,11 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::referrals::{insert_job, insert_message};
-use super::{now_ms, Backend, NewMessage, SideJob, Store, StoreError};
-use crate::domain::reward::{self, Beneficiary};
+use super::tx::Tx;
+use super::{now_ms, Backend, Store, StoreError};
+use crate::domain::referral::ReferralState;
+use crate::domain::reward::{Beneficiary, RewardState};
+use crate::domain::state::{sql_list, ConversionOutcome, Persisted};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewConversion {
@@ -25,7 +27,8 @@ pub struct ConversionRow {
     pub source: String,
     pub external_id: String,
     pub referral_id: Option<i64>,
-    pub outcome: String,
+    #[sqlx(try_from = "String")]
+    pub outcome: ConversionOutcome,
     pub matched_by: Option<String>,
     pub amount: Option<i64>,
     pub currency: Option<String>,
@@ -34,13 +37,13 @@ pub struct ConversionRow {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewReward {
-    pub beneficiary: String,
+    pub beneficiary: Beneficiary,
     pub contact_id: Option<String>,
     pub phone: String,
     pub first_name: String,
     pub language: String,
     pub kind: String,
-    pub state: String,
+    pub state: RewardState,
     pub amount: i64,
     pub currency: String,
     pub stripe_customer: Option<String>,
@@ -57,7 +60,8 @@ pub struct RewardRow {
     pub first_name: String,
     pub language: String,
     pub kind: String,
-    pub state: String,
+    #[sqlx(try_from = "String")]
+    pub state: RewardState,
     pub amount: i64,
     pub currency: String,
     pub code: Option<String>,
@@ -67,256 +71,181 @@ pub struct RewardRow {
     pub available_at: i64,
 }
 
-/// What converting asks for when it happens: thanks, the rewards and their jobs.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct ConversionEffects {
-    pub messages: Vec<NewMessage>,
-    pub rewards: Vec<NewReward>,
-    /// Jobs to queue; `reward.issue` jobs are added per reward by the store.
-    pub jobs: Vec<SideJob>,
-    pub reward_job_attempts: i64,
-    /// The referrer's cap, decided inside the transaction so concurrent conversions
-    /// of the same referrer's friends cannot both pass it.
-    pub referrer_cap: Option<RewardCap>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RewardCap {
-    pub referrer_contact_id: String,
-    /// Rewards created since then count.
-    pub since: i64,
-    pub max: i64,
-    /// Queued when the referrer's reward is capped (tells HubSpot).
-    pub on_capped: SideJob,
-}
-
-/// The recorded conversion, whether this call created it, and whether this call converted
-/// the referral.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConversionRecord {
-    pub conversion: ConversionRow,
-    pub created: bool,
-    pub converted_now: bool,
-}
-
-/// Outcomes a repeated signal keeps; the others are evaluated again (the friend may have
-/// been invited, or nominated, since).
-fn is_final_outcome(outcome: &str) -> bool {
-    matches!(outcome, "converted" | "already_converted" | "outside_window")
-}
-
 const CONVERSION_COLUMNS: &str =
     "id, source, external_id, referral_id, outcome, matched_by, amount, currency, created_at";
 const REWARD_COLUMNS: &str = "id, referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
     amount, currency, code, external_ref, stripe_customer, last_error, available_at";
 
-impl Store {
-    /// Records a conversion signal and, when it converts its referral (`friend_invited`
-    /// within the attribution window), moves the referral to `converted` and creates the
-    /// rewards, thanks and jobs — all in one transaction. A signal seen before returns
-    /// the first recording unchanged.
-    pub async fn record_conversion(
-        &self,
+impl Tx {
+    /// Records a conversion signal once per (source, external id). A signal seen before
+    /// returns its first recording (`created` false); when that recording's outcome is
+    /// not final and this signal names a referral, the referral is taken over so the
+    /// signal can be evaluated again.
+    pub async fn record_conversion_signal(
+        &mut self,
         conversion: &NewConversion,
-        window_start: i64,
-        effects: &ConversionEffects,
-    ) -> Result<ConversionRecord, StoreError> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+    ) -> Result<(ConversionRow, bool), StoreError> {
         let inserted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO conversions (source, external_id, referral_id, outcome, matched_by, amount, currency, \
-             payment_ref, stripe_customer, created_at) VALUES ($1, $2, $3, 'pending', $4, $5, $6, $7, $8, $9) \
+             payment_ref, stripe_customer, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (source, external_id) DO NOTHING RETURNING id",
         )
         .bind(&conversion.source)
         .bind(&conversion.external_id)
         .bind(conversion.referral_id)
+        .bind(ConversionOutcome::Pending.as_str())
         .bind(&conversion.matched_by)
         .bind(conversion.amount)
         .bind(&conversion.currency)
         .bind(&conversion.payment_ref)
         .bind(&conversion.stripe_customer)
-        .bind(now)
-        .fetch_optional(&mut *tx)
+        .bind(now_ms())
+        .fetch_optional(self.write()?)
         .await?;
-        let (id, created) = match inserted {
-            Some(id) => (id, true),
-            None => {
-                let sql =
-                    format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE source = $1 AND external_id = $2");
-                let existing = sqlx::query_as::<_, ConversionRow>(&sql)
-                    .bind(&conversion.source)
-                    .bind(&conversion.external_id)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                if is_final_outcome(&existing.outcome) || conversion.referral_id.is_none() {
-                    tx.rollback().await?;
-                    return Ok(ConversionRecord {
-                        conversion: existing,
-                        created: false,
-                        converted_now: false,
-                    });
-                }
-                sqlx::query("UPDATE conversions SET referral_id = $1, matched_by = $2 WHERE id = $3")
-                    .bind(conversion.referral_id)
-                    .bind(&conversion.matched_by)
-                    .bind(existing.id)
-                    .execute(&mut *tx)
-                    .await?;
-                (existing.id, false)
-            }
-        };
-        let outcome = match conversion.referral_id {
-            None => "unattributed".to_string(),
-            Some(referral_id) => {
-                let converted = sqlx::query(
-                    "UPDATE referrals SET state = 'converted', updated_at = $1 \
-                     WHERE id = $2 AND state = 'friend_invited' AND nominated_at >= $3",
-                )
-                .bind(now)
-                .bind(referral_id)
-                .bind(window_start)
-                .execute(&mut *tx)
+        let sql = format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE source = $1 AND external_id = $2");
+        let mut row = sqlx::query_as::<_, ConversionRow>(&sql)
+            .bind(&conversion.source)
+            .bind(&conversion.external_id)
+            .fetch_one(self.read())
+            .await?;
+        if inserted.is_some() {
+            return Ok((row, true));
+        }
+        if !row.outcome.is_final() && conversion.referral_id.is_some() && row.referral_id != conversion.referral_id {
+            sqlx::query("UPDATE conversions SET referral_id = $1, matched_by = $2 WHERE id = $3")
+                .bind(conversion.referral_id)
+                .bind(&conversion.matched_by)
+                .bind(row.id)
+                .execute(self.write()?)
                 .await?;
-                if converted.rows_affected() == 1 {
-                    self.grant(&mut tx, referral_id, effects).await?;
-                    "converted".to_string()
-                } else {
-                    let row = sqlx::query("SELECT state, nominated_at FROM referrals WHERE id = $1")
-                        .bind(referral_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    match row {
-                        None => "unattributed".to_string(),
-                        Some(row) => {
-                            let state: String = row.try_get("state")?;
-                            let nominated_at: i64 = row.try_get("nominated_at")?;
-                            match state.as_str() {
-                                "converted" => "already_converted".to_string(),
-                                "friend_invited" if nominated_at < window_start => "outside_window".to_string(),
-                                _ => "not_invited".to_string(),
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        sqlx::query("UPDATE conversions SET outcome = $1 WHERE id = $2")
-            .bind(&outcome)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        let sql = format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE id = $1");
-        let row = sqlx::query_as::<_, ConversionRow>(&sql)
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
-        let converted_now = row.outcome == "converted";
-        Ok(ConversionRecord {
-            conversion: row,
-            created,
-            converted_now,
-        })
+            row.referral_id = conversion.referral_id;
+            row.matched_by = conversion.matched_by.clone();
+        }
+        Ok((row, false))
     }
 
-    async fn grant(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    /// Names the referral a conversion created (a code-only attribution).
+    pub async fn set_conversion_referral(
+        &mut self,
+        id: i64,
         referral_id: i64,
-        effects: &ConversionEffects,
+        matched_by: &str,
     ) -> Result<(), StoreError> {
-        let now = now_ms();
-        for message in &effects.messages {
-            insert_message(tx, message).await?;
-        }
-        let referrer_rewarded = match &effects.referrer_cap {
-            Some(cap) => Some((self.referrer_rewards_in(tx, cap).await?, cap.max)),
-            None => None,
-        };
-        for reward in &effects.rewards {
-            let state = match (reward.beneficiary.as_str(), referrer_rewarded) {
-                ("referrer", Some((rewarded, max))) if reward.state == "pending" => {
-                    reward::initial_state(Beneficiary::Referrer, rewarded, max)
-                        .as_str()
-                        .to_string()
-                }
-                _ => reward.state.clone(),
-            };
-            let id: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO rewards (referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
-                 amount, currency, stripe_customer, available_at, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
-                 ON CONFLICT (referral_id, beneficiary) DO NOTHING RETURNING id",
-            )
+        sqlx::query("UPDATE conversions SET referral_id = $1, matched_by = $2 WHERE id = $3")
             .bind(referral_id)
-            .bind(&reward.beneficiary)
-            .bind(&reward.contact_id)
-            .bind(&reward.phone)
-            .bind(&reward.first_name)
-            .bind(&reward.language)
-            .bind(&reward.kind)
-            .bind(&state)
-            .bind(reward.amount)
-            .bind(&reward.currency)
-            .bind(&reward.stripe_customer)
-            .bind(reward.available_at)
-            .bind(now)
-            .fetch_optional(&mut **tx)
+            .bind(matched_by)
+            .bind(id)
+            .execute(self.write()?)
             .await?;
-            if let (Some(id), "pending") = (id, state.as_str()) {
-                let job = SideJob {
-                    kind: "reward.issue".into(),
-                    payload: serde_json::json!({ "reward_id": id }).to_string(),
-                    idempotency_key: format!("reward.issue:{id}"),
-                    max_attempts: effects.reward_job_attempts,
-                    run_at: reward.available_at,
-                };
-                insert_job(tx, &job).await?;
-            }
-        }
-        for job in &effects.jobs {
-            insert_job(tx, job).await?;
-        }
-        if let (Some(cap), Some((rewarded, max))) = (&effects.referrer_cap, referrer_rewarded) {
-            let referrer_pending = effects
-                .rewards
-                .iter()
-                .any(|r| r.beneficiary == "referrer" && r.state == "pending");
-            if referrer_pending
-                && reward::initial_state(Beneficiary::Referrer, rewarded, max) == reward::RewardState::Capped
-            {
-                insert_job(tx, &cap.on_capped).await?;
-            }
-        }
         Ok(())
     }
 
-    /// The referrer's rewards counting against the cap, with the referrer's customer row
-    /// locked on PostgreSQL (SQLite's single writer already serialises the transaction).
-    async fn referrer_rewards_in(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        cap: &RewardCap,
-    ) -> Result<i64, StoreError> {
-        if self.backend == Backend::Postgres {
+    pub async fn set_conversion_outcome(&mut self, id: i64, outcome: ConversionOutcome) -> Result<(), StoreError> {
+        sqlx::query("UPDATE conversions SET outcome = $1 WHERE id = $2")
+            .bind(outcome.as_str())
+            .bind(id)
+            .execute(self.write()?)
+            .await?;
+        Ok(())
+    }
+
+    /// The referrer's rewards counting against the cap since `since`, with the
+    /// referrer's customer row locked on PostgreSQL so that concurrent conversions of
+    /// the same referrer's friends are decided one after the other.
+    pub async fn referrer_rewards_since(&mut self, referrer_contact_id: &str, since: i64) -> Result<i64, StoreError> {
+        if self.backend() == Backend::Postgres {
             sqlx::query("SELECT contact_id FROM customers WHERE contact_id = $1 FOR UPDATE")
-                .bind(&cap.referrer_contact_id)
-                .fetch_optional(&mut **tx)
+                .bind(referrer_contact_id)
+                .fetch_optional(self.read())
                 .await?;
         }
-        let n = sqlx::query_scalar(
+        let sql = format!(
             "SELECT COUNT(*) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
-             WHERE r.referrer_contact_id = $1 AND w.beneficiary = 'referrer' \
-             AND w.state IN ('pending', 'issuing', 'issued', 'failed') AND w.created_at >= $2",
-        )
-        .bind(&cap.referrer_contact_id)
-        .bind(cap.since)
-        .fetch_one(&mut **tx)
-        .await?;
+             WHERE r.referrer_contact_id = $1 AND w.beneficiary = $2 AND w.state IN ({}) AND w.created_at >= $3",
+            sql_list(RewardState::COUNTS_AGAINST_CAP)
+        );
+        let n = sqlx::query_scalar(&sql)
+            .bind(referrer_contact_id)
+            .bind(Beneficiary::Referrer.as_str())
+            .bind(since)
+            .fetch_one(self.read())
+            .await?;
         Ok(n)
     }
 
+    /// Creates a reward, once per (referral, beneficiary); `None` when it exists.
+    pub async fn insert_reward(&mut self, referral_id: i64, reward: &NewReward) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        Ok(sqlx::query_scalar(
+            "INSERT INTO rewards (referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
+             amount, currency, stripe_customer, available_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+             ON CONFLICT (referral_id, beneficiary) DO NOTHING RETURNING id",
+        )
+        .bind(referral_id)
+        .bind(reward.beneficiary.as_str())
+        .bind(&reward.contact_id)
+        .bind(&reward.phone)
+        .bind(&reward.first_name)
+        .bind(&reward.language)
+        .bind(&reward.kind)
+        .bind(reward.state.as_str())
+        .bind(reward.amount)
+        .bind(&reward.currency)
+        .bind(&reward.stripe_customer)
+        .bind(reward.available_at)
+        .bind(now)
+        .fetch_optional(self.write()?)
+        .await?)
+    }
+
+    pub async fn reward(&mut self, id: i64) -> Result<Option<RewardRow>, StoreError> {
+        let sql = format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE id = $1");
+        Ok(sqlx::query_as::<_, RewardRow>(&sql)
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?)
+    }
+
+    /// Marks a reward that is being issued as issued. False when it is not `issuing`.
+    pub async fn mark_reward_issued(
+        &mut self,
+        id: i64,
+        code: Option<&str>,
+        external_ref: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let issued = sqlx::query(
+            "UPDATE rewards SET state = $1, code = $2, external_ref = $3, last_error = NULL, updated_at = $4 \
+             WHERE id = $5 AND state = $6",
+        )
+        .bind(RewardState::Issued.as_str())
+        .bind(code)
+        .bind(external_ref)
+        .bind(now_ms())
+        .bind(id)
+        .bind(RewardState::Issuing.as_str())
+        .execute(self.write()?)
+        .await?;
+        Ok(issued.rows_affected() == 1)
+    }
+
+    /// Cancels a referral's rewards that are not issued yet; returns how many.
+    pub async fn void_rewards(&mut self, referral_id: i64) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE rewards SET state = $1, updated_at = $2 WHERE referral_id = $3 AND state IN ({})",
+            sql_list(RewardState::VOIDABLE)
+        );
+        let voided = sqlx::query(&sql)
+            .bind(RewardState::Void.as_str())
+            .bind(now_ms())
+            .bind(referral_id)
+            .execute(self.write()?)
+            .await?;
+        Ok(voided.rows_affected())
+    }
+}
+
+impl Store {
     pub async fn list_conversions(&self, limit: i64) -> Result<Vec<ConversionRow>, StoreError> {
         let sql = format!("SELECT {CONVERSION_COLUMNS} FROM conversions ORDER BY id DESC LIMIT $1");
         Ok(sqlx::query_as::<_, ConversionRow>(&sql)
@@ -352,88 +281,52 @@ impl Store {
             .await?)
     }
 
-    /// Marks a reward issued and queues its message and HubSpot updates, once.
-    pub async fn issue_reward(
-        &self,
-        id: i64,
-        code: Option<&str>,
-        external_ref: Option<&str>,
-        messages: &[NewMessage],
-        jobs: &[SideJob],
-    ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let issued = sqlx::query(
-            "UPDATE rewards SET state = 'issued', code = $1, external_ref = $2, last_error = NULL, updated_at = $3 \
-             WHERE id = $4 AND state = 'issuing'",
-        )
-        .bind(code)
-        .bind(external_ref)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if issued.rows_affected() != 1 {
-            return Ok(false);
-        }
-        for message in messages {
-            insert_message(&mut tx, message).await?;
-        }
-        for job in jobs {
-            insert_job(&mut tx, job).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
-    }
-
-    /// Claims a reward for fulfilment; false when it was voided, capped or issued meanwhile.
+    /// Claims a reward for fulfilment (committed before any outside call); false when
+    /// it was voided, capped or issued meanwhile.
     pub async fn claim_reward(&self, id: i64) -> Result<bool, StoreError> {
-        let claimed = sqlx::query(
-            "UPDATE rewards SET state = 'issuing', updated_at = $1 WHERE id = $2 AND state IN ('pending', 'failed', 'issuing')",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        self.faults.before_write()?;
+        let sql = format!(
+            "UPDATE rewards SET state = $1, updated_at = $2 WHERE id = $3 AND state IN ({})",
+            sql_list(RewardState::ISSUABLE)
+        );
+        let claimed = sqlx::query(&sql)
+            .bind(RewardState::Issuing.as_str())
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(claimed.rows_affected() == 1)
     }
 
+    /// Records a failed fulfilment; the job's retry claims it again.
     pub async fn fail_reward(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE rewards SET state = 'failed', last_error = $1, updated_at = $2 WHERE id = $3 AND state = 'issuing'",
-        )
-        .bind(error)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("UPDATE rewards SET state = $1, last_error = $2, updated_at = $3 WHERE id = $4 AND state = $5")
+            .bind(RewardState::Failed.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .bind(RewardState::Issuing.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(())
-    }
-
-    /// Cancels a referral's rewards that are not issued yet; returns how many.
-    pub async fn void_rewards(&self, referral_id: i64) -> Result<u64, StoreError> {
-        let voided = sqlx::query(
-            "UPDATE rewards SET state = 'void', updated_at = $1 WHERE referral_id = $2 AND state IN ('pending', 'failed')",
-        )
-        .bind(now_ms())
-        .bind(referral_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(voided.rows_affected())
     }
 
     /// The referrer's counters from the ledger: converted referrals and the total amount
     /// of the referrer's issued rewards.
     pub async fn referrer_counters(&self, referrer_contact_id: &str) -> Result<(i64, i64), StoreError> {
         let converted: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM referrals WHERE referrer_contact_id = $1 AND state = 'converted'")
+            sqlx::query_scalar("SELECT COUNT(*) FROM referrals WHERE referrer_contact_id = $1 AND state = $2")
                 .bind(referrer_contact_id)
+                .bind(ReferralState::Converted.as_str())
                 .fetch_one(&self.pool)
                 .await?;
         let total: Option<i64> = sqlx::query_scalar(
             "SELECT CAST(SUM(w.amount) AS BIGINT) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
-             WHERE r.referrer_contact_id = $1 AND w.beneficiary = 'referrer' AND w.state = 'issued'",
+             WHERE r.referrer_contact_id = $1 AND w.beneficiary = $2 AND w.state = $3",
         )
         .bind(referrer_contact_id)
+        .bind(Beneficiary::Referrer.as_str())
+        .bind(RewardState::Issued.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok((converted, total.unwrap_or(0)))
@@ -442,9 +335,10 @@ impl Store {
     /// Issued credit (hubspot_credit rewards) of a contact, from the ledger.
     pub async fn contact_credit_total(&self, contact_id: &str) -> Result<i64, StoreError> {
         let total: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(SUM(amount) AS BIGINT) FROM rewards WHERE contact_id = $1 AND kind = 'hubspot_credit' AND state = 'issued'",
+            "SELECT CAST(SUM(amount) AS BIGINT) FROM rewards WHERE contact_id = $1 AND kind = 'hubspot_credit' AND state = $2",
         )
         .bind(contact_id)
+        .bind(RewardState::Issued.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok(total.unwrap_or(0))
@@ -470,6 +364,7 @@ impl Store {
     /// The pool code for this reward: the one it already holds, or a free one assigned
     /// atomically (never the same code twice). `None` when the pool is empty.
     pub async fn assign_pool_code(&self, reward_id: i64) -> Result<Option<String>, StoreError> {
+        self.faults.before_write()?;
         for _ in 0..5 {
             let held: Option<String> = sqlx::query_scalar("SELECT code FROM reward_codes WHERE reward_id = $1")
                 .bind(reward_id)
@@ -515,10 +410,12 @@ impl Store {
             "friend_phone" => "friend_phone",
             _ => "referral_code",
         };
-        // Open or converted referrals: a signal for one not yet invited is recorded as such.
+        // Referrals that may convert, or did: a repeated signal finds its referral again.
+        let mut states = ReferralState::CONVERTIBLE.to_vec();
+        states.push(ReferralState::Converted);
         let sql = format!(
-            "SELECT id, friend_phone FROM referrals WHERE {column} = $1 AND state IN \
-             ('nominated', 'direct_invite_queued', 'awaiting_friend', 'friend_invited', 'converted') ORDER BY id"
+            "SELECT id, friend_phone FROM referrals WHERE {column} = $1 AND state IN ({}) ORDER BY id",
+            sql_list(&states)
         );
         let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
         rows.iter()

@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use referloop::domain::state::Persisted;
 use referloop::signatures::{sign_hubspot_v3, sign_meta};
 use referloop::store::{now_ms, Backend, Queue};
 use serde_json::{json, Value};
@@ -296,7 +297,7 @@ impl Lifecycle {
         let invites = self.app.store.list_invites(10).await.expect("invites");
         invites
             .iter()
-            .find(|i| i.state != "ineligible")
+            .find(|i| i.state.as_str() != "ineligible")
             .map(|i| i.id)
             .expect("an invite")
     }

@@ -1,5 +1,6 @@
 //! The referral lifecycle end to end, against local fakes of the Graph API and HubSpot.
 
+use referloop::domain::state::Persisted;
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
@@ -30,7 +31,7 @@ pub async fn to_flow(lc: &Lifecycle) -> (i64, String, String) {
     let messages = lc.app.store.list_messages(50).await.expect("messages");
     let flow_wamid = messages
         .iter()
-        .find(|m| m.purpose == "flow")
+        .find(|m| m.purpose.as_str() == "flow")
         .and_then(|m| m.wamid.clone())
         .expect("flow wamid");
     (invite_id, token, flow_wamid)
@@ -65,7 +66,7 @@ async fn referral_state(lc: &Lifecycle) -> String {
         .await
         .expect("referrals")
         .first()
-        .map(|r| r.state.clone())
+        .map(|r| r.state.as_str().to_string())
         .unwrap_or_default()
 }
 
@@ -141,7 +142,7 @@ async fn happy_path_with_every_webhook_twice(backend: Backend) {
     let messages = lc.app.store.list_messages(50).await.expect("messages");
     let wamid = messages
         .iter()
-        .find(|m| m.purpose == "friend_invite")
+        .find(|m| m.purpose.as_str() == "friend_invite")
         .and_then(|m| m.wamid.clone())
         .expect("wamid");
     for _ in 0..2 {
@@ -191,7 +192,7 @@ async fn statuses_out_of_order_never_move_back(backend: Backend) {
         .await
         .expect("query")
         .expect("message");
-    assert_eq!(message.status, "read");
+    assert_eq!(message.status.as_str(), "read");
     assert_eq!(
         lc.status(&wamid, "failed", Some((131026, "Message undeliverable")))
             .await,
@@ -205,7 +206,7 @@ async fn statuses_out_of_order_never_move_back(backend: Backend) {
         .await
         .expect("query")
         .expect("message");
-    assert_eq!(message.status, "read", "failed after read changes nothing");
+    assert_eq!(message.status.as_str(), "read", "failed after read changes nothing");
     lc.shutdown().await;
 }
 
@@ -374,13 +375,13 @@ async fn friend_already_nominated_or_customer(backend: Backend) {
         "only the first nomination"
     );
     let referrals = lc.app.store.list_referrals(5).await.expect("referrals");
-    let reasons: Vec<_> = referrals.iter().map(|r| (r.state.clone(), r.reason.clone())).collect();
+    let reasons: Vec<_> = referrals.iter().map(|r| (r.state.as_str(), r.reason.clone())).collect();
     assert!(
-        reasons.contains(&("refused".into(), Some("already_referred".into()))),
+        reasons.contains(&("refused", Some("already_referred".into()))),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&("refused".into(), Some("already_customer".into()))),
+        reasons.contains(&("refused", Some("already_customer".into()))),
         "{reasons:?}"
     );
     lc.shutdown().await;
@@ -456,7 +457,7 @@ async fn auto_mode_falls_back_to_a_share_link_after_131049(backend: Backend) {
     let failed = lc.app.store.list_messages(10).await.expect("messages");
     let invite = failed
         .iter()
-        .find(|m| m.purpose == "friend_invite")
+        .find(|m| m.purpose.as_str() == "friend_invite")
         .expect("friend invite");
     assert_eq!((invite.status.as_str(), invite.error_code), ("failed", Some(131049)));
     lc.shutdown().await;
@@ -552,7 +553,7 @@ async fn interrupted_send_is_reconciled_by_callback_data(backend: Backend) {
             store
                 .list_messages(5)
                 .await
-                .map(|m| m.first().is_some_and(|m| m.status == "sending"))
+                .map(|m| m.first().is_some_and(|m| m.status.as_str() == "sending"))
                 .unwrap_or(false)
         }
     })
@@ -589,7 +590,7 @@ async fn interrupted_send_is_reconciled_by_callback_data(backend: Backend) {
                 .await
                 .ok()
                 .flatten()
-                .is_some_and(|m| m.status == "delivered")
+                .is_some_and(|m| m.status.as_str() == "delivered")
         }
     })
     .await;
@@ -737,7 +738,7 @@ async fn graph_500_then_success_sends_once(backend: Backend) {
     );
     let messages = lc.app.store.list_messages(5).await.expect("messages");
     assert_eq!(messages.len(), 1);
-    assert_eq!(messages[0].status, "accepted");
+    assert_eq!(messages[0].status.as_str(), "accepted");
     let jobs = lc
         .app
         .store
@@ -837,7 +838,7 @@ async fn hubspot_429_is_retried(backend: Backend) {
         .expect("jobs");
     assert!(done
         .iter()
-        .any(|j| j.kind == "hubspot.update_contact" && j.attempts == 2));
+        .any(|j| j.kind == "hubspot.referrer_status" && j.attempts == 2));
     lc.shutdown().await;
 }
 

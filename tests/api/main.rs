@@ -3,8 +3,10 @@
 mod fakes;
 mod helpers;
 
+mod attribution;
 mod health;
 mod hubspot;
+mod interruptions;
 mod lifecycle;
 mod metrics;
 mod queue;

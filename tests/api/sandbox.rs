@@ -2,6 +2,7 @@
 //! every outbound call is recorded instead of sent.
 
 use referloop::dev;
+use referloop::domain::state::Persisted;
 use referloop::signatures::{sign_hubspot_v3, sign_meta};
 use referloop::store::{now_ms, Backend};
 use serde_json::json;
@@ -75,13 +76,13 @@ async fn sandbox_carries_a_referral_to_the_invited_friend(backend: Backend) {
     let messages = app.store.list_messages(10).await.expect("messages");
     let friend_invite = messages
         .iter()
-        .find(|m| m.purpose == "friend_invite")
+        .find(|m| m.purpose.as_str() == "friend_invite")
         .expect("friend invite");
     let wamid = friend_invite.wamid.clone().expect("sandbox wamid");
     post_whatsapp(&app, dev::status(&wamid, "delivered", "+447911123457")).await;
     assert!(settle().await);
     assert_eq!(
-        app.store.list_referrals(1).await.expect("referrals")[0].state,
+        app.store.list_referrals(1).await.expect("referrals")[0].state.as_str(),
         "friend_invited"
     );
 

@@ -1,4 +1,4 @@
-//! What the handlers work with: the store, the settings and the outside-API clients.
+//! What the steps work with: the store, the settings and the outside-API clients.
 
 use std::sync::Arc;
 
@@ -39,10 +39,5 @@ impl Services {
             settings,
             metrics,
         })
-    }
-
-    /// Attempts for the jobs the lifecycle queues (from the retry schedule).
-    pub fn max_attempts(&self) -> i64 {
-        self.settings.worker.retry_schedule_seconds.len() as i64 + 1
     }
 }

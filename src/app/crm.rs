@@ -1,0 +1,187 @@
+//! HubSpot updates that mirror our records: the referrer's status and counters, issued
+//! rewards, credit totals, opt-outs, and the referrer–friend link. Each reads the
+//! current record when it runs (so an older job cannot write a stale value) and writes
+//! nothing to our database.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use super::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::phone::E164;
+use crate::domain::state::{InviteState, Persisted};
+use crate::store::now_ms;
+
+fn string(value: impl Into<String>) -> Value {
+    Value::String(value.into())
+}
+
+/// `referral_status` (and the code, on the invite) on the referrer's contact.
+pub async fn referrer_status(
+    s: &Services,
+    work: &Work,
+    contact_id: &str,
+    status: InviteState,
+    code: Option<&str>,
+) -> StepResult {
+    let properties = s.referrer_properties(status.as_str(), code);
+    s.hubspot
+        .update_contact(contact_id, &properties, Some(work.job_id()))
+        .await?;
+    Outcome::done(format!("contact {contact_id}: {}", status.as_str()))
+}
+
+/// The referrer's reward was capped.
+pub async fn referrer_capped(s: &Services, work: &Work, contact_id: &str) -> StepResult {
+    let properties = s.referrer_properties("reward_capped", None);
+    s.hubspot
+        .update_contact(contact_id, &properties, Some(work.job_id()))
+        .await?;
+    Outcome::done(format!("contact {contact_id}: reward_capped"))
+}
+
+/// An issued reward on the beneficiary's contact.
+pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given: &str) -> StepResult {
+    let names = &s.settings.hubspot_properties;
+    let mut properties = Map::new();
+    properties.insert(names.referral_status.clone(), string("rewarded"));
+    properties.insert(names.referral_reward.clone(), string(given));
+    s.hubspot
+        .update_contact(contact_id, &properties, Some(work.job_id()))
+        .await?;
+    Outcome::done(format!("contact {contact_id}: rewarded"))
+}
+
+/// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.
+pub async fn sync_opt_out(s: &Services, work: &Work, phone: &str, opted_out: bool) -> StepResult {
+    let Ok(phone) = E164::parse_mobile(phone, "ZZ") else {
+        return Err(StepError::Permanent("no valid phone".into()));
+    };
+    let mut ids = s.store.contact_ids_for_phone(phone.as_str()).await?;
+    if ids.is_empty() {
+        let region = &s.settings.programme.default_region;
+        let found = s
+            .hubspot
+            .search_by_phone(&phone, &[], region, Some(work.job_id()))
+            .await?;
+        ids = found.into_iter().map(|c| c.id).collect();
+    }
+    let names = &s.settings.hubspot_properties;
+    let mut properties = Map::new();
+    properties.insert(
+        names.whatsapp_opted_out.clone(),
+        string(if opted_out { "true" } else { "false" }),
+    );
+    if opted_out {
+        properties.insert(names.referral_status.clone(), string("opted_out"));
+    }
+    for id in &ids {
+        s.hubspot.update_contact(id, &properties, Some(work.job_id())).await?;
+    }
+    Outcome::done(format!("opt-out mirrored to {} contact(s)", ids.len()))
+}
+
+/// Writes `read()` to the contact until what was written equals a fresh reading: another
+/// job may have written an older reading after ours.
+async fn write_until_stable<T, F, Fut>(
+    s: &Services,
+    work: &Work,
+    contact_id: &str,
+    mut read: F,
+    properties: impl Fn(&T) -> Map<String, Value>,
+) -> Result<Option<T>, StepError>
+where
+    T: PartialEq,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let mut written = None;
+    for _ in 0..3 {
+        let reading = read().await?;
+        if written.as_ref() == Some(&reading) {
+            break;
+        }
+        s.hubspot
+            .update_contact(contact_id, &properties(&reading), Some(work.job_id()))
+            .await?;
+        written = Some(reading);
+    }
+    Ok(written)
+}
+
+/// The referrer's counters, from the ledger (never incremented).
+pub async fn referrer_counters(s: &Services, work: &Work, contact_id: &str) -> StepResult {
+    let names = &s.settings.hubspot_properties;
+    let written = write_until_stable(
+        s,
+        work,
+        contact_id,
+        || s.store.referrer_counters(contact_id),
+        |(converted, total): &(i64, i64)| {
+            let mut properties = Map::new();
+            properties.insert(names.referrals_converted.clone(), string(converted.to_string()));
+            properties.insert(names.referral_rewards_total.clone(), string(total.to_string()));
+            properties
+        },
+    )
+    .await?;
+    let (converted, total) = written.unwrap_or_default();
+    Outcome::done(format!("contact {contact_id}: {converted} converted, {total} rewarded"))
+}
+
+/// A contact's credit property, from its issued `hubspot_credit` rewards.
+pub async fn credit_total(s: &Services, work: &Work, contact_id: &str, property: &str) -> StepResult {
+    let written = write_until_stable(
+        s,
+        work,
+        contact_id,
+        || s.store.contact_credit_total(contact_id),
+        |total: &i64| {
+            let mut properties = Map::new();
+            properties.insert(property.to_string(), string(total.to_string()));
+            properties
+        },
+    )
+    .await?;
+    Outcome::done(format!("contact {contact_id}: credit {}", written.unwrap_or_default()))
+}
+
+/// Links referrer and friend ("Referred" / "Referred by") and notes the conversion on
+/// both timelines. The association is idempotent; the note comes last.
+pub async fn link_referral(s: &Services, work: &Work, referral_id: i64) -> StepResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(StepError::Permanent(format!("referral {referral_id} not found")));
+    };
+    let Some(friend) = referral.friend_contact_id.clone() else {
+        return Err(StepError::retry_after(
+            "waiting for the friend's contact",
+            Duration::from_secs(2),
+        ));
+    };
+    let referrer = referral.referrer_contact_id.clone();
+    let job_id = Some(work.job_id());
+    let type_id = s
+        .hubspot
+        .referral_association_type("referrer_referred", "Referred", "Referred by", job_id)
+        .await?;
+    s.hubspot
+        .associate_contacts(&referrer, &friend, type_id, job_id)
+        .await?;
+    let note = format!(
+        "<p>Referral {}: {} (contact {friend}) converted with code {}, referred by contact {referrer}.</p>",
+        referral.id,
+        html_escape(&referral.friend_name),
+        html_escape(&referral.referral_code)
+    );
+    s.hubspot
+        .add_note(&[&referrer, &friend], &note, now_ms(), job_id)
+        .await?;
+    Outcome::done(format!("contacts {referrer} and {friend} linked (type {type_id})"))
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

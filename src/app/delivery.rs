@@ -1,0 +1,264 @@
+//! Sending: the `whatsapp.send` job, Meta's statuses for what we sent, and what a
+//! refusal (synchronous or in a `failed` status) means for the recipient and the
+//! referral. Meta's error codes decide between retry, suppress and fallback
+//! (`domain::messaging::classify`).
+
+use std::time::Duration;
+
+use super::transition::{self, EventContext};
+use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
+use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, SendErrorClass};
+use crate::domain::phone::E164;
+use crate::domain::referral::ReferralEvent;
+use crate::domain::state::Persisted;
+use crate::store::{duration_ms, now_ms, ItemEnd, MessageRow, NewMessage, Tx};
+use crate::whatsapp::inbound::StatusUpdate;
+
+/// The `whatsapp.send` job.
+pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
+    let Some(message) = s.store.message(message_id).await? else {
+        return Err(StepError::Permanent(format!("message {message_id} not found")));
+    };
+    let from = match message.status {
+        MessageStatus::Queued => MessageStatus::Queued,
+        // An earlier attempt was interrupted after the request may have reached Meta (a
+        // crash, a timeout). Meta takes no idempotency key, but its statuses echo our
+        // callback data (the message's key), which `on_status` uses to record the send.
+        // Wait for that a while before sending again.
+        MessageStatus::Sending => {
+            let wait = duration_ms(Duration::from_secs(s.settings.worker.interrupted_send_wait_seconds));
+            let waited = now_ms() - message.updated_at;
+            if waited < wait {
+                return Err(StepError::retry_after(
+                    "interrupted send: waiting for Meta's status",
+                    Duration::from_millis((wait - waited) as u64),
+                ));
+            }
+            tracing::warn!(message_id, "interrupted send never confirmed by Meta; sending again");
+            MessageStatus::Sending
+        }
+        done => return Outcome::done(format!("message already {}", done.as_str())),
+    };
+    if message.marketing == 1 && s.store.is_opted_out(&message.to_phone).await? {
+        let mut tx = s.store.begin(Some(&work.lease)).await?;
+        tx.set_message_status(
+            message.id,
+            from,
+            MessageStatus::Suppressed,
+            None,
+            Some((None, "recipient opted out")),
+        )
+        .await?;
+        tx.commit("suppressed: recipient opted out of marketing").await?;
+        return Outcome::committed("suppressed");
+    }
+    if !s.store.mark_sending(message.id, from).await? {
+        return Outcome::done("another worker is sending this message");
+    }
+    let failure = match s.whatsapp.send(&message.body, Some(work.job_id())).await {
+        Ok(accepted) => {
+            let mut tx = s.store.begin(Some(&work.lease)).await?;
+            let recorded = tx
+                .set_message_status(
+                    message.id,
+                    MessageStatus::Sending,
+                    MessageStatus::Accepted,
+                    Some(&accepted.wamid),
+                    None,
+                )
+                .await?;
+            let note = if recorded {
+                format!("accepted as {}", accepted.wamid)
+            } else {
+                format!("accepted as {} (its status was recorded first)", accepted.wamid)
+            };
+            tx.commit(note.clone()).await?;
+            return Outcome::committed(note);
+        }
+        Err(failure) => failure,
+    };
+    if failure.ambiguous {
+        // The request may have been delivered: keep `sending`, so the next attempt waits
+        // for Meta's status before sending again.
+        return Err(StepError::retry_after(failure.title, Duration::from_secs(30)));
+    }
+    let retry_delay = match failure.class {
+        SendErrorClass::Retry { not_before } => Some(not_before.max(failure.retry_after.unwrap_or_default())),
+        _ => None,
+    };
+    if retry_delay.is_some() || failure.class == SendErrorClass::AccountLevel {
+        // Not sent: back to `queued`, for the retry (or, for an account-level problem an
+        // operator must fix, for `referloop jobs retry`).
+        let mut tx = s.store.begin(None).await?;
+        tx.set_message_status(message.id, MessageStatus::Sending, MessageStatus::Queued, None, None)
+            .await?;
+        tx.commit("").await?;
+        s.metrics.whatsapp_send_error(failure.class.as_str(), failure.code);
+        if let Some(delay) = retry_delay {
+            return Err(StepError::retry_after(failure.title, delay));
+        }
+        tracing::error!(
+            message_id = message.id,
+            "WhatsApp refused the send for an account-level reason: every send will fail until an operator acts"
+        );
+        return Err(StepError::Permanent(format!(
+            "account-level error {:?}: {}",
+            failure.code, failure.title
+        )));
+    }
+    // A final refusal: the message failed, and what that means commits with the job's end.
+    let reason = format!(
+        "{} (code {}): {}",
+        failure.class.as_str(),
+        failure.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        failure.title
+    );
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    tx.set_message_status(
+        message.id,
+        MessageStatus::Sending,
+        MessageStatus::Failed,
+        None,
+        Some((failure.code, &failure.title)),
+    )
+    .await?;
+    after_refusal(s, &mut tx, &message, failure.class).await?;
+    tx.finish(ItemEnd::Dead(reason.clone())).await?;
+    s.metrics.whatsapp_send_error(failure.class.as_str(), failure.code);
+    Ok(Outcome::Committed(ItemEnd::Dead(reason)))
+}
+
+/// A status Meta reported. The message's new status and everything it means (a resend,
+/// an opt-out, the referral's move) commit together; a redelivered status re-applies
+/// only what is missing.
+pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> StepResult {
+    let Some(incoming) = update.status else {
+        return Outcome::done("status kind not tracked");
+    };
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    let mut found = tx.message_by_wamid(&update.wamid).await?;
+    if found.is_none() {
+        if let Some(key) = &update.callback {
+            found = tx.attach_wamid(key, &update.wamid).await?;
+        }
+    }
+    let Some(message) = found else {
+        drop(tx);
+        // A status can overtake the record of our send; give it a little time.
+        if work.attempts < 3 {
+            return Err(StepError::retry_after(
+                "status for a message not recorded yet",
+                Duration::from_secs(20),
+            ));
+        }
+        return Outcome::done("status for a message we did not send");
+    };
+    let changed = match message.status.advance(incoming) {
+        Some(next) => {
+            let error = update.error_title.as_deref().map(|title| (update.error_code, title));
+            tx.set_message_status(message.id, message.status, next, None, error)
+                .await?
+                .then_some(next)
+        }
+        None => None,
+    };
+    let status = changed.unwrap_or(message.status);
+    let mut note = match changed {
+        Some(next) => format!(
+            "message {} {} -> {}",
+            message.id,
+            message.status.as_str(),
+            next.as_str()
+        ),
+        None => format!("message {} stays {}", message.id, message.status.as_str()),
+    };
+    if status == MessageStatus::Failed {
+        let class = classify(update.error_code, None);
+        note.push_str(&format!(
+            " ({}: {})",
+            update.error_code.unwrap_or_default(),
+            class.as_str()
+        ));
+        if let SendErrorClass::Retry { not_before } = class {
+            note.push_str(&resend_once(s, &mut tx, &message, not_before).await?);
+        }
+        after_refusal(s, &mut tx, &message, class).await?;
+        if changed.is_some() {
+            s.metrics.whatsapp_send_error(class.as_str(), update.error_code);
+        }
+    }
+    if status.is_delivered() && message.purpose == MessagePurpose::FriendInvite {
+        if let Some(referral_id) = message.referral_id {
+            let event = ReferralEvent::DirectInviteDelivered;
+            let applied = transition::apply(s, &mut tx, referral_id, &event, EventContext::default()).await?;
+            note.push_str(&format!("; referral {referral_id} {applied}"));
+        }
+    }
+    tx.commit(note.clone()).await?;
+    Outcome::committed(note)
+}
+
+/// A transient failure reported by a `failed` status: the message is sent again, once,
+/// under a key of its own.
+async fn resend_once(
+    s: &Services,
+    tx: &mut Tx,
+    message: &MessageRow,
+    not_before: Duration,
+) -> Result<String, StepError> {
+    if message.idempotency_key.ends_with(":resend") {
+        return Ok("; already resent once".into());
+    }
+    let Ok(to) = E164::parse_mobile(&message.to_phone, "ZZ") else {
+        return Ok("; invalid recipient, not resent".into());
+    };
+    let body: serde_json::Value = serde_json::from_str(&message.body).unwrap_or_default();
+    let resend = NewMessage {
+        invite_id: message.invite_id,
+        referral_id: message.referral_id,
+        run_at: now_ms() + duration_ms(not_before),
+        ..s.message(
+            format!("{}:resend", message.idempotency_key),
+            message.purpose,
+            &to,
+            message.marketing == 1,
+            body,
+        )
+    };
+    tx.insert_message(&resend).await?;
+    Ok("; resend queued".into())
+}
+
+/// What a final refusal means for the recipient (131050: opted out) and, for a friend's
+/// invite, for the referral: Meta's marketing limit (131049) falls back to a share link
+/// where the mode allows, anything else leaves the friend unreachable.
+async fn after_refusal(
+    s: &Services,
+    tx: &mut Tx,
+    message: &MessageRow,
+    class: SendErrorClass,
+) -> Result<(), StepError> {
+    if class == SendErrorClass::OptedOut {
+        if let Ok(phone) = E164::parse_mobile(&message.to_phone, "ZZ") {
+            opt_out::record(s, tx, &phone, "meta_131050", true).await?;
+        }
+    }
+    if message.purpose != MessagePurpose::FriendInvite {
+        return Ok(());
+    }
+    // An account-level problem is fixed by an operator and the send retried, and a
+    // transient one is sent again: neither moves the referral.
+    let policy_limit = match class {
+        SendErrorClass::MarketingLimit => true,
+        SendErrorClass::OptedOut
+        | SendErrorClass::Undeliverable
+        | SendErrorClass::Permanent
+        | SendErrorClass::OutsideWindow => false,
+        SendErrorClass::AccountLevel | SendErrorClass::Retry { .. } => return Ok(()),
+    };
+    if let Some(referral_id) = message.referral_id {
+        let event = ReferralEvent::DirectInviteFailed { policy_limit };
+        transition::apply(s, tx, referral_id, &event, EventContext::default()).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! The nominated friend: arriving through a share link (a text with the code from a new
+//! or the nominated number), and their HubSpot contact, created once and kept in step
+//! with the referral.
+
+use serde_json::{Map, Value};
+
+use super::transition::{self, EventContext};
+use super::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::code::codes_in_text;
+use crate::domain::phone::E164;
+use crate::domain::referral::{friend_hubspot_status, ReferralEvent};
+use crate::store::ReferralRow;
+
+/// A text from someone who may be a friend arriving through a share link.
+pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> StepResult {
+    let codes = codes_in_text(body);
+    let Some(referral) = s.store.referral_awaiting_friend(from.as_str(), &codes).await? else {
+        return Outcome::done("text not matched to a referral");
+    };
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    // Matched by code from another number: the friend uses this one.
+    let ctx = EventContext {
+        arrived_from: Some(from),
+        ..EventContext::default()
+    };
+    let applied = transition::apply(s, &mut tx, referral.id, &ReferralEvent::FriendArrived, ctx).await?;
+    let note = format!("friend arrived for referral {} ({applied})", referral.id);
+    tx.commit(note.clone()).await?;
+    Outcome::committed(note)
+}
+
+/// The `hubspot.create_friend` job: finds the friend's contact by phone or creates it,
+/// then records its id; the status updates (`hubspot.sync_friend`) wait for it.
+pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> StepResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(StepError::Permanent(format!("referral {referral_id} not found")));
+    };
+    if let Some(id) = &referral.friend_contact_id {
+        return Outcome::done(format!("friend contact {id} already recorded"));
+    }
+    let phone = E164::parse_mobile(&referral.friend_phone, "ZZ")
+        .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
+    let region = &s.settings.programme.default_region;
+    let found = s
+        .hubspot
+        .search_by_phone(&phone, &[], region, Some(work.job_id()))
+        .await?;
+    let id = match found.first() {
+        Some(contact) => contact.id.clone(),
+        None => {
+            let names = &s.settings.hubspot_properties;
+            let mut create = properties(s, &referral);
+            create.insert("phone".into(), Value::String(phone.as_str().into()));
+            create.insert(names.first_name.clone(), Value::String(referral.friend_name.clone()));
+            s.hubspot.create_contact(&create, Some(work.job_id())).await?
+        }
+    };
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    tx.set_friend_contact_id(referral.id, &id).await?;
+    let note = format!("friend contact {id}");
+    tx.commit(note.clone()).await?;
+    Outcome::committed(note)
+}
+
+/// The friend's referral properties from the referral's current state.
+fn properties(s: &Services, referral: &ReferralRow) -> Map<String, Value> {
+    let names = &s.settings.hubspot_properties;
+    let status = friend_hubspot_status(referral.state).unwrap_or("nominated");
+    let mut properties = Map::new();
+    properties.insert(names.referral_status.clone(), Value::String(status.into()));
+    properties.insert(
+        names.referred_by_code.clone(),
+        Value::String(referral.referral_code.clone()),
+    );
+    properties.insert(
+        names.referrer_contact_id.clone(),
+        Value::String(referral.referrer_contact_id.clone()),
+    );
+    properties
+}
+
+/// The `hubspot.sync_friend` job: the friend's properties from the referral's current
+/// state (so an older job cannot write a stale status).
+pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64) -> StepResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(StepError::Permanent(format!("referral {referral_id} not found")));
+    };
+    if friend_hubspot_status(referral.state).is_none() {
+        return Outcome::done("nothing to record for this state");
+    }
+    let Some(contact_id) = referral.friend_contact_id.clone() else {
+        return Err(StepError::retry_after(
+            "waiting for the friend's contact",
+            std::time::Duration::from_secs(2),
+        ));
+    };
+    let properties = properties(s, &referral);
+    s.hubspot
+        .update_contact(&contact_id, &properties, Some(work.job_id()))
+        .await?;
+    let status = friend_hubspot_status(referral.state).unwrap_or_default();
+    Outcome::done(format!("friend contact {contact_id}: {status}"))
+}

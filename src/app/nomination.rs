@@ -1,0 +1,177 @@
+//! Step 3–4: the customer's Flow reply nominates a friend; the nomination is screened
+//! (opted out? already a customer?) and the referral machine chooses how to reach them.
+
+use super::transition::{self, EventContext};
+use super::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::flow_token::FlowToken;
+use crate::domain::messaging::MessagePurpose;
+use crate::domain::nomination::{self, parse_flow_reply, NominationRefusal};
+use crate::domain::phone::E164;
+use crate::domain::referral::{ReferralEvent, ReferralState};
+use crate::domain::state::InviteState;
+use crate::domain::work::Job;
+use crate::store::{NewReferral, ReferralInsert};
+use crate::telemetry::mask_phone;
+use crate::whatsapp::inbound::InboundMessage;
+use crate::whatsapp::render;
+
+/// A completed Flow: validated, then recorded as a referral with its screening queued,
+/// or refused with a reply to the referrer, in one transaction.
+pub async fn on_flow_reply(
+    s: &Services,
+    work: &Work,
+    from: &E164,
+    message: &InboundMessage,
+    response_json: &str,
+) -> StepResult {
+    let Some(reply) = parse_flow_reply(response_json) else {
+        return Outcome::done("flow reply without a readable response_json");
+    };
+    let refuse = |refusal: NominationRefusal| refuse(s, work, from, &message.wamid, refusal, &reply.friend_name);
+    let token = match (&reply.flow_token, &message.context_id) {
+        (Some(token), _) => Some(token.clone()),
+        // Some clients omit the token: take it from the Flow message this replies to.
+        (None, Some(context)) => s
+            .store
+            .message_by_wamid(context)
+            .await?
+            .filter(|sent| sent.purpose == MessagePurpose::Flow)
+            .and_then(|sent| render::flow_token_of(&sent.body)),
+        (None, None) => None,
+    };
+    let Some(token) = token else {
+        return refuse(NominationRefusal::InvalidToken).await;
+    };
+    let Ok(verified) = FlowToken::verify(&token, &s.flow_token_secret) else {
+        return refuse(NominationRefusal::InvalidToken).await;
+    };
+    let Some(invite) = s.store.invite(verified.invite_id).await? else {
+        return refuse(NominationRefusal::InvalidToken).await;
+    };
+    if invite.phone.as_deref() != Some(from.as_str()) {
+        return refuse(NominationRefusal::InvalidToken).await;
+    }
+    let nomination = match nomination::validate(&reply, from, &s.settings.programme.default_region) {
+        Ok(n) => n,
+        Err(refusal) => return refuse(refusal).await,
+    };
+    if s.store.count_open_referrals(&invite.contact_id).await? >= s.settings.programme.max_open_referrals {
+        return refuse(NominationRefusal::TooManyOpenReferrals).await;
+    }
+    let new = NewReferral {
+        invite_id: invite.id,
+        flow_token: token,
+        referrer_contact_id: invite.contact_id.clone(),
+        referrer_phone: from.as_str().into(),
+        referrer_name: invite.first_name.clone(),
+        referral_code: invite.referral_code.clone().unwrap_or_default(),
+        friend_phone: nomination.friend_phone.as_str().into(),
+        friend_name: nomination.friend_name.clone(),
+        personal_message: nomination.personal_message.clone(),
+        consent: nomination.consent,
+        language: invite.language.clone(),
+    };
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    // Open referrals of this number older than the window expire, so the first
+    // nomination wins only within the window.
+    for stale in tx
+        .stale_open_referrals(&new.friend_phone, s.attribution_window_start())
+        .await?
+    {
+        transition::apply(s, &mut tx, stale.id, &ReferralEvent::Expired, EventContext::default()).await?;
+    }
+    let note = match tx.insert_referral(&new).await? {
+        ReferralInsert::Created(id) => {
+            tx.enqueue(&s.job(Job::ScreenReferral {
+                referral_id: id,
+                business_number: message.business_number.clone(),
+            }))
+            .await?;
+            tx.enqueue(&s.job(Job::ReferrerStatus {
+                invite_id: invite.id,
+                contact_id: invite.contact_id.clone(),
+                status: InviteState::Nominated,
+                code: None,
+            }))
+            .await?;
+            tx.advance_invite(invite.id, InviteState::Nominated).await?;
+            tracing::info!(referral_id = id, friend = %mask_phone(&new.friend_phone), "friend nominated");
+            format!("referral {id} nominated")
+        }
+        ReferralInsert::TokenAlreadyUsed(id) => format!("flow token already used by referral {id}"),
+        ReferralInsert::FriendTaken(id) => {
+            let refusal = NominationRefusal::AlreadyReferred;
+            let body = render::refusal(&s.settings, &refusal, &new.friend_name, from.as_str());
+            let key = format!("referral:{id}:refusal");
+            let reply = crate::store::NewMessage {
+                referral_id: Some(id),
+                ..s.message(key, MessagePurpose::Refusal, from, false, body)
+            };
+            tx.insert_message(&reply).await?;
+            format!("referral {id} refused: {}", refusal.reason())
+        }
+    };
+    tx.commit(note.clone()).await?;
+    Outcome::committed(note)
+}
+
+/// A nomination refused before it became a referral: the reason, told to the referrer
+/// inside the window their reply opened.
+async fn refuse(
+    s: &Services,
+    work: &Work,
+    from: &E164,
+    wamid: &str,
+    refusal: NominationRefusal,
+    friend_name: &str,
+) -> StepResult {
+    let body = render::refusal(&s.settings, &refusal, friend_name, from.as_str());
+    let reply = s.message(format!("refusal:{wamid}"), MessagePurpose::Reply, from, false, body);
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    tx.insert_message(&reply).await?;
+    let note = format!("nomination refused: {}", refusal.reason());
+    tx.commit(note.clone()).await?;
+    tracing::info!(reason = refusal.reason(), "nomination refused");
+    Outcome::committed(note)
+}
+
+/// The `referral.screen` job: checks that need HubSpot (is the friend already a
+/// customer?) and the store (did the friend opt out?), then the machine's choice.
+pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number: &str) -> StepResult {
+    let Some(referral) = s.store.referral(referral_id).await? else {
+        return Err(StepError::Permanent(format!("referral {referral_id} not found")));
+    };
+    if referral.state != ReferralState::Nominated {
+        return Outcome::done(format!("already screened ({:?})", referral.state));
+    }
+    let friend = E164::parse_mobile(&referral.friend_phone, "ZZ")
+        .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
+    let refusal = if s.store.is_opted_out(friend.as_str()).await? {
+        Some(NominationRefusal::FriendOptedOut)
+    } else {
+        let stage_property = s.settings.hubspot_properties.lifecycle_stage.as_str();
+        let customers = s
+            .hubspot
+            .search_by_phone(
+                &friend,
+                &[stage_property],
+                &s.settings.programme.default_region,
+                Some(work.job_id()),
+            )
+            .await?;
+        let stage = &s.settings.programme.customer_lifecycle_stage;
+        customers
+            .iter()
+            .any(|c| c.property(stage_property) == Some(stage.as_str()))
+            .then_some(NominationRefusal::AlreadyCustomer)
+    };
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    let ctx = EventContext {
+        business_number,
+        ..EventContext::default()
+    };
+    let applied = transition::apply(s, &mut tx, referral_id, &ReferralEvent::Screened { refusal }, ctx).await?;
+    let note = format!("referral {referral_id} {applied}");
+    tx.commit(note.clone()).await?;
+    Outcome::committed(note)
+}

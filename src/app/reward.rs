@@ -1,0 +1,351 @@
+//! Step 6: both sides' rewards. Converting a referral grants them (inside the converting
+//! transaction, where the referrer's cap is decided); the `reward.issue` job fulfils
+//! each by its kind, once, then records it, messages the beneficiary and updates
+//! HubSpot in one transaction.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{Outcome, Services, StepError, StepResult, Work, DAY_MS};
+use crate::config::{secret_value, RewardSide};
+use crate::domain::messaging::MessagePurpose;
+use crate::domain::phone::E164;
+use crate::domain::reward::{self, Beneficiary, RewardKind, RewardState};
+use crate::domain::work::Job;
+use crate::integrations::{OutboundRequest, OutboundResponse};
+use crate::signatures;
+use crate::store::{now_ms, NewConversion, NewJob, NewMessage, NewReward, ReferralRow, RewardRow, Tx};
+use crate::whatsapp::render;
+
+impl Services {
+    fn reward_side(&self, beneficiary: Beneficiary) -> &RewardSide {
+        match beneficiary {
+            Beneficiary::Referrer => &self.settings.rewards.referrer,
+            Beneficiary::Friend => &self.settings.rewards.friend,
+        }
+    }
+}
+
+/// Creates both sides' rewards for a converting referral, inside its transaction. The
+/// referrer's cap is counted there, with the referrer locked, so concurrent conversions
+/// of the same referrer's friends cannot both pass it.
+pub async fn grant(
+    s: &Services,
+    tx: &mut Tx,
+    r: &ReferralRow,
+    conversion: Option<&NewConversion>,
+) -> Result<(), StepError> {
+    let programme = &s.settings.programme;
+    let now = now_ms();
+    let available_at = now + programme.reward_hold_days * DAY_MS;
+    let since = now - programme.reward_cap_period_days * DAY_MS;
+    let rewarded = tx.referrer_rewards_since(&r.referrer_contact_id, since).await?;
+    for beneficiary in [Beneficiary::Referrer, Beneficiary::Friend] {
+        let side = s.reward_side(beneficiary);
+        if side.kind == RewardKind::None {
+            continue;
+        }
+        let state = reward::initial_state(beneficiary, rewarded, programme.max_rewarded_referrals_per_referrer);
+        let (contact_id, phone, name, customer) = match beneficiary {
+            Beneficiary::Referrer => (
+                Some(r.referrer_contact_id.clone()),
+                r.referrer_phone.clone(),
+                r.referrer_name.clone(),
+                None,
+            ),
+            Beneficiary::Friend => (
+                r.friend_contact_id.clone(),
+                r.friend_phone.clone(),
+                r.friend_name.clone(),
+                conversion.and_then(|c| c.stripe_customer.clone()),
+            ),
+        };
+        let new = NewReward {
+            beneficiary,
+            contact_id,
+            phone,
+            first_name: name,
+            language: r.language.clone(),
+            kind: serde_json::to_value(side.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            state,
+            amount: side.amount,
+            currency: side.currency.clone(),
+            stripe_customer: customer,
+            available_at,
+        };
+        let Some(id) = tx.insert_reward(r.id, &new).await? else {
+            continue;
+        };
+        match state {
+            RewardState::Pending => {
+                let issue = NewJob::new(&Job::IssueReward { reward_id: id }, s.max_attempts(), available_at);
+                tx.enqueue(&issue).await?;
+            }
+            RewardState::Capped => {
+                tx.enqueue(&s.job(Job::ReferrerCapped {
+                    referral_id: r.id,
+                    contact_id: r.referrer_contact_id.clone(),
+                }))
+                .await?;
+            }
+            RewardState::Issuing | RewardState::Issued | RewardState::Failed | RewardState::Void => {}
+        }
+    }
+    Ok(())
+}
+
+/// The `reward.issue` job.
+pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
+    let Some(reward) = s.store.reward(reward_id).await? else {
+        return Err(StepError::Permanent(format!("reward {reward_id} not found")));
+    };
+    if !reward.state.can_issue() {
+        return Outcome::done(format!("reward is {:?}", reward.state));
+    }
+    let wait = reward.available_at - now_ms();
+    if wait > 0 {
+        return Err(StepError::retry_after(
+            "reward on hold",
+            Duration::from_millis(wait as u64),
+        ));
+    }
+    let Some(beneficiary) = Beneficiary::parse(&reward.beneficiary) else {
+        return Err(StepError::Permanent("unknown beneficiary".into()));
+    };
+    let Some(referral) = s.store.referral(reward.referral_id).await? else {
+        return Err(StepError::Permanent("referral not found".into()));
+    };
+    if !s.store.claim_reward(reward.id).await? {
+        return Outcome::done("reward was voided or issued meanwhile");
+    }
+    let side = s.reward_side(beneficiary).clone();
+    let (code, external_ref) = match fulfil(s, &reward, &referral, beneficiary, &side, work.job_id()).await {
+        Ok(done) => done,
+        Err(error) => {
+            s.store.fail_reward(reward.id, &error.to_string()).await?;
+            return Err(error);
+        }
+    };
+    let given = code.clone().unwrap_or_else(|| side.description.clone());
+    let message = reward_message(s, &reward, &referral, beneficiary, &given).await?;
+    let jobs = recording_jobs(s, &reward, &referral, beneficiary, &side, &given);
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    if !tx
+        .mark_reward_issued(reward.id, code.as_deref(), external_ref.as_deref())
+        .await?
+    {
+        tx.commit("reward changed state meanwhile (voided?)").await?;
+        return Outcome::committed("reward changed state meanwhile");
+    }
+    if let Some(message) = message {
+        tx.insert_message(&message).await?;
+    }
+    for job in &jobs {
+        tx.enqueue(job).await?;
+    }
+    let note = format!("reward {} issued: {given}", reward.id);
+    tx.commit(note.clone()).await?;
+    Outcome::committed(note)
+}
+
+/// The reward message, when the beneficiary may be messaged: a friend who gave no consent
+/// only inside a window they opened. (An opted-out number is suppressed at send time;
+/// the reward is still issued and recorded in HubSpot.)
+async fn reward_message(
+    s: &Services,
+    reward: &RewardRow,
+    referral: &ReferralRow,
+    beneficiary: Beneficiary,
+    given: &str,
+) -> Result<Option<NewMessage>, StepError> {
+    let may_message = match beneficiary {
+        Beneficiary::Referrer => true,
+        Beneficiary::Friend if referral.consent == 1 => true,
+        Beneficiary::Friend => {
+            let last = s.store.last_inbound_at(&reward.phone).await?;
+            last.is_some_and(|at| now_ms() - at < DAY_MS)
+        }
+    };
+    let Some(phone) = E164::parse_mobile(&reward.phone, "ZZ").ok().filter(|_| may_message) else {
+        return Ok(None);
+    };
+    let body = render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given);
+    let key = format!("reward:{}:message", reward.id);
+    Ok(Some(NewMessage {
+        referral_id: Some(reward.referral_id),
+        ..s.message(key, MessagePurpose::Reward, &phone, true, body)
+    }))
+}
+
+/// HubSpot updates that record an issued reward.
+fn recording_jobs(
+    s: &Services,
+    reward: &RewardRow,
+    referral: &ReferralRow,
+    beneficiary: Beneficiary,
+    side: &RewardSide,
+    given: &str,
+) -> Vec<NewJob> {
+    let contact = reward.contact_id.clone().or_else(|| match beneficiary {
+        Beneficiary::Friend => referral.friend_contact_id.clone(),
+        Beneficiary::Referrer => Some(referral.referrer_contact_id.clone()),
+    });
+    let mut jobs = Vec::new();
+    if let Some(contact) = contact {
+        jobs.push(s.job(Job::RewardRecorded {
+            reward_id: reward.id,
+            contact_id: contact.clone(),
+            given: given.to_string(),
+        }));
+        if side.kind == RewardKind::HubspotCredit {
+            jobs.push(s.job(Job::CreditTotal {
+                reward_id: reward.id,
+                contact_id: contact,
+                property: side.hubspot_property.clone(),
+            }));
+        }
+    }
+    if beneficiary == Beneficiary::Referrer {
+        jobs.push(s.job(Job::ReferrerCounters {
+            contact_id: referral.referrer_contact_id.clone(),
+            cause: format!("reward:{}", reward.id),
+        }));
+    }
+    jobs
+}
+
+/// Fulfils a reward: `(code, external reference)`. Outside calls carry an idempotency
+/// key derived from the reward, so a retried fulfilment gives the same result.
+async fn fulfil(
+    s: &Services,
+    reward: &RewardRow,
+    referral: &ReferralRow,
+    beneficiary: Beneficiary,
+    side: &RewardSide,
+    job_id: i64,
+) -> Result<(Option<String>, Option<String>), StepError> {
+    let idempotency_key = format!("referloop-reward-{}", reward.id);
+    match side.kind {
+        RewardKind::None | RewardKind::HubspotCredit => Ok((None, None)),
+        RewardKind::StaticCode => Ok((Some(side.static_code.clone()), None)),
+        RewardKind::CodePool => {
+            let code = s.store.assign_pool_code(reward.id).await?;
+            let free = s.store.free_pool_codes().await?;
+            if free < s.settings.rewards.pool_low_watermark {
+                tracing::warn!(
+                    free,
+                    "reward code pool is running low: load more with `referloop rewards load-codes`"
+                );
+            }
+            match code {
+                Some(code) => Ok((Some(code), None)),
+                None => {
+                    s.metrics.reward_pool_exhausted();
+                    Err(StepError::Permanent(
+                        "reward code pool is exhausted: load codes with `referloop rewards load-codes FILE.csv`, then `referloop jobs retry`".into(),
+                    ))
+                }
+            }
+        }
+        RewardKind::StripePromotionCode => {
+            let code = reward::promotion_code(&referral.referral_code, referral.id, beneficiary);
+            let metadata = [
+                ("referral_id", referral.id.to_string()),
+                ("beneficiary", beneficiary.as_str().to_string()),
+            ];
+            let created = s
+                .stripe
+                .create_promotion_code(
+                    &side.stripe_coupon,
+                    &code,
+                    reward.stripe_customer.as_deref(),
+                    &metadata,
+                    &idempotency_key,
+                    Some(job_id),
+                )
+                .await?;
+            let field = |name: &str| created.get(name).and_then(|v| v.as_str()).map(str::to_string);
+            Ok((Some(field("code").unwrap_or(code)), field("id")))
+        }
+        RewardKind::StripeBalanceCredit => {
+            let Some(customer) = reward.stripe_customer.as_deref() else {
+                return Err(StepError::Permanent(format!(
+                    "no Stripe customer known for the {}: a balance credit needs one (a Stripe conversion carries it)",
+                    beneficiary.as_str()
+                )));
+            };
+            let txn = s
+                .stripe
+                .credit_balance(
+                    customer,
+                    side.amount,
+                    &side.currency,
+                    &side.description,
+                    &idempotency_key,
+                    Some(job_id),
+                )
+                .await?;
+            Ok((None, txn.get("id").and_then(|v| v.as_str()).map(str::to_string)))
+        }
+        RewardKind::Webhook => {
+            fulfil_by_webhook(s, reward, referral, beneficiary, side, &idempotency_key, job_id).await
+        }
+    }
+}
+
+/// The business's own fulfilment endpoint, signed as a Standard Webhook.
+async fn fulfil_by_webhook(
+    s: &Services,
+    reward: &RewardRow,
+    referral: &ReferralRow,
+    beneficiary: Beneficiary,
+    side: &RewardSide,
+    idempotency_key: &str,
+    job_id: i64,
+) -> Result<(Option<String>, Option<String>), StepError> {
+    let secret = secret_value(&side.webhook_secret).unwrap_or_default();
+    let body = json!({
+        "type": "referral.reward",
+        "data": {"reward_id": reward.id, "referral_id": referral.id, "beneficiary": beneficiary.as_str(),
+                 "hubspot_contact_id": reward.contact_id, "phone": reward.phone, "amount": reward.amount,
+                 "currency": reward.currency, "referral_code": referral.referral_code}
+    })
+    .to_string();
+    let timestamp = now_ms() / 1000;
+    let signature = signatures::sign_standard_webhook(secret, idempotency_key, timestamp, body.as_bytes())
+        .map_err(|e| StepError::Permanent(format!("rewards webhook_secret: {e}")))?;
+    let request = OutboundRequest {
+        method: reqwest::Method::POST,
+        url: side.webhook_url.clone(),
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("webhook-id".into(), idempotency_key.to_string()),
+            ("webhook-timestamp".into(), timestamp.to_string()),
+            ("webhook-signature".into(), signature),
+        ],
+        body,
+        job_id: Some(job_id),
+    };
+    match s.outbound.send(request).await {
+        Ok(OutboundResponse::Recorded { .. }) => Ok((None, Some(idempotency_key.to_string()))),
+        Ok(OutboundResponse::Sent { status, .. }) if (200..300).contains(&status) => {
+            Ok((None, Some(idempotency_key.to_string())))
+        }
+        Ok(OutboundResponse::Sent { status, .. }) => {
+            Err(StepError::retry(format!("fulfilment webhook answered {status}")))
+        }
+        Err(e) => Err(StepError::retry(format!("fulfilment webhook: {e}"))),
+    }
+}
+
+/// Voids a referral's rewards that are not issued yet (the API's void, an operator).
+pub async fn void(s: &Services, referral_id: i64) -> Result<u64, StepError> {
+    let mut tx = s.store.begin(None).await?;
+    let voided = tx.void_rewards(referral_id).await?;
+    tx.commit("").await?;
+    Ok(voided)
+}

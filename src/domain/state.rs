@@ -1,0 +1,216 @@
+//! Every state referloop persists is an enum; its name in the database is written once,
+//! in the enum's `as_str`, and read back only through [`Persisted::parse`]. SQL that needs
+//! a list of states builds it with [`sql_list`] from the enum's own lists.
+
+/// A state stored as text.
+pub trait Persisted: Copy + PartialEq + 'static {
+    /// Every value, in order.
+    const ALL: &'static [Self];
+
+    fn as_str(self) -> &'static str;
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|state| state.as_str() == s)
+    }
+}
+
+/// `'a', 'b', 'c'`: the states as an SQL list for `state IN (...)`. The names are
+/// compile-time constants, never input, so inlining them is safe.
+pub fn sql_list<T: Persisted>(states: &[T]) -> String {
+    states
+        .iter()
+        .map(|state| format!("'{}'", state.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A stored name that no enum value has (a row written by a newer binary, or by hand).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}")]
+pub struct UnknownState(pub String);
+
+/// Decodes a stored name (what each state enum's `TryFrom<String>` does, for sqlx).
+pub fn decode<T: Persisted>(name: String) -> Result<T, UnknownState> {
+    T::parse(&name).ok_or(UnknownState(name))
+}
+
+impl TryFrom<String> for InviteState {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
+    }
+}
+
+impl TryFrom<String> for ConversionOutcome {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
+    }
+}
+
+impl TryFrom<String> for QueueState {
+    type Error = UnknownState;
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        decode(name)
+    }
+}
+
+/// An invite (one trigger): `invited` → `flow_sent` → `nominated`; or `ineligible`.
+/// The referrer's `referral_status` in HubSpot takes the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InviteState {
+    Ineligible,
+    Invited,
+    FlowSent,
+    Nominated,
+}
+
+impl Persisted for InviteState {
+    const ALL: &'static [Self] = &[Self::Ineligible, Self::Invited, Self::FlowSent, Self::Nominated];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ineligible => "ineligible",
+            Self::Invited => "invited",
+            Self::FlowSent => "flow_sent",
+            Self::Nominated => "nominated",
+        }
+    }
+}
+
+impl InviteState {
+    /// Whether moving to `next` is progress (never backwards, never out of `ineligible`).
+    pub fn may_advance_to(self, next: InviteState) -> bool {
+        let rank = |s: InviteState| match s {
+            Self::Ineligible => None,
+            Self::Invited => Some(0),
+            Self::FlowSent => Some(1),
+            Self::Nominated => Some(2),
+        };
+        matches!((rank(self), rank(next)), (Some(a), Some(b)) if b > a)
+    }
+}
+
+/// What a conversion signal achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversionOutcome {
+    /// Being recorded (never seen outside the recording transaction).
+    Pending,
+    /// It converted its referral.
+    Converted,
+    /// Its referral had converted before (through another signal).
+    AlreadyConverted,
+    /// Its referral was nominated before the attribution window.
+    OutsideWindow,
+    /// Its referral cannot convert (refused or expired).
+    NotConvertible,
+    /// No referral matched.
+    Unattributed,
+}
+
+impl Persisted for ConversionOutcome {
+    const ALL: &'static [Self] = &[
+        Self::Pending,
+        Self::Converted,
+        Self::AlreadyConverted,
+        Self::OutsideWindow,
+        Self::NotConvertible,
+        Self::Unattributed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Converted => "converted",
+            Self::AlreadyConverted => "already_converted",
+            Self::OutsideWindow => "outside_window",
+            Self::NotConvertible => "not_convertible",
+            Self::Unattributed => "unattributed",
+        }
+    }
+}
+
+impl ConversionOutcome {
+    /// A repeated signal keeps a final outcome; the others are evaluated again (the
+    /// friend may have been nominated since).
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Converted | Self::AlreadyConverted | Self::OutsideWindow)
+    }
+}
+
+/// An inbox event or a job: `queued` → `running` → `done`; a failure goes to `failed`
+/// (due again at `run_at`) or, with no attempts left, `dead` (kept, visible, re-drivable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueState {
+    Queued,
+    Running,
+    Done,
+    Failed,
+    Dead,
+}
+
+impl Persisted for QueueState {
+    const ALL: &'static [Self] = &[Self::Queued, Self::Running, Self::Done, Self::Failed, Self::Dead];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl QueueState {
+    /// States a worker may claim from (with `run_at` due).
+    pub const WAITING: &'static [Self] = &[Self::Queued, Self::Failed];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trips<T: Persisted + std::fmt::Debug + serde::Serialize>() {
+        for state in T::ALL {
+            assert_eq!(T::parse(state.as_str()), Some(*state));
+            // The JSON that CLI listings print uses the same names.
+            assert_eq!(
+                serde_json::to_value(state).ok(),
+                Some(serde_json::json!(state.as_str()))
+            );
+        }
+        assert_eq!(T::parse("no such state"), None);
+    }
+
+    #[test]
+    fn every_state_round_trips_its_name() {
+        round_trips::<InviteState>();
+        round_trips::<ConversionOutcome>();
+        round_trips::<QueueState>();
+        round_trips::<crate::domain::referral::ReferralState>();
+        round_trips::<crate::domain::reward::RewardState>();
+        round_trips::<crate::domain::messaging::MessageStatus>();
+        round_trips::<crate::domain::messaging::MessagePurpose>();
+    }
+
+    #[test]
+    fn sql_lists_are_quoted_names() {
+        assert_eq!(sql_list(QueueState::WAITING), "'queued', 'failed'");
+    }
+
+    #[test]
+    fn invites_only_move_forward() {
+        use InviteState as S;
+        assert!(S::Invited.may_advance_to(S::FlowSent));
+        assert!(S::Invited.may_advance_to(S::Nominated));
+        assert!(S::FlowSent.may_advance_to(S::Nominated));
+        assert!(!S::Nominated.may_advance_to(S::FlowSent));
+        assert!(!S::Ineligible.may_advance_to(S::Invited));
+        assert!(!S::Invited.may_advance_to(S::Ineligible));
+    }
+}

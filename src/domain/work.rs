@@ -1,0 +1,191 @@
+//! The jobs referloop queues, as one typed enum. A job is stored as its `kind` and its
+//! JSON payload; its idempotency key is derived from what it is for, so that queuing the
+//! same work twice yields one job. The worker decodes a stored job with [`Job::decode`]
+//! and dispatches it with an exhaustive `match`; a kind this binary does not know is a
+//! [`DecodeError`] and the job ends dead with that reason.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::referral::ReferralState;
+use super::state::{InviteState, Persisted};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload")]
+pub enum Job {
+    /// Send one row of `messages` through the Graph API.
+    #[serde(rename = "whatsapp.send")]
+    SendWhatsApp { message_id: i64 },
+    /// The checks on a nomination that need HubSpot, then the friend's invitation.
+    #[serde(rename = "referral.screen")]
+    ScreenReferral { referral_id: i64, business_number: String },
+    /// `referral_status` (and on `invited`, `referral_code`) on the referrer's contact.
+    #[serde(rename = "hubspot.referrer_status")]
+    ReferrerStatus {
+        invite_id: i64,
+        contact_id: String,
+        status: InviteState,
+        code: Option<String>,
+    },
+    /// The referrer's reward was capped: say so on the contact.
+    #[serde(rename = "hubspot.referrer_capped")]
+    ReferrerCapped { referral_id: i64, contact_id: String },
+    /// Find or create the friend's contact, once per referral.
+    #[serde(rename = "hubspot.create_friend")]
+    CreateFriendContact { referral_id: i64 },
+    /// The friend's referral properties from the referral's current state.
+    #[serde(rename = "hubspot.sync_friend")]
+    SyncFriend { referral_id: i64, state: ReferralState },
+    /// Mirror an opt-out (or its lifting) onto the number's contacts.
+    #[serde(rename = "hubspot.sync_opt_out")]
+    SyncOptOut { phone: String, opted_out: bool, at: i64 },
+    /// Fulfil one reward.
+    #[serde(rename = "reward.issue")]
+    IssueReward { reward_id: i64 },
+    /// `rewarded` and the reward given, on the beneficiary's contact.
+    #[serde(rename = "hubspot.reward_recorded")]
+    RewardRecorded {
+        reward_id: i64,
+        contact_id: String,
+        given: String,
+    },
+    /// Referrer and friend associated, with a timeline note.
+    #[serde(rename = "hubspot.link_referral")]
+    LinkReferral { referral_id: i64 },
+    /// The referrer's counters from the ledger; `cause` names the change that asked.
+    #[serde(rename = "hubspot.referrer_counters")]
+    ReferrerCounters { contact_id: String, cause: String },
+    /// A contact's credit property from the ledger.
+    #[serde(rename = "hubspot.credit_total")]
+    CreditTotal {
+        reward_id: i64,
+        contact_id: String,
+        property: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode job `{kind}`: {reason}")]
+pub struct DecodeError {
+    pub kind: String,
+    pub reason: String,
+}
+
+impl Job {
+    /// The key that makes queuing this work idempotent.
+    pub fn idempotency_key(&self) -> String {
+        match self {
+            Job::SendWhatsApp { message_id } => format!("whatsapp.send:{message_id}"),
+            Job::ScreenReferral { referral_id, .. } => format!("referral.screen:{referral_id}"),
+            Job::ReferrerStatus { invite_id, status, .. } => {
+                format!("hubspot.referrer:{invite_id}:{}", status.as_str())
+            }
+            Job::ReferrerCapped { referral_id, .. } => format!("hubspot.capped:{referral_id}"),
+            Job::CreateFriendContact { referral_id } => format!("hubspot.friend_create:{referral_id}"),
+            Job::SyncFriend { referral_id, state } => format!("hubspot.friend:{referral_id}:{}", state.as_str()),
+            Job::SyncOptOut { phone, opted_out, at } => {
+                let value = if *opted_out { "stop" } else { "resume" };
+                format!("hubspot.opt_out:{phone}:{value}:{at}")
+            }
+            Job::IssueReward { reward_id } => format!("reward.issue:{reward_id}"),
+            Job::RewardRecorded { reward_id, .. } => format!("hubspot.reward:{reward_id}"),
+            Job::LinkReferral { referral_id } => format!("hubspot.link:{referral_id}"),
+            Job::ReferrerCounters { cause, .. } => format!("hubspot.counters:{cause}"),
+            Job::CreditTotal { reward_id, .. } => format!("hubspot.credit:{reward_id}"),
+        }
+    }
+
+    /// `(kind, payload)` as stored.
+    pub fn encode(&self) -> (String, String) {
+        let tagged = serde_json::to_value(self).unwrap_or(Value::Null);
+        let kind = tagged["kind"].as_str().unwrap_or_default().to_string();
+        (kind, tagged["payload"].to_string())
+    }
+
+    pub fn decode(kind: &str, payload: &str) -> Result<Job, DecodeError> {
+        let error = |reason: String| DecodeError {
+            kind: kind.to_string(),
+            reason,
+        };
+        let payload: Value = serde_json::from_str(payload).map_err(|e| error(format!("payload is not JSON: {e}")))?;
+        serde_json::from_value(json!({"kind": kind, "payload": payload})).map_err(|e| error(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_kind() -> Vec<Job> {
+        vec![
+            Job::SendWhatsApp { message_id: 1 },
+            Job::ScreenReferral {
+                referral_id: 2,
+                business_number: "15550001234".into(),
+            },
+            Job::ReferrerStatus {
+                invite_id: 3,
+                contact_id: "90001".into(),
+                status: InviteState::Invited,
+                code: Some("ANA7KQ2".into()),
+            },
+            Job::ReferrerCapped {
+                referral_id: 4,
+                contact_id: "90001".into(),
+            },
+            Job::CreateFriendContact { referral_id: 5 },
+            Job::SyncFriend {
+                referral_id: 6,
+                state: ReferralState::AwaitingFriend,
+            },
+            Job::SyncOptOut {
+                phone: "+447911123456".into(),
+                opted_out: true,
+                at: 7,
+            },
+            Job::IssueReward { reward_id: 8 },
+            Job::RewardRecorded {
+                reward_id: 9,
+                contact_id: "90001".into(),
+                given: "£10 credit".into(),
+            },
+            Job::LinkReferral { referral_id: 10 },
+            Job::ReferrerCounters {
+                contact_id: "90001".into(),
+                cause: "11:converted".into(),
+            },
+            Job::CreditTotal {
+                reward_id: 12,
+                contact_id: "90001".into(),
+                property: "referral_credit".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_job_round_trips_through_its_stored_form() {
+        let mut keys = std::collections::HashSet::new();
+        for job in every_kind() {
+            let (kind, payload) = job.encode();
+            assert!(!kind.is_empty());
+            assert_eq!(Job::decode(&kind, &payload), Ok(job.clone()));
+            assert!(keys.insert(job.idempotency_key()), "keys differ across kinds");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_bad_payloads_are_errors() {
+        assert!(Job::decode("hubspot.teleport", "{}").is_err());
+        assert!(Job::decode("whatsapp.send", "{\"message_id\": \"x\"}").is_err());
+        assert!(Job::decode("whatsapp.send", "not json").is_err());
+    }
+
+    #[test]
+    fn sync_friend_keys_name_the_state() {
+        let job = Job::SyncFriend {
+            referral_id: 6,
+            state: ReferralState::FriendInvited,
+        };
+        assert_eq!(job.idempotency_key(), "hubspot.friend:6:friend_invited");
+    }
+}

@@ -1,0 +1,151 @@
+//! Decoding a claimed item into its typed form and handing it to its use case, with an
+//! exhaustive `match`: adding a job or event kind is a compile error here until it is
+//! handled. A kind this binary does not know ends dead with the reason, never silently
+//! done.
+
+use serde_json::Value;
+
+use crate::app::conversion::{self, StripeEventKind};
+use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reward};
+use crate::app::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::messaging::is_stop_keyword;
+use crate::domain::work::Job;
+use crate::store::{now_ms, ClaimedItem};
+use crate::whatsapp::inbound::{self, Content, InboundMessage, PreferenceUpdate, StatusUpdate};
+
+/// A received webhook event, as the inbox stores it (one per dedupe key).
+#[derive(Debug, Clone, PartialEq)]
+pub enum InboundEvent {
+    WhatsAppMessage(InboundMessage),
+    WhatsAppStatus(StatusUpdate),
+    WhatsAppPreference(PreferenceUpdate),
+    /// A HubSpot workflow's NPS or milestone trigger.
+    HubSpotTrigger(Value),
+    /// A HubSpot workflow's conversion (contact became a customer, deal won).
+    HubSpotConversion(Value),
+    Stripe {
+        kind: StripeEventKind,
+        event: Value,
+    },
+    /// Stored for the record, nothing to do (template status updates, HubSpot Webhooks
+    /// API events, Stripe events referloop does not act on).
+    Recorded {
+        kind: String,
+    },
+}
+
+impl InboundEvent {
+    pub fn decode(kind: &str, payload: &str) -> Result<InboundEvent, String> {
+        let json = || serde_json::from_str::<Value>(payload).map_err(|e| format!("payload is not JSON: {e}"));
+        let shape = |e: inbound::ShapeError| e.to_string();
+        Ok(match kind {
+            "whatsapp.message" => InboundEvent::WhatsAppMessage(inbound::parse_message(payload).map_err(shape)?),
+            "whatsapp.status" => InboundEvent::WhatsAppStatus(inbound::parse_status(payload).map_err(shape)?),
+            "whatsapp.user_preference" => {
+                InboundEvent::WhatsAppPreference(inbound::parse_preference(payload).map_err(shape)?)
+            }
+            "hubspot.workflow.nps" | "hubspot.workflow.milestone" => InboundEvent::HubSpotTrigger(json()?),
+            "hubspot.workflow.conversion" => InboundEvent::HubSpotConversion(json()?),
+            _ => match kind.strip_prefix("stripe.") {
+                Some(event_type) => match StripeEventKind::parse(event_type) {
+                    Some(kind) => InboundEvent::Stripe { kind, event: json()? },
+                    None => InboundEvent::Recorded { kind: kind.into() },
+                },
+                None if kind.starts_with("whatsapp.")
+                    || (kind.starts_with("hubspot.") && !kind.starts_with("hubspot.workflow.")) =>
+                {
+                    InboundEvent::Recorded { kind: kind.into() }
+                }
+                None => return Err(format!("unknown event kind `{kind}`")),
+            },
+        })
+    }
+}
+
+pub async fn inbox_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResult {
+    let event = InboundEvent::decode(&item.kind, &item.payload).map_err(StepError::Permanent)?;
+    match event {
+        InboundEvent::WhatsAppMessage(message) => on_message(s, work, &message).await,
+        InboundEvent::WhatsAppStatus(update) => delivery::on_status(s, work, &update).await,
+        InboundEvent::WhatsAppPreference(update) => opt_out::on_preference(s, work, &update).await,
+        InboundEvent::HubSpotTrigger(payload) => invite::on_trigger(s, work, &payload).await,
+        InboundEvent::HubSpotConversion(payload) => conversion::on_hubspot_conversion(s, work, &payload).await,
+        InboundEvent::Stripe { kind, event } => conversion::on_stripe_event(s, work, kind, &event).await,
+        InboundEvent::Recorded { kind } => Outcome::done(format!("recorded; nothing to do for {kind}")),
+    }
+}
+
+/// An inbound WhatsApp message: it opens the sender's service window, then, by content,
+/// a button tap, a Flow reply, a stop keyword or a friend arriving.
+async fn on_message(s: &Services, work: &Work, message: &InboundMessage) -> StepResult {
+    let Some(from) = &message.from else {
+        return Outcome::done("sender is not a valid mobile number");
+    };
+    // Idempotent (the latest time wins), so it may precede the step's own transaction.
+    let sent_at = message.sent_at_ms.unwrap_or_else(now_ms);
+    s.store.record_inbound(from.as_str(), sent_at).await?;
+    match &message.content {
+        Content::ButtonTap { payload } => invite::on_button(s, work, from, &message.wamid, payload).await,
+        Content::FlowReply { response_json } => nomination::on_flow_reply(s, work, from, message, response_json).await,
+        Content::Text { body } if is_stop_keyword(body, &s.settings.programme.stop_keywords) => {
+            opt_out::on_stop_request(s, work, from, "keyword", true).await
+        }
+        Content::Text { body } => friend::on_text(s, work, from, body).await,
+        Content::Other { kind } => Outcome::done(format!("inbound {kind} message not handled")),
+    }
+}
+
+pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResult {
+    let job = Job::decode(&item.kind, &item.payload).map_err(|e| StepError::Permanent(format!("no handler: {e}")))?;
+    match job {
+        Job::SendWhatsApp { message_id } => delivery::send(s, work, message_id).await,
+        Job::ScreenReferral {
+            referral_id,
+            business_number,
+        } => nomination::screen(s, work, referral_id, &business_number).await,
+        Job::ReferrerStatus {
+            contact_id,
+            status,
+            code,
+            ..
+        } => crm::referrer_status(s, work, &contact_id, status, code.as_deref()).await,
+        Job::ReferrerCapped { contact_id, .. } => crm::referrer_capped(s, work, &contact_id).await,
+        Job::CreateFriendContact { referral_id } => friend::create_contact(s, work, referral_id).await,
+        Job::SyncFriend { referral_id, .. } => friend::sync_contact(s, work, referral_id).await,
+        Job::SyncOptOut { phone, opted_out, .. } => crm::sync_opt_out(s, work, &phone, opted_out).await,
+        Job::IssueReward { reward_id } => reward::issue(s, work, reward_id).await,
+        Job::RewardRecorded { contact_id, given, .. } => crm::reward_recorded(s, work, &contact_id, &given).await,
+        Job::LinkReferral { referral_id } => crm::link_referral(s, work, referral_id).await,
+        Job::ReferrerCounters { contact_id, .. } => crm::referrer_counters(s, work, &contact_id).await,
+        Job::CreditTotal {
+            contact_id, property, ..
+        } => crm::credit_total(s, work, &contact_id, &property).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_decode_or_are_refused() {
+        assert!(matches!(
+            InboundEvent::decode("whatsapp.message_template_status_update", "{}"),
+            Ok(InboundEvent::Recorded { .. })
+        ));
+        assert!(matches!(
+            InboundEvent::decode("stripe.customer.created", "{}"),
+            Ok(InboundEvent::Recorded { .. })
+        ));
+        assert!(matches!(
+            InboundEvent::decode("stripe.invoice.paid", "{}"),
+            Ok(InboundEvent::Stripe {
+                kind: StripeEventKind::InvoicePaid,
+                ..
+            })
+        ));
+        assert!(InboundEvent::decode("hubspot.workflow.teleport", "{}").is_err());
+        assert!(InboundEvent::decode("from.the.future", "{}").is_err());
+        assert!(InboundEvent::decode("whatsapp.status", "not json").is_err());
+    }
+}

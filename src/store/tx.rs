@@ -1,0 +1,119 @@
+//! One step, one transaction. A use case opens a [`Tx`] for the work item that caused it
+//! (its [`Lease`]), writes the state change and everything it causes (messages, jobs,
+//! HubSpot updates) through it, and commits it together with the item's completion. A
+//! crash before the commit leaves nothing; after it, the item is done. A retry therefore
+//! never finds half a step.
+//!
+//! The first statement of a leased transaction takes the item's row (and, on SQLite, the
+//! database's write lock) and checks that this worker still owns the lease: a worker whose
+//! lease lapsed cannot commit effects that the new owner will also commit.
+
+use sqlx::{Any, AnyConnection, Transaction};
+
+use super::faults::Faults;
+use super::queue::Queue;
+use super::{now_ms, Backend, Store, StoreError};
+use crate::domain::state::{Persisted, QueueState};
+
+/// The worker's hold on one claimed item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub queue: Queue,
+    pub id: i64,
+    pub owner: String,
+}
+
+/// How the item behind a step ends, committed with the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemEnd {
+    /// Finished; the note is kept on the item.
+    Done(String),
+    /// Finished for good without success (a final refusal); the reason is kept.
+    Dead(String),
+}
+
+pub struct Tx {
+    tx: Transaction<'static, Any>,
+    backend: Backend,
+    faults: Faults,
+    lease: Option<Lease>,
+}
+
+impl Store {
+    /// Begins a step's transaction. With a lease, the item is locked and its ownership
+    /// checked first ([`StoreError::LeaseLost`] when another worker holds it now).
+    pub async fn begin(&self, lease: Option<&Lease>) -> Result<Tx, StoreError> {
+        let tx = self.pool.begin().await?;
+        let mut tx = Tx {
+            tx,
+            backend: self.backend,
+            faults: self.faults.clone(),
+            lease: lease.cloned(),
+        };
+        if let Some(lease) = lease {
+            let sql = format!(
+                "UPDATE {} SET lease_until = lease_until WHERE id = $1 AND state = '{}' AND lease_owner = $2",
+                lease.queue.table(),
+                QueueState::Running.as_str()
+            );
+            let held = sqlx::query(&sql)
+                .bind(lease.id)
+                .bind(&lease.owner)
+                .execute(tx.write()?)
+                .await?;
+            if held.rows_affected() != 1 {
+                return Err(StoreError::LeaseLost);
+            }
+        }
+        Ok(tx)
+    }
+}
+
+impl Tx {
+    /// The connection for the next write (counted by fault injection).
+    pub(super) fn write(&mut self) -> Result<&mut AnyConnection, StoreError> {
+        self.faults.before_write()?;
+        Ok(&mut self.tx)
+    }
+
+    /// The connection for a read inside the transaction (sees its own writes).
+    pub(super) fn read(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Commits the step; its item (if any) is done with `note`.
+    pub async fn commit(self, note: impl Into<String>) -> Result<(), StoreError> {
+        self.finish(ItemEnd::Done(note.into())).await
+    }
+
+    /// Commits the step and ends its item as given.
+    pub async fn finish(mut self, end: ItemEnd) -> Result<(), StoreError> {
+        if let Some(lease) = self.lease.take() {
+            let (state, note, error) = match &end {
+                ItemEnd::Done(note) => (QueueState::Done, Some(note.as_str()), None),
+                ItemEnd::Dead(error) => (QueueState::Dead, None, Some(error.as_str())),
+            };
+            let sql = format!(
+                "UPDATE {} SET state = $1, finished_at = $2, lease_until = NULL, note = $3, \
+                 last_error = COALESCE($4, last_error) WHERE id = $5 AND lease_owner = $6",
+                lease.queue.table()
+            );
+            sqlx::query(&sql)
+                .bind(state.as_str())
+                .bind(now_ms())
+                .bind(note)
+                .bind(error)
+                .bind(lease.id)
+                .bind(&lease.owner)
+                .execute(self.write()?)
+                .await?;
+        }
+        self.faults.before_write()?;
+        self.tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,357 @@
+//! The WhatsApp inbox events (one message, status or preference each, as split by
+//! `domain::inbound`), parsed into types. Fields Meta may omit are optional; an event
+//! that is not JSON of the expected shape is an error (the item ends dead with it).
+
+use serde::Deserialize;
+
+use crate::domain::messaging::MessageStatus;
+use crate::domain::phone::E164;
+
+/// A message someone sent to the business.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    /// The sender, when a valid mobile number.
+    pub from: Option<E164>,
+    pub wamid: String,
+    /// When it was sent (Unix milliseconds), when Meta said.
+    pub sent_at_ms: Option<i64>,
+    /// The message it replies to (a Flow reply names the Flow message).
+    pub context_id: Option<String>,
+    /// The business's display number, from the webhook's metadata.
+    pub business_number: String,
+    pub content: Content,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    /// A template quick-reply button or an interactive reply button.
+    ButtonTap {
+        payload: String,
+    },
+    /// A completed Flow (`nfm_reply`).
+    FlowReply {
+        response_json: String,
+    },
+    Text {
+        body: String,
+    },
+    /// Anything else (images, reactions, locations...): recorded, not acted on.
+    Other {
+        kind: String,
+    },
+}
+
+/// A status Meta reported for a message we sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusUpdate {
+    pub wamid: String,
+    /// `None` for statuses referloop does not track (`deleted`, `warning`).
+    pub status: Option<MessageStatus>,
+    pub error_code: Option<i64>,
+    pub error_title: Option<String>,
+    /// Our `biz_opaque_callback_data`, echoed: the message's idempotency key.
+    pub callback: Option<String>,
+}
+
+/// A marketing-preference change the user made in WhatsApp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferenceUpdate {
+    pub phone: Option<E164>,
+    pub preference: Preference,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Preference {
+    Stop,
+    Resume,
+    Other(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("WhatsApp event is not in the expected shape: {0}")]
+pub struct ShapeError(String);
+
+#[derive(Deserialize)]
+struct MessageEvent {
+    message: RawMessage,
+    #[serde(default)]
+    metadata: Option<RawMetadata>,
+}
+
+#[derive(Deserialize)]
+struct RawMetadata {
+    #[serde(default)]
+    display_phone_number: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawMessage {
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    timestamp: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    context: Option<RawId>,
+    #[serde(default)]
+    button: Option<RawButton>,
+    #[serde(default)]
+    interactive: Option<RawInteractive>,
+    #[serde(default)]
+    text: Option<RawText>,
+}
+
+#[derive(Deserialize)]
+struct RawId {
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawButton {
+    #[serde(default)]
+    payload: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawInteractive {
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    button_reply: Option<RawId>,
+    #[serde(default)]
+    nfm_reply: Option<RawFlowReply>,
+}
+
+#[derive(Deserialize)]
+struct RawFlowReply {
+    #[serde(default)]
+    response_json: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawText {
+    #[serde(default)]
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StatusEvent {
+    status: RawStatus,
+}
+
+#[derive(Deserialize)]
+struct RawStatus {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    errors: Vec<RawError>,
+    #[serde(default)]
+    biz_opaque_callback_data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawError {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PreferenceEvent {
+    preference: RawPreference,
+}
+
+#[derive(Deserialize)]
+struct RawPreference {
+    #[serde(default)]
+    wa_id: Option<String>,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+fn present(value: Option<String>) -> Option<String> {
+    value.filter(|v| !v.is_empty())
+}
+
+fn parse<'a, T: Deserialize<'a>>(payload: &'a str) -> Result<T, ShapeError> {
+    serde_json::from_str(payload).map_err(|e| ShapeError(e.to_string()))
+}
+
+pub fn parse_message(payload: &str) -> Result<InboundMessage, ShapeError> {
+    let event: MessageEvent = parse(payload)?;
+    let m = event.message;
+    let kind = present(m.kind).unwrap_or_default();
+    let content = match kind.as_str() {
+        "button" => {
+            let button = m.button.unwrap_or(RawButton {
+                payload: None,
+                text: None,
+            });
+            Content::ButtonTap {
+                payload: present(button.payload).or(present(button.text)).unwrap_or_default(),
+            }
+        }
+        "interactive" => interactive_content(m.interactive),
+        "text" => Content::Text {
+            body: m.text.and_then(|t| t.body).unwrap_or_default(),
+        },
+        _ => Content::Other { kind },
+    };
+    Ok(InboundMessage {
+        from: present(m.from).and_then(|f| E164::from_wa_id(&f).ok()),
+        wamid: present(m.id).unwrap_or_default(),
+        sent_at_ms: m.timestamp.and_then(|t| t.parse::<i64>().ok()).map(|t| t * 1000),
+        context_id: m.context.and_then(|c| present(c.id)),
+        business_number: event.metadata.and_then(|m| m.display_phone_number).unwrap_or_default(),
+        content,
+    })
+}
+
+fn interactive_content(interactive: Option<RawInteractive>) -> Content {
+    let Some(interactive) = interactive else {
+        return Content::Other {
+            kind: "interactive".into(),
+        };
+    };
+    match interactive.kind.as_deref() {
+        Some("button_reply") => Content::ButtonTap {
+            payload: interactive.button_reply.and_then(|b| b.id).unwrap_or_default(),
+        },
+        Some("nfm_reply") => Content::FlowReply {
+            response_json: interactive.nfm_reply.and_then(|r| r.response_json).unwrap_or_default(),
+        },
+        other => Content::Other {
+            kind: format!("interactive {}", other.unwrap_or("?")),
+        },
+    }
+}
+
+/// Meta's statuses that referloop tracks.
+fn meta_status(name: &str) -> Option<MessageStatus> {
+    match name {
+        "sent" => Some(MessageStatus::Sent),
+        "delivered" => Some(MessageStatus::Delivered),
+        "read" => Some(MessageStatus::Read),
+        "failed" => Some(MessageStatus::Failed),
+        _ => None,
+    }
+}
+
+pub fn parse_status(payload: &str) -> Result<StatusUpdate, ShapeError> {
+    let event: StatusEvent = parse(payload)?;
+    let s = event.status;
+    let first_error = s.errors.into_iter().next();
+    Ok(StatusUpdate {
+        wamid: present(s.id).unwrap_or_default(),
+        status: s.status.as_deref().and_then(meta_status),
+        error_code: first_error.as_ref().and_then(|e| e.code),
+        error_title: first_error.and_then(|e| present(e.title).or(present(e.message))),
+        callback: present(s.biz_opaque_callback_data),
+    })
+}
+
+pub fn parse_preference(payload: &str) -> Result<PreferenceUpdate, ShapeError> {
+    let event: PreferenceEvent = parse(payload)?;
+    let p = event.preference;
+    let preference = match p.value.as_deref() {
+        Some("stop") => Preference::Stop,
+        Some("resume") => Preference::Resume,
+        other => Preference::Other(other.unwrap_or_default().to_string()),
+    };
+    Ok(PreferenceUpdate {
+        phone: present(p.wa_id).and_then(|w| E164::from_wa_id(&w).ok()),
+        preference,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn messages_of_each_kind() {
+        let event = |message: serde_json::Value| {
+            json!({"metadata": {"display_phone_number": "15550001234"}, "message": message}).to_string()
+        };
+        let tap = parse_message(&event(
+            json!({"from": "447911123456", "id": "wamid.A", "timestamp": "1767225600",
+            "type": "button", "button": {"payload": "refer:7", "text": "Refer someone"}}),
+        ))
+        .expect("tap");
+        assert_eq!(
+            tap.content,
+            Content::ButtonTap {
+                payload: "refer:7".into()
+            }
+        );
+        assert_eq!(tap.sent_at_ms, Some(1_767_225_600_000));
+        assert_eq!(tap.business_number, "15550001234");
+        assert_eq!(
+            tap.from.map(|p| p.as_str().to_string()).as_deref(),
+            Some("+447911123456")
+        );
+
+        let reply = parse_message(&event(
+            json!({"from": "447911123456", "id": "wamid.B", "type": "interactive",
+            "context": {"id": "wamid.FLOW"},
+            "interactive": {"type": "nfm_reply", "nfm_reply": {"response_json": "{}"}}}),
+        ))
+        .expect("reply");
+        assert_eq!(
+            reply.content,
+            Content::FlowReply {
+                response_json: "{}".into()
+            }
+        );
+        assert_eq!(reply.context_id.as_deref(), Some("wamid.FLOW"));
+
+        let text = parse_message(&event(
+            json!({"from": "x", "id": "wamid.C", "type": "text", "text": {"body": "STOP"}}),
+        ))
+        .expect("text");
+        assert_eq!(text.content, Content::Text { body: "STOP".into() });
+        assert_eq!(text.from, None, "an invalid sender is not a phone");
+
+        let image = parse_message(&event(json!({"id": "wamid.D", "type": "image"}))).expect("image");
+        assert_eq!(image.content, Content::Other { kind: "image".into() });
+        assert!(parse_message("{\"no_message\": 1}").is_err());
+    }
+
+    #[test]
+    fn statuses_and_their_errors() {
+        let failed = parse_status(
+            &json!({"status": {"id": "wamid.X", "status": "failed",
+            "biz_opaque_callback_data": "referral:1:friend_invite",
+            "errors": [{"code": 131049, "title": "Message not delivered"}]}})
+            .to_string(),
+        )
+        .expect("status");
+        assert_eq!(failed.status, Some(MessageStatus::Failed));
+        assert_eq!(failed.error_code, Some(131049));
+        assert_eq!(failed.error_title.as_deref(), Some("Message not delivered"));
+        assert_eq!(failed.callback.as_deref(), Some("referral:1:friend_invite"));
+        let deleted =
+            parse_status(&json!({"status": {"id": "wamid.X", "status": "deleted"}}).to_string()).expect("status");
+        assert_eq!(deleted.status, None);
+    }
+
+    #[test]
+    fn preferences() {
+        let stop = parse_preference(&json!({"preference": {"wa_id": "447911123456", "value": "stop"}}).to_string())
+            .expect("preference");
+        assert_eq!(stop.preference, Preference::Stop);
+        assert!(stop.phone.is_some());
+    }
+}

@@ -1,0 +1,407 @@
+//! The Graph API request bodies for every message referloop sends, in the shapes Meta
+//! documents, with the texts from configuration (`[templates]`, `[replies]`). The
+//! caller sets `biz_opaque_callback_data` (the message's idempotency key).
+
+use serde_json::{json, Value};
+
+use crate::config::{Replies, Settings, TemplateParameter};
+use crate::domain::messaging::first_name;
+use crate::domain::nomination::{single_line, NominationRefusal};
+
+fn envelope(to: &str, kind: &str, content: Value) -> Value {
+    let mut body = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": kind,
+    });
+    body[kind] = content;
+    body
+}
+
+fn text_params(values: &[String]) -> Value {
+    Value::Array(values.iter().map(|v| json!({"type": "text", "text": v})).collect())
+}
+
+pub struct Template<'a> {
+    pub to: &'a str,
+    pub name: &'a str,
+    pub language: &'a str,
+    pub body_params: Vec<String>,
+    /// (button index, code)
+    pub copy_code: Option<(u8, &'a str)>,
+    /// (button index, payload)
+    pub quick_replies: Vec<(u8, String)>,
+    /// (button index, flow token)
+    pub flow_button: Option<(u8, &'a str)>,
+}
+
+pub fn template(t: Template<'_>) -> Value {
+    let mut components = vec![];
+    if !t.body_params.is_empty() {
+        components.push(json!({"type": "body", "parameters": text_params(&t.body_params)}));
+    }
+    if let Some((index, code)) = t.copy_code {
+        components.push(json!({"type": "button", "sub_type": "copy_code", "index": index,
+            "parameters": [{"type": "coupon_code", "coupon_code": code}]}));
+    }
+    for (index, payload) in &t.quick_replies {
+        components.push(json!({"type": "button", "sub_type": "quick_reply", "index": index,
+            "parameters": [{"type": "payload", "payload": payload}]}));
+    }
+    if let Some((index, token)) = t.flow_button {
+        components.push(json!({"type": "button", "sub_type": "flow", "index": index.to_string(),
+            "parameters": [{"type": "action", "action": {"flow_token": token}}]}));
+    }
+    envelope(
+        t.to,
+        "template",
+        json!({"name": t.name, "language": {"code": t.language}, "components": components}),
+    )
+}
+
+/// Free-form text inside the 24-hour window.
+pub fn text(to: &str, body: &str) -> Value {
+    envelope(to, "text", json!({"preview_url": false, "body": body}))
+}
+
+/// The values a template body parameter can take, for one message.
+pub struct Params<'a> {
+    pub first_name: &'a str,
+    pub code: &'a str,
+    pub friend_name: &'a str,
+    pub referrer_name: &'a str,
+    pub personal_message: &'a str,
+    pub reward: &'a str,
+}
+
+fn params(order: &[TemplateParameter], p: &Params<'_>) -> Vec<String> {
+    order
+        .iter()
+        .map(|parameter| match parameter {
+            TemplateParameter::FirstName => p.first_name,
+            TemplateParameter::Code => p.code,
+            TemplateParameter::FriendName => p.friend_name,
+            TemplateParameter::ReferrerName => p.referrer_name,
+            TemplateParameter::PersonalMessage => p.personal_message,
+            TemplateParameter::Reward => p.reward,
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// A name as a greeting uses it, with a fallback for an unknown name.
+fn name_or(name: &str, fallback: &str) -> String {
+    if name.trim().is_empty() {
+        fallback.to_string()
+    } else {
+        first_name(name)
+    }
+}
+
+/// `tmpl_referral_invite`: the code (copy-code button), "Refer someone" and "Stop".
+pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &str, invite_id: i64) -> Value {
+    let t = &settings.templates;
+    let first = name_or(name, "there");
+    let values = Params {
+        first_name: &first,
+        code,
+        friend_name: &first,
+        referrer_name: &first,
+        personal_message: &first,
+        reward: &first,
+    };
+    template(Template {
+        to,
+        name: &t.invite,
+        language,
+        body_params: params(&t.invite_body, &values),
+        copy_code: Some((t.invite_copy_code_button, code)),
+        quick_replies: vec![
+            (t.invite_refer_button, format!("refer:{invite_id}")),
+            (t.invite_stop_button, "stop".into()),
+        ],
+        flow_button: None,
+    })
+}
+
+/// `tmpl_referral_flow`: the nomination Flow as a template (outside any window).
+pub fn flow_template(settings: &Settings, to: &str, language: &str, name: &str, code: &str, token: &str) -> Value {
+    let t = &settings.templates;
+    let first = name_or(name, "there");
+    let values = Params {
+        first_name: &first,
+        code,
+        friend_name: &first,
+        referrer_name: &first,
+        personal_message: &first,
+        reward: &first,
+    };
+    template(Template {
+        to,
+        name: &t.flow,
+        language,
+        body_params: params(&t.flow_body, &values),
+        copy_code: None,
+        quick_replies: vec![],
+        flow_button: Some((t.flow_button, token)),
+    })
+}
+
+/// The nomination Flow as an interactive message, inside the window the tap opened.
+pub fn flow_prompt(settings: &Settings, to: &str, name: &str, token: &str) -> Value {
+    let t = &settings.templates;
+    let greeting = if name.trim().is_empty() {
+        String::new()
+    } else {
+        format!(", {}", first_name(name))
+    };
+    let body_text = Replies::fill(&settings.replies.flow_prompt, &[("greeting", &greeting)]);
+    let mut parameters = json!({
+        "flow_message_version": "3",
+        "flow_cta": t.flow_cta,
+        "flow_token": token,
+        "flow_action": "navigate",
+        "flow_action_payload": {"screen": t.flow_screen},
+    });
+    if t.flow_id.is_empty() {
+        parameters["flow_name"] = json!(t.flow_name);
+    } else {
+        parameters["flow_id"] = json!(t.flow_id);
+    }
+    envelope(
+        to,
+        "interactive",
+        json!({"type": "flow", "body": {"text": body_text}, "action": {"name": "flow", "parameters": parameters}}),
+    )
+}
+
+/// The flow_token inside a Flow message we sent (template or interactive).
+pub fn flow_token_of(body: &str) -> Option<String> {
+    let body: Value = serde_json::from_str(body).ok()?;
+    let interactive = body.pointer("/interactive/action/parameters/flow_token");
+    let in_template = || {
+        body.pointer("/template/components")
+            .and_then(Value::as_array)
+            .and_then(|components| {
+                components
+                    .iter()
+                    .find_map(|c| c.pointer("/parameters/0/action/flow_token"))
+            })
+    };
+    interactive
+        .or_else(in_template)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// What the messages about one referral say of it.
+pub struct ReferralText<'a> {
+    pub code: &'a str,
+    pub referrer_name: &'a str,
+    pub friend_name: &'a str,
+    pub personal_message: Option<&'a str>,
+    pub language: &'a str,
+}
+
+impl ReferralText<'_> {
+    fn friend_first(&self) -> String {
+        // A code-only referral knows no name (Meta refuses empty parameters).
+        name_or(self.friend_name, "your friend")
+    }
+
+    fn referrer_first(&self) -> String {
+        name_or(self.referrer_name, "A friend")
+    }
+
+    fn personal(&self, settings: &Settings) -> String {
+        self.personal_message
+            .map(single_line)
+            .unwrap_or_else(|| settings.programme.default_personal_message.clone())
+    }
+}
+
+/// `tmpl_referral_friend_invite` to a consenting friend.
+pub fn friend_invite(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
+    let t = &settings.templates;
+    let (friend, referrer, personal) = (r.friend_first(), r.referrer_first(), r.personal(settings));
+    let values = Params {
+        first_name: &referrer,
+        code: r.code,
+        friend_name: &friend,
+        referrer_name: &referrer,
+        personal_message: &personal,
+        reward: r.code,
+    };
+    template(Template {
+        to,
+        name: &t.friend_invite,
+        language: r.language,
+        body_params: params(&t.friend_invite_body, &values),
+        copy_code: Some((t.friend_invite_copy_code_button, r.code)),
+        quick_replies: vec![],
+        flow_button: None,
+    })
+}
+
+/// The forwardable message with a click-to-chat link, to the referrer.
+pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_number: &str) -> Value {
+    let configured = &settings.whatsapp.business_number;
+    let number: String = if configured.is_empty() {
+        business_number
+    } else {
+        configured.as_str()
+    }
+    .chars()
+    .filter(char::is_ascii_digit)
+    .collect();
+    let prefilled = Replies::fill(&settings.replies.share_prefill, &[("code", r.code)]);
+    let link = format!(
+        "https://wa.me/{number}?text={}",
+        url::form_urlencoded::byte_serialize(prefilled.as_bytes()).collect::<String>()
+    );
+    let (friend, referrer, personal) = (r.friend_first(), r.referrer_first(), r.personal(settings));
+    let body = Replies::fill(
+        &settings.replies.share_link,
+        &[
+            ("friend_name", &friend),
+            ("referrer_name", &referrer),
+            ("personal_message", &personal),
+            ("code", r.code),
+            ("link", &link),
+        ],
+    );
+    text(to, &body)
+}
+
+/// The welcome to a friend who wrote to us through the share link.
+pub fn friend_welcome(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
+    let (friend, referrer, personal) = (r.friend_first(), r.referrer_first(), r.personal(settings));
+    let body = Replies::fill(
+        &settings.replies.friend_welcome,
+        &[
+            ("friend_name", &friend),
+            ("referrer_name", &referrer),
+            ("personal_message", &personal),
+            ("code", r.code),
+        ],
+    );
+    text(to, &body)
+}
+
+/// A refused nomination, to the referrer.
+pub fn refusal(settings: &Settings, refusal: &NominationRefusal, friend_name: &str, to: &str) -> Value {
+    text(to, &settings.replies.refusal(refusal, friend_name))
+}
+
+/// `tmpl_referral_thanks` to the referrer.
+pub fn thanks(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
+    let t = &settings.templates;
+    let (friend, referrer) = (r.friend_first(), r.referrer_first());
+    let values = Params {
+        first_name: &referrer,
+        code: r.code,
+        friend_name: &friend,
+        referrer_name: &referrer,
+        personal_message: &referrer,
+        reward: &referrer,
+    };
+    template(Template {
+        to,
+        name: &t.thanks,
+        language: r.language,
+        body_params: params(&t.thanks_body, &values),
+        copy_code: None,
+        quick_replies: vec![],
+        flow_button: None,
+    })
+}
+
+/// `tmpl_referral_reward` to a beneficiary; `given` is the code or the description.
+pub fn reward(settings: &Settings, to: &str, language: &str, name: &str, given: &str) -> Value {
+    let t = &settings.templates;
+    let first = first_name(name);
+    let values = Params {
+        first_name: &first,
+        code: given,
+        friend_name: &first,
+        referrer_name: &first,
+        personal_message: &first,
+        reward: given,
+    };
+    template(Template {
+        to,
+        name: &t.reward,
+        language,
+        body_params: params(&t.reward_body, &values),
+        copy_code: None,
+        quick_replies: vec![],
+        flow_button: None,
+    })
+}
+
+/// The acknowledgement of a stop keyword.
+pub fn opt_out_ack(settings: &Settings, to: &str) -> Value {
+    text(to, &settings.replies.opt_out_ack)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_body_matches_the_documented_shape() {
+        let body = template(Template {
+            to: "+447911123456",
+            name: "tmpl_referral_invite",
+            language: "en_US",
+            body_params: vec!["Zoë".into(), "ZEK7Q2".into()],
+            copy_code: Some((0, "ZEK7Q2")),
+            quick_replies: vec![(1, "refer:7".into())],
+            flow_button: None,
+        });
+        assert_eq!(body["type"], "template");
+        assert_eq!(body["template"]["components"][0]["parameters"][0]["text"], "Zoë");
+        assert_eq!(body["template"]["components"][1]["sub_type"], "copy_code");
+        assert_eq!(
+            body["template"]["components"][1]["parameters"][0]["coupon_code"],
+            "ZEK7Q2"
+        );
+        assert_eq!(body["template"]["components"][2]["parameters"][0]["payload"], "refer:7");
+    }
+
+    #[test]
+    fn flow_tokens_are_found_in_either_shape() {
+        let settings = Settings::load_from(None, Vec::new()).expect("defaults");
+        let interactive = flow_prompt(&settings, "+447911123456", "Ana Lima", "tok1");
+        assert_eq!(flow_token_of(&interactive.to_string()).as_deref(), Some("tok1"));
+        assert!(interactive["interactive"]["body"]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Thanks, Ana!")));
+        let templated = flow_template(&settings, "+447911123456", "en_US", "Ana", "ANA7", "tok2");
+        assert_eq!(flow_token_of(&templated.to_string()).as_deref(), Some("tok2"));
+        assert_eq!(flow_token_of("not json"), None);
+    }
+
+    #[test]
+    fn replies_come_from_configuration() {
+        let settings = Settings::load_from(None, Vec::new()).expect("defaults");
+        let r = ReferralText {
+            code: "ANA7KQ2",
+            referrer_name: "Ana Lima",
+            friend_name: "Zoë Ñúñez",
+            personal_message: Some("Você vai adorar!\nÉ ótimo"),
+            language: "en_US",
+        };
+        let share = share_link(&settings, &r, "+447911123456", "+1 555 000 1234");
+        let body = share["text"]["body"].as_str().unwrap_or_default();
+        assert!(body.contains("Forward this to Zoë"), "{body}");
+        assert!(body.contains("Você vai adorar! É ótimo"), "single line: {body}");
+        assert!(body.contains("https://wa.me/15550001234?text="), "{body}");
+        let refused = refusal(&settings, &NominationRefusal::AlreadyCustomer, "", "+447911123456");
+        assert_eq!(
+            refused["text"]["body"],
+            "Good news: your friend is already a customer, so no invite is needed."
+        );
+    }
+}
