@@ -305,12 +305,12 @@ pub async fn on_stripe_event(s: &Services, work: &Work, kind: StripeEventKind, e
             if code.is_none() {
                 code = session_promotion_code(s, object, session_id).await?;
             }
-            let paid = StripePayment {
-                external_id: format!("checkout:{session_id}"),
+            let paid = StripePayment::new(
+                format!("checkout:{session_id}"),
                 code,
-                amount_field: "/amount_total",
-                phone_field: "/customer_details/phone",
-            };
+                "/amount_total",
+                "/customer_details/phone",
+            );
             stripe_conversion(s, work, object, paid).await
         }
         StripeEventKind::InvoicePaid => {
@@ -318,12 +318,7 @@ pub async fn on_stripe_event(s: &Services, work: &Work, kind: StripeEventKind, e
             let code = text(object, "/metadata/referral_code")
                 .or_else(|| text(object, "/parent/subscription_details/metadata/referral_code"))
                 .map(str::to_string);
-            let paid = StripePayment {
-                external_id: format!("invoice:{invoice_id}"),
-                code,
-                amount_field: "/amount_paid",
-                phone_field: "/customer_phone",
-            };
+            let paid = StripePayment::new(format!("invoice:{invoice_id}"), code, "/amount_paid", "/customer_phone");
             stripe_conversion(s, work, object, paid).await
         }
         StripeEventKind::ChargeRefunded => {
@@ -377,6 +372,17 @@ struct StripePayment {
     code: Option<String>,
     amount_field: &'static str,
     phone_field: &'static str,
+}
+
+impl StripePayment {
+    fn new(external_id: String, code: Option<String>, amount_field: &'static str, phone_field: &'static str) -> Self {
+        StripePayment {
+            external_id,
+            code,
+            amount_field,
+            phone_field,
+        }
+    }
 }
 
 async fn stripe_conversion(s: &Services, work: &Work, object: &Value, paid: StripePayment) -> StepResult {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::state::{decode, Persisted, UnknownState};
+use super::state::Persisted;
 
 /// A message's status: ours while we send it (`queued` → `sending` → `accepted`, or
 /// `suppressed` when policy stops it), then Meta's, which only move forward
@@ -47,20 +47,6 @@ impl Persisted for MessageStatus {
             Self::Read => "read",
             Self::Failed => "failed",
         }
-    }
-}
-
-impl TryFrom<String> for MessageStatus {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
-    }
-}
-
-impl TryFrom<String> for MessagePurpose {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
     }
 }
 

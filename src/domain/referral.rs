@@ -22,7 +22,7 @@
 //! lost delivery receipt, a number WhatsApp cannot reach).
 
 use super::nomination::NominationRefusal;
-use super::state::{decode, Persisted, UnknownState};
+use super::state::Persisted;
 
 /// How the friend is reached (`programme.friend_invite`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -75,13 +75,6 @@ impl Persisted for ReferralState {
             Self::Expired => "expired",
             Self::Converted => "converted",
         }
-    }
-}
-
-impl TryFrom<String> for ReferralState {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
     }
 }
 

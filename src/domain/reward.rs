@@ -2,7 +2,7 @@
 //! programme's cap and hold rules. The `rewards` table is the ledger HubSpot's counters are
 //! computed from.
 
-use super::state::{decode, Persisted, UnknownState};
+use super::state::Persisted;
 
 /// Who a reward is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,13 +60,6 @@ impl Persisted for RewardState {
             Self::Capped => "capped",
             Self::Void => "void",
         }
-    }
-}
-
-impl TryFrom<String> for RewardState {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
     }
 }
 

@@ -34,26 +34,28 @@ pub fn decode<T: Persisted>(name: String) -> Result<T, UnknownState> {
     T::parse(&name).ok_or(UnknownState(name))
 }
 
-impl TryFrom<String> for InviteState {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
-    }
+/// `TryFrom<String>` through [`decode`], which sqlx's `#[sqlx(try_from = "String")]` uses
+/// to decode a row's state column once, where it is read.
+macro_rules! decoded_from_text {
+    ($($state:ty),* $(,)?) => {
+        $(impl TryFrom<String> for $state {
+            type Error = UnknownState;
+            fn try_from(name: String) -> Result<Self, UnknownState> {
+                decode(name)
+            }
+        })*
+    };
 }
 
-impl TryFrom<String> for ConversionOutcome {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
-    }
-}
-
-impl TryFrom<String> for QueueState {
-    type Error = UnknownState;
-    fn try_from(name: String) -> Result<Self, UnknownState> {
-        decode(name)
-    }
-}
+decoded_from_text!(
+    InviteState,
+    ConversionOutcome,
+    QueueState,
+    crate::domain::referral::ReferralState,
+    crate::domain::reward::RewardState,
+    crate::domain::messaging::MessageStatus,
+    crate::domain::messaging::MessagePurpose,
+);
 
 /// An invite (one trigger): `invited` → `flow_sent` → `nominated`; or `ineligible`.
 /// The referrer's `referral_status` in HubSpot takes the same names.
@@ -196,6 +198,50 @@ mod tests {
         round_trips::<crate::domain::reward::RewardState>();
         round_trips::<crate::domain::messaging::MessageStatus>();
         round_trips::<crate::domain::messaging::MessagePurpose>();
+    }
+
+    /// The states a README diagram names: the words at the start of a line (a comma list
+    /// before the first arrow) and the first word after each `►`.
+    fn states_in_diagram(readme: &str, name: &str) -> std::collections::BTreeSet<String> {
+        let marker = format!("<!-- states:{name} ");
+        let after_marker = readme.split(&marker).nth(1).unwrap_or_default();
+        let block = after_marker
+            .split("```text")
+            .nth(1)
+            .and_then(|rest| rest.split("```").next())
+            .unwrap_or_default();
+        let word = |text: &str| -> String {
+            text.trim()
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect()
+        };
+        let mut states = std::collections::BTreeSet::new();
+        for line in block.lines() {
+            let start = line.trim_start_matches([' ', '│', '├', '└']);
+            if !start.starts_with("──") {
+                let head = start.split("──").next().unwrap_or_default();
+                let head = head.split('(').next().unwrap_or_default();
+                states.extend(head.split(',').map(word).filter(|w| !w.is_empty()));
+            }
+            states.extend(line.split('►').skip(1).map(word).filter(|w| !w.is_empty()));
+        }
+        states
+    }
+
+    fn diagram_matches<T: Persisted>(readme: &str, name: &str) {
+        let named = states_in_diagram(readme, name);
+        let states: std::collections::BTreeSet<String> = T::ALL.iter().map(|s| s.as_str().to_string()).collect();
+        assert_eq!(named, states, "README's {name} diagram names exactly the enum's states");
+    }
+
+    #[test]
+    fn readme_state_diagrams_match_the_enums() {
+        let readme = include_str!("../../README.md");
+        diagram_matches::<crate::domain::referral::ReferralState>(readme, "referral");
+        diagram_matches::<crate::domain::reward::RewardState>(readme, "reward");
+        diagram_matches::<crate::domain::messaging::MessageStatus>(readme, "message");
+        diagram_matches::<QueueState>(readme, "queue");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub use dispatch::InboundEvent;
 use crate::app::{Outcome, StepError, Work};
 use crate::config::WorkerSettings;
 use crate::domain::retry::{RetryDecision, RetrySchedule};
+use crate::domain::state::{Persisted, QueueState};
 use crate::metrics::Metrics;
 use crate::store::{duration_ms, in_attempt, now_ms, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError};
 
@@ -142,7 +143,7 @@ impl Worker {
                     None,
                 )
                 .await?;
-            self.metrics.worker_outcome(queue, "dead");
+            self.metrics.worker_outcome(queue, QueueState::Dead.as_str());
             return Ok(());
         }
         let work = Work {
@@ -173,12 +174,12 @@ impl Worker {
                 {
                     tracing::warn!("lease lost before completion; another worker owns the item now");
                 }
-                self.metrics.worker_outcome(queue, "done");
+                self.metrics.worker_outcome(queue, QueueState::Done.as_str());
             }
-            Ok(Outcome::Committed(ItemEnd::Done(_))) => self.metrics.worker_outcome(queue, "done"),
+            Ok(Outcome::Committed(ItemEnd::Done(_))) => self.metrics.worker_outcome(queue, QueueState::Done.as_str()),
             Ok(Outcome::Committed(ItemEnd::Dead(reason))) => {
                 tracing::error!(error = %crate::telemetry::escape(&reason), "refused for good; item is dead");
-                self.metrics.worker_outcome(queue, "dead");
+                self.metrics.worker_outcome(queue, QueueState::Dead.as_str());
             }
             Err(error) => self.record_failure(&item, &error).await?,
         }
@@ -234,7 +235,7 @@ impl Worker {
             }
             RetryDecision::GiveUp => {
                 tracing::error!(error = %logged, "giving up; item is dead (see `referloop {queue} list --state dead`)");
-                (None, "dead")
+                (None, QueueState::Dead.as_str())
             }
         };
         if !self

@@ -39,6 +39,7 @@ impl Store {
     /// Stores a webhook's events in one transaction; redelivered events are skipped by
     /// the unique key. Returns how many were new. The caller acknowledges only after this.
     pub async fn insert_inbox_events(&self, events: &[NewInboxEvent], max_attempts: i64) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         if events.is_empty() {
             return Ok(0);
         }

@@ -83,6 +83,7 @@ impl Tx {
 impl Store {
     /// Enqueues one job on its own (operators' and tests' entry point).
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
+        let _turn = self.write_turn().await;
         let mut conn = self.pool.acquire().await?;
         match insert_job(&mut conn, job).await? {
             Some(id) => Ok(EnqueueOutcome::Created(id)),

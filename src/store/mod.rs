@@ -12,6 +12,7 @@ mod rewards;
 mod tx;
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -80,7 +81,14 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     faults: Faults,
+    /// SQLite has one writer; its busy handler lets whoever retries first win, so a busy
+    /// loop can starve the others. Writers in this process queue here instead, in order.
+    /// (PostgreSQL: none.)
+    write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
+
+/// A turn at writing (SQLite), held until the write or transaction ends.
+pub(crate) type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 
 /// Milliseconds since the Unix epoch: how every timestamp is stored.
 pub fn now_ms() -> i64 {
@@ -118,15 +126,25 @@ impl Store {
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
+        let write_gate = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
             backend,
             faults: Faults::default(),
+            write_gate,
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Waits for this process's turn to write (SQLite only; first come, first served).
+    pub(crate) async fn write_turn(&self) -> WriteTurn {
+        match &self.write_gate {
+            Some(gate) => Some(gate.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     /// The fault-injection switch (tests); shared by every clone of this store.

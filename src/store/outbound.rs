@@ -22,6 +22,7 @@ impl Store {
         url: &str,
         body: &str,
     ) -> Result<i64, StoreError> {
+        let _turn = self.write_turn().await;
         let id = sqlx::query_scalar(
             "INSERT INTO outbound_calls (job_id, method, url, body, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
         )

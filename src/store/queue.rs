@@ -72,6 +72,7 @@ fn q(state: QueueState) -> &'static str {
 impl Store {
     /// Claims the next due item for `owner` until `now + lease_ms`.
     pub async fn claim(&self, queue: Queue, owner: &str, lease_ms: i64) -> Result<Option<ClaimedItem>, StoreError> {
+        let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -105,6 +106,7 @@ impl Store {
 
     /// Extends a lease its owner still holds (the worker's heartbeat for long handlers).
     pub async fn extend_lease(&self, queue: Queue, id: i64, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let sql = format!(
             "UPDATE {} SET lease_until = $1 WHERE id = $2 AND state = '{}' AND lease_owner = $3",
             queue.table(),
@@ -121,6 +123,7 @@ impl Store {
 
     /// Marks the item done. False when `owner` no longer holds the lease.
     pub async fn complete(&self, queue: Queue, id: i64, owner: &str, note: Option<&str>) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let sql = format!(
             "UPDATE {} SET state = '{}', finished_at = $1, lease_until = NULL, note = $2 \
              WHERE id = $3 AND state = '{}' AND lease_owner = $4",
@@ -147,6 +150,7 @@ impl Store {
         error: &str,
         retry_at: Option<i64>,
     ) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let (state, run_at, finished_at) = match retry_at {
             Some(at) => (q(QueueState::Failed), Some(at), None),
             None => (q(QueueState::Dead), None, Some(now_ms())),
@@ -171,6 +175,7 @@ impl Store {
 
     /// Gives the lease back without counting the attempt (used on shutdown).
     pub async fn release(&self, queue: Queue, id: i64, owner: &str) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let sql = format!(
             "UPDATE {} SET state = '{}', attempts = attempts - 1, lease_until = NULL, lease_owner = NULL \
              WHERE id = $1 AND state = '{}' AND lease_owner = $2",
@@ -184,6 +189,7 @@ impl Store {
 
     /// Re-queues a dead item with a fresh set of attempts. False when it is not dead.
     pub async fn retry_dead(&self, queue: Queue, id: i64) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let sql = format!(
             "UPDATE {} SET state = '{}', attempts = 0, run_at = $1, finished_at = NULL, lease_until = NULL \
              WHERE id = $2 AND state = '{}'",

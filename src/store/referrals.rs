@@ -146,28 +146,32 @@ const REFERRAL_COLUMNS: &str = "id, invite_id, flow_token, referrer_contact_id, 
 const INVITE_COLUMNS: &str = "id, trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
     state, reason, created_at";
 
+/// The row of `table` whose `column` equals `value`, as `T` (`columns` names its fields).
+async fn row_where<T, V>(
+    conn: &mut AnyConnection,
+    columns: &str,
+    table: &str,
+    column: &str,
+    value: V,
+) -> Result<Option<T>, StoreError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    V: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
+    let sql = format!("SELECT {columns} FROM {table} WHERE {column} = $1");
+    Ok(sqlx::query_as::<_, T>(&sql).bind(value).fetch_optional(conn).await?)
+}
+
 async fn referral_in(conn: &mut AnyConnection, id: i64) -> Result<Option<ReferralRow>, StoreError> {
-    let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1");
-    Ok(sqlx::query_as::<_, ReferralRow>(&sql)
-        .bind(id)
-        .fetch_optional(conn)
-        .await?)
+    row_where(conn, REFERRAL_COLUMNS, "referrals", "id", id).await
 }
 
 async fn invite_by_key_in(conn: &mut AnyConnection, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
-    let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE trigger_key = $1");
-    Ok(sqlx::query_as::<_, InviteRow>(&sql)
-        .bind(trigger_key)
-        .fetch_optional(conn)
-        .await?)
+    row_where(conn, INVITE_COLUMNS, "invites", "trigger_key", trigger_key.to_string()).await
 }
 
 async fn message_by_wamid_in(conn: &mut AnyConnection, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
-    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid = $1");
-    Ok(sqlx::query_as::<_, MessageRow>(&sql)
-        .bind(wamid)
-        .fetch_optional(conn)
-        .await?)
+    row_where(conn, MESSAGE_COLUMNS, "messages", "wamid", wamid.to_string()).await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -443,11 +447,7 @@ impl Tx {
     }
 
     pub async fn message(&mut self, id: i64) -> Result<Option<MessageRow>, StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
-        Ok(sqlx::query_as::<_, MessageRow>(&sql)
-            .bind(id)
-            .fetch_optional(self.read())
-            .await?)
+        row_where(self.read(), MESSAGE_COLUMNS, "messages", "id", id).await
     }
 
     /// A status arrived for a wamid we never recorded (our send was interrupted after Meta
@@ -593,11 +593,8 @@ impl Store {
     }
 
     pub async fn invite(&self, id: i64) -> Result<Option<InviteRow>, StoreError> {
-        let sql = format!("SELECT {INVITE_COLUMNS} FROM invites WHERE id = $1");
-        Ok(sqlx::query_as::<_, InviteRow>(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        let mut conn = self.pool.acquire().await?;
+        row_where(&mut conn, INVITE_COLUMNS, "invites", "id", id).await
     }
 
     /// The contact's newest invite that passed the gate (a code-only referral hangs off it).
@@ -683,11 +680,8 @@ impl Store {
     }
 
     pub async fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1");
-        Ok(sqlx::query_as::<_, MessageRow>(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?)
+        let mut conn = self.pool.acquire().await?;
+        row_where(&mut conn, MESSAGE_COLUMNS, "messages", "id", id).await
     }
 
     pub async fn message_by_wamid(&self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
@@ -722,6 +716,7 @@ impl Store {
     /// Marks a send as begun, committed before the request to Meta (so that a crash
     /// mid-request is known afterwards). False when another attempt moved it first.
     pub async fn mark_sending(&self, id: i64, from: MessageStatus) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         self.faults.before_write()?;
         let done = sqlx::query("UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
             .bind(MessageStatus::Sending.as_str())

@@ -284,6 +284,7 @@ impl Store {
     /// Claims a reward for fulfilment (committed before any outside call); false when
     /// it was voided, capped or issued meanwhile.
     pub async fn claim_reward(&self, id: i64) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         self.faults.before_write()?;
         let sql = format!(
             "UPDATE rewards SET state = $1, updated_at = $2 WHERE id = $3 AND state IN ({})",
@@ -300,6 +301,7 @@ impl Store {
 
     /// Records a failed fulfilment; the job's retry claims it again.
     pub async fn fail_reward(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
         sqlx::query("UPDATE rewards SET state = $1, last_error = $2, updated_at = $3 WHERE id = $4 AND state = $5")
             .bind(RewardState::Failed.as_str())
             .bind(error)
@@ -346,6 +348,7 @@ impl Store {
 
     /// Loads codes into the pool; codes already there are skipped. Returns how many were new.
     pub async fn load_reward_codes(&self, codes: &[String]) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let mut loaded = 0;
         for code in codes {
@@ -364,6 +367,7 @@ impl Store {
     /// The pool code for this reward: the one it already holds, or a free one assigned
     /// atomically (never the same code twice). `None` when the pool is empty.
     pub async fn assign_pool_code(&self, reward_id: i64) -> Result<Option<String>, StoreError> {
+        let _turn = self.write_turn().await;
         self.faults.before_write()?;
         for _ in 0..5 {
             let held: Option<String> = sqlx::query_scalar("SELECT code FROM reward_codes WHERE reward_id = $1")

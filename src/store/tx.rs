@@ -12,7 +12,7 @@ use sqlx::{Any, AnyConnection, Transaction};
 
 use super::faults::Faults;
 use super::queue::Queue;
-use super::{now_ms, Backend, Store, StoreError};
+use super::{now_ms, Backend, Store, StoreError, WriteTurn};
 use crate::domain::state::{Persisted, QueueState};
 
 /// The worker's hold on one claimed item.
@@ -34,6 +34,8 @@ pub enum ItemEnd {
 
 pub struct Tx {
     tx: Transaction<'static, Any>,
+    /// This process's turn at writing (SQLite), held until the transaction ends.
+    _turn: WriteTurn,
     backend: Backend,
     faults: Faults,
     lease: Option<Lease>,
@@ -43,9 +45,11 @@ impl Store {
     /// Begins a step's transaction. With a lease, the item is locked and its ownership
     /// checked first ([`StoreError::LeaseLost`] when another worker holds it now).
     pub async fn begin(&self, lease: Option<&Lease>) -> Result<Tx, StoreError> {
+        let turn = self.write_turn().await;
         let tx = self.pool.begin().await?;
         let mut tx = Tx {
             tx,
+            _turn: turn,
             backend: self.backend,
             faults: self.faults.clone(),
             lease: lease.cloned(),

@@ -75,6 +75,20 @@ pub struct Params<'a> {
     pub reward: &'a str,
 }
 
+impl<'a> Params<'a> {
+    /// For messages about the recipient alone: every name parameter is their name.
+    fn recipient(first_name: &'a str, code: &'a str) -> Params<'a> {
+        Params {
+            first_name,
+            code,
+            friend_name: first_name,
+            referrer_name: first_name,
+            personal_message: first_name,
+            reward: first_name,
+        }
+    }
+}
+
 fn params(order: &[TemplateParameter], p: &Params<'_>) -> Vec<String> {
     order
         .iter()
@@ -103,14 +117,7 @@ fn name_or(name: &str, fallback: &str) -> String {
 pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &str, invite_id: i64) -> Value {
     let t = &settings.templates;
     let first = name_or(name, "there");
-    let values = Params {
-        first_name: &first,
-        code,
-        friend_name: &first,
-        referrer_name: &first,
-        personal_message: &first,
-        reward: &first,
-    };
+    let values = Params::recipient(&first, code);
     template(Template {
         to,
         name: &t.invite,
@@ -129,14 +136,7 @@ pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &
 pub fn flow_template(settings: &Settings, to: &str, language: &str, name: &str, code: &str, token: &str) -> Value {
     let t = &settings.templates;
     let first = name_or(name, "there");
-    let values = Params {
-        first_name: &first,
-        code,
-        friend_name: &first,
-        referrer_name: &first,
-        personal_message: &first,
-        reward: &first,
-    };
+    let values = Params::recipient(&first, code);
     template(Template {
         to,
         name: &t.flow,
@@ -299,12 +299,8 @@ pub fn thanks(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
     let t = &settings.templates;
     let (friend, referrer) = (r.friend_first(), r.referrer_first());
     let values = Params {
-        first_name: &referrer,
-        code: r.code,
         friend_name: &friend,
-        referrer_name: &referrer,
-        personal_message: &referrer,
-        reward: &referrer,
+        ..Params::recipient(&referrer, r.code)
     };
     template(Template {
         to,
@@ -322,12 +318,8 @@ pub fn reward(settings: &Settings, to: &str, language: &str, name: &str, given: 
     let t = &settings.templates;
     let first = first_name(name);
     let values = Params {
-        first_name: &first,
-        code: given,
-        friend_name: &first,
-        referrer_name: &first,
-        personal_message: &first,
         reward: given,
+        ..Params::recipient(&first, given)
     };
     template(Template {
         to,

@@ -1,7 +1,11 @@
 use std::time::Duration;
 
+use referloop::domain::inbound::{NewInboxEvent, Source};
+use referloop::domain::messaging::MessagePurpose;
+use referloop::domain::state::Persisted;
 use referloop::signatures::sign_meta;
-use referloop::store::{now_ms, Backend, NewJob, Queue, QueueState};
+use referloop::store::{now_ms, Backend, NewJob, NewMessage, Queue, QueueState};
+use serde_json::json;
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -72,7 +76,80 @@ async fn unknown_job_kinds_go_dead_and_stay_visible(backend: Backend) {
     app.shutdown().await;
 }
 
+/// A flood of inbox events (statuses being retried) while sends are queued: the sends
+/// have loops of their own and finish while most of the flood still waits. The bound:
+/// every send is done before a tenth of the flood has been handled even once.
+async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
+    const FLOOD: usize = 5_000;
+    const SENDS: usize = 50;
+    let app = TestApp::spawn_with(backend, |env| {
+        set_env(env, "REFERLOOP_WORKER__INBOX_CONCURRENCY", "1");
+        set_env(env, "REFERLOOP_WORKER__JOB_CONCURRENCY", "1");
+    })
+    .await;
+    // Statuses for messages nobody sent: each is retried later, keeping the inbox busy.
+    let flood: Vec<NewInboxEvent> = (0..FLOOD)
+        .map(|n| NewInboxEvent {
+            source: Source::WhatsApp,
+            dedupe_key: format!("status:wamid.FLOOD{n}:delivered"),
+            kind: "whatsapp.status".into(),
+            payload: json!({"status": {"id": format!("wamid.FLOOD{n}"), "status": "delivered"}}).to_string(),
+        })
+        .collect();
+    app.store.insert_inbox_events(&flood, 5).await.expect("flood");
+    let started = std::time::Instant::now();
+    let mut tx = app.store.begin(None).await.expect("begin");
+    for n in 0..SENDS {
+        let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
+                          "text": {"body": format!("message {n}")}});
+        let message = NewMessage {
+            idempotency_key: format!("fairness:{n}"),
+            purpose: MessagePurpose::Reply,
+            to_phone: "+447911123456".into(),
+            invite_id: None,
+            referral_id: None,
+            marketing: false,
+            body: body.to_string(),
+            run_at: now_ms(),
+            max_attempts: 3,
+        };
+        tx.insert_message(&message).await.expect("message");
+    }
+    tx.commit("").await.expect("commit");
+    let store = app.store.clone();
+    let all_sent = eventually(Duration::from_secs(60), || {
+        let store = store.clone();
+        async move {
+            store
+                .list_messages(1_000)
+                .await
+                .map(|m| m.iter().filter(|m| m.status.as_str() == "accepted").count() == SENDS)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let untouched = app
+        .store
+        .list(Queue::Inbox, None, 10_000)
+        .await
+        .expect("inbox")
+        .iter()
+        .filter(|i| i.attempts == 0)
+        .count();
+    println!(
+        "{backend:?}: {SENDS} sends done in {elapsed:?} with {untouched} of {FLOOD} flooded events not yet claimed"
+    );
+    assert!(all_sent, "the sends completed during the flood");
+    assert!(
+        untouched >= FLOOD * 9 / 10,
+        "sends finished before a tenth of the flood was handled ({untouched} of {FLOOD} untouched)"
+    );
+    app.shutdown().await;
+}
+
 both_backends!(
     stored_events_are_processed_once,
-    unknown_job_kinds_go_dead_and_stay_visible
+    unknown_job_kinds_go_dead_and_stay_visible,
+    sends_are_not_starved_by_an_inbox_flood,
 );
