@@ -37,6 +37,9 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
             tracing::warn!(message_id, "interrupted send never confirmed by Meta; sending again");
             MessageStatus::Sending
         }
+        // Refused for good and recorded, but the consequences may not have committed
+        // (a crash right after the record): apply them again; they are idempotent.
+        MessageStatus::Failed => return finish_refusal(s, work, &message, recorded_class(message.error_code)).await,
         done => return Outcome::done(format!("message already {}", done.as_str())),
     };
     if message.marketing == 1 && s.store.is_opted_out(&message.to_phone).await? {
@@ -106,25 +109,37 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
             failure.code, failure.title
         )));
     }
-    // A final refusal: the message failed, and what that means commits with the job's end.
+    // A final refusal: recorded at once (the one fact only this attempt knows), then what
+    // it means commits with the job's end.
+    s.store.record_refusal(message.id, failure.code, &failure.title).await?;
+    s.metrics.whatsapp_send_error(failure.class.as_str(), failure.code);
+    let refused = MessageRow {
+        status: MessageStatus::Failed,
+        error_code: failure.code,
+        ..message
+    };
+    finish_refusal(s, work, &refused, failure.class).await
+}
+
+/// The class of a recorded final refusal (any code not known as final counts as permanent).
+fn recorded_class(code: Option<i64>) -> SendErrorClass {
+    match classify(code, None) {
+        SendErrorClass::Retry { .. } | SendErrorClass::AccountLevel => SendErrorClass::Permanent,
+        class => class,
+    }
+}
+
+/// What a recorded final refusal means, committed with the send job's end (dead).
+async fn finish_refusal(s: &Services, work: &Work, message: &MessageRow, class: SendErrorClass) -> StepResult {
     let reason = format!(
         "{} (code {}): {}",
-        failure.class.as_str(),
-        failure.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-        failure.title
+        class.as_str(),
+        message.error_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        message.error_title.as_deref().unwrap_or("refused")
     );
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    tx.set_message_status(
-        message.id,
-        MessageStatus::Sending,
-        MessageStatus::Failed,
-        None,
-        Some((failure.code, &failure.title)),
-    )
-    .await?;
-    after_refusal(s, &mut tx, &message, failure.class).await?;
+    after_refusal(s, &mut tx, message, class).await?;
     tx.finish(ItemEnd::Dead(reason.clone())).await?;
-    s.metrics.whatsapp_send_error(failure.class.as_str(), failure.code);
     Ok(Outcome::Committed(ItemEnd::Dead(reason)))
 }
 

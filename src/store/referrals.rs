@@ -735,6 +735,21 @@ impl Store {
         tx.commit("").await
     }
 
+    /// Records Meta's final refusal of a send (committed at once: only the attempt that got
+    /// the answer knows it).
+    pub async fn record_refusal(&self, id: i64, code: Option<i64>, title: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin(None).await?;
+        tx.set_message_status(
+            id,
+            MessageStatus::Sending,
+            MessageStatus::Failed,
+            None,
+            Some((code, title)),
+        )
+        .await?;
+        tx.commit("").await
+    }
+
     /// The last inbound message time, when the user has written to us.
     pub async fn last_inbound_at(&self, phone: &str) -> Result<Option<i64>, StoreError> {
         let at: Option<Option<i64>> = sqlx::query_scalar("SELECT last_inbound_at FROM wa_users WHERE phone = $1")

@@ -25,6 +25,9 @@ use crate::lifecycle::nomination;
 use crate::rewards::checkout_event;
 
 const FRIEND_CONTACT: &str = "95001";
+/// The template the refusal scenario's Graph fake refuses (131049); only that scenario
+/// mounts the refusal (the others pass `None`).
+const REFUSED_TEMPLATE: &str = "tmpl_referral_friend_invite";
 
 /// HubSpot's contact search finds the friend once their contact was created, as the
 /// real search does (after indexing), so a retried creation finds instead of creating.
@@ -80,8 +83,9 @@ async fn start(backend: Backend) -> Lifecycle {
 /// Meta's statuses for everything sent so far: `delivered`, echoing our callback data
 /// (which is how a send interrupted after Meta accepted it is recorded). The fake Graph
 /// API names its n-th accepted message `wamid.OUT<n>`.
-async fn deliver_statuses(lc: &Lifecycle, reported: &mut HashSet<String>) {
-    for (n, body) in lc.sent().await.iter().enumerate() {
+async fn deliver_statuses(lc: &Lifecycle, refused: Option<&str>, reported: &mut HashSet<String>) {
+    let accepted = accepted_sends(lc, refused).await;
+    for (n, body) in accepted.iter().enumerate() {
         let wamid = format!("wamid.OUT{n}");
         if !reported.insert(wamid.clone()) {
             continue;
@@ -97,13 +101,23 @@ async fn deliver_statuses(lc: &Lifecycle, reported: &mut HashSet<String>) {
     }
 }
 
-/// Runs the queues dry while Meta reports every send delivered.
-async fn settle_delivering(lc: &Lifecycle) {
+/// The sends the fake accepted (a refused one got no wamid).
+async fn accepted_sends(lc: &Lifecycle, refused: Option<&str>) -> Vec<Value> {
+    let sent = lc.sent().await;
+    match refused {
+        Some(name) => sent.into_iter().filter(|b| b["template"]["name"] != name).collect(),
+        None => sent,
+    }
+}
+
+/// Runs the queues dry while Meta reports every accepted send delivered.
+async fn settle_delivering(lc: &Lifecycle, refused: Option<&str>) {
     let mut reported = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
-        deliver_statuses(lc, &mut reported).await;
-        if idle(lc).await && lc.sent().await.len() == reported.len() {
+        deliver_statuses(lc, refused, &mut reported).await;
+        let accepted = accepted_sends(lc, refused).await.len();
+        if idle(lc).await && accepted == reported.len() {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "queues did not settle");
@@ -125,10 +139,16 @@ async fn idle(lc: &Lifecycle) -> bool {
 
 /// Nothing died, and the steps that write were interrupted (attempts beyond the first).
 async fn assert_every_step_finished_after_interruptions(lc: &Lifecycle, kinds: &[&str]) {
+    assert_steps_finished(lc, kinds, 0).await;
+}
+
+/// As above, with `refused` sends ended dead by Meta's final refusal.
+async fn assert_steps_finished(lc: &Lifecycle, kinds: &[&str], refused: usize) {
     let mut items = lc.app.store.list(Queue::Inbox, None, 10_000).await.expect("inbox");
     items.extend(lc.app.store.list(Queue::Jobs, None, 10_000).await.expect("jobs"));
     let dead: Vec<_> = items.iter().filter(|i| i.state.as_str() == "dead").collect();
-    assert!(dead.is_empty(), "nothing dies: {dead:?}");
+    assert_eq!(dead.len(), refused, "only refused sends end dead: {dead:?}");
+    assert!(dead.iter().all(|i| i.kind == "whatsapp.send"), "{dead:?}");
     for kind in kinds {
         assert!(
             items.iter().any(|i| i.kind == *kind && i.attempts >= 3),
@@ -175,15 +195,15 @@ async fn buy_with_the_code(lc: &Lifecycle, event_id: &str) {
 
 /// Trigger → invite → "Refer someone" → Flow → nomination, with Meta reporting every
 /// send delivered throughout.
-async fn nominate(lc: &Lifecycle, consent: bool) {
+async fn nominate(lc: &Lifecycle, consent: bool, refused: Option<&str>) {
     assert_eq!(lc.nps("90001", REFERRER_PHONE, "Ana", "10", "1767225600000").await, 200);
-    settle_delivering(lc).await;
+    settle_delivering(lc, refused).await;
     let invite_id = lc.invite_id().await;
     assert_eq!(
         lc.inbound(refer_tap(REFERRER_PHONE, "wamid.TAP1", invite_id)).await,
         200
     );
-    settle_delivering(lc).await;
+    settle_delivering(lc, refused).await;
     let messages = lc.app.store.list_messages(50).await.expect("messages");
     let flow = messages
         .iter()
@@ -198,21 +218,21 @@ async fn nominate(lc: &Lifecycle, consent: bool) {
         nomination(Some(&token), FRIEND_PHONE, consent),
     );
     assert_eq!(lc.inbound(reply).await, 200);
-    settle_delivering(lc).await;
+    settle_delivering(lc, refused).await;
 }
 
 /// Direct path: invite, Flow, nomination with consent, the friend's invite delivered,
 /// a Stripe purchase, both rewards.
 async fn direct_path_survives_a_crash_after_every_write(backend: Backend) {
     let lc = start(backend).await;
-    nominate(&lc, true).await;
+    nominate(&lc, true, None).await;
     assert_eq!(
         referral_state(&lc).await,
         "friend_invited",
         "the delivered status moved the referral despite every interruption"
     );
     buy_with_the_code(&lc, "evt_direct").await;
-    settle_delivering(&lc).await;
+    settle_delivering(&lc, None).await;
     assert_eq!(referral_state(&lc).await, "converted");
     assert_sent_once_each(
         &lc,
@@ -254,7 +274,7 @@ async fn direct_path_survives_a_crash_after_every_write(backend: Backend) {
 /// the code (welcome), then buys.
 async fn share_link_path_survives_a_crash_after_every_write(backend: Backend) {
     let lc = start(backend).await;
-    nominate(&lc, false).await;
+    nominate(&lc, false, None).await;
     assert_eq!(referral_state(&lc).await, "awaiting_friend");
     let code = lc.app.store.list_referrals(1).await.expect("referrals")[0]
         .referral_code
@@ -263,10 +283,10 @@ async fn share_link_path_survives_a_crash_after_every_write(backend: Backend) {
     // Written now: the friend's 24-hour window is open when the rewards go out.
     hello["timestamp"] = json!((now_ms() / 1000).to_string());
     assert_eq!(lc.inbound(hello).await, 200);
-    settle_delivering(&lc).await;
+    settle_delivering(&lc, None).await;
     assert_eq!(referral_state(&lc).await, "friend_invited");
     buy_with_the_code(&lc, "evt_share").await;
-    settle_delivering(&lc).await;
+    settle_delivering(&lc, None).await;
     assert_eq!(referral_state(&lc).await, "converted");
     let texts: Vec<Value> = lc.sent_of("text").await;
     let share_links = texts.iter().filter(|t| t["to"] == REFERRER_PHONE).count();
@@ -297,7 +317,66 @@ async fn share_link_path_survives_a_crash_after_every_write(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// Meta refuses the friend's invite with 131049 (auto mode falls back to a share link),
+/// then the referrer opts out with a keyword.
+async fn refusal_fallback_and_opt_out_survive_a_crash_after_every_write(backend: Backend) {
+    let lc = start(backend).await;
+    mount_graph_answer(
+        &lc.meta,
+        json!({"template": {"name": REFUSED_TEMPLATE}}),
+        graph_error(
+            400,
+            131049,
+            "This message was not delivered to maintain healthy ecosystem engagement.",
+        ),
+        None,
+    )
+    .await;
+    nominate(&lc, true, Some(REFUSED_TEMPLATE)).await;
+    assert_eq!(
+        referral_state(&lc).await,
+        "awaiting_friend",
+        "fell back to a share link"
+    );
+    let invites = lc.app.store.list_messages(50).await.expect("messages");
+    let refused = invites
+        .iter()
+        .find(|m| m.purpose.as_str() == "friend_invite")
+        .expect("friend invite");
+    assert_eq!((refused.status.as_str(), refused.error_code), ("failed", Some(131049)));
+    let mut stop = text_message(REFERRER_PHONE, "wamid.STOP", "STOP");
+    stop["timestamp"] = json!((now_ms() / 1000).to_string());
+    assert_eq!(lc.inbound(stop).await, 200);
+    settle_delivering(&lc, Some(REFUSED_TEMPLATE)).await;
+    let texts = lc.sent_of("text").await;
+    let to_referrer: Vec<&str> = texts
+        .iter()
+        .filter(|t| t["to"] == REFERRER_PHONE)
+        .filter_map(|t| t["text"]["body"].as_str())
+        .collect();
+    assert_eq!(
+        to_referrer.len(),
+        2,
+        "one share link, one acknowledgement: {to_referrer:?}"
+    );
+    assert!(to_referrer
+        .iter()
+        .any(|t| t.contains("won't receive promotional messages")));
+    // Meta takes no idempotency key: a crash between its refusal and our record of it
+    // (which the injection includes) sends once more after the wait. Never more.
+    assert!(
+        lc.sent_of(REFUSED_TEMPLATE).await.len() <= 2,
+        "a final refusal is not retried"
+    );
+    let jobs = lc.app.store.list(Queue::Jobs, None, 1_000).await.expect("jobs");
+    let mirrors = jobs.iter().filter(|j| j.kind == "hubspot.sync_opt_out").count();
+    assert_eq!(mirrors, 1, "one HubSpot mirror per opt-out");
+    assert_steps_finished(&lc, &["whatsapp.message", "whatsapp.send", "referral.screen"], 1).await;
+    lc.shutdown().await;
+}
+
 both_backends!(
     direct_path_survives_a_crash_after_every_write,
     share_link_path_survives_a_crash_after_every_write,
+    refusal_fallback_and_opt_out_survive_a_crash_after_every_write,
 );
