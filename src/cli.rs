@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -451,9 +452,13 @@ fn parse_code_file(text: &str) -> Vec<String> {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect(&settings.database.url, settings.database.max_connections)
-        .await
-        .context("connecting to the database (database.url)")?;
+    let store = Store::connect_with(
+        &settings.database.url,
+        settings.database.max_connections,
+        Duration::from_millis(settings.database.acquire_timeout_ms),
+    )
+    .await
+    .context("connecting to the database (database.url)")?;
     store.migrate().await.context("applying migrations")?;
     Ok(store)
 }

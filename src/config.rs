@@ -126,12 +126,23 @@ pub struct ServerSettings {
     pub listen: String,
     pub public_base_url: String,
     pub request_timeout_seconds: u64,
+    /// A client must send a request's headers within this time.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no traffic for this long is closed (idle keep-alive sockets).
+    pub idle_timeout_seconds: u64,
+    /// Connections served at once; beyond it new ones are closed at once.
+    pub max_connections: usize,
+    /// Events one webhook request may carry; a larger batch is refused (413).
+    pub max_events_per_request: usize,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a request waits for a database connection before giving up (a 503 for
+    /// webhooks, so the sender retries promptly during an outage).
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -319,6 +330,51 @@ fn redact<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S
     }
 }
 
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
+}
+
+/// A URL fit to print or log: a password (in the authority or a `password` query
+/// parameter) is replaced by `[redacted]`. Anything that does not parse as a URL is
+/// redacted whole past its scheme.
+pub fn redact_url(raw: &str) -> String {
+    const REDACTED: &str = "[redacted]";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        let scheme = raw.split(':').next().unwrap_or_default();
+        return format!("{scheme}:{REDACTED}");
+    };
+    let mut redacted = url.password().is_some();
+    if redacted {
+        let _ = url.set_password(Some("REDACTED"));
+    }
+    let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+    if pairs.iter().any(|(k, _)| k.contains("password")) {
+        redacted = true;
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (key, value) in &pairs {
+            let shown = if key.contains("password") {
+                "REDACTED"
+            } else {
+                value.as_str()
+            };
+            query.append_pair(key, shown);
+        }
+    }
+    let text = url.to_string();
+    if redacted {
+        text.replace("REDACTED", REDACTED)
+    } else {
+        text
+    }
+}
+
 /// A configured secret, treating an empty string as "not configured".
 pub fn secret_value(secret: &Option<SecretString>) -> Option<&str> {
     secret.as_ref().map(|s| s.expose_secret()).filter(|s| !s.is_empty())
@@ -397,6 +453,24 @@ impl Settings {
         }
         if self.server.request_timeout_seconds == 0 {
             return invalid("server.request_timeout_seconds", "must be at least 1".into());
+        }
+        if self.server.header_read_timeout_seconds == 0 {
+            return invalid("server.header_read_timeout_seconds", "must be at least 1".into());
+        }
+        if self.server.idle_timeout_seconds <= self.server.request_timeout_seconds {
+            return invalid(
+                "server.idle_timeout_seconds",
+                "must be longer than server.request_timeout_seconds".into(),
+            );
+        }
+        if self.server.max_connections == 0 || self.server.max_events_per_request == 0 {
+            return invalid(
+                "server.max_connections",
+                "connection and event limits must be at least 1".into(),
+            );
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return invalid("database.acquire_timeout_ms", "must be at least 1".into());
         }
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
             return invalid("database.url", "must start with sqlite: or postgres://".into());
@@ -504,6 +578,9 @@ impl Settings {
         let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
         if let toml::Value::Table(table) = &mut value {
             table.insert("sandbox".into(), toml::Value::Boolean(self.sandbox()));
+            if let Some(toml::Value::Table(database)) = table.get_mut("database") {
+                database.insert("url".into(), toml::Value::String(redact_url(&self.database.url)));
+            }
         }
         value.to_string()
     }
@@ -629,17 +706,39 @@ mod tests {
     }
 
     #[test]
+    fn urls_lose_their_passwords() {
+        assert_eq!(redact_url("sqlite://referloop.db"), "sqlite://referloop.db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("postgres://u:p%40ss@h/db"), "postgres://u:[redacted]@h/db");
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=hunter2"),
+            "postgres://u@h/db?sslmode=require&password=[redacted]"
+        );
+        assert_eq!(redact_url("not a url with secret"), "not a url with secret:[redacted]");
+    }
+
+    #[test]
     fn printed_configuration_redacts_secrets() {
         let s = Settings::load_from(
             None,
             env(&[
                 ("REFERLOOP_WHATSAPP__APP_SECRET", "topsecret-app"),
                 ("REFERLOOP_STRIPE__WEBHOOK_SECRET", "whsec_topsecret"),
+                ("DATABASE_URL", "postgres://referloop:dbpass@db.internal:5432/referloop"),
             ]),
         )
         .expect("load");
         let printed = s.to_redacted_toml();
+        assert!(
+            printed.contains("postgres://referloop:[redacted]@db.internal:5432/referloop"),
+            "{printed}"
+        );
+        assert!(!format!("{s:?}").contains("dbpass"), "nor in Debug output");
         assert!(!printed.contains("topsecret"), "{printed}");
+        assert!(
+            !printed.contains("dbpass"),
+            "the database password is redacted: {printed}"
+        );
         assert!(printed.contains("[redacted]"));
         assert!(!format!("{s:?}").contains("topsecret"));
     }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -23,9 +24,13 @@ pub struct Application {
 impl Application {
     /// Connects to and migrates the database and binds the listener; nothing runs yet.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::connect(&settings.database.url, settings.database.max_connections)
-            .await
-            .context("connecting to the database (database.url)")?;
+        let store = Store::connect_with(
+            &settings.database.url,
+            settings.database.max_connections,
+            Duration::from_millis(settings.database.acquire_timeout_ms),
+        )
+        .await
+        .context("connecting to the database (database.url)")?;
         store.migrate().await.context("applying migrations")?;
         let listener = TcpListener::bind(&settings.server.listen)
             .await
@@ -69,7 +74,13 @@ impl Application {
         let worker = self.worker.map(|w| tokio::spawn(w.run(worker_stopped)));
         let store = self.state.store.clone();
         let app = http::router(self.state);
-        axum::serve(self.listener, app).with_graceful_shutdown(shutdown).await?;
+        let server = &settings.server;
+        let limits = http::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(server.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
+            max_connections: server.max_connections,
+        };
+        http::serve(self.listener, app, limits, shutdown).await?;
         tracing::info!("HTTP server stopped; stopping worker");
         let _ = stop_worker.send(true);
         if let Some(worker) = worker {

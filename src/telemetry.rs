@@ -15,11 +15,26 @@ pub fn init(format: LogFormat, level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
-    // A second init (tests) is harmless: the first subscriber stays.
+    // A second init (tests) is harmless: the first subscriber stays. JSON escapes control
+    // characters itself; the text format escapes every field through `escaped_fields`.
     let _ = match format {
         LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
     };
+}
+
+/// Text-format fields with control characters escaped, so that no logged value (an event
+/// kind, an id, an error from outside) can start a forged line of its own.
+pub fn escaped_fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static {
+    use tracing_subscriber::field::MakeExt;
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = escape(&format!("{value:?}"));
+        match field.name() {
+            "message" => write!(writer, "{text}"),
+            name => write!(writer, "{name}={text}"),
+        }
+    })
+    .delimited(" ")
 }
 
 /// Keeps the country code and the last four digits: `+447700904567` → `+44******4567`.
@@ -59,6 +74,43 @@ pub fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{escape, mask_phone};
+
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut buffer) = self.0.lock() {
+                buffer.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_logged_value_cannot_forge_a_line() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(super::escaped_fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let kind = "whatsapp.status\n2026-11-30T00:00:00Z  INFO forged: admin logged in\r\t\0";
+            tracing::warn!(kind = %kind, id = kind, "refused {kind}");
+        });
+        let text = String::from_utf8(captured.0.lock().map(|b| b.clone()).unwrap_or_default()).unwrap_or_default();
+        assert_eq!(text.lines().count(), 1, "one line: {text}");
+        assert!(text.contains("\\nforged") || text.contains("\\n2026"), "{text}");
+        assert!(
+            !text.contains('\t') && !text.contains('\0') && !text.contains('\r'),
+            "{text:?}"
+        );
+    }
 
     #[test]
     fn control_characters_are_escaped() {

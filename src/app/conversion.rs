@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::code::normalise_code;
+use crate::domain::ids::{HubSpotId, StripeId, StripeObject};
 use crate::domain::inbound::hubspot_property;
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
@@ -227,7 +228,9 @@ pub async fn on_hubspot_conversion(s: &Services, work: &Work, payload: &Value) -
         if hubspot_property(record, "hs_is_closed_won").is_some_and(|v| v.eq_ignore_ascii_case("false")) {
             return Outcome::done("deal is not closed won");
         }
-        let contacts = s.hubspot.deal_contacts(&object_id, None).await?;
+        let deal = HubSpotId::parse(&object_id)?;
+        let contacts = s.hubspot.deal_contacts(&deal, None).await?;
+        let contacts = contacts.iter().map(|c| c.as_str().to_string()).collect();
         (contacts, format!("deal:{object_id}"))
     } else {
         let stage = hubspot_property(record, &names.lifecycle_stage);
@@ -351,7 +354,8 @@ async fn session_promotion_code(s: &Services, object: &Value, session_id: &str) 
     if !has_discounts && amount_discount == 0 {
         return Ok(None);
     }
-    let session = s.stripe.checkout_session_discounts(session_id, None).await?;
+    let session_id = StripeId::parse(session_id, StripeObject::CheckoutSession)?;
+    let session = s.stripe.checkout_session_discounts(&session_id, None).await?;
     let promotion = session
         .pointer("/total_details/breakdown/discounts")
         .and_then(Value::as_array)
@@ -359,6 +363,7 @@ async fn session_promotion_code(s: &Services, object: &Value, session_id: &str) 
     match promotion {
         Some(Value::Object(p)) => Ok(p.get("code").and_then(Value::as_str).map(str::to_string)),
         Some(Value::String(id)) => {
+            let id = StripeId::parse(&id, StripeObject::PromotionCode)?;
             let code = s.stripe.promotion_code(&id, None).await?;
             Ok(text(&code, "/code").map(str::to_string))
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::ids::HubSpotId;
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
 use crate::store::now_ms;
@@ -26,7 +27,7 @@ pub async fn referrer_status(
 ) -> StepResult {
     let properties = s.referrer_properties(status.as_str(), code);
     s.hubspot
-        .update_contact(contact_id, &properties, Some(work.job_id()))
+        .update_contact(&HubSpotId::parse(contact_id)?, &properties, Some(work.job_id()))
         .await?;
     Outcome::done(format!("contact {contact_id}: {}", status.as_str()))
 }
@@ -35,7 +36,7 @@ pub async fn referrer_status(
 pub async fn referrer_capped(s: &Services, work: &Work, contact_id: &str) -> StepResult {
     let properties = s.referrer_properties("reward_capped", None);
     s.hubspot
-        .update_contact(contact_id, &properties, Some(work.job_id()))
+        .update_contact(&HubSpotId::parse(contact_id)?, &properties, Some(work.job_id()))
         .await?;
     Outcome::done(format!("contact {contact_id}: reward_capped"))
 }
@@ -47,7 +48,7 @@ pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given:
     properties.insert(names.referral_status.clone(), string("rewarded"));
     properties.insert(names.referral_reward.clone(), string(given));
     s.hubspot
-        .update_contact(contact_id, &properties, Some(work.job_id()))
+        .update_contact(&HubSpotId::parse(contact_id)?, &properties, Some(work.job_id()))
         .await?;
     Outcome::done(format!("contact {contact_id}: rewarded"))
 }
@@ -57,14 +58,21 @@ pub async fn sync_opt_out(s: &Services, work: &Work, phone: &str, opted_out: boo
     let Ok(phone) = E164::parse_mobile(phone, "ZZ") else {
         return Err(StepError::Permanent("no valid phone".into()));
     };
-    let mut ids = s.store.contact_ids_for_phone(phone.as_str()).await?;
+    // Stored ids that are not valid HubSpot ids are skipped, never sent.
+    let mut ids: Vec<HubSpotId> = s
+        .store
+        .contact_ids_for_phone(phone.as_str())
+        .await?
+        .iter()
+        .filter_map(|id| HubSpotId::parse(id).ok())
+        .collect();
     if ids.is_empty() {
         let region = &s.settings.programme.default_region;
         let found = s
             .hubspot
             .search_by_phone(&phone, &[], region, Some(work.job_id()))
             .await?;
-        ids = found.into_iter().map(|c| c.id).collect();
+        ids = found.iter().filter_map(|c| HubSpotId::parse(&c.id).ok()).collect();
     }
     let names = &s.settings.hubspot_properties;
     let mut properties = Map::new();
@@ -95,6 +103,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
 {
+    let contact = HubSpotId::parse(contact_id)?;
     let mut written = None;
     for _ in 0..3 {
         let reading = read().await?;
@@ -102,7 +111,7 @@ where
             break;
         }
         s.hubspot
-            .update_contact(contact_id, &properties(&reading), Some(work.job_id()))
+            .update_contact(&contact, &properties(&reading), Some(work.job_id()))
             .await?;
         written = Some(reading);
     }
@@ -152,13 +161,14 @@ pub async fn link_referral(s: &Services, work: &Work, referral_id: i64) -> StepR
     let Some(referral) = s.store.referral(referral_id).await? else {
         return Err(StepError::Permanent(format!("referral {referral_id} not found")));
     };
-    let Some(friend) = referral.friend_contact_id.clone() else {
+    let Some(friend) = referral.friend_contact_id.as_deref() else {
         return Err(StepError::retry_after(
             "waiting for the friend's contact",
             Duration::from_secs(2),
         ));
     };
-    let referrer = referral.referrer_contact_id.clone();
+    let friend = HubSpotId::parse(friend)?;
+    let referrer = HubSpotId::parse(&referral.referrer_contact_id)?;
     let job_id = Some(work.job_id());
     let type_id = s
         .hubspot

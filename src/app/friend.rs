@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::code::codes_in_text;
+use crate::domain::ids::HubSpotId;
 use crate::domain::phone::E164;
 use crate::domain::referral::{friend_hubspot_status, ReferralEvent};
 use crate::store::ReferralRow;
@@ -46,7 +47,7 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
         .search_by_phone(&phone, &[], region, Some(work.job_id()))
         .await?;
     let id = match found.first() {
-        Some(contact) => contact.id.clone(),
+        Some(contact) => HubSpotId::parse(&contact.id)?,
         None => {
             let names = &s.settings.hubspot_properties;
             let mut create = properties(s, &referral);
@@ -56,7 +57,7 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
         }
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    tx.set_friend_contact_id(referral.id, &id).await?;
+    tx.set_friend_contact_id(referral.id, id.as_str()).await?;
     let note = format!("friend contact {id}");
     tx.commit(note.clone()).await?;
     Outcome::committed(note)
@@ -88,12 +89,13 @@ pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64) -> StepRe
     if friend_hubspot_status(referral.state).is_none() {
         return Outcome::done("nothing to record for this state");
     }
-    let Some(contact_id) = referral.friend_contact_id.clone() else {
+    let Some(contact_id) = referral.friend_contact_id.as_deref() else {
         return Err(StepError::retry_after(
             "waiting for the friend's contact",
             std::time::Duration::from_secs(2),
         ));
     };
+    let contact_id = HubSpotId::parse(contact_id)?;
     let properties = properties(s, &referral);
     s.hubspot
         .update_contact(&contact_id, &properties, Some(work.job_id()))

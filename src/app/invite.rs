@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work, DAY_MS};
 use crate::domain::eligibility::{self, EligibilityRules, Ineligible, NpsAnswer, TriggerFacts, TriggerKind};
 use crate::domain::flow_token::FlowToken;
+use crate::domain::ids::HubSpotId;
 use crate::domain::inbound::hubspot_property;
 use crate::domain::messaging::{pick_language, MessagePurpose};
 use crate::domain::phone::E164;
@@ -53,8 +54,10 @@ fn parse_trigger(s: &Services, payload: &Value) -> Result<Option<Trigger>, StepE
         return Ok(None);
     }
     let property = |name: &str| hubspot_property(record, name);
+    // The contact id goes into HubSpot URLs: digits or nothing.
+    let contact_id = HubSpotId::parse(text(payload, "/object_id").unwrap_or_default())?;
     Ok(Some(Trigger {
-        contact_id: text(payload, "/object_id").unwrap_or_default().to_string(),
+        contact_id: contact_id.as_str().to_string(),
         kind: match text(payload, "/trigger") {
             Some("nps") => TriggerKind::Nps,
             _ => TriggerKind::Milestone(text(payload, "/name").map(str::to_string)),

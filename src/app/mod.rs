@@ -31,6 +31,7 @@ use serde_json::Value;
 
 pub use services::Services;
 
+use crate::domain::ids::InvalidId;
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
 use crate::domain::work::Job;
@@ -106,6 +107,13 @@ impl StepError {
 impl From<StoreError> for StepError {
     fn from(e: StoreError) -> Self {
         StepError::retry(e.to_string())
+    }
+}
+
+impl From<InvalidId> for StepError {
+    /// An id that cannot reach a URL: a permanent refusal, never a request.
+    fn from(e: InvalidId) -> Self {
+        StepError::Permanent(e.to_string())
     }
 }
 

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::{Outcome, Services, StepError, StepResult, Work, DAY_MS};
 use crate::config::{secret_value, RewardSide};
+use crate::domain::ids::{StripeId, StripeObject};
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
 use crate::domain::reward::{self, Beneficiary, RewardKind, RewardState};
@@ -278,10 +279,11 @@ async fn fulfil(
                     beneficiary.as_str()
                 )));
             };
+            let customer = StripeId::parse(customer, StripeObject::Customer)?;
             let txn = s
                 .stripe
                 .credit_balance(
-                    customer,
+                    &customer,
                     side.amount,
                     &side.currency,
                     &side.description,

@@ -53,6 +53,8 @@ pub enum PayloadError {
     NotJson(String),
     #[error("{0}")]
     Unexpected(&'static str),
+    #[error("a NUL character in an identifier")]
+    NulInIdentifier,
 }
 
 impl PayloadError {
@@ -60,7 +62,45 @@ impl PayloadError {
         match self {
             PayloadError::NotJson(_) => "malformed_json",
             PayloadError::Unexpected(_) => "unexpected_shape",
+            PayloadError::NulInIdentifier => "nul_character",
         }
+    }
+}
+
+/// NUL characters, decided once at the boundary so that both stores behave alike
+/// (PostgreSQL text cannot hold NUL): an event whose key or kind (built from the
+/// provider's ids) holds one is refused; in any other value NUL becomes U+FFFD.
+pub fn clean_nul(events: &mut [NewInboxEvent]) -> Result<(), PayloadError> {
+    for event in events.iter_mut() {
+        if event.dedupe_key.contains('\0') || event.kind.contains('\0') {
+            return Err(PayloadError::NulInIdentifier);
+        }
+        // serde_json writes a NUL inside a string as the escape `\u0000`.
+        if !event.payload.contains("\\u0000") {
+            continue;
+        }
+        let mut payload: Value =
+            serde_json::from_str(&event.payload).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+        replace_nul(&mut payload);
+        event.payload = payload.to_string();
+    }
+    Ok(())
+}
+
+fn replace_nul(value: &mut Value) {
+    match value {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', "\u{FFFD}"),
+        Value::Array(items) => items.iter_mut().for_each(replace_nul),
+        Value::Object(map) => {
+            let keys_with_nul: Vec<String> = map.keys().filter(|k| k.contains('\0')).cloned().collect();
+            for key in keys_with_nul {
+                if let Some(v) = map.remove(&key) {
+                    map.insert(key.replace('\0', "\u{FFFD}"), v);
+                }
+            }
+            map.values_mut().for_each(replace_nul);
+        }
+        _ => {}
     }
 }
 
@@ -310,6 +350,29 @@ pub fn split_stripe(body: &[u8]) -> Result<Vec<NewInboxEvent>, PayloadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nul_is_refused_in_keys_and_replaced_in_text() {
+        let event = |key: &str, payload: Value| NewInboxEvent {
+            source: Source::WhatsApp,
+            dedupe_key: key.into(),
+            kind: "whatsapp.message".into(),
+            payload: payload.to_string(),
+        };
+        let mut bad_key = vec![event("message:wamid.\0X", serde_json::json!({}))];
+        assert_eq!(clean_nul(&mut bad_key), Err(PayloadError::NulInIdentifier));
+        let mut text = vec![event(
+            "message:wamid.X",
+            serde_json::json!({"message": {"text": {"body": "hi\0there"}, "k\0": ["a\0"]}}),
+        )];
+        assert_eq!(clean_nul(&mut text), Ok(()));
+        assert!(!text[0].payload.contains("\\u0000"), "{}", text[0].payload);
+        assert!(text[0].payload.contains("hi\u{FFFD}there"));
+        let mut clean = vec![event("message:wamid.Y", serde_json::json!({"a": "b"}))];
+        let before = clean[0].payload.clone();
+        assert_eq!(clean_nul(&mut clean), Ok(()));
+        assert_eq!(clean[0].payload, before);
+    }
 
     fn fixture(path: &str) -> Vec<u8> {
         let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -6,6 +6,7 @@
 pub mod code;
 pub mod eligibility;
 pub mod flow_token;
+pub mod ids;
 pub mod inbound;
 pub mod messaging;
 pub mod nomination;

@@ -78,6 +78,21 @@ pub async fn post_conversion(
         Ok(request) => request,
         Err(e) => return problem(StatusCode::BAD_REQUEST, format!("body is not the expected JSON: {e}")),
     };
+    let has_control = [
+        &request.external_id,
+        &request.referral_code,
+        &request.friend_phone,
+        &request.hubspot_contact_id,
+        &request.currency,
+    ]
+    .iter()
+    .any(|field| field.as_deref().is_some_and(|v| v.chars().any(char::is_control)));
+    if has_control {
+        return problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "fields may not contain control characters",
+        );
+    }
     let Some(external_id) = request.external_id.filter(|e| !e.trim().is_empty() && e.len() <= 200) else {
         return problem(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -121,7 +136,14 @@ pub async fn post_conversion(
         payment_ref: None,
         stripe_customer: None,
     };
-    let record = match convert(services, None, conversion, attribution).await {
+    // Runs to its end whatever the client does (a disconnect must not cancel it inside
+    // its transaction).
+    let step_services = services.clone();
+    let step = tokio::spawn(async move { convert(&step_services, None, conversion, attribution).await });
+    let converted = step
+        .await
+        .unwrap_or_else(|e| Err(crate::app::StepError::retry(format!("conversion task: {e}"))));
+    let record = match converted {
         Ok(record) => record,
         Err(e) => {
             tracing::error!(error = %e, "conversion could not be recorded");
@@ -173,7 +195,11 @@ pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Pa
         Ok(None) => return problem(StatusCode::NOT_FOUND, "no such referral"),
         Err(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
     }
-    match reward::void(&state.services, id).await {
+    let services = state.services.clone();
+    let voided = tokio::spawn(async move { reward::void(&services, id).await })
+        .await
+        .unwrap_or_else(|e| Err(crate::app::StepError::retry(format!("void task: {e}"))));
+    match voided {
         Ok(voided) => (
             StatusCode::OK,
             Json(json!({"referral_id": id, "voided_rewards": voided})),

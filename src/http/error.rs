@@ -22,6 +22,8 @@ pub enum ApiError {
     Forbidden,
     #[error("temporarily unavailable")]
     Unavailable,
+    #[error("too many events in one request (at most {0})")]
+    TooManyEvents(usize),
 }
 
 impl ApiError {
@@ -32,6 +34,7 @@ impl ApiError {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadPayload(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::TooManyEvents(_) => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::BadPayload(e) => e.as_label(),
             ApiError::Forbidden => "forbidden",
             ApiError::Unavailable => "store_unavailable",
+            ApiError::TooManyEvents(_) => "too_many_events",
         }
     }
 }

@@ -16,10 +16,10 @@ pub async fn healthz() -> &'static str {
 /// The database answers and its migrations are applied.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match state.store.readiness().await {
-        Ok(()) => (StatusCode::OK, "ready".to_string()),
-        Err(reason) => {
-            tracing::warn!(%reason, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, reason)
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(not_ready) => {
+            tracing::warn!(detail = %crate::telemetry::escape(&not_ready.to_string()), "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, not_ready.public_reason())
         }
     }
 }

@@ -4,6 +4,7 @@
 mod api;
 mod error;
 mod health;
+mod serve;
 mod webhooks;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::store::Store;
 
 pub use error::ApiError;
+pub use serve::{serve, ConnectionLimits};
 
 /// Meta batches up to 1,000 updates and 3 MB in one POST.
 pub const WHATSAPP_BODY_LIMIT: usize = 4 * 1024 * 1024;

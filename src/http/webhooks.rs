@@ -35,9 +35,27 @@ impl AppState {
         error
     }
 
-    /// Stores the events; the caller answers 200 only when this returns Ok.
-    async fn store_events(&self, source: Source, events: &[NewInboxEvent]) -> Result<u64, ApiError> {
-        match self.store.insert_inbox_events(events, inbox_max_attempts(self)).await {
+    /// Stores the events; the caller answers 200 only when this returns Ok. The insert runs
+    /// to its end in a task of its own, whatever the client does meanwhile (a disconnect
+    /// must not cancel it inside its transaction).
+    async fn store_events(&self, source: Source, mut events: Vec<NewInboxEvent>) -> Result<u64, ApiError> {
+        let limit = self.settings.server.max_events_per_request;
+        if events.len() > limit {
+            return Err(self.refuse(source, ApiError::TooManyEvents(limit)));
+        }
+        inbound::clean_nul(&mut events).map_err(|e| self.refuse(source, e.into()))?;
+        let store = self.store.clone();
+        let max_attempts = inbox_max_attempts(self);
+        let received = events.len();
+        let insert = tokio::spawn(async move { store.insert_inbox_events(&events, max_attempts).await });
+        let stored = match insert.await {
+            Ok(stored) => stored,
+            Err(join) => {
+                tracing::error!(source = source.as_str(), error = %join, "storing the webhook's events failed");
+                return Err(self.refuse(source, ApiError::Unavailable));
+            }
+        };
+        match stored {
             Ok(new) => {
                 self.metrics
                     .webhook_events_stored
@@ -45,11 +63,16 @@ impl AppState {
                         source: source.as_str().into(),
                     })
                     .inc_by(new);
-                tracing::info!(source = source.as_str(), received = events.len(), new, "webhook stored");
+                tracing::info!(source = source.as_str(), received, new, "webhook stored");
                 Ok(new)
             }
+            Err(e) if e.is_unavailable() => {
+                tracing::error!(source = source.as_str(), error = %e, "database unavailable; webhook refused, the sender will retry");
+                Err(self.refuse(source, ApiError::Unavailable))
+            }
             Err(e) => {
-                tracing::error!(source = source.as_str(), error = %e, "could not store webhook; sender will retry");
+                let detail = crate::telemetry::escape(&e.to_string());
+                tracing::error!(source = source.as_str(), error = %detail, "the database refused the webhook's events; the sender will retry");
                 Err(self.refuse(source, ApiError::Unavailable))
             }
         }
@@ -100,7 +123,7 @@ pub async fn whatsapp_receive(
     signatures::verify_meta(secret, &body, header(&headers, "x-hub-signature-256"))
         .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
     let events = inbound::split_whatsapp(&body).map_err(|e| state.refuse(source, e.into()))?;
-    state.store_events(source, &events).await?;
+    state.store_events(source, events).await?;
     Ok(StatusCode::OK)
 }
 
@@ -151,7 +174,7 @@ pub async fn hubspot_receive(
 
     let trigger = hubspot_trigger(uri.query().unwrap_or(""));
     let events = inbound::split_hubspot(&body, &trigger).map_err(|e| state.refuse(source, e.into()))?;
-    state.store_events(source, &events).await?;
+    state.store_events(source, events).await?;
     Ok(StatusCode::OK)
 }
 
@@ -180,6 +203,6 @@ pub async fn stripe_receive(
     signatures::verify_stripe(secret, &body, header(&headers, "stripe-signature"), now_ms() / 1000)
         .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
     let events = inbound::split_stripe(&body).map_err(|e| state.refuse(source, e.into()))?;
-    state.store_events(source, &events).await?;
+    state.store_events(source, events).await?;
     Ok(StatusCode::OK)
 }

@@ -11,6 +11,7 @@ use serde_json::{json, Map, Value};
 use super::pacer::Pacer;
 use super::{Outbound, OutboundRequest, OutboundResponse};
 use crate::config::HubSpotSettings;
+use crate::domain::ids::{path_segment, HubSpotId};
 use crate::domain::phone::E164;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -94,9 +95,8 @@ impl HubSpotClient {
             job_id,
         };
         match self.outbound.send(request).await {
-            Ok(OutboundResponse::Recorded { call_id }) => {
-                Ok(Some(json!({"id": format!("sandbox-{call_id}"), "results": []})))
-            }
+            // Sandbox: the recorded call's number stands in for the id HubSpot would give.
+            Ok(OutboundResponse::Recorded { call_id }) => Ok(Some(json!({"id": call_id.to_string(), "results": []}))),
             Ok(OutboundResponse::Sent { status, body, .. }) => interpret(status, &body),
             Err(e) => Err(HubSpotError::Retryable(format!("request failed: {e}"))),
         }
@@ -105,11 +105,11 @@ impl HubSpotClient {
     /// Sets properties on a contact (`""` clears one).
     pub async fn update_contact(
         &self,
-        id: &str,
+        id: &HubSpotId,
         properties: &Map<String, Value>,
         job_id: Option<i64>,
     ) -> Result<(), HubSpotError> {
-        let url = format!("{}/{}", self.contacts_url, id);
+        let url = format!("{}/{}", self.contacts_url, path_segment(id.as_str()));
         self.call(reqwest::Method::PATCH, url, json!({"properties": properties}), job_id)
             .await
             .map(|_| ())
@@ -120,8 +120,8 @@ impl HubSpotClient {
         &self,
         properties: &Map<String, Value>,
         job_id: Option<i64>,
-    ) -> Result<String, HubSpotError> {
-        match self
+    ) -> Result<HubSpotId, HubSpotError> {
+        let id = match self
             .call(
                 reqwest::Method::POST,
                 self.contacts_url.clone(),
@@ -143,7 +143,8 @@ impl HubSpotClient {
                 existing_id(&message).ok_or(HubSpotError::Permanent(message))
             }
             Err(other) => Err(other),
-        }
+        }?;
+        HubSpotId::parse(&id).map_err(|e| HubSpotError::Permanent(e.to_string()))
     }
 
     /// The type id of our contact-to-contact label (`label`, with `inverse` the other way),
@@ -183,14 +184,16 @@ impl HubSpotClient {
     /// Links two contacts with a user-defined association type (idempotent).
     pub async fn associate_contacts(
         &self,
-        from: &str,
-        to: &str,
+        from: &HubSpotId,
+        to: &HubSpotId,
         type_id: i64,
         job_id: Option<i64>,
     ) -> Result<(), HubSpotError> {
         let url = format!(
-            "{}/crm/v4/objects/contact/{from}/associations/contact/{to}",
-            self.api_base
+            "{}/crm/v4/objects/contact/{}/associations/contact/{}",
+            self.api_base,
+            path_segment(from.as_str()),
+            path_segment(to.as_str())
         );
         let body = json!([{"associationCategory": "USER_DEFINED", "associationTypeId": type_id}]);
         self.call(reqwest::Method::PUT, url, body, job_id).await.map(|_| ())
@@ -199,14 +202,14 @@ impl HubSpotClient {
     /// A note on the timelines of `contacts` (note → contact is HubSpot-defined type 202).
     pub async fn add_note(
         &self,
-        contacts: &[&str],
+        contacts: &[&HubSpotId],
         html: &str,
         timestamp_ms: i64,
         job_id: Option<i64>,
     ) -> Result<(), HubSpotError> {
         let associations: Vec<Value> = contacts
             .iter()
-            .map(|id| json!({"to": {"id": id}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}]}))
+            .map(|id| json!({"to": {"id": id.as_str()}, "types": [{"associationCategory": "HUBSPOT_DEFINED", "associationTypeId": 202}]}))
             .collect();
         let body = json!({"properties": {"hs_timestamp": timestamp_ms.to_string(), "hs_note_body": html}, "associations": associations});
         let url = format!("{}/crm/v3/objects/notes", self.api_base);
@@ -214,8 +217,16 @@ impl HubSpotClient {
     }
 
     /// The contacts associated with a deal (v4 associations API).
-    pub async fn deal_contacts(&self, deal_id: &str, job_id: Option<i64>) -> Result<Vec<String>, HubSpotError> {
-        let url = format!("{}/crm/v4/objects/deal/{deal_id}/associations/contact", self.api_base);
+    pub async fn deal_contacts(
+        &self,
+        deal_id: &HubSpotId,
+        job_id: Option<i64>,
+    ) -> Result<Vec<HubSpotId>, HubSpotError> {
+        let url = format!(
+            "{}/crm/v4/objects/deal/{}/associations/contact",
+            self.api_base,
+            path_segment(deal_id.as_str())
+        );
         let answer = self
             .call(reqwest::Method::GET, url, Value::Null, job_id)
             .await?
@@ -232,6 +243,8 @@ impl HubSpotClient {
                             .map(str::to_string)
                             .or_else(|| id.as_i64().map(|n| n.to_string()))
                     })
+                    // An answer that names no valid contact adds none.
+                    .filter_map(|id| HubSpotId::parse(&id).ok())
                     .collect()
             })
             .unwrap_or_default();

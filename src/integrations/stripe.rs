@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::{Outbound, OutboundRequest, OutboundResponse};
 use crate::config::StripeSettings;
+use crate::domain::ids::{path_segment, StripeId};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StripeError {
@@ -128,7 +129,7 @@ impl StripeClient {
     /// A customer balance credit (a negative balance transaction).
     pub async fn credit_balance(
         &self,
-        customer: &str,
+        customer: &StripeId,
         amount: i64,
         currency: &str,
         description: &str,
@@ -140,7 +141,7 @@ impl StripeClient {
             ("currency".to_string(), currency.to_string()),
             ("description".to_string(), description.to_string()),
         ];
-        let path = format!("/v1/customers/{customer}/balance_transactions");
+        let path = format!("/v1/customers/{}/balance_transactions", path_segment(customer.as_str()));
         self.call(reqwest::Method::POST, &path, &form, Some(idempotency_key), job_id)
             .await
     }
@@ -148,17 +149,20 @@ impl StripeClient {
     /// A Checkout Session with its discount breakdown, where a typed promotion code shows.
     pub async fn checkout_session_discounts(
         &self,
-        session_id: &str,
+        session_id: &StripeId,
         job_id: Option<i64>,
     ) -> Result<Value, StripeError> {
-        let path = format!("/v1/checkout/sessions/{session_id}?expand[]=total_details.breakdown");
+        let path = format!(
+            "/v1/checkout/sessions/{}?expand[]=total_details.breakdown",
+            path_segment(session_id.as_str())
+        );
         self.call(reqwest::Method::GET, &path, &[], None, job_id).await
     }
 
-    pub async fn promotion_code(&self, id: &str, job_id: Option<i64>) -> Result<Value, StripeError> {
+    pub async fn promotion_code(&self, id: &StripeId, job_id: Option<i64>) -> Result<Value, StripeError> {
         self.call(
             reqwest::Method::GET,
-            &format!("/v1/promotion_codes/{id}"),
+            &format!("/v1/promotion_codes/{}", path_segment(id.as_str())),
             &[],
             None,
             job_id,

@@ -76,6 +76,36 @@ pub enum StoreError {
     Injected,
 }
 
+impl StoreError {
+    /// The database could not be reached (or no connection was free in time), as opposed
+    /// to a statement it refused.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_))
+        )
+    }
+}
+
+/// Why the store is not ready. The detail is for the log; clients get [`NotReady::public_reason`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("migrations not applied (expected version {expected})")]
+    NotMigrated { expected: i64 },
+}
+
+impl NotReady {
+    /// A stable reason that reveals nothing about the database.
+    pub fn public_reason(&self) -> &'static str {
+        match self {
+            NotReady::Database(_) => "database unavailable",
+            NotReady::NotMigrated { .. } => "database migrations not applied (run `referloop migrate`)",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -106,6 +136,11 @@ impl Store {
     /// Connects; a SQLite file is created when missing and switched to WAL so that
     /// readers do not wait for the writer.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_with(url, max_connections, Duration::from_secs(10)).await
+    }
+
+    /// As [`Store::connect`], waiting at most `acquire_timeout` for a connection.
+    pub async fn connect_with(url: &str, max_connections: u32, acquire_timeout: Duration) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url).ok_or(StoreError::UnsupportedUrl)?;
         let url = match backend {
@@ -120,7 +155,7 @@ impl Store {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         if backend == Backend::Sqlite {
@@ -158,15 +193,15 @@ impl Store {
     }
 
     /// Ready when the database answers and every migration this binary knows is applied.
-    pub async fn readiness(&self) -> Result<(), String> {
+    pub async fn readiness(&self) -> Result<(), NotReady> {
         let expected = self.backend.migrator().iter().map(|m| m.version).max().unwrap_or(0);
         let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
             .fetch_one(&self.pool)
             .await
-            .map_err(|e| format!("database: {e}"))?;
+            .map_err(|e| NotReady::Database(e.to_string()))?;
         match applied {
             Some(v) if v >= expected => Ok(()),
-            _ => Err(format!("migrations not applied (expected version {expected})")),
+            _ => Err(NotReady::NotMigrated { expected }),
         }
     }
 

@@ -111,7 +111,11 @@ impl TestApp {
 
     /// `adjust` edits the environment (add, replace or remove keys) before settings load.
     pub async fn spawn_with(backend: Backend, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> TestApp {
-        let db = TestDatabase::new(backend).await;
+        Self::spawn_with_database(TestDatabase::new(backend).await, adjust).await
+    }
+
+    /// As [`TestApp::spawn_with`], on a database made beforehand.
+    pub async fn spawn_with_database(db: TestDatabase, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> TestApp {
         let mut env = base_env(&db.url);
         adjust(&mut env);
         let settings = Settings::load_from(None, env).expect("test settings");
@@ -138,6 +142,10 @@ impl TestApp {
             stop: Some(stop),
             handle: Some(handle),
         }
+    }
+
+    pub fn database_url(&self) -> &str {
+        &self._db.url
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod attribution;
 mod health;
+mod hostile;
 mod hubspot;
 mod interruptions;
 mod lifecycle;
