@@ -183,6 +183,8 @@ pub struct WhatsAppSettings {
     pub waba_id: String,
     pub business_number: String,
     pub max_messages_per_second: u32,
+    /// The least time between two messages to the same recipient (Meta's pair limit).
+    pub pair_spacing_ms: u64,
     #[serde(default, serialize_with = "redact")]
     pub access_token: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]

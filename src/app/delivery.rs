@@ -55,6 +55,18 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         tx.commit("suppressed: recipient opted out of marketing").await?;
         return Outcome::committed("suppressed");
     }
+    // Meta allows one message per 6 seconds to the same user (131056): keep to it ahead.
+    let spacing = i64::try_from(s.settings.whatsapp.pair_spacing_ms).unwrap_or(i64::MAX);
+    if let Some(wait) = s
+        .store
+        .reserve_recipient_turn(&message.to_phone, message.id, spacing)
+        .await?
+    {
+        return Err(StepError::Deferred {
+            reason: "waiting for the recipient's turn".into(),
+            delay: Duration::from_millis(u64::try_from(wait).unwrap_or(0)),
+        });
+    }
     if !s.store.mark_sending(message.id, from).await? {
         return Outcome::done("another worker is sending this message");
     }

@@ -16,9 +16,6 @@ use crate::store::{now_ms, NewInvite, NewMessage, Tx};
 use crate::telemetry::mask_phone;
 use crate::whatsapp::render;
 
-/// Meta allows one message per 6 seconds to the same user.
-const PAIR_SPACING_MS: i64 = 6_000;
-
 /// What a workflow trigger says, read from HubSpot's payload.
 struct Trigger {
     contact_id: String,
@@ -188,7 +185,8 @@ fn invite_messages(s: &Services, invite_id: i64, phone: &E164, trigger: &Trigger
         );
         messages.push(NewMessage {
             invite_id: Some(invite_id),
-            run_at: now_ms() + PAIR_SPACING_MS,
+            // Right after the invite, in the recipient's next turn.
+            run_at: now_ms() + i64::try_from(settings.whatsapp.pair_spacing_ms).unwrap_or(0),
             ..s.message(
                 format!("flow:{invite_id}:template"),
                 MessagePurpose::Flow,

@@ -86,6 +86,10 @@ pub enum StepError {
     /// Another attempt would fail the same way; the item is marked dead at once.
     #[error("{0}")]
     Permanent(String),
+    /// Not now, and not a failure: run again after `delay` without using an attempt
+    /// (a recipient's turn, a shared rate).
+    #[error("{reason}")]
+    Deferred { reason: String, delay: Duration },
 }
 
 impl StepError {

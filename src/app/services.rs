@@ -29,8 +29,8 @@ impl Services {
         let outbound = Outbound::new(settings.sandbox(), store.clone())?;
         let code_pattern = CodePattern::parse(&settings.programme.code_pattern)?;
         Ok(Services {
-            whatsapp: WhatsAppClient::new(&settings.whatsapp, outbound.clone()),
-            hubspot: HubSpotClient::new(&settings.hubspot, outbound.clone()),
+            whatsapp: WhatsAppClient::new(&settings.whatsapp, outbound.clone(), &store),
+            hubspot: HubSpotClient::new(&settings.hubspot, outbound.clone(), &store),
             stripe: StripeClient::new(&settings.stripe, outbound.clone()),
             outbound,
             flow_token_secret: settings.flow_token_secret(),

@@ -13,6 +13,7 @@ use super::{Outbound, OutboundRequest, OutboundResponse};
 use crate::config::HubSpotSettings;
 use crate::domain::ids::{path_segment, HubSpotId};
 use crate::domain::phone::E164;
+use crate::store::Store;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HubSpotError {
@@ -58,14 +59,17 @@ const PHONE_PROPERTIES: [&str; 4] = [
 ];
 
 impl HubSpotClient {
-    pub fn new(settings: &HubSpotSettings, outbound: Outbound) -> HubSpotClient {
+    pub fn new(settings: &HubSpotSettings, outbound: Outbound, store: &Store) -> HubSpotClient {
+        let second = Duration::from_secs(1);
+        let requests = outbound.pacer(store, settings.requests_per_10s, second * 10, "hubspot:requests");
+        let searches = outbound.pacer(store, settings.searches_per_second, second, "hubspot:searches");
         HubSpotClient {
             outbound,
             api_base: settings.api_base.trim_end_matches('/').to_string(),
             contacts_url: format!("{}{}", settings.api_base.trim_end_matches('/'), settings.contacts_path),
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
-            requests: Arc::new(Pacer::new(settings.requests_per_10s, Duration::from_secs(10))),
-            searches: Arc::new(Pacer::new(settings.searches_per_second, Duration::from_secs(1))),
+            requests: Arc::new(requests),
+            searches: Arc::new(searches),
         }
     }
 

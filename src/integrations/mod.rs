@@ -48,6 +48,15 @@ pub enum Outbound {
 }
 
 impl Outbound {
+    /// A pacer for calls through this transport: shared across replicas (through `store`)
+    /// when calls go out; local in sandbox mode, where nothing leaves.
+    pub fn pacer(&self, store: &Store, per_interval: u32, interval: Duration, bucket: &str) -> pacer::Pacer {
+        match self {
+            Outbound::Live(_) => pacer::Pacer::shared(per_interval, interval, store.clone(), bucket.to_string()),
+            Outbound::Sandbox(_) => pacer::Pacer::new(per_interval, interval),
+        }
+    }
+
     pub fn new(sandbox: bool, store: Store) -> Result<Outbound, reqwest::Error> {
         if sandbox {
             return Ok(Outbound::Sandbox(store));

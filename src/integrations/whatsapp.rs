@@ -11,6 +11,7 @@ use super::pacer::Pacer;
 use super::{Outbound, OutboundError, OutboundRequest, OutboundResponse};
 use crate::config::WhatsAppSettings;
 use crate::domain::messaging::{classify, SendErrorClass};
+use crate::store::Store;
 
 /// Meta accepted the message (not yet delivered).
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +40,7 @@ pub struct WhatsAppClient {
 }
 
 impl WhatsAppClient {
-    pub fn new(settings: &WhatsAppSettings, outbound: Outbound) -> WhatsAppClient {
+    pub fn new(settings: &WhatsAppSettings, outbound: Outbound, store: &Store) -> WhatsAppClient {
         // Sandbox mode may run without a number: the recorded URL then shows a placeholder.
         let phone_number_id = if settings.phone_number_id.is_empty() {
             "PHONE_NUMBER_ID"
@@ -51,11 +52,18 @@ impl WhatsAppClient {
             settings.api_base.trim_end_matches('/'),
             settings.api_version
         );
+        // Meta's throughput limit is per business phone number.
+        let pacer = outbound.pacer(
+            store,
+            settings.max_messages_per_second,
+            Duration::from_secs(1),
+            &format!("whatsapp:{phone_number_id}"),
+        );
         WhatsAppClient {
             outbound,
             url,
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
-            pacer: Arc::new(Pacer::new(settings.max_messages_per_second, Duration::from_secs(1))),
+            pacer: Arc::new(pacer),
         }
     }
 

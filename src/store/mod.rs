@@ -6,6 +6,7 @@ mod faults;
 mod inbox;
 mod jobs;
 mod outbound;
+mod pacing;
 mod queue;
 mod referrals;
 mod rewards;

@@ -187,6 +187,26 @@ impl Store {
         Ok(released.rows_affected() == 1)
     }
 
+    /// Puts the item back to run at `run_at` without counting the attempt (it was not a
+    /// failure: the item waits its turn).
+    pub async fn defer(&self, queue: Queue, id: i64, owner: &str, run_at: i64) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let sql = format!(
+            "UPDATE {} SET state = '{}', attempts = attempts - 1, run_at = $1, lease_until = NULL, lease_owner = NULL \
+             WHERE id = $2 AND state = '{}' AND lease_owner = $3",
+            queue.table(),
+            q(QueueState::Queued),
+            q(QueueState::Running)
+        );
+        let deferred = sqlx::query(&sql)
+            .bind(run_at)
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(deferred.rows_affected() == 1)
+    }
+
     /// Re-queues a dead item with a fresh set of attempts. False when it is not dead.
     pub async fn retry_dead(&self, queue: Queue, id: i64) -> Result<bool, StoreError> {
         let _turn = self.write_turn().await;

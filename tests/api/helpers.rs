@@ -96,6 +96,8 @@ pub fn base_env(db_url: &str) -> Vec<(String, String)> {
         ("REFERLOOP_HUBSPOT__CLIENT_SECRET", HUBSPOT_CLIENT_SECRET),
         ("REFERLOOP_STRIPE__WEBHOOK_SECRET", STRIPE_WEBHOOK_SECRET),
         ("REFERLOOP_WORKER__POLL_INTERVAL_MS", "20"),
+        // Meta's pair limit is tested on its own; elsewhere it would only slow the tests.
+        ("REFERLOOP_WHATSAPP__PAIR_SPACING_MS", "0"),
         ("REFERLOOP_LOG__LEVEL", "warn"),
         ("DATABASE_URL", db_url),
     ]

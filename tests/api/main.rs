@@ -10,6 +10,7 @@ mod hubspot;
 mod interruptions;
 mod lifecycle;
 mod metrics;
+mod pacing;
 mod queue;
 mod restart;
 mod reward_property;
