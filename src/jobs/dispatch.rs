@@ -149,3 +149,55 @@ mod tests {
         assert!(InboundEvent::decode("whatsapp.status", "not json").is_err());
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::InboundEvent;
+    use crate::domain::inbound::{split_hubspot, split_stripe, split_whatsapp, HubSpotTrigger};
+    use crate::domain::nomination::parse_flow_reply;
+    use crate::domain::phone::E164;
+    use crate::domain::work::Job;
+
+    const KINDS: [&str; 8] = [
+        "whatsapp.message",
+        "whatsapp.status",
+        "whatsapp.user_preference",
+        "hubspot.workflow.nps",
+        "hubspot.workflow.conversion",
+        "stripe.checkout.session.completed",
+        "whatsapp.send",
+        "reward.issue",
+    ];
+
+    proptest! {
+        /// Every parser of outside input returns a value or an error for any input: no panic.
+        #[test]
+        fn parsers_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512), text in "\\PC{0,200}", kind in 0usize..8) {
+            let _ = split_whatsapp(&bytes);
+            let _ = split_stripe(&bytes);
+            let _ = split_hubspot(&bytes, &HubSpotTrigger::default());
+            let _ = split_whatsapp(text.as_bytes());
+            let _ = parse_flow_reply(&text);
+            let _ = E164::parse_mobile(&text, "GB");
+            let _ = E164::from_wa_id(&text);
+            let _ = InboundEvent::decode(KINDS[kind], &text);
+            let _ = Job::decode(KINDS[kind], &text);
+        }
+
+        /// JSON of the right outline but arbitrary values decodes or is refused, never panics.
+        #[test]
+        fn shaped_events_never_panic(id in "\\PC{0,30}", status in "\\PC{0,12}", code in any::<i64>(), body in "\\PC{0,60}") {
+            let message = serde_json::json!({"message": {"from": id, "id": id, "timestamp": body, "type": status,
+                "text": {"body": body}, "interactive": {"type": status, "nfm_reply": {"response_json": body}}}});
+            let _ = InboundEvent::decode("whatsapp.message", &message.to_string());
+            let update = serde_json::json!({"status": {"id": id, "status": status, "errors": [{"code": code, "title": body}]}});
+            let _ = InboundEvent::decode("whatsapp.status", &update.to_string());
+            let job = serde_json::json!({"message_id": code, "referral_id": code, "contact_id": id});
+            for kind in KINDS {
+                let _ = Job::decode(kind, &job.to_string());
+            }
+        }
+    }
+}

@@ -4,9 +4,9 @@
 //! crash before the commit leaves nothing; after it, the item is done. A retry therefore
 //! never finds half a step.
 //!
-//! The first statement of a leased transaction takes the item's row (and, on SQLite, the
-//! database's write lock) and checks that this worker still owns the lease: a worker whose
-//! lease lapsed cannot commit effects that the new owner will also commit.
+//! The statement that completes the item checks that this worker still owns its lease
+//! (on SQLite, a first statement also takes the write lock and checks it early): a worker
+//! whose lease lapsed cannot commit effects that the new owner will also commit.
 
 use sqlx::{Any, AnyConnection, Transaction};
 
@@ -42,8 +42,9 @@ pub struct Tx {
 }
 
 impl Store {
-    /// Begins a step's transaction. With a lease, the item is locked and its ownership
-    /// checked first ([`StoreError::LeaseLost`] when another worker holds it now).
+    /// Begins a step's transaction for the item behind `lease` (none for an API call). If
+    /// another worker holds the item by the time it commits, nothing is kept
+    /// ([`StoreError::LeaseLost`]).
     pub async fn begin(&self, lease: Option<&Lease>) -> Result<Tx, StoreError> {
         let turn = self.write_turn().await;
         let tx = self.pool.begin().await?;
@@ -54,7 +55,10 @@ impl Store {
             faults: self.faults.clone(),
             lease: lease.cloned(),
         };
-        if let Some(lease) = lease {
+        // SQLite: take the write lock first (a transaction that reads and then writes can be
+        // refused by WAL when another writer went between). PostgreSQL checks the lease
+        // when the step finishes, in the same statement that completes the item.
+        if let (Some(lease), Backend::Sqlite) = (lease, self.backend) {
             let sql = format!(
                 "UPDATE {} SET lease_until = lease_until WHERE id = $1 AND state = '{}' AND lease_owner = $2",
                 lease.queue.table(),
@@ -103,10 +107,11 @@ impl Tx {
             };
             let sql = format!(
                 "UPDATE {} SET state = $1, finished_at = $2, lease_until = NULL, note = $3, \
-                 last_error = COALESCE($4, last_error) WHERE id = $5 AND lease_owner = $6",
-                lease.queue.table()
+                 last_error = COALESCE($4, last_error) WHERE id = $5 AND state = '{}' AND lease_owner = $6",
+                lease.queue.table(),
+                QueueState::Running.as_str()
             );
-            sqlx::query(&sql)
+            let ended = sqlx::query(&sql)
                 .bind(state.as_str())
                 .bind(now_ms())
                 .bind(note)
@@ -115,6 +120,10 @@ impl Tx {
                 .bind(&lease.owner)
                 .execute(self.write()?)
                 .await?;
+            if ended.rows_affected() != 1 {
+                // Dropped without a commit: nothing of the step is kept.
+                return Err(StoreError::LeaseLost);
+            }
         }
         self.faults.before_write()?;
         self.tx.commit().await?;

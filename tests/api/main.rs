@@ -4,6 +4,7 @@ mod fakes;
 mod helpers;
 
 mod attribution;
+mod fuzz;
 mod health;
 mod hostile;
 mod hubspot;
