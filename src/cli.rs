@@ -81,6 +81,11 @@ pub enum Command {
         #[command(subcommand)]
         action: RewardsAction,
     },
+    /// Create what referloop needs in an outside account (safe to run again).
+    Setup {
+        #[command(subcommand)]
+        target: SetupTarget,
+    },
     /// API tokens.
     Api {
         #[command(subcommand)]
@@ -93,6 +98,17 @@ pub enum Command {
         base_url: Option<String>,
         #[command(subcommand)]
         action: DevAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SetupTarget {
+    /// The contact property group and properties (and association labels when
+    /// hubspot.record_referral_links is on).
+    Hubspot {
+        /// Print the calls that would create what is missing; create nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -277,10 +293,17 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 .await?;
         }
         Command::Migrate => {
-            open_store(&settings).await?;
+            connect(&settings)
+                .await?
+                .migrate()
+                .await
+                .context("applying migrations")?;
             println!("migrations applied");
         }
         Command::Config => print!("{}", settings.to_redacted_toml()),
+        Command::Setup {
+            target: SetupTarget::Hubspot { dry_run },
+        } => return setup_hubspot(&settings, dry_run).await,
         Command::Health => return health_check(&settings).await,
         Command::Inbox { action } => return queue_command(&settings, Queue::Inbox, action).await,
         Command::Jobs { action } => return queue_command(&settings, Queue::Jobs, action).await,
@@ -451,16 +474,51 @@ fn parse_code_file(text: &str) -> Vec<String> {
         .collect()
 }
 
+async fn setup_hubspot(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
+    // Sandbox mode records calls in the database; live mode needs none.
+    let store = open_store(settings).await?;
+    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
+    if services.hubspot.is_sandbox() {
+        println!("sandbox mode: HubSpot calls are recorded (`referloop outbound list`), not sent");
+    }
+    let report = crate::setup::hubspot::setup(&services.hubspot, settings, dry_run)
+        .await
+        .context("HubSpot refused a setup call")?;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    Ok(if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Connects for a command that reads or writes rows: no migrations are run (and none of
+/// their notices printed); a database without referloop's tables is said plainly.
 async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
-    let store = Store::connect_with(
-        &settings.database.url,
+    let store = connect(settings).await?;
+    if let Err(not_ready) = store.readiness().await {
+        anyhow::bail!(
+            "the database at {} is not ready: {}. Run `referloop migrate` (or start `referloop serve`, which migrates).",
+            crate::config::redact_url(&settings.database.url),
+            not_ready.public_reason()
+        );
+    }
+    Ok(store)
+}
+
+/// Connects, or says once and plainly which database could not be reached and what to try
+/// (never its password).
+async fn connect(settings: &Settings) -> anyhow::Result<Store> {
+    let url = &settings.database.url;
+    Store::connect_with(
+        url,
         settings.database.max_connections,
-        Duration::from_millis(settings.database.acquire_timeout_ms),
+        Duration::from_millis(settings.database.acquire_timeout_ms.max(3_000)),
     )
     .await
-    .context("connecting to the database (database.url)")?;
-    store.migrate().await.context("applying migrations")?;
-    Ok(store)
+    .map_err(|e| anyhow::anyhow!(crate::startup::unreachable_database(url, &e)))
 }
 
 async fn queue_command(settings: &Settings, queue: Queue, action: QueueAction) -> anyhow::Result<ExitCode> {

@@ -34,6 +34,7 @@ const LIST_KEYS: [&str; 11] = [
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `None` means "sandbox while no WhatsApp access token is set"; see [`Settings::sandbox`].
     #[serde(rename = "sandbox")]
@@ -57,6 +58,7 @@ pub struct Settings {
 /// (templates are submitted to Meta instead). `{name}` placeholders are filled in; see
 /// `config/default.toml` for each text's placeholders.
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Replies {
     /// The interactive Flow sent when the customer taps "Refer someone".
     pub flow_prompt: String,
@@ -96,11 +98,13 @@ impl Replies {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     pub tokens: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RewardSettings {
     pub pool_low_watermark: i64,
     pub referrer: RewardSide,
@@ -108,6 +112,7 @@ pub struct RewardSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct RewardSide {
     pub kind: RewardKind,
     pub amount: i64,
@@ -122,6 +127,7 @@ pub struct RewardSide {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
     pub public_base_url: String,
@@ -137,6 +143,7 @@ pub struct ServerSettings {
 }
 
 #[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
@@ -146,6 +153,7 @@ pub struct DatabaseSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
@@ -158,7 +166,12 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub enabled: bool,
     /// Loops claiming inbox events (webhooks received).
@@ -176,6 +189,7 @@ pub struct WorkerSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct WhatsAppSettings {
     pub api_base: String,
     pub api_version: String,
@@ -194,6 +208,7 @@ pub struct WhatsAppSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HubSpotSettings {
     pub api_base: String,
     #[serde(default, serialize_with = "redact")]
@@ -210,6 +225,7 @@ pub struct HubSpotSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct StripeSettings {
     pub api_base: String,
     pub api_version: String,
@@ -220,6 +236,7 @@ pub struct StripeSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProgrammeSettings {
     pub promoter_min_score: u8,
     pub nps_property: String,
@@ -246,6 +263,7 @@ pub struct ProgrammeSettings {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HubSpotProperties {
     pub phone: Vec<String>,
     pub first_name: String,
@@ -262,6 +280,7 @@ pub struct HubSpotProperties {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct TemplateSettings {
     pub languages: Vec<String>,
     pub default_language: String,
@@ -298,6 +317,17 @@ pub enum TemplateParameter {
     Reward,
 }
 
+impl TemplateParameter {
+    pub const ALL: [TemplateParameter; 6] = [
+        TemplateParameter::FirstName,
+        TemplateParameter::Code,
+        TemplateParameter::FriendName,
+        TemplateParameter::ReferrerName,
+        TemplateParameter::PersonalMessage,
+        TemplateParameter::Reward,
+    ];
+}
+
 impl RewardSide {
     /// What is missing for this kind of reward, if anything.
     fn problem(&self) -> Option<String> {
@@ -321,6 +351,19 @@ impl RewardSide {
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
+    /// A key no setting has (a typo, in a file or a `REFERLOOP_*` variable).
+    #[error("configuration: unknown key `{key}`{source_note}{suggestion}")]
+    UnknownKey {
+        key: String,
+        source_note: String,
+        suggestion: String,
+    },
+    #[error("configuration key `{key}`: `{value}` is not one of {accepted}")]
+    NotOneOf {
+        key: String,
+        value: String,
+        accepted: String,
+    },
     #[error("configuration key `{key}`: {problem}")]
     Invalid { key: &'static str, problem: String },
 }
@@ -339,6 +382,120 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .finish()
+    }
+}
+
+/// `host:port` with a port number and a host (a name, an IPv4 address or `[IPv6]`).
+fn is_host_and_port(listen: &str) -> bool {
+    if listen.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    host_ok && port.parse::<u16>().is_ok()
+}
+
+/// Turns serde's "unknown field" and config's "no variant" errors into ones that name
+/// the whole key, where it came from, and what was meant.
+fn explain(error: config::ConfigError, env: &std::collections::HashMap<String, String>) -> ConfigError {
+    let text = error.to_string();
+    let quoted: Vec<&str> = text.split('`').skip(1).step_by(2).collect();
+    let parent = text
+        .rsplit_once(" for key `")
+        .map(|(_, rest)| rest.trim_end_matches('`'))
+        .filter(|_| text.contains(" for key `"));
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        let expected: Vec<&str> = quoted.iter().skip(1).copied().filter(|q| Some(*q) != parent).collect();
+        let key = match parent {
+            Some(parent) => format!("{parent}.{field}"),
+            None => field.to_string(),
+        };
+        let variable = env
+            .keys()
+            .filter_map(|name| name.strip_prefix("REFERLOOP_").map(|rest| (name, rest)))
+            .find(|(_, rest)| rest.to_ascii_lowercase().replace("__", ".").starts_with(&key))
+            .map(|(name, _)| name.clone());
+        let source_note = match variable {
+            Some(name) => format!(" (from the environment variable {name})"),
+            None => " (in the configuration file)".to_string(),
+        };
+        let suggestion = nearest(field, &expected)
+            .map(|near| {
+                let known = match parent {
+                    Some(parent) => format!("{parent}.{near}"),
+                    None => near.to_string(),
+                };
+                format!("; did you mean `{known}`?")
+            })
+            .unwrap_or_default();
+        return ConfigError::UnknownKey {
+            key,
+            source_note,
+            suggestion,
+        };
+    }
+    if let (Some(rest), Some(key)) = (text.strip_prefix("enum "), parent) {
+        let mut words = rest.split_whitespace();
+        let enum_name = words.next().unwrap_or_default();
+        let value = rest
+            .split(" variant constructor ")
+            .nth(1)
+            .and_then(|v| v.split(" for key ").next())
+            .unwrap_or_default();
+        if let Some(accepted) = accepted_values(enum_name) {
+            return ConfigError::NotOneOf {
+                key: key.to_string(),
+                value: value.to_string(),
+                accepted,
+            };
+        }
+    }
+    ConfigError::Load(error)
+}
+
+/// The closest name by edit distance, when it is close enough to be a typo.
+fn nearest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut previous = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let current = row[j + 1];
+                row[j + 1] = (previous + usize::from(ca != *cb)).min(row[j] + 1).min(current + 1);
+                previous = current;
+            }
+        }
+        row[b.len()]
+    };
+    known
+        .iter()
+        .map(|k| (distance(typed, k), *k))
+        .filter(|(d, k)| *d <= 3.max(k.len() / 3))
+        .min()
+        .map(|(_, k)| k)
+}
+
+/// The accepted values of a configuration enum, by its Rust name.
+fn accepted_values(enum_name: &str) -> Option<String> {
+    fn names<T: Serialize>(values: &[T]) -> String {
+        values
+            .iter()
+            .filter_map(|v| serde_json::to_value(v).ok())
+            .filter_map(|v| v.as_str().map(|s| format!("`{s}`")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    match enum_name {
+        "FriendInviteMode" => Some(names(&FriendInviteMode::ALL)),
+        "LogFormat" => Some(names(&LogFormat::ALL)),
+        "RewardKind" => Some(names(&RewardKind::ALL)),
+        "TemplateParameter" => Some(names(&TemplateParameter::ALL)),
+        _ => None,
     }
 }
 
@@ -395,7 +552,8 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let env: std::collections::HashMap<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with("REFERLOOP_") || k == "DATABASE_URL")
+            // REFERLOOP_CONFIG names the file (read by the command line), not a setting.
+            .filter(|(k, _)| (k.starts_with("REFERLOOP_") && k != "REFERLOOP_CONFIG") || k == "DATABASE_URL")
             .collect();
         let mut builder =
             config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
@@ -430,7 +588,7 @@ impl Settings {
         if let Some(url) = env.get("DATABASE_URL") {
             builder = builder.set_override("database.url", url.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let settings: Settings = builder.build()?.try_deserialize().map_err(|e| explain(e, &env))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -438,10 +596,13 @@ impl Settings {
     /// Checks what serde cannot: values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
-        if let Err(e) = self.server.listen.parse::<SocketAddr>() {
+        if !is_host_and_port(&self.server.listen) {
             return invalid(
                 "server.listen",
-                format!("`{}` is not host:port ({e})", self.server.listen),
+                format!(
+                    "`{}` is not host:port (for example 127.0.0.1:8080, localhost:8080 or [::]:8080)",
+                    self.server.listen
+                ),
             );
         }
         match url::Url::parse(&self.server.public_base_url) {
@@ -576,6 +737,9 @@ impl Settings {
     }
 
     /// The effective configuration as TOML, secrets redacted.
+    /// The effective configuration as TOML, one key per line, that `--config` reads back.
+    /// Secrets are left out (a comment says each is set); a password in `database.url` is
+    /// shown as `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
         let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
         if let toml::Value::Table(table) = &mut value {
@@ -584,7 +748,18 @@ impl Settings {
                 database.insert("url".into(), toml::Value::String(redact_url(&self.database.url)));
             }
         }
-        value.to_string()
+        let text = toml::to_string_pretty(&value).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                if line.ends_with("= \"[redacted]\"") {
+                    format!("# {line} (secret: set, not shown)")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
     }
 
     /// The key that signs Flow tokens: its own secret, else the WhatsApp app secret, else
@@ -705,6 +880,78 @@ mod tests {
         assert!(err.to_string().contains("max_connections"), "{err}");
         let err = Settings::load_from(None, env(&[("REFERLOOP_LOG__FORMAT", "xml")])).expect_err("bad enum");
         assert!(err.to_string().contains("format"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_a_suggestion() {
+        let err = Settings::load_from(None, env(&[("REFERLOOP_WHATSAP__APP_SECRET", "x")])).expect_err("typo");
+        let text = err.to_string();
+        assert!(text.contains("unknown key `whatsap`"), "{text}");
+        assert!(text.contains("REFERLOOP_WHATSAP__APP_SECRET"), "{text}");
+        assert!(text.contains("did you mean `whatsapp`?"), "{text}");
+        let err = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__APP_SECRE", "x")])).expect_err("typo");
+        assert!(err.to_string().contains("did you mean `whatsapp.app_secret`?"), "{err}");
+
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("referloop.toml");
+        std::fs::write(&file, "[whatsap]\napp_secret = \"x\"\n").expect("write");
+        let err = Settings::load_from(Some(&file), env(&[])).expect_err("typo in the file");
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown key `whatsap`") && text.contains("configuration file"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `whatsapp`?"), "{text}");
+        // The variable naming the file is not a setting.
+        assert!(Settings::load_from(None, env(&[("REFERLOOP_CONFIG", "/etc/referloop.toml")])).is_ok());
+    }
+
+    #[test]
+    fn bad_enum_values_list_the_accepted_ones() {
+        let err = Settings::load_from(None, env(&[("REFERLOOP_PROGRAMME__FRIEND_INVITE", "bogus")])).expect_err("bad");
+        assert_eq!(
+            err.to_string(),
+            "configuration key `programme.friend_invite`: `bogus` is not one of `direct`, `share_link`, `auto`"
+        );
+    }
+
+    #[test]
+    fn listen_takes_host_names() {
+        for good in ["localhost:8080", "127.0.0.1:8080", "[::]:8080", "referloop.internal:80"] {
+            assert!(
+                Settings::load_from(None, env(&[("REFERLOOP_SERVER__LISTEN", good)])).is_ok(),
+                "{good}"
+            );
+        }
+        for bad in ["localhost", ":8080", "localhost:99999", "a b:80"] {
+            assert!(
+                Settings::load_from(None, env(&[("REFERLOOP_SERVER__LISTEN", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn printed_configuration_reads_back_unchanged() {
+        let s = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__APP_SECRET", "topsecret-app")])).expect("load");
+        let printed = s.to_redacted_toml();
+        assert!(printed.lines().count() > 50, "one key per line:\n{printed}");
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("printed.toml");
+        std::fs::write(&file, &printed).expect("write");
+        let again = Settings::load_from(Some(&file), env(&[])).expect("the printed file loads");
+        let settings_lines = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(settings_lines(&again.to_redacted_toml()), settings_lines(&printed));
+        assert!(
+            printed.contains("# app_secret = \"[redacted]\" (secret: set, not shown)"),
+            "{printed}"
+        );
+        assert!(!printed.contains("topsecret"));
     }
 
     #[test]

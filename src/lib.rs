@@ -10,6 +10,7 @@ pub mod http;
 pub mod integrations;
 pub mod jobs;
 pub mod metrics;
+pub mod setup;
 pub mod signatures;
 pub mod startup;
 pub mod store;

@@ -91,6 +91,27 @@ impl Application {
     }
 }
 
+/// What to say when the database cannot be reached: which one (host and database, never
+/// the password), why, and what to try.
+pub fn unreachable_database(url: &str, error: &crate::store::StoreError) -> String {
+    let shown = crate::config::redact_url(url);
+    let hint = match crate::store::Backend::from_url(url) {
+        Some(crate::store::Backend::Postgres) => {
+            let database = url::Url::parse(url)
+                .ok()
+                .map(|u| u.path().trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            format!(
+                "is PostgreSQL running and reachable from here, and does the database exist (`createdb {database}`)? \
+                 Set database.url or DATABASE_URL."
+            )
+        }
+        Some(crate::store::Backend::Sqlite) => "can this user create and write that file and its directory?".into(),
+        None => "database.url must start with postgres:// or sqlite:".into(),
+    };
+    format!("cannot open the database {shown}: {error}. {hint}")
+}
+
 /// Completes on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

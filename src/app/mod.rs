@@ -128,7 +128,7 @@ impl From<HubSpotError> for StepError {
                 StepError::retry_after(format!("HubSpot rate limit {policy}"), retry_after)
             }
             HubSpotError::Retryable(message) => StepError::retry(message),
-            HubSpotError::Permanent(message) => StepError::Permanent(message),
+            HubSpotError::Permanent(message) | HubSpotError::NotFound(message) => StepError::Permanent(message),
         }
     }
 }

@@ -37,6 +37,14 @@ pub enum FriendInviteMode {
     Auto,
 }
 
+impl FriendInviteMode {
+    pub const ALL: [FriendInviteMode; 3] = [
+        FriendInviteMode::Direct,
+        FriendInviteMode::ShareLink,
+        FriendInviteMode::Auto,
+    ];
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReferralState {

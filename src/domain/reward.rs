@@ -96,6 +96,18 @@ pub enum RewardKind {
     Webhook,
 }
 
+impl RewardKind {
+    pub const ALL: [RewardKind; 7] = [
+        RewardKind::None,
+        RewardKind::StripePromotionCode,
+        RewardKind::StripeBalanceCredit,
+        RewardKind::HubspotCredit,
+        RewardKind::CodePool,
+        RewardKind::StaticCode,
+        RewardKind::Webhook,
+    ];
+}
+
 /// The referrer's reward is capped once they have this many rewarded referrals in the
 /// period; the friend's never is.
 pub fn initial_state(beneficiary: Beneficiary, referrer_rewards_in_period: i64, cap: i64) -> RewardState {

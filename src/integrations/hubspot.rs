@@ -23,6 +23,9 @@ pub enum HubSpotError {
     Retryable(String),
     #[error("{0}")]
     Permanent(String),
+    /// 404: the object (a property, a group) does not exist.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -220,6 +223,50 @@ impl HubSpotClient {
         self.call(reqwest::Method::POST, url, body, job_id).await.map(|_| ())
     }
 
+    /// Whether calls are recorded instead of sent (sandbox mode).
+    pub fn is_sandbox(&self) -> bool {
+        matches!(self.outbound, Outbound::Sandbox(_))
+    }
+
+    fn property_url(&self, rest: &str) -> String {
+        format!("{}/crm/v3/properties/contacts{rest}", self.api_base)
+    }
+
+    /// A contact property's definition; `None` when HubSpot has no such property.
+    pub async fn contact_property(&self, name: &str) -> Result<Option<Value>, HubSpotError> {
+        let url = self.property_url(&format!("/{}", path_segment(name)));
+        match self.call(reqwest::Method::GET, url, Value::Null, None).await {
+            Ok(found) => Ok(found),
+            Err(HubSpotError::NotFound(_)) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Creates a contact property from its definition (`name`, `label`, `type`,
+    /// `fieldType`, `groupName`).
+    pub async fn create_contact_property(&self, definition: &Value) -> Result<(), HubSpotError> {
+        self.call(reqwest::Method::POST, self.property_url(""), definition.clone(), None)
+            .await
+            .map(|_| ())
+    }
+
+    /// A contact property group; `None` when it does not exist.
+    pub async fn contact_property_group(&self, name: &str) -> Result<Option<Value>, HubSpotError> {
+        let url = self.property_url(&format!("/groups/{}", path_segment(name)));
+        match self.call(reqwest::Method::GET, url, Value::Null, None).await {
+            Ok(found) => Ok(found),
+            Err(HubSpotError::NotFound(_)) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    pub async fn create_contact_property_group(&self, name: &str, label: &str) -> Result<(), HubSpotError> {
+        let body = json!({"name": name, "label": label, "displayOrder": -1});
+        self.call(reqwest::Method::POST, self.property_url("/groups"), body, None)
+            .await
+            .map(|_| ())
+    }
+
     /// The contacts associated with a deal (v4 associations API).
     pub async fn deal_contacts(
         &self,
@@ -348,6 +395,7 @@ fn interpret(status: u16, body: &str) -> Result<Option<Value>, HubSpotError> {
             Err(HubSpotError::RateLimited { retry_after, policy })
         }
         423 | 477 | 500..=599 => Err(HubSpotError::Retryable(message)),
+        404 => Err(HubSpotError::NotFound(message)),
         _ => Err(HubSpotError::Permanent(message)),
     }
 }

@@ -1,5 +1,6 @@
 //! HTTP and storage tests, each run against both PostgreSQL and SQLite.
 
+mod cli;
 mod fakes;
 mod helpers;
 
@@ -17,6 +18,7 @@ mod restart;
 mod reward_property;
 mod rewards;
 mod sandbox;
+mod setup;
 mod stripe;
 mod whatsapp;
 mod worker;

@@ -1,0 +1,52 @@
+//! `referloop setup …`: creates in the outside accounts what referloop needs, each
+//! command safe to run again (what exists is checked, not recreated) and with a
+//! `--dry-run` that only says what it would do. Each step ends as one line of a
+//! [`Report`].
+
+pub mod hubspot;
+
+/// What setup found or did about one thing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Created(String),
+    Present(String),
+    /// `--dry-run`: the call that would be made.
+    WouldCreate(String),
+    /// Exists but cannot serve: what is wrong and what to do.
+    Wrong {
+        what: String,
+        fix: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    /// No finding blocks going live.
+    pub fn ok(&self) -> bool {
+        !self.findings.iter().any(|f| matches!(f, Finding::Wrong { .. }))
+    }
+
+    pub fn created(&self) -> usize {
+        self.findings
+            .iter()
+            .filter(|f| matches!(f, Finding::Created(_)))
+            .count()
+    }
+
+    /// One line per finding, as printed.
+    pub fn lines(&self) -> Vec<String> {
+        self.findings
+            .iter()
+            .map(|finding| match finding {
+                Finding::Created(what) => format!("✓ created  {what}"),
+                Finding::Present(what) => format!("✓ present  {what}"),
+                Finding::WouldCreate(what) => format!("! would    {what}"),
+                Finding::Wrong { what, fix } => format!("✗ wrong    {what}: {fix}"),
+            })
+            .collect()
+    }
+}
