@@ -81,6 +81,13 @@ pub enum Command {
         #[command(subcommand)]
         action: RewardsAction,
     },
+    /// Check everything going live depends on: one line per check, non-zero exit when
+    /// anything blocks.
+    Doctor {
+        /// The checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create what referloop needs in an outside account (safe to run again).
     Setup {
         #[command(subcommand)]
@@ -304,6 +311,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         Command::Setup {
             target: SetupTarget::Hubspot { dry_run },
         } => return setup_hubspot(&settings, dry_run).await,
+        Command::Doctor { json } => return doctor(&settings, json).await,
         Command::Health => return health_check(&settings).await,
         Command::Inbox { action } => return queue_command(&settings, Queue::Inbox, action).await,
         Command::Jobs { action } => return queue_command(&settings, Queue::Jobs, action).await,
@@ -472,6 +480,28 @@ fn parse_code_file(text: &str) -> Vec<String> {
         .map(|code| code.trim().trim_matches('"').to_string())
         .filter(|code| !code.is_empty() && !code.eq_ignore_ascii_case("code"))
         .collect()
+}
+
+async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    // The database check is one of the checks: connect without requiring it to be ready.
+    let store = connect(settings).await?;
+    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
+    let diagnosis = crate::setup::doctor::run(&services).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&diagnosis)?);
+    } else {
+        for line in diagnosis.lines() {
+            println!("{line}");
+        }
+        if diagnosis.ok() {
+            println!("nothing blocks going live");
+        }
+    }
+    Ok(if diagnosis.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn setup_hubspot(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {

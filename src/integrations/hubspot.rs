@@ -223,6 +223,16 @@ impl HubSpotClient {
         self.call(reqwest::Method::POST, url, body, job_id).await.map(|_| ())
     }
 
+    /// A HubSpot read (`path` with its query), answered raw.
+    pub async fn probe(&self, path: &str) -> Result<Option<(u16, Value)>, String> {
+        super::probe(
+            &self.outbound,
+            format!("{}{path}", self.api_base),
+            self.token.as_deref(),
+        )
+        .await
+    }
+
     /// Whether calls are recorded instead of sent (sandbox mode).
     pub fn is_sandbox(&self) -> bool {
         matches!(self.outbound, Outbound::Sandbox(_))

@@ -47,6 +47,34 @@ pub enum Outbound {
     Live(reqwest::Client),
 }
 
+/// A management call's raw answer, for checks that read status and body themselves
+/// (`referloop doctor`). `None` in sandbox mode, where nothing is sent.
+pub async fn probe(
+    outbound: &Outbound,
+    url: String,
+    token: Option<&str>,
+) -> Result<Option<(u16, serde_json::Value)>, String> {
+    let mut headers = Vec::new();
+    if let Some(token) = token {
+        headers.push(("authorization".to_string(), format!("Bearer {token}")));
+    }
+    let request = OutboundRequest {
+        method: reqwest::Method::GET,
+        url,
+        headers,
+        body: String::new(),
+        job_id: None,
+    };
+    match outbound.send(request).await {
+        Ok(OutboundResponse::Recorded { .. }) => Ok(None),
+        Ok(OutboundResponse::Sent { status, body, .. }) => Ok(Some((
+            status,
+            serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+        ))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Outbound {
     /// A pacer for calls through this transport: shared across replicas (through `store`)
     /// when calls go out; local in sandbox mode, where nothing leaves.

@@ -94,6 +94,28 @@ impl StripeClient {
         }
     }
 
+    /// A Stripe read (`path` with its query), answered raw.
+    pub async fn probe(&self, path: &str) -> Result<Option<(u16, Value)>, String> {
+        super::probe(
+            &self.outbound,
+            format!("{}{path}", self.base),
+            self.secret_key.as_deref(),
+        )
+        .await
+    }
+
+    /// The key's mode, from its prefix: `Some(true)` live, `Some(false)` test.
+    pub fn live_key(&self) -> Option<bool> {
+        let key = self.secret_key.as_deref()?;
+        if key.starts_with("sk_live_") || key.starts_with("rk_live_") {
+            Some(true)
+        } else if key.starts_with("sk_test_") || key.starts_with("rk_test_") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// A one-use promotion code on `coupon` (API 2025-09-30+ shape: `promotion[coupon]`).
     pub async fn create_promotion_code(
         &self,

@@ -34,6 +34,8 @@ pub struct SendFailure {
 #[derive(Clone)]
 pub struct WhatsAppClient {
     outbound: Outbound,
+    /// `{api_base}/{version}`, for management reads.
+    graph: String,
     url: String,
     token: Option<String>,
     pacer: Arc<Pacer>,
@@ -61,10 +63,16 @@ impl WhatsAppClient {
         );
         WhatsAppClient {
             outbound,
+            graph: format!("{}/{}", settings.api_base.trim_end_matches('/'), settings.api_version),
             url,
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
             pacer: Arc::new(pacer),
         }
+    }
+
+    /// A Graph API read (`path` after the version, with its query), answered raw.
+    pub async fn probe(&self, path: &str) -> Result<Option<(u16, Value)>, String> {
+        super::probe(&self.outbound, format!("{}{path}", self.graph), self.token.as_deref()).await
     }
 
     pub async fn send(&self, body: &str, job_id: Option<i64>) -> Result<Accepted, SendFailure> {

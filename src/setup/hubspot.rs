@@ -73,10 +73,13 @@ pub async fn setup(client: &HubSpotClient, settings: &Settings, dry_run: bool) -
     let what = format!("property group {GROUP}");
     match (group, dry_run) {
         (Some(_), _) => report.findings.push(Finding::Present(what)),
-        (None, true) => report.findings.push(Finding::WouldCreate(format!(
-            "POST /crm/v3/properties/contacts/groups {}",
-            json!({"name": GROUP, "label": GROUP_LABEL})
-        ))),
+        (None, true) => report.findings.push(Finding::WouldCreate {
+            what,
+            call: format!(
+                "POST /crm/v3/properties/contacts/groups {}",
+                json!({"name": GROUP, "label": GROUP_LABEL})
+            ),
+        }),
         (None, false) => {
             client.create_contact_property_group(GROUP, GROUP_LABEL).await?;
             report.findings.push(Finding::Created(what));
@@ -89,9 +92,10 @@ pub async fn setup(client: &HubSpotClient, settings: &Settings, dry_run: bool) -
     if settings.hubspot.record_referral_links {
         let what = "association label Referred / Referred by (contact to contact)".to_string();
         if dry_run {
-            report
-                .findings
-                .push(Finding::WouldCreate(format!("{what}, when missing")));
+            report.findings.push(Finding::WouldCreate {
+                what,
+                call: "POST /crm/v4/associations/contact/contact/labels, when missing".into(),
+            });
         } else {
             let type_id = client
                 .referral_association_type("referrer_referred", "Referred", "Referred by", None)
@@ -123,9 +127,10 @@ async fn ensure_property(
     let definition = json!({"name": property.name, "label": property.label, "type": kind,
                             "fieldType": field, "groupName": GROUP});
     if dry_run {
-        return Ok(Finding::WouldCreate(format!(
-            "POST /crm/v3/properties/contacts {definition}"
-        )));
+        return Ok(Finding::WouldCreate {
+            what,
+            call: format!("POST /crm/v3/properties/contacts {definition}"),
+        });
     }
     client.create_contact_property(&definition).await?;
     Ok(Finding::Created(what))

@@ -3,6 +3,7 @@
 //! `--dry-run` that only says what it would do. Each step ends as one line of a
 //! [`Report`].
 
+pub mod doctor;
 pub mod hubspot;
 
 /// What setup found or did about one thing.
@@ -10,8 +11,11 @@ pub mod hubspot;
 pub enum Finding {
     Created(String),
     Present(String),
-    /// `--dry-run`: the call that would be made.
-    WouldCreate(String),
+    /// `--dry-run`: what is missing, and the call that would create it.
+    WouldCreate {
+        what: String,
+        call: String,
+    },
     /// Exists but cannot serve: what is wrong and what to do.
     Wrong {
         what: String,
@@ -44,7 +48,7 @@ impl Report {
             .map(|finding| match finding {
                 Finding::Created(what) => format!("✓ created  {what}"),
                 Finding::Present(what) => format!("✓ present  {what}"),
-                Finding::WouldCreate(what) => format!("! would    {what}"),
+                Finding::WouldCreate { what, call } => format!("! missing  {what}; would call {call}"),
                 Finding::Wrong { what, fix } => format!("✗ wrong    {what}: {fix}"),
             })
             .collect()

@@ -19,10 +19,10 @@ use crate::helpers::*;
 
 /// Contact properties and groups, kept like HubSpot keeps them.
 #[derive(Clone, Default)]
-struct Properties(Arc<Mutex<HashMap<String, Value>>>);
+pub struct Properties(Arc<Mutex<HashMap<String, Value>>>);
 
 impl Properties {
-    fn with(self, name: &str, definition: Value) -> Self {
+    pub fn with(self, name: &str, definition: Value) -> Self {
         if let Ok(mut all) = self.0.lock() {
             all.insert(name.to_string(), definition);
         }
@@ -165,7 +165,7 @@ async fn dry_run_creates_nothing() {
         report
             .findings
             .iter()
-            .filter(|f| matches!(f, Finding::WouldCreate(_)))
+            .filter(|f| matches!(f, Finding::WouldCreate { .. }))
             .count(),
         9
     );

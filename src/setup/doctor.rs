@@ -1,0 +1,474 @@
+//! `referloop doctor`: one line per check — ✓ fine, ! worth a look, ✗ blocks going live
+//! (with the fix in a sentence), - skipped (and why) — and a non-zero exit status when
+//! anything blocks. `--json` gives the same for automation. In sandbox mode the outside
+//! accounts cannot be reached, so only the local parts are checked.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{hubspot, Finding};
+use crate::app::Services;
+use crate::config::secret_value;
+use crate::domain::ids::path_segment;
+use crate::domain::reward::RewardKind;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub area: &'static str,
+    pub name: String,
+    pub status: Status,
+    pub detail: String,
+    /// What to do, for a failure or a warning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Diagnosis {
+    pub checks: Vec<Check>,
+}
+
+impl Diagnosis {
+    /// Nothing blocks going live.
+    pub fn ok(&self) -> bool {
+        !self.checks.iter().any(|c| c.status == Status::Fail)
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.checks
+            .iter()
+            .map(|c| {
+                let mark = match c.status {
+                    Status::Ok => "✓",
+                    Status::Warn => "!",
+                    Status::Fail => "✗",
+                    Status::Skipped => "-",
+                };
+                let mut line = format!("{mark} {:<9} {}: {}", c.area, c.name, c.detail);
+                if let Some(fix) = &c.fix {
+                    line.push_str(&format!(" — {fix}"));
+                }
+                line
+            })
+            .collect()
+    }
+
+    fn add(&mut self, area: &'static str, name: impl Into<String>, status: Status, detail: impl Into<String>) {
+        self.checks.push(Check {
+            area,
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix: None,
+        });
+    }
+
+    fn fail(&mut self, area: &'static str, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push_with_fix(area, name, Status::Fail, detail, fix);
+    }
+
+    fn warn(&mut self, area: &'static str, name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) {
+        self.push_with_fix(area, name, Status::Warn, detail, fix);
+    }
+
+    fn push_with_fix(
+        &mut self,
+        area: &'static str,
+        name: impl Into<String>,
+        status: Status,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) {
+        self.checks.push(Check {
+            area,
+            name: name.into(),
+            status,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        });
+    }
+}
+
+pub async fn run(s: &Services) -> Diagnosis {
+    let mut d = Diagnosis::default();
+    configuration(s, &mut d);
+    database(s, &mut d).await;
+    if s.settings.sandbox() {
+        for area in ["whatsapp", "hubspot", "stripe"] {
+            d.add(
+                area,
+                "account",
+                Status::Skipped,
+                "sandbox mode: no call leaves this machine",
+            );
+        }
+        return d;
+    }
+    whatsapp(s, &mut d).await;
+    hubspot_account(s, &mut d).await;
+    stripe(s, &mut d).await;
+    d
+}
+
+fn configuration(s: &Services, d: &mut Diagnosis) {
+    let settings = &s.settings;
+    let https = settings.server.public_base_url.starts_with("https://");
+    match (https, settings.sandbox()) {
+        (true, _) => d.add(
+            "config",
+            "public URL",
+            Status::Ok,
+            settings.server.public_base_url.clone(),
+        ),
+        (false, true) => d.warn(
+            "config",
+            "public URL",
+            format!("{} is not https", settings.server.public_base_url),
+            "set server.public_base_url to the https URL of your TLS proxy before going live",
+        ),
+        (false, false) => d.fail(
+            "config",
+            "public URL",
+            format!("{} is not https", settings.server.public_base_url),
+            "Meta, HubSpot and Stripe call https only: set server.public_base_url to your TLS proxy's URL",
+        ),
+    }
+    let secrets = [
+        (
+            "whatsapp.app_secret",
+            secret_value(&settings.whatsapp.app_secret).is_some(),
+            "WhatsApp webhooks answer 503",
+        ),
+        (
+            "whatsapp.verify_token",
+            secret_value(&settings.whatsapp.verify_token).is_some(),
+            "Meta's handshake is refused",
+        ),
+        (
+            "hubspot.client_secret or hubspot.webhook_api_key",
+            secret_value(&settings.hubspot.client_secret).is_some()
+                || secret_value(&settings.hubspot.webhook_api_key).is_some(),
+            "HubSpot webhooks answer 503",
+        ),
+    ];
+    for (key, set, without) in secrets {
+        if set {
+            d.add("config", key, Status::Ok, "set");
+        } else {
+            d.fail("config", key, format!("not set: {without}"), format!("set {key}"));
+        }
+    }
+    if secret_value(&settings.stripe.webhook_secret).is_some() {
+        d.add("config", "stripe.webhook_secret", Status::Ok, "set");
+    } else {
+        d.warn(
+            "config",
+            "stripe.webhook_secret",
+            "not set: Stripe conversions are off",
+            "set it to the endpoint's whsec_… secret if purchases happen on Stripe",
+        );
+    }
+}
+
+async fn database(s: &Services, d: &mut Diagnosis) {
+    match s.store.readiness().await {
+        Ok(()) => d.add(
+            "database",
+            "reachable and migrated",
+            Status::Ok,
+            format!("{:?}", s.store.backend()),
+        ),
+        Err(not_ready) => d.fail(
+            "database",
+            "reachable and migrated",
+            not_ready.public_reason(),
+            "check database.url, then run `referloop migrate`",
+        ),
+    }
+    let uses_pool = [&s.settings.rewards.referrer, &s.settings.rewards.friend]
+        .iter()
+        .any(|side| side.kind == RewardKind::CodePool);
+    if !uses_pool {
+        return;
+    }
+    match s.store.free_pool_codes().await {
+        Ok(0) => d.fail(
+            "database",
+            "reward code pool",
+            "empty: code-pool rewards cannot be issued",
+            "load codes with `referloop rewards load-codes FILE.csv`",
+        ),
+        Ok(free) if free < s.settings.rewards.pool_low_watermark => d.warn(
+            "database",
+            "reward code pool",
+            format!("{free} free codes"),
+            "load more with `referloop rewards load-codes FILE.csv`",
+        ),
+        Ok(free) => d.add("database", "reward code pool", Status::Ok, format!("{free} free codes")),
+        Err(_) => d.fail("database", "reward code pool", "cannot be read", "check the database"),
+    }
+}
+
+/// A read's answer, or why there is none.
+fn answered(result: Result<Option<(u16, Value)>, String>) -> Result<(u16, Value), String> {
+    match result {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err("recorded, not sent (sandbox)".into()),
+        Err(e) => Err(format!("unreachable: {e}")),
+    }
+}
+
+fn graph_error(body: &Value) -> String {
+    body.pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("no detail")
+        .to_string()
+}
+
+async fn whatsapp(s: &Services, d: &mut Diagnosis) {
+    let w = &s.settings.whatsapp;
+    let fields = "?fields=display_phone_number,verified_name,quality_rating,messaging_limit_tier,status";
+    let number = answered(
+        s.whatsapp
+            .probe(&format!("/{}{fields}", path_segment(&w.phone_number_id)))
+            .await,
+    );
+    match number {
+        Ok((200, body)) => {
+            let quality = body["quality_rating"].as_str().unwrap_or("UNKNOWN").to_string();
+            let detail = format!(
+                "{} ({}), quality {quality}, limit {}",
+                body["display_phone_number"].as_str().unwrap_or("?"),
+                body["verified_name"].as_str().unwrap_or("?"),
+                body["messaging_limit_tier"].as_str().unwrap_or("?")
+            );
+            if quality == "RED" {
+                d.warn(
+                    "whatsapp",
+                    "phone number",
+                    detail,
+                    "quality is low: send less marketing until it recovers",
+                );
+            } else {
+                d.add("whatsapp", "phone number", Status::Ok, detail);
+            }
+        }
+        Ok((status, body)) => {
+            d.fail(
+                "whatsapp",
+                "token and phone number",
+                format!("HTTP {status}: {}", graph_error(&body)),
+                "check whatsapp.access_token (a system-user token with whatsapp_business_messaging and whatsapp_business_management) and whatsapp.phone_number_id",
+            );
+            return;
+        }
+        Err(why) => {
+            d.fail(
+                "whatsapp",
+                "token and phone number",
+                why,
+                "check whatsapp.api_base and the network",
+            );
+            return;
+        }
+    }
+    if w.waba_id.is_empty() {
+        d.fail(
+            "whatsapp",
+            "business account",
+            "whatsapp.waba_id is not set: templates and the webhook subscription cannot be checked",
+            "set whatsapp.waba_id",
+        );
+        return;
+    }
+    let waba = path_segment(&w.waba_id);
+    match answered(s.whatsapp.probe(&format!("/{waba}/subscribed_apps")).await) {
+        Ok((200, body)) if body["data"].as_array().is_some_and(|apps| !apps.is_empty()) => d.add(
+            "whatsapp",
+            "webhook subscription",
+            Status::Ok,
+            "the app receives this account's webhooks",
+        ),
+        Ok((200, _)) => d.fail(
+            "whatsapp",
+            "webhook subscription",
+            "no app is subscribed to the account: no message or status will arrive",
+            format!("POST /{}/subscribed_apps with the system-user token", w.waba_id),
+        ),
+        Ok((status, body)) => d.fail(
+            "whatsapp",
+            "webhook subscription",
+            format!("HTTP {status}: {}", graph_error(&body)),
+            "the token needs whatsapp_business_management on this account",
+        ),
+        Err(why) => d.fail("whatsapp", "webhook subscription", why, "check the network"),
+    }
+    let t = &s.settings.templates;
+    for name in [&t.invite, &t.flow, &t.friend_invite, &t.thanks, &t.reward] {
+        let path = format!(
+            "/{waba}/message_templates?name={}&fields=name,language,status,category,rejected_reason",
+            path_segment(name)
+        );
+        let found = answered(s.whatsapp.probe(&path).await);
+        template(d, name, &t.languages, found);
+    }
+}
+
+fn template(d: &mut Diagnosis, name: &str, languages: &[String], found: Result<(u16, Value), String>) {
+    let templates = match found {
+        Ok((200, body)) => body["data"].as_array().cloned().unwrap_or_default(),
+        Ok((status, body)) => {
+            d.fail(
+                "whatsapp",
+                format!("template {name}"),
+                format!("HTTP {status}: {}", graph_error(&body)),
+                "check the token's scopes",
+            );
+            return;
+        }
+        Err(why) => {
+            d.fail("whatsapp", format!("template {name}"), why, "check the network");
+            return;
+        }
+    };
+    for language in languages {
+        let check = format!("template {name} ({language})");
+        let entry = templates
+            .iter()
+            .find(|t| t["name"] == name && t["language"] == language.as_str());
+        match entry.map(|t| (t["status"].as_str().unwrap_or("UNKNOWN"), t)) {
+            Some(("APPROVED", t)) => d.add(
+                "whatsapp",
+                check,
+                Status::Ok,
+                format!("approved, {}", t["category"].as_str().unwrap_or("?")),
+            ),
+            Some(("PENDING", _)) => d.warn("whatsapp", check, "pending review", "wait for Meta's review"),
+            Some((status, t)) => d.fail(
+                "whatsapp",
+                check,
+                format!(
+                    "{status}: {}",
+                    t["rejected_reason"].as_str().unwrap_or("no reason given")
+                ),
+                "edit and resubmit it (templates/ has its definition)",
+            ),
+            None => d.fail(
+                "whatsapp",
+                check,
+                "missing",
+                "submit it from templates/ (see templates/README.md)",
+            ),
+        }
+    }
+}
+
+async fn hubspot_account(s: &Services, d: &mut Diagnosis) {
+    match hubspot::setup(&s.hubspot, &s.settings, true).await {
+        Ok(report) => {
+            for finding in report.findings {
+                match finding {
+                    Finding::Present(what) | Finding::Created(what) => d.add("hubspot", what, Status::Ok, "present"),
+                    Finding::WouldCreate { what, .. } => {
+                        d.fail("hubspot", what, "missing", "run `referloop setup hubspot`")
+                    }
+                    Finding::Wrong { what, fix } => d.fail("hubspot", what, "wrong type", fix),
+                }
+            }
+        }
+        Err(e) => {
+            d.fail(
+                "hubspot",
+                "token",
+                e.to_string(),
+                "check hubspot.access_token: a private-app token or service key with crm.objects.contacts.read/write and crm.schemas.contacts.read/write",
+            );
+            return;
+        }
+    }
+    let nps = &s.settings.programme.nps_property;
+    match s.hubspot.contact_property(nps).await {
+        Ok(Some(_)) => d.add("hubspot", format!("NPS property {nps}"), Status::Ok, "present"),
+        Ok(None) => d.fail(
+            "hubspot",
+            format!("NPS property {nps}"),
+            "missing",
+            "set programme.nps_property to the property your survey writes",
+        ),
+        Err(e) => d.fail(
+            "hubspot",
+            format!("NPS property {nps}"),
+            e.to_string(),
+            "check the token's scopes",
+        ),
+    }
+}
+
+async fn stripe(s: &Services, d: &mut Diagnosis) {
+    let sides = [&s.settings.rewards.referrer, &s.settings.rewards.friend];
+    let uses_stripe = sides.iter().any(|side| {
+        matches!(
+            side.kind,
+            RewardKind::StripePromotionCode | RewardKind::StripeBalanceCredit
+        )
+    });
+    match (s.stripe.live_key(), uses_stripe) {
+        (Some(true), _) => d.add("stripe", "secret key", Status::Ok, "live mode"),
+        (Some(false), _) => d.warn(
+            "stripe",
+            "secret key",
+            "test mode",
+            "use a live key (sk_live_/rk_live_) to go live",
+        ),
+        (None, true) => d.fail(
+            "stripe",
+            "secret key",
+            "not set or not a Stripe key, but a reward uses Stripe",
+            "set stripe.secret_key",
+        ),
+        (None, false) => {
+            d.add("stripe", "secret key", Status::Skipped, "no reward uses Stripe");
+            return;
+        }
+    }
+    for side in sides.iter().filter(|side| side.kind == RewardKind::StripePromotionCode) {
+        let coupon = &side.stripe_coupon;
+        let found = answered(s.stripe.probe(&format!("/v1/coupons/{}", path_segment(coupon))).await);
+        match found {
+            Ok((200, body)) if body["valid"] != Value::Bool(false) => {
+                d.add("stripe", format!("coupon {coupon}"), Status::Ok, "exists and is valid")
+            }
+            Ok((200, _)) => d.fail(
+                "stripe",
+                format!("coupon {coupon}"),
+                "no longer valid",
+                "create a new coupon and name it in rewards.*.stripe_coupon",
+            ),
+            Ok((404, _)) => d.fail(
+                "stripe",
+                format!("coupon {coupon}"),
+                "missing",
+                "create it in Stripe or fix rewards.*.stripe_coupon",
+            ),
+            Ok((status, body)) => d.fail(
+                "stripe",
+                format!("coupon {coupon}"),
+                format!(
+                    "HTTP {status}: {}",
+                    body.pointer("/error/message").and_then(Value::as_str).unwrap_or("")
+                ),
+                "check stripe.secret_key and its permissions (rak_coupon_read)",
+            ),
+            Err(why) => d.fail("stripe", format!("coupon {coupon}"), why, "check the network"),
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! `referloop doctor` on a healthy and on a broken account, against fakes of the Graph
+//! API, HubSpot and Stripe.
+
+use std::sync::Arc;
+
+use referloop::app::Services;
+use referloop::config::Settings;
+use referloop::metrics::Metrics;
+use referloop::setup::doctor::{self, Status};
+use referloop::store::Backend;
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path, path_regex, query_param};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::fakes::{HUBSPOT_TOKEN, META_TOKEN, PHONE_NUMBER_ID};
+use crate::helpers::*;
+use crate::setup::Properties;
+
+const WABA: &str = "100000000000101";
+const TEMPLATES: [&str; 5] = [
+    "tmpl_referral_invite",
+    "tmpl_referral_flow",
+    "tmpl_referral_friend_invite",
+    "tmpl_referral_thanks",
+    "tmpl_referral_reward",
+];
+
+struct Account {
+    subscribed: bool,
+    rejected: Option<&'static str>,
+    properties: Properties,
+}
+
+fn every_property() -> Properties {
+    let text = |name: &str| json!({"name": name, "type": "string", "fieldType": "text"});
+    let number = |name: &str| json!({"name": name, "type": "number", "fieldType": "number"});
+    let mut all = Properties::default()
+        .with("/groups/referloop", json!({"name": "referloop"}))
+        .with("/hs_feedback_last_nps_rating", number("hs_feedback_last_nps_rating"));
+    for name in [
+        "referral_code",
+        "referral_status",
+        "referred_by_code",
+        "referrer_contact_id",
+        "whatsapp_marketing_opt_out",
+        "referral_reward",
+    ] {
+        all = all.with(&format!("/{name}"), text(name));
+    }
+    for name in ["referrals_converted", "referral_rewards_total"] {
+        all = all.with(&format!("/{name}"), number(name));
+    }
+    all
+}
+
+async fn diagnose(account: Account) -> doctor::Diagnosis {
+    let meta = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v24.0/{PHONE_NUMBER_ID}")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"display_phone_number": "+1 555-000-1234",
+            "verified_name": "Acme", "quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K", "id": PHONE_NUMBER_ID})))
+        .mount(&meta)
+        .await;
+    let apps = if account.subscribed {
+        json!({"data": [{"whatsapp_business_api_data": {"id": "1", "name": "referloop"}}]})
+    } else {
+        json!({"data": []})
+    };
+    Mock::given(method("GET"))
+        .and(path(format!("/v24.0/{WABA}/subscribed_apps")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(apps))
+        .mount(&meta)
+        .await;
+    for name in TEMPLATES {
+        let (status, reason) = match account.rejected {
+            Some(reason) if name == "tmpl_referral_invite" => ("REJECTED", Value::from(reason)),
+            _ => ("APPROVED", Value::Null),
+        };
+        Mock::given(method("GET"))
+            .and(path(format!("/v24.0/{WABA}/message_templates")))
+            .and(query_param("name", name))
+            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"name": name,
+                "language": "en_US", "status": status, "category": "MARKETING", "rejected_reason": reason}]})))
+            .mount(&meta)
+            .await;
+    }
+    let hubspot = MockServer::start().await;
+    Mock::given(path_regex(r"^/crm/v3/properties/contacts"))
+        .respond_with(account.properties.clone())
+        .mount(&hubspot)
+        .await;
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let mut env = base_env(&db.url);
+    for (key, value) in [
+        ("REFERLOOP_WHATSAPP__API_BASE", meta.uri()),
+        ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", META_TOKEN.to_string()),
+        ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", PHONE_NUMBER_ID.to_string()),
+        ("REFERLOOP_WHATSAPP__WABA_ID", WABA.to_string()),
+        ("REFERLOOP_HUBSPOT__API_BASE", hubspot.uri()),
+        ("REFERLOOP_HUBSPOT__ACCESS_TOKEN", HUBSPOT_TOKEN.to_string()),
+        ("REFERLOOP_STRIPE__SECRET_KEY", "sk_live_doctor".to_string()),
+    ] {
+        set_env(&mut env, key, &value);
+    }
+    let settings = Arc::new(Settings::load_from(None, env).expect("settings"));
+    let services = Services::new(store, settings, Arc::new(Metrics::new())).expect("services");
+    let diagnosis = doctor::run(&services).await;
+    println!("{}", diagnosis.lines().join("\n"));
+    diagnosis
+}
+
+#[tokio::test]
+async fn a_healthy_account_passes() {
+    let diagnosis = diagnose(Account {
+        subscribed: true,
+        rejected: None,
+        properties: every_property(),
+    })
+    .await;
+    let problems: Vec<_> = diagnosis.checks.iter().filter(|c| c.status == Status::Fail).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(diagnosis.ok());
+    assert!(diagnosis
+        .checks
+        .iter()
+        .any(|c| c.name == "template tmpl_referral_invite (en_US)" && c.status == Status::Ok));
+    let json = serde_json::to_value(&diagnosis).expect("json");
+    assert!(json["checks"].as_array().is_some_and(|c| c.len() > 15));
+}
+
+#[tokio::test]
+async fn a_broken_account_is_explained() {
+    let diagnosis = diagnose(Account {
+        subscribed: false,
+        rejected: Some("INVALID_FORMAT"),
+        properties: Properties::default(),
+    })
+    .await;
+    assert!(!diagnosis.ok());
+    let failed = |name: &str| {
+        diagnosis
+            .checks
+            .iter()
+            .find(|c| c.name.contains(name) && c.status == Status::Fail)
+            .cloned()
+    };
+    let subscription = failed("webhook subscription").expect("unsubscribed app reported");
+    assert!(subscription.fix.as_deref().unwrap_or("").contains("subscribed_apps"));
+    let rejected = failed("template tmpl_referral_invite").expect("rejected template reported");
+    assert!(
+        rejected.detail.contains("REJECTED") && rejected.detail.contains("INVALID_FORMAT"),
+        "{rejected:?}"
+    );
+    let missing = failed("property referral_code").expect("missing properties reported");
+    assert_eq!(missing.detail, "missing");
+    assert!(missing.fix.as_deref().unwrap_or("").contains("referloop setup hubspot"));
+    assert!(failed("NPS property").is_some());
+    assert!(diagnosis.lines().iter().any(|l| l.starts_with('✗')));
+}
