@@ -110,6 +110,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SetupTarget {
+    /// The webhook endpoint for <public_base_url>/webhooks/stripe, and the coupons rewards name.
+    Stripe {
+        /// Print the calls that would be made; create nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The contact property group and properties (and association labels when
     /// hubspot.record_referral_links is on).
     Hubspot {
@@ -312,6 +318,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             target: SetupTarget::Hubspot { dry_run },
         } => return setup_hubspot(&settings, dry_run).await,
         Command::Doctor { json } => return doctor(&settings, json).await,
+        Command::Setup {
+            target: SetupTarget::Stripe { dry_run },
+        } => return setup_stripe(&settings, dry_run).await,
         Command::Health => return health_check(&settings).await,
         Command::Inbox { action } => return queue_command(&settings, Queue::Inbox, action).await,
         Command::Jobs { action } => return queue_command(&settings, Queue::Jobs, action).await,
@@ -498,6 +507,29 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if diagnosis.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(settings).await?;
+    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
+    if services.stripe.is_sandbox() {
+        println!("sandbox mode: Stripe calls are recorded (`referloop outbound list`), not sent");
+    }
+    let done = crate::setup::stripe::setup(&services.stripe, settings, dry_run)
+        .await
+        .context("Stripe refused a setup call")?;
+    for line in done.report.lines() {
+        println!("{line}");
+    }
+    if let Some(secret) = done.new_secret {
+        // Shown once: Stripe never returns it again.
+        println!("the endpoint's signing secret (store it as stripe.webhook_secret; it is not shown again): {secret}");
+    }
+    Ok(if done.report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

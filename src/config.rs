@@ -199,6 +199,8 @@ pub struct WhatsAppSettings {
     pub max_messages_per_second: u32,
     /// The least time between two messages to the same recipient (Meta's pair limit).
     pub pair_spacing_ms: u64,
+    /// How often a send held by a paused or rejected template looks again.
+    pub template_recheck_seconds: u64,
     #[serde(default, serialize_with = "redact")]
     pub access_token: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]

@@ -51,8 +51,16 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateLabels {
+    pub template: String,
+    pub language: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Sends held back because their template is paused, disabled or rejected.
+    pub template_sends_held: Family<TemplateLabels, Counter>,
     pub http_requests: Family<RequestLabels, Counter>,
     pub http_duration: HistogramFamily,
     pub webhook_rejections: Family<RejectionLabels, Counter>,
@@ -88,6 +96,12 @@ impl Metrics {
         let whatsapp_send_errors = Family::<SendErrorLabels, Counter>::default();
         let reward_pool_exhausted = Counter::default();
         let reward_codes_free = Gauge::default();
+        let template_sends_held = Family::<TemplateLabels, Counter>::default();
+        registry.register(
+            "template_sends_held",
+            "Sends waiting because their template is paused, disabled or rejected (by template and language)",
+            template_sends_held.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route, method and status",
@@ -131,6 +145,7 @@ impl Metrics {
         );
         Metrics {
             registry,
+            template_sends_held,
             http_requests,
             http_duration,
             webhook_rejections,

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use super::transition::{self, EventContext};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
-use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, SendErrorClass};
+use crate::domain::messaging::{classify, template_sendable, MessagePurpose, MessageStatus, SendErrorClass};
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
 use crate::store::{duration_ms, now_ms, ItemEnd, MessageRow, NewMessage, Tx};
-use crate::whatsapp::inbound::StatusUpdate;
+use crate::whatsapp::inbound::{StatusUpdate, TemplateStatusUpdate};
 
 /// The `whatsapp.send` job.
 pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
@@ -54,6 +54,9 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         .await?;
         tx.commit("suppressed: recipient opted out of marketing").await?;
         return Outcome::committed("suppressed");
+    }
+    if let Some(wait) = template_held(s, &message).await? {
+        return Err(wait);
     }
     // Meta allows one message per 6 seconds to the same user (131056): keep to it ahead.
     let spacing = i64::try_from(s.settings.whatsapp.pair_spacing_ms).unwrap_or(i64::MAX);
@@ -153,6 +156,60 @@ async fn finish_refusal(s: &Services, work: &Work, message: &MessageRow, class: 
     after_refusal(s, &mut tx, message, class).await?;
     tx.finish(ItemEnd::Dead(reason.clone())).await?;
     Ok(Outcome::Committed(ItemEnd::Dead(reason)))
+}
+
+/// A send whose template Meta paused, disabled or rejected waits (without using an
+/// attempt) until a webhook says the template is approved again.
+async fn template_held(s: &Services, message: &MessageRow) -> Result<Option<StepError>, StepError> {
+    let Some((name, language)) = crate::whatsapp::render::template_of(&message.body) else {
+        return Ok(None);
+    };
+    let Some((status, reason)) = s.store.template_status(&name, &language).await? else {
+        return Ok(None);
+    };
+    if template_sendable(&status) {
+        return Ok(None);
+    }
+    tracing::error!(
+        template = %name,
+        language = %language,
+        status = %status,
+        reason = reason.as_deref().unwrap_or("-"),
+        message_id = message.id,
+        "template not sendable: its sends wait until Meta approves it again"
+    );
+    s.metrics
+        .template_sends_held
+        .get_or_create(&crate::metrics::TemplateLabels {
+            template: name.clone(),
+            language: language.clone(),
+        })
+        .inc();
+    Ok(Some(StepError::Deferred {
+        reason: format!("template {name} ({language}) is {status}"),
+        delay: Duration::from_secs(s.settings.whatsapp.template_recheck_seconds),
+    }))
+}
+
+/// Meta's `message_template_status_update`: the template's status, recorded for the sends.
+pub async fn on_template_status(s: &Services, work: &Work, update: &TemplateStatusUpdate) -> StepResult {
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    tx.set_template_status(&update.name, &update.language, &update.event, update.reason.as_deref())
+        .await?;
+    let note = format!("template {} ({}) is {}", update.name, update.language, update.event);
+    tx.commit(note.clone()).await?;
+    if template_sendable(&update.event) {
+        tracing::info!(template = %update.name, language = %update.language, event = %update.event, "template sendable");
+    } else {
+        tracing::error!(
+            template = %update.name,
+            language = %update.language,
+            event = %update.event,
+            reason = update.reason.as_deref().unwrap_or("-"),
+            "template can no longer be sent: its sends wait until Meta approves it again"
+        );
+    }
+    Outcome::committed(note)
 }
 
 /// A status Meta reported. The message's new status and everything it means (a resend,

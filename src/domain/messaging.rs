@@ -134,6 +134,12 @@ impl Persisted for MessagePurpose {
     }
 }
 
+/// Whether a template may be sent, by the `event` of Meta's
+/// `message_template_status_update` webhook.
+pub fn template_sendable(event: &str) -> bool {
+    matches!(event, "APPROVED" | "REINSTATED" | "FLAGGED")
+}
+
 /// What to do about an error Meta returned, synchronously or in a `failed` status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendErrorClass {

@@ -94,6 +94,44 @@ impl StripeClient {
         }
     }
 
+    /// Whether calls are recorded instead of sent (sandbox mode).
+    pub fn is_sandbox(&self) -> bool {
+        matches!(self.outbound, Outbound::Sandbox(_))
+    }
+
+    /// The account's webhook endpoints (the first 100).
+    pub async fn webhook_endpoints(&self) -> Result<Vec<Value>, StripeError> {
+        let list = self
+            .call(reqwest::Method::GET, "/v1/webhook_endpoints?limit=100", &[], None, None)
+            .await?;
+        Ok(list.get("data").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    /// Creates a webhook endpoint; the answer carries its signing secret (only now).
+    pub async fn create_webhook_endpoint(&self, url: &str, events: &[&str]) -> Result<Value, StripeError> {
+        let mut form = vec![("url".to_string(), url.to_string())];
+        form.extend(events.iter().map(|e| ("enabled_events[]".to_string(), e.to_string())));
+        form.push(("api_version".to_string(), self.version.clone()));
+        form.push((
+            "description".to_string(),
+            "referloop conversions and refunds".to_string(),
+        ));
+        self.call(reqwest::Method::POST, "/v1/webhook_endpoints", &form, None, None)
+            .await
+    }
+
+    /// Sets an endpoint's events.
+    pub async fn update_webhook_endpoint(&self, id: &str, events: &[&str]) -> Result<(), StripeError> {
+        let form: Vec<(String, String)> = events
+            .iter()
+            .map(|e| ("enabled_events[]".to_string(), e.to_string()))
+            .collect();
+        let path = format!("/v1/webhook_endpoints/{}", path_segment(id));
+        self.call(reqwest::Method::POST, &path, &form, None, None)
+            .await
+            .map(|_| ())
+    }
+
     /// A Stripe read (`path` with its query), answered raw.
     pub async fn probe(&self, path: &str) -> Result<Option<(u16, Value)>, String> {
         super::probe(

@@ -11,7 +11,7 @@ use crate::app::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::messaging::is_stop_keyword;
 use crate::domain::work::Job;
 use crate::store::{now_ms, ClaimedItem};
-use crate::whatsapp::inbound::{self, Content, InboundMessage, PreferenceUpdate, StatusUpdate};
+use crate::whatsapp::inbound::{self, Content, InboundMessage, PreferenceUpdate, StatusUpdate, TemplateStatusUpdate};
 
 /// A received webhook event, as the inbox stores it (one per dedupe key).
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +19,8 @@ pub enum InboundEvent {
     WhatsAppMessage(InboundMessage),
     WhatsAppStatus(StatusUpdate),
     WhatsAppPreference(PreferenceUpdate),
+    /// A template's status changed (paused, approved, …).
+    WhatsAppTemplateStatus(TemplateStatusUpdate),
     /// A HubSpot workflow's NPS or milestone trigger.
     HubSpotTrigger(Value),
     /// A HubSpot workflow's conversion (contact became a customer, deal won).
@@ -41,6 +43,9 @@ impl InboundEvent {
         Ok(match kind {
             "whatsapp.message" => InboundEvent::WhatsAppMessage(inbound::parse_message(payload).map_err(shape)?),
             "whatsapp.status" => InboundEvent::WhatsAppStatus(inbound::parse_status(payload).map_err(shape)?),
+            "whatsapp.message_template_status_update" => {
+                InboundEvent::WhatsAppTemplateStatus(inbound::parse_template_status(payload).map_err(shape)?)
+            }
             "whatsapp.user_preference" => {
                 InboundEvent::WhatsAppPreference(inbound::parse_preference(payload).map_err(shape)?)
             }
@@ -68,6 +73,7 @@ pub async fn inbox_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepRe
         InboundEvent::WhatsAppMessage(message) => on_message(s, work, &message).await,
         InboundEvent::WhatsAppStatus(update) => delivery::on_status(s, work, &update).await,
         InboundEvent::WhatsAppPreference(update) => opt_out::on_preference(s, work, &update).await,
+        InboundEvent::WhatsAppTemplateStatus(update) => delivery::on_template_status(s, work, &update).await,
         InboundEvent::HubSpotTrigger(payload) => invite::on_trigger(s, work, &payload).await,
         InboundEvent::HubSpotConversion(payload) => conversion::on_hubspot_conversion(s, work, &payload).await,
         InboundEvent::Stripe { kind, event } => conversion::on_stripe_event(s, work, kind, &event).await,
@@ -130,9 +136,10 @@ mod tests {
     #[test]
     fn event_kinds_decode_or_are_refused() {
         assert!(matches!(
-            InboundEvent::decode("whatsapp.message_template_status_update", "{}"),
+            InboundEvent::decode("whatsapp.account_update", "{}"),
             Ok(InboundEvent::Recorded { .. })
         ));
+        assert!(InboundEvent::decode("whatsapp.message_template_status_update", "{}").is_err());
         assert!(matches!(
             InboundEvent::decode("stripe.customer.created", "{}"),
             Ok(InboundEvent::Recorded { .. })

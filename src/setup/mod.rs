@@ -5,6 +5,7 @@
 
 pub mod doctor;
 pub mod hubspot;
+pub mod stripe;
 
 /// What setup found or did about one thing.
 #[derive(Debug, Clone, PartialEq, Eq)]

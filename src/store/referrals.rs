@@ -562,6 +562,29 @@ impl Tx {
         Ok(OptOutChange::AlreadyOptedOut(since.unwrap_or(now)))
     }
 
+    /// Records a template's status from Meta's webhook (the newest wins).
+    pub async fn set_template_status(
+        &mut self,
+        name: &str,
+        language: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO template_status (name, language, status, reason, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name, language) DO UPDATE SET status = excluded.status, reason = excluded.reason, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(language)
+        .bind(status)
+        .bind(reason)
+        .bind(now_ms())
+        .execute(self.write()?)
+        .await?;
+        Ok(())
+    }
+
     pub async fn is_opted_out(&mut self, phone: &str) -> Result<bool, StoreError> {
         let flag: Option<i64> = sqlx::query_scalar("SELECT opted_out FROM wa_users WHERE phone = $1")
             .bind(phone)
@@ -748,6 +771,23 @@ impl Store {
         )
         .await?;
         tx.commit("").await
+    }
+
+    /// A template's last status from Meta (`None` when no webhook told of it).
+    pub async fn template_status(
+        &self,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT status, reason FROM template_status WHERE name = $1 AND language = $2")
+            .bind(name)
+            .bind(language)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some((row.try_get("status")?, row.try_get("reason")?))),
+            None => Ok(None),
+        }
     }
 
     /// The last inbound message time, when the user has written to us.

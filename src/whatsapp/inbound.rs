@@ -67,6 +67,53 @@ pub enum Preference {
     Other(String),
 }
 
+/// A change of a template's status (`message_template_status_update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateStatusUpdate {
+    pub name: String,
+    pub language: String,
+    /// Meta's `event`: APPROVED, PAUSED, DISABLED, REJECTED, …
+    pub event: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TemplateChange {
+    value: RawTemplateStatus,
+}
+
+#[derive(Deserialize)]
+struct RawTemplateStatus {
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default)]
+    message_template_name: Option<String>,
+    #[serde(default)]
+    message_template_language: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub fn parse_template_status(payload: &str) -> Result<TemplateStatusUpdate, ShapeError> {
+    let change: TemplateChange = parse(payload)?;
+    let v = change.value;
+    let (Some(name), Some(language), Some(event)) = (
+        present(v.message_template_name),
+        present(v.message_template_language),
+        present(v.event),
+    ) else {
+        return Err(ShapeError(
+            "a template status update without name, language or event".into(),
+        ));
+    };
+    Ok(TemplateStatusUpdate {
+        name,
+        language,
+        event,
+        reason: present(v.reason).filter(|r| r != "NONE"),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("WhatsApp event is not in the expected shape: {0}")]
 pub struct ShapeError(String);
@@ -345,6 +392,22 @@ mod tests {
         let deleted =
             parse_status(&json!({"status": {"id": "wamid.X", "status": "deleted"}}).to_string()).expect("status");
         assert_eq!(deleted.status, None);
+    }
+
+    #[test]
+    fn template_status_updates() {
+        let paused = parse_template_status(
+            &json!({"field": "message_template_status_update", "value": {"event": "PAUSED",
+                "message_template_id": 123, "message_template_name": "tmpl_referral_invite",
+                "message_template_language": "en_US", "reason": "NONE"}})
+            .to_string(),
+        )
+        .expect("update");
+        assert_eq!(
+            (paused.name.as_str(), paused.event.as_str(), paused.reason),
+            ("tmpl_referral_invite", "PAUSED", None)
+        );
+        assert!(parse_template_status(&json!({"value": {"event": "PAUSED"}}).to_string()).is_err());
     }
 
     #[test]

@@ -176,6 +176,14 @@ pub fn flow_prompt(settings: &Settings, to: &str, name: &str, token: &str) -> Va
     )
 }
 
+/// The template (name, language) a message we render sends, if it is a template.
+pub fn template_of(body: &str) -> Option<(String, String)> {
+    let body: Value = serde_json::from_str(body).ok()?;
+    let name = body.pointer("/template/name")?.as_str()?.to_string();
+    let language = body.pointer("/template/language/code")?.as_str()?.to_string();
+    Some((name, language))
+}
+
 /// The flow_token inside a Flow message we sent (template or interactive).
 pub fn flow_token_of(body: &str) -> Option<String> {
     let body: Value = serde_json::from_str(body).ok()?;

@@ -21,5 +21,6 @@ mod rewards;
 mod sandbox;
 mod setup;
 mod stripe;
+mod templates;
 mod whatsapp;
 mod worker;

@@ -175,3 +175,90 @@ async fn dry_run_creates_nothing() {
         .any(|l| l.contains("POST /crm/v3/properties/contacts {")));
     assert_eq!(posts(&server).await, 0);
 }
+
+/// Stripe's webhook endpoints, kept like Stripe keeps them (the secret only at creation).
+#[derive(Clone, Default)]
+struct Endpoints(Arc<Mutex<Vec<Value>>>);
+
+impl Respond for Endpoints {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let Ok(mut all) = self.0.lock() else {
+            return ResponseTemplate::new(500);
+        };
+        if request.method.as_str() == "GET" {
+            return ResponseTemplate::new(200)
+                .set_body_json(json!({"object": "list", "data": *all, "has_more": false}));
+        }
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+        let events: Vec<&str> = form
+            .iter()
+            .filter(|(k, _)| k == "enabled_events[]")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let url = form
+            .iter()
+            .find(|(k, _)| k == "url")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let endpoint = json!({"id": format!("we_{}", all.len() + 1), "object": "webhook_endpoint", "url": url,
+                              "enabled_events": events, "status": "enabled"});
+        all.push(endpoint.clone());
+        let mut answer = endpoint;
+        answer["secret"] = json!("whsec_created_once");
+        ResponseTemplate::new(200).set_body_json(answer)
+    }
+}
+
+#[tokio::test]
+async fn setup_stripe_creates_the_endpoint_once_and_checks_coupons() {
+    let stripe = MockServer::start().await;
+    let endpoints = Endpoints::default();
+    Mock::given(wiremock::matchers::path("/v1/webhook_endpoints"))
+        .and(header("authorization", "Bearer sk_live_setup"))
+        .respond_with(endpoints.clone())
+        .mount(&stripe)
+        .await;
+    Mock::given(wiremock::matchers::path("/v1/coupons/RFR-FRIEND"))
+        .respond_with(
+            ResponseTemplate::new(404).set_body_json(json!({"error": {"type": "invalid_request_error",
+            "message": "No such coupon: 'RFR-FRIEND'"}})),
+        )
+        .mount(&stripe)
+        .await;
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let mut env = base_env(&db.url);
+    for (key, value) in [
+        ("REFERLOOP_STRIPE__API_BASE", stripe.uri()),
+        ("REFERLOOP_STRIPE__SECRET_KEY", "sk_live_setup".to_string()),
+        ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "live".to_string()),
+        ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", "100000000000202".to_string()),
+        ("REFERLOOP_REWARDS__FRIEND__KIND", "stripe_promotion_code".to_string()),
+        ("REFERLOOP_REWARDS__FRIEND__STRIPE_COUPON", "RFR-FRIEND".to_string()),
+    ] {
+        set_env(&mut env, key, &value);
+    }
+    let settings = Arc::new(Settings::load_from(None, env).expect("settings"));
+    let services = Services::new(store, settings, Arc::new(Metrics::new())).expect("services");
+    let first = referloop::setup::stripe::setup(&services.stripe, &services.settings, false)
+        .await
+        .expect("first run");
+    println!("{}", first.report.lines().join("\n"));
+    assert_eq!(first.new_secret.as_deref(), Some("whsec_created_once"));
+    assert_eq!(first.report.created(), 1);
+    let created = endpoints.0.lock().map(|e| e[0].clone()).expect("endpoint");
+    assert_eq!(created["url"], format!("{PUBLIC_BASE_URL}/webhooks/stripe"));
+    assert_eq!(created["enabled_events"].as_array().map(Vec::len), Some(4));
+    assert!(!first.report.ok(), "the missing coupon is reported");
+    assert!(first
+        .report
+        .lines()
+        .iter()
+        .any(|l| l.starts_with('✗') && l.contains("RFR-FRIEND")));
+    let second = referloop::setup::stripe::setup(&services.stripe, &services.settings, false)
+        .await
+        .expect("second run");
+    assert_eq!(second.new_secret, None);
+    assert_eq!(second.report.created(), 0, "{:?}", second.report.lines());
+    assert_eq!(endpoints.0.lock().map(|e| e.len()).unwrap_or(0), 1, "one endpoint");
+}

@@ -1,0 +1,56 @@
+//! Templates after going live: a template Meta pauses holds its sends (waiting, not
+//! dropped or dead) until Meta approves it again.
+
+use std::time::Duration;
+
+use referloop::domain::state::Persisted;
+use referloop::store::{Backend, Queue};
+use serde_json::json;
+
+use crate::both_backends;
+use crate::fakes::*;
+use crate::helpers::*;
+
+async fn template_status(lc: &Lifecycle, event: &str) -> u16 {
+    lc.whatsapp(
+        "message_template_status_update",
+        json!({"event": event, "message_template_id": 1234, "message_template_name": "tmpl_referral_invite",
+               "message_template_language": "en_US", "reason": "NONE",
+               "other_info": {"title": "FIRST_PAUSE", "description": "paused for low quality"}}),
+    )
+    .await
+}
+
+async fn a_paused_template_holds_its_sends_until_approved(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_WHATSAPP__TEMPLATE_RECHECK_SECONDS", "1")
+    })
+    .await;
+    assert_eq!(template_status(&lc, "PAUSED").await, 200);
+    lc.settle().await;
+    assert_eq!(lc.nps("90001", REFERRER_PHONE, "Ana", "10", "1767225600000").await, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(lc.sent_of("tmpl_referral_invite").await.is_empty(), "held while paused");
+    let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
+    let send = jobs.iter().find(|j| j.kind == "whatsapp.send").expect("the send job");
+    assert_eq!(send.state.as_str(), "queued", "waiting, not failed or dead: {send:?}");
+    assert_eq!(send.attempts, 0, "waiting uses no attempt");
+    let metrics = lc.app.client.get(lc.app.url("/metrics")).send().await.expect("metrics");
+    let text = metrics.text().await.unwrap_or_default();
+    assert!(
+        text.contains("referloop_template_sends_held_total{template=\"tmpl_referral_invite\",language=\"en_US\"}"),
+        "{text}"
+    );
+
+    assert_eq!(template_status(&lc, "APPROVED").await, 200);
+    let sent = eventually(Duration::from_secs(10), || async {
+        lc.sent_of("tmpl_referral_invite").await.len() == 1
+    })
+    .await;
+    assert!(sent, "sent once approved again");
+    lc.settle().await;
+    assert_eq!(lc.sent_of("tmpl_referral_invite").await.len(), 1, "once");
+    lc.shutdown().await;
+}
+
+both_backends!(a_paused_template_holds_its_sends_until_approved);
