@@ -110,6 +110,12 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SetupTarget {
+    /// Templates, the nomination Flow and the app's webhook subscription.
+    Whatsapp {
+        /// Print the calls that would be made; create nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The webhook endpoint for <public_base_url>/webhooks/stripe, and the coupons rewards name.
     Stripe {
         /// Print the calls that would be made; create nothing.
@@ -319,6 +325,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         } => return setup_hubspot(&settings, dry_run).await,
         Command::Doctor { json } => return doctor(&settings, json).await,
         Command::Setup {
+            target: SetupTarget::Whatsapp { dry_run },
+        } => return setup_whatsapp(&settings, dry_run).await,
+        Command::Setup {
             target: SetupTarget::Stripe { dry_run },
         } => return setup_stripe(&settings, dry_run).await,
         Command::Health => return health_check(&settings).await,
@@ -507,6 +516,23 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if diagnosis.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn setup_whatsapp(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let store = open_store(settings).await?;
+    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
+    if services.whatsapp.is_sandbox() {
+        println!("sandbox mode: Graph API calls are recorded (`referloop outbound list`), not sent");
+    }
+    let report = crate::setup::whatsapp::setup(&services.whatsapp, settings, dry_run).await;
+    for line in report.lines() {
+        println!("{line}");
+    }
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -195,6 +195,8 @@ pub struct WhatsAppSettings {
     pub api_version: String,
     pub phone_number_id: String,
     pub waba_id: String,
+    /// The business's name as customers know it (shown in the Flow's consent line).
+    pub business_name: String,
     pub business_number: String,
     pub max_messages_per_second: u32,
     /// The least time between two messages to the same recipient (Meta's pair limit).

@@ -54,15 +54,34 @@ pub async fn probe(
     url: String,
     token: Option<&str>,
 ) -> Result<Option<(u16, serde_json::Value)>, String> {
+    management_call(outbound, reqwest::Method::GET, url, token, None).await
+}
+
+/// A management call (setup), answered raw: `body` is `(content type, text)`. `None` in
+/// sandbox mode, where the call is recorded instead.
+pub async fn management_call(
+    outbound: &Outbound,
+    method: reqwest::Method,
+    url: String,
+    token: Option<&str>,
+    body: Option<(&str, String)>,
+) -> Result<Option<(u16, serde_json::Value)>, String> {
     let mut headers = Vec::new();
     if let Some(token) = token {
         headers.push(("authorization".to_string(), format!("Bearer {token}")));
     }
+    let body = match body {
+        Some((content_type, text)) => {
+            headers.push(("content-type".to_string(), content_type.to_string()));
+            text
+        }
+        None => String::new(),
+    };
     let request = OutboundRequest {
-        method: reqwest::Method::GET,
+        method,
         url,
         headers,
-        body: String::new(),
+        body,
         job_id: None,
     };
     match outbound.send(request).await {

@@ -75,6 +75,27 @@ impl WhatsAppClient {
         super::probe(&self.outbound, format!("{}{path}", self.graph), self.token.as_deref()).await
     }
 
+    /// A Graph API management write (`path` after the version), answered raw.
+    pub async fn manage(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<(&str, String)>,
+    ) -> Result<Option<(u16, Value)>, String> {
+        super::management_call(
+            &self.outbound,
+            method,
+            format!("{}{path}", self.graph),
+            self.token.as_deref(),
+            body,
+        )
+        .await
+    }
+
+    pub fn is_sandbox(&self) -> bool {
+        matches!(self.outbound, Outbound::Sandbox(_))
+    }
+
     pub async fn send(&self, body: &str, job_id: Option<i64>) -> Result<Accepted, SendFailure> {
         self.pacer.wait().await;
         let mut headers = vec![("content-type".to_string(), "application/json".to_string())];

@@ -6,6 +6,7 @@
 pub mod doctor;
 pub mod hubspot;
 pub mod stripe;
+pub mod whatsapp;
 
 /// What setup found or did about one thing.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -262,3 +262,204 @@ async fn setup_stripe_creates_the_endpoint_once_and_checks_coupons() {
     assert_eq!(second.report.created(), 0, "{:?}", second.report.lines());
     assert_eq!(endpoints.0.lock().map(|e| e.len()).unwrap_or(0), 1, "one endpoint");
 }
+
+/// The Graph API's management side for one account: templates, Flows, subscriptions.
+#[derive(Clone, Default)]
+struct GraphAccount {
+    state: Arc<Mutex<GraphState>>,
+}
+
+#[derive(Default)]
+struct GraphState {
+    templates: Vec<Value>,
+    flows: Vec<Value>,
+    subscribed: bool,
+    /// Validation errors the next Flow JSON upload gets.
+    flow_errors: Vec<Value>,
+    uploads: Vec<String>,
+}
+
+impl Respond for GraphAccount {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let Ok(mut state) = self.state.lock() else {
+            return ResponseTemplate::new(500);
+        };
+        let path = request.url.path().trim_start_matches("/v24.0").to_string();
+        let ok = |body: Value| ResponseTemplate::new(200).set_body_json(body);
+        match (request.method.as_str(), path.as_str()) {
+            ("GET", p) if p.ends_with("/message_templates") => {
+                let name = request
+                    .url
+                    .query_pairs()
+                    .find(|(k, _)| k == "name")
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                let data: Vec<Value> = state
+                    .templates
+                    .iter()
+                    .filter(|t| t["name"] == name.as_str())
+                    .cloned()
+                    .collect();
+                ok(json!({"data": data}))
+            }
+            ("POST", p) if p.ends_with("/message_templates") => {
+                let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                let template = json!({"id": format!("T{}", state.templates.len() + 1), "name": body["name"],
+                    "language": body["language"], "status": "PENDING", "category": body["category"]});
+                state.templates.push(template.clone());
+                ok(json!({"id": template["id"], "status": "PENDING", "category": body["category"]}))
+            }
+            ("GET", p) if p.ends_with("/flows") => ok(json!({"data": state.flows})),
+            ("POST", p) if p.ends_with("/flows") => {
+                let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                let id = format!("F{}", state.flows.len() + 1);
+                state
+                    .flows
+                    .push(json!({"id": id, "name": body["name"], "status": "DRAFT"}));
+                ok(json!({"id": id}))
+            }
+            ("POST", p) if p.ends_with("/assets") => {
+                state.uploads.push(String::from_utf8_lossy(&request.body).to_string());
+                let errors = std::mem::take(&mut state.flow_errors);
+                ok(json!({"success": true, "validation_errors": errors}))
+            }
+            ("POST", p) if p.ends_with("/publish") => {
+                let id = p.trim_start_matches('/').trim_end_matches("/publish").to_string();
+                for flow in state.flows.iter_mut().filter(|f| f["id"] == id.as_str()) {
+                    flow["status"] = json!("PUBLISHED");
+                }
+                ok(json!({"success": true}))
+            }
+            ("GET", p) if p.ends_with("/subscribed_apps") => {
+                let data = if state.subscribed {
+                    json!([{"whatsapp_business_api_data": {"id": "1"}}])
+                } else {
+                    json!([])
+                };
+                ok(json!({"data": data}))
+            }
+            ("POST", p) if p.ends_with("/subscribed_apps") => {
+                state.subscribed = true;
+                ok(json!({"success": true}))
+            }
+            _ => ResponseTemplate::new(404).set_body_json(json!({"error": {"message": "unknown path", "code": 100}})),
+        }
+    }
+}
+
+async fn whatsapp_services(account: &GraphAccount, business_name: &str) -> (MockServer, Services, TestDatabase) {
+    let meta = MockServer::start().await;
+    Mock::given(path_regex(r"^/v24\.0/"))
+        .and(header(
+            "authorization",
+            format!("Bearer {}", crate::fakes::META_TOKEN).as_str(),
+        ))
+        .respond_with(account.clone())
+        .mount(&meta)
+        .await;
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let store = db.store().await;
+    let mut env = base_env(&db.url);
+    for (key, value) in [
+        ("REFERLOOP_WHATSAPP__API_BASE", meta.uri()),
+        ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", crate::fakes::META_TOKEN.to_string()),
+        (
+            "REFERLOOP_WHATSAPP__PHONE_NUMBER_ID",
+            crate::fakes::PHONE_NUMBER_ID.to_string(),
+        ),
+        ("REFERLOOP_WHATSAPP__WABA_ID", "100000000000101".to_string()),
+        ("REFERLOOP_WHATSAPP__BUSINESS_NAME", business_name.to_string()),
+    ] {
+        set_env(&mut env, key, &value);
+    }
+    let settings = Arc::new(Settings::load_from(None, env).expect("settings"));
+    let services = Services::new(store, settings, Arc::new(Metrics::new())).expect("services");
+    (meta, services, db)
+}
+
+#[tokio::test]
+async fn setup_whatsapp_submits_creates_publishes_and_subscribes_once() {
+    let account = GraphAccount::default();
+    let (meta, services, _db) = whatsapp_services(&account, "Acme Bikes").await;
+    let first = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
+    println!("{}", first.lines().join("\n"));
+    assert!(first.ok(), "{:?}", first.lines());
+    assert_eq!(first.created(), 7, "five templates, the Flow, the subscription");
+    {
+        let state = account.state.lock().expect("state");
+        assert_eq!(state.templates.len(), 5);
+        assert!(state.subscribed);
+        assert_eq!(state.flows[0]["status"], "PUBLISHED");
+        let upload = &state.uploads[0];
+        assert!(
+            upload.contains("Acme Bikes") && !upload.contains("<BUSINESS_NAME>"),
+            "business name filled in"
+        );
+        assert!(upload.contains("name=\"asset_type\"\r\n\r\nFLOW_JSON"));
+    }
+    assert!(first
+        .lines()
+        .iter()
+        .any(|l| l.contains("set templates.flow_id = \"F1\"")));
+    let calls = meta.received_requests().await.map(|r| r.len()).unwrap_or(0);
+    let second = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
+    assert_eq!(second.created(), 0, "{:?}", second.lines());
+    let posts_after = meta
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .skip(calls)
+        .filter(|r| r.method.as_str() == "POST")
+        .count();
+    assert_eq!(posts_after, 0, "a second run changes nothing");
+    assert!(second
+        .lines()
+        .iter()
+        .any(|l| l.contains("tmpl_referral_invite (en_US): pending review")));
+}
+
+#[tokio::test]
+async fn setup_whatsapp_reports_rejections_and_flow_errors() {
+    let account = GraphAccount::default();
+    {
+        let mut state = account.state.lock().expect("state");
+        state
+            .templates
+            .push(json!({"id": "T9", "name": "tmpl_referral_invite", "language": "en_US",
+            "status": "REJECTED", "category": "MARKETING", "rejected_reason": "INVALID_FORMAT"}));
+        state.flow_errors = vec![
+            json!({"error": "INVALID_PROPERTY", "message": "Invalid value for label",
+            "line_start": 46, "line_end": 46}),
+        ];
+    }
+    let (_meta, services, _db) = whatsapp_services(&account, "Acme Bikes").await;
+    let report = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
+    println!("{}", report.lines().join("\n"));
+    assert!(!report.ok());
+    let lines = report.lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('✗') && l.contains("REJECTED, INVALID_FORMAT")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('✗') && l.contains("Invalid value for label (line 46)")),
+        "{lines:?}"
+    );
+    let published = account.state.lock().map(|s| s.flows[0]["status"].clone()).expect("state");
+    assert_eq!(published, "DRAFT", "not published with errors");
+    let (_meta, no_name, _db2) = whatsapp_services(&GraphAccount::default(), "").await;
+    let report = referloop::setup::whatsapp::setup(&no_name.whatsapp, &no_name.settings, true).await;
+    assert!(
+        report
+            .lines()
+            .iter()
+            .any(|l| l.contains("whatsapp.business_name is not set")),
+        "{:?}",
+        report.lines()
+    );
+}
