@@ -1,12 +1,23 @@
 # Build stage: the release binary.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# Dependencies first, in a layer of their own: a change to referloop's sources does not
+# rebuild every crate (the stub sources below are replaced right after).
 COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches \
+    && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs \
+    && echo 'fn main() {}' > benches/ingest_load.rs \
+    && echo 'fn main() {}' > benches/dispatch.rs \
+    && cargo build --release --locked --bin referloop \
+    && rm -rf src benches
 COPY src src
 COPY migrations migrations
 COPY config config
+COPY templates templates
 COPY benches benches
-RUN cargo build --release --locked --bin referloop
+# The stubs' build outputs are older than the real sources: make sure cargo sees them.
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin referloop
 
 # Runtime stage: a slim Debian with CA certificates and a non-root user.
 FROM debian:bookworm-slim
@@ -18,8 +29,9 @@ COPY --from=build /src/target/release/referloop /usr/local/bin/referloop
 COPY config /etc/referloop
 USER referloop
 WORKDIR /var/lib/referloop
-# Listen on all interfaces inside the container; set DATABASE_URL to PostgreSQL in
-# production (the default SQLite file lives in /var/lib/referloop: mount a volume there).
+# The SQLite default keeps its file here; the referloop user owns the directory, so a
+# named volume mounted here is writable. In production set DATABASE_URL to PostgreSQL.
+VOLUME /var/lib/referloop
 ENV REFERLOOP_SERVER__LISTEN=0.0.0.0:8080 \
     REFERLOOP_LOG__FORMAT=json
 EXPOSE 8080

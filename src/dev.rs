@@ -25,7 +25,26 @@ impl<'a> DevClient<'a> {
         }
     }
 
+    /// Waits (up to 20 s) until the server answers `/healthz`: a walkthrough may run a
+    /// `dev` command right after starting the server.
+    async fn wait_until_up(&self) -> anyhow::Result<()> {
+        let health = format!("{}/healthz", self.base_url);
+        for _ in 0..80 {
+            if let Ok(response) = self.http.get(&health).send().await {
+                if response.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        anyhow::bail!(
+            "no referloop answers at {}: start it with `referloop serve`",
+            self.base_url
+        )
+    }
+
     async fn post(&self, path_and_query: &str, body: Vec<u8>, headers: Vec<(String, String)>) -> anyhow::Result<bool> {
+        self.wait_until_up().await?;
         let url = format!("{}{path_and_query}", self.base_url);
         let mut request = self
             .http

@@ -1,6 +1,7 @@
 //! HTTP and storage tests, each run against both PostgreSQL and SQLite.
 
 mod cli;
+mod deploy;
 mod doctor;
 mod fakes;
 mod helpers;

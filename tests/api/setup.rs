@@ -450,7 +450,11 @@ async fn setup_whatsapp_reports_rejections_and_flow_errors() {
             .any(|l| l.starts_with('✗') && l.contains("Invalid value for label (line 46)")),
         "{lines:?}"
     );
-    let published = account.state.lock().map(|s| s.flows[0]["status"].clone()).expect("state");
+    let published = account
+        .state
+        .lock()
+        .map(|s| s.flows[0]["status"].clone())
+        .expect("state");
     assert_eq!(published, "DRAFT", "not published with errors");
     let (_meta, no_name, _db2) = whatsapp_services(&GraphAccount::default(), "").await;
     let report = referloop::setup::whatsapp::setup(&no_name.whatsapp, &no_name.settings, true).await;
