@@ -500,10 +500,30 @@ fn parse_code_file(text: &str) -> Vec<String> {
         .collect()
 }
 
-async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    // The database check is one of the checks: connect without requiring it to be ready.
-    let store = connect(settings).await?;
+/// The services a setup or doctor command calls the accounts through.
+async fn account_services(settings: &Settings, store: Store) -> anyhow::Result<crate::app::Services> {
     let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
+    if settings.sandbox() {
+        println!("sandbox mode: calls to the accounts are recorded (`referloop outbound list`), not sent");
+    }
+    Ok(services)
+}
+
+/// Prints a setup report; failure when anything in it is wrong.
+fn print_report(report: &crate::setup::Report) -> ExitCode {
+    for line in report.lines() {
+        println!("{line}");
+    }
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    // The database is one of the checks: connect without requiring it to be ready.
+    let services = account_services(settings, connect(settings).await?).await?;
     let diagnosis = crate::setup::doctor::run(&services).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&diagnosis)?);
@@ -523,63 +543,30 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn setup_whatsapp(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let store = open_store(settings).await?;
-    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
-    if services.whatsapp.is_sandbox() {
-        println!("sandbox mode: Graph API calls are recorded (`referloop outbound list`), not sent");
-    }
+    let services = account_services(settings, open_store(settings).await?).await?;
     let report = crate::setup::whatsapp::setup(&services.whatsapp, settings, dry_run).await;
-    for line in report.lines() {
-        println!("{line}");
-    }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(print_report(&report))
 }
 
 async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let store = open_store(settings).await?;
-    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
-    if services.stripe.is_sandbox() {
-        println!("sandbox mode: Stripe calls are recorded (`referloop outbound list`), not sent");
-    }
+    let services = account_services(settings, open_store(settings).await?).await?;
     let done = crate::setup::stripe::setup(&services.stripe, settings, dry_run)
         .await
         .context("Stripe refused a setup call")?;
-    for line in done.report.lines() {
-        println!("{line}");
-    }
+    let status = print_report(&done.report);
     if let Some(secret) = done.new_secret {
         // Shown once: Stripe never returns it again.
         println!("the endpoint's signing secret (store it as stripe.webhook_secret; it is not shown again): {secret}");
     }
-    Ok(if done.report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(status)
 }
 
 async fn setup_hubspot(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    // Sandbox mode records calls in the database; live mode needs none.
-    let store = open_store(settings).await?;
-    let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
-    if services.hubspot.is_sandbox() {
-        println!("sandbox mode: HubSpot calls are recorded (`referloop outbound list`), not sent");
-    }
+    let services = account_services(settings, open_store(settings).await?).await?;
     let report = crate::setup::hubspot::setup(&services.hubspot, settings, dry_run)
         .await
         .context("HubSpot refused a setup call")?;
-    for line in report.lines() {
-        println!("{line}");
-    }
-    Ok(if report.ok() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(print_report(&report))
 }
 
 /// Connects for a command that reads or writes rows: no migrations are run (and none of

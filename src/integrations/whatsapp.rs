@@ -92,6 +92,15 @@ impl WhatsAppClient {
         .await
     }
 
+    /// What Meta says of our own token (`/debug_token`): validity and scopes.
+    pub async fn inspect_token(&self) -> Result<Option<(u16, Value)>, String> {
+        let token = self.token.clone().unwrap_or_default();
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("input_token", &token)
+            .finish();
+        self.probe(&format!("/debug_token?{query}")).await
+    }
+
     pub fn is_sandbox(&self) -> bool {
         matches!(self.outbound, Outbound::Sandbox(_))
     }

@@ -236,7 +236,8 @@ fn graph_error(body: &Value) -> String {
 
 async fn whatsapp(s: &Services, d: &mut Diagnosis) {
     let w = &s.settings.whatsapp;
-    let fields = "?fields=display_phone_number,verified_name,quality_rating,messaging_limit_tier,status";
+    token_scopes(s, d).await;
+    let fields = "?fields=display_phone_number,verified_name,quality_rating,messaging_limit_tier,status,health_status";
     let number = answered(
         s.whatsapp
             .probe(&format!("/{}{fields}", path_segment(&w.phone_number_id)))
@@ -251,6 +252,7 @@ async fn whatsapp(s: &Services, d: &mut Diagnosis) {
                 body["verified_name"].as_str().unwrap_or("?"),
                 body["messaging_limit_tier"].as_str().unwrap_or("?")
             );
+            health(d, &body["health_status"]);
             if quality == "RED" {
                 d.warn(
                     "whatsapp",
@@ -312,6 +314,7 @@ async fn whatsapp(s: &Services, d: &mut Diagnosis) {
         ),
         Err(why) => d.fail("whatsapp", "webhook subscription", why, "check the network"),
     }
+    flow_published(s, d, &waba).await;
     let t = &s.settings.templates;
     for name in [&t.invite, &t.flow, &t.friend_invite, &t.thanks, &t.reward] {
         let path = format!(
@@ -320,6 +323,140 @@ async fn whatsapp(s: &Services, d: &mut Diagnosis) {
         );
         let found = answered(s.whatsapp.probe(&path).await);
         template(d, name, &t.languages, found);
+    }
+}
+
+/// The token's scopes, and that they reach the configured account (`/debug_token`).
+async fn token_scopes(s: &Services, d: &mut Diagnosis) {
+    const NEEDED: [&str; 2] = ["whatsapp_business_messaging", "whatsapp_business_management"];
+    let answer = match answered(s.whatsapp.inspect_token().await) {
+        Ok((200, body)) => body,
+        Ok((status, body)) => {
+            d.fail(
+                "whatsapp",
+                "token",
+                format!("HTTP {status}: {}", graph_error(&body)),
+                "create a new system-user token (Meta Business Suite → System users)",
+            );
+            return;
+        }
+        Err(why) => {
+            d.fail("whatsapp", "token", why, "check whatsapp.api_base and the network");
+            return;
+        }
+    };
+    let data = &answer["data"];
+    if data["is_valid"] == Value::Bool(false) {
+        d.fail(
+            "whatsapp",
+            "token",
+            "expired or revoked",
+            "create a new system-user token and set whatsapp.access_token",
+        );
+        return;
+    }
+    let scopes: Vec<&str> = data["scopes"]
+        .as_array()
+        .map(|s| s.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = NEEDED.iter().copied().filter(|n| !scopes.contains(n)).collect();
+    if !missing.is_empty() {
+        d.fail(
+            "whatsapp",
+            "token scopes",
+            format!("missing {}", missing.join(", ")),
+            "grant them to the system user's token",
+        );
+        return;
+    }
+    let waba = &s.settings.whatsapp.waba_id;
+    let reaches = |scope: &str| {
+        data["granular_scopes"].as_array().is_none_or(|granular| {
+            granular.iter().any(|g| {
+                g["scope"] == scope
+                    && g["target_ids"]
+                        .as_array()
+                        .is_none_or(|ids| ids.iter().any(|id| id.as_str() == Some(waba.as_str())))
+            })
+        })
+    };
+    if waba.is_empty() || NEEDED.iter().all(|scope| reaches(scope)) {
+        d.add("whatsapp", "token scopes", Status::Ok, NEEDED.join(", "));
+    } else {
+        d.fail(
+            "whatsapp",
+            "token scopes",
+            format!("the token's scopes do not reach account {waba}"),
+            "assign the WhatsApp account to the system user and create a new token",
+        );
+    }
+}
+
+/// `health_status.can_send_message` of the phone number: AVAILABLE, LIMITED or BLOCKED.
+fn health(d: &mut Diagnosis, health: &Value) {
+    let can_send = health["can_send_message"].as_str().unwrap_or("UNKNOWN");
+    let reasons: Vec<String> = health["entities"]
+        .as_array()
+        .map(|entities| {
+            entities
+                .iter()
+                .flat_map(|e| e["errors"].as_array().cloned().unwrap_or_default())
+                .map(|e| format!("{} {}", e["error_code"], e["error_description"].as_str().unwrap_or("")))
+                .collect()
+        })
+        .unwrap_or_default();
+    match can_send {
+        "AVAILABLE" => d.add("whatsapp", "health", Status::Ok, "can send messages"),
+        "LIMITED" => d.warn(
+            "whatsapp",
+            "health",
+            format!("limited: {}", reasons.join("; ")),
+            "see WhatsApp Manager",
+        ),
+        "BLOCKED" => d.fail(
+            "whatsapp",
+            "health",
+            format!("blocked: {}", reasons.join("; ")),
+            "resolve it in WhatsApp Manager (payment method, verification, policy)",
+        ),
+        _ => d.add("whatsapp", "health", Status::Skipped, "not reported"),
+    }
+}
+
+/// The nomination Flow is published (by `templates.flow_id`, else by `templates.flow_name`).
+async fn flow_published(s: &Services, d: &mut Diagnosis, waba: &str) {
+    let t = &s.settings.templates;
+    let (check, found) = if t.flow_id.is_empty() {
+        let listed = answered(s.whatsapp.probe(&format!("/{waba}/flows")).await);
+        let flow = listed.ok().and_then(|(_, body)| {
+            body["data"]
+                .as_array()
+                .and_then(|flows| flows.iter().find(|f| f["name"] == t.flow_name.as_str()).cloned())
+        });
+        (format!("Flow {}", t.flow_name), flow)
+    } else {
+        let one = answered(
+            s.whatsapp
+                .probe(&format!("/{}?fields=name,status", path_segment(&t.flow_id)))
+                .await,
+        );
+        let flow = one.ok().filter(|(status, _)| *status == 200).map(|(_, body)| body);
+        (format!("Flow {}", t.flow_id), flow)
+    };
+    match found.as_ref().and_then(|f| f["status"].as_str()) {
+        Some("PUBLISHED") => d.add("whatsapp", check, Status::Ok, "published"),
+        Some(status) => d.fail(
+            "whatsapp",
+            check,
+            status.to_string(),
+            "publish it (`referloop setup whatsapp`)",
+        ),
+        None => d.fail(
+            "whatsapp",
+            check,
+            "not found",
+            "run `referloop setup whatsapp`, then set templates.flow_id",
+        ),
     }
 }
 

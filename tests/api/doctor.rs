@@ -27,6 +27,8 @@ const TEMPLATES: [&str; 5] = [
 
 struct Account {
     subscribed: bool,
+    flow_status: &'static str,
+    scopes: Vec<&'static str>,
     rejected: Option<&'static str>,
     properties: Properties,
 }
@@ -58,7 +60,25 @@ async fn diagnose(account: Account) -> doctor::Diagnosis {
     Mock::given(method("GET"))
         .and(path(format!("/v24.0/{PHONE_NUMBER_ID}")))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"display_phone_number": "+1 555-000-1234",
-            "verified_name": "Acme", "quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K", "id": PHONE_NUMBER_ID})))
+            "verified_name": "Acme", "quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K", "id": PHONE_NUMBER_ID,
+            "health_status": {"can_send_message": "AVAILABLE", "entities": []}})))
+        .mount(&meta)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v24.0/debug_token"))
+        .and(query_param("input_token", META_TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"data": {"type": "SYSTEM_USER", "is_valid": true,
+            "scopes": account.scopes, "granular_scopes": [
+                {"scope": "whatsapp_business_management", "target_ids": [WABA]},
+                {"scope": "whatsapp_business_messaging", "target_ids": [WABA]}]}}),
+        ))
+        .mount(&meta)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v24.0/{WABA}/flows")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
+            {"id": "F1", "name": "referral_nomination", "status": account.flow_status}]})))
         .mount(&meta)
         .await;
     let apps = if account.subscribed {
@@ -114,6 +134,8 @@ async fn diagnose(account: Account) -> doctor::Diagnosis {
 async fn a_healthy_account_passes() {
     let diagnosis = diagnose(Account {
         subscribed: true,
+        flow_status: "PUBLISHED",
+        scopes: vec!["whatsapp_business_management", "whatsapp_business_messaging"],
         rejected: None,
         properties: every_property(),
     })
@@ -133,6 +155,8 @@ async fn a_healthy_account_passes() {
 async fn a_broken_account_is_explained() {
     let diagnosis = diagnose(Account {
         subscribed: false,
+        flow_status: "DRAFT",
+        scopes: vec!["whatsapp_business_messaging"],
         rejected: Some("INVALID_FORMAT"),
         properties: Properties::default(),
     })
@@ -156,5 +180,7 @@ async fn a_broken_account_is_explained() {
     assert_eq!(missing.detail, "missing");
     assert!(missing.fix.as_deref().unwrap_or("").contains("referloop setup hubspot"));
     assert!(failed("NPS property").is_some());
+    assert!(failed("Flow referral_nomination").is_some_and(|c| c.detail == "DRAFT"));
+    assert!(failed("token scopes").is_some_and(|c| c.detail.contains("whatsapp_business_management")));
     assert!(diagnosis.lines().iter().any(|l| l.starts_with('✗')));
 }
