@@ -1,5 +1,6 @@
 //! HTTP and storage tests, each run against both PostgreSQL and SQLite.
 
+mod chaos;
 mod cli;
 mod deploy;
 mod doctor;

@@ -285,8 +285,16 @@ fn check(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     runtime.block_on(run(backend, ops))
 }
 
+/// 16 cases in the ordinary test run; `scripts/faults` asks for more.
+fn cases() -> u32 {
+    std::env::var("REFERLOOP_PROPERTY_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn sqlite_referral_and_rewards_happen_once(ops in proptest::collection::vec(op(), 1..30)) {
         check(Backend::Sqlite, ops)?;
