@@ -57,8 +57,19 @@ pub struct TemplateLabels {
     pub language: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TemplateChangeLabels {
+    pub template: String,
+    pub language: String,
+    /// The new quality score or category.
+    pub value: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Template quality and category changes Meta reported.
+    pub template_quality_changes: Family<TemplateChangeLabels, Counter>,
+    pub template_category_changes: Family<TemplateChangeLabels, Counter>,
     /// Sends held back because their template is paused, disabled or rejected.
     pub template_sends_held: Family<TemplateLabels, Counter>,
     pub http_requests: Family<RequestLabels, Counter>,
@@ -97,6 +108,18 @@ impl Metrics {
         let reward_pool_exhausted = Counter::default();
         let reward_codes_free = Gauge::default();
         let template_sends_held = Family::<TemplateLabels, Counter>::default();
+        let template_quality_changes = Family::<TemplateChangeLabels, Counter>::default();
+        let template_category_changes = Family::<TemplateChangeLabels, Counter>::default();
+        registry.register(
+            "template_quality_changes",
+            "Template quality scores Meta reported (value: GREEN, YELLOW, RED, UNKNOWN)",
+            template_quality_changes.clone(),
+        );
+        registry.register(
+            "template_category_changes",
+            "Template categories Meta changed or will change (value: the category)",
+            template_category_changes.clone(),
+        );
         registry.register(
             "template_sends_held",
             "Sends waiting because their template is paused, disabled or rejected (by template and language)",
@@ -145,6 +168,8 @@ impl Metrics {
         );
         Metrics {
             registry,
+            template_quality_changes,
+            template_category_changes,
             template_sends_held,
             http_requests,
             http_duration,

@@ -12,7 +12,7 @@ use crate::domain::phone::E164;
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
 use crate::store::{duration_ms, now_ms, ItemEnd, MessageRow, NewMessage, Tx};
-use crate::whatsapp::inbound::{StatusUpdate, TemplateStatusUpdate};
+use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
 
 /// The `whatsapp.send` job.
 pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
@@ -210,6 +210,50 @@ pub async fn on_template_status(s: &Services, work: &Work, update: &TemplateStat
         );
     }
     Outcome::committed(note)
+}
+
+/// Meta's `message_template_quality_update`: logged (loudly when RED) and counted.
+pub fn on_template_quality(s: &Services, update: &TemplateQualityUpdate) -> StepResult {
+    let previous = update.previous.as_deref().unwrap_or("-");
+    if update.new == "RED" {
+        tracing::error!(template = %update.name, language = %update.language, previous, quality = %update.new,
+            "template quality is low: Meta may pause it; send fewer of its marketing messages");
+    } else {
+        tracing::info!(template = %update.name, language = %update.language, previous, quality = %update.new, "template quality changed");
+    }
+    s.metrics
+        .template_quality_changes
+        .get_or_create(&crate::metrics::TemplateChangeLabels {
+            template: update.name.clone(),
+            language: update.language.clone(),
+            value: update.new.clone(),
+        })
+        .inc();
+    Outcome::done(format!(
+        "template {} ({}) quality {} -> {}",
+        update.name, update.language, previous, update.new
+    ))
+}
+
+/// Meta's `template_category_update`: a recategorisation (done, or due in 24 hours)
+/// changes what a message costs and whether marketing rules apply, so it is said loudly.
+pub fn on_template_category(s: &Services, update: &TemplateCategoryUpdate) -> StepResult {
+    let becomes = update.correct.as_deref().unwrap_or(&update.new);
+    tracing::error!(template = %update.name, language = %update.language,
+        previous = update.previous.as_deref().unwrap_or("-"), category = %becomes,
+        impending = update.correct.is_some(), "Meta recategorised a template");
+    s.metrics
+        .template_category_changes
+        .get_or_create(&crate::metrics::TemplateChangeLabels {
+            template: update.name.clone(),
+            language: update.language.clone(),
+            value: becomes.to_string(),
+        })
+        .inc();
+    Outcome::done(format!(
+        "template {} ({}) category now or soon {becomes}",
+        update.name, update.language
+    ))
 }
 
 /// A status Meta reported. The message's new status and everything it means (a resend,

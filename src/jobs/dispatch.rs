@@ -11,7 +11,10 @@ use crate::app::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::messaging::is_stop_keyword;
 use crate::domain::work::Job;
 use crate::store::{now_ms, ClaimedItem};
-use crate::whatsapp::inbound::{self, Content, InboundMessage, PreferenceUpdate, StatusUpdate, TemplateStatusUpdate};
+use crate::whatsapp::inbound::{
+    self, Content, InboundMessage, PreferenceUpdate, StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate,
+    TemplateStatusUpdate,
+};
 
 /// A received webhook event, as the inbox stores it (one per dedupe key).
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +24,8 @@ pub enum InboundEvent {
     WhatsAppPreference(PreferenceUpdate),
     /// A template's status changed (paused, approved, …).
     WhatsAppTemplateStatus(TemplateStatusUpdate),
+    WhatsAppTemplateQuality(TemplateQualityUpdate),
+    WhatsAppTemplateCategory(TemplateCategoryUpdate),
     /// A HubSpot workflow's NPS or milestone trigger.
     HubSpotTrigger(Value),
     /// A HubSpot workflow's conversion (contact became a customer, deal won).
@@ -45,6 +50,12 @@ impl InboundEvent {
             "whatsapp.status" => InboundEvent::WhatsAppStatus(inbound::parse_status(payload).map_err(shape)?),
             "whatsapp.message_template_status_update" => {
                 InboundEvent::WhatsAppTemplateStatus(inbound::parse_template_status(payload).map_err(shape)?)
+            }
+            "whatsapp.message_template_quality_update" => {
+                InboundEvent::WhatsAppTemplateQuality(inbound::parse_template_quality(payload).map_err(shape)?)
+            }
+            "whatsapp.template_category_update" => {
+                InboundEvent::WhatsAppTemplateCategory(inbound::parse_template_category(payload).map_err(shape)?)
             }
             "whatsapp.user_preference" => {
                 InboundEvent::WhatsAppPreference(inbound::parse_preference(payload).map_err(shape)?)
@@ -74,6 +85,8 @@ pub async fn inbox_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepRe
         InboundEvent::WhatsAppStatus(update) => delivery::on_status(s, work, &update).await,
         InboundEvent::WhatsAppPreference(update) => opt_out::on_preference(s, work, &update).await,
         InboundEvent::WhatsAppTemplateStatus(update) => delivery::on_template_status(s, work, &update).await,
+        InboundEvent::WhatsAppTemplateQuality(update) => delivery::on_template_quality(s, &update),
+        InboundEvent::WhatsAppTemplateCategory(update) => delivery::on_template_category(s, &update),
         InboundEvent::HubSpotTrigger(payload) => invite::on_trigger(s, work, &payload).await,
         InboundEvent::HubSpotConversion(payload) => conversion::on_hubspot_conversion(s, work, &payload).await,
         InboundEvent::Stripe { kind, event } => conversion::on_stripe_event(s, work, kind, &event).await,

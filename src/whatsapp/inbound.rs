@@ -94,6 +94,85 @@ struct RawTemplateStatus {
     reason: Option<String>,
 }
 
+/// A template's quality score changed (`message_template_quality_update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateQualityUpdate {
+    pub name: String,
+    pub language: String,
+    pub previous: Option<String>,
+    /// GREEN, YELLOW, RED or UNKNOWN.
+    pub new: String,
+}
+
+/// Meta recategorised a template, or will in 24 hours (`template_category_update`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateCategoryUpdate {
+    pub name: String,
+    pub language: String,
+    pub previous: Option<String>,
+    pub new: String,
+    /// Set on the notice of an impending change: the category it will become.
+    pub correct: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct TemplateChangeValue {
+    value: RawTemplateChange,
+}
+
+#[derive(Deserialize)]
+struct RawTemplateChange {
+    #[serde(default)]
+    message_template_name: Option<String>,
+    #[serde(default)]
+    message_template_language: Option<String>,
+    #[serde(default)]
+    previous_quality_score: Option<String>,
+    #[serde(default)]
+    new_quality_score: Option<String>,
+    #[serde(default)]
+    previous_category: Option<String>,
+    #[serde(default)]
+    new_category: Option<String>,
+    #[serde(default)]
+    correct_category: Option<String>,
+}
+
+fn template_change(payload: &str) -> Result<(String, String, RawTemplateChange), ShapeError> {
+    let change: TemplateChangeValue = parse(payload)?;
+    let mut v = change.value;
+    match (
+        present(v.message_template_name.take()),
+        present(v.message_template_language.take()),
+    ) {
+        (Some(name), Some(language)) => Ok((name, language, v)),
+        _ => Err(ShapeError("a template update without name or language".into())),
+    }
+}
+
+pub fn parse_template_quality(payload: &str) -> Result<TemplateQualityUpdate, ShapeError> {
+    let (name, language, v) = template_change(payload)?;
+    let new = present(v.new_quality_score).ok_or(ShapeError("a quality update without new_quality_score".into()))?;
+    Ok(TemplateQualityUpdate {
+        name,
+        language,
+        previous: present(v.previous_quality_score),
+        new,
+    })
+}
+
+pub fn parse_template_category(payload: &str) -> Result<TemplateCategoryUpdate, ShapeError> {
+    let (name, language, v) = template_change(payload)?;
+    let new = present(v.new_category).ok_or(ShapeError("a category update without new_category".into()))?;
+    Ok(TemplateCategoryUpdate {
+        name,
+        language,
+        previous: present(v.previous_category),
+        new,
+        correct: present(v.correct_category),
+    })
+}
+
 pub fn parse_template_status(payload: &str) -> Result<TemplateStatusUpdate, ShapeError> {
     let change: TemplateChange = parse(payload)?;
     let v = change.value;
@@ -408,6 +487,33 @@ mod tests {
             ("tmpl_referral_invite", "PAUSED", None)
         );
         assert!(parse_template_status(&json!({"value": {"event": "PAUSED"}}).to_string()).is_err());
+    }
+
+    #[test]
+    fn template_quality_and_category_updates() {
+        let quality = parse_template_quality(
+            &json!({"field": "message_template_quality_update", "value": {"previous_quality_score": "GREEN",
+                "new_quality_score": "RED", "message_template_id": 1, "message_template_name": "tmpl_referral_invite",
+                "message_template_language": "en_US"}})
+            .to_string(),
+        )
+        .expect("quality");
+        assert_eq!(
+            (quality.previous.as_deref(), quality.new.as_str()),
+            (Some("GREEN"), "RED")
+        );
+        let impending = parse_template_category(
+            &json!({"field": "template_category_update", "value": {"message_template_name": "tmpl_referral_reward",
+                "message_template_language": "en_US", "correct_category": "MARKETING", "new_category": "UTILITY",
+                "category_update_timestamp": 1767225600}})
+            .to_string(),
+        )
+        .expect("category");
+        assert_eq!(
+            (impending.new.as_str(), impending.correct.as_deref()),
+            ("UTILITY", Some("MARKETING"))
+        );
+        assert!(parse_template_quality(&json!({"value": {"new_quality_score": "RED"}}).to_string()).is_err());
     }
 
     #[test]

@@ -53,4 +53,40 @@ async fn a_paused_template_holds_its_sends_until_approved(backend: Backend) {
     lc.shutdown().await;
 }
 
-both_backends!(a_paused_template_holds_its_sends_until_approved);
+/// Quality and category changes are counted and said loudly; nothing dies.
+async fn quality_and_category_updates_are_counted(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let quality = json!({"previous_quality_score": "GREEN", "new_quality_score": "RED", "message_template_id": 1234,
+                         "message_template_name": "tmpl_referral_invite", "message_template_language": "en_US"});
+    assert_eq!(lc.whatsapp("message_template_quality_update", quality).await, 200);
+    let category = json!({"message_template_id": 1235, "message_template_name": "tmpl_referral_reward",
+                          "message_template_language": "en_US", "previous_category": "UTILITY", "new_category": "MARKETING"});
+    assert_eq!(lc.whatsapp("template_category_update", category).await, 200);
+    lc.settle().await;
+    let inbox = lc.app.store.list(Queue::Inbox, None, 10).await.expect("inbox");
+    assert!(inbox.iter().all(|i| i.state.as_str() == "done"), "{inbox:?}");
+    let text = lc
+        .app
+        .client
+        .get(lc.app.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        text.contains("referloop_template_quality_changes_total{template=\"tmpl_referral_invite\",language=\"en_US\",value=\"RED\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("referloop_template_category_changes_total{template=\"tmpl_referral_reward\",language=\"en_US\",value=\"MARKETING\"} 1"),
+        "{text}"
+    );
+    lc.shutdown().await;
+}
+
+both_backends!(
+    a_paused_template_holds_its_sends_until_approved,
+    quality_and_category_updates_are_counted
+);
