@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+mod common;
+
 use clap::Parser;
 use referloop::app::Services;
 use referloop::config::Settings;
@@ -19,7 +21,6 @@ use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
 use referloop::store::{now_ms, NewMessage, Store};
-use sqlx::{Connection, Executor};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -98,18 +99,6 @@ fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-async fn fresh_postgres() -> String {
-    let admin =
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
-    let name = format!("referloop_load_{}", uuid::Uuid::new_v4().simple());
-    conn.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create database");
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
-    format!("{base}/{name}")
-}
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -122,7 +111,7 @@ async fn main() {
     let args = Args::parse();
     let graph = Graph::default();
     let graph_url = graph.start().await;
-    let url = fresh_postgres().await;
+    let url = common::fresh_postgres().await;
     let env: Vec<(String, String)> = [
         ("DATABASE_URL", url.clone()),
         ("REFERLOOP_DATABASE__MAX_CONNECTIONS", args.pool.to_string()),

@@ -11,12 +11,13 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use clap::Parser;
 use referloop::config::Settings;
 use referloop::signatures::sign_meta;
 use referloop::startup::Application;
 use referloop::store::Store;
-use sqlx::{Connection, Executor};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -104,18 +105,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-async fn fresh_postgres() -> String {
-    let admin =
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
-    let name = format!("referloop_load_{}", uuid::Uuid::new_v4().simple());
-    conn.execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create database");
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin);
-    format!("{base}/{name}")
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -125,7 +114,7 @@ async fn main() {
             args.database_url.clone().expect("--database-url goes with --url"),
         ),
         None => {
-            let database_url = fresh_postgres().await;
+            let database_url = common::fresh_postgres().await;
             let env = [
                 ("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0"),
                 ("REFERLOOP_WHATSAPP__APP_SECRET", args.app_secret.as_str()),

@@ -211,17 +211,16 @@ impl Worker {
 
     async fn record_failure(&self, item: &ClaimedItem, error: &StepError) -> Result<(), StoreError> {
         let queue = queue_name(item.queue);
-        if let StepError::Deferred { reason, delay } = error {
-            tracing::debug!(reason = %reason, delay = ?delay, "deferred");
-            let run_at = now_ms() + duration_ms(*delay);
-            if !self.store.defer(item.queue, item.id, &self.owner, run_at).await? {
-                tracing::warn!("lease lost before the item was deferred");
-            }
-            self.metrics.worker_outcome(queue, "deferred");
-            return Ok(());
-        }
         let decision = match error {
-            StepError::Deferred { .. } => return Ok(()),
+            StepError::Deferred { reason, delay } => {
+                tracing::debug!(reason = %reason, delay = ?delay, "deferred");
+                let run_at = now_ms() + duration_ms(*delay);
+                if !self.store.defer(item.queue, item.id, &self.owner, run_at).await? {
+                    tracing::warn!("lease lost before the item was deferred");
+                }
+                self.metrics.worker_outcome(queue, "deferred");
+                return Ok(());
+            }
             StepError::Permanent(_) => RetryDecision::GiveUp,
             StepError::Retryable { not_before, .. } => {
                 match self
