@@ -204,5 +204,7 @@ async fn main() {
         latencies.last().copied().unwrap_or(0)
     );
     println!("busiest second at the fake: {busiest} (configured {})", args.rate);
+    let seconds: Vec<String> = per_second.values().map(usize::to_string).collect();
+    println!("sends in each second at the fake: {}", seconds.join(" "));
     store.close().await;
 }

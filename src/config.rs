@@ -140,6 +140,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Events one webhook request may carry; a larger batch is refused (413).
     pub max_events_per_request: usize,
+    /// Tasks storing received events, each grouping the requests waiting into one
+    /// statement.
+    pub ingest_writers: usize,
 }
 
 #[derive(Clone, Deserialize, Serialize)]
@@ -182,6 +185,10 @@ pub struct WorkerSettings {
     /// How long a send interrupted mid-request waits for Meta's status before it is sent
     /// again.
     pub interrupted_send_wait_seconds: u64,
+    /// Limits on every call to Meta, HubSpot, Stripe and reward webhooks: connecting, and
+    /// the whole request. A call that times out after sending counts as "may have acted".
+    pub outbound_connect_timeout_ms: u64,
+    pub outbound_timeout_ms: u64,
     pub poll_interval_ms: u64,
     pub lease_seconds: u64,
     pub retry_schedule_seconds: Vec<u64>,
@@ -630,6 +637,9 @@ impl Settings {
                 "must be longer than server.request_timeout_seconds".into(),
             );
         }
+        if self.server.ingest_writers == 0 {
+            return invalid("server.ingest_writers", "must be at least 1".into());
+        }
         if self.server.max_connections == 0 || self.server.max_events_per_request == 0 {
             return invalid(
                 "server.max_connections",
@@ -661,6 +671,17 @@ impl Settings {
         }
         if self.worker.lease_seconds == 0 {
             return invalid("worker.lease_seconds", "must be at least 1".into());
+        }
+        for (key, value) in [
+            (
+                "worker.outbound_connect_timeout_ms",
+                self.worker.outbound_connect_timeout_ms,
+            ),
+            ("worker.outbound_timeout_ms", self.worker.outbound_timeout_ms),
+        ] {
+            if value < 100 {
+                return invalid(key, "must be at least 100 (milliseconds)".into());
+            }
         }
         if !(0.0..1.0).contains(&self.worker.retry_jitter) {
             return invalid("worker.retry_jitter", "must be in [0, 1)".into());

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::jobs::{Services, Worker};
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{InboxWriter, Store};
 
 pub struct Application {
     listener: TcpListener,
@@ -39,7 +39,9 @@ impl Application {
         let settings = Arc::new(settings);
         let services = Arc::new(Services::new(store.clone(), settings.clone(), metrics.clone())?);
         let worker = settings.worker.enabled.then(|| Worker::new(services.clone()));
+        let inbox = InboxWriter::start(store.clone(), settings.server.ingest_writers);
         let state = AppState {
+            inbox,
             store,
             settings,
             metrics,

@@ -96,9 +96,10 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         Err(failure) => failure,
     };
     if failure.ambiguous {
-        // The request may have been delivered: keep `sending`, so the next attempt waits
-        // for Meta's status before sending again.
-        return Err(StepError::retry_after(failure.title, Duration::from_secs(30)));
+        // The request may have been delivered: keep `sending`, and look again once Meta
+        // has had time to send its status (which records the send); only then send again.
+        let wait = Duration::from_secs(s.settings.worker.interrupted_send_wait_seconds);
+        return Err(StepError::retry_after(failure.title, wait));
     }
     let retry_delay = match failure.class {
         SendErrorClass::Retry { not_before } => Some(not_before.max(failure.retry_after.unwrap_or_default())),

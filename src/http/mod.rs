@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 use crate::app::Services;
 use crate::config::Settings;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
-use crate::store::Store;
+use crate::store::{InboxWriter, Store};
 
 pub use error::ApiError;
 pub use serve::{serve, ConnectionLimits};
@@ -36,6 +36,8 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// Where webhook events are stored (grouped with other requests' events).
+    pub inbox: InboxWriter,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
     /// The worker's services, for the API's synchronous conversions.

@@ -36,25 +36,17 @@ impl AppState {
     }
 
     /// Stores the events; the caller answers 200 only when this returns Ok. The insert runs
-    /// to its end in a task of its own, whatever the client does meanwhile (a disconnect
-    /// must not cancel it inside its transaction).
+    /// to its end in a writer task, whatever the client does meanwhile.
     async fn store_events(&self, source: Source, mut events: Vec<NewInboxEvent>) -> Result<u64, ApiError> {
         let limit = self.settings.server.max_events_per_request;
         if events.len() > limit {
             return Err(self.refuse(source, ApiError::TooManyEvents(limit)));
         }
         inbound::clean_nul(&mut events).map_err(|e| self.refuse(source, e.into()))?;
-        let store = self.store.clone();
-        let max_attempts = inbox_max_attempts(self);
         let received = events.len();
-        let insert = tokio::spawn(async move { store.insert_inbox_events(&events, max_attempts).await });
-        let stored = match insert.await {
-            Ok(stored) => stored,
-            Err(join) => {
-                tracing::error!(source = source.as_str(), error = %join, "storing the webhook's events failed");
-                return Err(self.refuse(source, ApiError::Unavailable));
-            }
-        };
+        // The writer tasks run apart from this request: a client that hangs up cannot
+        // cancel the write inside its transaction.
+        let stored = self.inbox.insert(events, inbox_max_attempts(self)).await;
         match stored {
             Ok(new) => {
                 self.metrics

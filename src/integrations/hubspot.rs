@@ -238,6 +238,23 @@ impl HubSpotClient {
         matches!(self.outbound, Outbound::Sandbox(_))
     }
 
+    /// The scopes granted to the private-app token (HubSpot's token introspection,
+    /// `POST /oauth/v2/private-apps/get/access-token-info`). Service keys have no such
+    /// endpoint; HubSpot's refusal comes back as an error.
+    pub async fn token_scopes(&self) -> Result<Vec<String>, HubSpotError> {
+        let token = self.token.clone().unwrap_or_default();
+        let url = format!("{}/oauth/v2/private-apps/get/access-token-info", self.api_base);
+        let answer = self
+            .call(reqwest::Method::POST, url, json!({"tokenKey": token}), None)
+            .await?
+            .unwrap_or(Value::Null);
+        let scopes = answer["scopes"]
+            .as_array()
+            .map(|all| all.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        Ok(scopes)
+    }
+
     fn property_url(&self, rest: &str) -> String {
         format!("{}/crm/v3/properties/contacts{rest}", self.api_base)
     }

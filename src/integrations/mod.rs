@@ -9,6 +9,7 @@ pub mod whatsapp;
 
 use std::time::Duration;
 
+use crate::config::WorkerSettings;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -104,13 +105,13 @@ impl Outbound {
         }
     }
 
-    pub fn new(sandbox: bool, store: Store) -> Result<Outbound, reqwest::Error> {
+    pub fn new(sandbox: bool, store: Store, worker: &WorkerSettings) -> Result<Outbound, reqwest::Error> {
         if sandbox {
             return Ok(Outbound::Sandbox(store));
         }
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
+            .connect_timeout(Duration::from_millis(worker.outbound_connect_timeout_ms))
+            .timeout(Duration::from_millis(worker.outbound_timeout_ms))
             .build()?;
         Ok(Outbound::Live(client))
     }

@@ -1,7 +1,13 @@
 //! Paces calls to an outside API: at most `per_interval` calls per `interval`. Within
-//! this process calls are spaced evenly; with a shared store, every call also reserves a
-//! place in the interval's window in the database, so the limit holds for the whole
-//! deployment however many replicas run (a call whose window is full waits for the next).
+//! this process calls are spaced evenly; with a shared store, every call also needs a
+//! place in the interval's window reserved in the database, so the limit holds for the
+//! whole deployment however many replicas run (a call whose window is full waits for the
+//! next). Places are reserved in small blocks (a twentieth of the rate), so a busy
+//! replica makes one reservation per block rather than per call; a place left unused
+//! when its window ends is lost, which can only lower the rate. The last hundredth of
+//! each window is left unused, so a call made at the end of its window does not arrive
+//! in the next one (where it would count on top of that window's full share): at most
+//! 99 % of the configured rate is used.
 
 use std::time::Duration;
 
@@ -22,6 +28,43 @@ struct SharedRate {
     bucket: String,
     per_interval: i64,
     interval_ms: i64,
+    block: i64,
+    /// Places reserved and not yet used: (window start, how many).
+    reserved: Mutex<Option<(i64, i64)>>,
+}
+
+impl SharedRate {
+    /// The start of the window of this call's place: from the block in hand if its window
+    /// has not ended, else from a new block reserved in the database. The lock is held
+    /// while reserving, so concurrent callers share one new block instead of each
+    /// reserving (and discarding) their own.
+    async fn place(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        let guard = (self.interval_ms / 100).max(1);
+        let mut reserved = self.reserved.lock().await;
+        let now = now_ms();
+        if let Some((window_start, left)) = *reserved {
+            if left > 0 && now < window_start + self.interval_ms - guard {
+                *reserved = Some((window_start, left - 1));
+                return Ok(Some(window_start));
+            }
+        }
+        *reserved = None;
+        let granted = self
+            .store
+            .reserve_rate_slots(
+                &self.bucket,
+                self.interval_ms,
+                self.per_interval,
+                self.block,
+                now + guard,
+            )
+            .await?;
+        let Some((window_start, count)) = granted else {
+            return Ok(None);
+        };
+        *reserved = Some((window_start, count - 1));
+        Ok(Some(window_start))
+    }
 }
 
 impl Pacer {
@@ -36,12 +79,15 @@ impl Pacer {
 
     /// The same pace, held across every replica that shares `store` under `bucket`.
     pub fn shared(per_interval: u32, interval: Duration, store: Store, bucket: String) -> Pacer {
+        let per_interval_i64 = i64::from(per_interval.max(1));
         Pacer {
             shared: Some(SharedRate {
                 store,
                 bucket,
-                per_interval: i64::from(per_interval.max(1)),
+                per_interval: per_interval_i64,
                 interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
+                block: (per_interval_i64 / 20).max(1),
+                reserved: Mutex::new(None),
             }),
             ..Pacer::new(per_interval, interval)
         }
@@ -58,11 +104,7 @@ impl Pacer {
         };
         tokio::time::sleep_until(slot).await;
         let Some(shared) = &self.shared else { return };
-        match shared
-            .store
-            .reserve_rate_slot(&shared.bucket, shared.interval_ms, shared.per_interval)
-            .await
-        {
+        match shared.place().await {
             Ok(Some(window_start)) => {
                 let wait = window_start - now_ms();
                 if wait > 0 {

@@ -509,7 +509,59 @@ fn template(d: &mut Diagnosis, name: &str, languages: &[String], found: Result<(
     }
 }
 
+/// Scopes referloop's HubSpot calls need: reading and writing contacts, and reading and
+/// creating their properties.
+const HUBSPOT_SCOPES: [&str; 4] = [
+    "crm.objects.contacts.read",
+    "crm.objects.contacts.write",
+    "crm.schemas.contacts.read",
+    "crm.schemas.contacts.write",
+];
+/// Needed only for conversions from deals (the deal's contacts are read).
+const HUBSPOT_DEAL_SCOPE: &str = "crm.objects.deals.read";
+
+async fn hubspot_token(s: &Services, d: &mut Diagnosis) {
+    const WHERE: &str = "HubSpot → Settings → Integrations → Private apps (or Service keys) → Scopes";
+    let scopes = match s.hubspot.token_scopes().await {
+        Ok(scopes) => scopes,
+        Err(e) => {
+            // Service keys cannot be introspected; the property checks below still show
+            // what the token may do.
+            d.warn(
+                "hubspot",
+                "token scopes",
+                format!("not readable: {e}"),
+                "a service key cannot be inspected; the property checks below show what it can do",
+            );
+            return;
+        }
+    };
+    let missing: Vec<&str> = HUBSPOT_SCOPES
+        .iter()
+        .copied()
+        .filter(|needed| !scopes.iter().any(|s| s == needed))
+        .collect();
+    if !missing.is_empty() {
+        d.fail(
+            "hubspot",
+            "token scopes",
+            format!("missing {}", missing.join(", ")),
+            format!("add them in {WHERE}"),
+        );
+    } else if !scopes.iter().any(|s| s == HUBSPOT_DEAL_SCOPE) {
+        d.warn(
+            "hubspot",
+            "token scopes",
+            format!("missing {HUBSPOT_DEAL_SCOPE}"),
+            format!("conversions from deals need it: add it in {WHERE}"),
+        );
+    } else {
+        d.add("hubspot", "token scopes", Status::Ok, HUBSPOT_SCOPES.join(", "));
+    }
+}
+
 async fn hubspot_account(s: &Services, d: &mut Diagnosis) {
+    hubspot_token(s, d).await;
     match hubspot::setup(&s.hubspot, &s.settings, true).await {
         Ok(report) => {
             for finding in report.findings {

@@ -1,11 +1,13 @@
 //! The inbox: every webhook event we acknowledged, unique per (source, dedupe key).
 
+use sqlx::Row;
+
 use super::{now_ms, Store, StoreError};
 use crate::domain::inbound::NewInboxEvent;
 use crate::domain::state::{Persisted, QueueState};
 
 /// Rows per INSERT: 6 binds each keeps a statement well under both backends' bind limits.
-const INSERT_CHUNK: usize = 500;
+pub(super) const INSERT_CHUNK: usize = 500;
 
 /// A multi-row INSERT with numbered placeholders (`$n` works on both backends, where
 /// sqlx's `Any` query builder would emit `?`, which PostgreSQL rejects).
@@ -62,6 +64,44 @@ impl Store {
         }
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// Stores the events of several requests in one statement (at most [`INSERT_CHUNK`]
+    /// rows, so one statement and no explicit transaction); returns each request's count
+    /// of new events. Used by [`super::InboxWriter`].
+    pub(super) async fn insert_inbox_group(
+        &self,
+        requests: &[(&[NewInboxEvent], i64)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let rows: usize = requests.iter().map(|(events, _)| events.len()).sum();
+        if rows == 0 {
+            return Ok(vec![0; requests.len()]);
+        }
+        if rows > INSERT_CHUNK {
+            return Err(StoreError::Exhausted("an inbox group larger than one statement"));
+        }
+        let _turn = self.write_turn().await;
+        let now = now_ms();
+        let sql = format!("{} RETURNING source, dedupe_key", insert_sql(rows));
+        let mut insert = sqlx::query(&sql);
+        for (events, max_attempts) in requests {
+            for event in events.iter() {
+                insert = insert
+                    .bind(event.source.as_str())
+                    .bind(event.dedupe_key.as_str())
+                    .bind(event.kind.as_str())
+                    .bind(event.payload.as_str())
+                    .bind(*max_attempts)
+                    .bind(now);
+            }
+        }
+        let inserted = insert
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("source")?, row.try_get("dedupe_key")?)))
+            .collect::<Result<Vec<(String, String)>, sqlx::Error>>()?;
+        Ok(super::group_commit::new_per_request(requests, inserted))
     }
 
     /// Total events stored from one source (the load generator's check).

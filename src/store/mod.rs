@@ -3,6 +3,7 @@
 //! (job claiming, migrations) the backend is matched explicitly.
 
 mod faults;
+mod group_commit;
 mod inbox;
 mod jobs;
 mod outbound;
@@ -22,6 +23,7 @@ use sqlx::{AnyPool, ConnectOptions};
 
 pub use crate::domain::state::QueueState;
 pub use faults::{in_attempt, Faults};
+pub use group_commit::InboxWriter;
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
 pub use queue::{ClaimedItem, Queue, QueueRow};
@@ -154,9 +156,13 @@ impl Store {
         let options = AnyConnectOptions::from_str(&url)?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        // No ping before each use of a pooled connection: it would double the round trips
+        // of every statement. A connection broken by a database restart fails its next
+        // statement instead, which is retried like any other database error.
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         if backend == Backend::Sqlite {

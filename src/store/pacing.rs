@@ -9,27 +9,39 @@ use super::{now_ms, Store, StoreError};
 const MAX_WINDOWS_AHEAD: i64 = 600;
 
 impl Store {
-    /// Reserves one call in `bucket`: the start of the first window of `window_ms` (from
-    /// the current one) in which fewer than `limit` calls were reserved. `None` when every
-    /// window within reach is full.
-    pub async fn reserve_rate_slot(&self, bucket: &str, window_ms: i64, limit: i64) -> Result<Option<i64>, StoreError> {
+    /// Reserves up to `wanted` calls in `bucket`, all in one window of `window_ms`: the
+    /// first window (from the one holding `earliest`) with room for the whole block, or
+    /// else for a single call. Returns the window's start and how many calls were granted
+    /// there; `None` when every window within reach is full.
+    pub async fn reserve_rate_slots(
+        &self,
+        bucket: &str,
+        window_ms: i64,
+        limit: i64,
+        wanted: i64,
+        earliest: i64,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let first = now - now.rem_euclid(window_ms.max(1));
+        let first = earliest - earliest.rem_euclid(window_ms.max(1));
+        let wanted = wanted.clamp(1, limit.max(1));
         for ahead in 0..MAX_WINDOWS_AHEAD {
             let window_start = first + ahead * window_ms;
-            let granted: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO rate_slots (bucket, window_start, used) VALUES ($1, $2, 1) \
-                 ON CONFLICT (bucket, window_start) DO UPDATE SET used = rate_slots.used + 1 \
-                 WHERE rate_slots.used < $3 RETURNING used",
-            )
-            .bind(bucket)
-            .bind(window_start)
-            .bind(limit)
-            .fetch_optional(&self.pool)
-            .await?;
-            if granted.is_some() {
-                if granted == Some(1) {
+            let sizes: &[i64] = if wanted > 1 { &[wanted, 1] } else { &[1] };
+            for &size in sizes {
+                let used: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO rate_slots (bucket, window_start, used) VALUES ($1, $2, $4) \
+                     ON CONFLICT (bucket, window_start) DO UPDATE SET used = rate_slots.used + $4 \
+                     WHERE rate_slots.used + $4 <= $3 RETURNING used",
+                )
+                .bind(bucket)
+                .bind(window_start)
+                .bind(limit)
+                .bind(size)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(used) = used else { continue };
+                if used == size {
                     // A new window: forget the old ones of this bucket.
                     sqlx::query("DELETE FROM rate_slots WHERE bucket = $1 AND window_start < $2")
                         .bind(bucket)
@@ -37,7 +49,7 @@ impl Store {
                         .execute(&self.pool)
                         .await?;
                 }
-                return Ok(Some(window_start));
+                return Ok(Some((window_start, size)));
             }
         }
         Ok(None)

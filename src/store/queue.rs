@@ -80,11 +80,18 @@ impl Store {
         };
         let table = queue.table();
         let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
+        // The first due item, and the first whose lease lapsed, each found through its own
+        // partial index (one condition with OR would scan and sort the whole queue); the
+        // earlier of the two is claimed.
         let sql = format!(
             "UPDATE {table} SET state = '{running}', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
-             WHERE id = (SELECT id FROM {table} \
-                 WHERE (state IN ({waiting}) AND run_at <= $3) OR (state = '{running}' AND lease_until < $3) \
-                 ORDER BY run_at, id LIMIT 1 {lock}) \
+             WHERE id = (SELECT id FROM ( \
+                 SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
+                     WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT 1 {lock}) AS due \
+                 UNION ALL \
+                 SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
+                     WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT 1 {lock}) AS lapsed \
+             ) AS candidates ORDER BY run_at, id LIMIT 1) \
              RETURNING id, kind, payload, attempts, max_attempts"
         );
         let row = sqlx::query(&sql)

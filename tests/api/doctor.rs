@@ -29,6 +29,7 @@ struct Account {
     subscribed: bool,
     flow_status: &'static str,
     scopes: Vec<&'static str>,
+    hubspot_scopes: Vec<&'static str>,
     rejected: Option<&'static str>,
     properties: Properties,
 }
@@ -105,6 +106,14 @@ async fn diagnose(account: Account) -> doctor::Diagnosis {
             .await;
     }
     let hubspot = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/v2/private-apps/get/access-token-info"))
+        .and(wiremock::matchers::body_json(json!({"tokenKey": HUBSPOT_TOKEN})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            json!({"userId": 4_100_001, "hubId": 48_000_001, "appId": 3_300_001, "scopes": account.hubspot_scopes}),
+        ))
+        .mount(&hubspot)
+        .await;
     Mock::given(path_regex(r"^/crm/v3/properties/contacts"))
         .respond_with(account.properties.clone())
         .mount(&hubspot)
@@ -136,6 +145,13 @@ async fn a_healthy_account_passes() {
         subscribed: true,
         flow_status: "PUBLISHED",
         scopes: vec!["whatsapp_business_management", "whatsapp_business_messaging"],
+        hubspot_scopes: vec![
+            "crm.objects.contacts.read",
+            "crm.objects.contacts.write",
+            "crm.schemas.contacts.read",
+            "crm.schemas.contacts.write",
+            "crm.objects.deals.read",
+        ],
         rejected: None,
         properties: every_property(),
     })
@@ -147,6 +163,10 @@ async fn a_healthy_account_passes() {
         .checks
         .iter()
         .any(|c| c.name == "template tmpl_referral_invite (en_US)" && c.status == Status::Ok));
+    assert!(diagnosis
+        .checks
+        .iter()
+        .any(|c| c.area == "hubspot" && c.name == "token scopes" && c.status == Status::Ok));
     let json = serde_json::to_value(&diagnosis).expect("json");
     assert!(json["checks"].as_array().is_some_and(|c| c.len() > 15));
 }
@@ -157,6 +177,7 @@ async fn a_broken_account_is_explained() {
         subscribed: false,
         flow_status: "DRAFT",
         scopes: vec!["whatsapp_business_messaging"],
+        hubspot_scopes: vec!["crm.objects.contacts.read", "crm.schemas.contacts.read"],
         rejected: Some("INVALID_FORMAT"),
         properties: Properties::default(),
     })
@@ -181,6 +202,19 @@ async fn a_broken_account_is_explained() {
     assert!(missing.fix.as_deref().unwrap_or("").contains("referloop setup hubspot"));
     assert!(failed("NPS property").is_some());
     assert!(failed("Flow referral_nomination").is_some_and(|c| c.detail == "DRAFT"));
-    assert!(failed("token scopes").is_some_and(|c| c.detail.contains("whatsapp_business_management")));
+    let scopes = |area: &str| {
+        diagnosis
+            .checks
+            .iter()
+            .find(|c| c.area == area && c.name == "token scopes" && c.status == Status::Fail)
+            .cloned()
+    };
+    assert!(scopes("whatsapp").is_some_and(|c| c.detail.contains("whatsapp_business_management")));
+    let hubspot = scopes("hubspot").expect("HubSpot scopes reported");
+    assert_eq!(
+        hubspot.detail,
+        "missing crm.objects.contacts.write, crm.schemas.contacts.write"
+    );
+    assert!(hubspot.fix.as_deref().unwrap_or("").contains("Private apps"));
     assert!(diagnosis.lines().iter().any(|l| l.starts_with('✗')));
 }

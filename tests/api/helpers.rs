@@ -81,6 +81,9 @@ pub struct TestApp {
     pub address: String,
     pub store: Store,
     pub client: reqwest::Client,
+    /// The environment the app's settings were loaded from (for processes of the real
+    /// binary that join it, such as extra workers).
+    pub env: Vec<(String, String)>,
     _db: TestDatabase,
     stop: Option<oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<()>>,
@@ -120,7 +123,7 @@ impl TestApp {
     pub async fn spawn_with_database(db: TestDatabase, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> TestApp {
         let mut env = base_env(&db.url);
         adjust(&mut env);
-        let settings = Settings::load_from(None, env).expect("test settings");
+        let settings = Settings::load_from(None, env.clone()).expect("test settings");
         let app = Application::build(settings).await.expect("build app");
         let address = format!("http://127.0.0.1:{}", app.port());
         let store = app.store();
@@ -140,6 +143,7 @@ impl TestApp {
             address,
             store,
             client,
+            env,
             _db: db,
             stop: Some(stop),
             handle: Some(handle),

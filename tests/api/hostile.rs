@@ -247,7 +247,62 @@ async fn database_errors_do_not_reach_clients(backend: Backend) {
     app.shutdown().await;
 }
 
+/// A client that hangs up while its events are being written does not cancel the write
+/// halfway (which returned connections to the pool inside a transaction): the write
+/// finishes, and the server goes on serving. The inbox is held locked from outside so the
+/// client is sure to give up first.
+async fn a_client_hanging_up_does_not_cancel_the_write(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
+    let url = app.database_url().to_string();
+    let mut pg = None;
+    let mut sqlite = None;
+    match backend {
+        Backend::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+            conn.execute("BEGIN").await.expect("begin");
+            conn.execute("LOCK TABLE inbox_events IN EXCLUSIVE MODE")
+                .await
+                .expect("lock");
+            pg = Some(conn);
+        }
+        Backend::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("connect");
+            conn.execute("BEGIN IMMEDIATE").await.expect("lock");
+            sqlite = Some(conn);
+        }
+    }
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let body = crate::whatsapp::texts_body();
+    let gave_up = impatient
+        .post(app.url("/webhooks/whatsapp"))
+        .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
+        .body(body)
+        .send()
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()), "the client hung up first");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Some(mut conn) = pg {
+        conn.execute("COMMIT").await.expect("unlock");
+    }
+    if let Some(mut conn) = sqlite {
+        conn.execute("COMMIT").await.expect("unlock");
+    }
+    let written = eventually(Duration::from_secs(5), || {
+        let store = app.store.clone();
+        async move { store.count_inbox_events("whatsapp").await.is_ok_and(|n| n == 3) }
+    })
+    .await;
+    assert!(written, "the write finished after the client left");
+    let (status, _) = post_whatsapp(&app, load_message(1)).await;
+    assert_eq!(status, 200, "and the server goes on serving");
+    app.shutdown().await;
+}
+
 both_backends!(
+    a_client_hanging_up_does_not_cancel_the_write,
     ids_cannot_steer_outbound_urls,
     nul_characters_are_decided_at_the_boundary,
     oversized_batches_are_refused_whole,
@@ -287,4 +342,108 @@ async fn postgres_outage_fails_fast_and_recovers() {
     .await;
     assert!(recovered, "served again without a restart");
     app.shutdown().await;
+}
+
+/// One text message from `from`, id `wamid.LOAD<n>`, in a signed-ready batch.
+fn load_message(n: usize) -> Vec<u8> {
+    serde_json::json!({"object": "whatsapp_business_account", "entry": [{"id": "100000000000101", "changes": [{
+        "field": "messages", "value": {"messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "12025550100", "phone_number_id": "100000000000202"},
+        "messages": [{"from": format!("4479111{:05}", 50_000 + n % 40), "id": format!("wamid.LOAD{n}"),
+                      "timestamp": "1795510810", "type": "text", "text": {"body": format!("hello {n}")}}]}}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// PostgreSQL stopped and started again under load (connections refused and every
+/// session terminated, as a stopped server looks to its clients). Four senders post
+/// webhooks steadily and, like Meta, repeat each one until it is acknowledged.
+/// During the outage they get quick 503s, never a 500; afterwards every event is stored
+/// and processed exactly once, with no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_under_load_loses_and_repeats_nothing() {
+    const SENDERS: usize = 4;
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let name = db.url.rsplit('/').next().unwrap_or_default().to_string();
+    // Items a worker held when the database went away come back when their lease lapses.
+    let app = std::sync::Arc::new(
+        TestApp::spawn_with_database(db, |env| {
+            set_env(env, "REFERLOOP_WORKER__LEASE_SECONDS", "2");
+            set_env(env, "REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "1,1,1,1,1");
+        })
+        .await,
+    );
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("admin");
+    let sending = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let mut senders = tokio::task::JoinSet::new();
+    for sender in 0..SENDERS {
+        let (app, sending) = (app.clone(), sending.clone());
+        senders.spawn(async move {
+            let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+            let mut sent = 0;
+            while sending.load(std::sync::atomic::Ordering::SeqCst) {
+                loop {
+                    let (status, _) = post_whatsapp(&app, load_message(sender * 1_000_000 + sent)).await;
+                    *answers.entry(status).or_default() += 1;
+                    if status == 200 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                sent += 1;
+                // A steady load rather than a flood: the worker has to process it all.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (sent, answers)
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let block = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
+    admin.execute(block(false).as_str()).await.expect("stop");
+    admin
+        .execute(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'").as_str())
+        .await
+        .expect("terminate sessions");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    admin.execute(block(true).as_str()).await.expect("start again");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sending.store(false, std::sync::atomic::Ordering::SeqCst);
+
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    let mut sent = 0;
+    while let Some(result) = senders.join_next().await {
+        let (n, by_status) = result.expect("a sender");
+        sent += n;
+        for (status, count) in by_status {
+            *answers.entry(status).or_default() += count;
+        }
+    }
+    println!("outage under load: {sent} events sent; answers by status {answers:?}");
+    assert!(
+        answers.get(&503).copied().unwrap_or(0) > 0,
+        "the outage was seen: {answers:?}"
+    );
+    assert!(
+        answers.keys().all(|s| *s == 200 || *s == 503),
+        "only 200 and 503: {answers:?}"
+    );
+    assert_eq!(
+        app.store.count_inbox_events("whatsapp").await.expect("count"),
+        sent as i64,
+        "every event stored once"
+    );
+    let processed = eventually(Duration::from_secs(120), || {
+        let store = app.store.clone();
+        async move {
+            store
+                .list(Queue::Inbox, None, 1_000_000)
+                .await
+                .is_ok_and(|items| items.len() == sent && items.iter().all(|i| i.state.as_str() == "done"))
+        }
+    })
+    .await;
+    assert!(processed, "every event processed after the outage");
+    if let Ok(app) = std::sync::Arc::try_unwrap(app) {
+        app.shutdown().await;
+    }
 }

@@ -1,0 +1,228 @@
+//! Workers of the real binary killed with SIGKILL at random moments during whole
+//! referrals, from the trigger through both rewards. The HTTP side runs in the test
+//! (so webhooks are always acknowledged); the work runs only in worker processes
+//! (three on PostgreSQL, two on SQLite), each killed and restarted at random. Every
+//! message, contact, promotion code and reward still happens exactly once on the
+//! outside, counted by the stateful fakes.
+//!
+//! The kill schedule is printed with its seed; `REFERLOOP_KILL_SEED=<n>` replays it and
+//! `REFERLOOP_KILL_REFERRALS=<n>` runs more referrals (scripts/faults does).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use referloop::domain::state::Persisted;
+use referloop::store::{Backend, Queue};
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::chaos::{chaos_env, drain, sends_to, Outside};
+use crate::fakes::*;
+use crate::helpers::*;
+use crate::lifecycle::nomination;
+
+/// One referrer and the friend they nominate.
+struct Pair {
+    contact: String,
+    referrer: String,
+    friend: String,
+}
+
+fn pairs(n: usize) -> Vec<Pair> {
+    (0..n)
+        .map(|i| Pair {
+            contact: format!("{}", 91_000 + i),
+            referrer: format!("+4479111{:05}", 30_000 + i),
+            friend: format!("+4479111{:05}", 40_000 + i),
+        })
+        .collect()
+}
+
+fn start_worker(env: &[(String, String)]) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_referloop"));
+    command
+        .arg("serve")
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .env("REFERLOOP_WORKER__ENABLED", "true")
+        .env("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0")
+        .spawn()
+        .expect("start a referloop worker")
+}
+
+/// Kills a random worker every 0.1–0.9 s and starts it again while `phase` is
+/// KILLING; lets them work while it is CALM; stops them at FINISHED. Returns the kills.
+const KILLING: usize = 0;
+const CALM: usize = 1;
+const FINISHED: usize = 2;
+
+fn kill_at_random(
+    env: Vec<(String, String)>,
+    count: usize,
+    seed: u64,
+    phase: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut workers: Vec<Child> = (0..count).map(|_| start_worker(&env)).collect();
+        let mut kills = 0;
+        while phase.load(Ordering::SeqCst) == KILLING {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(100..900))).await;
+            let victim = rng.gen_range(0..workers.len());
+            let _ = workers[victim].kill();
+            let _ = workers[victim].wait();
+            kills += 1;
+            workers[victim] = start_worker(&env);
+        }
+        while phase.load(Ordering::SeqCst) == CALM {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for mut worker in workers {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        kills
+    })
+}
+
+async fn wait_for_send(outside: &Outside, name: &str, to: &str) -> Value {
+    let mut found = None;
+    let sent = eventually(Duration::from_secs(90), || {
+        found = outside.graph.of(name).into_iter().find(|b| b["to"] == to);
+        std::future::ready(found.is_some())
+    })
+    .await;
+    assert!(sent, "{name} to {to} was never sent");
+    found.unwrap_or(Value::Null)
+}
+
+/// Drives one whole referral through the app's webhooks and API, waiting at each step
+/// for the workers to do their part.
+async fn whole_referral(lc: &Lifecycle, outside: &Outside, pair: &Pair, n: usize) {
+    let trigger = lc
+        .nps(&pair.contact, &pair.referrer, "Ana", "10", "1767225600000")
+        .await;
+    assert_eq!(trigger, 200);
+    wait_for_send(outside, "tmpl_referral_invite", &pair.referrer).await;
+    let invites = lc.app.store.list_invites(1_000).await.expect("invites");
+    let invite = invites
+        .iter()
+        .find(|i| i.contact_id == pair.contact && i.state.as_str() != "ineligible")
+        .expect("an invite");
+    let tap = refer_tap(&pair.referrer, &format!("wamid.TAP{n}"), invite.id);
+    assert_eq!(lc.inbound(tap).await, 200);
+    let flow = wait_for_send(outside, "interactive", &pair.referrer).await;
+    let token = flow["interactive"]["action"]["parameters"]["flow_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let reply = flow_reply(
+        &pair.referrer,
+        &format!("wamid.NOM{n}"),
+        "x",
+        nomination(Some(&token), &pair.friend, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    wait_for_send(outside, "tmpl_referral_friend_invite", &pair.friend).await;
+    let referrals = lc.app.store.list_referrals(1_000).await.expect("referrals");
+    let code = referrals
+        .iter()
+        .find(|r| r.friend_phone == pair.friend)
+        .map(|r| r.referral_code.clone())
+        .expect("the referral");
+    let (status, body) = lc
+        .api_conversion(json!({"external_id": format!("order-{n}"), "referral_code": code}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+async fn workers_killed_at_random_do_everything_once(backend: Backend) {
+    let count: usize = std::env::var("REFERLOOP_KILL_REFERRALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let seed: u64 = std::env::var("REFERLOOP_KILL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    let lc = Lifecycle::start(backend, |env| {
+        chaos_env(env);
+        set_env(env, "REFERLOOP_WORKER__ENABLED", "false");
+        set_env(env, "REFERLOOP_WORKER__LEASE_SECONDS", "2");
+    })
+    .await;
+    let outside = Outside::mount(&lc, false).await;
+    let workers = match backend {
+        Backend::Postgres => 3,
+        Backend::Sqlite => 2,
+    };
+    let phase = Arc::new(AtomicUsize::new(KILLING));
+    let killer = kill_at_random(lc.app.env.clone(), workers, seed, phase.clone());
+
+    let lc = Arc::new(lc);
+    let outside = Arc::new(outside);
+    let mut drives = tokio::task::JoinSet::new();
+    for (n, pair) in pairs(count).into_iter().enumerate() {
+        let (lc, outside) = (lc.clone(), outside.clone());
+        drives.spawn(async move {
+            whole_referral(&lc, &outside, &pair, n).await;
+            pair
+        });
+    }
+    let mut pairs = Vec::new();
+    while let Some(driven) = drives.join_next().await {
+        pairs.push(driven.expect("a referral driven through"));
+    }
+    // Keep killing while the conversions turn into rewards.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    phase.store(CALM, Ordering::SeqCst);
+    drain(&lc, Duration::from_secs(120)).await;
+    phase.store(FINISHED, Ordering::SeqCst);
+    let kills = killer.await.unwrap_or(0);
+    outside.stop();
+
+    println!("{backend:?}: {count} referrals, {workers} workers, {kills} kills (REFERLOOP_KILL_SEED={seed})");
+    assert!(kills > 0, "workers were killed");
+    for pair in &pairs {
+        for (template, to) in [
+            ("tmpl_referral_invite", &pair.referrer),
+            ("interactive", &pair.referrer),
+            ("tmpl_referral_friend_invite", &pair.friend),
+            ("tmpl_referral_thanks", &pair.referrer),
+            ("tmpl_referral_reward", &pair.referrer),
+            ("tmpl_referral_reward", &pair.friend),
+        ] {
+            assert_eq!(
+                sends_to(&outside.graph, template, to),
+                1,
+                "{template} to {to} exactly once (seed {seed})"
+            );
+        }
+    }
+    assert_eq!(outside.contacts.created.all().len(), count, "one contact per friend");
+    assert_eq!(
+        outside.codes.created.all().len(),
+        count,
+        "one promotion code per friend"
+    );
+    let rewards = lc.app.store.list_rewards(1_000).await.expect("rewards");
+    assert_eq!(rewards.len(), 2 * count);
+    assert!(rewards.iter().all(|r| r.state.as_str() == "issued"), "{rewards:?}");
+    let referrals = lc.app.store.list_referrals(1_000).await.expect("referrals");
+    assert!(referrals.iter().all(|r| r.state.as_str() == "converted"));
+    let jobs = lc.app.store.list(Queue::Jobs, None, 10_000).await.expect("jobs");
+    assert!(jobs.iter().all(|j| j.state.as_str() == "done"), "no dead job: {jobs:?}");
+    if let Ok(lc) = Arc::try_unwrap(lc) {
+        lc.shutdown().await;
+    }
+}
+
+both_backends!(workers_killed_at_random_do_everything_once);

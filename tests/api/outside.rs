@@ -1,0 +1,221 @@
+//! Stateful fakes of the outside APIs for the fault tests, where a call may act and still
+//! fail on our side (a timeout after the outside acted, a worker killed mid-call):
+//! - the Graph API accepts sends and, like Meta, reports each as `sent` in a status
+//!   webhook that echoes our `biz_opaque_callback_data`;
+//! - HubSpot keeps the contacts it created and finds them by phone;
+//! - Stripe keeps each promotion code under its Idempotency-Key and replays the first
+//!   answer for a repeated key, as Stripe does.
+//!
+//! Each counts what it actually did, so a test can assert "exactly once" on the outside.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use referloop::signatures::sign_meta;
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::fakes::{graph_error, MESSAGES_PATH, PHONE_NUMBER_ID};
+use crate::helpers::WHATSAPP_APP_SECRET;
+
+/// What a fake did: one entry per effect, in order.
+#[derive(Clone, Default)]
+pub struct Effects(Arc<Mutex<Vec<Value>>>);
+
+impl Effects {
+    fn push(&self, effect: Value) {
+        if let Ok(mut all) = self.0.lock() {
+            all.push(effect);
+        }
+    }
+
+    pub fn all(&self) -> Vec<Value> {
+        self.0.lock().map(|all| all.clone()).unwrap_or_default()
+    }
+}
+
+/// Graph API sends: each accepted message is an effect (its body, plus the wamid), and a
+/// `sent` status for it waits in `statuses` until [`forward_statuses`] posts it.
+#[derive(Clone, Default)]
+pub struct GraphSends {
+    pub sent: Effects,
+    statuses: Arc<Mutex<Vec<Value>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Respond for GraphSends {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let Ok(mut body) = serde_json::from_slice::<Value>(&request.body) else {
+            return graph_error(400, 100, "Invalid parameter");
+        };
+        let wamid = format!("wamid.CHAOS{}", self.next.fetch_add(1, Ordering::SeqCst));
+        let to = body["to"].as_str().unwrap_or("").to_string();
+        let recipient = to.trim_start_matches('+').to_string();
+        let mut status = json!({"id": wamid, "status": "sent", "timestamp": "1795510900", "recipient_id": recipient});
+        if let Some(callback) = body.get("biz_opaque_callback_data") {
+            status["biz_opaque_callback_data"] = callback.clone();
+        }
+        if let Ok(mut statuses) = self.statuses.lock() {
+            statuses.push(status);
+        }
+        body["wamid"] = json!(wamid);
+        self.sent.push(body);
+        ResponseTemplate::new(200).set_body_json(json!({
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": to, "wa_id": recipient}],
+            "messages": [{"id": wamid}]
+        }))
+    }
+}
+
+impl GraphSends {
+    pub async fn mount(&self, meta: &MockServer, priority: u8) {
+        Mock::given(method("POST"))
+            .and(path(MESSAGES_PATH))
+            .respond_with(self.clone())
+            .with_priority(priority)
+            .mount(meta)
+            .await;
+    }
+
+    /// Accepted sends of one template (or of a message type, e.g. "interactive").
+    pub fn of(&self, name: &str) -> Vec<Value> {
+        self.sent
+            .all()
+            .into_iter()
+            .filter(|b| b["template"]["name"] == name || b["type"] == name)
+            .collect()
+    }
+
+    fn take_statuses(&self) -> Vec<Value> {
+        self.statuses
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default()
+    }
+}
+
+/// Posts the `sent` statuses the Graph fake owes, signed like Meta's, until aborted;
+/// a status the app does not acknowledge is posted again, as Meta retries.
+pub fn forward_statuses(graph: GraphSends, webhook_url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let client = reqwest::Client::new();
+        let mut owed: Vec<Value> = Vec::new();
+        loop {
+            owed.extend(graph.take_statuses());
+            let mut unacknowledged = Vec::new();
+            for status in owed.drain(..) {
+                let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "100000000000101",
+                    "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
+                        "metadata": {"display_phone_number": "15550001234", "phone_number_id": PHONE_NUMBER_ID},
+                        "statuses": [status.clone()]}}]}]})
+                .to_string()
+                .into_bytes();
+                let answered = client
+                    .post(&webhook_url)
+                    .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
+                    .body(body)
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if !answered {
+                    unacknowledged.push(status);
+                }
+            }
+            owed = unacknowledged;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+/// HubSpot contacts: `POST /crm/v3/objects/contacts` creates one (an effect) and the
+/// search finds created contacts by any phone digits in its filters.
+#[derive(Clone, Default)]
+pub struct HubSpotContacts {
+    pub created: Effects,
+}
+
+impl Respond for HubSpotContacts {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        if request.url.path().ends_with("/search") {
+            let wanted = body.to_string();
+            let results: Vec<Value> = self
+                .created
+                .all()
+                .into_iter()
+                .filter(|c| {
+                    let phone = c["properties"]["phone"].as_str().unwrap_or("");
+                    !phone.is_empty() && wanted.contains(phone)
+                })
+                .collect();
+            return ResponseTemplate::new(200).set_body_json(json!({"total": results.len(), "results": results}));
+        }
+        let id = format!("96{:03}", self.created.all().len());
+        let contact = json!({"id": id, "properties": body["properties"].clone()});
+        self.created.push(contact.clone());
+        ResponseTemplate::new(201).set_body_json(contact)
+    }
+}
+
+impl HubSpotContacts {
+    pub async fn mount(&self, hubspot: &MockServer, priority: u8) {
+        for route in ["/crm/v3/objects/contacts", "/crm/v3/objects/contacts/search"] {
+            Mock::given(method("POST"))
+                .and(path(route))
+                .respond_with(self.clone())
+                .with_priority(priority)
+                .mount(hubspot)
+                .await;
+        }
+    }
+}
+
+/// Stripe promotion codes, kept by Idempotency-Key: a repeated key replays the first
+/// answer (with `Idempotent-Replayed: true`) and creates nothing.
+#[derive(Clone, Default)]
+pub struct StripePromotionCodes {
+    pub created: Effects,
+    answers: Arc<Mutex<BTreeMap<String, Value>>>,
+}
+
+impl Respond for StripePromotionCodes {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let Ok(mut answers) = self.answers.lock() else {
+            return ResponseTemplate::new(500);
+        };
+        if let Some(first) = answers.get(&key).filter(|_| !key.is_empty()) {
+            return ResponseTemplate::new(200)
+                .insert_header("idempotent-replayed", "true")
+                .set_body_json(first.clone());
+        }
+        let form: BTreeMap<String, String> = url::form_urlencoded::parse(&request.body).into_owned().collect();
+        let code = json!({"id": format!("promo_{}", answers.len() + 1), "object": "promotion_code",
+            "code": form.get("code"), "max_redemptions": 1, "active": true,
+            "promotion": {"type": "coupon", "coupon": form.get("promotion[coupon]")}});
+        answers.insert(key.clone(), code.clone());
+        self.created.push(json!({"idempotency_key": key, "code": code}));
+        ResponseTemplate::new(200).set_body_json(code)
+    }
+}
+
+impl StripePromotionCodes {
+    pub async fn mount(&self, stripe: &MockServer, priority: u8) {
+        Mock::given(method("POST"))
+            .and(path("/v1/promotion_codes"))
+            .respond_with(self.clone())
+            .with_priority(priority)
+            .mount(stripe)
+            .await;
+    }
+}
