@@ -743,11 +743,10 @@ impl Settings {
                 return Err(ConfigError::Invalid { key, problem });
             }
         }
-        if self.api.tokens.iter().any(|h| h.len() != 64 || hex::decode(h).is_err()) {
-            return invalid(
-                "api.tokens",
-                "each entry must be 64 hex characters (referloop api hash-token)".into(),
-            );
+        for entry in &self.api.tokens {
+            if let Err(e) = crate::domain::access::TokenDigest::parse(entry) {
+                return invalid("api.tokens", format!("{e} (referloop api hash-token)"));
+            }
         }
         if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
             return invalid("hubspot.webhook_api_key_header", "is not a valid header name".into());

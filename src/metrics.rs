@@ -1,6 +1,7 @@
 //! Prometheus metrics: HTTP requests by route and status with a latency histogram,
-//! webhook rejections by reason, stored events, worker outcomes, and queue sizes by
-//! state (read from the database at scrape time, so every replica reports the truth).
+//! webhook rejections by reason, stored events, worker outcomes, calls to outside APIs by
+//! outcome, and (read from the database at scrape time, so every replica reports the
+//! truth) queue sizes by state, the age of the oldest due item, and rewards by state.
 
 use prometheus_client::encoding::{text::encode, EncodeLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +45,26 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueNameLabels {
+    pub queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutsideCallLabels {
+    /// whatsapp, hubspot, stripe or reward_webhook.
+    pub api: String,
+    /// ok, auth_refused (401/403), rate_limited (429), refused (other 4xx),
+    /// server_error (5xx), timeout or unreachable.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RewardLabels {
+    pub beneficiary: String,
+    pub state: String,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -81,6 +102,11 @@ pub struct Metrics {
     pub whatsapp_send_errors: Family<SendErrorLabels, Counter>,
     pub reward_pool_exhausted: Counter,
     pub reward_codes_free: Gauge,
+    /// How long the oldest due item of each queue has waited (scrape time).
+    pub queue_oldest_due_seconds: Family<QueueNameLabels, Gauge>,
+    pub outside_calls: Family<OutsideCallLabels, Counter>,
+    /// Rewards in the ledger by beneficiary and state (scrape time).
+    pub rewards: Family<RewardLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +136,24 @@ impl Metrics {
         let template_sends_held = Family::<TemplateLabels, Counter>::default();
         let template_quality_changes = Family::<TemplateChangeLabels, Counter>::default();
         let template_category_changes = Family::<TemplateChangeLabels, Counter>::default();
+        let queue_oldest_due_seconds = Family::<QueueNameLabels, Gauge>::default();
+        let outside_calls = Family::<OutsideCallLabels, Counter>::default();
+        let rewards = Family::<RewardLabels, Gauge>::default();
+        registry.register(
+            "queue_oldest_due_seconds",
+            "How long the oldest item due in each queue has been waiting (0 when none; read from the database at scrape time)",
+            queue_oldest_due_seconds.clone(),
+        );
+        registry.register(
+            "outside_calls",
+            "Calls to outside APIs by api (whatsapp, hubspot, stripe, reward_webhook) and outcome (ok, auth_refused, rate_limited, refused, server_error, timeout, unreachable)",
+            outside_calls.clone(),
+        );
+        registry.register(
+            "rewards",
+            "Rewards in the ledger by beneficiary and state (read from the database at scrape time)",
+            rewards.clone(),
+        );
         registry.register(
             "template_quality_changes",
             "Template quality scores Meta reported (value: GREEN, YELLOW, RED, UNKNOWN)",
@@ -180,7 +224,19 @@ impl Metrics {
             whatsapp_send_errors,
             reward_pool_exhausted,
             reward_codes_free,
+            queue_oldest_due_seconds,
+            outside_calls,
+            rewards,
         }
+    }
+
+    pub fn outside_call(&self, api: &str, outcome: &str) {
+        self.outside_calls
+            .get_or_create(&OutsideCallLabels {
+                api: api.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
     }
 
     pub fn reject(&self, source: &str, reason: &str) {

@@ -26,7 +26,7 @@ pub struct Services {
 
 impl Services {
     pub fn new(store: Store, settings: Arc<Settings>, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
-        let outbound = Outbound::new(settings.sandbox(), store.clone(), &settings.worker)?;
+        let outbound = Outbound::new(&settings, store.clone(), metrics.clone())?;
         let code_pattern = CodePattern::parse(&settings.programme.code_pattern)?;
         Ok(Services {
             whatsapp: WhatsAppClient::new(&settings.whatsapp, outbound.clone(), &store),

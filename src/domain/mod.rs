@@ -3,9 +3,11 @@
 //! referral state machine, what Meta's answers mean, and how failed work is retried.
 //! Everything else (HTTP, storage, outside APIs) depends on this module, never the reverse.
 
+pub mod access;
 pub mod code;
 pub mod eligibility;
 pub mod flow_token;
+pub mod funnel;
 pub mod ids;
 pub mod inbound;
 pub mod messaging;

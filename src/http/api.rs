@@ -16,16 +16,22 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use crate::app::conversion::{attribute, convert};
 use crate::app::reward;
+use crate::domain::access::{Action, Role, TokenDigest};
 use crate::domain::phone::E164;
 use crate::domain::state::{ConversionOutcome, Persisted};
 use crate::store::NewConversion;
 
-fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
+pub(super) fn problem(status: StatusCode, reason: impl Into<String>) -> Response {
     (status, Json(json!({"error": reason.into()}))).into_response()
 }
 
-/// `Ok(())` for a configured token; otherwise the status and reason to answer with.
-fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &'static str)> {
+/// The role of the request's bearer token, when that role may take `action`; otherwise
+/// the status and reason to answer with (401 unknown token, 403 role not allowed).
+pub(super) fn authorise(
+    state: &AppState,
+    headers: &HeaderMap,
+    action: Action,
+) -> Result<Role, (StatusCode, &'static str)> {
     let allowed = &state.settings.api.tokens;
     if allowed.is_empty() {
         tracing::error!("API refused: api.tokens is empty");
@@ -41,15 +47,24 @@ fn authorise(state: &AppState, headers: &HeaderMap) -> Result<(), (StatusCode, &
         .map(str::trim)
         .unwrap_or("");
     let digest = hex::encode(Sha256::digest(token.as_bytes()));
-    let known = allowed.iter().fold(0u8, |found, h| {
-        found | digest.as_bytes().ct_eq(h.to_ascii_lowercase().as_bytes()).unwrap_u8()
-    });
-    if token.is_empty() || known == 0 {
+    // Every entry is compared, in constant time, whichever matches.
+    let mut role = None;
+    for entry in allowed.iter().filter_map(|e| TokenDigest::parse(e).ok()) {
+        if bool::from(digest.as_bytes().ct_eq(entry.digest.as_bytes())) {
+            role = role.max(Some(entry.role));
+        }
+    }
+    let Some(role) = role.filter(|_| !token.is_empty()) else {
         state.metrics.reject("api", "bad_token");
         tracing::warn!("API refused: missing or unknown bearer token");
         return Err((StatusCode::UNAUTHORIZED, "missing or unknown bearer token"));
+    };
+    if !role.may(action) {
+        state.metrics.reject("api", "role");
+        tracing::warn!(role = %role, "API refused: the token's role may not take this action");
+        return Err((StatusCode::FORBIDDEN, "this token's role may only read"));
     }
-    Ok(())
+    Ok(role)
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,7 +82,7 @@ pub async fn post_conversion(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers) {
+    if let Err((status, reason)) = authorise(&state, &headers, Action::Act) {
         return problem(status, reason);
     }
     let body = match body {
@@ -184,7 +199,7 @@ pub async fn post_conversion(
 }
 
 pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers) {
+    if let Err((status, reason)) = authorise(&state, &headers, Action::Act) {
         return problem(status, reason);
     }
     let Ok(id) = id.parse::<i64>() else {

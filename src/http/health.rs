@@ -37,6 +37,34 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     }
+    for (queue, name) in [(Queue::Inbox, "inbox"), (Queue::Jobs, "jobs")] {
+        match state.store.oldest_due(queue).await {
+            Ok(due) => {
+                let age = due.map_or(0, |at| (crate::store::now_ms() - at).max(0) / 1000);
+                state
+                    .metrics
+                    .queue_oldest_due_seconds
+                    .get_or_create(&crate::metrics::QueueNameLabels { queue: name.into() })
+                    .set(age);
+            }
+            Err(e) => tracing::warn!(error = %e, queue = name, "could not read the oldest due item for metrics"),
+        }
+    }
+    match state.store.reward_counts().await {
+        Ok(counts) => {
+            for (beneficiary, reward_state, n) in counts {
+                state
+                    .metrics
+                    .rewards
+                    .get_or_create(&crate::metrics::RewardLabels {
+                        beneficiary,
+                        state: reward_state,
+                    })
+                    .set(n);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not count rewards for metrics"),
+    }
     match state.store.free_pool_codes().await {
         Ok(free) => {
             state.metrics.reward_codes_free.set(free);

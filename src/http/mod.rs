@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, the shared state, and the middleware every request passes
 //! through (request id, tracing span, timeout, metrics).
 
+mod admin;
 mod api;
 mod error;
 mod health;
@@ -70,6 +71,14 @@ pub fn router(state: AppState) -> Router {
             post(api::post_conversion).layer(DefaultBodyLimit::max(64 * 1024)),
         )
         .route("/api/v1/referrals/{id}/void", post(api::void_referral))
+        .route("/api/v1/funnel", get(admin::funnel))
+        .route("/api/v1/referrals", get(admin::referrals))
+        .route("/api/v1/referrals/{id}/timeline", get(admin::timeline))
+        .route("/api/v1/rewards", get(admin::rewards))
+        .route("/api/v1/conversions", get(admin::conversions))
+        .route("/api/v1/dead", get(admin::dead))
+        .route("/api/v1/dead/{queue}/{id}/retry", post(admin::retry))
+        .route("/api/v1/export/referrals.csv", get(admin::referrals_csv))
         .route_layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
         // Layers run bottom-up for requests: the id is set first, so the span and every

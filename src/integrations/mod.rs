@@ -7,9 +7,11 @@ mod pacer;
 pub mod stripe;
 pub mod whatsapp;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::WorkerSettings;
+use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +47,39 @@ pub enum OutboundError {
 #[derive(Clone)]
 pub enum Outbound {
     Sandbox(Store),
-    Live(reqwest::Client),
+    Live(Live),
+}
+
+/// The live transport: the HTTP client, and what each call's outcome is counted under.
+#[derive(Clone)]
+pub struct Live {
+    client: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// (URL prefix, API name) for the `outside_calls` metric; other URLs are reward
+    /// webhooks.
+    apis: Arc<Vec<(String, &'static str)>>,
+}
+
+impl Live {
+    fn api_of(&self, url: &str) -> &'static str {
+        self.apis
+            .iter()
+            .find(|(prefix, _)| url.starts_with(prefix.as_str()))
+            .map_or("reward_webhook", |(_, api)| api)
+    }
+}
+
+/// How a call ended, as counted in `referloop_outside_calls_total`.
+fn call_outcome(answer: &Result<u16, &reqwest::Error>) -> &'static str {
+    match answer {
+        Ok(200..=299) => "ok",
+        Ok(401 | 403) => "auth_refused",
+        Ok(429) => "rate_limited",
+        Ok(400..=499) => "refused",
+        Ok(_) => "server_error",
+        Err(e) if e.is_timeout() => "timeout",
+        Err(_) => "unreachable",
+    }
 }
 
 /// A management call's raw answer, for checks that read status and body themselves
@@ -105,15 +139,25 @@ impl Outbound {
         }
     }
 
-    pub fn new(sandbox: bool, store: Store, worker: &WorkerSettings) -> Result<Outbound, reqwest::Error> {
-        if sandbox {
+    pub fn new(settings: &Settings, store: Store, metrics: Arc<Metrics>) -> Result<Outbound, reqwest::Error> {
+        if settings.sandbox() {
             return Ok(Outbound::Sandbox(store));
         }
+        let worker = &settings.worker;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(worker.outbound_connect_timeout_ms))
             .timeout(Duration::from_millis(worker.outbound_timeout_ms))
             .build()?;
-        Ok(Outbound::Live(client))
+        let apis = vec![
+            (settings.whatsapp.api_base.clone(), "whatsapp"),
+            (settings.hubspot.api_base.clone(), "hubspot"),
+            (settings.stripe.api_base.clone(), "stripe"),
+        ];
+        Ok(Outbound::Live(Live {
+            client,
+            metrics,
+            apis: Arc::new(apis),
+        }))
     }
 
     pub async fn send(&self, request: OutboundRequest) -> Result<OutboundResponse, OutboundError> {
@@ -127,12 +171,16 @@ impl Outbound {
                 tracing::info!(call_id, method, url = %request.url, bytes = request.body.len(), "sandbox: outbound call recorded, not sent (see `referloop outbound list`)");
                 Ok(OutboundResponse::Recorded { call_id })
             }
-            Outbound::Live(client) => {
-                let mut builder = client.request(request.method, &request.url).body(request.body);
+            Outbound::Live(live) => {
+                let api = live.api_of(&request.url);
+                let mut builder = live.client.request(request.method, &request.url).body(request.body);
                 for (name, value) in &request.headers {
                     builder = builder.header(name, value);
                 }
-                let response = builder.send().await?;
+                let sent = builder.send().await;
+                let answer = sent.as_ref().map(|r| r.status().as_u16());
+                live.metrics.outside_call(api, call_outcome(&answer));
+                let response = sent?;
                 let status = response.status().as_u16();
                 let headers = response.headers().clone();
                 let body = response.text().await?;

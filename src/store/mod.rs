@@ -10,6 +10,7 @@ mod outbound;
 mod pacing;
 mod queue;
 mod referrals;
+mod reporting;
 mod rewards;
 mod tx;
 
@@ -30,6 +31,7 @@ pub use queue::{ClaimedItem, Queue, QueueRow};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow,
 };
+pub use reporting::{AdminAction, FunnelDay, TimelineEntry};
 pub use rewards::{ConversionRow, NewConversion, NewReward, RewardRow};
 pub use tx::{ItemEnd, Lease, Tx};
 

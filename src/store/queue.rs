@@ -228,6 +228,27 @@ impl Store {
         Ok(retried.rows_affected() == 1)
     }
 
+    /// As [`Store::retry_dead`], for a person: the retry and the record of who asked for
+    /// it commit together. False when the item is not dead (nothing is recorded).
+    pub async fn retry_dead_by(&self, queue: Queue, id: i64, actor: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin(None).await?;
+        let sql = format!(
+            "UPDATE {} SET state = '{}', attempts = 0, run_at = $1, finished_at = NULL, lease_until = NULL \
+             WHERE id = $2 AND state = '{}'",
+            queue.table(),
+            q(QueueState::Queued),
+            q(QueueState::Dead)
+        );
+        let retried = sqlx::query(&sql).bind(now_ms()).bind(id).execute(tx.write()?).await?;
+        if retried.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let target = format!("{}:{id}", queue.table());
+        tx.record_admin_action(actor, "retry", &target).await?;
+        tx.commit("").await?;
+        Ok(true)
+    }
+
     /// Item counts by state, every state present (zero when empty).
     pub async fn count_by_state(&self, queue: Queue) -> Result<Vec<(QueueState, i64)>, StoreError> {
         let sql = format!("SELECT state, COUNT(*) AS n FROM {} GROUP BY state", queue.table());
@@ -241,6 +262,16 @@ impl Store {
             }
         }
         Ok(counts)
+    }
+
+    /// When the oldest item now due was due (`run_at`), if any is waiting.
+    pub async fn oldest_due(&self, queue: Queue) -> Result<Option<i64>, StoreError> {
+        let sql = format!(
+            "SELECT MIN(run_at) FROM {} WHERE state IN ({}) AND run_at <= $1",
+            queue.table(),
+            sql_list(QueueState::WAITING)
+        );
+        Ok(sqlx::query_scalar(&sql).bind(now_ms()).fetch_one(&self.pool).await?)
     }
 
     /// The newest items first, optionally in one state.

@@ -140,7 +140,8 @@ impl OptOutChange {
 
 const MESSAGE_COLUMNS: &str = "id, idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, \
     wamid, status, error_code, error_title, updated_at";
-const REFERRAL_COLUMNS: &str = "id, invite_id, flow_token, referrer_contact_id, referrer_phone, referrer_name, \
+pub(super) const REFERRAL_COLUMNS: &str =
+    "id, invite_id, flow_token, referrer_contact_id, referrer_phone, referrer_name, \
     referral_code, friend_phone, friend_name, personal_message, consent, language, state, reason, \
     friend_contact_id, nominated_at";
 const INVITE_COLUMNS: &str = "id, trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \

@@ -400,6 +400,17 @@ impl Store {
         Ok(None)
     }
 
+    /// Rewards by (beneficiary, state), for the metrics.
+    pub async fn reward_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query("SELECT beneficiary, state, COUNT(*) AS n FROM rewards GROUP BY beneficiary, state")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("beneficiary")?, row.try_get("state")?, row.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     pub async fn free_pool_codes(&self) -> Result<i64, StoreError> {
         let n = sqlx::query_scalar("SELECT COUNT(*) FROM reward_codes WHERE reward_id IS NULL")
             .fetch_one(&self.pool)

@@ -7,6 +7,7 @@ mod doctor;
 mod fakes;
 mod helpers;
 
+mod admin;
 mod attribution;
 mod fuzz;
 mod health;

@@ -1,0 +1,147 @@
+//! The programme's funnel: from the triggers of a period to rewarded referrals, each
+//! step with its count and its rate from the step before. The cohort is the triggers
+//! received in the period; every later step counts what became of them.
+
+use serde::Serialize;
+
+/// Counts for one cohort of triggers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FunnelCounts {
+    /// HubSpot workflow calls received (one per trigger key).
+    pub triggers: i64,
+    /// Triggers that passed the eligibility rules.
+    pub eligible: i64,
+    /// Eligible customers sent the invite template.
+    pub invited: i64,
+    /// Customers sent the referral Flow.
+    pub flow_sent: i64,
+    /// Friends nominated (one customer may nominate several).
+    pub nominated: i64,
+    /// Nominated friends reached: invited directly, or arrived through the share link.
+    pub friend_reached: i64,
+    /// Referrals converted (the friend bought).
+    pub converted: i64,
+    /// Converted referrals with at least one reward issued.
+    pub rewarded: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunnelStep {
+    pub step: &'static str,
+    pub count: i64,
+    /// This step's count over the previous step's, when that is not zero.
+    pub rate: Option<f64>,
+}
+
+impl FunnelCounts {
+    /// The steps in order, each with its rate from the one before.
+    pub fn steps(&self) -> Vec<FunnelStep> {
+        let counts = [
+            ("triggers", self.triggers),
+            ("eligible", self.eligible),
+            ("invited", self.invited),
+            ("flow_sent", self.flow_sent),
+            ("nominated", self.nominated),
+            ("friend_reached", self.friend_reached),
+            ("converted", self.converted),
+            ("rewarded", self.rewarded),
+        ];
+        let mut previous: Option<i64> = None;
+        counts
+            .into_iter()
+            .map(|(step, count)| {
+                let rate = previous.filter(|p| *p > 0).map(|p| count as f64 / p as f64);
+                previous = Some(count);
+                FunnelStep { step, count, rate }
+            })
+            .collect()
+    }
+}
+
+/// A period of whole days ending now, as the funnel is asked for it (7, 30, 90 days or
+/// custom), in Unix milliseconds: `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Period {
+    pub from: i64,
+    pub to: i64,
+}
+
+pub const DAY_MS: i64 = 86_400_000;
+/// The longest period the funnel answers for.
+pub const MAX_DAYS: i64 = 366;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeriodError {
+    #[error("days must be between 1 and {MAX_DAYS}")]
+    Days,
+    #[error("from must be before to, and at most {MAX_DAYS} days apart")]
+    Range,
+}
+
+impl Period {
+    /// The last `days` days up to `now`.
+    pub fn last_days(days: i64, now: i64) -> Result<Period, PeriodError> {
+        if !(1..=MAX_DAYS).contains(&days) {
+            return Err(PeriodError::Days);
+        }
+        Ok(Period {
+            from: now - days * DAY_MS,
+            to: now,
+        })
+    }
+
+    /// A custom period, in Unix milliseconds.
+    pub fn between(from: i64, to: i64) -> Result<Period, PeriodError> {
+        if from >= to || to - from > MAX_DAYS * DAY_MS {
+            return Err(PeriodError::Range);
+        }
+        Ok(Period { from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_step_has_its_rate_from_the_previous_one() {
+        let counts = FunnelCounts {
+            triggers: 100,
+            eligible: 80,
+            invited: 80,
+            flow_sent: 40,
+            nominated: 10,
+            friend_reached: 8,
+            converted: 2,
+            rewarded: 0,
+        };
+        let steps = counts.steps();
+        assert_eq!(steps.len(), 8);
+        assert_eq!((steps[0].step, steps[0].count, steps[0].rate), ("triggers", 100, None));
+        assert_eq!(steps[1].rate, Some(0.8));
+        assert_eq!(steps[4].rate, Some(0.25));
+        assert_eq!(steps[7].rate, Some(0.0));
+    }
+
+    #[test]
+    fn a_step_after_zero_has_no_rate() {
+        let steps = FunnelCounts::default().steps();
+        assert!(steps.iter().all(|s| s.count == 0 && s.rate.is_none()));
+    }
+
+    #[test]
+    fn periods_are_bounded() {
+        assert_eq!(
+            Period::last_days(7, 10 * DAY_MS),
+            Ok(Period {
+                from: 3 * DAY_MS,
+                to: 10 * DAY_MS
+            })
+        );
+        assert_eq!(Period::last_days(0, 0), Err(PeriodError::Days));
+        assert_eq!(Period::last_days(MAX_DAYS + 1, 0), Err(PeriodError::Days));
+        assert!(Period::between(5, 5).is_err());
+        assert!(Period::between(0, (MAX_DAYS + 1) * DAY_MS).is_err());
+        assert!(Period::between(0, DAY_MS).is_ok());
+    }
+}

@@ -1,0 +1,295 @@
+//! Reads for the admin API (and the dashboard): the funnel of a period, lists with cursor
+//! pagination, and one referral's timeline. Read-only; every query is answered from an
+//! index on the period or the id.
+
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{ReferralRow, Store, StoreError};
+use crate::domain::funnel::{FunnelCounts, Period, DAY_MS};
+use crate::domain::state::{sql_list, InviteState, Persisted};
+
+/// One day of the funnel's daily chart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FunnelDay {
+    /// Unix milliseconds at the day's start (UTC).
+    pub day: i64,
+    pub triggers: i64,
+    pub nominated: i64,
+    pub converted: i64,
+}
+
+/// One entry of a referral's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TimelineEntry {
+    pub at: i64,
+    /// invite, referral, message, conversion or reward.
+    pub kind: &'static str,
+    pub what: String,
+}
+
+const REACHED: &str = "'friend_invited', 'converted'";
+
+fn count(row: &sqlx::any::AnyRow, column: &str) -> Result<i64, sqlx::Error> {
+    Ok(row.try_get::<Option<i64>, _>(column)?.unwrap_or(0))
+}
+
+impl super::Tx {
+    /// Records what a person did through the admin API or the dashboard.
+    pub async fn record_admin_action(&mut self, actor: &str, action: &str, target: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO admin_actions (actor, action, target, at) VALUES ($1, $2, $3, $4)")
+            .bind(actor)
+            .bind(action)
+            .bind(target)
+            .bind(super::now_ms())
+            .execute(self.write()?)
+            .await?;
+        Ok(())
+    }
+}
+
+/// One recorded admin action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AdminAction {
+    pub id: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub at: i64,
+}
+
+impl Store {
+    /// The recorded admin actions, newest first.
+    pub async fn admin_actions(&self, limit: i64) -> Result<Vec<AdminAction>, StoreError> {
+        Ok(sqlx::query_as::<_, AdminAction>(
+            "SELECT id, actor, action, target, at FROM admin_actions ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The funnel of the triggers received in `period` (optionally of one trigger kind).
+    pub async fn funnel(&self, period: Period, trigger: Option<&str>) -> Result<FunnelCounts, StoreError> {
+        let invited = sql_list(&[InviteState::Invited, InviteState::FlowSent, InviteState::Nominated]);
+        let flow_sent = sql_list(&[InviteState::FlowSent, InviteState::Nominated]);
+        let invites = sqlx::query(&format!(
+            "SELECT COUNT(*) AS triggers, \
+               SUM(CASE WHEN state <> '{ineligible}' THEN 1 ELSE 0 END) AS eligible, \
+               SUM(CASE WHEN state IN ({invited}) THEN 1 ELSE 0 END) AS invited, \
+               SUM(CASE WHEN state IN ({flow_sent}) THEN 1 ELSE 0 END) AS flow_sent \
+             FROM invites WHERE created_at >= $1 AND created_at < $2 \
+               AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT))",
+            ineligible = InviteState::Ineligible.as_str(),
+        ))
+        .bind(period.from)
+        .bind(period.to)
+        .bind(trigger)
+        .fetch_one(&self.pool)
+        .await?;
+        let referrals = sqlx::query(&format!(
+            "SELECT COUNT(*) AS nominated, \
+               SUM(CASE WHEN r.state IN ({REACHED}) THEN 1 ELSE 0 END) AS reached, \
+               SUM(CASE WHEN r.state = 'converted' THEN 1 ELSE 0 END) AS converted, \
+               SUM(CASE WHEN EXISTS (SELECT 1 FROM rewards w WHERE w.referral_id = r.id AND w.state = 'issued') \
+                   THEN 1 ELSE 0 END) AS rewarded \
+             FROM referrals r JOIN invites i ON i.id = r.invite_id \
+             WHERE i.created_at >= $1 AND i.created_at < $2 \
+               AND (CAST($3 AS TEXT) IS NULL OR i.trigger = CAST($3 AS TEXT))"
+        ))
+        .bind(period.from)
+        .bind(period.to)
+        .bind(trigger)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(FunnelCounts {
+            triggers: count(&invites, "triggers")?,
+            eligible: count(&invites, "eligible")?,
+            invited: count(&invites, "invited")?,
+            flow_sent: count(&invites, "flow_sent")?,
+            nominated: count(&referrals, "nominated")?,
+            friend_reached: count(&referrals, "reached")?,
+            converted: count(&referrals, "converted")?,
+            rewarded: count(&referrals, "rewarded")?,
+        })
+    }
+
+    /// The funnel's daily chart: triggers, nominations and conversions by the day the
+    /// trigger arrived (UTC).
+    pub async fn funnel_days(&self, period: Period, trigger: Option<&str>) -> Result<Vec<FunnelDay>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT i.created_at / {DAY_MS} AS day, COUNT(DISTINCT i.id) AS triggers, COUNT(r.id) AS nominated, \
+               SUM(CASE WHEN r.state = 'converted' THEN 1 ELSE 0 END) AS converted \
+             FROM invites i LEFT JOIN referrals r ON r.invite_id = i.id \
+             WHERE i.created_at >= $1 AND i.created_at < $2 \
+               AND (CAST($3 AS TEXT) IS NULL OR i.trigger = CAST($3 AS TEXT)) \
+             GROUP BY i.created_at / {DAY_MS} ORDER BY day"
+        ))
+        .bind(period.from)
+        .bind(period.to)
+        .bind(trigger)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FunnelDay {
+                    day: count(row, "day")? * DAY_MS,
+                    triggers: count(row, "triggers")?,
+                    nominated: count(row, "nominated")?,
+                    converted: count(row, "converted")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// A page of referrals, newest first: those with an id below `before` (the cursor),
+    /// optionally in one state.
+    pub async fn referrals_page(
+        &self,
+        state: Option<&str>,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<ReferralRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM referrals WHERE (CAST($1 AS TEXT) IS NULL OR state = CAST($1 AS TEXT)) \
+             AND id < $2 ORDER BY id DESC LIMIT $3",
+            super::referrals::REFERRAL_COLUMNS
+        );
+        Ok(sqlx::query_as::<_, ReferralRow>(&sql)
+            .bind(state)
+            .bind(before.unwrap_or(i64::MAX))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Referrals nominated in `period`, oldest first (the CSV export).
+    pub async fn referrals_nominated_in(&self, period: Period) -> Result<Vec<ReferralRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM referrals WHERE nominated_at >= $1 AND nominated_at < $2 ORDER BY id",
+            super::referrals::REFERRAL_COLUMNS
+        );
+        Ok(sqlx::query_as::<_, ReferralRow>(&sql)
+            .bind(period.from)
+            .bind(period.to)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// What is known of one referral, in order: its trigger, its nomination, every message
+    /// to the referrer (from that trigger) and to the friend with its latest status,
+    /// conversions and rewards. Phones are not included.
+    pub async fn timeline(&self, referral: &ReferralRow) -> Result<Vec<TimelineEntry>, StoreError> {
+        let mut entries = Vec::new();
+        let invite = sqlx::query("SELECT trigger, state, reason, created_at FROM invites WHERE id = $1")
+            .bind(referral.invite_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(invite) = invite {
+            let trigger: String = invite.try_get("trigger")?;
+            let state: String = invite.try_get("state")?;
+            entries.push(TimelineEntry {
+                at: invite.try_get("created_at")?,
+                kind: "invite",
+                what: format!("trigger {trigger} received; the invite is now {state}"),
+            });
+        }
+        entries.push(TimelineEntry {
+            at: referral.nominated_at,
+            kind: "referral",
+            what: format!(
+                "friend nominated ({}consent); the referral is now {}{}",
+                if referral.consent == 1 { "" } else { "no " },
+                referral.state.as_str(),
+                referral
+                    .reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            ),
+        });
+        let messages = sqlx::query(
+            "SELECT purpose, status, error_code, error_title, created_at, updated_at FROM messages \
+             WHERE referral_id = $1 OR (invite_id = $2 AND referral_id IS NULL) ORDER BY id",
+        )
+        .bind(referral.id)
+        .bind(referral.invite_id)
+        .fetch_all(&self.pool)
+        .await?;
+        for m in &messages {
+            let purpose: String = m.try_get("purpose")?;
+            let status: String = m.try_get("status")?;
+            let error = match (
+                m.try_get::<Option<i64>, _>("error_code")?,
+                m.try_get::<Option<String>, _>("error_title")?,
+            ) {
+                (Some(code), Some(title)) => format!(" (error {code}: {title})"),
+                (None, Some(title)) => format!(" ({title})"),
+                _ => String::new(),
+            };
+            entries.push(TimelineEntry {
+                at: m.try_get("created_at")?,
+                kind: "message",
+                what: format!("{purpose} message queued"),
+            });
+            entries.push(TimelineEntry {
+                at: m.try_get("updated_at")?,
+                kind: "message",
+                what: format!("{purpose} message {status}{error}"),
+            });
+        }
+        let conversions = sqlx::query(
+            "SELECT source, outcome, amount, currency, created_at FROM conversions WHERE referral_id = $1 ORDER BY id",
+        )
+        .bind(referral.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for c in &conversions {
+            let source: String = c.try_get("source")?;
+            let outcome: String = c.try_get("outcome")?;
+            let amount = match (
+                c.try_get::<Option<i64>, _>("amount")?,
+                c.try_get::<Option<String>, _>("currency")?,
+            ) {
+                (Some(amount), Some(currency)) => format!(", {amount} {currency}"),
+                _ => String::new(),
+            };
+            entries.push(TimelineEntry {
+                at: c.try_get("created_at")?,
+                kind: "conversion",
+                what: format!("conversion from {source}: {outcome}{amount}"),
+            });
+        }
+        let rewards = sqlx::query(
+            "SELECT beneficiary, kind, state, amount, currency, last_error, created_at, updated_at FROM rewards \
+             WHERE referral_id = $1 ORDER BY id",
+        )
+        .bind(referral.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for w in &rewards {
+            let beneficiary: String = w.try_get("beneficiary")?;
+            let kind: String = w.try_get("kind")?;
+            let state: String = w.try_get("state")?;
+            let amount: i64 = w.try_get("amount")?;
+            let currency: String = w.try_get("currency")?;
+            entries.push(TimelineEntry {
+                at: w.try_get("created_at")?,
+                kind: "reward",
+                what: format!("{beneficiary}'s reward granted: {kind}, {amount} {currency}"),
+            });
+            let error = w
+                .try_get::<Option<String>, _>("last_error")?
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            entries.push(TimelineEntry {
+                at: w.try_get("updated_at")?,
+                kind: "reward",
+                what: format!("{beneficiary}'s reward {state}{error}"),
+            });
+        }
+        entries.sort_by_key(|e| e.at);
+        Ok(entries)
+    }
+}

@@ -1,0 +1,329 @@
+//! The admin API on both stores: the funnel against a seed with a trigger and a referral
+//! in every state, cursor pagination, a timeline, dead work retried by an operator and
+//! refused to a viewer, the CSV export, and the tokens' roles.
+
+use referloop::domain::referral::ReferralState;
+use referloop::domain::reward::{Beneficiary, RewardState};
+use referloop::domain::state::{InviteState, Persisted};
+use referloop::store::{Backend, NewInvite, NewJob, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store};
+use serde_json::Value;
+
+use crate::both_backends;
+use crate::helpers::*;
+
+const OPERATOR: &str = "operator-token";
+const VIEWER: &str = "viewer-token";
+
+fn digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+async fn start(backend: Backend) -> TestApp {
+    let tokens = format!("{},viewer:{}", digest(OPERATOR), digest(VIEWER));
+    TestApp::spawn_with(backend, |env| {
+        set_env(env, "REFERLOOP_API__TOKENS", &tokens);
+        set_env(env, "REFERLOOP_WORKER__ENABLED", "false");
+    })
+    .await
+}
+
+fn invite(n: usize, state: InviteState) -> NewInvite {
+    NewInvite {
+        trigger_key: format!("seed:{n}"),
+        contact_id: format!("{}", 92_000 + n),
+        trigger: if n % 2 == 0 { "nps" } else { "milestone" }.into(),
+        phone: Some(format!("+4479111{:05}", 60_000 + n)),
+        first_name: format!("Customer {n}"),
+        language: "en_US".into(),
+        referral_code: Some(format!("SEED{n:03}")),
+        state,
+        reason: (state == InviteState::Ineligible).then(|| "detractor".to_string()),
+    }
+}
+
+/// A trigger in every invite state and a referral in every referral state; the converted
+/// referral's friend reward is issued. Returns the referral ids, oldest first.
+async fn seed(store: &Store) -> Vec<i64> {
+    let mut tx = store.begin(None).await.expect("begin");
+    let mut n = 0;
+    for state in [
+        InviteState::Ineligible,
+        InviteState::Ineligible,
+        InviteState::Invited,
+        InviteState::FlowSent,
+    ] {
+        tx.insert_invite(&invite(n, state)).await.expect("invite");
+        n += 1;
+    }
+    let mut referrals = Vec::new();
+    for state in ReferralState::ALL {
+        let row = tx
+            .insert_invite(&invite(n, InviteState::Nominated))
+            .await
+            .expect("invite");
+        let referral = NewReferral {
+            invite_id: row.id,
+            flow_token: format!("token-{n}"),
+            referrer_contact_id: row.contact_id.clone(),
+            referrer_phone: row.phone.clone().unwrap_or_default(),
+            referrer_name: row.first_name.clone(),
+            referral_code: format!("SEED{n:03}"),
+            friend_phone: format!("+4479111{:05}", 70_000 + n),
+            friend_name: format!("=Friend {n}"),
+            personal_message: None,
+            consent: true,
+            language: "en_US".into(),
+        };
+        let ReferralInsert::Created(id) = tx.insert_referral(&referral).await.expect("referral") else {
+            panic!("referral {n} not created");
+        };
+        if *state != ReferralState::Nominated {
+            assert!(tx
+                .move_referral(id, ReferralState::Nominated, *state, Some("seeded"))
+                .await
+                .expect("move"));
+        }
+        if *state == ReferralState::Converted {
+            let reward = NewReward {
+                beneficiary: Beneficiary::Friend,
+                contact_id: None,
+                phone: referral.friend_phone.clone(),
+                first_name: "Friend".into(),
+                language: "en_US".into(),
+                kind: "static_code".into(),
+                state: RewardState::Issued,
+                amount: 1000,
+                currency: "usd".into(),
+                stripe_customer: None,
+                available_at: 0,
+            };
+            tx.insert_reward(id, &reward).await.expect("reward");
+        }
+        referrals.push(id);
+        n += 1;
+    }
+    tx.commit("").await.expect("commit");
+    referrals
+}
+
+async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = app.client.get(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+async fn get_json(app: &TestApp, path: &str) -> Value {
+    let (status, body) = get(app, path, Some(VIEWER)).await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+async fn post(app: &TestApp, path: &str, token: Option<&str>) -> u16 {
+    let mut request = app.client.post(app.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.expect("request").status().as_u16()
+}
+
+async fn the_funnel_counts_every_step_of_the_seed(backend: Backend) {
+    let app = start(backend).await;
+    seed(&app.store).await;
+    let funnel = get_json(&app, "/api/v1/funnel?days=7").await;
+    let counts: Vec<(String, i64)> = funnel["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap_or("").to_string(),
+                s["count"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    let expected = [
+        ("triggers", 12),
+        ("eligible", 10),
+        ("invited", 10),
+        ("flow_sent", 9),
+        ("nominated", 8),
+        ("friend_reached", 2),
+        ("converted", 1),
+        ("rewarded", 1),
+    ];
+    let expected: Vec<(String, i64)> = expected.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+    assert_eq!(counts, expected);
+    assert_eq!(funnel["steps"][1]["rate"].as_f64(), Some(10.0 / 12.0));
+    let days = funnel["days"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        days.iter().map(|d| d["triggers"].as_i64().unwrap_or(0)).sum::<i64>(),
+        12
+    );
+    assert_eq!(
+        days.iter().map(|d| d["converted"].as_i64().unwrap_or(0)).sum::<i64>(),
+        1
+    );
+
+    // By trigger kind: the seed alternates nps and milestone.
+    let nps = get_json(&app, "/api/v1/funnel?days=7&trigger=nps").await;
+    assert_eq!(nps["steps"][0]["count"], 6);
+    // A period before the seed is empty; bad periods are refused.
+    let old = get_json(&app, "/api/v1/funnel?from=0&to=86400000").await;
+    assert_eq!(old["steps"][0]["count"], 0);
+    assert_eq!(get(&app, "/api/v1/funnel?days=0", Some(VIEWER)).await.0, 422);
+    assert_eq!(get(&app, "/api/v1/funnel?days=x", Some(VIEWER)).await.0, 400);
+    app.shutdown().await;
+}
+
+async fn referrals_come_in_pages_with_masked_phones(backend: Backend) {
+    let app = start(backend).await;
+    let ids = seed(&app.store).await;
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/referrals?limit=3".to_string();
+    loop {
+        let page = get_json(&app, &path).await;
+        let items = page["referrals"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 3);
+        for item in &items {
+            let phone = item["friend_phone"].as_str().unwrap_or("");
+            assert!(phone.contains('*') && !phone.contains("70"), "masked: {phone}");
+            seen.push(item["id"].as_i64().unwrap_or(0));
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/api/v1/referrals?limit=3&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(seen, newest_first, "every referral once, newest first");
+    let converted = get_json(&app, "/api/v1/referrals?state=converted").await;
+    assert_eq!(converted["referrals"].as_array().map(Vec::len), Some(1));
+    assert_eq!(get(&app, "/api/v1/referrals?state=bogus", Some(VIEWER)).await.0, 422);
+    assert_eq!(get(&app, "/api/v1/referrals?cursor=abc", Some(VIEWER)).await.0, 422);
+    app.shutdown().await;
+}
+
+async fn a_referral_has_a_timeline(backend: Backend) {
+    let app = start(backend).await;
+    let ids = seed(&app.store).await;
+    let converted = ids[ReferralState::ALL
+        .iter()
+        .position(|s| *s == ReferralState::Converted)
+        .unwrap_or(0)];
+    let answer = get_json(&app, &format!("/api/v1/referrals/{converted}/timeline")).await;
+    let kinds: Vec<&str> = answer["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"invite"), "{answer}");
+    assert!(kinds.contains(&"referral") && kinds.contains(&"reward"), "{kinds:?}");
+    let times: Vec<i64> = answer["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["at"].as_i64())
+        .collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "in order");
+    assert_eq!(answer["referral"]["state"], "converted");
+    assert_eq!(
+        get(&app, "/api/v1/referrals/999999/timeline", Some(VIEWER)).await.0,
+        404
+    );
+    app.shutdown().await;
+}
+
+async fn dead_work_is_retried_by_an_operator_only(backend: Backend) {
+    let app = start(backend).await;
+    let job = NewJob {
+        kind: "no.such.kind".into(),
+        payload: "{}".into(),
+        idempotency_key: "dead-1".into(),
+        max_attempts: 1,
+        run_at: 0,
+    };
+    app.store.enqueue_job(&job).await.expect("enqueue");
+    let claimed = app
+        .store
+        .claim(Queue::Jobs, "test", 60_000)
+        .await
+        .expect("claim")
+        .expect("the job");
+    app.store
+        .fail(Queue::Jobs, claimed.id, "test", "unknown kind", None)
+        .await
+        .expect("dead");
+    let dead = get_json(&app, "/api/v1/dead").await;
+    assert_eq!(dead["jobs"][0]["last_error"], "unknown kind", "{dead}");
+    let retry = format!("/api/v1/dead/jobs/{}/retry", claimed.id);
+    assert_eq!(post(&app, &retry, None).await, 401, "no token");
+    assert_eq!(post(&app, &retry, Some("wrong")).await, 401, "unknown token");
+    assert_eq!(post(&app, &retry, Some(VIEWER)).await, 403, "a viewer may not act");
+    assert_eq!(post(&app, &retry, Some(OPERATOR)).await, 200);
+    assert_eq!(post(&app, &retry, Some(OPERATOR)).await, 409, "no longer dead");
+    assert_eq!(post(&app, "/api/v1/dead/nope/1/retry", Some(OPERATOR)).await, 404);
+    let jobs = app.store.list(Queue::Jobs, None, 10).await.expect("jobs");
+    assert_eq!(jobs[0].state, QueueState::Queued);
+    let actions = app.store.admin_actions(10).await.expect("actions");
+    assert_eq!(actions.len(), 1, "one action recorded");
+    assert_eq!(
+        (actions[0].actor.as_str(), actions[0].action.as_str()),
+        ("api:operator", "retry")
+    );
+    app.shutdown().await;
+}
+
+async fn reads_need_a_token_and_exports_are_csv(backend: Backend) {
+    let app = start(backend).await;
+    seed(&app.store).await;
+    for path in [
+        "/api/v1/funnel",
+        "/api/v1/referrals",
+        "/api/v1/rewards",
+        "/api/v1/conversions",
+        "/api/v1/dead",
+        "/api/v1/export/referrals.csv",
+    ] {
+        assert_eq!(get(&app, path, None).await.0, 401, "{path} without a token");
+        assert_eq!(get(&app, path, Some(VIEWER)).await.0, 200, "{path} as a viewer");
+    }
+    let rewards = get_json(&app, "/api/v1/rewards").await;
+    assert_eq!(rewards["rewards"][0]["state"], "issued");
+    assert!(rewards["rewards"][0]["phone"].as_str().is_some_and(|p| p.contains('*')));
+    let response = app
+        .client
+        .get(app.url("/api/v1/export/referrals.csv?days=7"))
+        .bearer_auth(VIEWER)
+        .send()
+        .await
+        .expect("request");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let csv = response.text().await.expect("body");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 1 + ReferralState::ALL.len(), "{csv}");
+    assert!(lines[0].starts_with("id,state,reason,"));
+    assert!(lines[1].contains(",'=Friend "), "a leading = is defused: {}", lines[1]);
+    assert!(!csv.contains("70004"), "phones masked");
+    app.shutdown().await;
+}
+
+both_backends!(
+    the_funnel_counts_every_step_of_the_seed,
+    referrals_come_in_pages_with_masked_phones,
+    a_referral_has_a_timeline,
+    dead_work_is_retried_by_an_operator_only,
+    reads_need_a_token_and_exports_are_csv,
+);
