@@ -66,6 +66,64 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
     Json(json!({"period": period, "trigger": trigger, "steps": counts.steps(), "days": days})).into_response()
 }
 
+/// `GET /api/v1/dropouts`: why people dropped out in the period.
+pub async fn dropouts(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<PeriodQuery>) -> Response {
+    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
+        return problem(status, reason);
+    }
+    let period = match query.period() {
+        Ok(period) => period,
+        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    match state.store.dropouts(period).await {
+        Ok(dropouts) => Json(json!({"period": period, "dropouts": dropouts})).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /api/v1/rewards/summary`: rewards granted in the period by state, kind and
+/// currency with their value, and the code pool's level.
+pub async fn reward_summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<PeriodQuery>,
+) -> Response {
+    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
+        return problem(status, reason);
+    }
+    let period = match query.period() {
+        Ok(period) => period,
+        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    let totals = match state.store.reward_totals(period).await {
+        Ok(totals) => totals,
+        Err(e) => return unavailable(e),
+    };
+    match state.store.free_pool_codes().await {
+        Ok(free) => Json(json!({"period": period, "totals": totals, "code_pool_free": free})).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `GET /api/v1/referrers/top`: the referrers with the most converted friends.
+pub async fn top_referrers(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<PeriodQuery>,
+) -> Response {
+    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
+        return problem(status, reason);
+    }
+    let period = match query.period() {
+        Ok(period) => period,
+        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    match state.store.top_referrers(period, 20).await {
+        Ok(top) => Json(json!({"period": period, "referrers": top})).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
 fn referral_json(r: &ReferralRow) -> Value {
     json!({
         "id": r.id,

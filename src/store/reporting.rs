@@ -19,6 +19,45 @@ pub struct FunnelDay {
     pub converted: i64,
 }
 
+/// A count by reason (or code, or source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    pub reason: String,
+    pub count: i64,
+}
+
+/// Why people dropped out of the funnel in a period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Dropouts {
+    /// Triggers that were not eligible, by reason.
+    pub ineligible: Vec<ReasonCount>,
+    /// Nominations refused, by reason.
+    pub refused: Vec<ReasonCount>,
+    /// Messages Meta refused or failed, by error code and title.
+    pub message_failures: Vec<ReasonCount>,
+    /// Numbers that opted out of marketing, by source.
+    pub opt_outs: Vec<ReasonCount>,
+}
+
+/// Rewards of one state, kind and currency, with their total value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RewardTotal {
+    pub state: String,
+    pub kind: String,
+    pub currency: String,
+    pub count: i64,
+    pub amount: i64,
+}
+
+/// A referrer and what their nominations became.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReferrerCounts {
+    pub contact_id: String,
+    pub name: String,
+    pub nominated: i64,
+    pub converted: i64,
+}
+
 /// One entry of a referral's timeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimelineEntry {
@@ -112,6 +151,98 @@ impl Store {
             converted: count(&referrals, "converted")?,
             rewarded: count(&referrals, "rewarded")?,
         })
+    }
+
+    /// Why people dropped out of the triggers, nominations, messages and opt-outs of
+    /// `period`.
+    pub async fn dropouts(&self, period: Period) -> Result<Dropouts, StoreError> {
+        let by = |sql: &'static str| async move {
+            let rows = sqlx::query(sql)
+                .bind(period.from)
+                .bind(period.to)
+                .fetch_all(&self.pool)
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ReasonCount {
+                        reason: row
+                            .try_get::<Option<String>, _>("reason")?
+                            .unwrap_or_else(|| "unknown".into()),
+                        count: count(row, "n")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        };
+        Ok(Dropouts {
+            ineligible: by("SELECT reason, COUNT(*) AS n FROM invites WHERE state = 'ineligible' \
+                 AND created_at >= $1 AND created_at < $2 GROUP BY reason ORDER BY n DESC, reason")
+            .await?,
+            refused: by("SELECT r.reason AS reason, COUNT(*) AS n FROM referrals r \
+                 WHERE r.state = 'refused' AND r.nominated_at >= $1 AND r.nominated_at < $2 \
+                 GROUP BY r.reason ORDER BY n DESC, reason")
+            .await?,
+            message_failures: by(
+                "SELECT CAST(error_code AS TEXT) || ' ' || COALESCE(error_title, '') AS reason, \
+                 COUNT(*) AS n FROM messages WHERE status = 'failed' AND created_at >= $1 AND created_at < $2 \
+                 GROUP BY error_code, error_title ORDER BY n DESC, reason",
+            )
+            .await?,
+            opt_outs: by(
+                "SELECT opt_out_source AS reason, COUNT(*) AS n FROM wa_users WHERE opted_out = 1 \
+                 AND opted_out_at >= $1 AND opted_out_at < $2 GROUP BY opt_out_source ORDER BY n DESC, reason",
+            )
+            .await?,
+        })
+    }
+
+    /// Rewards granted in `period` by state, kind and currency, with their total value.
+    pub async fn reward_totals(&self, period: Period) -> Result<Vec<RewardTotal>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT state, kind, currency, COUNT(*) AS n, CAST(SUM(amount) AS BIGINT) AS amount FROM rewards \
+             WHERE created_at >= $1 AND created_at < $2 GROUP BY state, kind, currency ORDER BY state, kind, currency",
+        )
+        .bind(period.from)
+        .bind(period.to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RewardTotal {
+                    state: row.try_get("state")?,
+                    kind: row.try_get("kind")?,
+                    currency: row.try_get("currency")?,
+                    count: count(row, "n")?,
+                    amount: count(row, "amount")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    /// The referrers with the most converted friends among nominations in `period`.
+    pub async fn top_referrers(&self, period: Period, limit: i64) -> Result<Vec<ReferrerCounts>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT referrer_contact_id, MAX(referrer_name) AS name, COUNT(*) AS nominated, \
+               SUM(CASE WHEN state = 'converted' THEN 1 ELSE 0 END) AS converted \
+             FROM referrals WHERE nominated_at >= $1 AND nominated_at < $2 \
+             GROUP BY referrer_contact_id ORDER BY converted DESC, nominated DESC, referrer_contact_id LIMIT $3",
+        )
+        .bind(period.from)
+        .bind(period.to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReferrerCounts {
+                    contact_id: row.try_get("referrer_contact_id")?,
+                    name: row.try_get::<Option<String>, _>("name")?.unwrap_or_default(),
+                    nominated: count(row, "nominated")?,
+                    converted: count(row, "converted")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// The funnel's daily chart: triggers, nominations and conversions by the day the

@@ -289,6 +289,9 @@ async fn reads_need_a_token_and_exports_are_csv(backend: Backend) {
         "/api/v1/rewards",
         "/api/v1/conversions",
         "/api/v1/dead",
+        "/api/v1/dropouts",
+        "/api/v1/rewards/summary",
+        "/api/v1/referrers/top",
         "/api/v1/export/referrals.csv",
     ] {
         assert_eq!(get(&app, path, None).await.0, 401, "{path} without a token");
@@ -320,7 +323,37 @@ async fn reads_need_a_token_and_exports_are_csv(backend: Backend) {
     app.shutdown().await;
 }
 
+async fn dropouts_rewards_and_referrers_are_summed(backend: Backend) {
+    let app = start(backend).await;
+    seed(&app.store).await;
+    let dropouts = get_json(&app, "/api/v1/dropouts?days=7").await;
+    assert_eq!(
+        dropouts["dropouts"]["ineligible"],
+        serde_json::json!([{"reason": "detractor", "count": 2}])
+    );
+    assert_eq!(
+        dropouts["dropouts"]["refused"],
+        serde_json::json!([{"reason": "seeded", "count": 1}])
+    );
+    let summary = get_json(&app, "/api/v1/rewards/summary?days=7").await;
+    assert_eq!(
+        summary["totals"],
+        serde_json::json!([{"state": "issued", "kind": "static_code", "currency": "usd", "count": 1, "amount": 1000}])
+    );
+    assert_eq!(summary["code_pool_free"], 0);
+    let top = get_json(&app, "/api/v1/referrers/top?days=7").await;
+    let referrers = top["referrers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        referrers.len(),
+        ReferralState::ALL.len(),
+        "one referrer per seeded referral"
+    );
+    assert_eq!(referrers[0]["converted"], 1, "the converting referrer first");
+    app.shutdown().await;
+}
+
 both_backends!(
+    dropouts_rewards_and_referrers_are_summed,
     the_funnel_counts_every_step_of_the_seed,
     referrals_come_in_pages_with_masked_phones,
     a_referral_has_a_timeline,
