@@ -4,6 +4,9 @@
 
 use serde::Serialize;
 
+use super::referral::ReferralState;
+use super::state::InviteState;
+
 /// Counts for one cohort of triggers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct FunnelCounts {
@@ -23,6 +26,108 @@ pub struct FunnelCounts {
     pub converted: i64,
     /// Converted referrals with at least one reward issued.
     pub rewarded: i64,
+}
+
+/// A step of the funnel, as tallied when something first reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Step {
+    Triggers,
+    Eligible,
+    Invited,
+    FlowSent,
+    Nominated,
+    FriendReached,
+    Converted,
+    Rewarded,
+}
+
+impl Step {
+    pub const ALL: [Step; 8] = [
+        Step::Triggers,
+        Step::Eligible,
+        Step::Invited,
+        Step::FlowSent,
+        Step::Nominated,
+        Step::FriendReached,
+        Step::Converted,
+        Step::Rewarded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Triggers => "triggers",
+            Step::Eligible => "eligible",
+            Step::Invited => "invited",
+            Step::FlowSent => "flow_sent",
+            Step::Nominated => "nominated",
+            Step::FriendReached => "friend_reached",
+            Step::Converted => "converted",
+            Step::Rewarded => "rewarded",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|step| step.as_str() == s)
+    }
+}
+
+impl FunnelCounts {
+    /// Adds `n` to `step`.
+    pub fn add(&mut self, step: Step, n: i64) {
+        let count = match step {
+            Step::Triggers => &mut self.triggers,
+            Step::Eligible => &mut self.eligible,
+            Step::Invited => &mut self.invited,
+            Step::FlowSent => &mut self.flow_sent,
+            Step::Nominated => &mut self.nominated,
+            Step::FriendReached => &mut self.friend_reached,
+            Step::Converted => &mut self.converted,
+            Step::Rewarded => &mut self.rewarded,
+        };
+        *count += n;
+    }
+}
+
+/// The steps an invite reaches by being recorded in `state` (for an invite inserted
+/// past its first state) or by moving there from `from`.
+pub fn invite_steps(from: Option<InviteState>, to: InviteState) -> Vec<Step> {
+    let rank = |s: InviteState| match s {
+        InviteState::Ineligible => 0,
+        InviteState::Invited => 1,
+        InviteState::FlowSent => 2,
+        InviteState::Nominated => 3,
+    };
+    let mut steps = Vec::new();
+    if from.is_none() {
+        steps.push(Step::Triggers);
+        if to != InviteState::Ineligible {
+            steps.push(Step::Eligible);
+        }
+    }
+    let before = from.map_or(0, rank);
+    if before < 1 && rank(to) >= 1 {
+        steps.push(Step::Invited);
+    }
+    if before < 2 && rank(to) >= 2 {
+        steps.push(Step::FlowSent);
+    }
+    steps
+}
+
+/// The steps a referral reaches by moving from `from` (`None`: being recorded) to `to`.
+pub fn referral_steps(from: Option<ReferralState>, to: ReferralState) -> Vec<Step> {
+    let reached = |s: ReferralState| matches!(s, ReferralState::FriendInvited | ReferralState::Converted);
+    let mut steps = Vec::new();
+    if from.is_none() {
+        steps.push(Step::Nominated);
+    }
+    if reached(to) && !from.is_some_and(reached) {
+        steps.push(Step::FriendReached);
+    }
+    if to == ReferralState::Converted && from != Some(ReferralState::Converted) {
+        steps.push(Step::Converted);
+    }
+    steps
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -121,6 +226,37 @@ mod tests {
         assert_eq!(steps[1].rate, Some(0.8));
         assert_eq!(steps[4].rate, Some(0.25));
         assert_eq!(steps[7].rate, Some(0.0));
+    }
+
+    #[test]
+    fn each_step_is_tallied_once_on_the_way_forward() {
+        use InviteState as I;
+        assert_eq!(invite_steps(None, I::Ineligible), vec![Step::Triggers]);
+        assert_eq!(
+            invite_steps(None, I::Nominated),
+            vec![Step::Triggers, Step::Eligible, Step::Invited, Step::FlowSent]
+        );
+        assert_eq!(invite_steps(Some(I::Invited), I::FlowSent), vec![Step::FlowSent]);
+        assert_eq!(invite_steps(Some(I::Invited), I::Nominated), vec![Step::FlowSent]);
+        assert!(invite_steps(Some(I::FlowSent), I::Nominated).is_empty());
+        use ReferralState as R;
+        assert_eq!(referral_steps(None, R::Nominated), vec![Step::Nominated]);
+        assert_eq!(
+            referral_steps(Some(R::Nominated), R::FriendInvited),
+            vec![Step::FriendReached]
+        );
+        assert_eq!(
+            referral_steps(Some(R::FriendInvited), R::Converted),
+            vec![Step::Converted]
+        );
+        assert_eq!(
+            referral_steps(Some(R::AwaitingFriend), R::Converted),
+            vec![Step::FriendReached, Step::Converted]
+        );
+        assert!(referral_steps(Some(R::FriendInvited), R::Expired).is_empty());
+        for step in Step::ALL {
+            assert_eq!(Step::parse(step.as_str()), Some(step));
+        }
     }
 
     #[test]

@@ -105,21 +105,18 @@ pub async fn reward_summary(
     }
 }
 
-/// `GET /api/v1/referrers/top`: the referrers with the most converted friends.
+/// `GET /api/v1/referrers/top`: the referrers with the most converted friends (all time).
 pub async fn top_referrers(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<PeriodQuery>,
+    Query(query): Query<LimitQuery>,
 ) -> Response {
     if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
         return problem(status, reason);
     }
-    let period = match query.period() {
-        Ok(period) => period,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    match state.store.top_referrers(period, 20).await {
-        Ok(top) => Json(json!({"period": period, "referrers": top})).into_response(),
+    let limit = query.limit.unwrap_or(20).clamp(1, MAX_PAGE);
+    match state.store.top_referrers(limit).await {
+        Ok(top) => Json(json!({"referrers": top})).into_response(),
         Err(e) => unavailable(e),
     }
 }

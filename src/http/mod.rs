@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod error;
 mod health;
+pub mod openapi;
 mod serve;
 mod webhooks;
 
@@ -48,7 +49,12 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = state.settings.request_timeout();
-    Router::new()
+    let mut routes = Router::new();
+    // The API's routes come from the table its OpenAPI document is built from.
+    for op in openapi::OPERATIONS {
+        routes = routes.route(op.path, (op.handler)());
+    }
+    routes
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -66,22 +72,6 @@ pub fn router(state: AppState) -> Router {
             "/webhooks/stripe",
             post(webhooks::stripe_receive).layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT)),
         )
-        .route(
-            "/api/v1/conversions",
-            post(api::post_conversion).layer(DefaultBodyLimit::max(64 * 1024)),
-        )
-        .route("/api/v1/referrals/{id}/void", post(api::void_referral))
-        .route("/api/v1/funnel", get(admin::funnel))
-        .route("/api/v1/dropouts", get(admin::dropouts))
-        .route("/api/v1/rewards/summary", get(admin::reward_summary))
-        .route("/api/v1/referrers/top", get(admin::top_referrers))
-        .route("/api/v1/referrals", get(admin::referrals))
-        .route("/api/v1/referrals/{id}/timeline", get(admin::timeline))
-        .route("/api/v1/rewards", get(admin::rewards))
-        .route("/api/v1/conversions", get(admin::conversions))
-        .route("/api/v1/dead", get(admin::dead))
-        .route("/api/v1/dead/{queue}/{id}/retry", post(admin::retry))
-        .route("/api/v1/export/referrals.csv", get(admin::referrals_csv))
         .route_layer(middleware::from_fn_with_state(state.clone(), track_request))
         .with_state(state)
         // Layers run bottom-up for requests: the id is set first, so the span and every

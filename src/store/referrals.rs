@@ -6,8 +6,9 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use super::jobs::NewJob;
-use super::tx::Tx;
+use super::tx::{TallyKey, Tx};
 use super::{now_ms, Store, StoreError};
+use crate::domain::funnel::{invite_steps, referral_steps};
 use crate::domain::messaging::{MessagePurpose, MessageStatus};
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{sql_list, InviteState, Persisted};
@@ -248,7 +249,7 @@ impl Tx {
     /// Records a trigger's invite; a redelivered trigger (same key) returns the first row.
     pub async fn insert_invite(&mut self, invite: &NewInvite) -> Result<InviteRow, StoreError> {
         let now = now_ms();
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
              state, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
              ON CONFLICT (trigger_key) DO NOTHING",
@@ -265,9 +266,13 @@ impl Tx {
         .bind(now)
         .execute(self.write()?)
         .await?;
-        invite_by_key_in(self.read(), &invite.trigger_key)
+        let row = invite_by_key_in(self.read(), &invite.trigger_key)
             .await?
-            .ok_or(StoreError::Exhausted("invite vanished after insert"))
+            .ok_or(StoreError::Exhausted("invite vanished after insert"))?;
+        if inserted.rows_affected() == 1 {
+            self.tally(TallyKey::Invite(row.id), invite_steps(None, invite.state));
+        }
+        Ok(row)
     }
 
     /// Passes the contact's invite gate: a compare-and-set on the customer row, so that
@@ -302,17 +307,28 @@ impl Tx {
         if from.is_empty() {
             return Ok(false);
         }
-        let sql = format!(
-            "UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state IN ({})",
-            sql_list(&from)
-        );
-        let done = sqlx::query(&sql)
+        let current: Option<String> = sqlx::query_scalar("SELECT state FROM invites WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?;
+        let Some(current) = current.as_deref().and_then(InviteState::parse) else {
+            return Ok(false);
+        };
+        if !from.contains(&current) {
+            return Ok(false);
+        }
+        let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
             .bind(to.as_str())
             .bind(now_ms())
             .bind(id)
+            .bind(current.as_str())
             .execute(self.write()?)
             .await?;
-        Ok(done.rows_affected() == 1)
+        let advanced = done.rows_affected() == 1;
+        if advanced {
+            self.tally(TallyKey::Invite(id), invite_steps(Some(current), to));
+        }
+        Ok(advanced)
     }
 
     /// Open referrals of this number nominated before `window_start`: they leave the
@@ -370,7 +386,7 @@ impl Tx {
         state: ReferralState,
         reason: Option<&str>,
     ) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar::<_, i64>(
+        let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO referrals (invite_id, flow_token, referrer_contact_id, referrer_phone, referrer_name, \
              referral_code, friend_phone, friend_name, personal_message, consent, language, state, reason, \
              nominated_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14) \
@@ -391,7 +407,11 @@ impl Tx {
         .bind(reason)
         .bind(now_ms())
         .fetch_optional(self.write()?)
-        .await?)
+        .await?;
+        if let Some(id) = id {
+            self.tally(TallyKey::Referral(id), referral_steps(None, state));
+        }
+        Ok(id)
     }
 
     /// The referral as this transaction sees it, locked against concurrent steps on
@@ -427,7 +447,11 @@ impl Tx {
         .bind(from.as_str())
         .execute(self.write()?)
         .await?;
-        Ok(moved.rows_affected() == 1)
+        let moved = moved.rows_affected() == 1;
+        if moved {
+            self.tally(TallyKey::Referral(id), referral_steps(Some(from), to));
+        }
+        Ok(moved)
     }
 
     /// Records the friend's HubSpot contact unless one is recorded already.

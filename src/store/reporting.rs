@@ -6,8 +6,8 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{ReferralRow, Store, StoreError};
-use crate::domain::funnel::{FunnelCounts, Period, DAY_MS};
-use crate::domain::state::{sql_list, InviteState, Persisted};
+use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
+use crate::domain::state::Persisted;
 
 /// One day of the funnel's daily chart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,7 +67,11 @@ pub struct TimelineEntry {
     pub what: String,
 }
 
-const REACHED: &str = "'friend_invited', 'converted'";
+/// The tally's days covering `period`: from the day `from` falls in up to and including
+/// the day of the period's last moment.
+fn tally_days(period: Period) -> (i64, i64) {
+    (period.from.div_euclid(DAY_MS), (period.to - 1).div_euclid(DAY_MS) + 1)
+}
 
 fn count(row: &sqlx::any::AnyRow, column: &str) -> Result<i64, sqlx::Error> {
     Ok(row.try_get::<Option<i64>, _>(column)?.unwrap_or(0))
@@ -108,49 +112,65 @@ impl Store {
         .await?)
     }
 
-    /// The funnel of the triggers received in `period` (optionally of one trigger kind).
+    /// The funnel of the triggers received in the days of `period` (optionally of one
+    /// trigger kind), from the tally each step adds to when it is first reached.
     pub async fn funnel(&self, period: Period, trigger: Option<&str>) -> Result<FunnelCounts, StoreError> {
-        let invited = sql_list(&[InviteState::Invited, InviteState::FlowSent, InviteState::Nominated]);
-        let flow_sent = sql_list(&[InviteState::FlowSent, InviteState::Nominated]);
-        let invites = sqlx::query(&format!(
-            "SELECT COUNT(*) AS triggers, \
-               SUM(CASE WHEN state <> '{ineligible}' THEN 1 ELSE 0 END) AS eligible, \
-               SUM(CASE WHEN state IN ({invited}) THEN 1 ELSE 0 END) AS invited, \
-               SUM(CASE WHEN state IN ({flow_sent}) THEN 1 ELSE 0 END) AS flow_sent \
-             FROM invites WHERE created_at >= $1 AND created_at < $2 \
-               AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT))",
-            ineligible = InviteState::Ineligible.as_str(),
-        ))
-        .bind(period.from)
-        .bind(period.to)
+        let (first, end) = tally_days(period);
+        let rows = sqlx::query(
+            "SELECT step, CAST(SUM(n) AS BIGINT) AS n FROM funnel_tally WHERE day >= $1 AND day < $2 \
+             AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT)) GROUP BY step",
+        )
+        .bind(first)
+        .bind(end)
         .bind(trigger)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        let referrals = sqlx::query(&format!(
-            "SELECT COUNT(*) AS nominated, \
-               SUM(CASE WHEN r.state IN ({REACHED}) THEN 1 ELSE 0 END) AS reached, \
-               SUM(CASE WHEN r.state = 'converted' THEN 1 ELSE 0 END) AS converted, \
-               SUM(CASE WHEN EXISTS (SELECT 1 FROM rewards w WHERE w.referral_id = r.id AND w.state = 'issued') \
-                   THEN 1 ELSE 0 END) AS rewarded \
-             FROM referrals r JOIN invites i ON i.id = r.invite_id \
-             WHERE i.created_at >= $1 AND i.created_at < $2 \
-               AND (CAST($3 AS TEXT) IS NULL OR i.trigger = CAST($3 AS TEXT))"
-        ))
-        .bind(period.from)
-        .bind(period.to)
+        let mut counts = FunnelCounts::default();
+        for row in &rows {
+            let step: String = row.try_get("step")?;
+            if let Some(step) = Step::parse(&step) {
+                counts.add(step, count(row, "n")?);
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The funnel's daily chart: triggers, nominations and conversions by the day the
+    /// trigger arrived (UTC).
+    pub async fn funnel_days(&self, period: Period, trigger: Option<&str>) -> Result<Vec<FunnelDay>, StoreError> {
+        let (first, end) = tally_days(period);
+        let rows = sqlx::query(
+            "SELECT day, step, CAST(SUM(n) AS BIGINT) AS n FROM funnel_tally WHERE day >= $1 AND day < $2 \
+             AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT)) \
+             AND step IN ('triggers', 'nominated', 'converted') GROUP BY day, step ORDER BY day",
+        )
+        .bind(first)
+        .bind(end)
         .bind(trigger)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(FunnelCounts {
-            triggers: count(&invites, "triggers")?,
-            eligible: count(&invites, "eligible")?,
-            invited: count(&invites, "invited")?,
-            flow_sent: count(&invites, "flow_sent")?,
-            nominated: count(&referrals, "nominated")?,
-            friend_reached: count(&referrals, "reached")?,
-            converted: count(&referrals, "converted")?,
-            rewarded: count(&referrals, "rewarded")?,
-        })
+        let mut days: Vec<FunnelDay> = Vec::new();
+        for row in &rows {
+            let day = count(row, "day")? * DAY_MS;
+            let step: String = row.try_get("step")?;
+            let n = count(row, "n")?;
+            if days.last().is_none_or(|d| d.day != day) {
+                days.push(FunnelDay {
+                    day,
+                    triggers: 0,
+                    nominated: 0,
+                    converted: 0,
+                });
+            }
+            if let Some(entry) = days.last_mut() {
+                match step.as_str() {
+                    "triggers" => entry.triggers = n,
+                    "nominated" => entry.nominated = n,
+                    _ => entry.converted = n,
+                }
+            }
+        }
+        Ok(days)
     }
 
     /// Why people dropped out of the triggers, nominations, messages and opt-outs of
@@ -219,53 +239,23 @@ impl Store {
             .map_err(StoreError::from)
     }
 
-    /// The referrers with the most converted friends among nominations in `period`.
-    pub async fn top_referrers(&self, period: Period, limit: i64) -> Result<Vec<ReferrerCounts>, StoreError> {
+    /// The referrers with the most converted friends (all time), from their tally.
+    pub async fn top_referrers(&self, limit: i64) -> Result<Vec<ReferrerCounts>, StoreError> {
         let rows = sqlx::query(
-            "SELECT referrer_contact_id, MAX(referrer_name) AS name, COUNT(*) AS nominated, \
-               SUM(CASE WHEN state = 'converted' THEN 1 ELSE 0 END) AS converted \
-             FROM referrals WHERE nominated_at >= $1 AND nominated_at < $2 \
-             GROUP BY referrer_contact_id ORDER BY converted DESC, nominated DESC, referrer_contact_id LIMIT $3",
+            "SELECT c.contact_id AS contact_id, c.n AS converted, COALESCE(m.n, 0) AS nominated, \
+               (SELECT r.referrer_name FROM referrals r WHERE r.referrer_contact_id = c.contact_id \
+                ORDER BY r.id DESC LIMIT 1) AS name \
+             FROM referrer_tally c LEFT JOIN referrer_tally m ON m.contact_id = c.contact_id AND m.step = 'nominated' \
+             WHERE c.step = 'converted' ORDER BY c.n DESC, c.contact_id LIMIT $1",
         )
-        .bind(period.from)
-        .bind(period.to)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|row| {
                 Ok(ReferrerCounts {
-                    contact_id: row.try_get("referrer_contact_id")?,
+                    contact_id: row.try_get("contact_id")?,
                     name: row.try_get::<Option<String>, _>("name")?.unwrap_or_default(),
-                    nominated: count(row, "nominated")?,
-                    converted: count(row, "converted")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
-    }
-
-    /// The funnel's daily chart: triggers, nominations and conversions by the day the
-    /// trigger arrived (UTC).
-    pub async fn funnel_days(&self, period: Period, trigger: Option<&str>) -> Result<Vec<FunnelDay>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT i.created_at / {DAY_MS} AS day, COUNT(DISTINCT i.id) AS triggers, COUNT(r.id) AS nominated, \
-               SUM(CASE WHEN r.state = 'converted' THEN 1 ELSE 0 END) AS converted \
-             FROM invites i LEFT JOIN referrals r ON r.invite_id = i.id \
-             WHERE i.created_at >= $1 AND i.created_at < $2 \
-               AND (CAST($3 AS TEXT) IS NULL OR i.trigger = CAST($3 AS TEXT)) \
-             GROUP BY i.created_at / {DAY_MS} ORDER BY day"
-        ))
-        .bind(period.from)
-        .bind(period.to)
-        .bind(trigger)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(FunnelDay {
-                    day: count(row, "day")? * DAY_MS,
-                    triggers: count(row, "triggers")?,
                     nominated: count(row, "nominated")?,
                     converted: count(row, "converted")?,
                 })

@@ -3,8 +3,9 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::tx::Tx;
+use super::tx::{TallyKey, Tx};
 use super::{now_ms, Backend, Store, StoreError};
+use crate::domain::funnel::Step;
 use crate::domain::referral::ReferralState;
 use crate::domain::reward::{Beneficiary, RewardState};
 use crate::domain::state::{sql_list, ConversionOutcome, Persisted};
@@ -176,7 +177,7 @@ impl Tx {
     /// Creates a reward, once per (referral, beneficiary); `None` when it exists.
     pub async fn insert_reward(&mut self, referral_id: i64, reward: &NewReward) -> Result<Option<i64>, StoreError> {
         let now = now_ms();
-        Ok(sqlx::query_scalar(
+        let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO rewards (referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
              amount, currency, stripe_customer, available_at, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
@@ -196,7 +197,24 @@ impl Tx {
         .bind(reward.available_at)
         .bind(now)
         .fetch_optional(self.write()?)
-        .await?)
+        .await?;
+        if id.is_some() && reward.state == RewardState::Issued {
+            self.note_rewarded(referral_id).await?;
+        }
+        Ok(id)
+    }
+
+    /// Tallies the funnel's "rewarded" step for the referral's first issued reward.
+    async fn note_rewarded(&mut self, referral_id: i64) -> Result<(), StoreError> {
+        let first = sqlx::query("UPDATE referrals SET rewarded_at = $1 WHERE id = $2 AND rewarded_at IS NULL")
+            .bind(now_ms())
+            .bind(referral_id)
+            .execute(self.write()?)
+            .await?;
+        if first.rows_affected() == 1 {
+            self.tally(TallyKey::Referral(referral_id), vec![Step::Rewarded]);
+        }
+        Ok(())
     }
 
     pub async fn reward(&mut self, id: i64) -> Result<Option<RewardRow>, StoreError> {
@@ -226,7 +244,15 @@ impl Tx {
         .bind(RewardState::Issuing.as_str())
         .execute(self.write()?)
         .await?;
-        Ok(issued.rows_affected() == 1)
+        if issued.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let referral_id: i64 = sqlx::query_scalar("SELECT referral_id FROM rewards WHERE id = $1")
+            .bind(id)
+            .fetch_one(self.read())
+            .await?;
+        self.note_rewarded(referral_id).await?;
+        Ok(true)
     }
 
     /// Cancels a referral's rewards that are not issued yet; returns how many.

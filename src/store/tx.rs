@@ -13,7 +13,11 @@ use sqlx::{Any, AnyConnection, Transaction};
 use super::faults::Faults;
 use super::queue::Queue;
 use super::{now_ms, Backend, Store, StoreError, WriteTurn};
+use crate::domain::funnel::{Step, DAY_MS};
 use crate::domain::state::{Persisted, QueueState};
+
+/// Rows each (day, trigger, step) of the funnel's tally is spread over.
+const TALLY_SLOTS: i64 = 8;
 
 /// The worker's hold on one claimed item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +43,15 @@ pub struct Tx {
     backend: Backend,
     faults: Faults,
     lease: Option<Lease>,
+    /// Funnel steps reached in this transaction, tallied just before it commits.
+    tally: Vec<(TallyKey, Step)>,
+}
+
+/// What a funnel step was reached by; its cohort is the trigger behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum TallyKey {
+    Invite(i64),
+    Referral(i64),
 }
 
 impl Store {
@@ -54,6 +67,7 @@ impl Store {
             backend: self.backend,
             faults: self.faults.clone(),
             lease: lease.cloned(),
+            tally: Vec::new(),
         };
         // SQLite: take the write lock first (a transaction that reads and then writes can be
         // refused by WAL when another writer went between). PostgreSQL checks the lease
@@ -98,8 +112,51 @@ impl Tx {
         self.finish(ItemEnd::Done(note.into())).await
     }
 
+    /// Notes funnel steps reached in this transaction.
+    pub(super) fn tally(&mut self, key: TallyKey, steps: Vec<Step>) {
+        self.tally.extend(steps.into_iter().map(|step| (key, step)));
+    }
+
+    /// Adds the steps reached to the funnel's tally, in one order in every transaction
+    /// (so two transactions never wait on each other's tally rows in a cycle). Each
+    /// cohort's counts are spread over a few rows so that busy days do not serialise.
+    async fn write_tally(&mut self) -> Result<(), StoreError> {
+        let mut tally = std::mem::take(&mut self.tally);
+        tally.sort();
+        for (key, step) in tally {
+            let (source, id) = match key {
+                TallyKey::Invite(id) => ("invites i WHERE i.id = $3", id),
+                TallyKey::Referral(id) => ("referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $3", id),
+            };
+            let sql = format!(
+                "INSERT INTO funnel_tally (day, trigger, step, slot, n) \
+                 SELECT i.created_at / {DAY_MS}, i.trigger, $1, $2, 1 FROM {source} \
+                 ON CONFLICT (day, trigger, step, slot) DO UPDATE SET n = funnel_tally.n + 1"
+            );
+            sqlx::query(&sql)
+                .bind(step.as_str())
+                .bind(id.rem_euclid(TALLY_SLOTS))
+                .bind(id)
+                .execute(self.write()?)
+                .await?;
+            if let (TallyKey::Referral(id), Step::Nominated | Step::Converted) = (key, step) {
+                sqlx::query(
+                    "INSERT INTO referrer_tally (contact_id, step, n) \
+                     SELECT referrer_contact_id, $1, 1 FROM referrals WHERE id = $2 \
+                     ON CONFLICT (contact_id, step) DO UPDATE SET n = referrer_tally.n + 1",
+                )
+                .bind(step.as_str())
+                .bind(id)
+                .execute(self.write()?)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Commits the step and ends its item as given.
     pub async fn finish(mut self, end: ItemEnd) -> Result<(), StoreError> {
+        self.write_tally().await?;
         if let Some(lease) = self.lease.take() {
             let (state, note, error) = match &end {
                 ItemEnd::Done(note) => (QueueState::Done, Some(note.as_str()), None),

@@ -193,6 +193,15 @@ pub async fn drain(lc: &Lifecycle, within: Duration) {
     );
 }
 
+/// The funnel's tally counted each of `n` whole referrals at every step exactly once,
+/// whatever was retried or interrupted.
+pub async fn assert_funnel(lc: &Lifecycle, n: i64) {
+    let period = referloop::domain::funnel::Period::last_days(1, referloop::store::now_ms()).expect("period");
+    let funnel = lc.app.store.funnel(period, None).await.expect("funnel");
+    let counts: Vec<i64> = funnel.steps().iter().map(|s| s.count).collect();
+    assert_eq!(counts, vec![n; 8], "every step once per referral: {funnel:?}");
+}
+
 /// Accepted sends of `template` to `to`.
 pub fn sends_to(graph: &GraphSends, template: &str, to: &str) -> usize {
     graph.of(template).iter().filter(|b| b["to"] == to).count()
@@ -242,6 +251,7 @@ async fn referrals_survive_flaky_outside_apis(backend: Backend) {
         jobs.iter().all(|j| j.state.as_str() == "done"),
         "every job done: {jobs:?}"
     );
+    assert_funnel(&lc, 1).await;
     let retried = jobs.iter().filter(|j| j.attempts > 1).count();
     let faulted = outside.faulted();
     println!("{backend:?}: {retried} jobs retried; faulted calls (Graph, HubSpot, Stripe): {faulted:#?}");

@@ -56,7 +56,7 @@ async fn start(backend: Backend) -> Lifecycle {
         set_env(
             env,
             "REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS",
-            "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+            "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
         );
         set_env(env, "REFERLOOP_WORKER__INTERRUPTED_SEND_WAIT_SECONDS", "2");
     })

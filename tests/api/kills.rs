@@ -19,7 +19,7 @@ use referloop::store::{Backend, Queue};
 use serde_json::{json, Value};
 
 use crate::both_backends;
-use crate::chaos::{chaos_env, drain, sends_to, Outside};
+use crate::chaos::{assert_funnel, chaos_env, drain, sends_to, Outside};
 use crate::fakes::*;
 use crate::helpers::*;
 use crate::lifecycle::nomination;
@@ -220,6 +220,7 @@ async fn workers_killed_at_random_do_everything_once(backend: Backend) {
     assert!(referrals.iter().all(|r| r.state.as_str() == "converted"));
     let jobs = lc.app.store.list(Queue::Jobs, None, 10_000).await.expect("jobs");
     assert!(jobs.iter().all(|j| j.state.as_str() == "done"), "no dead job: {jobs:?}");
+    assert_funnel(&lc, count as i64).await;
     if let Ok(lc) = Arc::try_unwrap(lc) {
         lc.shutdown().await;
     }
