@@ -139,7 +139,7 @@ async fn main() {
         "/api/v1/dead".to_string(),
         "/api/v1/dropouts?days=90".to_string(),
         "/api/v1/rewards/summary?days=90".to_string(),
-        "/api/v1/referrers/top?days=90".to_string(),
+        "/api/v1/referrers/top".to_string(),
     ];
     println!("{:<48} {:>10} {:>10}", "request", "median ms", "max ms");
     for path in &requests {
