@@ -98,6 +98,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ApiAction,
     },
+    /// Dashboard users (sign in at /admin).
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// Development helpers: signed webhooks to a running referloop.
     Dev {
         /// Where referloop listens (default: http://<server.listen>).
@@ -157,6 +162,22 @@ pub enum RewardsAction {
 pub enum ApiAction {
     /// Print the SHA-256 digest of a token, for api.tokens.
     HashToken { token: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Create a user, or set an existing one's role and password. The password is read
+    /// from standard input (one line, at least 12 characters), never from the command line.
+    Add {
+        name: String,
+        /// viewer (reads) or operator (also retries dead work and voids rewards).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+    },
+    /// List the users.
+    List,
+    /// Disable a user and end their sessions.
+    Disable { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -275,6 +296,57 @@ pub enum DevSource {
     Whatsapp,
     Hubspot,
     Stripe,
+}
+
+/// The least length of a dashboard password.
+const MIN_PASSWORD: usize = 12;
+
+async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitCode> {
+    let store = connect(settings).await?;
+    store.migrate().await.context("applying migrations")?;
+    match action {
+        UsersAction::Add { name, role } => {
+            let Some(role) = crate::domain::access::Role::parse(&role) else {
+                eprintln!("referloop: --role must be viewer or operator");
+                return Ok(ExitCode::from(2));
+            };
+            let name = name.trim().to_string();
+            if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
+                eprintln!("referloop: the name must be 1 to 100 printable characters");
+                return Ok(ExitCode::from(2));
+            }
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("reading the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            if password.chars().count() < MIN_PASSWORD {
+                eprintln!("referloop: give the password on standard input, at least {MIN_PASSWORD} characters");
+                return Ok(ExitCode::from(2));
+            }
+            let hash = crate::app::accounts::hash_password(password)
+                .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
+            store.upsert_admin_user(&name, role.as_str(), &hash).await?;
+            println!(
+                "user {name} ({role}) saved; sign in at {}/admin",
+                settings.server.public_base_url
+            );
+        }
+        UsersAction::List => {
+            for user in store.admin_users().await? {
+                let state = if user.disabled { " (disabled)" } else { "" };
+                println!("{}\t{}{state}", user.name, user.role);
+            }
+        }
+        UsersAction::Disable { name } => {
+            if !store.disable_admin_user(&name).await? {
+                eprintln!("referloop: no user named {name}");
+                return Ok(ExitCode::from(1));
+            }
+            println!("user {name} disabled; their sessions ended");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run() -> ExitCode {
@@ -467,6 +539,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             use sha2::Digest;
             println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
         }
+        Command::Users { action } => return users(&settings, action).await,
         Command::Dev { base_url, action } => return dev_command(&settings, base_url, action).await,
     }
     Ok(ExitCode::SUCCESS)

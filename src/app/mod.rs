@@ -13,6 +13,7 @@
 //! - [`opt_out`]: marketing opt-outs, wherever they come from.
 //! - [`crm`]: HubSpot updates that mirror our records.
 
+pub mod accounts;
 pub mod conversion;
 pub mod crm;
 pub mod delivery;

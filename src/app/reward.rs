@@ -345,6 +345,16 @@ async fn fulfil_by_webhook(
 }
 
 /// Voids a referral's rewards that are not issued yet (the API's void, an operator).
+/// As [`void`], for a person: the void and the record of who asked commit together.
+pub async fn void_by(s: &Services, referral_id: i64, actor: &str) -> Result<u64, StepError> {
+    let mut tx = s.store.begin(None).await?;
+    let voided = tx.void_rewards(referral_id).await?;
+    tx.record_admin_action(actor, "void", &format!("referral:{referral_id}"))
+        .await?;
+    tx.commit("").await?;
+    Ok(voided)
+}
+
 pub async fn void(s: &Services, referral_id: i64) -> Result<u64, StepError> {
     let mut tx = s.store.begin(None).await?;
     let voided = tx.void_rewards(referral_id).await?;

@@ -23,6 +23,10 @@ impl Role {
         }
     }
 
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == s)
+    }
+
     /// Whether this role may take `action`.
     pub fn may(self, action: Action) -> bool {
         match action {
@@ -36,6 +40,16 @@ impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Failed sign-ins allowed for one user name within [`SIGN_IN_WINDOW_MS`]; beyond it,
+/// sign-in is refused until the window has passed (whatever the password).
+pub const MAX_SIGN_IN_FAILURES: i64 = 5;
+pub const SIGN_IN_WINDOW_MS: i64 = 15 * 60 * 1000;
+
+/// Whether a user name with `failures` recent failed sign-ins must wait.
+pub fn sign_in_throttled(failures: i64) -> bool {
+    failures >= MAX_SIGN_IN_FAILURES
 }
 
 /// What a request does.
@@ -106,6 +120,16 @@ mod tests {
         ] {
             assert!(TokenDigest::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sign_in_is_throttled_after_five_failures() {
+        assert!(!sign_in_throttled(MAX_SIGN_IN_FAILURES - 1));
+        assert!(sign_in_throttled(MAX_SIGN_IN_FAILURES));
+        for role in Role::ALL {
+            assert_eq!(Role::parse(role.as_str()), Some(role));
+        }
+        assert_eq!(Role::parse("admin"), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod admin;
 mod api;
+mod dashboard;
 mod error;
 mod health;
 pub mod openapi;
@@ -55,6 +56,15 @@ pub fn router(state: AppState) -> Router {
         routes = routes.route(op.path, (op.handler)());
     }
     routes
+        .route("/admin", get(dashboard::funnel))
+        .route("/admin/style.css", get(dashboard::style))
+        .route("/admin/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/admin/logout", post(dashboard::logout))
+        .route("/admin/referrals", get(dashboard::referrals))
+        .route("/admin/referrals/{id}", get(dashboard::referral))
+        .route("/admin/operations", get(dashboard::operations))
+        .route("/admin/operations/retry", post(dashboard::retry))
+        .route("/admin/operations/void", post(dashboard::void))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -2,6 +2,7 @@
 //! SQLite (the embedded default) through sqlx's `Any` driver; where the SQL must differ
 //! (job claiming, migrations) the backend is matched explicitly.
 
+mod admin_users;
 mod faults;
 mod group_commit;
 mod inbox;
@@ -23,6 +24,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions};
 
 pub use crate::domain::state::QueueState;
+pub use admin_users::{AdminSession, AdminUser};
 pub use faults::{in_attempt, Faults};
 pub use group_commit::InboxWriter;
 pub use jobs::{EnqueueOutcome, NewJob};

@@ -285,6 +285,21 @@ impl Store {
             .await?)
     }
 
+    /// Referrals found by code, HubSpot contact id (referrer's or friend's) or phone
+    /// (`phone`: the query as an E.164 number, when it is one), newest first.
+    pub async fn find_referrals(&self, query: &str, phone: Option<&str>) -> Result<Vec<ReferralRow>, StoreError> {
+        let sql = format!(
+            "SELECT {} FROM referrals WHERE referral_code = $1 OR referrer_contact_id = $1 OR friend_contact_id = $1 \
+             OR referrer_phone = $2 OR friend_phone = $2 ORDER BY id DESC LIMIT 50",
+            super::referrals::REFERRAL_COLUMNS
+        );
+        Ok(sqlx::query_as::<_, ReferralRow>(&sql)
+            .bind(query)
+            .bind(phone.unwrap_or(""))
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Referrals nominated in `period`, oldest first (the CSV export).
     pub async fn referrals_nominated_in(&self, period: Period) -> Result<Vec<ReferralRow>, StoreError> {
         let sql = format!(

@@ -299,6 +299,16 @@ impl Store {
             .await?)
     }
 
+    /// Rewards held before issuing (pending), oldest first: what an operator may void.
+    pub async fn pending_rewards(&self, limit: i64) -> Result<Vec<RewardRow>, StoreError> {
+        let sql = format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE state = $1 ORDER BY id LIMIT $2");
+        Ok(sqlx::query_as::<_, RewardRow>(&sql)
+            .bind(RewardState::Pending.as_str())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     pub async fn list_rewards(&self, limit: i64) -> Result<Vec<RewardRow>, StoreError> {
         let sql = format!("SELECT {REWARD_COLUMNS} FROM rewards ORDER BY id DESC LIMIT $1");
         Ok(sqlx::query_as::<_, RewardRow>(&sql)

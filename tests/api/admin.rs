@@ -44,7 +44,7 @@ fn invite(n: usize, state: InviteState) -> NewInvite {
 
 /// A trigger in every invite state and a referral in every referral state; the converted
 /// referral's friend reward is issued. Returns the referral ids, oldest first.
-async fn seed(store: &Store) -> Vec<i64> {
+pub async fn seed(store: &Store) -> Vec<i64> {
     let mut tx = store.begin(None).await.expect("begin");
     let mut n = 0;
     for state in [

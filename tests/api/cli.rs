@@ -76,3 +76,45 @@ fn configuration_mistakes_are_named() {
         "valid TOML:\n{printed}"
     );
 }
+
+/// `referloop users add` reads the password from standard input (never the command
+/// line), refuses short ones and unknown roles, and stores only an argon2id hash.
+#[tokio::test]
+async fn dashboard_users_are_added_with_a_password_from_stdin() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("directory");
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let add = |role: &str, password: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_referloop"))
+            .args(["users", "add", "olga", "--role", role])
+            .env_clear()
+            .env("REFERLOOP_LOG__LEVEL", "warn")
+            .env("DATABASE_URL", &url)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run referloop");
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = writeln!(stdin, "{password}");
+        }
+        child.wait_with_output().expect("output")
+    };
+    let short = add("operator", "too short");
+    assert!(!short.status.success());
+    assert!(text(&short).contains("at least 12 characters"), "{}", text(&short));
+    let bad_role = add("admin", "a long enough password");
+    assert!(text(&bad_role).contains("viewer or operator"), "{}", text(&bad_role));
+    let added = add("operator", "a long enough password");
+    assert!(added.status.success(), "{}", text(&added));
+    let listed = referloop(&["users", "list"], &[("DATABASE_URL", &url)]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "olga\toperator");
+    let store = referloop::store::Store::connect(&url, 1).await.expect("store");
+    let user = store.admin_user("olga").await.expect("read").expect("olga");
+    assert!(user.password_hash.starts_with("$argon2id$"));
+    assert!(!user.password_hash.contains("a long enough password"));
+    let disabled = referloop(&["users", "disable", "olga"], &[("DATABASE_URL", &url)]);
+    assert!(disabled.status.success(), "{}", text(&disabled));
+    let listed = referloop(&["users", "list"], &[("DATABASE_URL", &url)]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("(disabled)"));
+}

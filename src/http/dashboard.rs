@@ -1,0 +1,678 @@
+//! The dashboard under `/admin`: server-rendered HTML (maud, checked at compile time), no
+//! JavaScript, charts as inline SVG, one small stylesheet served from here. Users sign in
+//! with a password (`referloop users add`); the session lives in an HttpOnly, SameSite
+//! cookie, every form carries the session's CSRF token, and actions (retry, void) need the
+//! operator role, ask for confirmation and are recorded.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use maud::{html, Markup, DOCTYPE};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::app::accounts::{self, SignIn, SESSION_MS};
+use crate::app::reward;
+use crate::domain::access::{Action, Role};
+use crate::domain::funnel::Period;
+use crate::domain::phone::E164;
+use crate::domain::state::{Persisted, QueueState};
+use crate::store::{now_ms, AdminSession, Queue};
+use crate::telemetry::mask_phone;
+
+const COOKIE: &str = "referloop_session";
+
+const STYLE: &str = include_str!("dashboard.css");
+
+/// Headers every dashboard page carries: nothing cached, nothing framed, nothing loaded
+/// from elsewhere.
+fn secure(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn html_page(status: StatusCode, markup: Markup) -> Response {
+    secure(
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            markup.into_string(),
+        )
+            .into_response(),
+    )
+}
+
+/// The page frame: navigation, the signed-in user and the sign-out form.
+fn layout(title: &str, session: Option<&AdminSession>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · referloop" }
+                link rel="stylesheet" href="/admin/style.css";
+            }
+            body {
+                header {
+                    strong { "referloop" }
+                    @if let Some(session) = session {
+                        nav aria-label="Main" {
+                            a href="/admin" { "Funnel" }
+                            a href="/admin/referrals" { "Referrals" }
+                            a href="/admin/operations" { "Operations" }
+                        }
+                        form method="post" action="/admin/logout" class="signout" {
+                            input type="hidden" name="csrf" value=(session.csrf);
+                            span { (session.user.name) " (" (session.user.role) ")" }
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { h1 { (title) } (body) }
+            }
+        }
+    }
+}
+
+fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %crate::telemetry::escape(&e.to_string()), "dashboard: database error");
+    html_page(
+        StatusCode::SERVICE_UNAVAILABLE,
+        layout(
+            "Temporarily unavailable",
+            None,
+            html! { p { "Try again in a moment." } },
+        ),
+    )
+}
+
+/// The session behind the request's cookie, or the answer to give (to the sign-in page).
+async fn session(state: &AppState, headers: &HeaderMap) -> Result<AdminSession, Response> {
+    let Some(token) = cookie_token(headers) else {
+        return Err(Redirect::to("/admin/login").into_response());
+    };
+    match accounts::session(&state.store, &token).await {
+        Ok(Some(session)) => Ok(session),
+        Ok(None) => Err(Redirect::to("/admin/login").into_response()),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+fn forbidden(why: &str) -> Response {
+    html_page(
+        StatusCode::FORBIDDEN,
+        layout("Not allowed", None, html! { p { (why) } }),
+    )
+}
+
+/// For a form post: the session, its CSRF token matched, and its role allowed `action`.
+async fn authorised_post(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+    action: Action,
+) -> Result<AdminSession, Response> {
+    let session = session(state, headers).await?;
+    if csrf.is_empty() || !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
+        tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: CSRF token missing or wrong");
+        return Err(forbidden("The form was not sent from this dashboard (its security token did not match). Reload the page and try again."));
+    }
+    let role = Role::parse(&session.user.role).unwrap_or(Role::Viewer);
+    if !role.may(action) {
+        tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: a viewer tried an action");
+        return Err(forbidden("Your role may only read. Ask an operator."));
+    }
+    Ok(session)
+}
+
+pub async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        STYLE,
+    )
+        .into_response()
+}
+
+fn login_page(status: StatusCode, message: Option<&str>) -> Response {
+    html_page(
+        status,
+        layout(
+            "Sign in",
+            None,
+            html! {
+                @if let Some(message) = message { p role="alert" class="error" { (message) } }
+                form method="post" action="/admin/login" class="login" {
+                    label for="name" { "Name" }
+                    input id="name" name="name" autocomplete="username" required;
+                    label for="password" { "Password" }
+                    input id="password" name="password" type="password" autocomplete="current-password" required;
+                    button type="submit" { "Sign in" }
+                }
+            },
+        ),
+    )
+}
+
+pub async fn login_form() -> Response {
+    login_page(StatusCode::OK, None)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    password: String,
+}
+
+fn session_cookie(state: &AppState, token: &str, max_age_ms: i64) -> HeaderValue {
+    let secure = if state.settings.server.public_base_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{COOKIE}={token}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        max_age_ms / 1000
+    );
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+    // A session the client brought along ends here: sign-in always starts a new one.
+    if let Some(old) = cookie_token(&headers) {
+        let _ = state.store.end_admin_session(&accounts::token_hash(&old)).await;
+    }
+    match accounts::sign_in(&state.store, form.name.trim(), &form.password).await {
+        Ok(SignIn::Started { token, .. }) => {
+            let mut response = Redirect::to("/admin").into_response();
+            response
+                .headers_mut()
+                .insert(header::SET_COOKIE, session_cookie(&state, &token, SESSION_MS));
+            secure(response)
+        }
+        Ok(SignIn::Refused) => login_page(StatusCode::UNAUTHORIZED, Some("Wrong name or password.")),
+        Ok(SignIn::Throttled) => login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many failed attempts for this name. Wait 15 minutes and try again."),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
+    if let Err(refused) = authorised_post(&state, &headers, &form.csrf, Action::Read).await {
+        return refused;
+    }
+    if let Some(token) = cookie_token(&headers) {
+        if let Err(e) = state.store.end_admin_session(&accounts::token_hash(&token)).await {
+            return unavailable(e);
+        }
+    }
+    let mut response = Redirect::to("/admin/login").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
+    secure(response)
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct DaysQuery {
+    days: Option<i64>,
+}
+
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or("–".to_string(), |r| format!("{:.1} %", r * 100.0))
+}
+
+/// Horizontal bars, one per funnel step, scaled to the first.
+fn funnel_chart(steps: &[crate::domain::funnel::FunnelStep]) -> Markup {
+    let top = steps.first().map_or(1, |s| s.count.max(1)) as f64;
+    let height = steps.len() * 28;
+    html! {
+        svg viewBox=(format!("0 0 400 {height}")) role="img" aria-label="The funnel as bars" class="chart" {
+            @for (i, step) in steps.iter().enumerate() {
+                @let width = (step.count as f64 / top * 240.0).max(1.0);
+                @let y = i * 28;
+                text x="0" y=(y + 18) { (step.step.replace('_', " ")) }
+                rect x="120" y=(y + 4) width=(format!("{width:.1}")) height="20" {}
+                text x=(format!("{:.1}", 126.0 + width)) y=(y + 18) { (step.count) }
+            }
+        }
+    }
+}
+
+/// The daily chart: triggers per day as a line.
+fn daily_chart(days: &[crate::store::FunnelDay]) -> Markup {
+    let most = days.iter().map(|d| d.triggers).max().unwrap_or(1).max(1) as f64;
+    let step = if days.len() > 1 {
+        380.0 / (days.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let points: Vec<String> = days
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            format!(
+                "{:.1},{:.1}",
+                10.0 + i as f64 * step,
+                110.0 - d.triggers as f64 / most * 100.0
+            )
+        })
+        .collect();
+    html! {
+        svg viewBox="0 0 400 120" role="img" aria-label="Triggers per day" class="chart" {
+            polyline points=(points.join(" ")) fill="none" {}
+        }
+    }
+}
+
+/// `/admin`: the funnel, why people dropped out, rewards and top referrers.
+pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<DaysQuery>) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    let days = query.days.unwrap_or(30);
+    let Ok(period) = Period::last_days(days, now_ms()) else {
+        return html_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            layout(
+                "Funnel",
+                Some(&session),
+                html! { p { "Choose between 1 and 366 days." } },
+            ),
+        );
+    };
+    let store = &state.store;
+    let (counts, daily, dropouts, totals, top, pool) = match tokio::try_join!(
+        store.funnel(period, None),
+        store.funnel_days(period, None),
+        store.dropouts(period),
+        store.reward_totals(period),
+        store.top_referrers(10),
+        store.free_pool_codes(),
+    ) {
+        Ok(all) => all,
+        Err(e) => return unavailable(e),
+    };
+    let steps = counts.steps();
+    let body = html! {
+        nav aria-label="Period" class="periods" {
+            @for d in [7, 30, 90] {
+                @if d == days { strong aria-current="page" { (d) " days" } } @else { a href=(format!("/admin?days={d}")) { (d) " days" } }
+            }
+        }
+        section aria-labelledby="funnel" {
+            h2 id="funnel" { "Funnel, last " (days) " days" }
+            table {
+                thead { tr { th scope="col" { "Step" } th scope="col" { "Count" } th scope="col" { "From the step before" } } }
+                tbody {
+                    @for step in &steps {
+                        tr { th scope="row" { (step.step.replace('_', " ")) } td data-step=(step.step) { (step.count) } td { (percent(step.rate)) } }
+                    }
+                }
+            }
+            (funnel_chart(&steps))
+            h3 { "Triggers per day" }
+            (daily_chart(&daily))
+        }
+        section aria-labelledby="dropouts" {
+            h2 id="dropouts" { "Why people dropped out" }
+            @for (title, rows) in [("Ineligible triggers", &dropouts.ineligible), ("Refused nominations", &dropouts.refused), ("Message failures", &dropouts.message_failures), ("Opt-outs", &dropouts.opt_outs)] {
+                h3 { (title) }
+                @if rows.is_empty() { p { "None." } } @else {
+                    table { tbody { @for row in rows { tr { th scope="row" { (row.reason) } td { (row.count) } } } } }
+                }
+            }
+        }
+        section aria-labelledby="rewards" {
+            h2 id="rewards" { "Rewards" }
+            p { "Unused codes in the pool: " strong data-pool="free" { (pool) } }
+            @if totals.is_empty() { p { "None in this period." } } @else {
+                table {
+                    thead { tr { th scope="col" { "State" } th scope="col" { "Kind" } th scope="col" { "Count" } th scope="col" { "Value" } } }
+                    tbody { @for t in &totals { tr { td { (t.state) } td { (t.kind) } td { (t.count) } td { (format!("{:.2} {}", t.amount as f64 / 100.0, t.currency.to_uppercase())) } } } }
+                }
+            }
+        }
+        section aria-labelledby="referrers" {
+            h2 id="referrers" { "Top referrers" }
+            @if top.is_empty() { p { "No converted referrals yet." } } @else {
+                table {
+                    thead { tr { th scope="col" { "Referrer" } th scope="col" { "Nominated" } th scope="col" { "Converted" } } }
+                    tbody { @for r in &top { tr { td { (r.name) " (" (r.contact_id) ")" } td { (r.nominated) } td { (r.converted) } } } }
+                }
+            }
+        }
+    };
+    html_page(StatusCode::OK, layout("Funnel", Some(&session), body))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SearchQuery {
+    q: Option<String>,
+}
+
+/// `/admin/referrals`: the newest referrals, or those found by code, contact id or phone.
+pub async fn referrals(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<SearchQuery>,
+) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let found = match q {
+        Some(q) => {
+            let phone = E164::parse_mobile(q, &state.settings.programme.default_region).ok();
+            state.store.find_referrals(q, phone.as_ref().map(E164::as_str)).await
+        }
+        None => state.store.referrals_page(None, None, 50).await,
+    };
+    let rows = match found {
+        Ok(rows) => rows,
+        Err(e) => return unavailable(e),
+    };
+    let body = html! {
+        form method="get" action="/admin/referrals" role="search" {
+            label for="q" { "Code, HubSpot contact id or phone" }
+            input id="q" name="q" value=(q.unwrap_or(""));
+            button type="submit" { "Find" }
+        }
+        @if rows.is_empty() { p { "No referral found." } } @else {
+            table {
+                thead { tr { th scope="col" { "Referral" } th scope="col" { "State" } th scope="col" { "Referrer" } th scope="col" { "Friend" } th scope="col" { "Code" } } }
+                tbody {
+                    @for r in &rows {
+                        tr {
+                            td { a href=(format!("/admin/referrals/{}", r.id)) { "#" (r.id) } }
+                            td { (r.state.as_str()) }
+                            td { (r.referrer_name) " " (mask_phone(&r.referrer_phone)) }
+                            td { (r.friend_name) " " (mask_phone(&r.friend_phone)) }
+                            td { (r.referral_code) }
+                        }
+                    }
+                }
+            }
+        }
+    };
+    html_page(StatusCode::OK, layout("Referrals", Some(&session), body))
+}
+
+/// `/admin/referrals/{id}`: one referral's timeline.
+pub async fn referral(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    let not_found = || {
+        html_page(
+            StatusCode::NOT_FOUND,
+            layout(
+                "No such referral",
+                Some(&session),
+                html! { p { a href="/admin/referrals" { "Back to the referrals" } } },
+            ),
+        )
+    };
+    let Ok(id) = id.parse::<i64>() else { return not_found() };
+    let referral = match state.store.referral(id).await {
+        Ok(Some(referral)) => referral,
+        Ok(None) => return not_found(),
+        Err(e) => return unavailable(e),
+    };
+    let timeline = match state.store.timeline(&referral).await {
+        Ok(entries) => entries,
+        Err(e) => return unavailable(e),
+    };
+    let body = html! {
+        dl {
+            dt { "State" } dd data-referral="state" { (referral.state.as_str()) }
+            dt { "Referrer" } dd { (referral.referrer_name) " (" (referral.referrer_contact_id) ", " (mask_phone(&referral.referrer_phone)) ")" }
+            dt { "Friend" } dd { (referral.friend_name) " (" (mask_phone(&referral.friend_phone)) ")" }
+            dt { "Code" } dd { (referral.referral_code) }
+        }
+        h2 { "Timeline" }
+        ol class="timeline" {
+            @for entry in &timeline {
+                li { time datetime=(entry.at) { (format_ms(entry.at)) } " " span class="kind" { (entry.kind) } " " (entry.what) }
+            }
+        }
+    };
+    html_page(StatusCode::OK, layout(&format!("Referral #{id}"), Some(&session), body))
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// `/admin/operations`: dead work with "retry", pending rewards with "void".
+pub async fn operations(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let session = match session(&state, &headers).await {
+        Ok(session) => session,
+        Err(answer) => return answer,
+    };
+    let store = &state.store;
+    let (inbox, jobs, pending, actions) = match tokio::try_join!(
+        store.list(Queue::Inbox, Some(QueueState::Dead), 100),
+        store.list(Queue::Jobs, Some(QueueState::Dead), 100),
+        store.pending_rewards(100),
+        store.admin_actions(20),
+    ) {
+        Ok(all) => all,
+        Err(e) => return unavailable(e),
+    };
+    let operator = Role::parse(&session.user.role) == Some(Role::Operator);
+    let body = html! {
+        h2 { "Dead work" }
+        @if inbox.is_empty() && jobs.is_empty() { p { "Nothing is dead." } } @else {
+            table {
+                thead { tr { th scope="col" { "Item" } th scope="col" { "Kind" } th scope="col" { "Last error" } th scope="col" { "Action" } } }
+                tbody {
+                    @for (queue, items) in [("inbox", &inbox), ("jobs", &jobs)] {
+                        @for item in items.iter() {
+                            tr {
+                                td { (queue) " #" (item.id) }
+                                td { (item.kind) }
+                                td { (item.last_error.as_deref().unwrap_or("")) }
+                                td {
+                                    form method="post" action="/admin/operations/retry" {
+                                        input type="hidden" name="csrf" value=(session.csrf);
+                                        input type="hidden" name="queue" value=(queue);
+                                        input type="hidden" name="id" value=(item.id);
+                                        button type="submit" disabled[!operator] aria-label=(format!("Retry {queue} item {}", item.id)) { "Retry…" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Pending rewards" }
+        @if pending.is_empty() { p { "No reward is waiting." } } @else {
+            table {
+                thead { tr { th scope="col" { "Referral" } th scope="col" { "For" } th scope="col" { "Reward" } th scope="col" { "Action" } } }
+                tbody {
+                    @for r in &pending {
+                        tr {
+                            td { a href=(format!("/admin/referrals/{}", r.referral_id)) { "#" (r.referral_id) } }
+                            td { (r.beneficiary) " " (mask_phone(&r.phone)) }
+                            td { (r.kind) " " (format!("{:.2} {}", r.amount as f64 / 100.0, r.currency.to_uppercase())) }
+                            td {
+                                form method="post" action="/admin/operations/void" {
+                                    input type="hidden" name="csrf" value=(session.csrf);
+                                    input type="hidden" name="id" value=(r.referral_id);
+                                    button type="submit" disabled[!operator] aria-label=(format!("Void the rewards of referral {}", r.referral_id)) { "Void…" }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !operator { p class="note" { "Your role may only read: retry and void need an operator." } }
+        h2 { "Recent actions" }
+        @if actions.is_empty() { p { "None yet." } } @else {
+            ul { @for a in &actions { li { (format_ms(a.at)) ": " (a.actor) " — " (a.action) " " (a.target) } } }
+        }
+    };
+    html_page(StatusCode::OK, layout("Operations", Some(&session), body))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    queue: String,
+    #[serde(default)]
+    id: String,
+    /// Absent: show the confirmation; "yes": act.
+    #[serde(default)]
+    confirm: String,
+}
+
+/// The confirmation step of an action: the same form again, with `confirm=yes`.
+fn confirm_page(session: &AdminSession, action: &str, question: &str, form: &ActionForm) -> Response {
+    let body = html! {
+        p { (question) }
+        form method="post" action=(action) {
+            input type="hidden" name="csrf" value=(session.csrf);
+            input type="hidden" name="queue" value=(form.queue);
+            input type="hidden" name="id" value=(form.id);
+            input type="hidden" name="confirm" value="yes";
+            button type="submit" { "Confirm" }
+            " "
+            a href="/admin/operations" { "Cancel" }
+        }
+    };
+    html_page(StatusCode::OK, layout("Confirm", Some(session), body))
+}
+
+/// `POST /admin/operations/retry` (operator): asks, then re-queues a dead item.
+pub async fn retry(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    let session = match authorised_post(&state, &headers, &form.csrf, Action::Act).await {
+        Ok(session) => session,
+        Err(refused) => return refused,
+    };
+    let queue = match form.queue.as_str() {
+        "inbox" => Queue::Inbox,
+        "jobs" => Queue::Jobs,
+        _ => return html_page(StatusCode::NOT_FOUND, layout("No such item", Some(&session), html! {})),
+    };
+    let Ok(id) = form.id.parse::<i64>() else {
+        return html_page(StatusCode::NOT_FOUND, layout("No such item", Some(&session), html! {}));
+    };
+    if form.confirm != "yes" {
+        let question = format!("Retry {} item #{id} with fresh attempts?", form.queue);
+        return confirm_page(&session, "/admin/operations/retry", &question, &form);
+    }
+    let actor = format!("user:{}", session.user.name);
+    match state.store.retry_dead_by(queue, id, &actor).await {
+        Ok(_) => secure(Redirect::to("/admin/operations").into_response()),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// `POST /admin/operations/void` (operator): asks, then voids a referral's pending rewards.
+pub async fn void(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
+    let session = match authorised_post(&state, &headers, &form.csrf, Action::Act).await {
+        Ok(session) => session,
+        Err(refused) => return refused,
+    };
+    let Ok(referral_id) = form.id.parse::<i64>() else {
+        return html_page(
+            StatusCode::NOT_FOUND,
+            layout("No such referral", Some(&session), html! {}),
+        );
+    };
+    if form.confirm != "yes" {
+        let question = format!("Void the rewards of referral #{referral_id} that are not issued yet?");
+        return confirm_page(&session, "/admin/operations/void", &question, &form);
+    }
+    let actor = format!("user:{}", session.user.name);
+    match reward::void_by(&state.services, referral_id, &actor).await {
+        Ok(_) => secure(Redirect::to("/admin/operations").into_response()),
+        Err(e) => unavailable(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_ms(1_795_510_900_000), "2026-11-24 09:01:40 UTC");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn the_session_cookie_is_read_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; referloop_session=abc; b=2"),
+        );
+        assert_eq!(cookie_token(&headers).as_deref(), Some("abc"));
+        assert_eq!(cookie_token(&HeaderMap::new()), None);
+    }
+}
