@@ -276,28 +276,34 @@ fn funnel_chart(steps: &[crate::domain::funnel::FunnelStep]) -> Markup {
     }
 }
 
-/// The daily chart: triggers per day as a line.
+/// The daily chart: a bar per day for its triggers, the converted part darker, with the
+/// first and last day written under it.
 fn daily_chart(days: &[crate::store::FunnelDay]) -> Markup {
     let most = days.iter().map(|d| d.triggers).max().unwrap_or(1).max(1) as f64;
-    let step = if days.len() > 1 {
-        380.0 / (days.len() - 1) as f64
-    } else {
-        0.0
-    };
-    let points: Vec<String> = days
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            format!(
-                "{:.1},{:.1}",
-                10.0 + i as f64 * step,
-                110.0 - d.triggers as f64 / most * 100.0
-            )
-        })
-        .collect();
+    let width = 380.0 / days.len().max(1) as f64;
+    let first = days
+        .first()
+        .map(|d| format_ms(d.day)[..10].to_string())
+        .unwrap_or_default();
+    let last = days
+        .last()
+        .map(|d| format_ms(d.day)[..10].to_string())
+        .unwrap_or_default();
     html! {
-        svg viewBox="0 0 400 120" role="img" aria-label="Triggers per day" class="chart" {
-            polyline points=(points.join(" ")) fill="none" {}
+        @if days.is_empty() { p { "No triggers in this period." } } @else {
+            svg viewBox="0 0 400 140" role="img" aria-label=(format!("Triggers per day from {first} to {last}")) class="chart" {
+                @for (i, day) in days.iter().enumerate() {
+                    @let x = 10.0 + i as f64 * width;
+                    @let height = day.triggers as f64 / most * 100.0;
+                    @let converted = day.converted as f64 / most * 100.0;
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", 110.0 - height)) width=(format!("{:.1}", (width - 2.0).max(1.0))) height=(format!("{height:.1}")) {
+                        title { (format_ms(day.day)[..10]) ": " (day.triggers) " triggers, " (day.nominated) " nominated, " (day.converted) " converted" }
+                    }
+                    rect class="converted" x=(format!("{x:.1}")) y=(format!("{:.1}", 110.0 - converted)) width=(format!("{:.1}", (width - 2.0).max(1.0))) height=(format!("{converted:.1}")) {}
+                }
+                text x="10" y="130" { (first) }
+                text x="390" y="130" text-anchor="end" { (last) }
+            }
         }
     }
 }

@@ -10,6 +10,7 @@ mod helpers;
 
 mod admin;
 mod attribution;
+mod browser;
 mod fuzz;
 mod health;
 mod hostile;

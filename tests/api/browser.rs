@@ -1,0 +1,330 @@
+//! The dashboard as a person sees it: Debian's Chromium, headless, driven through
+//! ChromeDriver's WebDriver protocol (plain HTTP, spoken here with reqwest). It signs in
+//! to a referloop seeded with referrals in every state, reads the funnel from the page,
+//! opens a timeline, retries a dead job as an operator, is refused the same action as a
+//! viewer, and saves a screenshot of each page under `target/screenshots/`.
+//!
+//! scripts/test installs Chromium and ChromeDriver when missing; without them this test
+//! fails (it is never skipped).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use referloop::app::accounts::hash_password;
+use referloop::store::{Backend, NewJob, Queue, QueueState};
+use serde_json::{json, Value};
+
+use crate::admin::seed;
+use crate::helpers::*;
+
+const PASSWORD: &str = "correct horse battery";
+/// The key under which WebDriver returns an element reference.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Chrome {
+    driver: Child,
+    base: String,
+    session: String,
+    client: reqwest::Client,
+}
+
+impl Chrome {
+    async fn start() -> Chrome {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "chromedriver must be installed for the browser test (scripts/test installs Debian's chromium-driver)",
+            );
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let ready = eventually(Duration::from_secs(20), || {
+            let (client, url) = (client.clone(), format!("{base}/status"));
+            async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await;
+        assert!(ready, "chromedriver did not start");
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1400"]}}}});
+        let answer: Value = client
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .expect("new session")
+            .json()
+            .await
+            .expect("session JSON");
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("Chromium did not start: {answer}"))
+            .to_string();
+        Chrome {
+            driver,
+            base,
+            session,
+            client,
+        }
+    }
+
+    /// A WebDriver command's value, or its error (e.g. no such element while a page loads).
+    async fn try_command(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, Value> {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.client.request(method, url);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let answer: Value = request
+            .send()
+            .await
+            .expect("WebDriver command")
+            .json()
+            .await
+            .expect("WebDriver JSON");
+        match answer["value"]["error"].is_null() {
+            true => Ok(answer["value"].clone()),
+            false => Err(answer),
+        }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        self.try_command(method, path, body)
+            .await
+            .unwrap_or_else(|e| panic!("WebDriver {path}: {e}"))
+    }
+
+    /// The text of the element `css`, or `None` while it is not there.
+    async fn try_text(&self, css: &str) -> Option<String> {
+        let found = self
+            .try_command(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await
+            .ok()?;
+        let id = found[ELEMENT].as_str()?.to_string();
+        let text = self
+            .try_command(reqwest::Method::GET, &format!("/element/{id}/text"), Value::Null)
+            .await
+            .ok()?;
+        text.as_str().map(str::to_string)
+    }
+
+    /// The text of the element `css` once `wanted` holds for it (a form's answer may
+    /// still be loading); fails after 5 s.
+    async fn wait_for_text(&self, css: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = self.try_text(css).await.unwrap_or_default();
+            if wanted(&text) {
+                return text;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{css}: {text:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn goto(&self, url: &str) {
+        self.command(reqwest::Method::POST, "/url", json!({"url": url})).await;
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .command(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT].as_str().unwrap_or_default().to_string()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.element(css).await;
+        let text = self
+            .command(reqwest::Method::GET, &format!("/element/{id}/text"), Value::Null)
+            .await;
+        text.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.command(reqwest::Method::POST, &format!("/element/{id}/click"), json!({}))
+            .await;
+    }
+
+    async fn script(&self, script: &str) -> Value {
+        self.command(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Saves a PNG of the page as `target/screenshots/<name>.png`.
+    async fn screenshot(&self, name: &str) {
+        let png = self.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .expect("screenshot PNG");
+        let dir = format!("{}/target/screenshots", env!("CARGO_MANIFEST_DIR"));
+        std::fs::create_dir_all(&dir).expect("screenshot directory");
+        std::fs::write(format!("{dir}/{name}.png"), bytes).expect("screenshot written");
+    }
+
+    async fn sign_in(&self, app: &TestApp, name: &str) {
+        self.goto(&app.url("/admin/login")).await;
+        self.type_into("#name", name).await;
+        self.type_into("#password", PASSWORD).await;
+        self.click("form.login button").await;
+        self.wait_for_text("h1", |t| t == "Funnel").await;
+    }
+
+    async fn quit(mut self) {
+        let url = format!("{}/session/{}", self.base, self.session);
+        let _ = self.client.delete(url).send().await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn dead_job(app: &TestApp, key: &str) -> i64 {
+    let job = NewJob {
+        kind: "no.such.kind".into(),
+        payload: "{}".into(),
+        idempotency_key: key.into(),
+        max_attempts: 1,
+        run_at: 0,
+    };
+    app.store.enqueue_job(&job).await.expect("enqueue");
+    let claimed = app
+        .store
+        .claim(Queue::Jobs, "test", 60_000)
+        .await
+        .expect("claim")
+        .expect("the job");
+    app.store
+        .fail(Queue::Jobs, claimed.id, "test", "unknown kind", None)
+        .await
+        .expect("dead");
+    claimed.id
+}
+
+async fn job_state(app: &TestApp, id: i64) -> QueueState {
+    let jobs = app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
+    jobs.iter().find(|j| j.id == id).map(|j| j.state).expect("the job")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
+    let app = TestApp::spawn_with(Backend::Postgres, |env| {
+        set_env(env, "REFERLOOP_WORKER__ENABLED", "false")
+    })
+    .await;
+    let hash = hash_password(PASSWORD).expect("hash");
+    for (name, role) in [("olga", "operator"), ("vera", "viewer")] {
+        app.store.upsert_admin_user(name, role, &hash).await.expect("user");
+    }
+    seed(&app.store).await;
+    let chrome = Chrome::start().await;
+
+    // Signed out, /admin leads to the sign-in page.
+    chrome.goto(&app.url("/admin")).await;
+    chrome.wait_for_text("h1", |t| t == "Sign in").await;
+    chrome.screenshot("sign-in").await;
+
+    // The operator signs in and reads the funnel of the seed.
+    chrome.sign_in(&app, "olga").await;
+    chrome.goto(&app.url("/admin?days=7")).await;
+    for (step, count) in [
+        ("triggers", "12"),
+        ("eligible", "10"),
+        ("invited", "10"),
+        ("flow_sent", "9"),
+        ("nominated", "8"),
+        ("friend_reached", "2"),
+        ("converted", "1"),
+        ("rewarded", "1"),
+    ] {
+        assert_eq!(
+            chrome.text(&format!("td[data-step=\"{step}\"]")).await,
+            count,
+            "{step} on the page"
+        );
+    }
+    chrome.screenshot("funnel").await;
+
+    // A referral's timeline, found by its code.
+    chrome.goto(&app.url("/admin/referrals?q=SEED011")).await;
+    chrome.click("table a").await;
+    chrome
+        .wait_for_text("dd[data-referral=\"state\"]", |t| t == "converted")
+        .await;
+    assert!(chrome.text("ol.timeline").await.contains("reward"));
+    chrome.screenshot("timeline").await;
+
+    // Retry a dead job: the button asks, the confirmation acts.
+    let first = dead_job(&app, "browser-1").await;
+    chrome.goto(&app.url("/admin/operations")).await;
+    chrome.screenshot("operations").await;
+    chrome.click("form[action=\"/admin/operations/retry\"] button").await;
+    let question = format!("Retry jobs item #{first}");
+    chrome.wait_for_text("main", |t| t.contains(&question)).await;
+    chrome.click("main form button").await;
+    let retried = eventually(Duration::from_secs(5), || async {
+        job_state(&app, first).await == QueueState::Queued
+    })
+    .await;
+    assert!(retried, "retried");
+    chrome.wait_for_text("main", |t| t.contains("user:olga")).await;
+    chrome.click("form.signout button").await;
+    chrome.wait_for_text("h1", |t| t == "Sign in").await;
+
+    // A viewer sees the button disabled, and a forced submission is refused.
+    let second = dead_job(&app, "browser-2").await;
+    chrome.sign_in(&app, "vera").await;
+    chrome.goto(&app.url("/admin/operations")).await;
+    let disabled = chrome
+        .script("return document.querySelector('form[action=\"/admin/operations/retry\"] button').disabled;")
+        .await;
+    assert_eq!(disabled, Value::Bool(true), "a viewer's retry button is disabled");
+    chrome
+        .script(
+            "const f = document.querySelector('form[action=\"/admin/operations/retry\"]'); \
+             const c = document.createElement('input'); c.type = 'hidden'; c.name = 'confirm'; c.value = 'yes'; \
+             f.appendChild(c); f.submit(); return true;",
+        )
+        .await;
+    chrome
+        .wait_for_text("main", |t| t.contains("Your role may only read"))
+        .await;
+    chrome.screenshot("viewer-refused").await;
+    assert_eq!(job_state(&app, second).await, QueueState::Dead, "not retried");
+
+    chrome.quit().await;
+    app.shutdown().await;
+}
