@@ -2,7 +2,8 @@
 //! million) over the last 120 days, each from its own trigger, with two messages each and
 //! rewards for the converted ones, then times the admin API's answers through HTTP: the
 //! 90-day funnel, the first page of each list, a timeline, the drop-outs and the top
-//! referrers. Prints the median and the slowest of several runs of each. The funnel's
+//! referrers; then the dashboard's pages, signed in. Prints the median and the slowest of
+//! several runs of each. The funnel's
 //! tally is filled by the same backfill its migration runs on existing data.
 //!
 //!   cargo bench --bench reporting -- --referrals 1000000 --runs 5
@@ -141,17 +142,47 @@ async fn main() {
         "/api/v1/rewards/summary?days=90".to_string(),
         "/api/v1/referrers/top".to_string(),
     ];
+    // A dashboard user, signed in, for the pages.
+    let hash = referloop::app::accounts::hash_password("bench password 1234").expect("hash");
+    store.upsert_admin_user("bench", "viewer", &hash).await.expect("user");
+    let signed_in = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .post(format!("{base}/admin/login"))
+        .form(&[("name", "bench"), ("password", "bench password 1234")])
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = signed_in
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    let pages = [
+        "/admin?days=90".to_string(),
+        "/admin?days=30".to_string(),
+        "/admin/referrals".to_string(),
+        "/admin/referrals?q=SEED500000".to_string(),
+        format!("/admin/referrals/{middle}"),
+        "/admin/operations".to_string(),
+    ];
     println!("{:<48} {:>10} {:>10}", "request", "median ms", "max ms");
-    for path in &requests {
+    let page_requests = pages.iter().map(|p| (p, true));
+    let api_requests = requests.iter().map(|p| (p, false));
+    for (path, page) in api_requests.chain(page_requests) {
         let mut times = Vec::new();
         for _ in 0..args.runs.max(1) {
             let started = Instant::now();
-            let response = client
-                .get(format!("{base}{path}"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("request");
+            let request = client.get(format!("{base}{path}"));
+            let request = if page {
+                request.header("cookie", &cookie)
+            } else {
+                request.bearer_auth(TOKEN)
+            };
+            let response = request.send().await.expect("request");
             let status = response.status();
             let _ = response.bytes().await;
             times.push(started.elapsed());

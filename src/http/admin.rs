@@ -296,6 +296,26 @@ fn csv_field(value: &str) -> String {
     }
 }
 
+/// A CSV attachment from a header and rows of fields.
+fn csv_response(filename: &str, header_row: &str, rows: Vec<Vec<String>>) -> Response {
+    let mut csv = format!("{header_row}\n");
+    for fields in rows {
+        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        csv.push_str(&line.join(","));
+        csv.push('\n');
+    }
+    let disposition = format!("attachment; filename=\"{filename}\"");
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        csv,
+    )
+        .into_response()
+}
+
 /// `GET /api/v1/export/referrals.csv`: the referrals nominated in the period.
 pub async fn referrals_csv(
     State(state): State<AppState>,
@@ -313,35 +333,70 @@ pub async fn referrals_csv(
         Ok(rows) => rows,
         Err(e) => return unavailable(e),
     };
-    let mut csv = String::from(
-        "id,state,reason,referral_code,referrer_contact_id,referrer_name,referrer_phone,friend_name,friend_phone,nominated_at\n",
-    );
-    for r in &rows {
-        let fields = [
-            r.id.to_string(),
-            r.state.as_str().to_string(),
-            r.reason.clone().unwrap_or_default(),
-            r.referral_code.clone(),
-            r.referrer_contact_id.clone(),
-            r.referrer_name.clone(),
-            mask_phone(&r.referrer_phone),
-            r.friend_name.clone(),
-            mask_phone(&r.friend_phone),
-            r.nominated_at.to_string(),
-        ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        csv.push_str(&line.join(","));
-        csv.push('\n');
-    }
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
-            (header::CONTENT_DISPOSITION, "attachment; filename=\"referrals.csv\""),
-        ],
-        csv,
+    let rows = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.state.as_str().to_string(),
+                r.reason.clone().unwrap_or_default(),
+                r.referral_code.clone(),
+                r.referrer_contact_id.clone(),
+                r.referrer_name.clone(),
+                mask_phone(&r.referrer_phone),
+                r.friend_name.clone(),
+                mask_phone(&r.friend_phone),
+                r.nominated_at.to_string(),
+            ]
+        })
+        .collect();
+    csv_response(
+        "referrals.csv",
+        "id,state,reason,referral_code,referrer_contact_id,referrer_name,referrer_phone,friend_name,friend_phone,nominated_at",
+        rows,
     )
-        .into_response()
+}
+
+/// `GET /api/v1/export/rewards.csv`: the rewards granted in the period.
+pub async fn rewards_csv(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<PeriodQuery>,
+) -> Response {
+    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
+        return problem(status, reason);
+    }
+    let period = match query.period() {
+        Ok(period) => period,
+        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+    };
+    let rows = match state.store.rewards_created_in(period.from, period.to).await {
+        Ok(rows) => rows,
+        Err(e) => return unavailable(e),
+    };
+    let rows = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.referral_id.to_string(),
+                r.beneficiary.clone(),
+                r.contact_id.clone().unwrap_or_default(),
+                mask_phone(&r.phone),
+                r.kind.clone(),
+                r.state.as_str().to_string(),
+                r.amount.to_string(),
+                r.currency.clone(),
+                r.code.clone().unwrap_or_default(),
+                r.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    csv_response(
+        "rewards.csv",
+        "id,referral_id,beneficiary,contact_id,phone,kind,state,amount,currency,code,last_error",
+        rows,
+    )
 }
 
 #[cfg(test)]

@@ -343,6 +343,12 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
             @for d in [7, 30, 90] {
                 @if d == days { strong aria-current="page" { (d) " days" } } @else { a href=(format!("/admin?days={d}")) { (d) " days" } }
             }
+            form method="get" action="/admin" class="custom-period" {
+                label for="days" { "Last" }
+                input id="days" name="days" type="number" min="1" max="366" value=(days);
+                span { "days" }
+                button type="submit" { "Show" }
+            }
         }
         section aria-labelledby="funnel" {
             h2 id="funnel" { "Funnel, last " (days) " days" }

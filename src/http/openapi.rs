@@ -246,6 +246,17 @@ pub const OPERATIONS: &[Operation] = &[
     },
     Operation {
         method: Method::Get,
+        path: "/api/v1/export/rewards.csv",
+        id: "exportRewards",
+        role: Some(Role::Viewer),
+        summary: "The rewards granted in the period, as CSV (phones masked)",
+        params: &PERIOD,
+        success: (200, "CSV with a header row", "text/csv"),
+        errors: &[(422, "a bad period")],
+        handler: || get(admin::rewards_csv),
+    },
+    Operation {
+        method: Method::Get,
         path: "/api/v1/openapi.json",
         id: "openapi",
         role: None,

@@ -410,6 +410,7 @@ impl Tx {
         .await?;
         if let Some(id) = id {
             self.tally(TallyKey::Referral(id), referral_steps(None, state));
+            self.record_transition(id, None, state, reason).await?;
         }
         Ok(id)
     }
@@ -450,8 +451,30 @@ impl Tx {
         let moved = moved.rows_affected() == 1;
         if moved {
             self.tally(TallyKey::Referral(id), referral_steps(Some(from), to));
+            self.record_transition(id, Some(from), to, reason).await?;
         }
         Ok(moved)
+    }
+
+    /// Notes a referral's change of state for its timeline.
+    async fn record_transition(
+        &mut self,
+        referral_id: i64,
+        from: Option<ReferralState>,
+        to: ReferralState,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO referral_transitions (referral_id, from_state, to_state, reason, at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(referral_id)
+        .bind(from.map(ReferralState::as_str))
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(now_ms())
+        .execute(self.write()?)
+        .await?;
+        Ok(())
     }
 
     /// Records the friend's HubSpot contact unless one is recorded already.

@@ -62,7 +62,7 @@ pub struct ReferrerCounts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TimelineEntry {
     pub at: i64,
-    /// invite, referral, message, conversion or reward.
+    /// invite, referral, transition, message, conversion, reward or outside call.
     pub kind: &'static str,
     pub what: String,
 }
@@ -313,9 +313,10 @@ impl Store {
             .await?)
     }
 
-    /// What is known of one referral, in order: its trigger, its nomination, every message
-    /// to the referrer (from that trigger) and to the friend with its latest status,
-    /// conversions and rewards. Phones are not included.
+    /// What is known of one referral, in order: its trigger, its nomination, every change
+    /// of its state, every message to the referrer (from that trigger) and to the friend
+    /// with its latest status, conversions, rewards, and the outside calls made for it
+    /// (HubSpot, Stripe, reward webhooks) with their outcome. Phones are not included.
     pub async fn timeline(&self, referral: &ReferralRow) -> Result<Vec<TimelineEntry>, StoreError> {
         let mut entries = Vec::new();
         let invite = sqlx::query("SELECT trigger, state, reason, created_at FROM invites WHERE id = $1")
@@ -398,7 +399,7 @@ impl Store {
             });
         }
         let rewards = sqlx::query(
-            "SELECT beneficiary, kind, state, amount, currency, last_error, created_at, updated_at FROM rewards \
+            "SELECT id, beneficiary, kind, state, amount, currency, last_error, created_at, updated_at FROM rewards \
              WHERE referral_id = $1 ORDER BY id",
         )
         .bind(referral.id)
@@ -423,6 +424,73 @@ impl Store {
                 at: w.try_get("updated_at")?,
                 kind: "reward",
                 what: format!("{beneficiary}'s reward {state}{error}"),
+            });
+        }
+        let transitions = sqlx::query(
+            "SELECT from_state, to_state, reason, at FROM referral_transitions WHERE referral_id = $1 ORDER BY id",
+        )
+        .bind(referral.id)
+        .fetch_all(&self.pool)
+        .await?;
+        for t in &transitions {
+            let to: String = t.try_get("to_state")?;
+            let reason = t
+                .try_get::<Option<String>, _>("reason")?
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
+            let what = match t.try_get::<Option<String>, _>("from_state")? {
+                Some(from) => format!("referral moved from {from} to {to}{reason}"),
+                None => format!("referral recorded as {to}{reason}"),
+            };
+            entries.push(TimelineEntry {
+                at: t.try_get("at")?,
+                kind: "transition",
+                what,
+            });
+        }
+        // Outside calls made for it (HubSpot, Stripe, reward webhooks), as jobs: what
+        // each did, after how many attempts.
+        let reward_ids: Vec<i64> = rewards.iter().filter_map(|w| w.try_get("id").ok()).collect();
+        let mut keys = vec![
+            format!("referral.screen:{}", referral.id),
+            format!("hubspot.capped:{}", referral.id),
+            format!("hubspot.friend_create:{}", referral.id),
+            format!("hubspot.link:{}", referral.id),
+        ];
+        for reward in &reward_ids {
+            keys.extend([
+                format!("reward.issue:{reward}"),
+                format!("hubspot.reward:{reward}"),
+                format!("hubspot.credit:{reward}"),
+            ]);
+        }
+        let friend_sync = format!("hubspot.friend:{}:%", referral.id);
+        let referrer_status = format!("hubspot.referrer:{}:%", referral.invite_id);
+        let placeholders: Vec<String> = (3..keys.len() + 3).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT kind, state, attempts, last_error, created_at, finished_at FROM jobs \
+             WHERE idempotency_key LIKE $1 OR idempotency_key LIKE $2 OR idempotency_key IN ({}) ORDER BY id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(&friend_sync).bind(&referrer_status);
+        for key in &keys {
+            query = query.bind(key);
+        }
+        for job in &query.fetch_all(&self.pool).await? {
+            let kind: String = job.try_get("kind")?;
+            let state: String = job.try_get("state")?;
+            let attempts: i64 = job.try_get("attempts")?;
+            let error = job
+                .try_get::<Option<String>, _>("last_error")?
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default();
+            let at = job
+                .try_get::<Option<i64>, _>("finished_at")?
+                .unwrap_or(job.try_get("created_at")?);
+            entries.push(TimelineEntry {
+                at,
+                kind: "outside call",
+                what: format!("{kind}: {state} after {attempts} attempt(s){error}"),
             });
         }
         entries.sort_by_key(|e| e.at);

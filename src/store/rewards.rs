@@ -299,6 +299,17 @@ impl Store {
             .await?)
     }
 
+    /// Rewards granted in `[from, to)`, oldest first (the CSV export).
+    pub async fn rewards_created_in(&self, from: i64, to: i64) -> Result<Vec<RewardRow>, StoreError> {
+        let sql =
+            format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE created_at >= $1 AND created_at < $2 ORDER BY id");
+        Ok(sqlx::query_as::<_, RewardRow>(&sql)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// Rewards held before issuing (pending), oldest first: what an operator may void.
     pub async fn pending_rewards(&self, limit: i64) -> Result<Vec<RewardRow>, StoreError> {
         let sql = format!("SELECT {REWARD_COLUMNS} FROM rewards WHERE state = $1 ORDER BY id LIMIT $2");

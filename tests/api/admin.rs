@@ -224,7 +224,16 @@ async fn a_referral_has_a_timeline(backend: Backend) {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert_eq!(kinds.first(), Some(&"invite"), "{answer}");
-    assert!(kinds.contains(&"referral") && kinds.contains(&"reward"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"referral") && kinds.contains(&"reward") && kinds.contains(&"transition"),
+        "{kinds:?}"
+    );
+    let moved = answer["timeline"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["what"] == "referral moved from nominated to converted (seeded)");
+    assert!(moved, "{answer}");
     let times: Vec<i64> = answer["timeline"]
         .as_array()
         .into_iter()
@@ -293,6 +302,7 @@ async fn reads_need_a_token_and_exports_are_csv(backend: Backend) {
         "/api/v1/rewards/summary",
         "/api/v1/referrers/top",
         "/api/v1/export/referrals.csv",
+        "/api/v1/export/rewards.csv",
     ] {
         assert_eq!(get(&app, path, None).await.0, 401, "{path} without a token");
         assert_eq!(get(&app, path, Some(VIEWER)).await.0, 200, "{path} as a viewer");
@@ -320,6 +330,16 @@ async fn reads_need_a_token_and_exports_are_csv(backend: Backend) {
     assert!(lines[0].starts_with("id,state,reason,"));
     assert!(lines[1].contains(",'=Friend "), "a leading = is defused: {}", lines[1]);
     assert!(!csv.contains("70004"), "phones masked");
+    let (status, rewards_csv) = get(&app, "/api/v1/export/rewards.csv?days=7", Some(VIEWER)).await;
+    assert_eq!(status, 200);
+    let lines: Vec<&str> = rewards_csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{rewards_csv}");
+    assert!(lines[0].starts_with("id,referral_id,beneficiary,"));
+    assert!(
+        lines[1].contains(",friend,") && lines[1].contains(",issued,1000,usd,"),
+        "{}",
+        lines[1]
+    );
     app.shutdown().await;
 }
 
@@ -419,6 +439,7 @@ async fn the_openapi_document_lists_every_route(backend: Backend) {
         ("get", "/api/v1/dead"),
         ("post", "/api/v1/dead/{queue}/{id}/retry"),
         ("get", "/api/v1/export/referrals.csv"),
+        ("get", "/api/v1/export/rewards.csv"),
     ] {
         assert!(
             documented.contains(&(expected.0.to_string(), expected.1.to_string())),

@@ -252,6 +252,19 @@ async fn referrals_survive_flaky_outside_apis(backend: Backend) {
         "every job done: {jobs:?}"
     );
     assert_funnel(&lc, 1).await;
+    let timeline = lc.app.store.timeline(referral).await.expect("timeline");
+    let calls: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e.kind == "outside call")
+        .map(|e| e.what.as_str())
+        .collect();
+    assert!(
+        calls.iter().any(|c| c.starts_with("hubspot.create_friend: done")),
+        "the friend's contact creation is on the timeline: {calls:?}"
+    );
+    assert!(timeline
+        .iter()
+        .any(|e| e.kind == "transition" && e.what.contains("to converted")));
     let retried = jobs.iter().filter(|j| j.attempts > 1).count();
     let faulted = outside.faulted();
     println!("{backend:?}: {retried} jobs retried; faulted calls (Graph, HubSpot, Stripe): {faulted:#?}");
