@@ -46,6 +46,8 @@ pub enum SignIn {
     Refused,
     /// Too many recent failures for this name.
     Throttled,
+    /// Too many sign-ins being checked at once; try again shortly.
+    Busy,
 }
 
 /// A password hash to check unknown names against, so they take as long as known ones.
@@ -54,11 +56,28 @@ fn decoy_hash() -> &'static str {
     DECOY.get_or_init(|| hash_password("referloop decoy password").unwrap_or_default())
 }
 
-/// Signs `name` in with `password`. Every attempt starts a new session: a token a client
-/// brought along is never adopted (no session fixation).
+/// Password checks running at once (each argon2id check takes about 19 MiB and some
+/// CPU); a sign-in beyond them is answered "busy" rather than queued.
+const CONCURRENT_CHECKS: usize = 4;
+
+fn password_checks() -> &'static tokio::sync::Semaphore {
+    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    CHECKS.get_or_init(|| tokio::sync::Semaphore::new(CONCURRENT_CHECKS))
+}
+
+/// Signs `name` in with `password`. The attempt is counted before the password is
+/// checked (so parallel guesses cannot slip past the limit) and forgotten when it
+/// succeeds. Every sign-in starts a new session: a token a client brought along is never
+/// adopted (no session fixation).
 pub async fn sign_in(store: &Store, name: &str, password: &str) -> Result<SignIn, StoreError> {
-    let failures = store.login_failures_since(name, now_ms() - SIGN_IN_WINDOW_MS).await?;
-    if sign_in_throttled(failures) {
+    let Ok(_check) = password_checks().try_acquire() else {
+        tracing::warn!("sign-in refused: too many password checks at once");
+        return Ok(SignIn::Busy);
+    };
+    store.record_login_failure(name).await?;
+    let attempts = store.login_failures_since(name, now_ms() - SIGN_IN_WINDOW_MS).await?;
+    // This attempt is one of them: more than the limit means earlier ones used it up.
+    if sign_in_throttled(attempts - 1) {
         tracing::warn!(user = %crate::telemetry::escape(name), "sign-in throttled");
         return Ok(SignIn::Throttled);
     }
@@ -72,10 +91,10 @@ pub async fn sign_in(store: &Store, name: &str, password: &str) -> Result<SignIn
         .await
         .unwrap_or(false);
     let Some(user) = user.filter(|u| matches && !u.disabled && Role::parse(&u.role).is_some()) else {
-        store.record_login_failure(name).await?;
         tracing::warn!(user = %crate::telemetry::escape(name), "sign-in refused");
         return Ok(SignIn::Refused);
     };
+    store.clear_login_failures(name).await?;
     let token = random_token();
     store
         .create_admin_session(&token_hash(&token), user.id, &random_token(), now_ms() + SESSION_MS)

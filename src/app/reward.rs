@@ -354,10 +354,3 @@ pub async fn void_by(s: &Services, referral_id: i64, actor: &str) -> Result<u64,
     tx.commit("").await?;
     Ok(voided)
 }
-
-pub async fn void(s: &Services, referral_id: i64) -> Result<u64, StepError> {
-    let mut tx = s.store.begin(None).await?;
-    let voided = tx.void_rewards(referral_id).await?;
-    tx.commit("").await?;
-    Ok(voided)
-}

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::api::{authorise, problem};
 use super::AppState;
-use crate::domain::access::Action;
+use crate::domain::access::{Action, Role};
 use crate::domain::funnel::{Period, PeriodError};
 use crate::domain::state::{Persisted, QueueState};
 use crate::store::{now_ms, Queue, ReferralRow};
@@ -200,9 +200,10 @@ pub struct LimitQuery {
 
 /// `GET /api/v1/rewards`: the newest rewards (phones masked).
 pub async fn rewards(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<LimitQuery>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
+    let role = match authorise(&state, &headers, Action::Read) {
+        Ok(role) => role,
+        Err((status, reason)) => return problem(status, reason),
+    };
     let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
     match state.store.list_rewards(limit).await {
         Ok(rows) => {
@@ -211,6 +212,12 @@ pub async fn rewards(State(state): State<AppState>, headers: HeaderMap, Query(qu
                 .map(|r| {
                     let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
                     v["phone"] = json!(mask_phone(&r.phone));
+                    // A code can be redeemed: only operators see it.
+                    if role != Role::Operator {
+                        for secret in ["code", "external_ref", "stripe_customer"] {
+                            v[secret] = Value::Null;
+                        }
+                    }
                     v
                 })
                 .collect();
@@ -282,9 +289,10 @@ pub async fn retry(
 }
 
 /// A CSV field: quoted when it holds a separator, a quote or a line break; a leading
-/// `=`, `+`, `-` or `@` is prefixed with `'` so a spreadsheet does not run it.
+/// `=`, `+`, `-`, `@`, tab or carriage return is prefixed with `'` so a spreadsheet does
+/// not run it.
 fn csv_field(value: &str) -> String {
-    let value = if value.starts_with(['=', '+', '-', '@']) {
+    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{value}")
     } else {
         value.to_string()
@@ -363,9 +371,10 @@ pub async fn rewards_csv(
     headers: HeaderMap,
     Query(query): Query<PeriodQuery>,
 ) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
+    let role = match authorise(&state, &headers, Action::Read) {
+        Ok(role) => role,
+        Err((status, reason)) => return problem(status, reason),
+    };
     let period = match query.period() {
         Ok(period) => period,
         Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
@@ -387,7 +396,11 @@ pub async fn rewards_csv(
                 r.state.as_str().to_string(),
                 r.amount.to_string(),
                 r.currency.clone(),
-                r.code.clone().unwrap_or_default(),
+                // A code can be redeemed: only operators see it.
+                match role {
+                    Role::Operator => r.code.clone().unwrap_or_default(),
+                    Role::Viewer => String::new(),
+                },
                 r.last_error.clone().unwrap_or_default(),
             ]
         })
@@ -410,5 +423,6 @@ mod tests {
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
         assert_eq!(csv_field("+44"), "'+44");
+        assert_eq!(csv_field("\t=1"), "'\t=1");
     }
 }

@@ -199,9 +199,10 @@ pub async fn post_conversion(
 }
 
 pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Act) {
-        return problem(status, reason);
-    }
+    let role = match authorise(&state, &headers, Action::Act) {
+        Ok(role) => role,
+        Err((status, reason)) => return problem(status, reason),
+    };
     let Ok(id) = id.parse::<i64>() else {
         return problem(StatusCode::NOT_FOUND, "no such referral");
     };
@@ -211,7 +212,8 @@ pub async fn void_referral(State(state): State<AppState>, headers: HeaderMap, Pa
         Err(_) => return problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable"),
     }
     let services = state.services.clone();
-    let voided = tokio::spawn(async move { reward::void(&services, id).await })
+    let actor = format!("api:{role}");
+    let voided = tokio::spawn(async move { reward::void_by(&services, id, &actor).await })
         .await
         .unwrap_or_else(|e| Err(crate::app::StepError::retry(format!("void task: {e}"))));
     match voided {

@@ -224,6 +224,10 @@ pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form)
             StatusCode::TOO_MANY_REQUESTS,
             Some("Too many failed attempts for this name. Wait 15 minutes and try again."),
         ),
+        Ok(SignIn::Busy) => login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some("Too many sign-ins at once. Try again in a moment."),
+        ),
         Err(e) => unavailable(e),
     }
 }
@@ -253,6 +257,8 @@ pub async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form
 #[derive(Debug, Default, Deserialize)]
 pub struct DaysQuery {
     days: Option<i64>,
+    /// A trigger kind (`nps`, `milestone`) or one milestone (`milestone:renewal`).
+    trigger: Option<String>,
 }
 
 fn percent(rate: Option<f64>) -> String {
@@ -308,6 +314,22 @@ fn daily_chart(days: &[crate::store::FunnelDay]) -> Markup {
     }
 }
 
+/// The trigger filters to offer: each kind seen (all milestones together) and each
+/// named milestone.
+fn trigger_choices(seen: &[String]) -> Vec<String> {
+    let mut choices: Vec<String> = Vec::new();
+    for trigger in seen {
+        let kind = trigger.split(':').next().unwrap_or(trigger).to_string();
+        for choice in [kind, trigger.clone()] {
+            if !choices.contains(&choice) {
+                choices.push(choice);
+            }
+        }
+    }
+    choices.sort();
+    choices
+}
+
 /// `/admin`: the funnel, why people dropped out, rewards and top referrers.
 pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<DaysQuery>) -> Response {
     let session = match session(&state, &headers).await {
@@ -326,9 +348,11 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
         );
     };
     let store = &state.store;
-    let (counts, daily, dropouts, totals, top, pool) = match tokio::try_join!(
-        store.funnel(period, None),
-        store.funnel_days(period, None),
+    let trigger = query.trigger.as_deref().filter(|t| !t.is_empty());
+    let (counts, daily, triggers, dropouts, totals, top, pool) = match tokio::try_join!(
+        store.funnel(period, trigger),
+        store.funnel_days(period, trigger),
+        store.funnel_triggers(period),
         store.dropouts(period),
         store.reward_totals(period),
         store.top_referrers(10),
@@ -346,12 +370,19 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
             form method="get" action="/admin" class="custom-period" {
                 label for="days" { "Last" }
                 input id="days" name="days" type="number" min="1" max="366" value=(days);
-                span { "days" }
+                span { "days," }
+                label for="trigger" { "trigger" }
+                select id="trigger" name="trigger" {
+                    option value="" selected[trigger.is_none()] { "all" }
+                    @for kind in trigger_choices(&triggers) {
+                        option value=(kind) selected[trigger == Some(kind.as_str())] { (kind) }
+                    }
+                }
                 button type="submit" { "Show" }
             }
         }
         section aria-labelledby="funnel" {
-            h2 id="funnel" { "Funnel, last " (days) " days" }
+            h2 id="funnel" { "Funnel, last " (days) " days" @if let Some(t) = trigger { ", " (t) } }
             table {
                 thead { tr { th scope="col" { "Step" } th scope="col" { "Count" } th scope="col" { "From the step before" } } }
                 tbody {
@@ -675,6 +706,16 @@ mod tests {
         assert_eq!(format_ms(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_ms(1_795_510_900_000), "2026-11-24 09:01:40 UTC");
         assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
+    }
+
+    #[test]
+    fn milestones_are_offered_together_and_by_name() {
+        let seen = [
+            "milestone:renewal".to_string(),
+            "nps".to_string(),
+            "milestone".to_string(),
+        ];
+        assert_eq!(trigger_choices(&seen), ["milestone", "milestone:renewal", "nps"]);
     }
 
     #[test]

@@ -40,30 +40,31 @@ impl SharedRate {
     /// reserving (and discarding) their own.
     async fn place(&self) -> Result<Option<i64>, crate::store::StoreError> {
         let guard = (self.interval_ms / 100).max(1);
+        let usable = |window_start: i64| now_ms() < window_start + self.interval_ms - guard;
         let mut reserved = self.reserved.lock().await;
-        let now = now_ms();
         if let Some((window_start, left)) = *reserved {
-            if left > 0 && now < window_start + self.interval_ms - guard {
+            if left > 0 && usable(window_start) {
                 *reserved = Some((window_start, left - 1));
                 return Ok(Some(window_start));
             }
         }
         *reserved = None;
-        let granted = self
-            .store
-            .reserve_rate_slots(
-                &self.bucket,
-                self.interval_ms,
-                self.per_interval,
-                self.block,
-                now + guard,
-            )
-            .await?;
-        let Some((window_start, count)) = granted else {
-            return Ok(None);
-        };
-        *reserved = Some((window_start, count - 1));
-        Ok(Some(window_start))
+        // A reservation can take a while (SQLite's write lock, full windows): a place whose
+        // window has ended by the time it comes back is dropped, and another reserved.
+        for _ in 0..3 {
+            let granted = self
+                .store
+                .reserve_rate_slots(&self.bucket, self.interval_ms, self.per_interval, self.block, guard)
+                .await?;
+            let Some((window_start, count)) = granted else {
+                return Ok(None);
+            };
+            if window_start > now_ms() || usable(window_start) {
+                *reserved = Some((window_start, count - 1));
+                return Ok(Some(window_start));
+            }
+        }
+        Ok(None)
     }
 }
 

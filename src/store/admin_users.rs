@@ -40,7 +40,8 @@ const USER_COLUMNS: &str = "u.id AS id, u.name AS name, u.role AS role, u.passwo
                             u.disabled AS disabled, u.created_at AS created_at";
 
 impl Store {
-    /// Creates a user, or replaces the role and password of one with that name.
+    /// Creates a user, or replaces the role and password of one with that name (ending
+    /// that user's sessions).
     pub async fn upsert_admin_user(&self, name: &str, role: &str, password_hash: &str) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         sqlx::query(
@@ -53,6 +54,10 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        sqlx::query("DELETE FROM admin_sessions WHERE user_id IN (SELECT id FROM admin_users WHERE name = $1)")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -152,6 +157,16 @@ impl Store {
         sqlx::query("INSERT INTO login_failures (name, at) VALUES ($1, $2)")
             .bind(name)
             .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets `name`'s failed sign-ins (after a successful one).
+    pub async fn clear_login_failures(&self, name: &str) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        sqlx::query("DELETE FROM login_failures WHERE name = $1")
+            .bind(name)
             .execute(&self.pool)
             .await?;
         Ok(())

@@ -10,19 +10,21 @@ const MAX_WINDOWS_AHEAD: i64 = 600;
 
 impl Store {
     /// Reserves up to `wanted` calls in `bucket`, all in one window of `window_ms`: the
-    /// first window (from the one holding `earliest`) with room for the whole block, or
-    /// else for a single call. Returns the window's start and how many calls were granted
-    /// there; `None` when every window within reach is full.
+    /// first window (from the one holding now + `guard_ms`, so a window about to end is
+    /// skipped) with room for the whole block, or else for a single call. Returns the
+    /// window's start and how many calls were granted there; `None` when every window
+    /// within reach is full.
     pub async fn reserve_rate_slots(
         &self,
         bucket: &str,
         window_ms: i64,
         limit: i64,
         wanted: i64,
-        earliest: i64,
+        guard_ms: i64,
     ) -> Result<Option<(i64, i64)>, StoreError> {
         let _turn = self.write_turn().await;
         let now = now_ms();
+        let earliest = now + guard_ms;
         let first = earliest - earliest.rem_euclid(window_ms.max(1));
         let wanted = wanted.clamp(1, limit.max(1));
         for ahead in 0..MAX_WINDOWS_AHEAD {

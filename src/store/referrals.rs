@@ -307,28 +307,32 @@ impl Tx {
         if from.is_empty() {
             return Ok(false);
         }
-        let current: Option<String> = sqlx::query_scalar("SELECT state FROM invites WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.read())
-            .await?;
-        let Some(current) = current.as_deref().and_then(InviteState::parse) else {
-            return Ok(false);
-        };
-        if !from.contains(&current) {
-            return Ok(false);
+        // Read, then move on from exactly what was read (the tally needs to know which
+        // steps this move reaches); when another step moved it in between, read again.
+        for _ in 0..3 {
+            let current: Option<String> = sqlx::query_scalar("SELECT state FROM invites WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.read())
+                .await?;
+            let Some(current) = current.as_deref().and_then(InviteState::parse) else {
+                return Ok(false);
+            };
+            if !from.contains(&current) {
+                return Ok(false);
+            }
+            let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
+                .bind(to.as_str())
+                .bind(now_ms())
+                .bind(id)
+                .bind(current.as_str())
+                .execute(self.write()?)
+                .await?;
+            if done.rows_affected() == 1 {
+                self.tally(TallyKey::Invite(id), invite_steps(Some(current), to));
+                return Ok(true);
+            }
         }
-        let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
-            .bind(to.as_str())
-            .bind(now_ms())
-            .bind(id)
-            .bind(current.as_str())
-            .execute(self.write()?)
-            .await?;
-        let advanced = done.rows_affected() == 1;
-        if advanced {
-            self.tally(TallyKey::Invite(id), invite_steps(Some(current), to));
-        }
-        Ok(advanced)
+        Ok(false)
     }
 
     /// Open referrals of this number nominated before `window_start`: they leave the

@@ -113,12 +113,13 @@ impl Store {
     }
 
     /// The funnel of the triggers received in the days of `period` (optionally of one
-    /// trigger kind), from the tally each step adds to when it is first reached.
+    /// trigger kind: `milestone` takes every milestone, `milestone:renewal` one of them),
+    /// from the tally each step adds to when it is first reached.
     pub async fn funnel(&self, period: Period, trigger: Option<&str>) -> Result<FunnelCounts, StoreError> {
         let (first, end) = tally_days(period);
         let rows = sqlx::query(
             "SELECT step, CAST(SUM(n) AS BIGINT) AS n FROM funnel_tally WHERE day >= $1 AND day < $2 \
-             AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT)) GROUP BY step",
+             AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT) OR trigger LIKE CAST($3 AS TEXT) || ':%') GROUP BY step",
         )
         .bind(first)
         .bind(end)
@@ -135,13 +136,25 @@ impl Store {
         Ok(counts)
     }
 
+    /// The trigger kinds (and milestone names) seen in the days of `period`.
+    pub async fn funnel_triggers(&self, period: Period) -> Result<Vec<String>, StoreError> {
+        let (first, end) = tally_days(period);
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT trigger FROM funnel_tally WHERE day >= $1 AND day < $2 ORDER BY trigger",
+        )
+        .bind(first)
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// The funnel's daily chart: triggers, nominations and conversions by the day the
     /// trigger arrived (UTC).
     pub async fn funnel_days(&self, period: Period, trigger: Option<&str>) -> Result<Vec<FunnelDay>, StoreError> {
         let (first, end) = tally_days(period);
         let rows = sqlx::query(
             "SELECT day, step, CAST(SUM(n) AS BIGINT) AS n FROM funnel_tally WHERE day >= $1 AND day < $2 \
-             AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT)) \
+             AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT) OR trigger LIKE CAST($3 AS TEXT) || ':%') \
              AND step IN ('triggers', 'nominated', 'converted') GROUP BY day, step ORDER BY day",
         )
         .bind(first)

@@ -117,9 +117,11 @@ impl Tx {
         self.tally.extend(steps.into_iter().map(|step| (key, step)));
     }
 
-    /// Adds the steps reached to the funnel's tally, in one order in every transaction
-    /// (so two transactions never wait on each other's tally rows in a cycle). Each
-    /// cohort's counts are spread over a few rows so that busy days do not serialise.
+    /// Adds the steps reached to the funnel's tally, last in the transaction and in a
+    /// fixed order, so tally rows are held only briefly. (Every step today tallies one
+    /// invite or referral; two transactions tallying several cohorts could wait on each
+    /// other, which PostgreSQL detects, failing one step, which is retried.) Each cohort's
+    /// counts are spread over a few rows so that busy days do not serialise.
     async fn write_tally(&mut self) -> Result<(), StoreError> {
         let mut tally = std::mem::take(&mut self.tally);
         tally.sort();

@@ -32,7 +32,12 @@ fn invite(n: usize, state: InviteState) -> NewInvite {
     NewInvite {
         trigger_key: format!("seed:{n}"),
         contact_id: format!("{}", 92_000 + n),
-        trigger: if n % 2 == 0 { "nps" } else { "milestone" }.into(),
+        trigger: match n % 4 {
+            0 | 2 => "nps",
+            1 => "milestone",
+            _ => "milestone:renewal",
+        }
+        .into(),
         phone: Some(format!("+4479111{:05}", 60_000 + n)),
         first_name: format!("Customer {n}"),
         language: "en_US".into(),
@@ -169,9 +174,13 @@ async fn the_funnel_counts_every_step_of_the_seed(backend: Backend) {
         1
     );
 
-    // By trigger kind: the seed alternates nps and milestone.
+    // By trigger kind (every milestone together) and by milestone name.
     let nps = get_json(&app, "/api/v1/funnel?days=7&trigger=nps").await;
     assert_eq!(nps["steps"][0]["count"], 6);
+    let milestones = get_json(&app, "/api/v1/funnel?days=7&trigger=milestone").await;
+    assert_eq!(milestones["steps"][0]["count"], 6);
+    let renewals = get_json(&app, "/api/v1/funnel?days=7&trigger=milestone:renewal").await;
+    assert_eq!(renewals["steps"][0]["count"], 3);
     // A period before the seed is empty; bad periods are refused.
     let old = get_json(&app, "/api/v1/funnel?from=0&to=86400000").await;
     assert_eq!(old["steps"][0]["count"], 0);

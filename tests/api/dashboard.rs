@@ -132,6 +132,9 @@ async fn signing_in_shows_the_funnel_of_the_seed(backend: Backend) {
         assert!(page.body.contains(&cell), "{cell} on the funnel page");
     }
     assert!(page.body.contains("<svg"), "charts drawn as SVG");
+    let renewals = browser.get(&app, "/admin?days=7&trigger=milestone%3Arenewal").await;
+    assert!(renewals.body.contains("data-step=\"triggers\">3<"), "by milestone name");
+    assert!(renewals.body.contains("<option value=\"milestone:renewal\" selected>"));
     let csp = page
         .headers
         .get("content-security-policy")
@@ -270,6 +273,20 @@ async fn sign_in_never_adopts_a_session_and_sign_out_ends_it(backend: Backend) {
     let mut after = Browser::new();
     after.cookie = token;
     assert_eq!(after.get(&app, "/admin").await.status, 303, "signed out");
+    // A new password ends the sessions the old one opened.
+    let mut before_change = Browser::new();
+    before_change.sign_in(&app, "olga", PASSWORD).await;
+    assert_eq!(before_change.get(&app, "/admin").await.status, 200);
+    let new_hash = hash_password("a brand new password").expect("hash");
+    app.store
+        .upsert_admin_user("olga", "operator", &new_hash)
+        .await
+        .expect("change");
+    assert_eq!(
+        before_change.get(&app, "/admin").await.status,
+        303,
+        "ended by the change"
+    );
     app.shutdown().await;
 }
 
