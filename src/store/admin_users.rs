@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, Store, StoreError, Tx};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminUser {
@@ -25,6 +25,14 @@ pub struct AdminSession {
     pub expires_at: i64,
 }
 
+async fn end_sessions_of(tx: &mut Tx, name: &str) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM admin_sessions WHERE user_id IN (SELECT id FROM admin_users WHERE name = $1)")
+        .bind(name)
+        .execute(tx.write()?)
+        .await?;
+    Ok(())
+}
+
 fn user_from(row: &sqlx::any::AnyRow) -> Result<AdminUser, sqlx::Error> {
     Ok(AdminUser {
         id: row.try_get("id")?,
@@ -40,10 +48,10 @@ const USER_COLUMNS: &str = "u.id AS id, u.name AS name, u.role AS role, u.passwo
                             u.disabled AS disabled, u.created_at AS created_at";
 
 impl Store {
-    /// Creates a user, or replaces the role and password of one with that name (ending
-    /// that user's sessions).
+    /// Creates a user, or replaces the role and password of one with that name, ending
+    /// that user's sessions in the same transaction.
     pub async fn upsert_admin_user(&self, name: &str, role: &str, password_hash: &str) -> Result<(), StoreError> {
-        let _turn = self.write_turn().await;
+        let mut tx = self.begin(None).await?;
         sqlx::query(
             "INSERT INTO admin_users (name, role, password_hash, disabled, created_at) VALUES ($1, $2, $3, 0, $4) \
              ON CONFLICT (name) DO UPDATE SET role = $2, password_hash = $3, disabled = 0",
@@ -52,26 +60,21 @@ impl Store {
         .bind(role)
         .bind(password_hash)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(tx.write()?)
         .await?;
-        sqlx::query("DELETE FROM admin_sessions WHERE user_id IN (SELECT id FROM admin_users WHERE name = $1)")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        end_sessions_of(&mut tx, name).await?;
+        tx.commit("").await
     }
 
-    /// Disables a user and ends their sessions. False when there is no such user.
+    /// Disables a user and ends their sessions, together. False when there is no such user.
     pub async fn disable_admin_user(&self, name: &str) -> Result<bool, StoreError> {
-        let _turn = self.write_turn().await;
+        let mut tx = self.begin(None).await?;
         let done = sqlx::query("UPDATE admin_users SET disabled = 1 WHERE name = $1")
             .bind(name)
-            .execute(&self.pool)
+            .execute(tx.write()?)
             .await?;
-        sqlx::query("DELETE FROM admin_sessions WHERE user_id IN (SELECT id FROM admin_users WHERE name = $1)")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
+        end_sessions_of(&mut tx, name).await?;
+        tx.commit("").await?;
         Ok(done.rows_affected() == 1)
     }
 

@@ -112,6 +112,29 @@ pub async fn seed(store: &Store) -> Vec<i64> {
     referrals
 }
 
+/// A job of an unknown kind, claimed and ended dead ("unknown kind"); returns its id.
+pub async fn dead_job(app: &TestApp, key: &str) -> i64 {
+    let job = NewJob {
+        kind: "no.such.kind".into(),
+        payload: "{}".into(),
+        idempotency_key: key.into(),
+        max_attempts: 1,
+        run_at: 0,
+    };
+    app.store.enqueue_job(&job).await.expect("enqueue");
+    let claimed = app
+        .store
+        .claim(Queue::Jobs, "test", 60_000)
+        .await
+        .expect("claim")
+        .expect("the job");
+    app.store
+        .fail(Queue::Jobs, claimed.id, "test", "unknown kind", None)
+        .await
+        .expect("dead");
+    claimed.id
+}
+
 async fn get(app: &TestApp, path: &str, token: Option<&str>) -> (u16, String) {
     let mut request = app.client.get(app.url(path));
     if let Some(token) = token {
@@ -260,27 +283,10 @@ async fn a_referral_has_a_timeline(backend: Backend) {
 
 async fn dead_work_is_retried_by_an_operator_only(backend: Backend) {
     let app = start(backend).await;
-    let job = NewJob {
-        kind: "no.such.kind".into(),
-        payload: "{}".into(),
-        idempotency_key: "dead-1".into(),
-        max_attempts: 1,
-        run_at: 0,
-    };
-    app.store.enqueue_job(&job).await.expect("enqueue");
-    let claimed = app
-        .store
-        .claim(Queue::Jobs, "test", 60_000)
-        .await
-        .expect("claim")
-        .expect("the job");
-    app.store
-        .fail(Queue::Jobs, claimed.id, "test", "unknown kind", None)
-        .await
-        .expect("dead");
+    let dead_id = dead_job(&app, "dead-1").await;
     let dead = get_json(&app, "/api/v1/dead").await;
     assert_eq!(dead["jobs"][0]["last_error"], "unknown kind", "{dead}");
-    let retry = format!("/api/v1/dead/jobs/{}/retry", claimed.id);
+    let retry = format!("/api/v1/dead/jobs/{dead_id}/retry");
     assert_eq!(post(&app, &retry, None).await, 401, "no token");
     assert_eq!(post(&app, &retry, Some("wrong")).await, 401, "unknown token");
     assert_eq!(post(&app, &retry, Some(VIEWER)).await, 403, "a viewer may not act");

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use referloop::app::accounts::hash_password;
-use referloop::store::{Backend, NewJob, Queue, QueueState};
+use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
-use crate::admin::seed;
+use crate::admin::{dead_job, seed};
 use crate::helpers::*;
 
 const PASSWORD: &str = "correct horse battery";
@@ -210,28 +210,6 @@ impl Chrome {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-async fn dead_job(app: &TestApp, key: &str) -> i64 {
-    let job = NewJob {
-        kind: "no.such.kind".into(),
-        payload: "{}".into(),
-        idempotency_key: key.into(),
-        max_attempts: 1,
-        run_at: 0,
-    };
-    app.store.enqueue_job(&job).await.expect("enqueue");
-    let claimed = app
-        .store
-        .claim(Queue::Jobs, "test", 60_000)
-        .await
-        .expect("claim")
-        .expect("the job");
-    app.store
-        .fail(Queue::Jobs, claimed.id, "test", "unknown kind", None)
-        .await
-        .expect("dead");
-    claimed.id
 }
 
 async fn job_state(app: &TestApp, id: i64) -> QueueState {

@@ -5,9 +5,9 @@
 use referloop::app::accounts::hash_password;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::state::Persisted;
-use referloop::store::{Backend, NewJob, Queue, QueueState};
+use referloop::store::{Backend, Queue, QueueState};
 
-use crate::admin::seed;
+use crate::admin::{dead_job, seed};
 use crate::both_backends;
 use crate::helpers::*;
 
@@ -167,31 +167,9 @@ fn pairs<'a>(form: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)>
     form.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-async fn a_dead_job(app: &TestApp) -> i64 {
-    let job = NewJob {
-        kind: "no.such.kind".into(),
-        payload: "{}".into(),
-        idempotency_key: "dead-dashboard".into(),
-        max_attempts: 1,
-        run_at: 0,
-    };
-    app.store.enqueue_job(&job).await.expect("enqueue");
-    let claimed = app
-        .store
-        .claim(Queue::Jobs, "test", 60_000)
-        .await
-        .expect("claim")
-        .expect("the job");
-    app.store
-        .fail(Queue::Jobs, claimed.id, "test", "unknown kind", None)
-        .await
-        .expect("dead");
-    claimed.id
-}
-
 async fn actions_need_the_csrf_token_and_an_operator(backend: Backend) {
     let app = start(backend).await;
-    let id = a_dead_job(&app).await.to_string();
+    let id = dead_job(&app, "dead-dashboard").await.to_string();
     let mut viewer = Browser::new();
     viewer.sign_in(&app, "vera", PASSWORD).await;
     let viewer_csrf = viewer.csrf(&app).await;
