@@ -103,6 +103,11 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// The Flow data endpoint's key pair.
+    Flow {
+        #[command(subcommand)]
+        action: FlowAction,
+    },
     /// Development helpers: signed webhooks to a running referloop.
     Dev {
         /// Where referloop listens (default: http://<server.listen>).
@@ -162,6 +167,19 @@ pub enum RewardsAction {
 pub enum ApiAction {
     /// Print the SHA-256 digest of a token, for api.tokens.
     HashToken { token: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlowAction {
+    /// Create an RSA-2048 key pair: the private key (PKCS#8 PEM) goes to a new file readable
+    /// by its owner only, the public key to standard output.
+    Keygen {
+        /// Where to write the private key; an existing file is never overwritten.
+        #[arg(long, default_value = "flow_private_key.pem")]
+        out: PathBuf,
+    },
+    /// Print the public key of the configured private key (what setup uploads to Meta).
+    PublicKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -300,6 +318,52 @@ pub enum DevSource {
 
 /// The least length of a dashboard password.
 const MIN_PASSWORD: usize = 12;
+
+fn flow_command(settings: &Settings, action: FlowAction) -> anyhow::Result<ExitCode> {
+    match action {
+        FlowAction::Keygen { out } => {
+            let (private_pem, public_pem) = crate::whatsapp::flow_crypto::generate_key_pair()?;
+            write_private_file(&out, &private_pem)
+                .with_context(|| format!("writing the private key to {}", out.display()))?;
+            eprintln!(
+                "private key written to {} (mode 600). Point whatsapp.flow_private_key_file at it \
+                 (or put its contents in REFERLOOP_WHATSAPP__FLOW_PRIVATE_KEY), then run \
+                 `referloop setup whatsapp` to upload the public key:",
+                out.display()
+            );
+            print!("{public_pem}");
+        }
+        FlowAction::PublicKey => {
+            match crate::whatsapp::flow_crypto::configured_key(settings) {
+                Ok(Some(key)) => print!("{}", key.public_key_pem()),
+                Ok(None) => {
+                    eprintln!("referloop: no Flow private key is configured (whatsapp.flow_private_key or flow_private_key_file)");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(problem) => {
+                    eprintln!("referloop: {problem}");
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path` (never replacing a file) readable and writable by its owner only.
+fn write_private_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
 
 async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitCode> {
     let store = connect(settings).await?;
@@ -540,6 +604,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
         }
         Command::Users { action } => return users(&settings, action).await,
+        Command::Flow { action } => return flow_command(&settings, action),
         Command::Dev { base_url, action } => return dev_command(&settings, base_url, action).await,
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::catalogue::Catalogues;
 use crate::domain::code::CodePattern;
 use crate::domain::nomination::NominationRefusal;
 use crate::domain::referral::FriendInviteMode;
@@ -16,9 +17,8 @@ use crate::domain::reward::RewardKind;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Settings that are lists: in the environment, comma-separated.
-const LIST_KEYS: [&str; 11] = [
+const LIST_KEYS: [&str; 10] = [
     "worker.retry_schedule_seconds",
-    "programme.stop_keywords",
     "programme.stop_button_payloads",
     "hubspot_properties.phone",
     "templates.languages",
@@ -51,12 +51,12 @@ pub struct Settings {
     pub templates: TemplateSettings,
     pub api: ApiSettings,
     pub rewards: RewardSettings,
-    pub replies: Replies,
+    /// The texts referloop writes, per configured language (`templates/messages/`), loaded
+    /// after the settings themselves.
+    #[serde(skip)]
+    pub catalogues: Catalogues,
 }
 
-/// The texts referloop writes itself, always inside a 24-hour window the recipient opened
-/// (templates are submitted to Meta instead). `{name}` placeholders are filled in; see
-/// `config/default.toml` for each text's placeholders.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Replies {
@@ -118,12 +118,27 @@ pub struct RewardSide {
     pub amount: i64,
     pub currency: String,
     pub description: String,
+    /// The description in other languages (language code → text), chosen like templates.
+    #[serde(default)]
+    pub descriptions: std::collections::BTreeMap<String, String>,
     pub static_code: String,
     pub stripe_coupon: String,
     pub hubspot_property: String,
     pub webhook_url: String,
     #[serde(default, serialize_with = "redact")]
     pub webhook_secret: Option<SecretString>,
+}
+
+impl RewardSide {
+    /// What the beneficiary is told they get, in their language when one is configured.
+    pub fn description_in(&self, language: &str) -> &str {
+        let languages: Vec<String> = self.descriptions.keys().cloned().collect();
+        let chosen = crate::domain::messaging::pick_language(Some(language), &languages, "");
+        self.descriptions
+            .get(&chosen)
+            .map(String::as_str)
+            .unwrap_or(&self.description)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -216,6 +231,28 @@ pub struct WhatsAppSettings {
     pub app_secret: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
     pub verify_token: Option<SecretString>,
+    /// Which nomination Flow is sent: the static one, or the one that calls our endpoint.
+    pub flow_kind: FlowKind,
+    /// Where Meta posts the Flow's data exchange.
+    pub flow_endpoint_path: String,
+    /// How long the endpoint waits for HubSpot's "already a customer?" answer before it
+    /// leaves that check to the worker.
+    pub flow_customer_check_ms: u64,
+    /// The endpoint's RSA-2048 private key, PKCS#8 PEM.
+    #[serde(default, serialize_with = "redact")]
+    pub flow_private_key: Option<SecretString>,
+    /// Or a file holding it, readable by its owner only.
+    pub flow_private_key_file: String,
+}
+
+/// The nomination Flow in use (`whatsapp.flow_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// `templates/flow_referral_nomination.json`: checks after the Flow completes.
+    Static,
+    /// `templates/flow_referral_nomination_endpoint.json`: checks inside the Flow.
+    Endpoint,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -260,9 +297,7 @@ pub struct ProgrammeSettings {
     pub friend_invite: FriendInviteMode,
     pub code_pattern: String,
     pub customer_lifecycle_stage: String,
-    pub stop_keywords: Vec<String>,
     pub stop_button_payloads: Vec<String>,
-    pub default_personal_message: String,
     pub reward_hold_days: i64,
     pub max_rewarded_referrals_per_referrer: i64,
     pub reward_cap_period_days: i64,
@@ -295,6 +330,8 @@ pub struct HubSpotProperties {
 pub struct TemplateSettings {
     pub languages: Vec<String>,
     pub default_language: String,
+    /// A directory of `<language>.toml` files overriding keys of the built-in catalogues.
+    pub catalogue_dir: String,
     pub invite: String,
     pub invite_body: Vec<TemplateParameter>,
     pub invite_copy_code_button: u8,
@@ -306,10 +343,10 @@ pub struct TemplateSettings {
     pub friend_invite: String,
     pub friend_invite_body: Vec<TemplateParameter>,
     pub friend_invite_copy_code_button: u8,
+    pub friend_invite_stop_button: u8,
     pub flow_id: String,
     pub flow_name: String,
     pub flow_screen: String,
-    pub flow_cta: String,
     pub thanks: String,
     pub thanks_body: Vec<TemplateParameter>,
     pub reward: String,
@@ -551,6 +588,34 @@ pub fn secret_value(secret: &Option<SecretString>) -> Option<&str> {
 }
 
 impl Settings {
+    /// The Flow endpoint's private key (PKCS#8 PEM): the secret, else the file, which
+    /// must be readable by its owner only. `Ok(None)` when neither is configured.
+    pub fn flow_private_key_pem(&self) -> Result<Option<SecretString>, String> {
+        if let Some(pem) = secret_value(&self.whatsapp.flow_private_key) {
+            return Ok(Some(SecretString::from(pem.to_string())));
+        }
+        let file = self.whatsapp.flow_private_key_file.trim();
+        if file.is_empty() {
+            return Ok(None);
+        }
+        let path = Path::new(file);
+        let metadata = std::fs::metadata(path).map_err(|e| format!("whatsapp.flow_private_key_file {file}: {e}"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "whatsapp.flow_private_key_file {file} is readable by others (mode {mode:o}); run chmod 600 {file}"
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = metadata;
+        let pem = std::fs::read_to_string(path).map_err(|e| format!("whatsapp.flow_private_key_file {file}: {e}"))?;
+        Ok(Some(SecretString::from(pem)))
+    }
+
     /// Loads the layers from the real environment.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
         Self::load_from(file, std::env::vars())
@@ -599,8 +664,17 @@ impl Settings {
         if let Some(url) = env.get("DATABASE_URL") {
             builder = builder.set_override("database.url", url.as_str())?;
         }
-        let settings: Settings = builder.build()?.try_deserialize().map_err(|e| explain(e, &env))?;
+        let mut settings: Settings = builder.build()?.try_deserialize().map_err(|e| explain(e, &env))?;
         settings.validate()?;
+        let templates = &settings.templates;
+        let override_dir = Some(templates.catalogue_dir.trim())
+            .filter(|d| !d.is_empty())
+            .map(Path::new);
+        settings.catalogues = Catalogues::load(&templates.languages, &templates.default_language, override_dir)
+            .map_err(|e| ConfigError::Invalid {
+                key: "templates.catalogue_dir",
+                problem: e.to_string(),
+            })?;
         Ok(settings)
     }
 
@@ -655,19 +729,35 @@ impl Settings {
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1".into());
         }
+        let flow_path = &self.whatsapp.flow_endpoint_path;
+        let plain_path = flow_path.len() > 1
+            && flow_path.starts_with('/')
+            && flow_path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+        let taken = [
+            "/webhooks/whatsapp",
+            "/webhooks/hubspot",
+            "/webhooks/stripe",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ];
+        if !plain_path
+            || taken.contains(&flow_path.as_str())
+            || flow_path.starts_with("/admin")
+            || flow_path.starts_with("/api/")
+        {
+            return invalid(
+                "whatsapp.flow_endpoint_path",
+                format!("`{flow_path}` must be a path of its own, such as /webhooks/whatsapp/flow"),
+            );
+        }
         if self.worker.inbox_concurrency == 0 {
             return invalid("worker.inbox_concurrency", "must be at least 1".into());
         }
         if self.worker.job_concurrency == 0 {
             return invalid("worker.job_concurrency", "must be at least 1".into());
-        }
-        for refusal in NominationRefusal::ALL {
-            if !self.replies.refusals.contains_key(refusal.reason()) {
-                return Err(ConfigError::Invalid {
-                    key: "replies.refusals",
-                    problem: format!("needs a text for `{}`", refusal.reason()),
-                });
-            }
         }
         if self.worker.lease_seconds == 0 {
             return invalid("worker.lease_seconds", "must be at least 1".into());
@@ -815,6 +905,44 @@ mod tests {
         assert_eq!(s.database.url, "sqlite://referloop.db");
         assert!(s.sandbox(), "sandbox while no access token");
         assert!(s.whatsapp.app_secret.is_none());
+    }
+
+    #[test]
+    fn reward_descriptions_follow_the_beneficiarys_language() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("referloop.toml");
+        std::fs::write(
+            &path,
+            "[rewards.friend]\ndescriptions = { es = \"10 $ de descuento\", pt_BR = \"R$ 10 de desconto\" }\n",
+        )
+        .expect("write");
+        let s = Settings::load_from(Some(&path), env(&[])).expect("loads");
+        let friend = &s.rewards.friend;
+        assert_eq!(friend.description_in("es-MX"), "10 $ de descuento");
+        assert_eq!(friend.description_in("pt"), "R$ 10 de desconto");
+        assert_eq!(friend.description_in("de"), "$10 off your first order");
+        assert_eq!(s.rewards.referrer.description_in("es"), "a $10 thank-you credit");
+    }
+
+    #[test]
+    fn the_flow_endpoint_path_is_a_path_of_its_own() {
+        for bad in [
+            "",
+            "/",
+            "flow",
+            "/webhooks/whatsapp",
+            "/admin/flow",
+            "/api/v1/flow",
+            "/flow/{id}",
+        ] {
+            let loaded = Settings::load_from(None, env(&[("REFERLOOP_WHATSAPP__FLOW_ENDPOINT_PATH", bad)]));
+            assert!(loaded.is_err(), "{bad:?}");
+        }
+        let custom = Settings::load_from(
+            None,
+            env(&[("REFERLOOP_WHATSAPP__FLOW_ENDPOINT_PATH", "/meta/flow-data")]),
+        );
+        assert_eq!(custom.expect("loads").whatsapp.flow_endpoint_path, "/meta/flow-data");
     }
 
     #[test]

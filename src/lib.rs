@@ -2,6 +2,7 @@
 //! tracked in HubSpot. `main.rs` only calls [`cli::run`].
 
 pub mod app;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod dev;

@@ -107,6 +107,15 @@ pub struct Metrics {
     pub outside_calls: Family<OutsideCallLabels, Counter>,
     /// Rewards in the ledger by beneficiary and state (scrape time).
     pub rewards: Family<RewardLabels, Gauge>,
+    /// The Flow data endpoint's answers by kind.
+    pub flow_endpoint_answers: Family<FlowAnswerLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowAnswerLabels {
+    /// active, acknowledged, screen, field_error, finished, token_refused, undecryptable,
+    /// bad_request, unavailable
+    pub answer: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +148,12 @@ impl Metrics {
         let queue_oldest_due_seconds = Family::<QueueNameLabels, Gauge>::default();
         let outside_calls = Family::<OutsideCallLabels, Counter>::default();
         let rewards = Family::<RewardLabels, Gauge>::default();
+        let flow_endpoint_answers = Family::<FlowAnswerLabels, Counter>::default();
+        registry.register(
+            "flow_endpoint_answers",
+            "Answers of the Flow data endpoint by kind (active, acknowledged, screen, field_error, finished, token_refused, undecryptable, bad_request, unavailable)",
+            flow_endpoint_answers.clone(),
+        );
         registry.register(
             "queue_oldest_due_seconds",
             "How long the oldest item due in each queue has been waiting (0 when none; read from the database at scrape time)",
@@ -227,7 +242,14 @@ impl Metrics {
             queue_oldest_due_seconds,
             outside_calls,
             rewards,
+            flow_endpoint_answers,
         }
+    }
+
+    pub fn flow_answer(&self, answer: &str) {
+        self.flow_endpoint_answers
+            .get_or_create(&FlowAnswerLabels { answer: answer.into() })
+            .inc();
     }
 
     pub fn outside_call(&self, api: &str, outcome: &str) {

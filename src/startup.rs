@@ -14,6 +14,7 @@ use crate::http::{self, AppState};
 use crate::jobs::{Services, Worker};
 use crate::metrics::Metrics;
 use crate::store::{InboxWriter, Store};
+use crate::whatsapp::flow_crypto;
 
 pub struct Application {
     listener: TcpListener,
@@ -40,12 +41,16 @@ impl Application {
         let services = Arc::new(Services::new(store.clone(), settings.clone(), metrics.clone())?);
         let worker = settings.worker.enabled.then(|| Worker::new(services.clone()));
         let inbox = InboxWriter::start(store.clone(), settings.server.ingest_writers);
+        let flow_key = flow_crypto::configured_key(&settings)
+            .map_err(|problem| anyhow::anyhow!("the Flow endpoint's key: {problem}"))?
+            .map(Arc::new);
         let state = AppState {
             inbox,
             store,
             settings,
             metrics,
             services,
+            flow_key,
         };
         Ok(Application {
             listener,

@@ -208,7 +208,7 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
         .iter()
         .any(|p| p.eq_ignore_ascii_case(payload.trim()));
     if is_stop {
-        return opt_out::on_stop_request(s, work, from, "button", false).await;
+        return opt_out::on_stop_request(s, work, from, "button", None).await;
     }
     let Some(invite_id) = payload.strip_prefix("refer:").and_then(|id| id.parse::<i64>().ok()) else {
         return Outcome::done(format!("button payload {payload:?} not ours"));
@@ -223,7 +223,7 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
         return Outcome::done("referrer opted out; no Flow sent");
     }
     let token = s.new_flow_token(invite_id, wamid);
-    let body = render::flow_prompt(&s.settings, from.as_str(), &invite.first_name, &token);
+    let body = render::flow_prompt(&s.settings, from.as_str(), &invite.language, &invite.first_name, &token);
     // One Flow per tap: a redelivered tap has the same wamid, hence the same key.
     let message = NewMessage {
         invite_id: Some(invite_id),

@@ -5,12 +5,14 @@ use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::flow_token::FlowToken;
 use crate::domain::messaging::MessagePurpose;
-use crate::domain::nomination::{self, parse_flow_reply, NominationRefusal};
+use crate::domain::nomination::{
+    self, check_standing, parse_flow_reply, FlowReply, Nomination, NominationRefusal, Standing,
+};
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
 use crate::domain::state::InviteState;
 use crate::domain::work::Job;
-use crate::store::{NewReferral, ReferralInsert};
+use crate::store::{InviteRow, NewReferral, ReferralInsert};
 use crate::telemetry::mask_phone;
 use crate::whatsapp::inbound::InboundMessage;
 use crate::whatsapp::render;
@@ -27,7 +29,10 @@ pub async fn on_flow_reply(
     let Some(reply) = parse_flow_reply(response_json) else {
         return Outcome::done("flow reply without a readable response_json");
     };
-    let refuse = |refusal: NominationRefusal| refuse(s, work, from, &message.wamid, refusal, &reply.friend_name);
+    let refuse = |refusal: NominationRefusal, language: Option<&str>| {
+        let language = language.unwrap_or(&s.settings.templates.default_language).to_string();
+        refuse(s, work, from, &message.wamid, refusal, &reply.friend_name, language)
+    };
     let token = match (&reply.flow_token, &message.context_id) {
         (Some(token), _) => Some(token.clone()),
         // Some clients omit the token: take it from the Flow message this replies to.
@@ -40,24 +45,21 @@ pub async fn on_flow_reply(
         (None, None) => None,
     };
     let Some(token) = token else {
-        return refuse(NominationRefusal::InvalidToken).await;
+        return refuse(NominationRefusal::InvalidToken, None).await;
     };
-    let Ok(verified) = FlowToken::verify(&token, &s.flow_token_secret) else {
-        return refuse(NominationRefusal::InvalidToken).await;
-    };
-    let Some(invite) = s.store.invite(verified.invite_id).await? else {
-        return refuse(NominationRefusal::InvalidToken).await;
+    let Some(invite) = invite_for_token(s, &token).await? else {
+        return refuse(NominationRefusal::InvalidToken, None).await;
     };
     if invite.phone.as_deref() != Some(from.as_str()) {
-        return refuse(NominationRefusal::InvalidToken).await;
+        return refuse(NominationRefusal::InvalidToken, None).await;
     }
-    let nomination = match nomination::validate(&reply, from, &s.settings.programme.default_region) {
+    let language = Some(invite.language.as_str());
+    // The friend's own facts (taken, opted out, a customer) are known later: the insert's
+    // unique index and the screening job decide them.
+    let nomination = match check(s, &invite, from, &reply, Standing::default()).await? {
         Ok(n) => n,
-        Err(refusal) => return refuse(refusal).await,
+        Err(refusal) => return refuse(refusal, language).await,
     };
-    if s.store.count_open_referrals(&invite.contact_id).await? >= s.settings.programme.max_open_referrals {
-        return refuse(NominationRefusal::TooManyOpenReferrals).await;
-    }
     let new = NewReferral {
         invite_id: invite.id,
         flow_token: token,
@@ -101,7 +103,7 @@ pub async fn on_flow_reply(
         ReferralInsert::TokenAlreadyUsed(id) => format!("flow token already used by referral {id}"),
         ReferralInsert::FriendTaken(id) => {
             let refusal = NominationRefusal::AlreadyReferred;
-            let body = render::refusal(&s.settings, &refusal, &new.friend_name, from.as_str());
+            let body = render::refusal(&s.settings, &new.language, &refusal, &new.friend_name, from.as_str());
             let key = format!("referral:{id}:refusal");
             let reply = crate::store::NewMessage {
                 referral_id: Some(id),
@@ -124,8 +126,9 @@ async fn refuse(
     wamid: &str,
     refusal: NominationRefusal,
     friend_name: &str,
+    language: String,
 ) -> StepResult {
-    let body = render::refusal(&s.settings, &refusal, friend_name, from.as_str());
+    let body = render::refusal(&s.settings, &language, &refusal, friend_name, from.as_str());
     let reply = s.message(format!("refusal:{wamid}"), MessagePurpose::Reply, from, false, body);
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     tx.insert_message(&reply).await?;
@@ -146,25 +149,17 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
     }
     let friend = E164::parse_mobile(&referral.friend_phone, "ZZ")
         .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
-    let refusal = if s.store.is_opted_out(friend.as_str()).await? {
-        Some(NominationRefusal::FriendOptedOut)
-    } else {
-        let stage_property = s.settings.hubspot_properties.lifecycle_stage.as_str();
-        let customers = s
-            .hubspot
-            .search_by_phone(
-                &friend,
-                &[stage_property],
-                &s.settings.programme.default_region,
-                Some(work.job_id()),
-            )
-            .await?;
-        let stage = &s.settings.programme.customer_lifecycle_stage;
-        customers
-            .iter()
-            .any(|c| c.property(stage_property) == Some(stage.as_str()))
-            .then_some(NominationRefusal::AlreadyCustomer)
+    let opted_out = s.store.is_opted_out(friend.as_str()).await?;
+    let is_customer = match opted_out {
+        true => None,
+        false => Some(is_customer(s, &friend, Some(work.job_id())).await?),
     };
+    let refusal = check_standing(&Standing {
+        friend_opted_out: Some(opted_out),
+        friend_is_customer: is_customer,
+        ..Standing::default()
+    })
+    .err();
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     let ctx = EventContext {
         business_number,
@@ -174,4 +169,46 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
     let note = format!("referral {referral_id} {applied}");
     tx.commit(note.clone()).await?;
     Outcome::committed(note)
+}
+
+/// The invite a Flow token was issued for: signed by us, for an invite that exists.
+pub async fn invite_for_token(s: &Services, token: &str) -> Result<Option<InviteRow>, StepError> {
+    let Ok(verified) = FlowToken::verify(token, &s.flow_token_secret) else {
+        return Ok(None);
+    };
+    Ok(s.store.invite(verified.invite_id).await?)
+}
+
+/// The nomination rules both Flows share: the fields, then the referrer's open-referral
+/// limit, then whatever `known` already says of the friend.
+pub async fn check(
+    s: &Services,
+    invite: &InviteRow,
+    referrer: &E164,
+    form: &FlowReply,
+    known: Standing,
+) -> Result<Result<Nomination, NominationRefusal>, StepError> {
+    let nomination = match nomination::validate(form, referrer, &s.settings.programme.default_region) {
+        Ok(n) => n,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let open = s.store.count_open_referrals(&invite.contact_id).await?;
+    let standing = Standing {
+        referrer_at_limit: Some(open >= s.settings.programme.max_open_referrals),
+        ..known
+    };
+    Ok(check_standing(&standing).map(|()| nomination))
+}
+
+/// Whether HubSpot has the number as a contact at the customer lifecycle stage.
+pub async fn is_customer(s: &Services, friend: &E164, job_id: Option<i64>) -> Result<bool, StepError> {
+    let stage_property = s.settings.hubspot_properties.lifecycle_stage.as_str();
+    let contacts = s
+        .hubspot
+        .search_by_phone(friend, &[stage_property], &s.settings.programme.default_region, job_id)
+        .await?;
+    let stage = &s.settings.programme.customer_lifecycle_stage;
+    Ok(contacts
+        .iter()
+        .any(|c| c.property(stage_property) == Some(stage.as_str())))
 }

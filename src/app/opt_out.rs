@@ -32,19 +32,25 @@ pub async fn record(
     Ok(change)
 }
 
-/// The person asked us to stop (keyword or button); a keyword is acknowledged, once per
-/// opt-out.
-pub async fn on_stop_request(s: &Services, work: &Work, phone: &E164, source: &str, acknowledge: bool) -> StepResult {
+/// The person asked us to stop (keyword or button); a keyword is acknowledged in its own
+/// language (`acknowledge_in`), once per opt-out.
+pub async fn on_stop_request(
+    s: &Services,
+    work: &Work,
+    phone: &E164,
+    source: &str,
+    acknowledge_in: Option<&str>,
+) -> StepResult {
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     let change = record(s, &mut tx, phone, source, true).await?;
-    if acknowledge {
+    if let Some(language) = acknowledge_in {
         // The key carries the time the opt-out began: one acknowledgement per opt-out.
         let since = match change {
             OptOutChange::OptedOut(at) | OptOutChange::AlreadyOptedOut(at) => at,
             OptOutChange::Resumed | OptOutChange::Unchanged => now_ms(),
         };
         let key = format!("opt_out_ack:{}:{since}", phone.as_str());
-        let body = render::opt_out_ack(&s.settings, phone.as_str());
+        let body = render::opt_out_ack(&s.settings, language, phone.as_str());
         tx.insert_message(&s.message(key, MessagePurpose::Reply, phone, false, body))
             .await?;
     }

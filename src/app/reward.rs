@@ -131,7 +131,9 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
             return Err(error);
         }
     };
-    let given = code.clone().unwrap_or_else(|| side.description.clone());
+    let given = code
+        .clone()
+        .unwrap_or_else(|| side.description_in(&reward.language).to_string());
     let message = reward_message(s, &reward, &referral, beneficiary, &given).await?;
     let jobs = recording_jobs(s, &reward, &referral, beneficiary, &side, &given);
     let mut tx = s.store.begin(Some(&work.lease)).await?;

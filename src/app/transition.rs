@@ -139,7 +139,7 @@ fn effect_message(
         }
         Effect::SendRefusal(refusal) => {
             let to = referrer()?;
-            let body = render::refusal(settings, refusal, &r.friend_name, to.as_str());
+            let body = render::refusal(settings, &r.language, refusal, &r.friend_name, to.as_str());
             (to, MessagePurpose::Refusal, false, body)
         }
         Effect::ThankReferrer => {

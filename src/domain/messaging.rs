@@ -204,11 +204,50 @@ pub fn classify(code: Option<i64>, http_status: Option<u16>) -> SendErrorClass {
     }
 }
 
-/// True when `text` is exactly one of the stop keywords, ignoring case, surrounding
-/// whitespace and trailing punctuation ("Stop!" counts, "don't stop" does not).
-pub fn is_stop_keyword(text: &str, keywords: &[String]) -> bool {
-    let word = text.trim().trim_end_matches(|c: char| c.is_ascii_punctuation()).trim();
-    keywords.iter().any(|k| k.eq_ignore_ascii_case(word))
+/// The stop keywords of every configured language. A message opts its sender out when,
+/// whole, it is one of them: compared after Unicode case folding, with accents and
+/// surrounding whitespace and punctuation ignored ("¡Baja!", "arreter" and "ARRÊTER" all
+/// count; "don't stop" does not).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StopKeywords {
+    /// (folded keyword, language)
+    folded: Vec<(String, String)>,
+}
+
+impl StopKeywords {
+    /// From (language, keywords) pairs, first language first: a keyword shared by several
+    /// languages (STOP) answers in the first.
+    pub fn new(by_language: impl IntoIterator<Item = (String, Vec<String>)>) -> StopKeywords {
+        let mut folded: Vec<(String, String)> = vec![];
+        for (language, keywords) in by_language {
+            for keyword in keywords {
+                let key = fold_for_matching(&keyword);
+                if !key.is_empty() && !folded.iter().any(|(k, _)| *k == key) {
+                    folded.push((key, language.clone()));
+                }
+            }
+        }
+        StopKeywords { folded }
+    }
+
+    /// The language of the keyword `text` is, if it is one.
+    pub fn language_of(&self, text: &str) -> Option<&str> {
+        let key = fold_for_matching(text);
+        self.folded
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, language)| language.as_str())
+    }
+}
+
+/// Trimmed of whitespace and punctuation at both ends, compatibility-decomposed (full-width
+/// letters become letters), accents removed, case-folded.
+fn fold_for_matching(text: &str) -> String {
+    use unicode_normalization::char::is_combining_mark;
+    use unicode_normalization::UnicodeNormalization;
+    let trimmed = text.trim_matches(|c: char| !c.is_alphanumeric());
+    let without_accents: String = trimmed.nfkd().filter(|c| !is_combining_mark(*c)).collect();
+    caseless::default_case_fold_str(&without_accents)
 }
 
 #[cfg(test)]
@@ -266,18 +305,40 @@ mod tests {
     }
 
     #[test]
-    fn stop_keywords() {
-        let keywords: Vec<String> = ["STOP", "UNSUBSCRIBE"].iter().map(|s| s.to_string()).collect();
-        assert!(is_stop_keyword("stop", &keywords));
-        assert!(is_stop_keyword("  Stop! ", &keywords));
-        assert!(is_stop_keyword("unsubscribe", &keywords));
-        assert!(!is_stop_keyword("don't stop", &keywords));
-        assert!(!is_stop_keyword("stopwatch", &keywords));
+    fn stop_keywords_in_each_language() {
+        let list = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        let keywords = StopKeywords::new([
+            ("en_US".to_string(), list(&["STOP", "UNSUBSCRIBE"])),
+            ("es".to_string(), list(&["BAJA", "PARAR"])),
+            ("pt_BR".to_string(), list(&["PARAR", "SAIR"])),
+            ("fr".to_string(), list(&["ARRÊTER", "STOP"])),
+            ("de".to_string(), list(&["STOPP"])),
+        ]);
+        assert_eq!(keywords.language_of("stop"), Some("en_US"));
+        assert_eq!(keywords.language_of("  Stop! "), Some("en_US"));
+        assert_eq!(keywords.language_of("unsubscribe"), Some("en_US"));
+        assert_eq!(keywords.language_of("¡Baja!"), Some("es"));
+        assert_eq!(keywords.language_of("parar"), Some("es"), "shared: the first language");
+        assert_eq!(keywords.language_of("Sair."), Some("pt_BR"));
+        assert_eq!(keywords.language_of("arrêter"), Some("fr"));
+        assert_eq!(keywords.language_of("ARRETER"), Some("fr"), "without the accent");
+        assert_eq!(keywords.language_of("Arre\u{302}ter"), Some("fr"), "decomposed accent");
+        assert_eq!(
+            keywords.language_of("\u{a0}STOPP\u{3000}"),
+            Some("de"),
+            "Unicode spaces"
+        );
+        assert_eq!(keywords.language_of("ＳＴＯＰＰ"), Some("de"), "full-width letters");
+        assert_eq!(keywords.language_of("don't stop"), None);
+        assert_eq!(keywords.language_of("stopwatch"), None);
+        assert_eq!(keywords.language_of(""), None);
+        assert_eq!(keywords.language_of("!!!"), None);
     }
 }
 
-/// The template language for a contact: their language when a template exists in it
-/// (`pt-BR` → `pt_BR`; `pt` → the first `pt_*`), else the default.
+/// The language for a contact, along the chain: their language exactly (`pt-BR` →
+/// `pt_BR`), else its primary language (`pt_BR` → `pt`, or the first `pt_*` there is),
+/// else the default.
 pub fn pick_language(contact_language: Option<&str>, available: &[String], default: &str) -> String {
     let Some(wanted) = contact_language
         .map(|l| l.trim().replace('-', "_"))
@@ -288,10 +349,13 @@ pub fn pick_language(contact_language: Option<&str>, available: &[String], defau
     if let Some(exact) = available.iter().find(|a| a.eq_ignore_ascii_case(&wanted)) {
         return exact.clone();
     }
-    let primary = wanted.split('_').next().unwrap_or("").to_ascii_lowercase();
+    let primary = wanted.split('_').next().unwrap_or("");
+    if let Some(bare) = available.iter().find(|a| a.eq_ignore_ascii_case(primary)) {
+        return bare.clone();
+    }
     available
         .iter()
-        .find(|a| a.split('_').next().is_some_and(|p| p.eq_ignore_ascii_case(&primary)))
+        .find(|a| a.split('_').next().is_some_and(|p| p.eq_ignore_ascii_case(primary)))
         .cloned()
         .unwrap_or_else(|| default.to_string())
 }
@@ -312,6 +376,10 @@ mod language_tests {
         assert_eq!(pick_language(Some("pt"), &available, "en_US"), "pt_BR");
         assert_eq!(pick_language(Some("es-MX"), &available, "en_US"), "es");
         assert_eq!(pick_language(Some("de"), &available, "en_US"), "en_US");
+        let with_bare: Vec<String> = ["en_US", "pt", "pt_PT"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pick_language(Some("pt_BR"), &with_bare, "en_US"), "pt", "pt_BR → pt");
+        assert_eq!(pick_language(Some("PT-pt"), &with_bare, "en_US"), "pt_PT");
+        assert_eq!(pick_language(Some(" "), &with_bare, "en_US"), "en_US");
         assert_eq!(pick_language(None, &available, "en_US"), "en_US");
         assert_eq!(first_name("  Zoë Ñúñez "), "Zoë");
     }

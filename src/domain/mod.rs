@@ -6,6 +6,7 @@
 pub mod access;
 pub mod code;
 pub mod eligibility;
+pub mod flow_exchange;
 pub mod flow_token;
 pub mod funnel;
 pub mod ids;

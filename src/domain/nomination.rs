@@ -21,6 +21,12 @@ pub struct FlowReply {
 /// `""` or missing; consent may be a boolean or a string.
 pub fn parse_flow_reply(response_json: &str) -> Option<FlowReply> {
     let value: Value = serde_json::from_str(response_json).ok()?;
+    value.is_object().then(|| flow_reply_from(&value))
+}
+
+/// The form's fields from a JSON object: the `nfm_reply`'s `response_json`, or the `data`
+/// of an endpoint request (the same keys).
+pub fn flow_reply_from(value: &Value) -> FlowReply {
     let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
     let consent = match value.get("friend_consent").or_else(|| value.get("consent")) {
         Some(Value::Bool(b)) => *b,
@@ -29,7 +35,7 @@ pub fn parse_flow_reply(response_json: &str) -> Option<FlowReply> {
         }
         _ => false,
     };
-    Some(FlowReply {
+    FlowReply {
         flow_token: text("flow_token").filter(|t| !t.is_empty() && t != "unused"),
         friend_name: text("friend_name").unwrap_or_default(),
         friend_phone: text("friend_phone").unwrap_or_default(),
@@ -37,7 +43,7 @@ pub fn parse_flow_reply(response_json: &str) -> Option<FlowReply> {
             .or_else(|| text("message"))
             .filter(|m| !m.trim().is_empty()),
         consent,
-    })
+    }
 }
 
 /// A nomination that passed validation.
@@ -49,8 +55,8 @@ pub struct Nomination {
     pub consent: bool,
 }
 
-/// Why a nomination is refused; each has a friendly reply to the referrer
-/// (`[replies.refusals]` in the configuration).
+/// Why a nomination is refused; each has a reply to the referrer and an in-Flow error in
+/// every language's catalogue (`templates/messages/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NominationRefusal {
     InvalidToken,
@@ -65,7 +71,7 @@ pub enum NominationRefusal {
 }
 
 impl NominationRefusal {
-    /// One of each kind (each has a reply text in `[replies.refusals]`).
+    /// One of each kind.
     pub const ALL: [NominationRefusal; 9] = [
         NominationRefusal::InvalidToken,
         NominationRefusal::InvalidName,
@@ -90,6 +96,34 @@ impl NominationRefusal {
             NominationRefusal::TooManyOpenReferrals => "too_many_open_referrals",
             NominationRefusal::FriendOptedOut => "friend_opted_out",
         }
+    }
+}
+
+/// What is known of a nomination beyond its fields; `None` is "not known yet", left to a
+/// later check (the store's unique index at insert, the screening job after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Standing {
+    /// The referrer has `programme.max_open_referrals` open referrals already.
+    pub referrer_at_limit: Option<bool>,
+    /// The friend has an open referral inside the attribution window.
+    pub friend_taken: Option<bool>,
+    pub friend_opted_out: Option<bool>,
+    /// HubSpot has the friend at the customer lifecycle stage.
+    pub friend_is_customer: Option<bool>,
+}
+
+/// The nomination rules beyond the fields, in order. Both the endpoint Flow (before the
+/// Flow closes) and the static Flow's path (as each fact becomes known) use these.
+pub fn check_standing(standing: &Standing) -> Result<(), NominationRefusal> {
+    let rules = [
+        (standing.referrer_at_limit, NominationRefusal::TooManyOpenReferrals),
+        (standing.friend_taken, NominationRefusal::AlreadyReferred),
+        (standing.friend_opted_out, NominationRefusal::FriendOptedOut),
+        (standing.friend_is_customer, NominationRefusal::AlreadyCustomer),
+    ];
+    match rules.into_iter().find(|(fact, _)| *fact == Some(true)) {
+        Some((_, refusal)) => Err(refusal),
+        None => Ok(()),
     }
 }
 
@@ -213,6 +247,49 @@ mod tests {
                 ..reply()
             }),
             Err(NominationRefusal::SelfReferral)
+        );
+    }
+
+    #[test]
+    fn standing_rules_in_order_and_unknown_facts_pass() {
+        assert_eq!(check_standing(&Standing::default()), Ok(()));
+        let all = Standing {
+            referrer_at_limit: Some(true),
+            friend_taken: Some(true),
+            friend_opted_out: Some(true),
+            friend_is_customer: Some(true),
+        };
+        assert_eq!(check_standing(&all), Err(NominationRefusal::TooManyOpenReferrals));
+        let only = |s: Standing| check_standing(&s);
+        assert_eq!(
+            only(Standing {
+                referrer_at_limit: Some(false),
+                ..all
+            }),
+            Err(NominationRefusal::AlreadyReferred)
+        );
+        assert_eq!(
+            only(Standing {
+                friend_opted_out: Some(true),
+                ..Standing::default()
+            }),
+            Err(NominationRefusal::FriendOptedOut)
+        );
+        assert_eq!(
+            only(Standing {
+                friend_is_customer: Some(true),
+                friend_opted_out: Some(false),
+                ..Standing::default()
+            }),
+            Err(NominationRefusal::AlreadyCustomer)
+        );
+        assert_eq!(
+            only(Standing {
+                friend_is_customer: None,
+                friend_opted_out: Some(false),
+                ..Standing::default()
+            }),
+            Ok(())
         );
     }
 

@@ -5,6 +5,7 @@ mod admin;
 mod api;
 mod dashboard;
 mod error;
+mod flow;
 mod health;
 pub mod openapi;
 mod serve;
@@ -27,6 +28,7 @@ use crate::app::Services;
 use crate::config::Settings;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::store::{InboxWriter, Store};
+use crate::whatsapp::flow_crypto::FlowKey;
 
 pub use error::ApiError;
 pub use serve::{serve, ConnectionLimits};
@@ -45,6 +47,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The worker's services, for the API's synchronous conversions.
     pub services: Arc<Services>,
+    /// The Flow data endpoint's private key, when one is configured.
+    pub flow_key: Option<Arc<FlowKey>>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -73,6 +77,10 @@ pub fn router(state: AppState) -> Router {
             get(webhooks::whatsapp_verify)
                 .post(webhooks::whatsapp_receive)
                 .layer(DefaultBodyLimit::max(WHATSAPP_BODY_LIMIT)),
+        )
+        .route(
+            &state.settings.whatsapp.flow_endpoint_path,
+            post(flow::flow_data).layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT)),
         )
         .route(
             "/webhooks/hubspot",

@@ -8,7 +8,6 @@ use serde_json::Value;
 use crate::app::conversion::{self, StripeEventKind};
 use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reward};
 use crate::app::{Outcome, Services, StepError, StepResult, Work};
-use crate::domain::messaging::is_stop_keyword;
 use crate::domain::work::Job;
 use crate::store::{now_ms, ClaimedItem};
 use crate::whatsapp::inbound::{
@@ -106,10 +105,10 @@ async fn on_message(s: &Services, work: &Work, message: &InboundMessage) -> Step
     match &message.content {
         Content::ButtonTap { payload } => invite::on_button(s, work, from, &message.wamid, payload).await,
         Content::FlowReply { response_json } => nomination::on_flow_reply(s, work, from, message, response_json).await,
-        Content::Text { body } if is_stop_keyword(body, &s.settings.programme.stop_keywords) => {
-            opt_out::on_stop_request(s, work, from, "keyword", true).await
-        }
-        Content::Text { body } => friend::on_text(s, work, from, body).await,
+        Content::Text { body } => match s.settings.catalogues.stop_keywords().language_of(body) {
+            Some(language) => opt_out::on_stop_request(s, work, from, "keyword", Some(language)).await,
+            None => friend::on_text(s, work, from, body).await,
+        },
         Content::Other { kind } => Outcome::done(format!("inbound {kind} message not handled")),
     }
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{hubspot, Finding};
 use crate::app::Services;
-use crate::config::secret_value;
+use crate::config::{secret_value, FlowKind};
 use crate::domain::ids::path_segment;
 use crate::domain::reward::RewardKind;
 
@@ -315,6 +315,12 @@ async fn whatsapp(s: &Services, d: &mut Diagnosis) {
         Err(why) => d.fail("whatsapp", "webhook subscription", why, "check the network"),
     }
     flow_published(s, d, &waba).await;
+    for language in s.settings.templates.languages.iter() {
+        if *language != s.settings.templates.default_language {
+            language_flow_published(s, d, &waba, language).await;
+        }
+    }
+    flow_endpoint_key(s, d).await;
     let t = &s.settings.templates;
     for name in [&t.invite, &t.flow, &t.friend_invite, &t.thanks, &t.reward] {
         let path = format!(
@@ -456,6 +462,99 @@ async fn flow_published(s: &Services, d: &mut Diagnosis, waba: &str) {
             check,
             "not found",
             "run `referloop setup whatsapp`, then set templates.flow_id",
+        ),
+    }
+}
+
+/// Another language's Flow, which is sent by name (`<flow_name>_<language>`).
+async fn language_flow_published(s: &Services, d: &mut Diagnosis, waba: &str, language: &str) {
+    let name = crate::whatsapp::render::flow_name(&s.settings, language);
+    let listed = answered(s.whatsapp.probe(&format!("/{waba}/flows")).await);
+    let status = listed.ok().and_then(|(_, body)| {
+        body["data"].as_array().and_then(|flows| {
+            flows
+                .iter()
+                .find(|f| f["name"] == name.as_str())
+                .and_then(|f| f["status"].as_str().map(str::to_string))
+        })
+    });
+    let check = format!("Flow {name}");
+    match status.as_deref() {
+        Some("PUBLISHED") => d.add("whatsapp", check, Status::Ok, "published"),
+        Some(other) => d.fail(
+            "whatsapp",
+            check,
+            other.to_string(),
+            "publish it (`referloop setup whatsapp`)",
+        ),
+        None => d.fail(
+            "whatsapp",
+            check,
+            format!("not found: {language} contacts get no Flow"),
+            "run `referloop setup whatsapp`, or remove the language from templates.languages",
+        ),
+    }
+}
+
+/// The endpoint Flow's key: configured, loadable, and the one Meta holds, signed.
+async fn flow_endpoint_key(s: &Services, d: &mut Diagnosis) {
+    let check = "Flow endpoint key";
+    let endpoint = s.settings.whatsapp.flow_kind == FlowKind::Endpoint;
+    let key = match crate::whatsapp::flow_crypto::configured_key(&s.settings) {
+        Ok(Some(key)) => key,
+        Ok(None) if endpoint => {
+            return d.fail(
+                "whatsapp",
+                check,
+                "whatsapp.flow_kind is \"endpoint\" but no private key is configured: the Flow cannot open",
+                "run `referloop flow keygen`, set whatsapp.flow_private_key_file, then `referloop setup whatsapp`",
+            )
+        }
+        Ok(None) => return d.add("whatsapp", check, Status::Ok, "static Flow: no endpoint key needed"),
+        Err(problem) => return d.fail("whatsapp", check, problem, "see README.md, \"The Flow endpoint\""),
+    };
+    let number = path_segment(&s.settings.whatsapp.phone_number_id);
+    let registered = answered(
+        s.whatsapp
+            .probe(&format!("/{number}/whatsapp_business_encryption"))
+            .await,
+    );
+    let entry = match registered {
+        Ok((200, body)) => body["data"].get(0).cloned().unwrap_or(Value::Null),
+        Ok((status, body)) => {
+            return d.fail(
+                "whatsapp",
+                check,
+                format!("HTTP {status}: {}", graph_error(&body)),
+                "the token needs whatsapp_business_messaging on this number",
+            )
+        }
+        Err(why) => return d.fail("whatsapp", check, why, "check the network"),
+    };
+    let compact = |pem: &str| pem.split_whitespace().collect::<String>();
+    let same = entry["business_public_key"].as_str().map(compact) == Some(compact(key.public_key_pem()));
+    let status = entry["business_public_key_signature_status"]
+        .as_str()
+        .unwrap_or("UNKNOWN");
+    match (same, status) {
+        (true, "VALID") => d.add("whatsapp", check, Status::Ok, "uploaded and signed (VALID)"),
+        (true, other) => d.fail(
+            "whatsapp",
+            check,
+            format!("uploaded, signature status {other}"),
+            "upload it again (`referloop setup whatsapp`) after the number is registered",
+        ),
+        (false, _) if !endpoint => d.warn(
+            "whatsapp",
+            check,
+            "a key is configured but Meta holds another (or none)",
+            "run `referloop setup whatsapp` before switching whatsapp.flow_kind to \"endpoint\"",
+        ),
+        (false, _) => d.fail(
+            "whatsapp",
+            check,
+            "Meta holds another key (or none): the client encrypts to a key we cannot open",
+            "run `referloop setup whatsapp` to upload the configured key",
         ),
     }
 }

@@ -1,41 +1,192 @@
-//! `referloop setup whatsapp`: submits each template in `templates/` the account lacks
-//! (and reports the status and category Meta gave each), creates the nomination Flow from
-//! `templates/` with the business name filled in, uploads its JSON (reporting validation
-//! errors), publishes it, and subscribes the app to the account's webhooks.
+//! `referloop setup whatsapp`: creates the nomination Flow in each configured language
+//! from `templates/` (the variant `whatsapp.flow_kind` names, with the language's texts and
+//! the business name filled in), uploads its JSON (reporting validation errors) and
+//! publishes it; submits each template in each language the account lacks (and reports
+//! the status and category Meta gave each); uploads the Flow endpoint's public key and
+//! reports its signature status; and subscribes the app to the account's webhooks.
 
 use serde_json::{json, Value};
 
 use super::{Finding, Report};
-use crate::config::Settings;
+use crate::config::{FlowKind, Settings};
 use crate::domain::ids::path_segment;
 use crate::integrations::whatsapp::WhatsAppClient;
+use crate::whatsapp::render;
 
-/// The template definitions, as submitted (en_US), by the setting that names each.
-fn definitions(settings: &Settings) -> Vec<(String, &'static str)> {
+/// The templates, each as (the name configured for it, its file in `templates/`).
+fn templates(settings: &Settings) -> [(String, &'static str); 5] {
     let t = &settings.templates;
-    vec![
-        (
-            t.invite.clone(),
-            include_str!("../../templates/tmpl_referral_invite.json"),
-        ),
-        (t.flow.clone(), include_str!("../../templates/tmpl_referral_flow.json")),
-        (
-            t.friend_invite.clone(),
-            include_str!("../../templates/tmpl_referral_friend_invite.json"),
-        ),
-        (
-            t.thanks.clone(),
-            include_str!("../../templates/tmpl_referral_thanks.json"),
-        ),
-        (
-            t.reward.clone(),
-            include_str!("../../templates/tmpl_referral_reward.json"),
-        ),
+    [
+        (t.invite.clone(), "tmpl_referral_invite"),
+        (t.flow.clone(), "tmpl_referral_flow"),
+        (t.friend_invite.clone(), "tmpl_referral_friend_invite"),
+        (t.thanks.clone(), "tmpl_referral_thanks"),
+        (t.reward.clone(), "tmpl_referral_reward"),
     ]
 }
 
-const FLOW_JSON: &str = include_str!("../../templates/flow_referral_nomination.json");
-const DEFINED_LANGUAGE: &str = "en_US";
+/// Every built-in template definition: (file name, language, JSON). The en_US files have
+/// no language in their name.
+const DEFINITIONS: [(&str, &str, &str); 25] = [
+    (
+        "tmpl_referral_invite",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_invite.json"),
+    ),
+    (
+        "tmpl_referral_flow",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_flow.json"),
+    ),
+    (
+        "tmpl_referral_friend_invite",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_friend_invite.json"),
+    ),
+    (
+        "tmpl_referral_thanks",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_thanks.json"),
+    ),
+    (
+        "tmpl_referral_reward",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_reward.json"),
+    ),
+    (
+        "tmpl_referral_invite",
+        "es",
+        include_str!("../../templates/tmpl_referral_invite.es.json"),
+    ),
+    (
+        "tmpl_referral_flow",
+        "es",
+        include_str!("../../templates/tmpl_referral_flow.es.json"),
+    ),
+    (
+        "tmpl_referral_friend_invite",
+        "es",
+        include_str!("../../templates/tmpl_referral_friend_invite.es.json"),
+    ),
+    (
+        "tmpl_referral_thanks",
+        "es",
+        include_str!("../../templates/tmpl_referral_thanks.es.json"),
+    ),
+    (
+        "tmpl_referral_reward",
+        "es",
+        include_str!("../../templates/tmpl_referral_reward.es.json"),
+    ),
+    (
+        "tmpl_referral_invite",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_invite.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_flow",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_flow.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_friend_invite",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_friend_invite.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_thanks",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_thanks.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_reward",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_reward.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_invite",
+        "fr",
+        include_str!("../../templates/tmpl_referral_invite.fr.json"),
+    ),
+    (
+        "tmpl_referral_flow",
+        "fr",
+        include_str!("../../templates/tmpl_referral_flow.fr.json"),
+    ),
+    (
+        "tmpl_referral_friend_invite",
+        "fr",
+        include_str!("../../templates/tmpl_referral_friend_invite.fr.json"),
+    ),
+    (
+        "tmpl_referral_thanks",
+        "fr",
+        include_str!("../../templates/tmpl_referral_thanks.fr.json"),
+    ),
+    (
+        "tmpl_referral_reward",
+        "fr",
+        include_str!("../../templates/tmpl_referral_reward.fr.json"),
+    ),
+    (
+        "tmpl_referral_invite",
+        "de",
+        include_str!("../../templates/tmpl_referral_invite.de.json"),
+    ),
+    (
+        "tmpl_referral_flow",
+        "de",
+        include_str!("../../templates/tmpl_referral_flow.de.json"),
+    ),
+    (
+        "tmpl_referral_friend_invite",
+        "de",
+        include_str!("../../templates/tmpl_referral_friend_invite.de.json"),
+    ),
+    (
+        "tmpl_referral_thanks",
+        "de",
+        include_str!("../../templates/tmpl_referral_thanks.de.json"),
+    ),
+    (
+        "tmpl_referral_reward",
+        "de",
+        include_str!("../../templates/tmpl_referral_reward.de.json"),
+    ),
+];
+
+fn definition(file: &str, language: &str) -> Option<&'static str> {
+    DEFINITIONS
+        .iter()
+        .find(|(f, l, _)| *f == file && *l == language)
+        .map(|(_, _, json)| *json)
+}
+
+const STATIC_FLOW_JSON: &str = include_str!("../../templates/flow_referral_nomination.json");
+const ENDPOINT_FLOW_JSON: &str = include_str!("../../templates/flow_referral_nomination_endpoint.json");
+
+/// The Flow JSON for a language: the variant `whatsapp.flow_kind` names, with the
+/// language's screen texts and the business name filled in.
+pub fn flow_json(settings: &Settings, language: &str) -> String {
+    let source = match settings.whatsapp.flow_kind {
+        FlowKind::Static => STATIC_FLOW_JSON,
+        FlowKind::Endpoint => ENDPOINT_FLOW_JSON,
+    };
+    let texts = &settings.catalogues.get(language).flow;
+    let business = settings.whatsapp.business_name.trim();
+    texts
+        .placeholders()
+        .iter()
+        .fold(source.to_string(), |json, (key, text)| {
+            // The texts go inside JSON strings: escape them as JSON does.
+            let quoted = serde_json::to_string(&text.replace("{business_name}", business)).unwrap_or_default();
+            let escaped = quoted
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .unwrap_or_default();
+            json.replace(&format!("{{{{{key}}}}}"), escaped)
+        })
+}
 
 fn graph_error(body: &Value) -> String {
     body.pointer("/error/message")
@@ -72,22 +223,30 @@ pub async fn setup(client: &WhatsAppClient, settings: &Settings, dry_run: bool) 
         return report;
     }
     let waba = path_segment(&settings.whatsapp.waba_id);
-    for (name, definition) in definitions(settings) {
+    // Flows first: a template's FLOW button names its language's Flow.
+    for language in &settings.templates.languages {
+        report
+            .findings
+            .push(flow(client, settings, &waba, language, dry_run).await);
+    }
+    for (name, file) in templates(settings) {
         for language in &settings.templates.languages {
-            let finding = template(client, &waba, &name, definition, language, dry_run).await;
+            let finding = template(client, settings, &waba, (&name, file), language, dry_run).await;
             report.findings.push(finding);
         }
     }
-    report.findings.push(flow(client, settings, &waba, dry_run).await);
+    if let Some(finding) = encryption_key(client, settings, dry_run).await {
+        report.findings.push(finding);
+    }
     report.findings.push(subscription(client, &waba, dry_run).await);
     report
 }
 
 async fn template(
     client: &WhatsAppClient,
+    settings: &Settings,
     waba: &str,
-    name: &str,
-    definition: &str,
+    (name, file): (&str, &str),
     language: &str,
     dry_run: bool,
 ) -> Finding {
@@ -106,25 +265,41 @@ async fn template(
         .unwrap_or_default()
         .into_iter()
         .find(|t| t["name"] == name && t["language"] == language);
+    let Some(definition) = definition(file, language) else {
+        if let Some(found) = found {
+            return template_status(&what, &found, "?");
+        }
+        return Finding::Wrong {
+            what: format!("{what}: no definition in this language"),
+            fix: "submit a translation (templates/README.md, \"Other languages\") or remove the language from templates.languages".into(),
+        };
+    };
     let mut body: Value = serde_json::from_str(definition).unwrap_or(Value::Null);
     let submitted_category = body["category"].as_str().unwrap_or("?").to_string();
     if let Some(found) = found {
         return template_status(&what, &found, &submitted_category);
     }
-    if language != DEFINED_LANGUAGE {
-        return Finding::Wrong {
-            what: format!("{what}: no definition in this language"),
-            fix: "submit a translation (templates/README.md, \"Other languages\") or remove the language from templates.languages".into(),
-        };
-    }
     if let Some(object) = body.as_object_mut() {
         object.remove("_note");
         object.insert("name".into(), json!(name));
+        object.insert("language".into(), json!(language));
+    }
+    // A FLOW button opens its language's Flow.
+    if let Some(components) = body["components"].as_array_mut() {
+        for button in components
+            .iter_mut()
+            .filter_map(|c| c["buttons"].as_array_mut())
+            .flatten()
+        {
+            if button["type"] == "FLOW" {
+                button["flow_name"] = json!(render::flow_name(settings, language));
+            }
+        }
     }
     if dry_run {
         return Finding::WouldCreate {
             what,
-            call: format!("POST /{waba}/message_templates (templates/{name}.json)"),
+            call: format!("POST /{waba}/message_templates (templates/{file}.json, {language})"),
         };
     }
     let created = client
@@ -166,9 +341,9 @@ fn template_status(what: &str, found: &Value, submitted: &str) -> Finding {
     }
 }
 
-async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, dry_run: bool) -> Finding {
-    let name = &settings.templates.flow_name;
-    let what = format!("Flow {name}");
+async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, language: &str, dry_run: bool) -> Finding {
+    let name = &render::flow_name(settings, language);
+    let what = format!("Flow {name} ({language})");
     let listed = match ok_body(client.probe(&format!("/{waba}/flows")).await, &what) {
         Ok(body) => body,
         Err(wrong) => return wrong,
@@ -202,14 +377,15 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, dry_run:
             call: format!("POST /{waba}/flows, POST /<id>/assets (Flow JSON), POST /<id>/publish"),
         };
     }
+    let mut create = json!({"name": name, "categories": ["OTHER"]});
+    if settings.whatsapp.flow_kind == FlowKind::Endpoint {
+        create["endpoint_uri"] = json!(endpoint_uri(settings));
+    }
     let created = client
         .manage(
             reqwest::Method::POST,
             &format!("/{waba}/flows"),
-            Some((
-                "application/json",
-                json!({"name": name, "categories": ["OTHER"]}).to_string(),
-            )),
+            Some(("application/json", create.to_string())),
         )
         .await;
     let id = match ok_body(created, &what) {
@@ -217,7 +393,7 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, dry_run:
         Ok(None) => return Finding::Created(format!("{what}: created, uploaded and published (recorded, sandbox)")),
         Err(wrong) => return wrong,
     };
-    let flow_json = FLOW_JSON.replace("<BUSINESS_NAME>", business);
+    let flow_json = flow_json(settings, language);
     let boundary = "referloop-flow-json";
     let multipart = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"flow.json\"\r\n\
@@ -249,15 +425,108 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, dry_run:
                 "{what}: created as id {id}, but its JSON has validation errors: {}",
                 listed.join("; ")
             ),
-            fix: "fix templates/flow_referral_nomination.json and upload it again; it is not published".into(),
+            fix: "fix the Flow JSON in templates/ (or the [flow] texts of the language's catalogue) and run setup again; it is not published".into(),
         };
     }
     let published = client
         .manage(reqwest::Method::POST, &format!("/{}/publish", path_segment(&id)), None)
         .await;
+    let default_language = language == settings.templates.default_language;
     match ok_body(published, &what) {
-        Ok(_) => Finding::Created(format!("{what}: published, id {id} — set templates.flow_id = \"{id}\"")),
+        Ok(_) if default_language => {
+            Finding::Created(format!("{what}: published, id {id} — set templates.flow_id = \"{id}\""))
+        }
+        Ok(_) => Finding::Created(format!("{what}: published, id {id} (sent by name)")),
         Err(wrong) => wrong,
+    }
+}
+
+/// Where Meta calls the endpoint Flow.
+pub fn endpoint_uri(settings: &Settings) -> String {
+    format!(
+        "{}{}",
+        settings.server.public_base_url.trim_end_matches('/'),
+        settings.whatsapp.flow_endpoint_path
+    )
+}
+
+/// Uploads the endpoint's public key to the phone number (when a key is configured, or
+/// the endpoint Flow is chosen) and reports Meta's signature status.
+async fn encryption_key(client: &WhatsAppClient, settings: &Settings, dry_run: bool) -> Option<Finding> {
+    let what = "Flow endpoint public key".to_string();
+    let key = match crate::whatsapp::flow_crypto::configured_key(settings) {
+        Ok(Some(key)) => key,
+        Ok(None) if settings.whatsapp.flow_kind == FlowKind::Endpoint => {
+            return Some(Finding::Wrong {
+                what: format!("{what}: no private key configured"),
+                fix: "run `referloop flow keygen`, set whatsapp.flow_private_key_file (or the secret whatsapp.flow_private_key), then run setup again".into(),
+            })
+        }
+        Ok(None) => return None,
+        Err(problem) => {
+            return Some(Finding::Wrong {
+                what: format!("{what}: {problem}"),
+                fix: "see README.md, \"The Flow endpoint\"".into(),
+            })
+        }
+    };
+    let number = path_segment(&settings.whatsapp.phone_number_id);
+    let path = format!("/{number}/whatsapp_business_encryption");
+    let current = match ok_body(client.probe(&path).await, &what) {
+        Ok(body) => body,
+        Err(wrong) => return Some(wrong),
+    };
+    let registered = current.as_ref().and_then(|b| b["data"].get(0).cloned());
+    let same_key = registered.as_ref().is_some_and(|r| {
+        r["business_public_key"].as_str().map(normalise_pem) == Some(normalise_pem(key.public_key_pem()))
+    });
+    if same_key {
+        return Some(signature_status(&what, registered.as_ref()));
+    }
+    if dry_run {
+        return Some(Finding::WouldCreate {
+            what,
+            call: format!("POST {path} (business_public_key)"),
+        });
+    }
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("business_public_key", key.public_key_pem())
+        .finish();
+    let uploaded = client
+        .manage(
+            reqwest::Method::POST,
+            &path,
+            Some(("application/x-www-form-urlencoded", form)),
+        )
+        .await;
+    match ok_body(uploaded, &what) {
+        Ok(None) => return Some(Finding::Created(format!("{what}: uploaded (recorded, sandbox)"))),
+        Ok(Some(_)) => {}
+        Err(wrong) => return Some(wrong),
+    }
+    let after = ok_body(client.probe(&path).await, &what).ok().flatten();
+    match signature_status(&what, after.as_ref().and_then(|b| b["data"].get(0))) {
+        Finding::Present(line) => Some(Finding::Created(line.replace(": signed", ": uploaded and signed"))),
+        other => Some(other),
+    }
+}
+
+fn normalise_pem(pem: &str) -> String {
+    pem.split_whitespace().collect()
+}
+
+/// Meta signs the uploaded key with the phone number's identity; until it is VALID the
+/// client will not encrypt to it.
+fn signature_status(what: &str, registered: Option<&Value>) -> Finding {
+    let status = registered
+        .and_then(|r| r["business_public_key_signature_status"].as_str())
+        .unwrap_or("UNKNOWN");
+    match status {
+        "VALID" => Finding::Present(format!("{what}: signed (VALID)")),
+        other => Finding::Wrong {
+            what: format!("{what}: signature status {other}"),
+            fix: "upload the key again after the number is registered (`referloop setup whatsapp`); Meta signs it with the number's identity".into(),
+        },
     }
 }
 

@@ -718,6 +718,30 @@ impl Store {
         Ok(n)
     }
 
+    /// The referral a Flow token nominated, if it was used.
+    pub async fn referral_by_flow_token(&self, flow_token: &str) -> Result<Option<ReferralRow>, StoreError> {
+        let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE flow_token = $1");
+        Ok(sqlx::query_as::<_, ReferralRow>(&sql)
+            .bind(flow_token)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Whether the number has an open referral nominated since `window_start` (inside the
+    /// attribution window, so a new nomination of it would be refused).
+    pub async fn friend_has_open_referral(&self, friend_phone: &str, window_start: i64) -> Result<bool, StoreError> {
+        let sql = format!(
+            "SELECT id FROM referrals WHERE friend_phone = $1 AND nominated_at >= $2 AND state IN ({}) LIMIT 1",
+            sql_list(ReferralState::OPEN)
+        );
+        let found: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(friend_phone)
+            .bind(window_start)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// The open referral waiting for this friend: matched by the nominated number, else by
     /// a code that exactly one share-link referral has (never the referrer's own number).
     pub async fn referral_awaiting_friend(

@@ -1,10 +1,12 @@
 //! The Graph API request bodies for every message referloop sends, in the shapes Meta
-//! documents, with the texts from configuration (`[templates]`, `[replies]`). The
-//! caller sets `biz_opaque_callback_data` (the message's idempotency key).
+//! documents: templates by `[templates]`, and the texts referloop writes itself from the
+//! recipient's language's catalogue (`templates/messages/`). The caller sets
+//! `biz_opaque_callback_data` (the message's idempotency key).
 
 use serde_json::{json, Value};
 
-use crate::config::{Replies, Settings, TemplateParameter};
+use crate::catalogue::{fill, Catalogue};
+use crate::config::{FlowKind, Settings, TemplateParameter};
 use crate::domain::messaging::first_name;
 use crate::domain::nomination::{single_line, NominationRefusal};
 
@@ -32,8 +34,8 @@ pub struct Template<'a> {
     pub copy_code: Option<(u8, &'a str)>,
     /// (button index, payload)
     pub quick_replies: Vec<(u8, String)>,
-    /// (button index, flow token)
-    pub flow_button: Option<(u8, &'a str)>,
+    /// (button index, flow token, the first screen's data for an endpoint Flow)
+    pub flow_button: Option<(u8, &'a str, Option<Value>)>,
 }
 
 pub fn template(t: Template<'_>) -> Value {
@@ -49,9 +51,13 @@ pub fn template(t: Template<'_>) -> Value {
         components.push(json!({"type": "button", "sub_type": "quick_reply", "index": index,
             "parameters": [{"type": "payload", "payload": payload}]}));
     }
-    if let Some((index, token)) = t.flow_button {
+    if let Some((index, token, data)) = t.flow_button {
+        let mut action = json!({"flow_token": token});
+        if let Some(data) = data {
+            action["flow_action_data"] = data;
+        }
         components.push(json!({"type": "button", "sub_type": "flow", "index": index.to_string(),
-            "parameters": [{"type": "action", "action": {"flow_token": token}}]}));
+            "parameters": [{"type": "action", "action": action}]}));
     }
     envelope(
         t.to,
@@ -116,7 +122,7 @@ fn name_or(name: &str, fallback: &str) -> String {
 /// `tmpl_referral_invite`: the code (copy-code button), "Refer someone" and "Stop".
 pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &str, invite_id: i64) -> Value {
     let t = &settings.templates;
-    let first = name_or(name, "there");
+    let first = name_or(name, &settings.catalogues.get(language).replies.unknown_name);
     let values = Params::recipient(&first, code);
     template(Template {
         to,
@@ -135,7 +141,7 @@ pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &
 /// `tmpl_referral_flow`: the nomination Flow as a template (outside any window).
 pub fn flow_template(settings: &Settings, to: &str, language: &str, name: &str, code: &str, token: &str) -> Value {
     let t = &settings.templates;
-    let first = name_or(name, "there");
+    let first = name_or(name, &settings.catalogues.get(language).replies.unknown_name);
     let values = Params::recipient(&first, code);
     template(Template {
         to,
@@ -144,30 +150,56 @@ pub fn flow_template(settings: &Settings, to: &str, language: &str, name: &str, 
         body_params: params(&t.flow_body, &values),
         copy_code: None,
         quick_replies: vec![],
-        flow_button: Some((t.flow_button, token)),
+        flow_button: Some((t.flow_button, token, first_screen_data(settings))),
     })
 }
 
-/// The nomination Flow as an interactive message, inside the window the tap opened.
-pub fn flow_prompt(settings: &Settings, to: &str, name: &str, token: &str) -> Value {
+/// The Flow for a language: the default language's is `templates.flow_id` (or
+/// `flow_name`); each other language's is named `<flow_name>_<language>`, as
+/// `referloop setup whatsapp` creates them.
+pub fn flow_name(settings: &Settings, language: &str) -> String {
     let t = &settings.templates;
+    if language == t.default_language {
+        t.flow_name.clone()
+    } else {
+        format!("{}_{language}", t.flow_name)
+    }
+}
+
+/// The endpoint Flow's screen declares its field errors as data, so opening it needs
+/// them (empty); the static Flow takes none.
+fn first_screen_data(settings: &Settings) -> Option<Value> {
+    match settings.whatsapp.flow_kind {
+        FlowKind::Static => None,
+        FlowKind::Endpoint => Some(crate::domain::flow_exchange::empty_field_errors()),
+    }
+}
+
+/// The nomination Flow as an interactive message, inside the window the tap opened.
+pub fn flow_prompt(settings: &Settings, to: &str, language: &str, name: &str, token: &str) -> Value {
+    let t = &settings.templates;
+    let texts = &settings.catalogues.get(language).replies;
     let greeting = if name.trim().is_empty() {
         String::new()
     } else {
         format!(", {}", first_name(name))
     };
-    let body_text = Replies::fill(&settings.replies.flow_prompt, &[("greeting", &greeting)]);
+    let body_text = fill(&texts.flow_prompt, &[("greeting", &greeting)]);
+    let mut payload = json!({"screen": t.flow_screen});
+    if let Some(data) = first_screen_data(settings) {
+        payload["data"] = data;
+    }
     let mut parameters = json!({
         "flow_message_version": "3",
-        "flow_cta": t.flow_cta,
+        "flow_cta": texts.flow_cta,
         "flow_token": token,
         "flow_action": "navigate",
-        "flow_action_payload": {"screen": t.flow_screen},
+        "flow_action_payload": payload,
     });
-    if t.flow_id.is_empty() {
-        parameters["flow_name"] = json!(t.flow_name);
-    } else {
+    if language == t.default_language && !t.flow_id.is_empty() {
         parameters["flow_id"] = json!(t.flow_id);
+    } else {
+        parameters["flow_name"] = json!(flow_name(settings, language));
     }
     envelope(
         to,
@@ -213,26 +245,39 @@ pub struct ReferralText<'a> {
 }
 
 impl ReferralText<'_> {
-    fn friend_first(&self) -> String {
-        // A code-only referral knows no name (Meta refuses empty parameters).
-        name_or(self.friend_name, "your friend")
+    fn texts<'s>(&self, settings: &'s Settings) -> &'s Catalogue {
+        settings.catalogues.get(self.language)
     }
 
-    fn referrer_first(&self) -> String {
-        name_or(self.referrer_name, "A friend")
+    fn friend_first(&self, settings: &Settings) -> String {
+        // A code-only referral knows no name (Meta refuses empty parameters).
+        name_or(self.friend_name, &self.texts(settings).replies.unknown_friend)
+    }
+
+    fn referrer_first(&self, settings: &Settings) -> String {
+        name_or(self.referrer_name, &self.texts(settings).replies.unknown_referrer)
     }
 
     fn personal(&self, settings: &Settings) -> String {
         self.personal_message
             .map(single_line)
-            .unwrap_or_else(|| settings.programme.default_personal_message.clone())
+            .unwrap_or_else(|| self.texts(settings).replies.default_personal_message.clone())
+    }
+
+    /// (friend's first name, referrer's first name, personal message)
+    fn names(&self, settings: &Settings) -> (String, String, String) {
+        (
+            self.friend_first(settings),
+            self.referrer_first(settings),
+            self.personal(settings),
+        )
     }
 }
 
 /// `tmpl_referral_friend_invite` to a consenting friend.
 pub fn friend_invite(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
     let t = &settings.templates;
-    let (friend, referrer, personal) = (r.friend_first(), r.referrer_first(), r.personal(settings));
+    let (friend, referrer, personal) = r.names(settings);
     let values = Params {
         first_name: &referrer,
         code: r.code,
@@ -247,7 +292,8 @@ pub fn friend_invite(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Val
         language: r.language,
         body_params: params(&t.friend_invite_body, &values),
         copy_code: Some((t.friend_invite_copy_code_button, r.code)),
-        quick_replies: vec![],
+        // The payload is ours whatever the language of the button's label.
+        quick_replies: vec![(t.friend_invite_stop_button, "stop".into())],
         flow_button: None,
     })
 }
@@ -263,14 +309,15 @@ pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_
     .chars()
     .filter(char::is_ascii_digit)
     .collect();
-    let prefilled = Replies::fill(&settings.replies.share_prefill, &[("code", r.code)]);
+    let texts = &r.texts(settings).replies;
+    let prefilled = fill(&texts.share_prefill, &[("code", r.code)]);
     let link = format!(
         "https://wa.me/{number}?text={}",
         url::form_urlencoded::byte_serialize(prefilled.as_bytes()).collect::<String>()
     );
-    let (friend, referrer, personal) = (r.friend_first(), r.referrer_first(), r.personal(settings));
-    let body = Replies::fill(
-        &settings.replies.share_link,
+    let (friend, referrer, personal) = r.names(settings);
+    let body = fill(
+        &texts.share_link,
         &[
             ("friend_name", &friend),
             ("referrer_name", &referrer),
@@ -284,9 +331,9 @@ pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_
 
 /// The welcome to a friend who wrote to us through the share link.
 pub fn friend_welcome(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
-    let (friend, referrer, personal) = (r.friend_first(), r.referrer_first(), r.personal(settings));
-    let body = Replies::fill(
-        &settings.replies.friend_welcome,
+    let (friend, referrer, personal) = r.names(settings);
+    let body = fill(
+        &r.texts(settings).replies.friend_welcome,
         &[
             ("friend_name", &friend),
             ("referrer_name", &referrer),
@@ -297,15 +344,15 @@ pub fn friend_welcome(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Va
     text(to, &body)
 }
 
-/// A refused nomination, to the referrer.
-pub fn refusal(settings: &Settings, refusal: &NominationRefusal, friend_name: &str, to: &str) -> Value {
-    text(to, &settings.replies.refusal(refusal, friend_name))
+/// A refused nomination, to the referrer, in their language.
+pub fn refusal(settings: &Settings, language: &str, refusal: &NominationRefusal, friend_name: &str, to: &str) -> Value {
+    text(to, &settings.catalogues.get(language).refusal(refusal, friend_name))
 }
 
 /// `tmpl_referral_thanks` to the referrer.
 pub fn thanks(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
     let t = &settings.templates;
-    let (friend, referrer) = (r.friend_first(), r.referrer_first());
+    let (friend, referrer) = (r.friend_first(settings), r.referrer_first(settings));
     let values = Params {
         friend_name: &friend,
         ..Params::recipient(&referrer, r.code)
@@ -340,9 +387,9 @@ pub fn reward(settings: &Settings, to: &str, language: &str, name: &str, given: 
     })
 }
 
-/// The acknowledgement of a stop keyword.
-pub fn opt_out_ack(settings: &Settings, to: &str) -> Value {
-    text(to, &settings.replies.opt_out_ack)
+/// The acknowledgement of a stop keyword, in the keyword's language.
+pub fn opt_out_ack(settings: &Settings, language: &str, to: &str) -> Value {
+    text(to, &settings.catalogues.get(language).replies.opt_out_ack)
 }
 
 #[cfg(test)]
@@ -373,7 +420,7 @@ mod tests {
     #[test]
     fn flow_tokens_are_found_in_either_shape() {
         let settings = Settings::load_from(None, Vec::new()).expect("defaults");
-        let interactive = flow_prompt(&settings, "+447911123456", "Ana Lima", "tok1");
+        let interactive = flow_prompt(&settings, "+447911123456", "en_US", "Ana Lima", "tok1");
         assert_eq!(flow_token_of(&interactive.to_string()).as_deref(), Some("tok1"));
         assert!(interactive["interactive"]["body"]["text"]
             .as_str()
@@ -398,10 +445,32 @@ mod tests {
         assert!(body.contains("Forward this to Zoë"), "{body}");
         assert!(body.contains("Você vai adorar! É ótimo"), "single line: {body}");
         assert!(body.contains("https://wa.me/15550001234?text="), "{body}");
-        let refused = refusal(&settings, &NominationRefusal::AlreadyCustomer, "", "+447911123456");
+        let refused = refusal(
+            &settings,
+            "en_US",
+            &NominationRefusal::AlreadyCustomer,
+            "",
+            "+447911123456",
+        );
         assert_eq!(
             refused["text"]["body"],
             "Good news: your friend is already a customer, so no invite is needed."
+        );
+        let in_spanish = refusal(
+            &settings,
+            "es-MX",
+            &NominationRefusal::SelfReferral,
+            "",
+            "+447911123456",
+        );
+        let spanish = settings.catalogues.get("es").refusals.self_referral.clone();
+        assert_eq!(in_spanish["text"]["body"], spanish.as_str());
+        let prompt = flow_prompt(&settings, "+447911123456", "pt_BR", "Ana", "tok");
+        let parameters = &prompt["interactive"]["action"]["parameters"];
+        assert_eq!(parameters["flow_name"], "referral_nomination_pt_BR");
+        assert_eq!(
+            parameters["flow_cta"],
+            settings.catalogues.get("pt_BR").replies.flow_cta.as_str()
         );
     }
 }

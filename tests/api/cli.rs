@@ -118,3 +118,47 @@ async fn dashboard_users_are_added_with_a_password_from_stdin() {
     let listed = referloop(&["users", "list"], &[("DATABASE_URL", &url)]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("(disabled)"));
 }
+
+#[test]
+fn flow_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let key = dir.path().join("flow.pem");
+    let key_arg = key.display().to_string();
+    let output = referloop(&["flow", "keygen", "--out", &key_arg], &[]);
+    assert!(output.status.success(), "{}", text(&output));
+    let public = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    let private = std::fs::read_to_string(&key).expect("written");
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert!(!public.contains("PRIVATE"), "the private key is never printed");
+    let mode = std::fs::metadata(&key).expect("metadata").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    // The configured key's public half is what keygen printed.
+    let configured = [("REFERLOOP_WHATSAPP__FLOW_PRIVATE_KEY_FILE", key_arg.as_str())];
+    let output = referloop(&["flow", "public-key"], &configured);
+    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), public);
+    // A second keygen does not replace the key in use.
+    let again = referloop(&["flow", "keygen", "--out", &key_arg], &[]);
+    assert!(!again.status.success());
+    assert_eq!(std::fs::read_to_string(&key).expect("kept"), private);
+    // A key file others can read is refused, by name, without its contents.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let output = referloop(&["flow", "public-key"], &configured);
+    let said = text(&output);
+    assert!(!output.status.success());
+    assert!(said.contains("chmod 600"), "{said}");
+    assert!(!said.contains("BEGIN PRIVATE KEY"), "{said}");
+    let dir_url = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let serve = referloop(
+        &["serve"],
+        &[
+            configured[0],
+            ("DATABASE_URL", dir_url.as_str()),
+            ("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    assert!(!serve.status.success(), "serve refuses to start with a readable key");
+    assert!(text(&serve).contains("Flow endpoint's key"), "{}", text(&serve));
+}

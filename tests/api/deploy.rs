@@ -101,4 +101,13 @@ fn the_dockerfile_copies_what_the_build_reads() {
         dependencies < sources,
         "dependencies are built in a layer before the sources"
     );
+    // Cargo refuses a manifest whose targets are missing, so the dependency layer's stubs
+    // must name every bench.
+    let manifest: toml::Table = read("Cargo.toml").parse().expect("Cargo.toml");
+    let benches = manifest["bench"].as_array().expect("[[bench]] targets");
+    for bench in benches {
+        let name = bench["name"].as_str().expect("bench name");
+        let stubbed = dockerfile[..dependencies].contains(name);
+        assert!(stubbed, "the dependency layer stubs benches/{name}.rs");
+    }
 }

@@ -56,8 +56,28 @@ fn every_property() -> Properties {
     all
 }
 
+const LANGUAGES: [&str; 5] = ["en_US", "es", "pt_BR", "fr", "de"];
+
+fn vector_key(field: &str) -> String {
+    let vectors: Value =
+        serde_json::from_str(include_str!("../fixtures/whatsapp/flow_endpoint_test_vector.json")).expect("json");
+    vectors[field].as_str().expect("pem").to_string()
+}
+
 async fn diagnose(account: Account) -> doctor::Diagnosis {
+    diagnose_with(account, &[]).await
+}
+
+/// Meta holds the test vector's public key, signed.
+async fn diagnose_with(account: Account, extra_env: &[(&str, String)]) -> doctor::Diagnosis {
     let meta = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v24.0/{PHONE_NUMBER_ID}/whatsapp_business_encryption")))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{
+            "business_public_key": vector_key("public_key_spki_pem"),
+            "business_public_key_signature_status": "VALID"}]})))
+        .mount(&meta)
+        .await;
     Mock::given(method("GET"))
         .and(path(format!("/v24.0/{PHONE_NUMBER_ID}")))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!({"display_phone_number": "+1 555-000-1234",
@@ -78,8 +98,15 @@ async fn diagnose(account: Account) -> doctor::Diagnosis {
         .await;
     Mock::given(method("GET"))
         .and(path(format!("/v24.0/{WABA}/flows")))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [
-            {"id": "F1", "name": "referral_nomination", "status": account.flow_status}]})))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"data": LANGUAGES.iter().map(|language| {
+            let name = match *language {
+                "en_US" => "referral_nomination".to_string(),
+                other => format!("referral_nomination_{other}"),
+            };
+            json!({"id": format!("F-{language}"), "name": name, "status": account.flow_status})
+        }).collect::<Vec<_>>()})),
+        )
         .mount(&meta)
         .await;
     let apps = if account.subscribed {
@@ -100,8 +127,11 @@ async fn diagnose(account: Account) -> doctor::Diagnosis {
         Mock::given(method("GET"))
             .and(path(format!("/v24.0/{WABA}/message_templates")))
             .and(query_param("name", name))
-            .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": [{"name": name,
-                "language": "en_US", "status": status, "category": "MARKETING", "rejected_reason": reason}]})))
+            .respond_with(ResponseTemplate::new(200).set_body_json(
+                json!({"data": LANGUAGES.iter().map(|language| json!({
+                "name": name, "language": language, "status": status, "category": "MARKETING",
+                "rejected_reason": reason})).collect::<Vec<_>>()}),
+            ))
             .mount(&meta)
             .await;
     }
@@ -131,6 +161,9 @@ async fn diagnose(account: Account) -> doctor::Diagnosis {
         ("REFERLOOP_STRIPE__SECRET_KEY", "sk_live_doctor".to_string()),
     ] {
         set_env(&mut env, key, &value);
+    }
+    for (key, value) in extra_env {
+        set_env(&mut env, key, value);
     }
     let settings = Arc::new(Settings::load_from(None, env).expect("settings"));
     let services = Services::new(store, settings, Arc::new(Metrics::new())).expect("services");
@@ -217,4 +250,46 @@ async fn a_broken_account_is_explained() {
     );
     assert!(hubspot.fix.as_deref().unwrap_or("").contains("Private apps"));
     assert!(diagnosis.lines().iter().any(|l| l.starts_with('✗')));
+}
+
+fn healthy() -> Account {
+    Account {
+        subscribed: true,
+        flow_status: "PUBLISHED",
+        scopes: vec!["whatsapp_business_management", "whatsapp_business_messaging"],
+        hubspot_scopes: vec![
+            "crm.objects.contacts.read",
+            "crm.objects.contacts.write",
+            "crm.schemas.contacts.read",
+            "crm.schemas.contacts.write",
+            "crm.objects.deals.read",
+        ],
+        rejected: None,
+        properties: every_property(),
+    }
+}
+
+#[tokio::test]
+async fn the_flow_endpoint_key_must_be_the_one_meta_holds() {
+    let endpoint = ("REFERLOOP_WHATSAPP__FLOW_KIND", "endpoint".to_string());
+    let key_check = |d: &doctor::Diagnosis| {
+        d.checks
+            .iter()
+            .find(|c| c.name == "Flow endpoint key")
+            .map(|c| (c.status, c.detail.clone()))
+            .expect("a key check")
+    };
+    let held = (
+        "REFERLOOP_WHATSAPP__FLOW_PRIVATE_KEY",
+        vector_key("private_key_pkcs8_pem"),
+    );
+    let good = diagnose_with(healthy(), &[endpoint.clone(), held]).await;
+    assert_eq!(key_check(&good).0, Status::Ok, "{:?}", key_check(&good));
+    let missing = diagnose_with(healthy(), std::slice::from_ref(&endpoint)).await;
+    assert_eq!(key_check(&missing).0, Status::Fail);
+    let (other, _) = referloop::whatsapp::flow_crypto::generate_key_pair().expect("key");
+    let rotated = diagnose_with(healthy(), &[endpoint, ("REFERLOOP_WHATSAPP__FLOW_PRIVATE_KEY", other)]).await;
+    let (status, detail) = key_check(&rotated);
+    assert_eq!(status, Status::Fail);
+    assert!(detail.contains("Meta holds another key"), "{detail}");
 }

@@ -6,6 +6,7 @@ mod dashboard;
 mod deploy;
 mod doctor;
 mod fakes;
+mod flow_endpoint;
 mod helpers;
 
 mod admin;
@@ -17,6 +18,7 @@ mod hostile;
 mod hubspot;
 mod interruptions;
 mod kills;
+mod languages;
 mod lifecycle;
 mod metrics;
 mod outside;

@@ -277,6 +277,10 @@ struct GraphState {
     /// Validation errors the next Flow JSON upload gets.
     flow_errors: Vec<Value>,
     uploads: Vec<String>,
+    /// Flow creation bodies, in order.
+    flow_creations: Vec<Value>,
+    /// The phone number's uploaded public key.
+    public_key: Option<String>,
 }
 
 impl Respond for GraphAccount {
@@ -305,13 +309,29 @@ impl Respond for GraphAccount {
             ("POST", p) if p.ends_with("/message_templates") => {
                 let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                 let template = json!({"id": format!("T{}", state.templates.len() + 1), "name": body["name"],
-                    "language": body["language"], "status": "PENDING", "category": body["category"]});
+                    "language": body["language"], "status": "PENDING", "category": body["category"],
+                    "components": body["components"]});
                 state.templates.push(template.clone());
                 ok(json!({"id": template["id"], "status": "PENDING", "category": body["category"]}))
             }
             ("GET", p) if p.ends_with("/flows") => ok(json!({"data": state.flows})),
+            ("GET", p) if p.ends_with("/whatsapp_business_encryption") => {
+                let data = match &state.public_key {
+                    Some(key) => json!([{"business_public_key": key, "business_public_key_signature_status": "VALID"}]),
+                    None => json!([]),
+                };
+                ok(json!({"data": data}))
+            }
+            ("POST", p) if p.ends_with("/whatsapp_business_encryption") => {
+                let key = url::form_urlencoded::parse(&request.body)
+                    .find(|(k, _)| k == "business_public_key")
+                    .map(|(_, v)| v.to_string());
+                state.public_key = key;
+                ok(json!({"success": true}))
+            }
             ("POST", p) if p.ends_with("/flows") => {
                 let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                state.flow_creations.push(body.clone());
                 let id = format!("F{}", state.flows.len() + 1);
                 state
                     .flows
@@ -348,6 +368,14 @@ impl Respond for GraphAccount {
 }
 
 async fn whatsapp_services(account: &GraphAccount, business_name: &str) -> (MockServer, Services, TestDatabase) {
+    whatsapp_services_with(account, business_name, &[]).await
+}
+
+async fn whatsapp_services_with(
+    account: &GraphAccount,
+    business_name: &str,
+    extra_env: &[(&str, String)],
+) -> (MockServer, Services, TestDatabase) {
     let meta = MockServer::start().await;
     Mock::given(path_regex(r"^/v24\.0/"))
         .and(header(
@@ -372,6 +400,9 @@ async fn whatsapp_services(account: &GraphAccount, business_name: &str) -> (Mock
     ] {
         set_env(&mut env, key, &value);
     }
+    for (key, value) in extra_env {
+        set_env(&mut env, key, value);
+    }
     let settings = Arc::new(Settings::load_from(None, env).expect("settings"));
     let services = Services::new(store, settings, Arc::new(Metrics::new())).expect("services");
     (meta, services, db)
@@ -384,10 +415,32 @@ async fn setup_whatsapp_submits_creates_publishes_and_subscribes_once() {
     let first = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
     println!("{}", first.lines().join("\n"));
     assert!(first.ok(), "{:?}", first.lines());
-    assert_eq!(first.created(), 7, "five templates, the Flow, the subscription");
+    assert_eq!(
+        first.created(),
+        31,
+        "five templates and a Flow in each of five languages, the subscription"
+    );
     {
         let state = account.state.lock().expect("state");
-        assert_eq!(state.templates.len(), 5);
+        assert_eq!(state.templates.len(), 25);
+        assert_eq!(state.flows.len(), 5);
+        let spanish_flow = state
+            .templates
+            .iter()
+            .find(|t| t["name"] == "tmpl_referral_flow" && t["language"] == "es")
+            .expect("the Spanish Flow template");
+        assert_eq!(spanish_flow["status"], "PENDING");
+        let spanish_upload = state
+            .uploads
+            .iter()
+            .find(|u| u.contains("Invitar a un amigo") || u.contains("amig"))
+            .expect("a Spanish Flow JSON");
+        assert!(!spanish_upload.contains("{{"), "every text filled in");
+        assert!(
+            state.flow_creations.iter().all(|f| f.get("endpoint_uri").is_none()),
+            "the static Flow has no endpoint"
+        );
+        assert_eq!(state.public_key, None, "no key configured, none uploaded");
         assert!(state.subscribed);
         assert_eq!(state.flows[0]["status"], "PUBLISHED");
         let upload = &state.uploads[0];
@@ -466,4 +519,65 @@ async fn setup_whatsapp_reports_rejections_and_flow_errors() {
         "{:?}",
         report.lines()
     );
+}
+
+#[tokio::test]
+async fn setup_whatsapp_creates_endpoint_flows_and_uploads_the_public_key_once() {
+    let vectors: Value =
+        serde_json::from_str(include_str!("../fixtures/whatsapp/flow_endpoint_test_vector.json")).expect("json");
+    let private = vectors["private_key_pkcs8_pem"].as_str().expect("pem").to_string();
+    let public = vectors["public_key_spki_pem"].as_str().expect("pem").to_string();
+    let account = GraphAccount::default();
+    let env = [
+        ("REFERLOOP_WHATSAPP__FLOW_KIND", "endpoint".to_string()),
+        ("REFERLOOP_WHATSAPP__FLOW_PRIVATE_KEY", private),
+        ("REFERLOOP_TEMPLATES__LANGUAGES", "en_US,de".to_string()),
+    ];
+    let (_meta, services, _db) = whatsapp_services_with(&account, "Acme Bikes", &env).await;
+    let first = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
+    println!("{}", first.lines().join("\n"));
+    assert!(first.ok(), "{:?}", first.lines());
+    assert!(first
+        .lines()
+        .iter()
+        .any(|l| l.contains("Flow endpoint public key: uploaded and signed (VALID)")));
+    {
+        let state = account.state.lock().expect("state");
+        assert_eq!(state.public_key.as_deref(), Some(public.as_str()));
+        let uri = format!("{PUBLIC_BASE_URL}/webhooks/whatsapp/flow");
+        assert!(state.flow_creations.iter().all(|f| f["endpoint_uri"] == uri.as_str()));
+        assert_eq!(state.flows.len(), 2);
+        let german = state
+            .uploads
+            .iter()
+            .find(|u| u.contains("Einladung"))
+            .expect("German Flow");
+        for expected in [
+            "\"data_api_version\": \"3.0\"",
+            "\"name\": \"data_exchange\"",
+            "${data.friend_phone_error}",
+        ] {
+            assert!(german.contains(expected), "{expected}");
+        }
+        let german_button = state
+            .templates
+            .iter()
+            .find(|t| t["name"] == "tmpl_referral_flow" && t["language"] == "de");
+        let buttons = german_button.and_then(|t| {
+            t["components"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "BUTTONS").cloned())
+        });
+        assert_eq!(
+            buttons.map(|b| b["buttons"][0]["flow_name"].clone()),
+            Some(json!("referral_nomination_de")),
+            "the German template opens the German Flow"
+        );
+    }
+    let second = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
+    assert_eq!(second.created(), 0, "{:?}", second.lines());
+    assert!(second
+        .lines()
+        .iter()
+        .any(|l| l.contains("Flow endpoint public key: signed (VALID)")));
 }

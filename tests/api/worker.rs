@@ -78,7 +78,8 @@ async fn unknown_job_kinds_go_dead_and_stay_visible(backend: Backend) {
 
 /// A flood of inbox events (statuses being retried) while sends are queued: the sends
 /// have loops of their own and finish while most of the flood still waits. The bound:
-/// every send is done before a tenth of the flood has been handled even once.
+/// every send is done before a quarter of the flood has been handled even once (a starved
+/// send would wait for all of it; the margin leaves room for a fast machine's inbox loop).
 async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
     const FLOOD: usize = 5_000;
     const SENDS: usize = 50;
@@ -142,8 +143,8 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
     );
     assert!(all_sent, "the sends completed during the flood");
     assert!(
-        untouched >= FLOOD * 9 / 10,
-        "sends finished before a tenth of the flood was handled ({untouched} of {FLOOD} untouched)"
+        untouched >= FLOOD * 3 / 4,
+        "sends finished before a quarter of the flood was handled ({untouched} of {FLOOD} untouched)"
     );
     app.shutdown().await;
 }

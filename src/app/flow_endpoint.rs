@@ -1,0 +1,147 @@
+//! The Flow data endpoint's answers: the nomination rules run while the Flow is open, so
+//! the referrer sees why a number cannot be used on the field itself. Nothing is written
+//! here: the `nfm_reply` that follows a finished Flow records the nomination exactly as
+//! with the static Flow (`nomination::on_flow_reply`), checking the same rules again.
+
+use std::time::Duration;
+
+use super::nomination::{check, invite_for_token, is_customer};
+use super::{Services, StepError};
+use crate::catalogue::Catalogue;
+use crate::domain::flow_exchange::{FlowAnswer, FlowRequest, FormField};
+use crate::domain::nomination::{validate, FlowReply, NominationRefusal, Standing};
+use crate::domain::phone::E164;
+use crate::store::InviteRow;
+use crate::telemetry::escape;
+
+/// What a token says: the invite it opens, and whether a nomination already used it.
+enum TokenState {
+    Open(InviteRow),
+    /// Used by the referral to this number.
+    Used {
+        invite: InviteRow,
+        friend_phone: String,
+    },
+    Invalid,
+}
+
+async fn token_state(s: &Services, token: &str) -> Result<TokenState, StepError> {
+    let Some(invite) = invite_for_token(s, token).await? else {
+        return Ok(TokenState::Invalid);
+    };
+    if invite.phone.is_none() {
+        return Ok(TokenState::Invalid);
+    }
+    Ok(match s.store.referral_by_flow_token(token).await? {
+        Some(referral) => TokenState::Used {
+            invite,
+            friend_phone: referral.friend_phone,
+        },
+        None => TokenState::Open(invite),
+    })
+}
+
+/// The answer to one decrypted request.
+pub async fn answer(s: &Services, request: FlowRequest) -> Result<FlowAnswer, StepError> {
+    match request {
+        FlowRequest::Ping => Ok(FlowAnswer::Active),
+        FlowRequest::ErrorNotification {
+            error, error_message, ..
+        } => {
+            tracing::warn!(error = %escape(&error), message = %escape(&error_message),
+                "the WhatsApp client reported an error with our Flow answer");
+            Ok(FlowAnswer::Acknowledged)
+        }
+        FlowRequest::Open { flow_token, .. } => match token_state(s, &flow_token).await? {
+            TokenState::Open(_) => Ok(FlowAnswer::Screen {
+                screen: s.settings.templates.flow_screen.clone(),
+                error: None,
+            }),
+            TokenState::Used { invite, .. } => Ok(token_refused(s, Some(&invite.language))),
+            TokenState::Invalid => Ok(token_refused(s, None)),
+        },
+        FlowRequest::DataExchange {
+            flow_token,
+            screen,
+            form,
+        } => submitted(s, flow_token, screen, form).await,
+    }
+}
+
+async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowReply) -> Result<FlowAnswer, StepError> {
+    let (invite, used_for) = match token_state(s, &flow_token).await? {
+        TokenState::Open(invite) => (invite, None),
+        TokenState::Used { invite, friend_phone } => (invite, Some(friend_phone)),
+        TokenState::Invalid => return Ok(token_refused(s, None)),
+    };
+    let texts = s.settings.catalogues.get(&invite.language);
+    let region = &s.settings.programme.default_region;
+    let Some(referrer) = invite.phone.as_deref().and_then(|p| E164::parse_mobile(p, "ZZ").ok()) else {
+        return Ok(token_refused(s, Some(&invite.language)));
+    };
+    if let Some(friend_phone) = used_for {
+        // Meta retried the submission that finished the Flow, and the nfm_reply was
+        // recorded in between: the same submission gets the same answer, another none.
+        return Ok(match validate(&form, &referrer, region) {
+            Ok(nomination) if nomination.friend_phone.as_str() == friend_phone => {
+                FlowAnswer::Finish { flow_token, nomination }
+            }
+            _ => token_refused(s, Some(&invite.language)),
+        });
+    }
+    let field_error = |refusal: NominationRefusal| FlowAnswer::Screen {
+        screen: screen.clone(),
+        error: Some((FormField::of(&refusal), texts.flow_error(&refusal, &form.friend_name))),
+    };
+    // The fields first: a mistyped number needs no lookup.
+    let nomination = match validate(&form, &referrer, region) {
+        Ok(n) => n,
+        Err(refusal) => return Ok(field_error(refusal)),
+    };
+    let friend = &nomination.friend_phone;
+    let known = Standing {
+        friend_taken: Some(
+            s.store
+                .friend_has_open_referral(friend.as_str(), s.attribution_window_start())
+                .await?,
+        ),
+        friend_opted_out: Some(s.store.is_opted_out(friend.as_str()).await?),
+        friend_is_customer: customer_within_budget(s, friend).await,
+        ..Standing::default()
+    };
+    match check(s, &invite, &referrer, &form, known).await? {
+        Ok(nomination) => Ok(FlowAnswer::Finish { flow_token, nomination }),
+        Err(refusal) => Ok(field_error(refusal)),
+    }
+}
+
+/// HubSpot's answer within `whatsapp.flow_customer_check_ms`, else unknown: the Flow goes
+/// on, and the screening job asks again after the nomination is recorded (a customer is
+/// then told by message, as with the static Flow).
+async fn customer_within_budget(s: &Services, friend: &E164) -> Option<bool> {
+    let budget = Duration::from_millis(s.settings.whatsapp.flow_customer_check_ms);
+    match tokio::time::timeout(budget, is_customer(s, friend, None)).await {
+        Ok(Ok(answer)) => Some(answer),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %escape(&e.to_string()), "HubSpot customer check failed in the Flow; the worker checks later");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "HubSpot customer check too slow for the Flow; the worker checks later"
+            );
+            None
+        }
+    }
+}
+
+fn token_refused(s: &Services, language: Option<&str>) -> FlowAnswer {
+    let texts: &Catalogue = s
+        .settings
+        .catalogues
+        .get(language.unwrap_or(&s.settings.templates.default_language));
+    FlowAnswer::TokenRefused {
+        message: texts.flow_error(&NominationRefusal::InvalidToken, ""),
+    }
+}
