@@ -154,23 +154,34 @@ pub struct Catalogues {
 }
 
 impl Catalogues {
-    /// Loads each configured language: the built-in file, then the override's keys.
+    /// Loads each language (the configured ones, the default, and those whose stop
+    /// keywords are honoured): the built-in file, then the override's keys. Stop keywords
+    /// are matched in that order, so a word two languages share answers in the first.
     pub fn load(
         languages: &[String],
+        stop_keyword_languages: &[String],
         default_language: &str,
         override_dir: Option<&Path>,
     ) -> Result<Catalogues, CatalogueError> {
+        let mut order: Vec<String> = vec![];
+        let all = languages
+            .iter()
+            .chain(std::iter::once(&default_language.to_string()))
+            .chain(stop_keyword_languages)
+            .cloned()
+            .collect::<Vec<_>>();
+        for language in all {
+            if !order.contains(&language) {
+                order.push(language);
+            }
+        }
         let mut by_language = BTreeMap::new();
-        for language in languages {
+        for language in &order {
             by_language.insert(language.clone(), load_one(language, override_dir)?);
         }
-        if !by_language.contains_key(default_language) {
-            by_language.insert(default_language.to_string(), load_one(default_language, override_dir)?);
-        }
         let stop_keywords = StopKeywords::new(
-            languages
+            order
                 .iter()
-                .chain(std::iter::once(&default_language.to_string()))
                 .filter_map(|l| by_language.get(l).map(|c| (l.clone(), c.stop_keywords.clone()))),
         );
         Ok(Catalogues {
@@ -203,7 +214,7 @@ impl Catalogues {
 impl Default for Catalogues {
     /// The built-in English catalogue alone (settings before `Settings::load` finishes).
     fn default() -> Catalogues {
-        Catalogues::load(&["en_US".to_string()], "en_US", None)
+        Catalogues::load(&["en_US".to_string()], &[], "en_US", None)
             .unwrap_or_else(|e| unreachable!("the built-in catalogue is tested: {e}"))
     }
 }
@@ -259,10 +270,24 @@ mod tests {
 
     #[test]
     fn every_built_in_catalogue_loads_with_the_placeholders_its_texts_need() {
-        let catalogues = Catalogues::load(&all_languages(), "en_US", None).expect("loads");
+        let catalogues = Catalogues::load(&all_languages(), &[], "en_US", None).expect("loads");
         for language in all_languages() {
             let c = catalogues.get(&language);
             assert!(!c.stop_keywords.is_empty(), "{language}");
+            // Meta's limits: input labels and the Flow button 20 characters, OptIn 120.
+            let short = [
+                &c.flow.friend_name_label,
+                &c.flow.friend_phone_label,
+                &c.flow.message_label,
+                &c.replies.flow_cta,
+            ];
+            for label in short {
+                assert!(label.chars().count() <= 20, "{language}: {label}");
+            }
+            assert!(
+                c.flow.consent_label.chars().count() <= 90,
+                "{language}: room for the business name"
+            );
             for (text, needs) in [
                 (&c.replies.share_link, &["{friend_name}", "{code}", "{link}"][..]),
                 (&c.replies.share_prefill, &["{code}"]),
@@ -289,7 +314,7 @@ mod tests {
     #[test]
     fn languages_fall_back_along_the_chain() {
         let configured: Vec<String> = ["en_US", "es", "pt_BR"].iter().map(|s| s.to_string()).collect();
-        let catalogues = Catalogues::load(&configured, "en_US", None).expect("loads");
+        let catalogues = Catalogues::load(&configured, &[], "en_US", None).expect("loads");
         let flow_cta = |language: &str| catalogues.get(language).replies.flow_cta.clone();
         let english = flow_cta("en_US");
         assert_eq!(flow_cta("pt-br"), flow_cta("pt_BR"));
@@ -307,7 +332,7 @@ mod tests {
         let dutch = BUILT_IN[0].1.replace("Invite a friend", "Nodig een vriend uit");
         std::fs::write(dir.path().join("nl.toml"), dutch).expect("write");
         let languages = vec!["en_US".to_string(), "nl".to_string()];
-        let catalogues = Catalogues::load(&languages, "en_US", Some(dir.path())).expect("loads");
+        let catalogues = Catalogues::load(&languages, &[], "en_US", Some(dir.path())).expect("loads");
         assert_eq!(catalogues.get("en_US").replies.opt_out_ack, "Bye!");
         assert_eq!(
             catalogues.get("en_US").replies.flow_cta,
@@ -316,9 +341,9 @@ mod tests {
         );
         assert_eq!(catalogues.get("nl").replies.flow_cta, "Nodig een vriend uit");
         std::fs::write(dir.path().join("en_US.toml"), "[replies]\nno_such_key = \"x\"\n").expect("write");
-        assert!(Catalogues::load(&languages, "en_US", Some(dir.path())).is_err());
+        assert!(Catalogues::load(&languages, &[], "en_US", Some(dir.path())).is_err());
         assert!(matches!(
-            Catalogues::load(&["xx".to_string()], "en_US", None),
+            Catalogues::load(&["xx".to_string()], &[], "en_US", None),
             Err(CatalogueError::Missing(_))
         ));
     }

@@ -17,9 +17,10 @@ use crate::domain::reward::RewardKind;
 use serde::{Deserialize, Serialize, Serializer};
 
 /// Settings that are lists: in the environment, comma-separated.
-const LIST_KEYS: [&str; 10] = [
+const LIST_KEYS: [&str; 11] = [
     "worker.retry_schedule_seconds",
     "programme.stop_button_payloads",
+    "programme.stop_keyword_languages",
     "hubspot_properties.phone",
     "templates.languages",
     "templates.invite_body",
@@ -298,6 +299,8 @@ pub struct ProgrammeSettings {
     pub code_pattern: String,
     pub customer_lifecycle_stage: String,
     pub stop_button_payloads: Vec<String>,
+    /// Languages whose stop keywords are honoured besides `templates.languages`.
+    pub stop_keyword_languages: Vec<String>,
     pub reward_hold_days: i64,
     pub max_rewarded_referrals_per_referrer: i64,
     pub reward_cap_period_days: i64,
@@ -670,11 +673,16 @@ impl Settings {
         let override_dir = Some(templates.catalogue_dir.trim())
             .filter(|d| !d.is_empty())
             .map(Path::new);
-        settings.catalogues = Catalogues::load(&templates.languages, &templates.default_language, override_dir)
-            .map_err(|e| ConfigError::Invalid {
-                key: "templates.catalogue_dir",
-                problem: e.to_string(),
-            })?;
+        settings.catalogues = Catalogues::load(
+            &templates.languages,
+            &settings.programme.stop_keyword_languages,
+            &templates.default_language,
+            override_dir,
+        )
+        .map_err(|e| ConfigError::Invalid {
+            key: "templates.catalogue_dir",
+            problem: e.to_string(),
+        })?;
         Ok(settings)
     }
 
@@ -751,6 +759,13 @@ impl Settings {
             return invalid(
                 "whatsapp.flow_endpoint_path",
                 format!("`{flow_path}` must be a path of its own, such as /webhooks/whatsapp/flow"),
+            );
+        }
+        let check_ms = self.whatsapp.flow_customer_check_ms;
+        if check_ms > 8_000 {
+            return invalid(
+                "whatsapp.flow_customer_check_ms",
+                format!("{check_ms} must be at most 8000 (Meta gives the endpoint 10 s)"),
             );
         }
         if self.worker.inbox_concurrency == 0 {

@@ -114,7 +114,7 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowAnswerLabels {
     /// active, acknowledged, screen, field_error, finished, token_refused, undecryptable,
-    /// bad_request, unavailable
+    /// signature_failed, bad_request, not_configured, unavailable
     pub answer: String,
 }
 
@@ -151,7 +151,7 @@ impl Metrics {
         let flow_endpoint_answers = Family::<FlowAnswerLabels, Counter>::default();
         registry.register(
             "flow_endpoint_answers",
-            "Answers of the Flow data endpoint by kind (active, acknowledged, screen, field_error, finished, token_refused, undecryptable, bad_request, unavailable)",
+            "Answers of the Flow data endpoint by kind (active, acknowledged, screen, field_error, finished, token_refused, undecryptable, signature_failed, bad_request, not_configured, unavailable)",
             flow_endpoint_answers.clone(),
         );
         registry.register(

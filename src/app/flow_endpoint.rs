@@ -5,11 +5,11 @@
 
 use std::time::Duration;
 
-use super::nomination::{check, invite_for_token, is_customer};
+use super::nomination::{check, invite_for_token, is_customer_within};
 use super::{Services, StepError};
 use crate::catalogue::Catalogue;
 use crate::domain::flow_exchange::{FlowAnswer, FlowRequest, FormField};
-use crate::domain::nomination::{validate, FlowReply, NominationRefusal, Standing};
+use crate::domain::nomination::{check_standing, validate, FlowReply, NominationRefusal, Standing};
 use crate::domain::phone::E164;
 use crate::store::InviteRow;
 use crate::telemetry::escape;
@@ -98,6 +98,7 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
         Ok(n) => n,
         Err(refusal) => return Ok(field_error(refusal)),
     };
+    // The store's checks next, then HubSpot only for a number nothing else refuses.
     let friend = &nomination.friend_phone;
     let known = Standing {
         friend_taken: Some(
@@ -106,22 +107,39 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
                 .await?,
         ),
         friend_opted_out: Some(s.store.is_opted_out(friend.as_str()).await?),
-        friend_is_customer: customer_within_budget(s, friend).await,
         ..Standing::default()
     };
-    match check(s, &invite, &referrer, &form, known).await? {
-        Ok(nomination) => Ok(FlowAnswer::Finish { flow_token, nomination }),
+    let nomination = match check(s, &invite, &referrer, &form, known).await? {
+        Ok(n) => n,
+        Err(refusal) => return Ok(field_error(refusal)),
+    };
+    let customer = Standing {
+        friend_is_customer: customer_within_budget(s, &nomination.friend_phone).await,
+        ..Standing::default()
+    };
+    match check_standing(&customer) {
+        Ok(()) => Ok(FlowAnswer::Finish { flow_token, nomination }),
         Err(refusal) => Ok(field_error(refusal)),
     }
 }
 
-/// HubSpot's answer within `whatsapp.flow_customer_check_ms`, else unknown: the Flow goes
-/// on, and the screening job asks again after the nomination is recorded (a customer is
-/// then told by message, as with the static Flow).
+/// HubSpot's answer within `whatsapp.flow_customer_check_ms`, waiting for a search place
+/// (the pace the worker shares) no longer than that; else unknown: the Flow goes on, and
+/// the screening job asks after the nomination is recorded (a customer is then told by
+/// message, as with the static Flow).
 async fn customer_within_budget(s: &Services, friend: &E164) -> Option<bool> {
-    let budget = Duration::from_millis(s.settings.whatsapp.flow_customer_check_ms);
-    match tokio::time::timeout(budget, is_customer(s, friend, None)).await {
-        Ok(Ok(answer)) => Some(answer),
+    // Half the request timeout at most, so the answer always beats the timeout layer.
+    let request_timeout = s.settings.request_timeout();
+    let budget = Duration::from_millis(s.settings.whatsapp.flow_customer_check_ms).min(request_timeout / 2);
+    match tokio::time::timeout(budget, is_customer_within(s, friend, budget)).await {
+        Ok(Ok(Some(answer))) => Some(answer),
+        Ok(Ok(None)) => {
+            tracing::info!(
+                budget_ms = budget.as_millis() as u64,
+                "no HubSpot search place within the Flow's budget; the worker checks later"
+            );
+            None
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %escape(&e.to_string()), "HubSpot customer check failed in the Flow; the worker checks later");
             None

@@ -1,6 +1,8 @@
 //! Step 3–4: the customer's Flow reply nominates a friend; the nomination is screened
 //! (opted out? already a customer?) and the referral machine chooses how to reach them.
 
+use std::time::Duration;
+
 use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::flow_token::FlowToken;
@@ -12,6 +14,7 @@ use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
 use crate::domain::state::InviteState;
 use crate::domain::work::Job;
+use crate::integrations::hubspot::FoundContact;
 use crate::store::{InviteRow, NewReferral, ReferralInsert};
 use crate::telemetry::mask_phone;
 use crate::whatsapp::inbound::InboundMessage;
@@ -202,13 +205,39 @@ pub async fn check(
 
 /// Whether HubSpot has the number as a contact at the customer lifecycle stage.
 pub async fn is_customer(s: &Services, friend: &E164, job_id: Option<i64>) -> Result<bool, StepError> {
-    let stage_property = s.settings.hubspot_properties.lifecycle_stage.as_str();
     let contacts = s
         .hubspot
-        .search_by_phone(friend, &[stage_property], &s.settings.programme.default_region, job_id)
+        .search_by_phone(
+            friend,
+            &[stage_property(s)],
+            &s.settings.programme.default_region,
+            job_id,
+        )
         .await?;
+    Ok(any_customer(s, &contacts))
+}
+
+/// The same, if the search pace has a place within `limit` (`None` when it has not).
+pub async fn is_customer_within(s: &Services, friend: &E164, limit: Duration) -> Result<Option<bool>, StepError> {
+    let contacts = s
+        .hubspot
+        .search_by_phone_within(
+            friend,
+            &[stage_property(s)],
+            &s.settings.programme.default_region,
+            limit,
+        )
+        .await?;
+    Ok(contacts.map(|found| any_customer(s, &found)))
+}
+
+fn stage_property(s: &Services) -> &str {
+    s.settings.hubspot_properties.lifecycle_stage.as_str()
+}
+
+fn any_customer(s: &Services, contacts: &[FoundContact]) -> bool {
     let stage = &s.settings.programme.customer_lifecycle_stage;
-    Ok(contacts
+    contacts
         .iter()
-        .any(|c| c.property(stage_property) == Some(stage.as_str())))
+        .any(|c| c.property(stage_property(s)) == Some(stage.as_str()))
 }

@@ -38,23 +38,31 @@ pub async fn flow_data(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Nothing is known of a request until its signature is checked, so nothing else is
+    // said (or counted as our failure) before.
     let Some(secret) = secret_value(&state.settings.whatsapp.app_secret) else {
         tracing::error!("Flow endpoint called, but whatsapp.app_secret is not set");
-        return refused(&state, "unavailable", 503, "not configured");
+        return refused(&state, "not_configured", 503, "not configured");
     };
-    let Some(key) = state.flow_key.clone() else {
-        tracing::error!("Flow endpoint called, but no Flow private key is configured (referloop flow keygen)");
-        return refused(&state, "unavailable", 503, "not configured");
-    };
-    let Ok(body) = body else {
-        tracing::warn!("Flow endpoint: unreadable or oversized body");
-        return refused(&state, "bad_request", 400, "unreadable body");
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            tracing::warn!(
+                status = rejection.status().as_u16(),
+                "Flow endpoint: unreadable or oversized body"
+            );
+            return refused(&state, "bad_request", rejection.status().as_u16(), "unreadable body");
+        }
     };
     let signature = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
     if let Err(e) = signatures::verify_meta(secret, &body, signature) {
         tracing::warn!(reason = e.as_label(), "Flow endpoint refused a request: signature");
         return refused(&state, "signature_failed", SIGNATURE_FAILED, "signature failed");
     }
+    let Some(key) = state.flow_key.clone() else {
+        tracing::error!("Flow endpoint called, but no Flow private key is configured (referloop flow keygen)");
+        return refused(&state, "not_configured", 503, "not configured");
+    };
     // RSA decryption is a millisecond of CPU: keep it off the threads serving requests.
     let decrypted = tokio::task::spawn_blocking(move || Arc::clone(&key).decrypt_request(&body)).await;
     let (session, plaintext) = match decrypted {

@@ -340,6 +340,31 @@ impl HubSpotClient {
         job_id: Option<i64>,
     ) -> Result<Vec<FoundContact>, HubSpotError> {
         self.searches.wait().await;
+        self.search_now(phone, properties, default_region, job_id).await
+    }
+
+    /// The same search if the search pace has a place within `limit`; `Ok(None)` at once
+    /// when it has not (the place is left to callers that can wait).
+    pub async fn search_by_phone_within(
+        &self,
+        phone: &E164,
+        properties: &[&str],
+        default_region: &str,
+        limit: Duration,
+    ) -> Result<Option<Vec<FoundContact>>, HubSpotError> {
+        if !self.searches.wait_at_most(Some(limit)).await {
+            return Ok(None);
+        }
+        self.search_now(phone, properties, default_region, None).await.map(Some)
+    }
+
+    async fn search_now(
+        &self,
+        phone: &E164,
+        properties: &[&str],
+        default_region: &str,
+        job_id: Option<i64>,
+    ) -> Result<Vec<FoundContact>, HubSpotError> {
         let national = phone.national_digits();
         let filter =
             |name: &str, value: &str| json!({"filters": [{"propertyName": name, "operator": "EQ", "value": value}]});

@@ -96,20 +96,35 @@ impl Pacer {
 
     /// Waits for this call's slot.
     pub async fn wait(&self) {
+        self.wait_at_most(None).await;
+    }
+
+    /// Waits for this call's slot if it comes within `limit`; otherwise takes no slot (the
+    /// pace is left to the callers that wait) and returns false at once. A shared place
+    /// reserved and then found too far off is left unused, which only lowers the rate.
+    pub async fn wait_at_most(&self, limit: Option<Duration>) -> bool {
+        let deadline = limit.map(|l| Instant::now() + l);
         let slot = {
             let mut next = self.next_slot.lock().await;
             let now = Instant::now();
             let slot = (*next).max(now);
+            if deadline.is_some_and(|d| slot > d) {
+                return false;
+            }
             *next = slot + self.spacing;
             slot
         };
         tokio::time::sleep_until(slot).await;
-        let Some(shared) = &self.shared else { return };
+        let Some(shared) = &self.shared else { return true };
         match shared.place().await {
             Ok(Some(window_start)) => {
                 let wait = window_start - now_ms();
                 if wait > 0 {
-                    tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+                    let until = Instant::now() + Duration::from_millis(wait as u64);
+                    if deadline.is_some_and(|d| until > d) {
+                        return false;
+                    }
+                    tokio::time::sleep_until(until).await;
                 }
             }
             // Every window within reach is full: the local pace still applies.
@@ -117,5 +132,6 @@ impl Pacer {
             // Without the database the call would fail anyway; pace locally.
             Err(e) => tracing::warn!(bucket = %shared.bucket, error = %e, "could not reserve a shared rate slot"),
         }
+        true
     }
 }

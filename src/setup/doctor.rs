@@ -429,26 +429,19 @@ fn health(d: &mut Diagnosis, health: &Value) {
     }
 }
 
-/// The nomination Flow is published (by `templates.flow_id`, else by `templates.flow_name`).
+/// The nomination Flow is published (the static one by `templates.flow_id`, else by name).
 async fn flow_published(s: &Services, d: &mut Diagnosis, waba: &str) {
     let t = &s.settings.templates;
-    let (check, found) = if t.flow_id.is_empty() {
-        let listed = answered(s.whatsapp.probe(&format!("/{waba}/flows")).await);
-        let flow = listed.ok().and_then(|(_, body)| {
-            body["data"]
-                .as_array()
-                .and_then(|flows| flows.iter().find(|f| f["name"] == t.flow_name.as_str()).cloned())
-        });
-        (format!("Flow {}", t.flow_name), flow)
-    } else {
-        let one = answered(
-            s.whatsapp
-                .probe(&format!("/{}?fields=name,status", path_segment(&t.flow_id)))
-                .await,
-        );
-        let flow = one.ok().filter(|(status, _)| *status == 200).map(|(_, body)| body);
-        (format!("Flow {}", t.flow_id), flow)
-    };
+    if t.flow_id.is_empty() || s.settings.whatsapp.flow_kind == FlowKind::Endpoint {
+        return language_flow_published(s, d, waba, &t.default_language).await;
+    }
+    let one = answered(
+        s.whatsapp
+            .probe(&format!("/{}?fields=name,status", path_segment(&t.flow_id)))
+            .await,
+    );
+    let found = one.ok().filter(|(status, _)| *status == 200).map(|(_, body)| body);
+    let check = format!("Flow {}", t.flow_id);
     match found.as_ref().and_then(|f| f["status"].as_str()) {
         Some("PUBLISHED") => d.add("whatsapp", check, Status::Ok, "published"),
         Some(status) => d.fail(
@@ -466,7 +459,7 @@ async fn flow_published(s: &Services, d: &mut Diagnosis, waba: &str) {
     }
 }
 
-/// Another language's Flow, which is sent by name (`<flow_name>_<language>`).
+/// A language's Flow, sent by name (`render::flow_name`).
 async fn language_flow_published(s: &Services, d: &mut Diagnosis, waba: &str, language: &str) {
     let name = crate::whatsapp::render::flow_name(&s.settings, language);
     let listed = answered(s.whatsapp.probe(&format!("/{waba}/flows")).await);

@@ -284,15 +284,22 @@ async fn template(
         object.insert("name".into(), json!(name));
         object.insert("language".into(), json!(language));
     }
-    // A FLOW button opens its language's Flow.
+    // A FLOW button opens its language's Flow; the endpoint Flow asks for its first screen.
     if let Some(components) = body["components"].as_array_mut() {
         for button in components
             .iter_mut()
             .filter_map(|c| c["buttons"].as_array_mut())
             .flatten()
         {
-            if button["type"] == "FLOW" {
-                button["flow_name"] = json!(render::flow_name(settings, language));
+            if button["type"] != "FLOW" {
+                continue;
+            }
+            button["flow_name"] = json!(render::flow_name(settings, language));
+            if settings.whatsapp.flow_kind == FlowKind::Endpoint {
+                button["flow_action"] = json!("data_exchange");
+                if let Some(button) = button.as_object_mut() {
+                    button.remove("navigate_screen");
+                }
             }
         }
     }
@@ -450,19 +457,22 @@ pub fn endpoint_uri(settings: &Settings) -> String {
     )
 }
 
-/// Uploads the endpoint's public key to the phone number (when a key is configured, or
-/// the endpoint Flow is chosen) and reports Meta's signature status.
+/// Uploads the endpoint's public key to the phone number (with the endpoint Flow only)
+/// and reports Meta's signature status.
 async fn encryption_key(client: &WhatsAppClient, settings: &Settings, dry_run: bool) -> Option<Finding> {
     let what = "Flow endpoint public key".to_string();
+    // Meta holds one key per number: only the endpoint Flow may replace it.
+    if settings.whatsapp.flow_kind == FlowKind::Static {
+        return None;
+    }
     let key = match crate::whatsapp::flow_crypto::configured_key(settings) {
         Ok(Some(key)) => key,
-        Ok(None) if settings.whatsapp.flow_kind == FlowKind::Endpoint => {
+        Ok(None) => {
             return Some(Finding::Wrong {
                 what: format!("{what}: no private key configured"),
                 fix: "run `referloop flow keygen`, set whatsapp.flow_private_key_file (or the secret whatsapp.flow_private_key), then run setup again".into(),
             })
         }
-        Ok(None) => return None,
         Err(problem) => {
             return Some(Finding::Wrong {
                 what: format!("{what}: {problem}"),

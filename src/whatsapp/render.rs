@@ -34,8 +34,8 @@ pub struct Template<'a> {
     pub copy_code: Option<(u8, &'a str)>,
     /// (button index, payload)
     pub quick_replies: Vec<(u8, String)>,
-    /// (button index, flow token, the first screen's data for an endpoint Flow)
-    pub flow_button: Option<(u8, &'a str, Option<Value>)>,
+    /// (button index, flow token)
+    pub flow_button: Option<(u8, &'a str)>,
 }
 
 pub fn template(t: Template<'_>) -> Value {
@@ -51,13 +51,9 @@ pub fn template(t: Template<'_>) -> Value {
         components.push(json!({"type": "button", "sub_type": "quick_reply", "index": index,
             "parameters": [{"type": "payload", "payload": payload}]}));
     }
-    if let Some((index, token, data)) = t.flow_button {
-        let mut action = json!({"flow_token": token});
-        if let Some(data) = data {
-            action["flow_action_data"] = data;
-        }
+    if let Some((index, token)) = t.flow_button {
         components.push(json!({"type": "button", "sub_type": "flow", "index": index.to_string(),
-            "parameters": [{"type": "action", "action": action}]}));
+            "parameters": [{"type": "action", "action": {"flow_token": token}}]}));
     }
     envelope(
         t.to,
@@ -150,28 +146,25 @@ pub fn flow_template(settings: &Settings, to: &str, language: &str, name: &str, 
         body_params: params(&t.flow_body, &values),
         copy_code: None,
         quick_replies: vec![],
-        flow_button: Some((t.flow_button, token, first_screen_data(settings))),
+        flow_button: Some((t.flow_button, token)),
     })
 }
 
-/// The Flow for a language: the default language's is `templates.flow_id` (or
-/// `flow_name`); each other language's is named `<flow_name>_<language>`, as
-/// `referloop setup whatsapp` creates them.
+/// The Flow for a language, as `referloop setup whatsapp` names them: the static Flow is
+/// `<flow_name>` in the default language (or `templates.flow_id`) and
+/// `<flow_name>_<language>` in the others; the endpoint Flow adds `_endpoint` after
+/// `<flow_name>`, so switching `whatsapp.flow_kind` creates Flows of its own (a published
+/// Flow's JSON cannot be replaced).
 pub fn flow_name(settings: &Settings, language: &str) -> String {
     let t = &settings.templates;
+    let base = match settings.whatsapp.flow_kind {
+        FlowKind::Static => t.flow_name.clone(),
+        FlowKind::Endpoint => format!("{}_endpoint", t.flow_name),
+    };
     if language == t.default_language {
-        t.flow_name.clone()
+        base
     } else {
-        format!("{}_{language}", t.flow_name)
-    }
-}
-
-/// The endpoint Flow's screen declares its field errors as data, so opening it needs
-/// them (empty); the static Flow takes none.
-fn first_screen_data(settings: &Settings) -> Option<Value> {
-    match settings.whatsapp.flow_kind {
-        FlowKind::Static => None,
-        FlowKind::Endpoint => Some(crate::domain::flow_exchange::empty_field_errors()),
+        format!("{base}_{language}")
     }
 }
 
@@ -185,18 +178,22 @@ pub fn flow_prompt(settings: &Settings, to: &str, language: &str, name: &str, to
         format!(", {}", first_name(name))
     };
     let body_text = fill(&texts.flow_prompt, &[("greeting", &greeting)]);
-    let mut payload = json!({"screen": t.flow_screen});
-    if let Some(data) = first_screen_data(settings) {
-        payload["data"] = data;
-    }
     let mut parameters = json!({
         "flow_message_version": "3",
         "flow_cta": texts.flow_cta,
         "flow_token": token,
-        "flow_action": "navigate",
-        "flow_action_payload": payload,
     });
-    if language == t.default_language && !t.flow_id.is_empty() {
+    match settings.whatsapp.flow_kind {
+        FlowKind::Static => {
+            parameters["flow_action"] = json!("navigate");
+            parameters["flow_action_payload"] = json!({"screen": t.flow_screen});
+        }
+        // The client asks the endpoint for the first screen (INIT); Meta refuses a
+        // payload with this action.
+        FlowKind::Endpoint => parameters["flow_action"] = json!("data_exchange"),
+    }
+    let by_id = settings.whatsapp.flow_kind == FlowKind::Static && language == t.default_language;
+    if by_id && !t.flow_id.is_empty() {
         parameters["flow_id"] = json!(t.flow_id);
     } else {
         parameters["flow_name"] = json!(flow_name(settings, language));

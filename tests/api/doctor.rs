@@ -159,6 +159,7 @@ async fn diagnose_with(account: Account, extra_env: &[(&str, String)]) -> doctor
         ("REFERLOOP_HUBSPOT__API_BASE", hubspot.uri()),
         ("REFERLOOP_HUBSPOT__ACCESS_TOKEN", HUBSPOT_TOKEN.to_string()),
         ("REFERLOOP_STRIPE__SECRET_KEY", "sk_live_doctor".to_string()),
+        ("REFERLOOP_TEMPLATES__LANGUAGES", LANGUAGES.join(",")),
     ] {
         set_env(&mut env, key, &value);
     }

@@ -170,10 +170,15 @@ async fn each_nomination_rule_is_shown_on_its_field(backend: Backend) {
     })
     .await;
     let (invite_id, token, _) = to_flow(&lc).await;
-    // The Flow message opens the endpoint Flow's screen with its (empty) field errors.
+    // The Flow message opens the endpoint Flow, which asks us for its first screen.
     let flow = &lc.sent_of("interactive").await[0];
-    let payload = &flow["interactive"]["action"]["parameters"]["flow_action_payload"];
-    assert_eq!(payload["data"]["friend_phone_error"], "");
+    let parameters = &flow["interactive"]["action"]["parameters"];
+    assert_eq!(parameters["flow_action"], "data_exchange");
+    assert_eq!(parameters["flow_name"], "referral_nomination_endpoint");
+    assert!(
+        parameters.get("flow_action_payload").is_none(),
+        "Meta refuses a payload with data_exchange"
+    );
     let (status, opened) = exchange(
         &lc.app,
         json!({"version": "3.0", "action": "INIT", "flow_token": token}),
@@ -181,6 +186,10 @@ async fn each_nomination_rule_is_shown_on_its_field(backend: Backend) {
     .await;
     assert_eq!(status, 200);
     assert_eq!(opened["screen"], "NOMINATE");
+    assert_eq!(
+        opened["data"]["friend_phone_error"], "",
+        "the screen's error fields, empty"
+    );
 
     let opted_out = "+447911000001";
     assert_eq!(lc.inbound(text_message(opted_out, "wamid.STOP1", "STOP")).await, 200);
@@ -375,7 +384,21 @@ async fn hubspot_too_slow_leaves_the_customer_check_to_the_worker(backend: Backe
     lc.shutdown().await;
 }
 
+/// Without a key (the static Flow), the endpoint still checks signatures first: a
+/// stranger gets 432, not a 503 that would page someone.
+async fn without_a_key_strangers_get_432_and_meta_503(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let (body, _) = seal_request(&public_key(), r#"{"action":"ping"}"#).expect("seal");
+    assert_eq!(post_raw(&lc.app, body.as_bytes(), None).await.0, 432);
+    let signature = referloop::signatures::sign_meta(WHATSAPP_APP_SECRET, body.as_bytes());
+    assert_eq!(post_raw(&lc.app, body.as_bytes(), Some(&signature)).await.0, 503);
+    let huge = vec![b'x'; 2 * 1024 * 1024];
+    assert_eq!(post_raw(&lc.app, &huge, None).await.0, 413);
+    lc.shutdown().await;
+}
+
 both_backends!(
+    without_a_key_strangers_get_432_and_meta_503,
     meta_test_vectors_answer_through_the_endpoint,
     each_nomination_rule_is_shown_on_its_field,
     a_finished_flow_nominates_exactly_once,

@@ -37,8 +37,10 @@ async fn invite_in(lc: &Lifecycle, contact_id: &str, phone: &str, language: &str
         .expect("an invite")
 }
 
+const ALL_FIVE: &str = "en_US,es,pt_BR,fr,de";
+
 async fn a_contacts_language_picks_templates_flow_and_replies(backend: Backend) {
-    let lc = Lifecycle::start(backend, |_| {}).await;
+    let lc = Lifecycle::start(backend, |env| set_env(env, "REFERLOOP_TEMPLATES__LANGUAGES", ALL_FIVE)).await;
     let cases = [
         ("91001", "+447911200001", "es-MX", "es"),
         ("91002", "+447911200002", "pt", "pt_BR"),
@@ -98,6 +100,7 @@ async fn a_contacts_language_picks_templates_flow_and_replies(backend: Backend) 
     lc.shutdown().await;
 }
 
+/// With the defaults: templates in English only, stop keywords in all five languages.
 async fn stop_keywords_in_each_language_opt_out_and_answer_in_it(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     let cases = [
@@ -138,14 +141,15 @@ async fn stop_keywords_in_each_language_opt_out_and_answer_in_it(backend: Backen
 
 async fn a_language_left_out_of_the_configuration_falls_back(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
-        set_env(env, "REFERLOOP_TEMPLATES__LANGUAGES", "en_US,pt_BR")
+        set_env(env, "REFERLOOP_TEMPLATES__LANGUAGES", "en_US,pt_BR");
+        set_env(env, "REFERLOOP_PROGRAMME__STOP_KEYWORD_LANGUAGES", "");
     })
     .await;
     let invite = invite_in(&lc, "92001", "+447911000201", "es").await;
     assert_eq!(invite["template"]["language"]["code"], "en_US", "es is not configured");
     let invite = invite_in(&lc, "92002", "+447911000202", "pt-PT").await;
     assert_eq!(invite["template"]["language"]["code"], "pt_BR", "pt_PT → pt → pt_BR");
-    // Spanish stop words are off when Spanish is not configured; English and Portuguese on.
+    // With no extra stop keyword languages, only the configured languages' words count.
     for (i, (phone, word)) in [
         ("+447911000203", "BAJA"),
         ("+447911000204", "SAIR"),

@@ -411,7 +411,8 @@ async fn whatsapp_services_with(
 #[tokio::test]
 async fn setup_whatsapp_submits_creates_publishes_and_subscribes_once() {
     let account = GraphAccount::default();
-    let (meta, services, _db) = whatsapp_services(&account, "Acme Bikes").await;
+    let languages = [("REFERLOOP_TEMPLATES__LANGUAGES", "en_US,es,pt_BR,fr,de".to_string())];
+    let (meta, services, _db) = whatsapp_services_with(&account, "Acme Bikes", &languages).await;
     let first = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
     println!("{}", first.lines().join("\n"));
     assert!(first.ok(), "{:?}", first.lines());
@@ -559,6 +560,12 @@ async fn setup_whatsapp_creates_endpoint_flows_and_uploads_the_public_key_once()
         ] {
             assert!(german.contains(expected), "{expected}");
         }
+        let names: Vec<&str> = state.flows.iter().filter_map(|f| f["name"].as_str()).collect();
+        assert_eq!(
+            names,
+            ["referral_nomination_endpoint", "referral_nomination_endpoint_de"],
+            "Flows of their own, apart from any static ones"
+        );
         let german_button = state
             .templates
             .iter()
@@ -568,11 +575,13 @@ async fn setup_whatsapp_creates_endpoint_flows_and_uploads_the_public_key_once()
                 .as_array()
                 .and_then(|c| c.iter().find(|c| c["type"] == "BUTTONS").cloned())
         });
+        let button = buttons.map(|b| b["buttons"][0].clone()).unwrap_or(Value::Null);
         assert_eq!(
-            buttons.map(|b| b["buttons"][0]["flow_name"].clone()),
-            Some(json!("referral_nomination_de")),
+            button["flow_name"], "referral_nomination_endpoint_de",
             "the German template opens the German Flow"
         );
+        assert_eq!(button["flow_action"], "data_exchange");
+        assert!(button.get("navigate_screen").is_none());
     }
     let second = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
     assert_eq!(second.created(), 0, "{:?}", second.lines());
