@@ -239,6 +239,8 @@ pub struct WhatsAppSettings {
     /// How long the endpoint waits for HubSpot's "already a customer?" answer before it
     /// leaves that check to the worker.
     pub flow_customer_check_ms: u64,
+    /// Submissions one Flow may have refused before its token is refused.
+    pub flow_max_refusals: u32,
     /// The endpoint's RSA-2048 private key, PKCS#8 PEM.
     #[serde(default, serialize_with = "redact")]
     pub flow_private_key: Option<SecretString>,

@@ -3,7 +3,9 @@
 //! here: the `nfm_reply` that follows a finished Flow records the nomination exactly as
 //! with the static Flow (`nomination::on_flow_reply`), checking the same rules again.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::nomination::{check, invite_for_token, is_customer_within};
 use super::{Services, StepError};
@@ -13,6 +15,32 @@ use crate::domain::nomination::{check_standing, validate, FlowReply, NominationR
 use crate::domain::phone::E164;
 use crate::store::InviteRow;
 use crate::telemetry::escape;
+
+/// Refused submissions per Flow token, in this process. Entries an hour old are dropped
+/// when the map grows, so it stays small; a Flow is rarely open that long.
+#[derive(Default)]
+pub struct RefusalCounter {
+    counts: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+const REFUSAL_MEMORY: Duration = Duration::from_secs(3600);
+const PRUNE_ABOVE: usize = 10_000;
+
+impl RefusalCounter {
+    fn count(&self, token: &str) -> u32 {
+        let counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        counts.get(token).map(|(n, _)| *n).unwrap_or(0)
+    }
+
+    fn record(&self, token: &str) {
+        let mut counts = self.counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if counts.len() > PRUNE_ABOVE {
+            counts.retain(|_, (_, since)| since.elapsed() < REFUSAL_MEMORY);
+        }
+        let entry = counts.entry(token.to_string()).or_insert((0, Instant::now()));
+        entry.0 += 1;
+    }
+}
 
 /// What a token says: the invite it opens, and whether a nomination already used it.
 enum TokenState {
@@ -69,6 +97,10 @@ pub async fn answer(s: &Services, request: FlowRequest) -> Result<FlowAnswer, St
 }
 
 async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowReply) -> Result<FlowAnswer, StepError> {
+    if s.flow_refusals.count(&flow_token) >= s.settings.whatsapp.flow_max_refusals {
+        tracing::info!("a Flow reached its refused-submission limit; closed");
+        return Ok(token_refused(s, None));
+    }
     let (invite, used_for) = match token_state(s, &flow_token).await? {
         TokenState::Open(invite) => (invite, None),
         TokenState::Used { invite, friend_phone } => (invite, Some(friend_phone)),
@@ -89,9 +121,12 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
             _ => token_refused(s, Some(&invite.language)),
         });
     }
-    let field_error = |refusal: NominationRefusal| FlowAnswer::Screen {
-        screen: screen.clone(),
-        error: Some((FormField::of(&refusal), texts.flow_error(&refusal, &form.friend_name))),
+    let field_error = |refusal: NominationRefusal| {
+        s.flow_refusals.record(&flow_token);
+        FlowAnswer::Screen {
+            screen: screen.clone(),
+            error: Some((FormField::of(&refusal), texts.flow_error(&refusal, &form.friend_name))),
+        }
     };
     // The fields first: a mistyped number needs no lookup.
     let nomination = match validate(&form, &referrer, region) {

@@ -22,6 +22,8 @@ pub struct Services {
     pub outbound: Outbound,
     pub code_pattern: CodePattern,
     pub flow_token_secret: String,
+    /// Refused submissions per open Flow (the endpoint's attempt limit).
+    pub flow_refusals: crate::app::flow_endpoint::RefusalCounter,
 }
 
 impl Services {
@@ -34,6 +36,7 @@ impl Services {
             stripe: StripeClient::new(&settings.stripe, outbound.clone()),
             outbound,
             flow_token_secret: settings.flow_token_secret(),
+            flow_refusals: Default::default(),
             code_pattern,
             store,
             settings,

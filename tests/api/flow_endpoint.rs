@@ -397,7 +397,32 @@ async fn without_a_key_strangers_get_432_and_meta_503(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// A Flow that keeps being refused is closed: it cannot look up number after number.
+async fn a_flow_refused_too_often_is_closed(backend: Backend) {
+    let lc = endpoint_app(backend, |env| {
+        set_env(env, "REFERLOOP_WHATSAPP__FLOW_MAX_REFUSALS", "3")
+    })
+    .await;
+    let (invite_id, token, _) = to_flow(&lc).await;
+    for n in 0..3 {
+        let (status, answer) = exchange(&lc.app, submit(&token, "Grace", &format!("55{n}"), "")).await;
+        assert_eq!(
+            (status, answer["screen"].as_str()),
+            (200, Some("NOMINATE")),
+            "refusal {n}"
+        );
+    }
+    let (status, _) = exchange(&lc.app, submit(&token, "Grace", "+447911000010", "")).await;
+    assert_eq!(status, 427, "even a good number, once the Flow used its refusals");
+    // A new tap opens a new Flow with its own count.
+    let fresh = next_token(&lc, invite_id, "wamid.TAP.AGAIN").await;
+    let (status, finished) = exchange(&lc.app, submit(&fresh, "Grace", "+447911000010", "")).await;
+    assert_eq!((status, finished["screen"].as_str()), (200, Some("SUCCESS")));
+    lc.shutdown().await;
+}
+
 both_backends!(
+    a_flow_refused_too_often_is_closed,
     without_a_key_strangers_get_432_and_meta_503,
     meta_test_vectors_answer_through_the_endpoint,
     each_nomination_rule_is_shown_on_its_field,
