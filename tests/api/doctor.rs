@@ -175,21 +175,7 @@ async fn diagnose_with(account: Account, extra_env: &[(&str, String)]) -> doctor
 
 #[tokio::test]
 async fn a_healthy_account_passes() {
-    let diagnosis = diagnose(Account {
-        subscribed: true,
-        flow_status: "PUBLISHED",
-        scopes: vec!["whatsapp_business_management", "whatsapp_business_messaging"],
-        hubspot_scopes: vec![
-            "crm.objects.contacts.read",
-            "crm.objects.contacts.write",
-            "crm.schemas.contacts.read",
-            "crm.schemas.contacts.write",
-            "crm.objects.deals.read",
-        ],
-        rejected: None,
-        properties: every_property(),
-    })
-    .await;
+    let diagnosis = diagnose(healthy()).await;
     let problems: Vec<_> = diagnosis.checks.iter().filter(|c| c.status == Status::Fail).collect();
     assert!(problems.is_empty(), "{problems:?}");
     assert!(diagnosis.ok());

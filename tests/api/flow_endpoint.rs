@@ -125,16 +125,7 @@ async fn meta_test_vectors_answer_through_the_endpoint(backend: Backend) {
     let garbage = b"not json at all";
     let signature = referloop::signatures::sign_meta(&secret, garbage);
     assert_eq!(post_raw(&lc.app, garbage, Some(&signature)).await, (421, String::new()));
-    let metrics = lc
-        .app
-        .client
-        .get(lc.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
+    let metrics = lc.app.metrics().await;
     for answer in ["active", "token_refused", "undecryptable", "signature_failed"] {
         let line = format!("referloop_flow_endpoint_answers_total{{answer=\"{answer}\"}}");
         assert!(metrics.contains(&line), "{line}");
@@ -152,13 +143,14 @@ fn field_error(answer: &Value) -> (String, Option<String>) {
     (data["error_message"].as_str().unwrap_or_default().to_string(), field)
 }
 
-/// Answers HubSpot's search for `phone` with a contact at the customer stage.
-async fn hubspot_knows_customer(lc: &Lifecycle, phone: &str) {
+/// Answers HubSpot's search for `phone`, after `delay`, with a contact at the customer stage.
+async fn hubspot_knows_customer(lc: &Lifecycle, phone: &str, delay: std::time::Duration) {
+    let found = json!({"total": 1, "results": [
+        {"id": "777", "properties": {"lifecyclestage": "customer", "mobilephone": phone}}]});
     Mock::given(method("POST"))
         .and(path("/crm/v3/objects/contacts/search"))
         .and(body_string_contains(phone))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
-            {"id": "777", "properties": {"lifecyclestage": "customer", "mobilephone": phone}}]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(found).set_delay(delay))
         .with_priority(1)
         .mount(&lc.hubspot)
         .await;
@@ -194,7 +186,7 @@ async fn each_nomination_rule_is_shown_on_its_field(backend: Backend) {
     let opted_out = "+447911000001";
     assert_eq!(lc.inbound(text_message(opted_out, "wamid.STOP1", "STOP")).await, 200);
     let customer = "+447911000002";
-    hubspot_knows_customer(&lc, "+447911000002").await;
+    hubspot_knows_customer(&lc, "+447911000002", std::time::Duration::ZERO).await;
     lc.settle().await;
 
     let texts = |key: &str| -> String {
@@ -347,18 +339,7 @@ async fn hubspot_too_slow_leaves_the_customer_check_to_the_worker(backend: Backe
     })
     .await;
     let (_, token, _) = to_flow(&lc).await;
-    Mock::given(method("POST"))
-        .and(path("/crm/v3/objects/contacts/search"))
-        .and(body_string_contains("+447911000002"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_json(json!({"total": 1, "results": [
-                    {"id": "777", "properties": {"lifecyclestage": "customer", "mobilephone": "+447911000002"}}]}))
-                .set_delay(std::time::Duration::from_millis(1500)),
-        )
-        .with_priority(1)
-        .mount(&lc.hubspot)
-        .await;
+    hubspot_knows_customer(&lc, "+447911000002", std::time::Duration::from_millis(1500)).await;
     let started = std::time::Instant::now();
     let (status, finished) = exchange(&lc.app, submit(&token, "Grace", "+447911000002", "")).await;
     assert_eq!((status, finished["screen"].as_str()), (200, Some("SUCCESS")));

@@ -158,6 +158,12 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// The text of `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.expect("metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// Stops the server and the worker gracefully.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {

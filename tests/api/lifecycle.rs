@@ -652,16 +652,7 @@ async fn account_level_error_keeps_the_referral(backend: Backend) {
             .any(|j| j.last_error.as_deref().unwrap_or("").contains("account-level")),
         "{dead:?}"
     );
-    let metrics = lc
-        .app
-        .client
-        .get(lc.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = lc.app.metrics().await;
     assert!(
         metrics.contains(r#"referloop_whatsapp_send_errors_total{class="account_level",code="190"} 1"#),
         "{metrics}"

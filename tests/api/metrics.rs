@@ -114,15 +114,7 @@ async fn the_alert_rules_and_dashboard_name_exported_metrics() {
         set_env(env, "REFERLOOP_WORKER__ENABLED", "false")
     })
     .await;
-    let exposition = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let exposition = app.metrics().await;
     let exported: std::collections::BTreeSet<String> = exposition
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

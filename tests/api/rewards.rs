@@ -469,16 +469,7 @@ async fn exhausted_code_pool_fails_clearly(backend: Backend) {
         .await
         .expect("jobs");
     let job = dead.iter().find(|j| j.kind == "reward.issue").expect("dead reward job");
-    let metrics = lc
-        .app
-        .client
-        .get(lc.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = lc.app.metrics().await;
     assert!(metrics.contains("referloop_reward_pool_exhausted_total 1"), "{metrics}");
 
     // An operator loads codes and re-drives the job.

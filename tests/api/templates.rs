@@ -35,8 +35,7 @@ async fn a_paused_template_holds_its_sends_until_approved(backend: Backend) {
     let send = jobs.iter().find(|j| j.kind == "whatsapp.send").expect("the send job");
     assert_eq!(send.state.as_str(), "queued", "waiting, not failed or dead: {send:?}");
     assert_eq!(send.attempts, 0, "waiting uses no attempt");
-    let metrics = lc.app.client.get(lc.app.url("/metrics")).send().await.expect("metrics");
-    let text = metrics.text().await.unwrap_or_default();
+    let text = lc.app.metrics().await;
     assert!(
         text.contains("referloop_template_sends_held_total{template=\"tmpl_referral_invite\",language=\"en_US\"}"),
         "{text}"
@@ -65,16 +64,7 @@ async fn quality_and_category_updates_are_counted(backend: Backend) {
     lc.settle().await;
     let inbox = lc.app.store.list(Queue::Inbox, None, 10).await.expect("inbox");
     assert!(inbox.iter().all(|i| i.state.as_str() == "done"), "{inbox:?}");
-    let text = lc
-        .app
-        .client
-        .get(lc.app.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
+    let text = lc.app.metrics().await;
     assert!(
         text.contains("referloop_template_quality_changes_total{template=\"tmpl_referral_invite\",language=\"en_US\",value=\"RED\"} 1"),
         "{text}"
