@@ -21,7 +21,7 @@ use crate::domain::inbound::hubspot_property;
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
 use crate::domain::state::{ConversionOutcome, Persisted};
-use crate::store::{ConversionRow, InviteRow, Lease, NewConversion, NewReferral};
+use crate::store::{Committed, ConversionRow, InviteRow, Lease, NewConversion, NewReferral};
 
 /// How a conversion found its referral.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +46,8 @@ pub struct ConversionRecord {
     pub conversion: ConversionRow,
     pub created: bool,
     pub converted_now: bool,
+    /// The transaction that recorded it.
+    pub committed: Committed,
 }
 
 /// Finds the referral a conversion belongs to (see the module's attribution rule).
@@ -124,12 +126,14 @@ pub async fn convert(
     let mut tx = s.store.begin(lease).await?;
     let (mut row, created) = tx.record_conversion_signal(&conversion).await?;
     if !created && row.outcome.is_final() {
-        tx.commit(format!("conversion {} already {}", row.id, row.outcome.as_str()))
+        let committed = tx
+            .commit(format!("conversion {} already {}", row.id, row.outcome.as_str()))
             .await?;
         return Ok(ConversionRecord {
             conversion: row,
             created,
             converted_now: false,
+            committed,
         });
     }
     let referral_id = match (row.referral_id, attribution) {
@@ -170,7 +174,8 @@ pub async fn convert(
     };
     tx.set_conversion_outcome(row.id, outcome).await?;
     row.outcome = outcome;
-    tx.commit(format!("conversion {}: {}", row.id, outcome.as_str()))
+    let committed = tx
+        .commit(format!("conversion {}: {}", row.id, outcome.as_str()))
         .await?;
     tracing::info!(
         source = %conversion.source,
@@ -183,6 +188,7 @@ pub async fn convert(
         conversion: row,
         created,
         converted_now: outcome == ConversionOutcome::Converted,
+        committed,
     })
 }
 
@@ -205,14 +211,6 @@ fn code_only_referral(invite: &InviteRow, code: &str, buyer: Option<&E164>, conv
 
 fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
     value.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty())
-}
-
-fn note(record: &ConversionRecord) -> String {
-    format!(
-        "conversion {}: {}",
-        record.conversion.id,
-        record.conversion.outcome.as_str()
-    )
 }
 
 /// `POST /webhooks/hubspot?trigger=conversion` from a contact (lifecycle stage customer)
@@ -268,7 +266,7 @@ pub async fn on_hubspot_conversion(s: &Services, work: &Work, payload: &Value) -
         stripe_customer: None,
     };
     let record = convert(s, Some(&work.lease), conversion, attribution).await?;
-    Ok(Outcome::Committed(crate::store::ItemEnd::Done(note(&record))))
+    Ok(record.committed.into())
 }
 
 /// The Stripe events referloop acts on.
@@ -334,8 +332,7 @@ pub async fn on_stripe_event(s: &Services, work: &Work, kind: StripeEventKind, e
             let mut tx = s.store.begin(Some(&work.lease)).await?;
             let voided = tx.void_rewards(referral_id).await?;
             let note = format!("refund: {voided} pending reward(s) of referral {referral_id} voided");
-            tx.commit(note.clone()).await?;
-            Outcome::committed(note)
+            Ok(tx.commit(note).await?.into())
         }
     }
 }
@@ -426,5 +423,5 @@ async fn stripe_conversion(s: &Services, work: &Work, object: &Value, paid: Stri
         stripe_customer: text(object, "/customer").filter(|_| confirmed).map(str::to_string),
     };
     let record = convert(s, Some(&work.lease), conversion, attribution).await?;
-    Ok(Outcome::Committed(crate::store::ItemEnd::Done(note(&record))))
+    Ok(record.committed.into())
 }

@@ -17,18 +17,42 @@ fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
 }
 
-/// `referral_status` (and the code, on the invite) on the referrer's contact.
+/// `referral_status` (and the code, on the invite) on the referrer's contact. An
+/// opt-out owns `referral_status` (`sync_opt_out` writes `opted_out`): the status is left
+/// alone for a referrer who opted out, and written back to `opted_out` when the opt-out
+/// was recorded while this update was on its way, so the order of the two jobs does not
+/// matter.
 pub async fn referrer_status(
     s: &Services,
     work: &Work,
+    invite_id: i64,
     contact_id: &str,
     status: InviteState,
     code: Option<&str>,
 ) -> StepResult {
-    let properties = s.referrer_properties(status.as_str(), code);
+    let contact = HubSpotId::parse(contact_id)?;
+    let phone = s.store.invite(invite_id).await?.and_then(|invite| invite.phone);
+    let opted_out = || async {
+        match &phone {
+            Some(phone) => s.store.is_opted_out(phone).await,
+            None => Ok(false),
+        }
+    };
+    let mut properties = s.referrer_properties(status.as_str(), code);
+    if opted_out().await? {
+        properties.remove(&s.settings.hubspot_properties.referral_status);
+        if properties.is_empty() {
+            return Outcome::done(format!("contact {contact_id}: opted out, status left as opted_out"));
+        }
+    }
     s.hubspot
-        .update_contact(&HubSpotId::parse(contact_id)?, &properties, Some(work.job_id()))
+        .update_contact(&contact, &properties, Some(work.job_id()))
         .await?;
+    if properties.contains_key(&s.settings.hubspot_properties.referral_status) && opted_out().await? {
+        let opted = s.referrer_properties("opted_out", None);
+        s.hubspot.update_contact(&contact, &opted, Some(work.job_id())).await?;
+        return Outcome::done(format!("contact {contact_id}: opted out meanwhile"));
+    }
     Outcome::done(format!("contact {contact_id}: {}", status.as_str()))
 }
 

@@ -52,8 +52,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
             Some((None, "recipient opted out")),
         )
         .await?;
-        tx.commit("suppressed: recipient opted out of marketing").await?;
-        return Outcome::committed("suppressed");
+        return Ok(tx.commit("suppressed: recipient opted out of marketing").await?.into());
     }
     if let Some(wait) = template_held(s, &message).await? {
         return Err(wait);
@@ -70,29 +69,11 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
             delay: Duration::from_millis(u64::try_from(wait).unwrap_or(0)),
         });
     }
-    if !s.store.mark_sending(message.id, from).await? {
-        return Outcome::done("another worker is sending this message");
-    }
+    // Something that moved the message since it was read (a status matched by its
+    // callback data, another attempt) is a conflict: the step runs again from a fresh read.
+    s.store.mark_sending(message.id, from).await?;
     let failure = match s.whatsapp.send(&message.body, Some(work.job_id())).await {
-        Ok(accepted) => {
-            let mut tx = s.store.begin(Some(&work.lease)).await?;
-            let recorded = tx
-                .set_message_status(
-                    message.id,
-                    MessageStatus::Sending,
-                    MessageStatus::Accepted,
-                    Some(&accepted.wamid),
-                    None,
-                )
-                .await?;
-            let note = if recorded {
-                format!("accepted as {}", accepted.wamid)
-            } else {
-                format!("accepted as {} (its status was recorded first)", accepted.wamid)
-            };
-            tx.commit(note.clone()).await?;
-            return Outcome::committed(note);
-        }
+        Ok(accepted) => return record_acceptance(s, work, message.id, &accepted.wamid).await,
         Err(failure) => failure,
     };
     if failure.ambiguous {
@@ -137,6 +118,34 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
     finish_refusal(s, work, &refused, failure.class).await
 }
 
+/// Records Meta's acceptance of a send. A status for it may have been recorded first
+/// (matched by its callback data while this request was in flight), in which case the
+/// message has moved on and only its wamid is missing, if anything.
+async fn record_acceptance(s: &Services, work: &Work, message_id: i64, wamid: &str) -> StepResult {
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
+    let Some(message) = tx.message_for_update(message_id).await? else {
+        return Err(StepError::Permanent(format!(
+            "message {message_id} vanished while sending"
+        )));
+    };
+    // `queued` too: an attempt whose lease lapsed may have put it back meanwhile, but
+    // Meta accepted it.
+    let note = if MessageStatus::UNCONFIRMED.contains(&message.status) {
+        if message.wamid.as_deref().is_some_and(|known| known != wamid) {
+            tracing::error!(message_id, "Meta accepted a second send of one message");
+        }
+        tx.set_message_status(message_id, message.status, MessageStatus::Accepted, Some(wamid), None)
+            .await?;
+        format!("accepted as {wamid}")
+    } else {
+        format!(
+            "accepted as {wamid} (its status, {}, was recorded first)",
+            message.status.as_str()
+        )
+    };
+    Ok(tx.commit(note).await?.into())
+}
+
 /// The class of a recorded final refusal (any code not known as final counts as permanent).
 fn recorded_class(code: Option<i64>) -> SendErrorClass {
     match classify(code, None) {
@@ -155,8 +164,7 @@ async fn finish_refusal(s: &Services, work: &Work, message: &MessageRow, class: 
     );
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     after_refusal(s, &mut tx, message, class).await?;
-    tx.finish(ItemEnd::Dead(reason.clone())).await?;
-    Ok(Outcome::Committed(ItemEnd::Dead(reason)))
+    Ok(tx.finish(ItemEnd::Dead(reason)).await?.into())
 }
 
 /// A send whose template Meta paused, disabled or rejected waits (without using an
@@ -198,7 +206,7 @@ pub async fn on_template_status(s: &Services, work: &Work, update: &TemplateStat
     tx.set_template_status(&update.name, &update.language, &update.event, update.reason.as_deref())
         .await?;
     let note = format!("template {} ({}) is {}", update.name, update.language, update.event);
-    tx.commit(note.clone()).await?;
+    let committed = tx.commit(note).await?;
     if template_sendable(&update.event) {
         tracing::info!(template = %update.name, language = %update.language, event = %update.event, "template sendable");
     } else {
@@ -210,7 +218,7 @@ pub async fn on_template_status(s: &Services, work: &Work, update: &TemplateStat
             "template can no longer be sent: its sends wait until Meta approves it again"
         );
     }
-    Outcome::committed(note)
+    Ok(committed.into())
 }
 
 /// Meta's `message_template_quality_update`: logged (loudly when RED) and counted.
@@ -257,15 +265,17 @@ pub fn on_template_category(s: &Services, update: &TemplateCategoryUpdate) -> St
     ))
 }
 
-/// A status Meta reported. The message's new status and everything it means (a resend,
-/// an opt-out, the referral's move) commit together; a redelivered status re-applies
-/// only what is missing.
+/// A status Meta reported. The message is read locked, so statuses of one message
+/// handled at once (Meta sends `sent`, `delivered` and `read` within a second, sometimes
+/// reordered) take turns, and each decides on what the one before it left. The message's
+/// new status and everything it means (a resend, an opt-out, the referral's move) commit
+/// together; a redelivered status re-applies only what is missing.
 pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> StepResult {
     let Some(incoming) = update.status else {
         return Outcome::done("status kind not tracked");
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    let mut found = tx.message_by_wamid(&update.wamid).await?;
+    let mut found = tx.message_by_wamid_for_update(&update.wamid).await?;
     if found.is_none() {
         if let Some(key) = &update.callback {
             found = tx.attach_wamid(key, &update.wamid).await?;
@@ -286,8 +296,8 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
         Some(next) => {
             let error = update.error_title.as_deref().map(|title| (update.error_code, title));
             tx.set_message_status(message.id, message.status, next, None, error)
-                .await?
-                .then_some(next)
+                .await?;
+            Some(next)
         }
         None => None,
     };
@@ -302,12 +312,15 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
         None => format!("message {} stays {}", message.id, message.status.as_str()),
     };
     if status == MessageStatus::Failed {
-        let class = classify(update.error_code, None);
-        note.push_str(&format!(
-            " ({}: {})",
-            update.error_code.unwrap_or_default(),
-            class.as_str()
-        ));
+        // The refusal is the one recorded: a `sent` that arrives after the `failed` (Meta
+        // sends them apart, in either order) carries no error and must not be read as one.
+        let code = if changed.is_some() {
+            update.error_code
+        } else {
+            message.error_code
+        };
+        let class = classify(code, None);
+        note.push_str(&format!(" ({}: {})", code.unwrap_or_default(), class.as_str()));
         if let SendErrorClass::Retry { not_before } = class {
             note.push_str(&resend_once(s, &mut tx, &message, not_before).await?);
         }
@@ -323,8 +336,7 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
             note.push_str(&format!("; referral {referral_id} {applied}"));
         }
     }
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// A transient failure reported by a `failed` status: the message is sent again, once,

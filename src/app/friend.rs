@@ -26,8 +26,7 @@ pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> Step
     };
     let applied = transition::apply(s, &mut tx, referral.id, &ReferralEvent::FriendArrived, ctx).await?;
     let note = format!("friend arrived for referral {} ({applied})", referral.id);
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// The `hubspot.create_friend` job: finds the friend's contact by phone or creates it,
@@ -59,8 +58,7 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     tx.set_friend_contact_id(referral.id, id.as_str()).await?;
     let note = format!("friend contact {id}");
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// The friend's referral properties from the referral's current state.

@@ -10,7 +10,7 @@ use crate::domain::ids::HubSpotId;
 use crate::domain::inbound::hubspot_property;
 use crate::domain::messaging::{pick_language, MessagePurpose};
 use crate::domain::phone::E164;
-use crate::domain::state::InviteState;
+use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
 use crate::store::{now_ms, NewInvite, NewMessage, Tx};
 use crate::telemetry::mask_phone;
@@ -142,20 +142,20 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         code: Some(code.clone()),
     }))
     .await?;
-    tx.commit(format!("invite {} queued with code {code}", invite.id))
+    let committed = tx
+        .commit(format!("invite {} queued with code {code}", invite.id))
         .await?;
     tracing::info!(contact_id = %trigger.contact_id, phone = %mask_phone(phone.as_str()), invite_id = invite.id, "invite queued");
-    Outcome::committed(format!("invite {} queued", invite.id))
+    Ok(committed.into())
 }
 
 async fn record_ineligible(mut tx: Tx, mut invite: NewInvite, reason: &str) -> StepResult {
     invite.state = InviteState::Ineligible;
     invite.reason = Some(reason.to_string());
     tx.insert_invite(&invite).await?;
-    let note = format!("ineligible: {reason}");
-    tx.commit(note.clone()).await?;
+    let committed = tx.commit(format!("ineligible: {reason}")).await?;
     tracing::info!(contact_id = %invite.contact_id, reason, "trigger not eligible");
-    Outcome::committed(note)
+    Ok(committed.into())
 }
 
 /// The invite template and, when configured, the Flow template right after it.
@@ -237,16 +237,22 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     tx.insert_message(&message).await?;
-    tx.enqueue(&s.job(Job::ReferrerStatus {
-        invite_id,
-        contact_id: invite.contact_id.clone(),
-        status: InviteState::FlowSent,
-        code: None,
-    }))
-    .await?;
-    tx.advance_invite(invite_id, InviteState::FlowSent).await?;
-    tx.commit(format!("flow sent for invite {invite_id}")).await?;
-    Outcome::committed("flow sent")
+    // HubSpot hears of the move only when it happens: a tap after the nomination must not
+    // set the referrer back to flow_sent there.
+    let note = match tx.advance_invite(invite_id, InviteState::FlowSent).await? {
+        Some(from) => {
+            tx.enqueue(&s.job(Job::ReferrerStatus {
+                invite_id,
+                contact_id: invite.contact_id.clone(),
+                status: InviteState::FlowSent,
+                code: None,
+            }))
+            .await?;
+            format!("flow sent for invite {invite_id} ({} -> flow_sent)", from.as_str())
+        }
+        None => format!("flow sent for invite {invite_id} (already past flow_sent)"),
+    };
+    Ok(tx.commit(note).await?.into())
 }
 
 impl Services {

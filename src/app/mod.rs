@@ -39,7 +39,7 @@ use crate::domain::phone::E164;
 use crate::domain::work::Job;
 use crate::integrations::hubspot::HubSpotError;
 use crate::integrations::stripe::StripeError;
-use crate::store::{now_ms, ItemEnd, Lease, NewJob, NewMessage, StoreError};
+use crate::store::{now_ms, Committed, Lease, NewJob, NewMessage, StoreError};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -62,17 +62,21 @@ impl Work {
 pub enum Outcome {
     /// Nothing to write: the worker completes the item with this note.
     Done(String),
-    /// The step committed, and ended its item as given, in one transaction.
-    Committed(ItemEnd),
+    /// The step committed, and ended its item, in one transaction. Only a commit makes a
+    /// [`Committed`] ([`crate::store::Tx::commit`], [`crate::store::Tx::finish`]), so no
+    /// step can report a transaction it did not commit.
+    Committed(Committed),
 }
 
 impl Outcome {
     pub fn done(note: impl Into<String>) -> StepResult {
         Ok(Outcome::Done(note.into()))
     }
+}
 
-    pub fn committed(note: impl Into<String>) -> StepResult {
-        Ok(Outcome::Committed(ItemEnd::Done(note.into())))
+impl From<Committed> for Outcome {
+    fn from(committed: Committed) -> Self {
+        Outcome::Committed(committed)
     }
 }
 
@@ -92,6 +96,11 @@ pub enum StepError {
     /// (a recipient's turn, a shared rate).
     #[error("{reason}")]
     Deferred { reason: String, delay: Duration },
+    /// A compare-and-set lost to a concurrent step ([`StoreError::Conflict`]): the step's
+    /// transaction is dropped, and the step runs again at once from a fresh read (what it
+    /// committed on its own before, such as marking a send begun, is read back then).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl StepError {
@@ -112,7 +121,10 @@ impl StepError {
 
 impl From<StoreError> for StepError {
     fn from(e: StoreError) -> Self {
-        StepError::retry(e.to_string())
+        match e {
+            StoreError::Conflict(what) => StepError::Conflict(what),
+            e => StepError::retry(e.to_string()),
+        }
     }
 }
 

@@ -77,6 +77,11 @@ pub async fn on_flow_reply(
         language: invite.language.clone(),
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;
+    // Counted again under the referrer's lock: the count in `check` was an early answer.
+    if tx.count_open_referrals_locked(&invite.contact_id).await? >= s.settings.programme.max_open_referrals {
+        drop(tx);
+        return refuse(NominationRefusal::TooManyOpenReferrals, language).await;
+    }
     // Open referrals of this number older than the window expire, so the first
     // nomination wins only within the window.
     for stale in tx
@@ -116,8 +121,7 @@ pub async fn on_flow_reply(
             format!("referral {id} refused: {}", refusal.reason())
         }
     };
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// A nomination refused before it became a referral: the reason, told to the referrer
@@ -136,9 +140,9 @@ async fn refuse(
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     tx.insert_message(&reply).await?;
     let note = format!("nomination refused: {}", refusal.reason());
-    tx.commit(note.clone()).await?;
+    let committed = tx.commit(note).await?;
     tracing::info!(reason = refusal.reason(), "nomination refused");
-    Outcome::committed(note)
+    Ok(committed.into())
 }
 
 /// The `referral.screen` job: checks that need HubSpot (is the friend already a
@@ -170,8 +174,7 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
     };
     let applied = transition::apply(s, &mut tx, referral_id, &ReferralEvent::Screened { refusal }, ctx).await?;
     let note = format!("referral {referral_id} {applied}");
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// The invite a Flow token was issued for: signed by us, for an invite that exists.

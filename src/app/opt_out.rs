@@ -55,8 +55,7 @@ pub async fn on_stop_request(
             .await?;
     }
     let note = format!("opt-out ({source}): {change:?}");
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// A marketing-preference change made in WhatsApp itself.
@@ -72,6 +71,5 @@ pub async fn on_preference(s: &Services, work: &Work, update: &PreferenceUpdate)
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     let change = record(s, &mut tx, phone, source, opted_out).await?;
     let note = format!("{change:?}");
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }

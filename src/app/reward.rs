@@ -120,9 +120,9 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     let Some(referral) = s.store.referral(reward.referral_id).await? else {
         return Err(StepError::Permanent("referral not found".into()));
     };
-    if !s.store.claim_reward(reward.id).await? {
-        return Outcome::done("reward was voided or issued meanwhile");
-    }
+    // Voided or issued since it was read: a conflict, so the step runs again and reads
+    // what happened.
+    s.store.claim_reward(reward.id).await?;
     let side = s.reward_side(beneficiary).clone();
     let (code, external_ref) = match fulfil(s, &reward, &referral, beneficiary, &side, work.job_id()).await {
         Ok(done) => done,
@@ -137,13 +137,8 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     let message = reward_message(s, &reward, &referral, beneficiary, &given).await?;
     let jobs = recording_jobs(s, &reward, &referral, beneficiary, &side, &given);
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    if !tx
-        .mark_reward_issued(reward.id, code.as_deref(), external_ref.as_deref())
-        .await?
-    {
-        tx.commit("reward changed state meanwhile (voided?)").await?;
-        return Outcome::committed("reward changed state meanwhile");
-    }
+    tx.mark_reward_issued(reward.id, code.as_deref(), external_ref.as_deref())
+        .await?;
     if let Some(message) = message {
         tx.insert_message(&message).await?;
     }
@@ -151,8 +146,7 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
         tx.enqueue(job).await?;
     }
     let note = format!("reward {} issued: {given}", reward.id);
-    tx.commit(note.clone()).await?;
-    Outcome::committed(note)
+    Ok(tx.commit(note).await?.into())
 }
 
 /// The reward message, when the beneficiary may be messaged: a friend who gave no consent

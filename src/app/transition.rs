@@ -60,10 +60,9 @@ pub async fn apply(
         Effect::SendRefusal(refusal) => Some(refusal.reason()),
         _ => None,
     });
-    if !tx.move_referral(current.id, from, transition.state, reason).await? {
-        // The row is locked (or the database has one writer): this cannot race.
-        return Err(StepError::retry("referral changed during its own step"));
-    }
+    // The row is locked (or the database has one writer), so this cannot lose; if it
+    // ever did, the conflict reruns the step.
+    tx.move_referral(current.id, from, transition.state, reason).await?;
     for effect in &transition.effects {
         write_effect(s, tx, &current, effect, ctx).await?;
     }

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod inbound;
 pub mod messaging;
 pub mod nomination;
+pub mod pacing;
 pub mod phone;
 pub mod referral;
 pub mod retry;

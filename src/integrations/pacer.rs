@@ -1,79 +1,128 @@
-//! Paces calls to an outside API: at most `per_interval` calls per `interval`. Within
-//! this process calls are spaced evenly; with a shared store, every call also needs a
-//! place in the interval's window reserved in the database, so the limit holds for the
-//! whole deployment however many replicas run (a call whose window is full waits for the
-//! next). Places are reserved in small blocks (a twentieth of the rate), so a busy
-//! replica makes one reservation per block rather than per call; a place left unused
-//! when its window ends is lost, which can only lower the rate. The last hundredth of
-//! each window is left unused, so a call made at the end of its window does not arrive
-//! in the next one (where it would count on top of that window's full share): at most
-//! 99 % of the configured rate is used.
+//! Paces calls to an outside API: at most `per_interval` calls per `interval`, spaced
+//! evenly (one place every `interval / per_interval`).
+//!
+//! Alone (sandbox mode, where nothing leaves), a pacer spaces its own calls. Shared, it
+//! takes its places from the deployment-wide rate in the database (a GCRA, see
+//! `store::pacing`): every replica draws from one evenly spaced sequence of places, so
+//! no interval of any length or alignment holds more than its share, however many
+//! replicas run. Places are reserved in small blocks (a twentieth of the rate, at most
+//! 50 ms of places), so a busy replica makes one reservation per block rather than per
+//! call. A place nobody used within a short lateness allowance is dropped rather than
+//! used late (sent late, it would crowd the places after it); dropping only lowers the
+//! rate.
 
 use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::store::{now_ms, Store};
+use crate::store::{now_us, Reservation, Store, StoreError};
+
+/// How far ahead a call with no deadline may reserve its place; beyond it, it waits and
+/// asks again (so that a deep backlog does not reserve the rate minutes ahead).
+const MAX_AHEAD: Duration = Duration::from_secs(2);
+
+/// The least lateness a place is allowed (wakeups and the work between taking a place
+/// and sending take a few milliseconds).
+const MIN_LATENESS: Duration = Duration::from_millis(20);
 
 pub struct Pacer {
-    spacing: Duration,
-    next_slot: Mutex<Instant>,
+    local: LocalRate,
     shared: Option<SharedRate>,
 }
 
-/// The deployment-wide window this pacer reserves in.
+/// This process's own spacing: used alone in sandbox mode, and when the shared rate's
+/// database cannot be reached (the call would likely fail anyway).
+struct LocalRate {
+    spacing: Duration,
+    next_slot: Mutex<Instant>,
+}
+
+impl LocalRate {
+    /// This call's slot, or `None` when it would come after `deadline`.
+    async fn slot(&self, deadline: Option<Instant>) -> Option<Instant> {
+        let mut next = self.next_slot.lock().await;
+        let slot = (*next).max(Instant::now());
+        if deadline.is_some_and(|d| slot > d) {
+            return None;
+        }
+        *next = slot + self.spacing;
+        Some(slot)
+    }
+}
+
+/// The deployment-wide rate this pacer takes its places from.
 struct SharedRate {
     store: Store,
     bucket: String,
-    per_interval: i64,
-    interval_ms: i64,
+    interval_us: i64,
     block: i64,
-    /// Places reserved and not yet used: (window start, how many).
-    reserved: Mutex<Option<(i64, i64)>>,
+    lateness_us: i64,
+    /// Places reserved and not yet taken.
+    places: Mutex<Places>,
+}
+
+#[derive(Debug, Default)]
+struct Places {
+    next_at_us: i64,
+    left: i64,
+}
+
+/// What asking for a shared place gave.
+enum Place {
+    /// Call at this time (microseconds since the epoch).
+    At(i64),
+    /// The rate is reserved beyond the horizon until about this time: ask again then.
+    Full(i64),
 }
 
 impl SharedRate {
-    /// The start of the window of this call's place: from the block in hand if its window
-    /// has not ended, else from a new block reserved in the database. The lock is held
-    /// while reserving, so concurrent callers share one new block instead of each
-    /// reserving (and discarding) their own.
-    async fn place(&self) -> Result<Option<i64>, crate::store::StoreError> {
-        let guard = (self.interval_ms / 100).max(1);
-        let usable = |window_start: i64| now_ms() < window_start + self.interval_ms - guard;
-        let mut reserved = self.reserved.lock().await;
-        if let Some((window_start, left)) = *reserved {
-            if left > 0 && usable(window_start) {
-                *reserved = Some((window_start, left - 1));
-                return Ok(Some(window_start));
-            }
+    /// This call's place: the next one in hand, or the first of a new block. The lock is
+    /// held while reserving, so concurrent callers share one new block instead of each
+    /// reserving their own.
+    async fn place(&self, horizon: Duration) -> Result<Place, StoreError> {
+        let horizon_us = i64::try_from(horizon.as_micros()).unwrap_or(i64::MAX);
+        let mut places = self.places.lock().await;
+        let now = now_us();
+        let stale = now - self.lateness_us;
+        if places.left > 0 && places.next_at_us < stale {
+            let skipped = ((stale - places.next_at_us) / self.interval_us + 1).min(places.left);
+            places.next_at_us += skipped * self.interval_us;
+            places.left -= skipped;
         }
-        *reserved = None;
-        // A reservation can take a while (SQLite's write lock, full windows): a place whose
-        // window has ended by the time it comes back is dropped, and another reserved.
-        for _ in 0..3 {
-            let granted = self
-                .store
-                .reserve_rate_slots(&self.bucket, self.interval_ms, self.per_interval, self.block, guard)
-                .await?;
-            let Some((window_start, count)) = granted else {
-                return Ok(None);
-            };
-            if window_start > now_ms() || usable(window_start) {
-                *reserved = Some((window_start, count - 1));
-                return Ok(Some(window_start));
+        if places.left > 0 {
+            if places.next_at_us > now + horizon_us {
+                return Ok(Place::Full(places.next_at_us - horizon_us));
             }
+            let at = places.next_at_us;
+            places.next_at_us += self.interval_us;
+            places.left -= 1;
+            return Ok(Place::At(at));
         }
-        Ok(None)
+        match self
+            .store
+            .reserve_places(&self.bucket, self.interval_us, self.block, horizon_us)
+            .await?
+        {
+            Reservation::Granted { first_at_us } => {
+                *places = Places {
+                    next_at_us: first_at_us + self.interval_us,
+                    left: self.block - 1,
+                };
+                Ok(Place::At(first_at_us))
+            }
+            Reservation::Full { next_free_us } => Ok(Place::Full(next_free_us - horizon_us)),
+        }
     }
 }
 
 impl Pacer {
     pub fn new(per_interval: u32, interval: Duration) -> Pacer {
-        let spacing = interval / per_interval.max(1);
         Pacer {
-            spacing,
-            next_slot: Mutex::new(Instant::now()),
+            local: LocalRate {
+                spacing: interval / per_interval.max(1),
+                next_slot: Mutex::new(Instant::now()),
+            },
             shared: None,
         }
     }
@@ -81,57 +130,66 @@ impl Pacer {
     /// The same pace, held across every replica that shares `store` under `bucket`.
     pub fn shared(per_interval: u32, interval: Duration, store: Store, bucket: String) -> Pacer {
         let per_interval_i64 = i64::from(per_interval.max(1));
+        let interval_us = (i64::try_from(interval.as_micros()).unwrap_or(i64::MAX) / per_interval_i64).max(1);
+        // A twentieth of the rate, and never more than 50 ms of places.
+        let block = (per_interval_i64 / 20).clamp(1, (50_000 / interval_us).max(1));
+        let lateness_us = interval_us.max(i64::try_from(MIN_LATENESS.as_micros()).unwrap_or(0));
         Pacer {
             shared: Some(SharedRate {
                 store,
                 bucket,
-                per_interval: per_interval_i64,
-                interval_ms: i64::try_from(interval.as_millis()).unwrap_or(i64::MAX),
-                block: (per_interval_i64 / 20).max(1),
-                reserved: Mutex::new(None),
+                interval_us,
+                block,
+                lateness_us,
+                places: Mutex::new(Places::default()),
             }),
             ..Pacer::new(per_interval, interval)
         }
     }
 
-    /// Waits for this call's slot.
+    /// Waits for this call's place.
     pub async fn wait(&self) {
         self.wait_at_most(None).await;
     }
 
-    /// Waits for this call's slot if it comes within `limit`; otherwise takes no slot (the
-    /// pace is left to the callers that wait) and returns false at once. A shared place
-    /// reserved and then found too far off is left unused, which only lowers the rate.
+    /// Waits for this call's place if it comes within `limit`; otherwise takes no place
+    /// (the pace is left to the callers that wait) and returns false at once.
     pub async fn wait_at_most(&self, limit: Option<Duration>) -> bool {
         let deadline = limit.map(|l| Instant::now() + l);
-        let slot = {
-            let mut next = self.next_slot.lock().await;
-            let now = Instant::now();
-            let slot = (*next).max(now);
-            if deadline.is_some_and(|d| slot > d) {
+        let Some(shared) = &self.shared else {
+            let Some(slot) = self.local.slot(deadline).await else {
                 return false;
-            }
-            *next = slot + self.spacing;
-            slot
+            };
+            tokio::time::sleep_until(slot).await;
+            return true;
         };
-        tokio::time::sleep_until(slot).await;
-        let Some(shared) = &self.shared else { return true };
-        match shared.place().await {
-            Ok(Some(window_start)) => {
-                let wait = window_start - now_ms();
-                if wait > 0 {
-                    let until = Instant::now() + Duration::from_millis(wait as u64);
-                    if deadline.is_some_and(|d| until > d) {
+        loop {
+            let horizon = limit.unwrap_or(MAX_AHEAD).min(MAX_AHEAD);
+            match shared.place(horizon).await {
+                Ok(Place::At(at_us)) => {
+                    sleep_until_us(at_us).await;
+                    return true;
+                }
+                Ok(Place::Full(_)) if limit.is_some() => return false,
+                Ok(Place::Full(retry_at_us)) => sleep_until_us(retry_at_us).await,
+                Err(e) => {
+                    // Without the database the call would likely fail anyway; pace locally.
+                    tracing::warn!(bucket = %shared.bucket, error = %e, "could not reserve a place in the shared rate");
+                    let Some(slot) = self.local.slot(deadline).await else {
                         return false;
-                    }
-                    tokio::time::sleep_until(until).await;
+                    };
+                    tokio::time::sleep_until(slot).await;
+                    return true;
                 }
             }
-            // Every window within reach is full: the local pace still applies.
-            Ok(None) => tracing::warn!(bucket = %shared.bucket, "shared rate fully reserved ahead"),
-            // Without the database the call would fail anyway; pace locally.
-            Err(e) => tracing::warn!(bucket = %shared.bucket, error = %e, "could not reserve a shared rate slot"),
         }
-        true
+    }
+}
+
+/// Sleeps until `at_us` (microseconds since the epoch); returns at once if it has passed.
+async fn sleep_until_us(at_us: i64) {
+    let wait = at_us - now_us();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_micros(wait.unsigned_abs())).await;
     }
 }

@@ -25,6 +25,10 @@ use crate::domain::state::{Persisted, QueueState};
 use crate::metrics::Metrics;
 use crate::store::{duration_ms, in_attempt, now_ms, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError};
 
+/// How many times a step that lost a compare-and-set runs again at once before its item
+/// is put back briefly.
+const CONFLICT_RERUNS: u32 = 8;
+
 #[derive(Clone)]
 pub struct Worker {
     services: Arc<Services>,
@@ -157,13 +161,25 @@ impl Worker {
         // Keep the lease while the step runs, however many outside calls it makes.
         let heartbeat = self.heartbeat(&item);
         let services = &self.services;
-        let step = async {
-            match item.queue {
-                Queue::Inbox => dispatch::inbox_item(services, &work, &item).await,
-                Queue::Jobs => dispatch::job_item(services, &work, &item).await,
+        let mut reruns = 0;
+        let outcome = loop {
+            let step = async {
+                match item.queue {
+                    Queue::Inbox => dispatch::inbox_item(services, &work, &item).await,
+                    Queue::Jobs => dispatch::job_item(services, &work, &item).await,
+                }
+            };
+            match in_attempt(item.attempts, step).await {
+                // A concurrent step changed a row this one read: nothing of this run was
+                // kept, so run it again at once from a fresh read (not an attempt).
+                Err(StepError::Conflict(what)) if reruns < CONFLICT_RERUNS => {
+                    reruns += 1;
+                    self.metrics.worker_outcome(queue, "conflict");
+                    tracing::debug!(conflict = %crate::telemetry::escape(&what), reruns, "step lost a compare-and-set; running it again");
+                }
+                outcome => break outcome,
             }
         };
-        let outcome = in_attempt(item.attempts, step).await;
         heartbeat.abort();
         match outcome {
             Ok(Outcome::Done(note)) => {
@@ -176,11 +192,13 @@ impl Worker {
                 }
                 self.metrics.worker_outcome(queue, QueueState::Done.as_str());
             }
-            Ok(Outcome::Committed(ItemEnd::Done(_))) => self.metrics.worker_outcome(queue, QueueState::Done.as_str()),
-            Ok(Outcome::Committed(ItemEnd::Dead(reason))) => {
-                tracing::error!(error = %crate::telemetry::escape(&reason), "refused for good; item is dead");
-                self.metrics.worker_outcome(queue, QueueState::Dead.as_str());
-            }
+            Ok(Outcome::Committed(committed)) => match committed.end() {
+                ItemEnd::Done(_) => self.metrics.worker_outcome(queue, QueueState::Done.as_str()),
+                ItemEnd::Dead(reason) => {
+                    tracing::error!(error = %crate::telemetry::escape(reason), "refused for good; item is dead");
+                    self.metrics.worker_outcome(queue, QueueState::Dead.as_str());
+                }
+            },
             Err(error) => self.record_failure(&item, &error).await?,
         }
         Ok(())
@@ -212,6 +230,12 @@ impl Worker {
     async fn record_failure(&self, item: &ClaimedItem, error: &StepError) -> Result<(), StoreError> {
         let queue = queue_name(item.queue);
         let decision = match error {
+            // Still losing after the immediate reruns: a hot row, or a bug. An attempt,
+            // so that a step that can never win ends dead rather than looping.
+            StepError::Conflict(_) => {
+                self.schedule
+                    .after_failure(item.attempts, item.max_attempts, rand::random::<f64>())
+            }
             StepError::Deferred { reason, delay } => {
                 tracing::debug!(reason = %reason, delay = ?delay, "deferred");
                 let run_at = now_ms() + duration_ms(*delay);

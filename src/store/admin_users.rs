@@ -63,7 +63,8 @@ impl Store {
         .execute(tx.write()?)
         .await?;
         end_sessions_of(&mut tx, name).await?;
-        tx.commit("").await
+        tx.commit("").await?;
+        Ok(())
     }
 
     /// Disables a user and ends their sessions, together. False when there is no such user.

@@ -29,13 +29,14 @@ pub use faults::{in_attempt, Faults};
 pub use group_commit::InboxWriter;
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
+pub use pacing::{now_us, Reservation};
 pub use queue::{ClaimedItem, Queue, QueueRow};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow,
 };
 pub use reporting::{AdminAction, FunnelDay, TimelineEntry};
 pub use rewards::{ConversionRow, NewConversion, NewReward, RewardRow};
-pub use tx::{ItemEnd, Lease, Tx};
+pub use tx::{Committed, ItemEnd, Lease, Tx};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -75,6 +76,11 @@ pub enum StoreError {
     Exhausted(&'static str),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A compare-and-set lost: another step changed the row between this step's read and
+    /// its write. Never a silent no-op: the step's transaction is dropped and the worker
+    /// runs the step again at once, from a fresh read.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Another worker holds the item now (this worker's lease lapsed).
     #[error("lease lost: another worker owns the item")]
     LeaseLost,

@@ -1,65 +1,77 @@
-//! Rates shared by every replica, kept in the database: a call reserves a place in the
-//! first fixed window (`bucket`, `window_start`) that has room, and a message reserves
-//! its recipient's next turn. One replica or ten, the configured rates hold.
+//! Rates shared by every replica, kept in the database. A rate is a generic cell rate
+//! algorithm (GCRA): its row holds the theoretical arrival time of the next free place,
+//! and a reservation of k places advances it by k emission intervals in one atomic
+//! upsert. Places are evenly spaced whoever takes them, so one replica or ten, the
+//! configured rate holds over any interval. A message reserves its recipient's next turn
+//! the same way (one place per `spacing`, kept by the message across its attempts).
 
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, Backend, Store, StoreError};
 
-/// How far ahead a reservation may look, in windows (a queue this deep waits its turn
-/// through retries instead).
-const MAX_WINDOWS_AHEAD: i64 = 600;
+/// Microseconds since the Unix epoch (pacing needs finer steps than milliseconds: at
+/// 1,000 a second, places are one millisecond apart).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a reservation of places got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reservation {
+    /// The places, `interval_us` apart from `first_at_us`.
+    Granted { first_at_us: i64 },
+    /// The rate is reserved beyond the horizon: its next free place is at `next_free_us`.
+    Full { next_free_us: i64 },
+}
 
 impl Store {
-    /// Reserves up to `wanted` calls in `bucket`, all in one window of `window_ms`: the
-    /// first window (from the one holding now + `guard_ms`, so a window about to end is
-    /// skipped) with room for the whole block, or else for a single call. Returns the
-    /// window's start and how many calls were granted there; `None` when every window
-    /// within reach is full.
-    pub async fn reserve_rate_slots(
+    /// Reserves `count` consecutive places of `bucket`, a rate of one place every
+    /// `interval_us`, provided the first of them comes within `horizon_us` of now. An idle
+    /// rate starts from now (no burst is saved up); a busy one from its next free place.
+    pub async fn reserve_places(
         &self,
         bucket: &str,
-        window_ms: i64,
-        limit: i64,
-        wanted: i64,
-        guard_ms: i64,
-    ) -> Result<Option<(i64, i64)>, StoreError> {
+        interval_us: i64,
+        count: i64,
+        horizon_us: i64,
+    ) -> Result<Reservation, StoreError> {
         let _turn = self.write_turn().await;
-        let now = now_ms();
-        let earliest = now + guard_ms;
-        let first = earliest - earliest.rem_euclid(window_ms.max(1));
-        let wanted = wanted.clamp(1, limit.max(1));
-        for ahead in 0..MAX_WINDOWS_AHEAD {
-            let window_start = first + ahead * window_ms;
-            let sizes: &[i64] = if wanted > 1 { &[wanted, 1] } else { &[1] };
-            for &size in sizes {
-                let used: Option<i64> = sqlx::query_scalar(
-                    "INSERT INTO rate_slots (bucket, window_start, used) VALUES ($1, $2, $4) \
-                     ON CONFLICT (bucket, window_start) DO UPDATE SET used = rate_slots.used + $4 \
-                     WHERE rate_slots.used + $4 <= $3 RETURNING used",
-                )
-                .bind(bucket)
-                .bind(window_start)
-                .bind(limit)
-                .bind(size)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some(used) = used else { continue };
-                if used == size {
-                    // A new window: forget the old ones of this bucket.
-                    sqlx::query("DELETE FROM rate_slots WHERE bucket = $1 AND window_start < $2")
-                        .bind(bucket)
-                        .bind(now - 60_000)
-                        .execute(&self.pool)
-                        .await?;
-                }
-                return Ok(Some((window_start, size)));
-            }
+        let now = now_us();
+        let span = interval_us.max(1).saturating_mul(count.max(1));
+        let later = match self.backend {
+            Backend::Postgres => "GREATEST",
+            Backend::Sqlite => "MAX",
+        };
+        let sql = format!(
+            "INSERT INTO rate_gcra (bucket, tat_us) VALUES ($1, $2 + $3) \
+             ON CONFLICT (bucket) DO UPDATE SET tat_us = {later}(rate_gcra.tat_us, $2) + $3 \
+             WHERE rate_gcra.tat_us <= $2 + $4 RETURNING tat_us"
+        );
+        let granted: Option<i64> = sqlx::query_scalar(&sql)
+            .bind(bucket)
+            .bind(now)
+            .bind(span)
+            .bind(horizon_us)
+            .fetch_optional(&self.pool)
+            .await?;
+        if let Some(tat) = granted {
+            return Ok(Reservation::Granted {
+                first_at_us: tat - span,
+            });
         }
-        Ok(None)
+        let tat: Option<i64> = sqlx::query_scalar("SELECT tat_us FROM rate_gcra WHERE bucket = $1")
+            .bind(bucket)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(Reservation::Full {
+            next_free_us: tat.unwrap_or(now),
+        })
     }
 
     /// Reserves `phone`'s next turn for message `message_id` (the same message keeps its
-    /// turn across attempts). `None` when granted now; otherwise how long until the
-    /// recipient's turn is free.
+    /// turn across attempts): a rate of one place per `spacing_ms` with no look-ahead.
+    /// `None` when granted now; otherwise how long until the recipient's turn is free.
     pub async fn reserve_recipient_turn(
         &self,
         phone: &str,

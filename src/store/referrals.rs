@@ -297,42 +297,50 @@ impl Tx {
         Ok(gate.rows_affected() == 1)
     }
 
-    /// Moves an invite forward (invited → flow_sent → nominated); never back.
-    pub async fn advance_invite(&mut self, id: i64, to: InviteState) -> Result<bool, StoreError> {
-        let from: Vec<InviteState> = InviteState::ALL
-            .iter()
-            .copied()
-            .filter(|from| from.may_advance_to(to))
-            .collect();
-        if from.is_empty() {
-            return Ok(false);
+    /// Moves an invite forward (invited → flow_sent → nominated); never back. The invite
+    /// is read locked, so the move (and the funnel steps it reaches) is decided on what
+    /// no other step can change before this one commits. `None` when the invite is
+    /// missing or already at or past `to` (so there is nothing to move); otherwise the
+    /// state it moved from.
+    pub async fn advance_invite(&mut self, id: i64, to: InviteState) -> Result<Option<InviteState>, StoreError> {
+        let sql = format!("SELECT state FROM invites WHERE id = $1{}", self.lock_clause());
+        let current: Option<String> = sqlx::query_scalar(&sql).bind(id).fetch_optional(self.read()).await?;
+        let Some(current) = current.as_deref().and_then(InviteState::parse) else {
+            return Ok(None);
+        };
+        if !current.may_advance_to(to) {
+            return Ok(None);
         }
-        // Read, then move on from exactly what was read (the tally needs to know which
-        // steps this move reaches); when another step moved it in between, read again.
-        for _ in 0..3 {
-            let current: Option<String> = sqlx::query_scalar("SELECT state FROM invites WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.read())
-                .await?;
-            let Some(current) = current.as_deref().and_then(InviteState::parse) else {
-                return Ok(false);
-            };
-            if !from.contains(&current) {
-                return Ok(false);
-            }
-            let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
-                .bind(to.as_str())
-                .bind(now_ms())
-                .bind(id)
-                .bind(current.as_str())
-                .execute(self.write()?)
-                .await?;
-            if done.rows_affected() == 1 {
-                self.tally(TallyKey::Invite(id), invite_steps(Some(current), to));
-                return Ok(true);
-            }
+        let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
+            .bind(to.as_str())
+            .bind(now_ms())
+            .bind(id)
+            .bind(current.as_str())
+            .execute(self.write()?)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "invite {id} left {} meanwhile",
+                current.as_str()
+            )));
         }
-        Ok(false)
+        self.tally(TallyKey::Invite(id), invite_steps(Some(current), to));
+        Ok(Some(current))
+    }
+
+    /// Open referrals of a referrer, counted under the referrer's customer row lock (see
+    /// [`Tx::lock_customer`]), so that two nominations at once cannot both pass
+    /// `programme.max_open_referrals`.
+    pub async fn count_open_referrals_locked(&mut self, referrer_contact_id: &str) -> Result<i64, StoreError> {
+        self.lock_customer(referrer_contact_id).await?;
+        let sql = format!(
+            "SELECT COUNT(*) FROM referrals WHERE referrer_contact_id = $1 AND state IN ({})",
+            sql_list(ReferralState::OPEN)
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(referrer_contact_id)
+            .fetch_one(self.read())
+            .await?)
     }
 
     /// Open referrals of this number nominated before `window_start`: they leave the
@@ -422,26 +430,26 @@ impl Tx {
     /// The referral as this transaction sees it, locked against concurrent steps on
     /// PostgreSQL (SQLite's single writer already serialises them).
     pub async fn referral_for_update(&mut self, id: i64) -> Result<Option<ReferralRow>, StoreError> {
-        let lock = match self.backend() {
-            super::Backend::Postgres => " FOR UPDATE",
-            super::Backend::Sqlite => "",
-        };
-        let sql = format!("SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1{lock}");
+        let sql = format!(
+            "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1{}",
+            self.lock_clause()
+        );
         Ok(sqlx::query_as::<_, ReferralRow>(&sql)
             .bind(id)
             .fetch_optional(self.read())
             .await?)
     }
 
-    /// Moves a referral from `from` to `to` (compare-and-set). False when it was no
-    /// longer in `from`.
+    /// Moves a referral from `from` to `to` (compare-and-set, on a row the caller read
+    /// with [`Tx::referral_for_update`]); [`StoreError::Conflict`] when it was no longer in
+    /// `from`.
     pub async fn move_referral(
         &mut self,
         id: i64,
         from: ReferralState,
         to: ReferralState,
         reason: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let moved = sqlx::query(
             "UPDATE referrals SET state = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND state = $5",
         )
@@ -452,12 +460,14 @@ impl Tx {
         .bind(from.as_str())
         .execute(self.write()?)
         .await?;
-        let moved = moved.rows_affected() == 1;
-        if moved {
-            self.tally(TallyKey::Referral(id), referral_steps(Some(from), to));
-            self.record_transition(id, Some(from), to, reason).await?;
+        if moved.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "referral {id} left {} meanwhile",
+                from.as_str()
+            )));
         }
-        Ok(moved)
+        self.tally(TallyKey::Referral(id), referral_steps(Some(from), to));
+        self.record_transition(id, Some(from), to, reason).await
     }
 
     /// Notes a referral's change of state for its timeline.
@@ -494,12 +504,31 @@ impl Tx {
         Ok(())
     }
 
-    pub async fn message_by_wamid(&mut self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
-        message_by_wamid_in(self.read(), wamid).await
+    /// The message Meta knows as `wamid`, locked until this step commits (see
+    /// [`Tx::message_for_update`]).
+    pub async fn message_by_wamid_for_update(&mut self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid = $1{}",
+            self.lock_clause()
+        );
+        Ok(sqlx::query_as::<_, MessageRow>(&sql)
+            .bind(wamid)
+            .fetch_optional(self.read())
+            .await?)
     }
 
-    pub async fn message(&mut self, id: i64) -> Result<Option<MessageRow>, StoreError> {
-        row_where(self.read(), MESSAGE_COLUMNS, "messages", "id", id).await
+    /// The message, locked until this step commits: a step that changes a message's
+    /// status decides on this read, and concurrent steps about the same message (two of
+    /// Meta's statuses, a status and the send that recorded its acceptance) wait their turn.
+    pub async fn message_for_update(&mut self, id: i64) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1{}",
+            self.lock_clause()
+        );
+        Ok(sqlx::query_as::<_, MessageRow>(&sql)
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?)
     }
 
     /// A status arrived for a wamid we never recorded (our send was interrupted after Meta
@@ -517,11 +546,12 @@ impl Tx {
             .bind(idempotency_key)
             .execute(self.write()?)
             .await?;
-        message_by_wamid_in(self.read(), wamid).await
+        self.message_by_wamid_for_update(wamid).await
     }
 
-    /// Moves a message's status from `from` to `to` (compare-and-set), with Meta's error
-    /// and, when given, the wamid.
+    /// Moves a message's status from `from` to `to` (compare-and-set, on a row the
+    /// caller read with [`Tx::message_for_update`]), with Meta's error and, when given,
+    /// the wamid. [`StoreError::Conflict`] when the message was no longer in `from`.
     pub async fn set_message_status(
         &mut self,
         id: i64,
@@ -529,7 +559,7 @@ impl Tx {
         to: MessageStatus,
         wamid: Option<&str>,
         error: Option<(Option<i64>, &str)>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let (code, title) = match error {
             Some((code, title)) => (code, Some(title)),
             None => (None, None),
@@ -547,7 +577,13 @@ impl Tx {
         .bind(from.as_str())
         .execute(self.write()?)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "message {id} left {} meanwhile",
+                from.as_str()
+            )));
+        }
+        Ok(())
     }
 
     /// Notes an inbound message: it opens (or extends) the 24-hour service window.
@@ -813,8 +849,9 @@ impl Store {
     }
 
     /// Marks a send as begun, committed before the request to Meta (so that a crash
-    /// mid-request is known afterwards). False when another attempt moved it first.
-    pub async fn mark_sending(&self, id: i64, from: MessageStatus) -> Result<bool, StoreError> {
+    /// mid-request is known afterwards). [`StoreError::Conflict`] when something moved it
+    /// since the caller read `from` (a status recorded the send, another attempt).
+    pub async fn mark_sending(&self, id: i64, from: MessageStatus) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         self.faults.before_write()?;
         let done = sqlx::query("UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
@@ -824,14 +861,21 @@ impl Store {
             .bind(from.as_str())
             .execute(&self.pool)
             .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "message {id} left {} meanwhile",
+                from.as_str()
+            )));
+        }
+        Ok(())
     }
 
     /// Notes an inbound message on its own (the latest time wins, so repeating it is harmless).
     pub async fn record_inbound(&self, phone: &str, at: i64) -> Result<(), StoreError> {
         let mut tx = self.begin(None).await?;
         tx.record_inbound(phone, at).await?;
-        tx.commit("").await
+        tx.commit("").await?;
+        Ok(())
     }
 
     /// Records Meta's final refusal of a send (committed at once: only the attempt that got
@@ -846,7 +890,8 @@ impl Store {
             Some((code, title)),
         )
         .await?;
-        tx.commit("").await
+        tx.commit("").await?;
+        Ok(())
     }
 
     /// A template's last status from Meta (`None` when no webhook told of it).

@@ -103,7 +103,12 @@ impl Tx {
         .bind(now_ms())
         .fetch_optional(self.write()?)
         .await?;
-        let sql = format!("SELECT {CONVERSION_COLUMNS} FROM conversions WHERE source = $1 AND external_id = $2");
+        // Locked: a signal seen again while its first recording is being evaluated waits
+        // for that evaluation, and then decides on its outcome.
+        let sql = format!(
+            "SELECT {CONVERSION_COLUMNS} FROM conversions WHERE source = $1 AND external_id = $2{}",
+            self.lock_clause()
+        );
         let mut row = sqlx::query_as::<_, ConversionRow>(&sql)
             .bind(&conversion.source)
             .bind(&conversion.external_id)
@@ -150,16 +155,23 @@ impl Tx {
         Ok(())
     }
 
+    /// Locks the customer's row (PostgreSQL) until the step commits: decisions about one
+    /// referrer's referrals and rewards (the reward cap, the open-referral limit) are
+    /// taken one after the other.
+    pub async fn lock_customer(&mut self, contact_id: &str) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT contact_id FROM customers WHERE contact_id = $1{}",
+            self.lock_clause()
+        );
+        sqlx::query(&sql).bind(contact_id).fetch_optional(self.read()).await?;
+        Ok(())
+    }
+
     /// The referrer's rewards counting against the cap since `since`, with the
     /// referrer's customer row locked on PostgreSQL so that concurrent conversions of
     /// the same referrer's friends are decided one after the other.
     pub async fn referrer_rewards_since(&mut self, referrer_contact_id: &str, since: i64) -> Result<i64, StoreError> {
-        if self.backend() == Backend::Postgres {
-            sqlx::query("SELECT contact_id FROM customers WHERE contact_id = $1 FOR UPDATE")
-                .bind(referrer_contact_id)
-                .fetch_optional(self.read())
-                .await?;
-        }
+        self.lock_customer(referrer_contact_id).await?;
         let sql = format!(
             "SELECT COUNT(*) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
              WHERE r.referrer_contact_id = $1 AND w.beneficiary = $2 AND w.state IN ({}) AND w.created_at >= $3",
@@ -225,13 +237,14 @@ impl Tx {
             .await?)
     }
 
-    /// Marks a reward that is being issued as issued. False when it is not `issuing`.
+    /// Marks a reward that is being issued as issued. [`StoreError::Conflict`] when it is
+    /// no longer `issuing` (another attempt, whose lease lapsed, issued it first).
     pub async fn mark_reward_issued(
         &mut self,
         id: i64,
         code: Option<&str>,
         external_ref: Option<&str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let issued = sqlx::query(
             "UPDATE rewards SET state = $1, code = $2, external_ref = $3, last_error = NULL, updated_at = $4 \
              WHERE id = $5 AND state = $6",
@@ -245,14 +258,13 @@ impl Tx {
         .execute(self.write()?)
         .await?;
         if issued.rows_affected() != 1 {
-            return Ok(false);
+            return Err(StoreError::Conflict(format!("reward {id} is no longer issuing")));
         }
         let referral_id: i64 = sqlx::query_scalar("SELECT referral_id FROM rewards WHERE id = $1")
             .bind(id)
             .fetch_one(self.read())
             .await?;
-        self.note_rewarded(referral_id).await?;
-        Ok(true)
+        self.note_rewarded(referral_id).await
     }
 
     /// Cancels a referral's rewards that are not issued yet; returns how many.
@@ -328,9 +340,9 @@ impl Store {
             .await?)
     }
 
-    /// Claims a reward for fulfilment (committed before any outside call); false when
-    /// it was voided, capped or issued meanwhile.
-    pub async fn claim_reward(&self, id: i64) -> Result<bool, StoreError> {
+    /// Claims a reward for fulfilment (committed before any outside call);
+    /// [`StoreError::Conflict`] when it was voided, capped or issued since it was read.
+    pub async fn claim_reward(&self, id: i64) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         self.faults.before_write()?;
         let sql = format!(
@@ -343,7 +355,12 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        Ok(claimed.rows_affected() == 1)
+        if claimed.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "reward {id} left the issuable states meanwhile"
+            )));
+        }
+        Ok(())
     }
 
     /// Records a failed fulfilment; the job's retry claims it again.

@@ -27,6 +27,23 @@ pub struct Lease {
     pub owner: String,
 }
 
+/// Proof that a step's transaction committed, and how its item ended. Only
+/// [`Tx::commit`] and [`Tx::finish`] make one (its field is private to this module), and
+/// `app::Outcome::Committed` holds one: a step cannot report a commit it did not make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Committed(ItemEnd);
+
+impl Committed {
+    /// How the item ended.
+    pub fn end(&self) -> &ItemEnd {
+        &self.0
+    }
+
+    pub fn into_end(self) -> ItemEnd {
+        self.0
+    }
+}
+
 /// How the item behind a step ends, committed with the step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemEnd {
@@ -108,7 +125,7 @@ impl Tx {
     }
 
     /// Commits the step; its item (if any) is done with `note`.
-    pub async fn commit(self, note: impl Into<String>) -> Result<(), StoreError> {
+    pub async fn commit(self, note: impl Into<String>) -> Result<Committed, StoreError> {
         self.finish(ItemEnd::Done(note.into())).await
     }
 
@@ -157,7 +174,7 @@ impl Tx {
     }
 
     /// Commits the step and ends its item as given.
-    pub async fn finish(mut self, end: ItemEnd) -> Result<(), StoreError> {
+    pub async fn finish(mut self, end: ItemEnd) -> Result<Committed, StoreError> {
         self.write_tally().await?;
         if let Some(lease) = self.lease.take() {
             let (state, note, error) = match &end {
@@ -186,6 +203,18 @@ impl Tx {
         }
         self.faults.before_write()?;
         self.tx.commit().await?;
-        Ok(())
+        Ok(Committed(end))
+    }
+
+    /// ` FOR NO KEY UPDATE` on PostgreSQL, so that a read locks the row the step will
+    /// change until it commits (the weaker lock an UPDATE of non-key columns takes, so that
+    /// inserting a child row, which takes a key-share lock on its parent, neither waits
+    /// for it nor deadlocks with it); nothing on SQLite, whose single writer (taken when
+    /// the step began) already serialises steps.
+    pub(super) fn lock_clause(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => " FOR NO KEY UPDATE",
+            Backend::Sqlite => "",
+        }
     }
 }

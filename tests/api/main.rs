@@ -2,6 +2,7 @@
 
 mod chaos;
 mod cli;
+mod concurrency;
 mod dashboard;
 mod deploy;
 mod doctor;
