@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rand::Rng;
 use referloop::signatures::sign_meta;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
@@ -37,12 +38,15 @@ impl Effects {
     }
 }
 
-/// Graph API sends: each accepted message is an effect (its body, plus the wamid), and a
-/// `sent` status for it waits in `statuses` until [`forward_statuses`] posts it.
+/// Graph API sends: each accepted message is an effect (its body, plus the wamid), and its
+/// `sent` and `delivered` statuses wait in `statuses` until [`forward_statuses`] posts
+/// them, as Meta does: in separate webhooks a random 0–1.5 s after the send (so sometimes
+/// `delivered` first), or now and then both in one webhook, in either order.
 #[derive(Clone, Default)]
 pub struct GraphSends {
     pub sent: Effects,
-    statuses: Arc<Mutex<Vec<Value>>>,
+    /// Webhooks owed: (due, Unix ms; statuses).
+    statuses: Arc<Mutex<Vec<(i64, Vec<Value>)>>>,
     next: Arc<AtomicUsize>,
 }
 
@@ -54,12 +58,26 @@ impl Respond for GraphSends {
         let wamid = format!("wamid.CHAOS{}", self.next.fetch_add(1, Ordering::SeqCst));
         let to = body["to"].as_str().unwrap_or("").to_string();
         let recipient = to.trim_start_matches('+').to_string();
-        let mut status = json!({"id": wamid, "status": "sent", "timestamp": "1795510900", "recipient_id": recipient});
-        if let Some(callback) = body.get("biz_opaque_callback_data") {
-            status["biz_opaque_callback_data"] = callback.clone();
-        }
+        let status = |kind: &str| {
+            let mut status = json!({"id": wamid, "status": kind, "timestamp": "1795510900", "recipient_id": recipient});
+            if let Some(callback) = body.get("biz_opaque_callback_data") {
+                status["biz_opaque_callback_data"] = callback.clone();
+            }
+            status
+        };
+        let (sent, delivered) = (status("sent"), status("delivered"));
+        let now = referloop::store::now_ms();
+        let mut rng = rand::thread_rng();
+        let owed = match rng.gen_range(0..10) {
+            0 => vec![(now + rng.gen_range(0..1_500), vec![sent, delivered])],
+            1 => vec![(now + rng.gen_range(0..1_500), vec![delivered, sent])],
+            _ => vec![
+                (now + rng.gen_range(0..1_500), vec![sent]),
+                (now + rng.gen_range(0..1_500), vec![delivered]),
+            ],
+        };
         if let Ok(mut statuses) = self.statuses.lock() {
-            statuses.push(status);
+            statuses.extend(owed);
         }
         body["wamid"] = json!(wamid);
         self.sent.push(body);
@@ -90,28 +108,32 @@ impl GraphSends {
             .collect()
     }
 
-    fn take_statuses(&self) -> Vec<Value> {
-        self.statuses
-            .lock()
-            .map(|mut s| std::mem::take(&mut *s))
-            .unwrap_or_default()
+    /// The webhooks due by now.
+    fn take_due_statuses(&self) -> Vec<Vec<Value>> {
+        let now = referloop::store::now_ms();
+        let Ok(mut owed) = self.statuses.lock() else {
+            return Vec::new();
+        };
+        let (due, later): (Vec<_>, Vec<_>) = owed.drain(..).partition(|(at, _)| *at <= now);
+        *owed = later;
+        due.into_iter().map(|(_, statuses)| statuses).collect()
     }
 }
 
-/// Posts the `sent` statuses the Graph fake owes, signed like Meta's, until aborted;
-/// a status the app does not acknowledge is posted again, as Meta retries.
+/// Posts the statuses the Graph fake owes when they are due, signed like Meta's, until
+/// aborted; a webhook the app does not acknowledge is posted again, as Meta retries.
 pub fn forward_statuses(graph: GraphSends, webhook_url: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let client = reqwest::Client::new();
-        let mut owed: Vec<Value> = Vec::new();
+        let mut owed: Vec<Vec<Value>> = Vec::new();
         loop {
-            owed.extend(graph.take_statuses());
+            owed.extend(graph.take_due_statuses());
             let mut unacknowledged = Vec::new();
             for status in owed.drain(..) {
                 let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "100000000000101",
                     "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
                         "metadata": {"display_phone_number": "15550001234", "phone_number_id": PHONE_NUMBER_ID},
-                        "statuses": [status.clone()]}}]}]})
+                        "statuses": status.clone()}}]}]})
                 .to_string()
                 .into_bytes();
                 let answered = client
