@@ -45,10 +45,12 @@ impl Effects {
 #[derive(Clone, Default)]
 pub struct GraphSends {
     pub sent: Effects,
-    /// Webhooks owed: (due, Unix ms; statuses).
-    statuses: Arc<Mutex<Vec<(i64, Vec<Value>)>>>,
+    statuses: Arc<Mutex<Vec<OwedWebhook>>>,
     next: Arc<AtomicUsize>,
 }
+
+/// A status webhook the Graph fake owes: when it is due (Unix ms) and its statuses.
+type OwedWebhook = (i64, Vec<Value>);
 
 impl Respond for GraphSends {
     fn respond(&self, request: &Request) -> ResponseTemplate {
