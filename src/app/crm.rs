@@ -17,11 +17,7 @@ fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
 }
 
-/// `referral_status` (and the code, on the invite) on the referrer's contact. An
-/// opt-out owns `referral_status` (`sync_opt_out` writes `opted_out`): the status is left
-/// alone for a referrer who opted out, and written back to `opted_out` when the opt-out
-/// was recorded while this update was on its way, so the order of the two jobs does not
-/// matter.
+/// `referral_status` (and the code, on the invite) on the referrer's contact.
 pub async fn referrer_status(
     s: &Services,
     work: &Work,
@@ -32,28 +28,73 @@ pub async fn referrer_status(
 ) -> StepResult {
     let contact = HubSpotId::parse(contact_id)?;
     let phone = s.store.invite(invite_id).await?.and_then(|invite| invite.phone);
+    let properties = s.referrer_properties(status.as_str(), code);
+    let written = update_unless_opted_out(s, work, &contact, phone.as_deref(), properties).await?;
+    Outcome::done(format!(
+        "contact {contact_id}: {} ({})",
+        status.as_str(),
+        written.as_str()
+    ))
+}
+
+/// What [`update_unless_opted_out`] did with `referral_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrite {
+    Written,
+    /// The number had opted out: the status was left as `opted_out`.
+    LeftOptedOut,
+    /// The number opted out while the update was on its way: `opted_out` written again.
+    OptedOutMeanwhile,
+}
+
+impl StatusWrite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusWrite::Written => "written",
+            StatusWrite::LeftOptedOut => "status left as opted_out",
+            StatusWrite::OptedOutMeanwhile => "opted out meanwhile",
+        }
+    }
+}
+
+/// Writes `properties` to a contact whose `referral_status` an opt-out owns
+/// (`sync_opt_out` writes `opted_out`): for a number that opted out the status is left
+/// out, and when the opt-out was recorded while this update was on its way, `opted_out`
+/// is written again after it. So whichever of the two jobs runs last, HubSpot ends with
+/// `opted_out`.
+pub(super) async fn update_unless_opted_out(
+    s: &Services,
+    work: &Work,
+    contact: &HubSpotId,
+    phone: Option<&str>,
+    mut properties: Map<String, Value>,
+) -> Result<StatusWrite, StepError> {
+    let status = &s.settings.hubspot_properties.referral_status;
     let opted_out = || async {
-        match &phone {
+        match phone {
             Some(phone) => s.store.is_opted_out(phone).await,
             None => Ok(false),
         }
     };
-    let mut properties = s.referrer_properties(status.as_str(), code);
     if opted_out().await? {
-        properties.remove(&s.settings.hubspot_properties.referral_status);
-        if properties.is_empty() {
-            return Outcome::done(format!("contact {contact_id}: opted out, status left as opted_out"));
+        properties.remove(status);
+        if !properties.is_empty() {
+            s.hubspot
+                .update_contact(contact, &properties, Some(work.job_id()))
+                .await?;
         }
+        return Ok(StatusWrite::LeftOptedOut);
     }
     s.hubspot
-        .update_contact(&contact, &properties, Some(work.job_id()))
+        .update_contact(contact, &properties, Some(work.job_id()))
         .await?;
-    if properties.contains_key(&s.settings.hubspot_properties.referral_status) && opted_out().await? {
-        let opted = s.referrer_properties("opted_out", None);
-        s.hubspot.update_contact(&contact, &opted, Some(work.job_id())).await?;
-        return Outcome::done(format!("contact {contact_id}: opted out meanwhile"));
+    if properties.contains_key(status) && opted_out().await? {
+        let mut opted = Map::new();
+        opted.insert(status.clone(), string("opted_out"));
+        s.hubspot.update_contact(contact, &opted, Some(work.job_id())).await?;
+        return Ok(StatusWrite::OptedOutMeanwhile);
     }
-    Outcome::done(format!("contact {contact_id}: {}", status.as_str()))
+    Ok(StatusWrite::Written)
 }
 
 /// The referrer's reward was capped.

@@ -203,8 +203,9 @@ pub async fn assert_funnel(lc: &Lifecycle, n: i64) {
 }
 
 /// Accepted sends of `template` to `to`.
+/// Sends of `template` to `to` that reached them (accepted and not failed afterwards).
 pub fn sends_to(graph: &GraphSends, template: &str, to: &str) -> usize {
-    graph.of(template).iter().filter(|b| b["to"] == to).count()
+    graph.delivered_of(template).iter().filter(|b| b["to"] == to).count()
 }
 
 async fn referrals_survive_flaky_outside_apis(backend: Backend) {

@@ -1,7 +1,8 @@
 //! Stateful fakes of the outside APIs for the fault tests, where a call may act and still
 //! fail on our side (a timeout after the outside acted, a worker killed mid-call):
-//! - the Graph API accepts sends and, like Meta, reports each as `sent` in a status
-//!   webhook that echoes our `biz_opaque_callback_data`;
+//! - the Graph API accepts sends and, like Meta, reports each as `sent` and `delivered`
+//!   in status webhooks that echo our `biz_opaque_callback_data` (and, when asked, fails
+//!   some with a transient 131000 that races their `sent`);
 //! - HubSpot keeps the contacts it created and finds them by phone;
 //! - Stripe keeps each promotion code under its Idempotency-Key and replays the first
 //!   answer for a repeated key, as Stripe does.
@@ -41,12 +42,19 @@ impl Effects {
 /// Graph API sends: each accepted message is an effect (its body, plus the wamid), and its
 /// `sent` and `delivered` statuses wait in `statuses` until [`forward_statuses`] posts
 /// them, as Meta does: in separate webhooks a random 0–1.5 s after the send (so sometimes
-/// `delivered` first), or now and then both in one webhook, in either order.
+/// `delivered` first), or now and then both in one webhook, in either order. With
+/// [`GraphSends::fail_one_in`], one accepted send in `n` (never a resend) is reported
+/// `sent` and `failed` (131000, transient) instead, in separate webhooks that race; the
+/// app sends it again once.
 #[derive(Clone, Default)]
 pub struct GraphSends {
     pub sent: Effects,
     statuses: Arc<Mutex<Vec<OwedWebhook>>>,
     next: Arc<AtomicUsize>,
+    /// One accepted send in this many fails after acceptance (0: none).
+    fail_one_in: Arc<AtomicUsize>,
+    /// The wamids reported failed.
+    failed: Arc<Mutex<Vec<String>>>,
 }
 
 /// A status webhook the Graph fake owes: when it is due (Unix ms) and its statuses.
@@ -70,7 +78,24 @@ impl Respond for GraphSends {
         let (sent, delivered) = (status("sent"), status("delivered"));
         let now = referloop::store::now_ms();
         let mut rng = rand::thread_rng();
+        let is_resend = body["biz_opaque_callback_data"]
+            .as_str()
+            .is_some_and(|key| key.ends_with(":resend"));
+        let one_in = self.fail_one_in.load(Ordering::SeqCst);
+        let fails = one_in > 0 && !is_resend && rng.gen_range(0..one_in) == 0;
         let owed = match rng.gen_range(0..10) {
+            _ if fails => {
+                if let Ok(mut failed) = self.failed.lock() {
+                    failed.push(wamid.clone());
+                }
+                let mut failed = status("failed");
+                failed["errors"] = json!([{"code": 131000, "title": "Something went wrong",
+                    "message": "Something went wrong", "error_data": {"details": "Something went wrong"}}]);
+                vec![
+                    (now + rng.gen_range(0..1_500), vec![sent]),
+                    (now + rng.gen_range(0..1_500), vec![failed]),
+                ]
+            }
             0 => vec![(now + rng.gen_range(0..1_500), vec![sent, delivered])],
             1 => vec![(now + rng.gen_range(0..1_500), vec![delivered, sent])],
             _ => vec![
@@ -101,6 +126,26 @@ impl GraphSends {
             .await;
     }
 
+    /// From now on, one accepted send in `n` is failed after acceptance (see the type).
+    pub fn fail_one_in(&self, n: usize) {
+        self.fail_one_in.store(n, Ordering::SeqCst);
+    }
+
+    /// The wamids reported failed after acceptance.
+    pub fn failed(&self) -> Vec<String> {
+        self.failed.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+
+    /// Accepted sends of one template (or of a message type, e.g. "interactive") that
+    /// were not failed afterwards: what reached the recipient.
+    pub fn delivered_of(&self, name: &str) -> Vec<Value> {
+        let failed = self.failed();
+        self.of(name)
+            .into_iter()
+            .filter(|b| !failed.iter().any(|w| b["wamid"] == w.as_str()))
+            .collect()
+    }
+
     /// Accepted sends of one template (or of a message type, e.g. "interactive").
     pub fn of(&self, name: &str) -> Vec<Value> {
         self.sent
@@ -108,6 +153,11 @@ impl GraphSends {
             .into_iter()
             .filter(|b| b["template"]["name"] == name || b["type"] == name)
             .collect()
+    }
+
+    /// Whether status webhooks are still owed (not yet due or not yet taken).
+    pub fn owes_statuses(&self) -> bool {
+        self.statuses.lock().map(|s| !s.is_empty()).unwrap_or(false)
     }
 
     /// The webhooks due by now.
