@@ -833,7 +833,31 @@ async fn hubspot_429_is_retried(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// Statuses of messages another tool sent from the same number (no callback data, or
+/// callback data that names no message of ours) are settled on their first attempt, not
+/// retried; a status carrying our key still records a send whose answer we missed.
+async fn statuses_of_other_senders_are_settled_at_once(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    assert_eq!(lc.status("wamid.OTHERTOOL1", "delivered", None).await, 200);
+    let theirs = json!({"id": "wamid.OTHERTOOL2", "status": "read", "timestamp": "1795510900",
+                        "recipient_id": "447911123457", "biz_opaque_callback_data": "crm-campaign-7"});
+    assert_eq!(lc.whatsapp("messages", json!({"statuses": [theirs]})).await, 200);
+    lc.settle().await;
+    let events = lc.app.store.list(Queue::Inbox, None, 10).await.expect("inbox");
+    assert_eq!(events.len(), 2);
+    for event in &events {
+        assert_eq!(event.state.as_str(), "done", "{event:?}");
+        assert_eq!(event.attempts, 1, "settled on the first attempt: {event:?}");
+        assert!(
+            event.note.as_deref().unwrap_or_default().contains("we did not send"),
+            "{event:?}"
+        );
+    }
+    lc.shutdown().await;
+}
+
 both_backends!(
+    statuses_of_other_senders_are_settled_at_once,
     happy_path_with_every_webhook_twice,
     statuses_out_of_order_never_move_back,
     ineligible_triggers_are_answered_and_recorded,
