@@ -90,16 +90,6 @@ impl Graph {
     }
 }
 
-/// CPU time used by this process so far (user + system), from /proc.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
@@ -158,7 +148,7 @@ async fn main() {
 
     let services = Services::new(store.clone(), settings, Arc::new(Metrics::new())).expect("services");
     let (stop, stopped) = watch::channel(false);
-    let cpu_before = cpu_time();
+    let cpu_before = common::cpu_time();
     let started = Instant::now();
     let worker = tokio::spawn(Worker::new(Arc::new(services)).run(stopped));
     loop {
@@ -169,7 +159,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let cpu = common::cpu_time().saturating_sub(cpu_before);
     let _ = stop.send(true);
     let _ = worker.await;
 

@@ -64,15 +64,6 @@ fn status_webhook(n: u64, status: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// CPU time used by this process so far (user + system), from /proc.
-fn cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -139,7 +130,7 @@ async fn main() {
     let posted = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let cpu_before = cpu_time();
+    let cpu_before = common::cpu_time();
     let ticks_per_second = 100u64;
     let per_tick = (args.status_flood * 3).div_ceil(ticks_per_second);
     let total_events = messages * 3;
@@ -201,7 +192,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu_before);
+    let cpu = common::cpu_time().saturating_sub(cpu_before);
     let handled_total = handled().await;
     let statuses_recorded: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM messages WHERE idempotency_key LIKE 'flood:%' AND status = 'read'")

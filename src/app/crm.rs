@@ -21,15 +21,12 @@ fn string(value: impl Into<String>) -> Value {
 pub async fn referrer_status(
     s: &Services,
     work: &Work,
-    invite_id: i64,
     contact_id: &str,
     status: InviteState,
     code: Option<&str>,
 ) -> StepResult {
-    let contact = HubSpotId::parse(contact_id)?;
-    let phone = s.store.invite(invite_id).await?.and_then(|invite| invite.phone);
     let properties = s.referrer_properties(status.as_str(), code);
-    let written = update_unless_opted_out(s, work, &contact, phone.as_deref(), properties).await?;
+    let written = update_status(s, work, contact_id, properties).await?;
     Outcome::done(format!(
         "contact {contact_id}: {} ({})",
         status.as_str(),
@@ -37,13 +34,13 @@ pub async fn referrer_status(
     ))
 }
 
-/// What [`update_unless_opted_out`] did with `referral_status`.
+/// What [`update_status`] did with `referral_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusWrite {
     Written,
-    /// The number had opted out: the status was left as `opted_out`.
+    /// The contact had opted out: the status was left as `opted_out`.
     LeftOptedOut,
-    /// The number opted out while the update was on its way: `opted_out` written again.
+    /// The contact opted out while the update was on its way: `opted_out` written again.
     OptedOutMeanwhile,
 }
 
@@ -57,41 +54,36 @@ impl StatusWrite {
     }
 }
 
-/// Writes `properties` to a contact whose `referral_status` an opt-out owns
-/// (`sync_opt_out` writes `opted_out`): for a number that opted out the status is left
-/// out, and when the opt-out was recorded while this update was on its way, `opted_out`
-/// is written again after it. So whichever of the two jobs runs last, HubSpot ends with
-/// `opted_out`.
-pub(super) async fn update_unless_opted_out(
+/// Writes `properties`, which carry `referral_status`, to a contact. An opt-out owns that
+/// status (`sync_opt_out` writes `opted_out`): for a contact whose number opted out the
+/// status is left out, and when the opt-out was recorded while this update was on its
+/// way, `opted_out` is written again after it. So whichever of the two jobs runs last,
+/// HubSpot ends with `opted_out`. Every write of `referral_status` but the opt-out's own
+/// goes through here.
+pub(super) async fn update_status(
     s: &Services,
     work: &Work,
-    contact: &HubSpotId,
-    phone: Option<&str>,
+    contact_id: &str,
     mut properties: Map<String, Value>,
 ) -> Result<StatusWrite, StepError> {
+    let contact = HubSpotId::parse(contact_id)?;
     let status = &s.settings.hubspot_properties.referral_status;
-    let opted_out = || async {
-        match phone {
-            Some(phone) => s.store.is_opted_out(phone).await,
-            None => Ok(false),
-        }
-    };
-    if opted_out().await? {
+    if s.store.contact_opted_out(contact_id).await? {
         properties.remove(status);
         if !properties.is_empty() {
             s.hubspot
-                .update_contact(contact, &properties, Some(work.job_id()))
+                .update_contact(&contact, &properties, Some(work.job_id()))
                 .await?;
         }
         return Ok(StatusWrite::LeftOptedOut);
     }
     s.hubspot
-        .update_contact(contact, &properties, Some(work.job_id()))
+        .update_contact(&contact, &properties, Some(work.job_id()))
         .await?;
-    if properties.contains_key(status) && opted_out().await? {
+    if properties.contains_key(status) && s.store.contact_opted_out(contact_id).await? {
         let mut opted = Map::new();
         opted.insert(status.clone(), string("opted_out"));
-        s.hubspot.update_contact(contact, &opted, Some(work.job_id())).await?;
+        s.hubspot.update_contact(&contact, &opted, Some(work.job_id())).await?;
         return Ok(StatusWrite::OptedOutMeanwhile);
     }
     Ok(StatusWrite::Written)
@@ -100,10 +92,8 @@ pub(super) async fn update_unless_opted_out(
 /// The referrer's reward was capped.
 pub async fn referrer_capped(s: &Services, work: &Work, contact_id: &str) -> StepResult {
     let properties = s.referrer_properties("reward_capped", None);
-    s.hubspot
-        .update_contact(&HubSpotId::parse(contact_id)?, &properties, Some(work.job_id()))
-        .await?;
-    Outcome::done(format!("contact {contact_id}: reward_capped"))
+    let written = update_status(s, work, contact_id, properties).await?;
+    Outcome::done(format!("contact {contact_id}: reward_capped ({})", written.as_str()))
 }
 
 /// An issued reward on the beneficiary's contact.
@@ -112,10 +102,8 @@ pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given:
     let mut properties = Map::new();
     properties.insert(names.referral_status.clone(), string("rewarded"));
     properties.insert(names.referral_reward.clone(), string(given));
-    s.hubspot
-        .update_contact(&HubSpotId::parse(contact_id)?, &properties, Some(work.job_id()))
-        .await?;
-    Outcome::done(format!("contact {contact_id}: rewarded"))
+    let written = update_status(s, work, contact_id, properties).await?;
+    Outcome::done(format!("contact {contact_id}: rewarded ({})", written.as_str()))
 }
 
 /// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.

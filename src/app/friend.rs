@@ -93,10 +93,8 @@ pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64) -> StepRe
             std::time::Duration::from_secs(2),
         ));
     };
-    let contact_id = HubSpotId::parse(contact_id)?;
     let properties = properties(s, &referral);
-    let phone = Some(referral.friend_phone.as_str());
-    let written = super::crm::update_unless_opted_out(s, work, &contact_id, phone, properties).await?;
+    let written = super::crm::update_status(s, work, contact_id, properties).await?;
     let status = friend_hubspot_status(referral.state).unwrap_or_default();
     Outcome::done(format!("friend contact {contact_id}: {status} ({})", written.as_str()))
 }

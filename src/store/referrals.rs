@@ -928,6 +928,20 @@ impl Store {
         Ok(flag == Some(1))
     }
 
+    /// Whether a number we know for this HubSpot contact (as customer or as friend) has
+    /// opted out of marketing.
+    pub async fn contact_opted_out(&self, contact_id: &str) -> Result<bool, StoreError> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT phone FROM wa_users WHERE opted_out = 1 AND phone IN \
+             (SELECT phone FROM invites WHERE contact_id = $1 AND phone IS NOT NULL \
+              UNION SELECT friend_phone FROM referrals WHERE friend_contact_id = $1) LIMIT 1",
+        )
+        .bind(contact_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// HubSpot contact ids we know for a number (as customer or as friend).
     pub async fn contact_ids_for_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(

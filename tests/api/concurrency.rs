@@ -450,15 +450,7 @@ impl Run {
                 let Some((referral_id, _)) = self.referral(&p.friend()).await else {
                     return;
                 };
-                let response = lc
-                    .app
-                    .client
-                    .post(lc.app.url(&format!("/api/v1/referrals/{referral_id}/void")))
-                    .bearer_auth(API_TOKEN)
-                    .send()
-                    .await
-                    .expect("void");
-                accepted(response.status().as_u16());
+                accepted(lc.void(referral_id).await.status().as_u16());
             }
         }
     }

@@ -277,6 +277,17 @@ impl Lifecycle {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /api/v1/referrals/{id}/void` with the test token.
+    pub async fn void(&self, referral_id: i64) -> reqwest::Response {
+        self.app
+            .client
+            .post(self.app.url(&format!("/api/v1/referrals/{referral_id}/void")))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// A signed Stripe event.
     pub async fn stripe_event(&self, event: Value) -> u16 {
         let body = event.to_string().into_bytes();

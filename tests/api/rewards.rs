@@ -417,14 +417,7 @@ async fn held_rewards_can_be_voided(backend: Backend) {
     assert_eq!(status, 201);
     lc.settle().await;
     assert!(rewards(&lc).await.iter().all(|r| r.state.as_str() == "pending"), "held");
-    let void = lc
-        .app
-        .client
-        .post(lc.app.url(&format!("/api/v1/referrals/{referral_id}/void")))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .expect("request");
+    let void = lc.void(referral_id).await;
     assert_eq!(void.status(), 200);
     let body: Value = void.json().await.expect("json");
     assert_eq!(body["voided_rewards"], 2);
