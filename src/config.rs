@@ -4,6 +4,7 @@
 //! `referloop config` prints them as "[redacted]".
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ const LIST_KEYS: [&str; 11] = [
 ];
 
 /// The defaults, one documented key each; also what the binary falls back to.
+/// The most inbox events one loop claims at once (its statements bind two values each).
+pub const MAX_INBOX_BATCH: usize = 1000;
+
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -198,6 +202,14 @@ pub struct WorkerSettings {
     /// Loops claiming jobs (sends and outside calls); apart from the inbox loops, so a
     /// burst of one never starves the other.
     pub job_concurrency: usize,
+    /// Inbox events an inbox loop claims at once; Meta's statuses among them are applied
+    /// in one transaction.
+    pub inbox_batch: NonZeroUsize,
+    /// The inbox is backlogged (`/readyz` says so, and a metric and an alert) while more
+    /// events than this wait, or the oldest has waited longer than
+    /// `inbox_backlog_seconds`.
+    pub inbox_backlog_events: NonZeroU64,
+    pub inbox_backlog_seconds: NonZeroU64,
     /// How long a send interrupted mid-request waits for Meta's status before it is sent
     /// again.
     pub interrupted_send_wait_seconds: u64,
@@ -775,6 +787,9 @@ impl Settings {
         }
         if self.worker.job_concurrency == 0 {
             return invalid("worker.job_concurrency", "must be at least 1".into());
+        }
+        if self.worker.inbox_batch.get() > MAX_INBOX_BATCH {
+            return invalid("worker.inbox_batch", format!("must be at most {MAX_INBOX_BATCH}"));
         }
         if self.worker.lease_seconds == 0 {
             return invalid("worker.lease_seconds", "must be at least 1".into());

@@ -109,6 +109,11 @@ pub struct Metrics {
     pub rewards: Family<RewardLabels, Gauge>,
     /// The Flow data endpoint's answers by kind.
     pub flow_endpoint_answers: Family<FlowAnswerLabels, Counter>,
+    /// Inbox events not yet handled, the age of the oldest, and whether that is over the
+    /// configured bound (scrape time).
+    pub inbox_backlog: Gauge,
+    pub inbox_oldest_age_seconds: Gauge,
+    pub inbox_backlogged: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -149,6 +154,23 @@ impl Metrics {
         let outside_calls = Family::<OutsideCallLabels, Counter>::default();
         let rewards = Family::<RewardLabels, Gauge>::default();
         let flow_endpoint_answers = Family::<FlowAnswerLabels, Counter>::default();
+        let (inbox_backlog, inbox_oldest_age_seconds, inbox_backlogged) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "inbox_backlog",
+            "Webhook events received and not yet handled (queued, waiting for a retry, or in hand; read from the database at scrape time)",
+            inbox_backlog.clone(),
+        );
+        registry.register(
+            "inbox_oldest_age_seconds",
+            "How long the oldest webhook event not yet handled has waited since it was received (0 when none)",
+            inbox_oldest_age_seconds.clone(),
+        );
+        registry.register(
+            "inbox_backlogged",
+            "1 while the inbox backlog is over worker.inbox_backlog_events or worker.inbox_backlog_seconds, else 0",
+            inbox_backlogged.clone(),
+        );
         registry.register(
             "flow_endpoint_answers",
             "Answers of the Flow data endpoint by kind (active, acknowledged, screen, field_error, finished, token_refused, undecryptable, signature_failed, bad_request, not_configured, unavailable)",
@@ -243,6 +265,9 @@ impl Metrics {
             outside_calls,
             rewards,
             flow_endpoint_answers,
+            inbox_backlog,
+            inbox_oldest_age_seconds,
+            inbox_backlogged,
         }
     }
 

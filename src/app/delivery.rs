@@ -3,6 +3,7 @@
 //! referral. Meta's error codes decide between retry, suppress and fallback
 //! (`domain::messaging::classify`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::transition::{self, EventContext};
@@ -11,7 +12,7 @@ use crate::domain::messaging::{classify, template_sendable, MessagePurpose, Mess
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
-use crate::store::{duration_ms, now_ms, ItemEnd, MessageRow, NewMessage, Tx};
+use crate::store::{duration_ms, now_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
 use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
 
 /// The `whatsapp.send` job.
@@ -265,6 +266,89 @@ pub fn on_template_category(s: &Services, update: &TemplateCategoryUpdate) -> St
     ))
 }
 
+/// A status matched by no wamid of ours and carrying no callback data of ours.
+const NOT_OURS: &str = "status of a message we did not send (no callback data)";
+
+/// One status event of a batch: its inbox item and what Meta said.
+#[derive(Debug, Clone)]
+pub struct BatchedStatus {
+    pub item_id: i64,
+    pub update: StatusUpdate,
+}
+
+/// What a batch of statuses did: the items it settled, and those it left to
+/// [`on_status`], one at a time (still leased to the worker).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatusBatch {
+    pub settled: Vec<i64>,
+    pub left: Vec<i64>,
+}
+
+/// Meta's statuses, many at once: every status that only moves its message's status
+/// (nearly all of them: `sent`, `delivered` and `read` of what we sent) is applied in
+/// one transaction, with one locking read, one set-based update and one statement that
+/// ends their items. A status that causes more (a refusal, a friend's invite delivered),
+/// or whose message is not known by its wamid yet, is left to [`on_status`]. A status
+/// that changes nothing (a `read` after `read`) writes nothing but its item's end.
+///
+/// The batch's messages are locked in id order, so batches and single steps about the
+/// same message take turns as single steps do, and the statuses of one message in the
+/// batch are applied together: they commute, so their order does not matter.
+pub async fn on_status_batch(
+    s: &Services,
+    batch: &BatchLease,
+    statuses: &[BatchedStatus],
+) -> Result<StatusBatch, StepError> {
+    let mut outcome = StatusBatch::default();
+    let mut ended: Vec<(i64, String)> = Vec::new();
+    let mut by_wamid: BTreeMap<&str, Vec<&BatchedStatus>> = BTreeMap::new();
+    for status in statuses {
+        match status.update.status {
+            Some(_) => by_wamid.entry(status.update.wamid.as_str()).or_default().push(status),
+            None => ended.push((status.item_id, "status kind not tracked".into())),
+        }
+    }
+    let mut tx = s.store.begin_batch(batch).await?;
+    let wamids: Vec<&str> = by_wamid.keys().copied().collect();
+    let messages = tx.messages_by_wamids_for_update(&wamids).await?;
+    let mut moves = Vec::new();
+    for (wamid, group) in &by_wamid {
+        let incoming: Vec<MessageStatus> = group.iter().filter_map(|b| b.update.status).collect();
+        let message = messages.iter().find(|m| m.wamid.as_deref() == Some(*wamid));
+        if message.is_none() && group.iter().all(|b| b.update.callback.is_none()) {
+            // Not a send of ours (see `on_status`): the lookup just made settles it.
+            ended.extend(group.iter().map(|b| (b.item_id, NOT_OURS.to_string())));
+            continue;
+        }
+        let after = message.and_then(|m| Some((m, m.status.after_status_only(m.purpose, &incoming)?)));
+        let Some((message, to)) = after else {
+            outcome.left.extend(group.iter().map(|b| b.item_id));
+            continue;
+        };
+        let note = if to == message.status {
+            format!("message {} stays {}", message.id, to.as_str())
+        } else {
+            moves.push(StatusMove {
+                id: message.id,
+                from: message.status,
+                to,
+            });
+            format!(
+                "message {} {} -> {} ({} of its statuses in one batch)",
+                message.id,
+                message.status.as_str(),
+                to.as_str(),
+                group.len()
+            )
+        };
+        ended.extend(group.iter().map(|b| (b.item_id, note.clone())));
+    }
+    tx.set_message_statuses(&moves).await?;
+    tx.finish_batch(&ended).await?;
+    outcome.settled = ended.into_iter().map(|(id, _)| id).collect();
+    Ok(outcome)
+}
+
 /// A status Meta reported. The message is read locked, so statuses of one message
 /// handled at once (Meta sends `sent`, `delivered` and `read` within a second, sometimes
 /// reordered) take turns, and each decides on what the one before it left. The message's
@@ -289,7 +373,7 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
         // number, or a repeat of a send whose first wamid is recorded. Settled at once,
         // with no retry.
         return Outcome::done(match update.callback {
-            None => "status of a message we did not send (no callback data)",
+            None => NOT_OURS,
             Some(_) => "status of a message we did not send or already recorded under another wamid",
         });
     };

@@ -76,6 +76,23 @@ impl MessageStatus {
         }
     }
 
+    /// Where Meta's `incoming` statuses take a message of `purpose` now in `self`, when
+    /// all they do is move its status; `None` when one of them causes more and must be
+    /// handled alone: a refusal (a resend, an opt-out, a referral's fallback) or a
+    /// friend's invite reaching the phone (the referral moves). Statuses that only move a
+    /// status commute (it only rises), so they may be applied together, in any order.
+    pub fn after_status_only(self, purpose: MessagePurpose, incoming: &[MessageStatus]) -> Option<MessageStatus> {
+        let refused = |s: MessageStatus| matches!(s, Self::Failed | Self::Suppressed);
+        if purpose == MessagePurpose::FriendInvite || refused(self) || incoming.iter().copied().any(refused) {
+            return None;
+        }
+        Some(
+            incoming
+                .iter()
+                .fold(self, |now, next| now.advance(*next).unwrap_or(now)),
+        )
+    }
+
     /// Meta reported the message on the recipient's phone.
     pub fn is_delivered(self) -> bool {
         matches!(self, Self::Delivered | Self::Read)
@@ -269,6 +286,48 @@ mod tests {
         assert_eq!(Queued.advance(Delivered), Some(Delivered));
         assert_eq!(Sending.advance(Sent), Some(Sent));
         assert_eq!(Suppressed.advance(Delivered), None);
+    }
+
+    #[test]
+    fn statuses_that_only_move_a_status_commute() {
+        let one_by_one = |start: MessageStatus, incoming: &[MessageStatus]| {
+            incoming
+                .iter()
+                .fold(start, |now, next| now.advance(*next).unwrap_or(now))
+        };
+        let orders: [[MessageStatus; 3]; 6] = [
+            [Sent, Delivered, Read],
+            [Sent, Read, Delivered],
+            [Delivered, Sent, Read],
+            [Delivered, Read, Sent],
+            [Read, Sent, Delivered],
+            [Read, Delivered, Sent],
+        ];
+        for start in [Queued, Sending, Accepted, Sent, Delivered, Read] {
+            for order in orders {
+                for n in 1..=3 {
+                    let incoming = &order[..n];
+                    assert_eq!(
+                        start.after_status_only(MessagePurpose::Invite, incoming),
+                        Some(one_by_one(start, incoming))
+                    );
+                }
+                // Every order of the same statuses ends in the same place.
+                assert_eq!(one_by_one(start, &order), one_by_one(start, &orders[0]));
+            }
+        }
+        // A refusal, or a friend's invite reaching the phone, is handled alone.
+        assert_eq!(
+            Sent.after_status_only(MessagePurpose::Invite, &[Delivered, Failed]),
+            None
+        );
+        assert_eq!(Failed.after_status_only(MessagePurpose::Invite, &[Read]), None);
+        assert_eq!(Sent.after_status_only(MessagePurpose::FriendInvite, &[Delivered]), None);
+        // Nothing new: no move.
+        assert_eq!(
+            Read.after_status_only(MessagePurpose::Thanks, &[Read, Delivered]),
+            Some(Read)
+        );
     }
 
     #[test]

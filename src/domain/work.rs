@@ -189,3 +189,19 @@ mod tests {
         assert_eq!(job.idempotency_key(), "hubspot.friend:6:friend_invited");
     }
 }
+
+/// Webhook events received but not yet handled, as the inbox counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    /// Events queued, waiting for a retry, or in hand.
+    pub events: u64,
+    /// How long the oldest of them has waited since it was received.
+    pub oldest_age: std::time::Duration,
+}
+
+impl Backlog {
+    /// More waiting than the operator's bound allows, by count or by age.
+    pub fn is_over(&self, events: std::num::NonZeroU64, age: std::time::Duration) -> bool {
+        self.events > events.get() || self.oldest_age > age
+    }
+}

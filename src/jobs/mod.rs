@@ -18,12 +18,19 @@ use tracing::Instrument;
 pub use crate::app::Services;
 pub use dispatch::InboundEvent;
 
+use crate::app::delivery::{self, BatchedStatus, StatusBatch};
 use crate::app::{Outcome, StepError, Work};
 use crate::config::WorkerSettings;
 use crate::domain::retry::{RetryDecision, RetrySchedule};
 use crate::domain::state::{Persisted, QueueState};
 use crate::metrics::Metrics;
-use crate::store::{duration_ms, in_attempt, now_ms, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError};
+use crate::store::{
+    duration_ms, in_attempt, now_ms, BatchLease, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError,
+};
+use crate::whatsapp::inbound;
+
+/// The inbox kind of Meta's message statuses, which an inbox loop applies in batches.
+const STATUS_KIND: &str = "whatsapp.status";
 
 /// How many times a step that lost a compare-and-set runs again at once before its item
 /// is put back briefly.
@@ -88,7 +95,11 @@ impl Worker {
     async fn run_loop(&self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
         let idle = Duration::from_millis(self.settings.poll_interval_ms);
         while !*shutdown.borrow() {
-            let worked = match self.work_once_from(queue).await {
+            let worked = match queue {
+                Queue::Inbox => self.work_batch_from(queue).await,
+                Queue::Jobs => self.work_once_from(queue).await,
+            };
+            let worked = match worked {
                 Ok(worked) => worked,
                 Err(e) => {
                     tracing::error!(queue = queue_name(queue), error = %e, "worker could not record an item's outcome");
@@ -122,15 +133,99 @@ impl Worker {
         let Some(item) = self.store.claim(queue, &self.owner, lease).await? else {
             return Ok(false);
         };
+        let heartbeat = self.heartbeat(queue, vec![item.id]);
+        let handled = self.handle_one(item).await;
+        heartbeat.abort();
+        handled.map(|()| true)
+    }
+
+    /// Claims up to `worker.inbox_batch` items of `queue` at once: Meta's statuses among
+    /// them are applied together ([`delivery::on_status_batch`]); the rest, and any
+    /// status the batch leaves, are handled one by one in the order they arrived. False
+    /// when nothing was due.
+    pub async fn work_batch_from(&self, queue: Queue) -> Result<bool, StoreError> {
+        let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+        let items = self
+            .store
+            .claim_batch(queue, &self.owner, lease, self.settings.inbox_batch.get())
+            .await?;
+        if items.is_empty() {
+            return Ok(false);
+        }
+        let heartbeat = self.heartbeat(queue, items.iter().map(|item| item.id).collect());
+        let (statuses, mut alone): (Vec<ClaimedItem>, Vec<ClaimedItem>) = items
+            .into_iter()
+            .partition(|item| item.kind == STATUS_KIND && item.attempts <= item.max_attempts);
+        alone.extend(self.apply_statuses(queue, statuses).await);
+        alone.sort_by_key(|item| item.id);
+        let mut first_error = None;
+        for item in alone {
+            // One item's unrecorded outcome must not strand the others of the batch.
+            if let Err(e) = self.handle_one(item).await {
+                tracing::error!(queue = queue_name(queue), error = %e, "worker could not record an item's outcome");
+                first_error.get_or_insert(e);
+            }
+        }
+        heartbeat.abort();
+        first_error.map_or(Ok(true), Err)
+    }
+
+    /// Applies a batch of status events in one transaction; returns those it left (for
+    /// one at a time). If the batch fails as a whole (a conflict, a lost lease, the
+    /// database), nothing of it was kept and every item is left.
+    async fn apply_statuses(&self, queue: Queue, items: Vec<ClaimedItem>) -> Vec<ClaimedItem> {
+        if items.is_empty() {
+            return items;
+        }
+        let mut statuses = Vec::with_capacity(items.len());
+        let mut undecodable = Vec::new();
+        for item in &items {
+            match inbound::parse_status(&item.payload) {
+                Ok(update) => statuses.push(BatchedStatus {
+                    item_id: item.id,
+                    update,
+                }),
+                Err(_) => undecodable.push(item.id),
+            }
+        }
+        let batch = BatchLease {
+            queue,
+            owner: self.owner.clone(),
+            ids: statuses.iter().map(|s| s.item_id).collect(),
+        };
+        let span = tracing::info_span!("work_batch", queue = queue_name(queue), statuses = statuses.len());
+        // Counted as an attempt of its least-tried item, so that fault injection interrupts
+        // the batch at each of its writes in turn too.
+        let attempt = items.iter().map(|item| item.attempts).min().unwrap_or(1);
+        let applied = in_attempt(attempt, delivery::on_status_batch(&self.services, &batch, &statuses))
+            .instrument(span)
+            .await;
+        let left: Vec<i64> = match applied {
+            Ok(StatusBatch { settled, left }) => {
+                for _ in &settled {
+                    self.metrics
+                        .worker_outcome(queue_name(queue), QueueState::Done.as_str());
+                }
+                left.into_iter().chain(undecodable).collect()
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::telemetry::escape(&e.to_string()), "status batch not applied; handling its items one by one");
+                return items;
+            }
+        };
+        items.into_iter().filter(|item| left.contains(&item.id)).collect()
+    }
+
+    /// Handles one claimed item inside its own span.
+    async fn handle_one(&self, item: ClaimedItem) -> Result<(), StoreError> {
         let span = tracing::info_span!(
             "work",
-            queue = queue_name(queue),
+            queue = queue_name(item.queue),
             id = item.id,
             kind = %crate::telemetry::escape(&item.kind),
             attempt = item.attempts
         );
-        self.handle(item).instrument(span).await?;
-        Ok(true)
+        self.handle(item).instrument(span).await
     }
 
     async fn handle(&self, item: ClaimedItem) -> Result<(), StoreError> {
@@ -158,8 +253,6 @@ impl Worker {
             },
             attempts: item.attempts,
         };
-        // Keep the lease while the step runs, however many outside calls it makes.
-        let heartbeat = self.heartbeat(&item);
         let services = &self.services;
         let mut reruns = 0;
         let outcome = loop {
@@ -180,7 +273,6 @@ impl Worker {
                 outcome => break outcome,
             }
         };
-        heartbeat.abort();
         match outcome {
             Ok(Outcome::Done(note)) => {
                 if !self
@@ -204,21 +296,22 @@ impl Worker {
         Ok(())
     }
 
-    /// Extends the item's lease every third of the lease until aborted.
-    fn heartbeat(&self, item: &ClaimedItem) -> tokio::task::JoinHandle<()> {
-        let (store, owner, queue, id) = (self.store.clone(), self.owner.clone(), item.queue, item.id);
+    /// Keeps the leases of `ids` while their steps run, however many outside calls they
+    /// make: extends them every third of the lease until aborted, or until none is held.
+    fn heartbeat(&self, queue: Queue, ids: Vec<i64>) -> tokio::task::JoinHandle<()> {
+        let (store, owner) = (self.store.clone(), self.owner.clone());
         let lease = Duration::from_secs(self.settings.lease_seconds);
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
                 loop {
                     tokio::time::sleep(lease / 3).await;
-                    match store.extend_lease(queue, id, &owner, duration_ms(lease)).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            tracing::warn!("lease lost while the step runs");
+                    match store.extend_leases(queue, &ids, &owner, duration_ms(lease)).await {
+                        Ok(0) => {
+                            tracing::debug!("no lease left to extend");
                             return;
                         }
+                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "could not extend the lease"),
                     }
                 }

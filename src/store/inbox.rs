@@ -4,7 +4,8 @@ use sqlx::Row;
 
 use super::{now_ms, Store, StoreError};
 use crate::domain::inbound::NewInboxEvent;
-use crate::domain::state::{Persisted, QueueState};
+use crate::domain::state::{sql_list, Persisted, QueueState};
+use crate::domain::work::Backlog;
 
 /// Rows per INSERT: 6 binds each keeps a statement well under both backends' bind limits.
 pub(super) const INSERT_CHUNK: usize = 500;
@@ -102,6 +103,24 @@ impl Store {
             .map(|row| Ok((row.try_get("source")?, row.try_get("dedupe_key")?)))
             .collect::<Result<Vec<(String, String)>, sqlx::Error>>()?;
         Ok(super::group_commit::new_per_request(requests, inserted))
+    }
+
+    /// Events not yet handled, and the age of the oldest (read through the index of
+    /// claimable events, so its cost follows the backlog, not the inbox's history).
+    pub async fn inbox_backlog(&self) -> Result<Backlog, StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox_events WHERE state IN ({}, '{}')",
+            sql_list(QueueState::WAITING),
+            QueueState::Running.as_str()
+        );
+        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
+        let events: i64 = row.try_get("n")?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        let age_ms = oldest.map_or(0, |at| (now_ms() - at).max(0));
+        Ok(Backlog {
+            events: u64::try_from(events).unwrap_or(0),
+            oldest_age: std::time::Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)),
+        })
     }
 
     /// Total events stored from one source (the load generator's check).

@@ -32,11 +32,11 @@ pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
 pub use queue::{ClaimedItem, Queue, QueueRow};
 pub use referrals::{
-    InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow,
+    InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,
 };
 pub use reporting::{AdminAction, FunnelDay, TimelineEntry};
 pub use rewards::{ConversionRow, NewConversion, NewReward, RewardRow};
-pub use tx::{Committed, ItemEnd, Lease, Tx};
+pub use tx::{BatchLease, Committed, ItemEnd, Lease, Tx};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -84,6 +84,9 @@ pub enum StoreError {
     /// Another worker holds the item now (this worker's lease lapsed).
     #[error("lease lost: another worker owns the item")]
     LeaseLost,
+    /// A call the store's rules do not allow (a bug in the caller).
+    #[error("store misuse: {0}")]
+    Misuse(&'static str),
     /// A failure injected by a test ([`Faults`]).
     #[error("injected failure (test)")]
     Injected,

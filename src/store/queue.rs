@@ -64,6 +64,14 @@ pub struct QueueRow {
     pub note: Option<String>,
 }
 
+/// `$first, $first+1, …`: `count` numbered placeholders (both backends accept `$n`).
+pub(super) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A queue state's stored name, for SQL text.
 fn q(state: QueueState) -> &'static str {
     state.as_str()
@@ -72,6 +80,18 @@ fn q(state: QueueState) -> &'static str {
 impl Store {
     /// Claims the next due item for `owner` until `now + lease_ms`.
     pub async fn claim(&self, queue: Queue, owner: &str, lease_ms: i64) -> Result<Option<ClaimedItem>, StoreError> {
+        Ok(self.claim_batch(queue, owner, lease_ms, 1).await?.pop())
+    }
+
+    /// Claims up to `limit` due items for `owner` until `now + lease_ms`, in one
+    /// statement, in the order they became due.
+    pub async fn claim_batch(
+        &self,
+        queue: Queue,
+        owner: &str,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
         let _turn = self.write_turn().await;
         let now = now_ms();
         let lock = match self.backend {
@@ -80,52 +100,69 @@ impl Store {
         };
         let table = queue.table();
         let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
-        // The first due item, and the first whose lease lapsed, each found through its own
-        // partial index (one condition with OR would scan and sort the whole queue); the
-        // earlier of the two is claimed.
+        // The first due items, and the first whose lease lapsed, each found through its
+        // own partial index (one condition with OR would scan and sort the whole queue);
+        // the earliest of both are claimed.
         let sql = format!(
             "UPDATE {table} SET state = '{running}', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
-             WHERE id = (SELECT id FROM ( \
+             WHERE id IN (SELECT id FROM ( \
                  SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
-                     WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT 1 {lock}) AS due \
+                     WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) AS due \
                  UNION ALL \
                  SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
-                     WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT 1 {lock}) AS lapsed \
-             ) AS candidates ORDER BY run_at, id LIMIT 1) \
+                     WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT $4 {lock}) AS lapsed \
+             ) AS candidates ORDER BY run_at, id LIMIT $4) \
              RETURNING id, kind, payload, attempts, max_attempts"
         );
-        let row = sqlx::query(&sql)
+        let rows = sqlx::query(&sql)
             .bind(now + lease_ms)
             .bind(owner)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(ClaimedItem {
-            queue,
-            id: row.try_get("id")?,
-            kind: row.try_get("kind")?,
-            payload: row.try_get("payload")?,
-            attempts: row.try_get("attempts")?,
-            max_attempts: row.try_get("max_attempts")?,
-        }))
+        let mut items = rows
+            .iter()
+            .map(|row| {
+                Ok(ClaimedItem {
+                    queue,
+                    id: row.try_get("id")?,
+                    kind: row.try_get("kind")?,
+                    payload: row.try_get("payload")?,
+                    attempts: row.try_get("attempts")?,
+                    max_attempts: row.try_get("max_attempts")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // RETURNING keeps no order; ids grow with arrival.
+        items.sort_by_key(|item| item.id);
+        Ok(items)
     }
 
-    /// Extends a lease its owner still holds (the worker's heartbeat for long handlers).
-    pub async fn extend_lease(&self, queue: Queue, id: i64, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+    /// Extends the leases `owner` still holds among `ids` (the worker's heartbeat for long
+    /// handlers); returns how many it still holds.
+    pub async fn extend_leases(
+        &self,
+        queue: Queue,
+        ids: &[i64],
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<u64, StoreError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
         let _turn = self.write_turn().await;
         let sql = format!(
-            "UPDATE {} SET lease_until = $1 WHERE id = $2 AND state = '{}' AND lease_owner = $3",
+            "UPDATE {} SET lease_until = $1 WHERE id IN ({}) AND state = '{}' AND lease_owner = $2",
             queue.table(),
+            placeholders(3, ids.len()),
             q(QueueState::Running)
         );
-        let extended = sqlx::query(&sql)
-            .bind(now_ms() + lease_ms)
-            .bind(id)
-            .bind(owner)
-            .execute(&self.pool)
-            .await?;
-        Ok(extended.rows_affected() == 1)
+        let mut extend = sqlx::query(&sql).bind(now_ms() + lease_ms).bind(owner);
+        for id in ids {
+            extend = extend.bind(*id);
+        }
+        Ok(extend.execute(&self.pool).await?.rows_affected())
     }
 
     /// Marks the item done. False when `owner` no longer holds the lease.

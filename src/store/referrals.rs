@@ -107,6 +107,14 @@ pub struct MessageRow {
     pub updated_at: i64,
 }
 
+/// One message's move in a batch of Meta's statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusMove {
+    pub id: i64,
+    pub from: MessageStatus,
+    pub to: MessageStatus,
+}
+
 /// A message to send through the job queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
@@ -515,6 +523,55 @@ impl Tx {
             .bind(wamid)
             .fetch_optional(self.read())
             .await?)
+    }
+
+    /// The messages Meta knows by `wamids`, locked until this step commits, in id order
+    /// (so two batches that share messages wait for each other rather than deadlock).
+    pub async fn messages_by_wamids_for_update(&mut self, wamids: &[&str]) -> Result<Vec<MessageRow>, StoreError> {
+        if wamids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid IN ({}) ORDER BY id{}",
+            super::queue::placeholders(1, wamids.len()),
+            self.lock_clause()
+        );
+        let mut select = sqlx::query_as::<_, MessageRow>(&sql);
+        for wamid in wamids {
+            select = select.bind(*wamid);
+        }
+        Ok(select.fetch_all(self.read()).await?)
+    }
+
+    /// Moves each message from its `from` status to its `to` status (compare-and-set, on
+    /// rows the caller locked with [`Tx::messages_by_wamids_for_update`]) in one
+    /// statement. [`StoreError::Conflict`] when any was no longer in its `from`.
+    pub async fn set_message_statuses(&mut self, moves: &[StatusMove]) -> Result<(), StoreError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let rows = (0..moves.len())
+            .map(|n| format!("(${}, ${}, ${})", 2 + 3 * n, 3 + 3 * n, 4 + 3 * n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH moved (id, from_status, to_status) AS (VALUES {rows}) \
+             UPDATE messages SET status = moved.to_status, updated_at = $1 FROM moved \
+             WHERE messages.id = moved.id AND messages.status = moved.from_status"
+        );
+        let mut update = sqlx::query(&sql).bind(now_ms());
+        for m in moves {
+            update = update.bind(m.id).bind(m.from.as_str()).bind(m.to.as_str());
+        }
+        let done = update.execute(self.write()?).await?;
+        if done.rows_affected() != moves.len() as u64 {
+            return Err(StoreError::Conflict(format!(
+                "{} of {} messages left their status meanwhile",
+                moves.len() as u64 - done.rows_affected(),
+                moves.len()
+            )));
+        }
+        Ok(())
     }
 
     /// The message, locked until this step commits: a step that changes a message's

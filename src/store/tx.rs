@@ -11,7 +11,7 @@
 use sqlx::{Any, AnyConnection, Transaction};
 
 use super::faults::Faults;
-use super::queue::Queue;
+use super::queue::{placeholders, Queue};
 use super::{now_ms, Backend, Store, StoreError, WriteTurn};
 use crate::domain::funnel::{Step, DAY_MS};
 use crate::domain::state::{Persisted, QueueState};
@@ -25,6 +25,25 @@ pub struct Lease {
     pub queue: Queue,
     pub id: i64,
     pub owner: String,
+}
+
+/// The worker's hold on several claimed items of one queue, handled in one transaction
+/// (a batch of Meta's statuses).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchLease {
+    pub queue: Queue,
+    pub owner: String,
+    pub ids: Vec<i64>,
+}
+
+/// What a transaction holds, and so what its commit must end.
+enum Hold {
+    /// An API call or a tool: no item.
+    Nothing,
+    /// One step's item, ended by [`Tx::commit`] or [`Tx::finish`].
+    Item(Lease),
+    /// A batch's items, ended by [`Tx::finish_batch`].
+    Batch(BatchLease),
 }
 
 /// Proof that a step's transaction committed, and how its item ended. Only
@@ -59,7 +78,7 @@ pub struct Tx {
     _turn: WriteTurn,
     backend: Backend,
     faults: Faults,
-    lease: Option<Lease>,
+    hold: Hold,
     /// Funnel steps reached in this transaction, tallied just before it commits.
     tally: Vec<(TallyKey, Step)>,
 }
@@ -76,6 +95,20 @@ impl Store {
     /// another worker holds the item by the time it commits, nothing is kept
     /// ([`StoreError::LeaseLost`]).
     pub async fn begin(&self, lease: Option<&Lease>) -> Result<Tx, StoreError> {
+        let hold = match lease {
+            Some(lease) => Hold::Item(lease.clone()),
+            None => Hold::Nothing,
+        };
+        self.begin_holding(hold).await
+    }
+
+    /// Begins one transaction for a batch of items; [`Tx::finish_batch`] ends those it
+    /// settled, all or none.
+    pub async fn begin_batch(&self, batch: &BatchLease) -> Result<Tx, StoreError> {
+        self.begin_holding(Hold::Batch(batch.clone())).await
+    }
+
+    async fn begin_holding(&self, hold: Hold) -> Result<Tx, StoreError> {
         let turn = self.write_turn().await;
         let tx = self.pool.begin().await?;
         let mut tx = Tx {
@@ -83,24 +116,30 @@ impl Store {
             _turn: turn,
             backend: self.backend,
             faults: self.faults.clone(),
-            lease: lease.cloned(),
+            hold,
             tally: Vec::new(),
         };
         // SQLite: take the write lock first (a transaction that reads and then writes can be
         // refused by WAL when another writer went between). PostgreSQL checks the lease
         // when the step finishes, in the same statement that completes the item.
-        if let (Some(lease), Backend::Sqlite) = (lease, self.backend) {
+        if tx.backend == Backend::Sqlite {
+            let (queue, owner, ids) = match &tx.hold {
+                Hold::Nothing => return Ok(tx),
+                Hold::Item(lease) => (lease.queue, lease.owner.clone(), vec![lease.id]),
+                Hold::Batch(batch) => (batch.queue, batch.owner.clone(), batch.ids.clone()),
+            };
             let sql = format!(
-                "UPDATE {} SET lease_until = lease_until WHERE id = $1 AND state = '{}' AND lease_owner = $2",
-                lease.queue.table(),
+                "UPDATE {} SET lease_until = lease_until WHERE id IN ({}) AND state = '{}' AND lease_owner = $1",
+                queue.table(),
+                placeholders(2, ids.len()),
                 QueueState::Running.as_str()
             );
-            let held = sqlx::query(&sql)
-                .bind(lease.id)
-                .bind(&lease.owner)
-                .execute(tx.write()?)
-                .await?;
-            if held.rows_affected() != 1 {
+            let mut check = sqlx::query(&sql).bind(owner);
+            for id in &ids {
+                check = check.bind(*id);
+            }
+            let held = check.execute(tx.write()?).await?;
+            if held.rows_affected() != ids.len() as u64 {
                 return Err(StoreError::LeaseLost);
             }
         }
@@ -176,34 +215,77 @@ impl Tx {
     /// Commits the step and ends its item as given.
     pub async fn finish(mut self, end: ItemEnd) -> Result<Committed, StoreError> {
         self.write_tally().await?;
-        if let Some(lease) = self.lease.take() {
-            let (state, note, error) = match &end {
-                ItemEnd::Done(note) => (QueueState::Done, Some(note.as_str()), None),
-                ItemEnd::Dead(error) => (QueueState::Dead, None, Some(error.as_str())),
-            };
+        match std::mem::replace(&mut self.hold, Hold::Nothing) {
+            Hold::Nothing => {}
+            Hold::Item(lease) => {
+                let (state, note, error) = match &end {
+                    ItemEnd::Done(note) => (QueueState::Done, Some(note.as_str()), None),
+                    ItemEnd::Dead(error) => (QueueState::Dead, None, Some(error.as_str())),
+                };
+                let sql = format!(
+                    "UPDATE {} SET state = $1, finished_at = $2, lease_until = NULL, note = $3, \
+                     last_error = COALESCE($4, last_error) WHERE id = $5 AND state = '{}' AND lease_owner = $6",
+                    lease.queue.table(),
+                    QueueState::Running.as_str()
+                );
+                let ended = sqlx::query(&sql)
+                    .bind(state.as_str())
+                    .bind(now_ms())
+                    .bind(note)
+                    .bind(error)
+                    .bind(lease.id)
+                    .bind(&lease.owner)
+                    .execute(self.write()?)
+                    .await?;
+                if ended.rows_affected() != 1 {
+                    // Dropped without a commit: nothing of the step is kept.
+                    return Err(StoreError::LeaseLost);
+                }
+            }
+            Hold::Batch(_) => return Err(StoreError::Misuse("a batch's transaction ends with finish_batch")),
+        }
+        self.faults.before_write()?;
+        self.tx.commit().await?;
+        Ok(Committed(end))
+    }
+
+    /// Commits a batch's transaction, ending each of `done` (items of the batch, with
+    /// their notes) in one statement. [`StoreError::LeaseLost`] when this worker no longer
+    /// holds one of them: then nothing is kept. Items of the batch not in `done` stay
+    /// leased, for the caller to handle one by one.
+    pub async fn finish_batch(mut self, done: &[(i64, String)]) -> Result<(), StoreError> {
+        self.write_tally().await?;
+        let Hold::Batch(batch) = std::mem::replace(&mut self.hold, Hold::Nothing) else {
+            return Err(StoreError::Misuse("finish_batch on a transaction without a batch"));
+        };
+        if done.iter().any(|(id, _)| !batch.ids.contains(id)) {
+            return Err(StoreError::Misuse("finish_batch given an item outside the batch"));
+        }
+        if !done.is_empty() {
+            let rows = (0..done.len())
+                .map(|n| format!("(${}, ${})", 3 + 2 * n, 4 + 2 * n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let table = batch.queue.table();
             let sql = format!(
-                "UPDATE {} SET state = $1, finished_at = $2, lease_until = NULL, note = $3, \
-                 last_error = COALESCE($4, last_error) WHERE id = $5 AND state = '{}' AND lease_owner = $6",
-                lease.queue.table(),
+                "WITH ended (id, note) AS (VALUES {rows}) \
+                 UPDATE {table} SET state = '{}', finished_at = $1, lease_until = NULL, note = ended.note \
+                 FROM ended WHERE {table}.id = ended.id AND {table}.state = '{}' AND {table}.lease_owner = $2",
+                QueueState::Done.as_str(),
                 QueueState::Running.as_str()
             );
-            let ended = sqlx::query(&sql)
-                .bind(state.as_str())
-                .bind(now_ms())
-                .bind(note)
-                .bind(error)
-                .bind(lease.id)
-                .bind(&lease.owner)
-                .execute(self.write()?)
-                .await?;
-            if ended.rows_affected() != 1 {
-                // Dropped without a commit: nothing of the step is kept.
+            let mut end = sqlx::query(&sql).bind(now_ms()).bind(&batch.owner);
+            for (id, note) in done {
+                end = end.bind(*id).bind(note.as_str());
+            }
+            let ended = end.execute(self.write()?).await?;
+            if ended.rows_affected() != done.len() as u64 {
                 return Err(StoreError::LeaseLost);
             }
         }
         self.faults.before_write()?;
         self.tx.commit().await?;
-        Ok(Committed(end))
+        Ok(())
     }
 
     /// ` FOR NO KEY UPDATE` on PostgreSQL, so that a read locks the row the step will

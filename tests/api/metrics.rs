@@ -170,6 +170,7 @@ async fn the_alert_rules_and_dashboard_name_exported_metrics() {
         "referloop_template_sends_held_total",
         "referloop_reward_codes_free",
         "referloop_outside_calls_total",
+        "referloop_inbox_backlogged",
     ] {
         assert!(all_rules.contains(needed), "an alert on {needed}");
     }

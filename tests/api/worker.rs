@@ -1,8 +1,12 @@
+use std::sync::Arc;
 use std::time::Duration;
 
+use referloop::config::Settings;
 use referloop::domain::inbound::{NewInboxEvent, Source};
-use referloop::domain::messaging::MessagePurpose;
+use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
+use referloop::jobs::{Services, Worker};
+use referloop::metrics::Metrics;
 use referloop::signatures::sign_meta;
 use referloop::store::{now_ms, Backend, NewJob, NewMessage, Queue, QueueState};
 use serde_json::json;
@@ -86,6 +90,9 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
     let app = TestApp::spawn_with(backend, |env| {
         set_env(env, "REFERLOOP_WORKER__INBOX_CONCURRENCY", "1");
         set_env(env, "REFERLOOP_WORKER__JOB_CONCURRENCY", "1");
+        // One event a claim, so that the flood lasts (in batches it is gone in a moment):
+        // what is measured is the loops' independence, not the inbox's speed.
+        set_env(env, "REFERLOOP_WORKER__INBOX_BATCH", "1");
     })
     .await;
     // Statuses for messages nobody sent: each is retried later, keeping the inbox busy.
@@ -153,4 +160,122 @@ both_backends!(
     stored_events_are_processed_once,
     unknown_job_kinds_go_dead_and_stay_visible,
     sends_are_not_starved_by_an_inbox_flood,
+    statuses_are_applied_in_batches,
 );
+
+/// Meta's statuses are applied in batches: one claim takes them all, the statuses that
+/// only move a status are applied together (and a `read` that changes nothing writes
+/// nothing), and the ones that cause more (a transient `failed`, which sends again) or
+/// name no message of ours are handled as alone.
+async fn statuses_are_applied_in_batches(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
+    let settings = Settings::load_from(None, app.env.clone()).expect("settings");
+    let services = Services::new(app.store.clone(), Arc::new(settings), Arc::new(Metrics::new())).expect("services");
+    let worker = Worker::new(Arc::new(services));
+
+    // Three messages Meta accepted: an invite, a thanks already read, and one that fails.
+    let mut tx = app.store.begin(None).await.expect("begin");
+    let mut ids = Vec::new();
+    for (key, purpose) in [
+        ("batch:invite", MessagePurpose::Invite),
+        ("batch:thanks", MessagePurpose::Thanks),
+        ("batch:fails", MessagePurpose::Invite),
+    ] {
+        let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
+                          "text": {"body": key}, "biz_opaque_callback_data": key});
+        let message = NewMessage {
+            idempotency_key: key.into(),
+            purpose,
+            to_phone: "+447911123456".into(),
+            invite_id: None,
+            referral_id: None,
+            marketing: false,
+            body: body.to_string(),
+            run_at: now_ms(),
+            max_attempts: 3,
+        };
+        ids.push(tx.insert_message(&message).await.expect("insert").expect("new"));
+    }
+    let (queued, accepted, read) = (MessageStatus::Queued, MessageStatus::Accepted, MessageStatus::Read);
+    tx.set_message_status(ids[0], queued, accepted, Some("wamid.B0"), None)
+        .await
+        .expect("accept");
+    tx.set_message_status(ids[1], queued, read, Some("wamid.B1"), None)
+        .await
+        .expect("read");
+    tx.set_message_status(ids[2], queued, accepted, Some("wamid.B2"), None)
+        .await
+        .expect("accept");
+    tx.commit("").await.expect("commit");
+    let thanks_before = app.store.message(ids[1]).await.expect("read").expect("thanks");
+
+    let status = |wamid: &str, status: &str| {
+        let mut item =
+            json!({"id": wamid, "status": status, "timestamp": "1795510900", "recipient_id": "447911123456"});
+        if status == "failed" {
+            item["errors"] = json!([{"code": 131000, "title": "Something went wrong"}]);
+        }
+        let value = json!({"messaging_product": "whatsapp", "statuses": [item],
+                           "metadata": {"display_phone_number": "15550001234", "phone_number_id": "100000000000202"}});
+        json!({"object": "whatsapp_business_account",
+               "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": value}]}]})
+        .to_string()
+        .into_bytes()
+    };
+    // Each its own webhook, the invite's in reverse order, as Meta may deliver them.
+    let webhooks = [
+        status("wamid.B0", "read"),
+        status("wamid.B0", "delivered"),
+        status("wamid.B0", "sent"),
+        status("wamid.B1", "read"),
+        status("wamid.B2", "failed"),
+        status("wamid.ELSEWHERE", "delivered"),
+    ];
+    for body in webhooks {
+        let answer = app
+            .client
+            .post(app.url("/webhooks/whatsapp"))
+            .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(answer.status(), 200);
+    }
+
+    assert!(
+        worker.work_batch_from(Queue::Inbox).await.expect("a batch"),
+        "one batch claims them"
+    );
+    let items = app.store.list(Queue::Inbox, None, 10).await.expect("inbox");
+    assert_eq!(items.len(), 6);
+    assert!(
+        items.iter().all(|i| i.state == QueueState::Done && i.attempts == 1),
+        "{items:?}"
+    );
+    let notes: Vec<&str> = items.iter().rev().map(|i| i.note.as_deref().unwrap_or("")).collect();
+    let moved = format!("message {} accepted -> read (3 of its statuses in one batch)", ids[0]);
+    assert_eq!(notes[..3], [moved.as_str(); 3], "{notes:?}");
+    assert_eq!(notes[3], format!("message {} stays read", ids[1]));
+    assert!(
+        notes[4].contains("resend queued"),
+        "a transient failure is handled alone: {notes:?}"
+    );
+    assert_eq!(notes[5], "status of a message we did not send (no callback data)");
+
+    let message = |id: i64| {
+        let store = app.store.clone();
+        async move { store.message(id).await.expect("read").expect("message") }
+    };
+    assert_eq!(message(ids[0]).await.status, MessageStatus::Read);
+    assert_eq!(message(ids[2]).await.status, MessageStatus::Failed);
+    assert_eq!(
+        message(ids[1]).await,
+        thanks_before,
+        "a read that changes nothing writes nothing"
+    );
+    let resends = app.store.list_messages(10).await.expect("messages");
+    assert!(resends.iter().any(|m| m.idempotency_key == "batch:fails:resend"));
+    assert!(!worker.work_batch_from(Queue::Inbox).await.expect("nothing left"));
+    app.shutdown().await;
+}
