@@ -1,36 +1,64 @@
-//! End to end, as Meta drives it. This first part is the status flood: every message we
-//! send comes back as `sent`, `delivered` and `read`, each its own signed webhook, so
-//! 1,000 sends a second are 3,000 status events a second. The benchmark records R
-//! messages a second as sent by us (accepted, with their wamids), then posts their three
-//! statuses through the real webhook route for `--seconds`, while one in-process replica
-//! (HTTP and worker, as `referloop serve` runs) takes them in and handles them. Each
-//! second it samples the inbox backlog (events not yet handled); at the end it prints
-//! the rates, the largest backlog, and whether the worker kept up:
+//! End to end, as Meta drives it, on a fresh PostgreSQL database (TEST_DATABASE_URL,
+//! else the local server), with one in-process replica (HTTP and worker, as `referloop
+//! serve` runs).
+//!
+//! `--referrals N` drives N whole referrals, from the trigger to both rewards, through
+//! the real routes, against lean in-process fakes of the Graph API and HubSpot (see
+//! `referrals/whole.rs`; the outside rate limits are raised, as the benchmark measures
+//! referloop, not HubSpot's quota):
+//!
+//!   cargo bench --bench referrals -- --referrals 3000 --rate 150
+//!
+//! It ends with `whole referrals per second: N` (0 when any effect was missing or
+//! repeated).
+//!
+//! Without `--referrals`, the status flood: every message we send comes back as `sent`,
+//! `delivered` and `read`, each its own signed webhook, so 1,000 sends a second are
+//! 3,000 status events a second. The benchmark records R messages a second as sent by us
+//! (accepted, with their wamids), then posts their three statuses through the real
+//! webhook route for `--seconds`. Each second it samples the inbox backlog (events not
+//! yet handled); at the end it prints the rates, the largest backlog, and whether the
+//! worker kept up:
 //!
 //!   cargo bench --bench referrals -- --status-flood 1000 --seconds 60
 //!
 //! The last line is for scripts:
 //! `status flood: R messages/s, E status events/s, backlog bounded: yes|no`
 //! (bounded: after the last second of posting, at most two seconds' worth of events
-//! were still waiting). It runs on a fresh PostgreSQL database (TEST_DATABASE_URL, else
-//! the local server). The whole-referral mode (`--referrals`) is not written yet.
+//! were still waiting).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod common;
+#[path = "referrals/outside.rs"]
+mod outside;
+#[path = "referrals/whole.rs"]
+mod whole;
 
 use clap::Parser;
 use referloop::config::Settings;
+use referloop::jobs::{Services, Worker};
+use referloop::metrics::Metrics;
 use referloop::signatures::sign_meta;
 use referloop::startup::Application;
 use referloop::store::now_ms;
+use referloop::store::Store;
 
 const APP_SECRET: &str = "bench-app-secret";
+const HUBSPOT_SECRET: &str = "00000000-0000-4000-8000-00000000bench";
+const API_TOKEN: &str = "bench-api-token";
+const PUBLIC_BASE_URL: &str = "https://referrals.example.com";
 
 #[derive(Debug, Parser)]
 struct Args {
+    /// Whole referrals to drive (instead of the status flood).
+    #[arg(long)]
+    referrals: Option<u64>,
+    /// Triggers offered a second with `--referrals`.
+    #[arg(long, default_value_t = 150)]
+    rate: u64,
     /// Messages a second whose statuses are posted (three status events each).
     #[arg(long, default_value_t = 1000)]
     status_flood: u64,
@@ -42,9 +70,19 @@ struct Args {
     /// worker.inbox_concurrency
     #[arg(long, default_value_t = 8)]
     inbox_loops: usize,
+    /// worker.inbox_batch (1: each event alone, as before batching)
+    #[arg(long, default_value_t = 100)]
+    inbox_batch: usize,
+    /// worker.job_concurrency (with `--referrals`)
+    #[arg(long, default_value_t = 16)]
+    job_loops: usize,
     /// database.max_connections
     #[arg(long, default_value_t = 40)]
     pool: u32,
+    /// Status flood: store the events first, with the worker off; then time a worker
+    /// alone draining them (its rate, and its CPU and PostgreSQL's per event).
+    #[arg(long)]
+    worker_after: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -68,25 +106,115 @@ fn status_webhook(n: u64, status: &str) -> Vec<u8> {
 async fn main() {
     let args = Args::parse();
     let database_url = common::fresh_postgres().await;
-    let env = [
+    match args.referrals {
+        Some(count) => whole_referrals(&args, &database_url, count).await,
+        None => status_flood(&args, &database_url).await,
+    }
+}
+
+/// The settings of the replica under test, with `extra` on top.
+fn settings(args: &Args, database_url: &str, extra: &[(&str, String)]) -> Settings {
+    let mut env: Vec<(String, String)> = [
         ("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0".to_string()),
         ("REFERLOOP_WHATSAPP__APP_SECRET", APP_SECRET.to_string()),
         ("REFERLOOP_WORKER__ENABLED", "true".to_string()),
         ("REFERLOOP_WORKER__INBOX_CONCURRENCY", args.inbox_loops.to_string()),
+        ("REFERLOOP_WORKER__INBOX_BATCH", args.inbox_batch.to_string()),
         ("REFERLOOP_WORKER__POLL_INTERVAL_MS", "10".to_string()),
         ("REFERLOOP_DATABASE__MAX_CONNECTIONS", args.pool.to_string()),
         ("REFERLOOP_LOG__LEVEL", "error".to_string()),
-        ("DATABASE_URL", database_url.clone()),
+        ("DATABASE_URL", database_url.to_string()),
     ]
-    .map(|(k, v)| (k.to_string(), v));
-    let settings = Settings::load_from(None, env).expect("settings");
+    .map(|(k, v)| (k.to_string(), v))
+    .into();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    Settings::load_from(None, env).expect("settings")
+}
+
+async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
+    let (outside, base, accepted) = outside::Outside::start(APP_SECRET).await;
+    let token_hash = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(API_TOKEN.as_bytes()))
+    };
+    let settings = settings(
+        args,
+        database_url,
+        &[
+            ("REFERLOOP_SERVER__PUBLIC_BASE_URL", PUBLIC_BASE_URL.into()),
+            ("REFERLOOP_HUBSPOT__CLIENT_SECRET", HUBSPOT_SECRET.into()),
+            ("REFERLOOP_HUBSPOT__API_BASE", base.clone()),
+            ("REFERLOOP_HUBSPOT__ACCESS_TOKEN", outside::HUBSPOT_TOKEN.into()),
+            ("REFERLOOP_HUBSPOT__REQUESTS_PER_10S", "100000".into()),
+            ("REFERLOOP_HUBSPOT__SEARCHES_PER_SECOND", "10000".into()),
+            ("REFERLOOP_WHATSAPP__API_BASE", base),
+            ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", outside::META_TOKEN.into()),
+            ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", outside::PHONE_NUMBER_ID.into()),
+            ("REFERLOOP_WHATSAPP__MAX_MESSAGES_PER_SECOND", "2000".into()),
+            ("REFERLOOP_WHATSAPP__PAIR_SPACING_MS", "0".into()),
+            ("REFERLOOP_WORKER__JOB_CONCURRENCY", args.job_loops.to_string()),
+            ("REFERLOOP_PROGRAMME__DEFAULT_REGION", "GB".into()),
+            ("REFERLOOP_API__TOKENS", token_hash),
+        ],
+    );
+    let app = Application::build(settings).await.expect("start referloop");
+    let app_url = format!("http://127.0.0.1:{}", app.port());
+    outside.post_statuses_to(format!("{app_url}/webhooks/whatsapp"));
+    let store = app.store();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let pool = sqlx::PgPool::connect(database_url).await.expect("database");
+    println!(
+        "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} job loops, pool {}",
+        args.rate, args.inbox_loops, args.job_loops, args.pool
+    );
+    whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
+    store.close().await;
+}
+
+/// One replica's worker alone drains `waiting` events: its rate, and the CPU per event
+/// of this process (only the worker works now) and of PostgreSQL.
+async fn worker_alone<F, Fut>(store: &Store, settings: Settings, waiting: i64, backlog: &F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let services = Services::new(store.clone(), Arc::new(settings), Arc::new(Metrics::new())).expect("services");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (cpu_before, postgres_before) = (common::cpu_time(), common::postgres_cpu_time());
+    let started = Instant::now();
+    let worker = tokio::spawn(Worker::new(Arc::new(services)).run(stopped));
+    while backlog().await > 0 && started.elapsed() < Duration::from_secs(600) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    let (cpu, postgres) = (
+        common::cpu_time().saturating_sub(cpu_before),
+        common::postgres_cpu_time().saturating_sub(postgres_before),
+    );
+    let _ = stop.send(true);
+    let _ = worker.await;
+    let per_event = |d: Duration| d.as_micros() as f64 / waiting.max(1) as f64;
+    println!(
+        "worker alone: {waiting} events drained in {:.1} s: {:.0} events/s; per event: referloop {:.0} µs CPU, PostgreSQL {:.0} µs CPU",
+        elapsed.as_secs_f64(),
+        waiting as f64 / elapsed.as_secs_f64(),
+        per_event(cpu),
+        per_event(postgres)
+    );
+}
+
+async fn status_flood(args: &Args, database_url: &str) {
+    let mut settings = settings(args, database_url, &[]);
+    let worker_settings = settings.clone();
+    // With --worker-after, the events are only stored while posting; a worker drains them after.
+    settings.worker.enabled = !args.worker_after;
     let app = Application::build(settings).await.expect("start referloop");
     let url = format!("http://127.0.0.1:{}/webhooks/whatsapp", app.port());
     let store = app.store();
 
     // The messages whose statuses come back: recorded as we record an accepted send.
     let messages = args.status_flood * args.seconds;
-    let pool = sqlx::PgPool::connect(&database_url).await.expect("database");
+    let pool = sqlx::PgPool::connect(database_url).await.expect("database");
     sqlx::query(
         "INSERT INTO messages (idempotency_key, purpose, to_phone, marketing, body, wamid, status, created_at, updated_at) \
          SELECT 'flood:' || n, 'reply', '+12025550101', 0, '{}', 'wamid.FLOOD' || n, 'accepted', $1, $1 \
@@ -186,6 +314,9 @@ async fn main() {
     let backlog_at_end = backlog().await;
     largest = largest.max(backlog_at_end);
     let handled_at_end = handled().await;
+    if args.worker_after {
+        worker_alone(&store, worker_settings, backlog().await, &backlog).await;
+    }
     // Then let the worker finish, for its drain rate.
     let drain_started = Instant::now();
     while backlog().await > 0 && drain_started.elapsed() < Duration::from_secs(600) {
@@ -221,6 +352,11 @@ async fn main() {
     println!("backlog each second: {}", seconds.join(" "));
     println!("largest backlog: {largest}; at the end of posting: {backlog_at_end}");
     println!("messages read at the end: {statuses_recorded} of {messages}");
+    if args.worker_after {
+        // Nothing was handled while posting: the figure above is the drain.
+        store.close().await;
+        return;
+    }
     let bounded = backlog_at_end <= i64::try_from(2 * 3 * args.status_flood).unwrap_or(i64::MAX);
     println!(
         "status flood: {} messages/s, {} status events/s, backlog bounded: {}",

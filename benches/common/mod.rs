@@ -26,3 +26,23 @@ pub fn cpu_time() -> std::time::Duration {
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
+
+/// CPU time used so far by every PostgreSQL process on this machine (the server under
+/// test runs here), from /proc.
+#[allow(dead_code)] // not every benchmark reports CPU
+pub fn postgres_cpu_time() -> std::time::Duration {
+    let mut ticks = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let Some((name, rest)) = stat.split_once(") ") else {
+            continue;
+        };
+        if !name.ends_with("(postgres") {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += field(11) + field(12);
+    }
+    std::time::Duration::from_millis(ticks * 10)
+}

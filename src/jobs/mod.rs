@@ -25,12 +25,12 @@ use crate::domain::retry::{RetryDecision, RetrySchedule};
 use crate::domain::state::{Persisted, QueueState};
 use crate::metrics::Metrics;
 use crate::store::{
-    duration_ms, in_attempt, now_ms, BatchLease, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError,
+    duration_ms, in_attempt, now_ms, BatchLease, BatchableKind, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError,
 };
 use crate::whatsapp::inbound;
 
-/// The inbox kind of Meta's message statuses, which an inbox loop applies in batches.
-const STATUS_KIND: &str = "whatsapp.status";
+/// Meta's message statuses: an inbox loop claims and applies them in batches.
+const BATCHED: BatchableKind = BatchableKind::WhatsAppStatus;
 
 /// How many times a step that lost a compare-and-set runs again at once before its item
 /// is put back briefly.
@@ -139,15 +139,15 @@ impl Worker {
         handled.map(|()| true)
     }
 
-    /// Claims up to `worker.inbox_batch` items of `queue` at once: Meta's statuses among
-    /// them are applied together ([`delivery::on_status_batch`]); the rest, and any
-    /// status the batch leaves, are handled one by one in the order they arrived. False
-    /// when nothing was due.
+    /// Claims the oldest due item of `queue` and with it up to `worker.inbox_batch` of
+    /// Meta's statuses: the statuses are applied together ([`delivery::on_status_batch`]);
+    /// the other item, and any status the batch leaves, are handled one by one in the
+    /// order they arrived. False when nothing was due.
     pub async fn work_batch_from(&self, queue: Queue) -> Result<bool, StoreError> {
         let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
         let items = self
             .store
-            .claim_batch(queue, &self.owner, lease, self.settings.inbox_batch.get())
+            .claim_batch(queue, &self.owner, lease, BATCHED, self.settings.inbox_batch.get())
             .await?;
         if items.is_empty() {
             return Ok(false);
@@ -155,7 +155,7 @@ impl Worker {
         let heartbeat = self.heartbeat(queue, items.iter().map(|item| item.id).collect());
         let (statuses, mut alone): (Vec<ClaimedItem>, Vec<ClaimedItem>) = items
             .into_iter()
-            .partition(|item| item.kind == STATUS_KIND && item.attempts <= item.max_attempts);
+            .partition(|item| item.kind == BATCHED.as_str() && item.attempts <= item.max_attempts);
         alone.extend(self.apply_statuses(queue, statuses).await);
         alone.sort_by_key(|item| item.id);
         let mut first_error = None;

@@ -30,7 +30,7 @@ pub use group_commit::InboxWriter;
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
-pub use queue::{ClaimedItem, Queue, QueueRow};
+pub use queue::{BatchableKind, ClaimedItem, Queue, QueueRow};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,
 };

@@ -35,6 +35,22 @@ impl Queue {
     }
 }
 
+/// The inbox kinds whose items a loop claims in batches (each has a partial index of
+/// its due items).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchableKind {
+    /// Meta's message statuses.
+    WhatsAppStatus,
+}
+
+impl BatchableKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchableKind::WhatsAppStatus => "whatsapp.status",
+        }
+    }
+}
+
 /// An item a worker holds the lease on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedItem {
@@ -80,45 +96,77 @@ fn q(state: QueueState) -> &'static str {
 impl Store {
     /// Claims the next due item for `owner` until `now + lease_ms`.
     pub async fn claim(&self, queue: Queue, owner: &str, lease_ms: i64) -> Result<Option<ClaimedItem>, StoreError> {
-        Ok(self.claim_batch(queue, owner, lease_ms, 1).await?.pop())
+        let table = queue.table();
+        let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
+        let lock = self.skip_locked();
+        // The first due item, and the first whose lease lapsed, each found through its own
+        // partial index (one condition with OR would scan and sort the whole queue); the
+        // earlier of the two is claimed.
+        let candidates = format!(
+            "SELECT id FROM ( \
+                 SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
+                     WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT 1 {lock}) AS due \
+                 UNION ALL \
+                 SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
+                     WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT 1 {lock}) AS lapsed \
+             ) AS candidates ORDER BY run_at, id LIMIT 1"
+        );
+        Ok(self.claim_where(queue, owner, lease_ms, &candidates).await?.pop())
     }
 
-    /// Claims up to `limit` due items for `owner` until `now + lease_ms`, in one
-    /// statement, in the order they became due.
+    /// Claims, for `owner` until `now + lease_ms`, the oldest due item of any kind (or
+    /// one whose lease lapsed) and with it up to `limit` due items of the batchable
+    /// `kind` (Meta's statuses, found through their own index): a loop handles the
+    /// batch together and the rest as usual, so other events keep the latency and the
+    /// parallelism of one claim each.
     pub async fn claim_batch(
         &self,
         queue: Queue,
         owner: &str,
         lease_ms: i64,
+        kind: BatchableKind,
         limit: usize,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
+        let table = queue.table();
+        let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
+        let lock = self.skip_locked();
+        let limit = limit.min(crate::config::MAX_INBOX_BATCH);
+        // The kind is written into the statement (it is ours, not input), so that the
+        // planner can use the partial index that names it.
+        let kind = kind.as_str();
+        let candidates = format!(
+            "SELECT id FROM (SELECT id FROM {table} \
+                 WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT 1 {lock}) AS due \
+             UNION \
+             SELECT id FROM (SELECT id FROM {table} \
+                 WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT 1 {lock}) AS lapsed \
+             UNION \
+             SELECT id FROM (SELECT id FROM {table} \
+                 WHERE state IN ({waiting}) AND kind = '{kind}' AND run_at <= $3 ORDER BY run_at, id LIMIT {limit} {lock}) AS batchable"
+        );
+        self.claim_where(queue, owner, lease_ms, &candidates).await
+    }
+
+    /// Claims the items `candidates` selects (SQL over `$3`, now), in id order.
+    async fn claim_where(
+        &self,
+        queue: Queue,
+        owner: &str,
+        lease_ms: i64,
+        candidates: &str,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         let _turn = self.write_turn().await;
         let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let table = queue.table();
-        let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
-        // The first due items, and the first whose lease lapsed, each found through its
-        // own partial index (one condition with OR would scan and sort the whole queue);
-        // the earliest of both are claimed.
         let sql = format!(
-            "UPDATE {table} SET state = '{running}', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
-             WHERE id IN (SELECT id FROM ( \
-                 SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
-                     WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT $4 {lock}) AS due \
-                 UNION ALL \
-                 SELECT id, run_at FROM (SELECT id, run_at FROM {table} \
-                     WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT $4 {lock}) AS lapsed \
-             ) AS candidates ORDER BY run_at, id LIMIT $4) \
-             RETURNING id, kind, payload, attempts, max_attempts"
+            "UPDATE {} SET state = '{}', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
+             WHERE id IN ({candidates}) RETURNING id, kind, payload, attempts, max_attempts",
+            queue.table(),
+            QueueState::Running.as_str()
         );
         let rows = sqlx::query(&sql)
             .bind(now + lease_ms)
             .bind(owner)
             .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
         let mut items = rows
@@ -137,6 +185,15 @@ impl Store {
         // RETURNING keeps no order; ids grow with arrival.
         items.sort_by_key(|item| item.id);
         Ok(items)
+    }
+
+    /// Replicas never claim the same row: PostgreSQL skips rows another claim holds;
+    /// SQLite's single writer serialises claims.
+    fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
     }
 
     /// Extends the leases `owner` still holds among `ids` (the worker's heartbeat for long

@@ -172,9 +172,11 @@ impl Tx {
     /// the same referrer's friends are decided one after the other.
     pub async fn referrer_rewards_since(&mut self, referrer_contact_id: &str, since: i64) -> Result<i64, StoreError> {
         self.lock_customer(referrer_contact_id).await?;
+        // A referrer's reward carries the referrer's contact, so the contact's index
+        // finds them (a join through referrals was planned as a scan of every reward).
         let sql = format!(
-            "SELECT COUNT(*) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
-             WHERE r.referrer_contact_id = $1 AND w.beneficiary = $2 AND w.state IN ({}) AND w.created_at >= $3",
+            "SELECT COUNT(*) FROM rewards WHERE contact_id = $1 AND beneficiary = $2 AND state IN ({}) \
+             AND created_at >= $3",
             sql_list(RewardState::COUNTS_AGAINST_CAP)
         );
         let n = sqlx::query_scalar(&sql)
@@ -387,8 +389,7 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         let total: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(SUM(w.amount) AS BIGINT) FROM rewards w JOIN referrals r ON r.id = w.referral_id \
-             WHERE r.referrer_contact_id = $1 AND w.beneficiary = $2 AND w.state = $3",
+            "SELECT CAST(SUM(amount) AS BIGINT) FROM rewards WHERE contact_id = $1 AND beneficiary = $2 AND state = $3",
         )
         .bind(referrer_contact_id)
         .bind(Beneficiary::Referrer.as_str())
