@@ -44,12 +44,16 @@ pub fn template(t: Template<'_>) -> Value {
         components.push(json!({"type": "body", "parameters": text_params(&t.body_params)}));
     }
     if let Some((index, code)) = t.copy_code {
-        components.push(json!({"type": "button", "sub_type": "copy_code", "index": index,
-            "parameters": [{"type": "coupon_code", "coupon_code": code}]}));
+        components.push(
+            json!({"type": "button", "sub_type": "copy_code", "index": index.to_string(),
+            "parameters": [{"type": "coupon_code", "coupon_code": code}]}),
+        );
     }
     for (index, payload) in &t.quick_replies {
-        components.push(json!({"type": "button", "sub_type": "quick_reply", "index": index,
-            "parameters": [{"type": "payload", "payload": payload}]}));
+        components.push(
+            json!({"type": "button", "sub_type": "quick_reply", "index": index.to_string(),
+            "parameters": [{"type": "payload", "payload": payload}]}),
+        );
     }
     if let Some((index, token)) = t.flow_button {
         components.push(json!({"type": "button", "sub_type": "flow", "index": index.to_string(),
@@ -58,7 +62,8 @@ pub fn template(t: Template<'_>) -> Value {
     envelope(
         t.to,
         "template",
-        json!({"name": t.name, "language": {"code": t.language}, "components": components}),
+        // Meta's contract: a button's index is a string, and the language names its policy.
+        json!({"name": t.name, "language": {"policy": "deterministic", "code": t.language}, "components": components}),
     )
 }
 

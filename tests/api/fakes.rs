@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use crate::contract::MetaContract;
 use crate::helpers::*;
 
 pub const META_TOKEN: &str = "EAAtest-meta-token";
@@ -50,6 +51,8 @@ pub const STRIPE_KEY: &str = "sk_test_referloop";
 pub struct Lifecycle {
     pub app: TestApp,
     pub meta: MockServer,
+    /// Every request to `meta` checked against Meta's OpenAPI document.
+    pub contract: MetaContract,
     pub hubspot: MockServer,
     pub stripe: MockServer,
 }
@@ -59,6 +62,18 @@ impl Lifecycle {
     pub async fn start(backend: Backend, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> Lifecycle {
         let meta = MockServer::start().await;
         let hubspot = MockServer::start().await;
+        // First of all: a request off Meta's contract is answered as Meta answers an
+        // invalid parameter, and recorded for the test's end.
+        let contract = MetaContract::default();
+        Mock::given(contract.clone())
+            .respond_with(graph_error(
+                400,
+                100,
+                "(#100) Invalid parameter: off Meta's published contract",
+            ))
+            .with_priority(1)
+            .mount(&meta)
+            .await;
         Mock::given(method("POST"))
             .and(path(MESSAGES_PATH))
             .and(header("authorization", format!("Bearer {META_TOKEN}").as_str()))
@@ -120,13 +135,17 @@ impl Lifecycle {
         Lifecycle {
             app,
             meta,
+            contract,
             hubspot,
             stripe,
         }
     }
 
+    /// Stops the app; fails the test if any Graph call it made was off Meta's contract.
     pub async fn shutdown(self) {
         self.app.shutdown().await;
+        let test = std::thread::current().name().unwrap_or("a test").to_string();
+        self.contract.assert_kept(&test);
     }
 
     /// A signed HubSpot workflow webhook with a flat body.

@@ -3,6 +3,7 @@
 mod chaos;
 mod cli;
 mod concurrency;
+mod contract;
 mod dashboard;
 mod deploy;
 mod doctor;

@@ -1,0 +1,438 @@
+//! Meta's published contract as the oracle for the Graph API calls referloop makes.
+//!
+//! `tests/contracts/meta-business-messaging-api_v23.0.yaml` is Meta's OpenAPI 3.1
+//! description of the WhatsApp Business Messaging API (facebook/openapi, MIT licence). It is
+//! loaded once per test binary; every request the Graph fakes of [`crate::fakes::Lifecycle`]
+//! receive is matched to the document's operation by method and path template, and its
+//! JSON body is validated against that operation's request schema (JSON Schema 2020-12).
+//! A request that does not conform is answered 400 with Meta's error shape naming the
+//! offending field, and recorded, so the test that made it fails on shutdown.
+//!
+//! # Readings and exceptions
+//!
+//! The document is read as it is meant, and departs from Meta's prose documentation in a
+//! few places; each departure is applied here, in [`READINGS`] and [`EXCEPTIONS`], with
+//! its reason, and README "Contracts" lists them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde_json::{json, Map, Value};
+use wiremock::{Match, Request};
+
+const DOCUMENT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/contracts/meta-business-messaging-api_v23.0.yaml"
+);
+
+/// How the document's constructions are read (applied to every schema).
+pub const READINGS: [&str; 2] = [
+    "`additionalProperties: false` inside one branch of an `allOf` is read as \
+     `unevaluatedProperties: false` on the whole `allOf` (a closed composition); read \
+     literally it would refuse the sibling branch's fields, so no valid message would pass.",
+    "A `discriminator` selects the schema its mapping names for the value found: a \
+     `oneOf` becomes that choice, and a base schema with a mapping (a template component, a \
+     button parameter) is also checked against the named schema, without its base again.",
+];
+
+/// Where Meta's documentation and the document disagree, the documentation wins:
+/// (JSON pointer into `components/schemas`, the change, why).
+pub const EXCEPTIONS: [(&str, &str, &str); 5] = [
+    (
+        "/BaseMessageProperties/properties/biz_opaque_callback_data",
+        "added: string of at most 512 characters",
+        "documented for message sends and echoed in status webhooks; referloop keys its \
+         statuses by it; missing from the v23.0 schemas",
+    ),
+    (
+        "/BaseMessageProperties/required",
+        "`recipient_type` not required",
+        "documented as optional, default `individual`",
+    ),
+    (
+        "/TemplateComponent/properties/index/pattern (and ButtonComponent's)",
+        "`^[0-9]$` instead of `^[2-6, 11-14]$`",
+        "the description says position 0-9 and every example, Meta's own included, uses \
+         \"0\", which the published pattern (a character class) refuses",
+    ),
+    (
+        "/TemplateComponent/properties/sub_type/enum (and ButtonComponent's)",
+        "adds `copy_code` and `flow`",
+        "documented button types of template messages (a coupon-code button, a Flow button)",
+    ),
+    (
+        "/ButtonParameterObject/properties/type/enum",
+        "adds `coupon_code` and `action`",
+        "the documented parameters of copy-code and Flow buttons",
+    ),
+];
+
+/// One operation of the document with a JSON request body.
+struct Operation {
+    method: String,
+    /// Path template segments; `None` for a `{parameter}`.
+    segments: Vec<Option<String>>,
+    id: String,
+    /// Where its JSON request schema is, when it takes a JSON body.
+    schema: Option<String>,
+    /// Compiled on first use.
+    validator: OnceLock<jsonschema::Validator>,
+}
+
+pub struct Contract {
+    document: Value,
+    operations: Vec<Operation>,
+}
+
+static META: OnceLock<Contract> = OnceLock::new();
+
+impl Contract {
+    /// Meta's contract, loaded and compiled once.
+    pub fn meta() -> &'static Contract {
+        META.get_or_init(|| {
+            let text = std::fs::read_to_string(DOCUMENT).unwrap_or_else(|e| panic!("{DOCUMENT}: {e}"));
+            let mut document: Value = serde_yaml_ng::from_str(&text).expect("Meta's OpenAPI document is YAML");
+            apply_exceptions(&mut document);
+            read_constructions(&mut document);
+            Contract::compile(document)
+        })
+    }
+
+    fn compile(document: Value) -> Contract {
+        let mut operations = Vec::new();
+        let paths = document["paths"].as_object().cloned().unwrap_or_default();
+        for (template, item) in &paths {
+            for (method, op) in item.as_object().into_iter().flatten() {
+                let Some(id) = op["operationId"].as_str() else { continue };
+                let schema = op["requestBody"]["content"]["application/json"]["schema"]
+                    .is_object()
+                    .then(|| {
+                        format!(
+                            "#/paths/{}/{method}/requestBody/content/application~1json/schema",
+                            // A JSON pointer in a URI fragment: `~` and `/` escaped, braces
+                            // percent-encoded.
+                            template
+                                .replace('~', "~0")
+                                .replace('/', "~1")
+                                .replace('{', "%7B")
+                                .replace('}', "%7D")
+                        )
+                    });
+                let segments = template
+                    .split('/')
+                    .skip(1)
+                    .map(|s| (!s.starts_with('{')).then(|| s.to_string()))
+                    .collect();
+                operations.push(Operation {
+                    method: method.to_uppercase(),
+                    segments,
+                    id: id.to_string(),
+                    schema,
+                    validator: OnceLock::new(),
+                });
+            }
+        }
+        Contract { document, operations }
+    }
+
+    /// The operation's request validator: the whole document as the root (so that its
+    /// references resolve), entered at the operation's schema.
+    fn validator<'a>(&self, op: &'a Operation, pointer: &str) -> &'a jsonschema::Validator {
+        op.validator.get_or_init(|| {
+            let mut root = self.document.clone();
+            root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+            root["$ref"] = json!(pointer);
+            jsonschema::options()
+                .with_draft(jsonschema::Draft::Draft202012)
+                .build(&root)
+                .unwrap_or_else(|e| panic!("{}: the request schema does not compile: {e}", op.id))
+        })
+    }
+
+    /// The operation a request targets: the template with the most literal segments
+    /// among those that match.
+    fn operation(&self, method: &str, path: &str) -> Option<&Operation> {
+        let parts: Vec<&str> = path.split('/').skip(1).collect();
+        self.operations
+            .iter()
+            .filter(|op| op.method == method && op.segments.len() == parts.len())
+            .filter(|op| {
+                op.segments
+                    .iter()
+                    .zip(&parts)
+                    .all(|(s, p)| s.as_deref().is_none_or(|literal| literal == *p))
+            })
+            .max_by_key(|op| op.segments.iter().filter(|s| s.is_some()).count())
+    }
+
+    /// Checks one request: the operation's id when it conforms, else what is wrong
+    /// (each error with the path of the offending field).
+    pub fn check(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
+        let Some(op) = self.operation(method, path) else {
+            return Err(format!("no operation in Meta's document for {method} {path}"));
+        };
+        let Some(pointer) = &op.schema else {
+            return Ok(op.id.clone());
+        };
+        let validator = self.validator(op, pointer);
+        if !content_type.is_some_and(|c| c.starts_with("application/json")) {
+            return Err(format!(
+                "{}: content type {content_type:?}, not application/json",
+                op.id
+            ));
+        }
+        let body: Value = serde_json::from_slice(body).map_err(|e| format!("{}: the body is not JSON: {e}", op.id))?;
+        let errors: Vec<String> = validator
+            .iter_errors(&body)
+            .map(|e| format!("{} at `{}`", e, e.instance_path()))
+            .collect();
+        if errors.is_empty() {
+            Ok(op.id.clone())
+        } else {
+            Err(format!("{}: {}", op.id, errors.join("; ")))
+        }
+    }
+}
+
+fn schema_mut<'a>(document: &'a mut Value, name: &str) -> &'a mut Value {
+    &mut document["components"]["schemas"][name]
+}
+
+fn apply_exceptions(document: &mut Value) {
+    let base = schema_mut(document, "BaseMessageProperties");
+    base["properties"]["biz_opaque_callback_data"] = json!({"type": "string", "maxLength": 512});
+    if let Some(required) = base["required"].as_array_mut() {
+        required.retain(|r| r != "recipient_type");
+    }
+    let component = schema_mut(document, "TemplateComponent");
+    component["properties"]["index"]["pattern"] = json!("^[0-9]$");
+    if let Some(kinds) = component["properties"]["sub_type"]["enum"].as_array_mut() {
+        kinds.extend([json!("copy_code"), json!("flow")]);
+    }
+    for branch in schema_mut(document, "ButtonComponent")["allOf"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if branch["properties"]["index"].is_object() {
+            branch["properties"]["index"]["pattern"] = json!("^[0-9]$");
+        }
+        if let Some(kinds) = branch["properties"]["sub_type"]["enum"].as_array_mut() {
+            kinds.extend([json!("copy_code"), json!("flow")]);
+        }
+    }
+    if let Some(kinds) = schema_mut(document, "ButtonParameterObject")["properties"]["type"]["enum"].as_array_mut() {
+        kinds.extend([json!("coupon_code"), json!("action")]);
+    }
+}
+
+/// Applies [`READINGS`] to every schema under `components/schemas`.
+fn read_constructions(document: &mut Value) {
+    let schemas = document["components"]["schemas"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let Some(target) = document["components"]["schemas"].as_object_mut() else {
+        return;
+    };
+    for (name, schema) in target.iter_mut() {
+        close_compositions(schema);
+        resolve_discriminator(name, schema, &schemas);
+    }
+}
+
+fn close_compositions(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            let mut closed = false;
+            if let Some(Value::Array(branches)) = map.get_mut("allOf") {
+                for branch in branches.iter_mut() {
+                    if let Some(b) = branch.as_object_mut() {
+                        if b.get("additionalProperties") == Some(&Value::Bool(false)) {
+                            b.remove("additionalProperties");
+                            closed = true;
+                        }
+                    }
+                }
+            }
+            if closed {
+                map.insert("unevaluatedProperties".into(), Value::Bool(false));
+            }
+            for value in map.values_mut() {
+                close_compositions(value);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(close_compositions),
+        _ => {}
+    }
+}
+
+fn resolve_discriminator(name: &str, schema: &mut Value, schemas: &Map<String, Value>) {
+    let Some(discriminator) = schema.get("discriminator").cloned() else {
+        return;
+    };
+    let (Some(property), Some(mapping)) = (
+        discriminator["propertyName"].as_str(),
+        discriminator["mapping"].as_object(),
+    ) else {
+        return;
+    };
+    let base_ref = format!("#/components/schemas/{name}");
+    let mut choices = Vec::new();
+    for (value, target) in mapping {
+        let Some(target_name) = target.as_str().and_then(|t| t.strip_prefix("#/components/schemas/")) else {
+            continue;
+        };
+        // The named schema, without a branch that refers back to this base.
+        let mut chosen = schemas.get(target_name).cloned().unwrap_or(Value::Null);
+        if let Some(branches) = chosen.get_mut("allOf").and_then(Value::as_array_mut) {
+            branches.retain(|b| b["$ref"] != base_ref.as_str());
+        }
+        close_compositions(&mut chosen);
+        choices.push(json!({
+            "if": {"properties": {property: {"const": value}}, "required": [property]},
+            "then": chosen,
+        }));
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.remove("discriminator");
+        if map.remove("oneOf").is_some() {
+            let values: Vec<&String> = mapping.keys().collect();
+            map.insert("required".into(), json!([property]));
+            map.insert("properties".into(), json!({property: {"enum": values}}));
+        }
+        let mut all = map
+            .remove("allOf")
+            .and_then(|a| a.as_array().cloned())
+            .unwrap_or_default();
+        all.extend(choices);
+        map.insert("allOf".into(), Value::Array(all));
+    }
+}
+
+/// A wiremock matcher that checks every request against Meta's contract: it matches
+/// (so its mock answers 400) only a request that does not conform, and keeps the count
+/// of checked requests and the violations for the test's end.
+#[derive(Clone, Default)]
+pub struct MetaContract {
+    checked: Arc<AtomicUsize>,
+    operations: Arc<Mutex<HashMap<String, usize>>>,
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+impl MetaContract {
+    pub fn checked(&self) -> usize {
+        self.checked.load(Ordering::SeqCst)
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    /// Operations checked, with how many times each.
+    pub fn operations(&self) -> Vec<(String, usize)> {
+        let mut ops: Vec<_> = self
+            .operations
+            .lock()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        ops.sort();
+        ops
+    }
+
+    /// Fails the test when any request broke the contract; prints the count, and adds it
+    /// to the suite's tally (`scripts/test` prints the total).
+    pub fn assert_kept(&self, what: &str) {
+        let violations = self.violations();
+        let tally = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("meta-contract-checks.tsv");
+        let line = format!("{}\t{}\t{what}\n", self.checked(), violations.len());
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&tally) {
+            use std::io::Write;
+            let _ = file.write_all(line.as_bytes());
+        }
+        println!(
+            "Meta contract: {} Graph calls checked in {what} ({:?}), {} off contract",
+            self.checked(),
+            self.operations(),
+            violations.len()
+        );
+        assert!(
+            violations.is_empty(),
+            "Graph calls off Meta's contract: {violations:#?}"
+        );
+    }
+}
+
+impl Match for MetaContract {
+    fn matches(&self, request: &Request) -> bool {
+        let content_type = request.headers.get("content-type").and_then(|v| v.to_str().ok());
+        let method = request.method.as_str();
+        let verdict = Contract::meta().check(method, request.url.path(), content_type, &request.body);
+        self.checked.fetch_add(1, Ordering::SeqCst);
+        match verdict {
+            Ok(op) => {
+                if let Ok(mut ops) = self.operations.lock() {
+                    *ops.entry(op).or_default() += 1;
+                }
+                false
+            }
+            Err(violation) => {
+                if let Ok(mut all) = self.violations.lock() {
+                    all.push(violation);
+                }
+                true
+            }
+        }
+    }
+}
+
+#[test]
+fn the_checker_refuses_what_meta_would() {
+    let contract = Contract::meta();
+    let path = "/v24.0/100000000000202/messages";
+    let send = |body: Value| contract.check("POST", path, Some("application/json"), body.to_string().as_bytes());
+    let template = |index: Value, language: Value| {
+        json!({"messaging_product": "whatsapp", "to": "447911123456", "type": "template",
+               "biz_opaque_callback_data": "invite:1",
+               "template": {"name": "tmpl_referral_invite", "language": language,
+                            "components": [{"type": "button", "sub_type": "quick_reply", "index": index,
+                                            "parameters": [{"type": "payload", "payload": "refer:1"}]}]}})
+    };
+    let deterministic = json!({"policy": "deterministic", "code": "en"});
+    assert_eq!(
+        send(template(json!("0"), deterministic.clone())),
+        Ok("sendMessage".to_string())
+    );
+    let numeric = send(template(json!(0), deterministic)).expect_err("a numeric index");
+    assert!(numeric.contains("/template/components/0/index"), "{numeric}");
+    let no_policy = send(template(json!("0"), json!({"code": "en"}))).expect_err("no policy");
+    assert!(no_policy.contains("policy"), "{no_policy}");
+    let text = json!({"messaging_product": "whatsapp", "to": "447911123456", "type": "text",
+                      "text": {"body": "hi", "preview_url": false}});
+    assert_eq!(send(text.clone()), Ok("sendMessage".to_string()));
+    let mut stray = text;
+    stray["text"]["colour"] = json!("red");
+    assert!(
+        send(stray).is_err(),
+        "a closed composition refuses a field it does not name"
+    );
+    assert!(contract.check("POST", "/v24.0/1/nowhere", None, b"{}").is_err());
+}
+
+#[test]
+fn the_readme_names_every_reading_and_exception() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    for (where_, _, _) in EXCEPTIONS {
+        assert!(
+            readme.contains(where_),
+            "README.md does not list the exception at {where_}"
+        );
+    }
+    for (reading, phrase) in READINGS.iter().zip(["unevaluatedProperties: false", "discriminator"]) {
+        assert!(
+            reading.contains(phrase) && readme.contains(phrase),
+            "README.md does not state: {reading}"
+        );
+    }
+}
