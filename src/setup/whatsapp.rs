@@ -288,7 +288,9 @@ async fn template(
     if let Some(components) = body["components"].as_array_mut() {
         for button in components
             .iter_mut()
-            .filter_map(|c| c["buttons"].as_array_mut())
+            // `get_mut`, not indexing: indexing a component without buttons would add
+            // `"buttons": null` to it, which Meta's contract refuses.
+            .filter_map(|c| c.get_mut("buttons").and_then(Value::as_array_mut))
             .flatten()
         {
             if button["type"] != "FLOW" {

@@ -170,6 +170,7 @@ async fn diagnose_with(account: Account, extra_env: &[(&str, String)]) -> doctor
     let services = Services::new(store, settings, Arc::new(Metrics::new())).expect("services");
     let diagnosis = doctor::run(&services).await;
     println!("{}", diagnosis.lines().join("\n"));
+    crate::contract::assert_requests_on_contract(&meta, "doctor's reads").await;
     diagnosis
 }
 

@@ -471,6 +471,7 @@ async fn setup_whatsapp_submits_creates_publishes_and_subscribes_once() {
         .lines()
         .iter()
         .any(|l| l.contains("tmpl_referral_invite (en_US): pending review")));
+    crate::contract::assert_requests_on_contract(&meta, "setup whatsapp").await;
 }
 
 #[tokio::test]
@@ -534,7 +535,7 @@ async fn setup_whatsapp_creates_endpoint_flows_and_uploads_the_public_key_once()
         ("REFERLOOP_WHATSAPP__FLOW_PRIVATE_KEY", private),
         ("REFERLOOP_TEMPLATES__LANGUAGES", "en_US,de".to_string()),
     ];
-    let (_meta, services, _db) = whatsapp_services_with(&account, "Acme Bikes", &env).await;
+    let (meta, services, _db) = whatsapp_services_with(&account, "Acme Bikes", &env).await;
     let first = referloop::setup::whatsapp::setup(&services.whatsapp, &services.settings, false).await;
     println!("{}", first.lines().join("\n"));
     assert!(first.ok(), "{:?}", first.lines());
@@ -589,4 +590,5 @@ async fn setup_whatsapp_creates_endpoint_flows_and_uploads_the_public_key_once()
         .lines()
         .iter()
         .any(|l| l.contains("Flow endpoint public key: signed (VALID)")));
+    crate::contract::assert_requests_on_contract(&meta, "setup whatsapp with the endpoint Flow").await;
 }
