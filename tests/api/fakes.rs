@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path, path_regex};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::contract::MetaContract;
+use crate::contract::{Contract, MetaContract};
 use crate::helpers::*;
 
 pub const META_TOKEN: &str = "EAAtest-meta-token";
@@ -183,12 +183,26 @@ impl Lifecycle {
     /// A signed WhatsApp webhook carrying `value` (messages, statuses or user_preferences).
     pub async fn whatsapp(&self, field: &str, value: Value) -> u16 {
         let mut value = value;
+        // Meta names the sender of each message in `contacts`.
+        let senders: Vec<Value> = value["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["from"].as_str())
+            .map(|from| json!({"profile": {"name": "Ana"}, "wa_id": from}))
+            .collect();
+        if !senders.is_empty() {
+            value["contacts"] = Value::Array(senders);
+        }
         value["messaging_product"] = json!("whatsapp");
         value["metadata"] = json!({"display_phone_number": "15550001234", "phone_number_id": PHONE_NUMBER_ID});
-        let body = json!({"object": "whatsapp_business_account",
-                          "entry": [{"id": "100000000000101", "changes": [{"field": field, "value": value}]}]})
-        .to_string()
-        .into_bytes();
+        let payload = json!({"object": "whatsapp_business_account",
+                          "entry": [{"id": "100000000000101", "changes": [{"field": field, "value": value}]}]});
+        // What the tests post as if from Meta follows Meta's contract too.
+        if let Err(off) = Contract::meta().check_webhook(&payload) {
+            panic!("a test webhook off Meta's contract: {off}");
+        }
+        let body = payload.to_string().into_bytes();
         self.app
             .client
             .post(self.app.url("/webhooks/whatsapp"))
