@@ -172,6 +172,7 @@ async fn three_replicas_share_one_send_rate(backend: Backend) {
         busiest <= PER_SECOND + 2,
         "at most about {PER_SECOND} a second: {per_second:?}"
     );
+    crate::contract::assert_requests_on_contract(&meta, "pacing: one replica").await;
 }
 
 /// Three replicas configured for 20 sends a second send for a minute (`REFERLOOP_PACING_SECONDS`
@@ -221,6 +222,7 @@ async fn three_replicas_keep_the_rate_in_any_second(backend: Backend) {
         PER_SECOND * 115 / 100
     );
     assert!(rate >= PER_SECOND as f64 * 0.9, "the rate is used: {rate:.1}/s");
+    crate::contract::assert_requests_on_contract(&meta, "pacing: three replicas").await;
 }
 
 /// Three messages to one person: each waits its turn (here 1 s) without using attempts.
@@ -250,6 +252,7 @@ async fn one_message_per_turn_to_the_same_recipient(backend: Backend) {
         jobs.iter().all(|j| j.attempts == 1),
         "waiting used no attempt: {jobs:?}"
     );
+    crate::contract::assert_requests_on_contract(&meta, "pacing: the pair limit").await;
 }
 
 both_backends!(

@@ -5,24 +5,36 @@ use serde_json::json;
 use crate::both_backends;
 use crate::helpers::*;
 
-/// A batch of two statuses and one message, as Meta may send it.
+/// A batch of two statuses and one message, as Meta may send it: two changes of one
+/// entry (a value holds either statuses or messages).
 pub fn batch_body() -> Vec<u8> {
-    json!({
+    let metadata = json!({"display_phone_number": "12025550100", "phone_number_id": "100000000000202"});
+    on_contract(json!({
         "object": "whatsapp_business_account",
-        "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": {
-            "messaging_product": "whatsapp",
-            "metadata": {"display_phone_number": "12025550100", "phone_number_id": "100000000000202"},
-            "contacts": [{"profile": {"name": "Zoë Ñúñez 😀"}, "wa_id": "12025550101"}],
-            "statuses": [
-                {"id": "wamid.AAA", "status": "sent", "timestamp": "1795510800", "recipient_id": "12025550101"},
-                {"id": "wamid.AAA", "status": "delivered", "timestamp": "1795510803", "recipient_id": "12025550101"}
-            ],
-            "messages": [{"from": "12025550101", "id": "wamid.BBB", "timestamp": "1795510810",
-                          "type": "text", "text": {"body": "Olá, Zoë 😀"}}]
-        }}]}]
-    })
-    .to_string()
-    .into_bytes()
+        "entry": [{"id": "100000000000101", "changes": [
+            {"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": metadata,
+                "statuses": [
+                    {"id": "wamid.AAA", "status": "sent", "timestamp": "1795510800", "recipient_id": "12025550101"},
+                    {"id": "wamid.AAA", "status": "delivered", "timestamp": "1795510803", "recipient_id": "12025550101"}
+                ]}},
+            {"field": "messages", "value": {
+                "messaging_product": "whatsapp",
+                "metadata": metadata,
+                "contacts": [{"profile": {"name": "Zoë Ñúñez 😀"}, "wa_id": "12025550101"}],
+                "messages": [{"from": "12025550101", "id": "wamid.BBB", "timestamp": "1795510810",
+                              "type": "text", "text": {"body": "Olá, Zoë 😀"}}]}}
+        ]}]
+    }))
+}
+
+/// A fixture as if from Meta, checked against Meta's contract first.
+fn on_contract(payload: serde_json::Value) -> Vec<u8> {
+    if let Err(off) = crate::contract::Contract::meta().check_webhook(&payload) {
+        panic!("a test webhook off Meta's contract: {off}");
+    }
+    payload.to_string().into_bytes()
 }
 
 /// Three inbound texts that match no referral: each is handled and marked done.
@@ -31,16 +43,15 @@ pub fn texts_body() -> Vec<u8> {
         json!({"from": "447911123456", "id": format!("wamid.TEXT{n}"), "timestamp": "1795510810",
                "type": "text", "text": {"body": format!("hello {n}")}})
     };
-    json!({
+    on_contract(json!({
         "object": "whatsapp_business_account",
         "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": {
             "messaging_product": "whatsapp",
             "metadata": {"display_phone_number": "12025550100", "phone_number_id": "100000000000202"},
+            "contacts": [{"profile": {"name": "Ana"}, "wa_id": "447911123456"}],
             "messages": [message(1), message(2), message(3)]
         }}]}]
-    })
-    .to_string()
-    .into_bytes()
+    }))
 }
 
 async fn post(app: &TestApp, body: &[u8], signature: Option<String>) -> reqwest::StatusCode {
