@@ -20,12 +20,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use std::time::Duration;
 
-use referloop::signatures::sign_meta;
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Map, Value};
 use wiremock::{Match, Request};
 
-use crate::helpers::{eventually, TestApp, WHATSAPP_APP_SECRET};
+use crate::helpers::{eventually, TestApp};
 
 const DOCUMENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -549,17 +548,8 @@ async fn metas_webhook_examples_are_accepted_and_handled(backend: Backend) {
         contract
             .check_webhook(payload)
             .unwrap_or_else(|e| panic!("Meta's example {name:?} is off its own schema: {e}"));
-        let body = payload.to_string().into_bytes();
-        let answer = app
-            .client
-            .post(app.url("/webhooks/whatsapp"))
-            .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(answer.status(), 200, "Meta's example {name:?} was refused");
+        let answer = app.post_signed_whatsapp(payload.to_string().into_bytes()).await;
+        assert_eq!(answer, 200, "Meta's example {name:?} was refused");
     }
     let store = app.store.clone();
     let settled = eventually(Duration::from_secs(20), || {

@@ -158,6 +158,24 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// Posts `body` to the WhatsApp webhook, signed with the app secret as Meta signs it;
+    /// returns the status.
+    pub async fn post_signed_whatsapp(&self, body: Vec<u8>) -> u16 {
+        self.client
+            .post(self.url("/webhooks/whatsapp"))
+            .header(
+                "x-hub-signature-256",
+                referloop::signatures::sign_meta(WHATSAPP_APP_SECRET, &body),
+            )
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+            .status()
+            .as_u16()
+    }
+
     /// The text of `GET /metrics`.
     pub async fn metrics(&self) -> String {
         let response = self.client.get(self.url("/metrics")).send().await.expect("metrics");

@@ -7,7 +7,6 @@ use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
 use referloop::jobs::{Services, Worker};
 use referloop::metrics::Metrics;
-use referloop::signatures::sign_meta;
 use referloop::store::{now_ms, Backend, NewJob, NewMessage, Queue, QueueState};
 use serde_json::json;
 
@@ -16,16 +15,7 @@ use crate::helpers::*;
 
 async fn stored_events_are_processed_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let body = crate::whatsapp::texts_body();
-    let response = app
-        .client
-        .post(app.url("/webhooks/whatsapp"))
-        .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(response.status(), 200);
+    assert_eq!(app.post_signed_whatsapp(crate::whatsapp::texts_body()).await, 200);
     let store = app.store.clone();
     let all_done = eventually(Duration::from_secs(10), || {
         let store = store.clone();
@@ -232,15 +222,7 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         status("wamid.ELSEWHERE", "delivered"),
     ];
     for body in webhooks {
-        let answer = app
-            .client
-            .post(app.url("/webhooks/whatsapp"))
-            .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))
-            .body(body)
-            .send()
-            .await
-            .expect("request");
-        assert_eq!(answer.status(), 200);
+        assert_eq!(app.post_signed_whatsapp(body).await, 200);
     }
 
     assert!(
