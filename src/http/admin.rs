@@ -1,290 +1,188 @@
 //! The admin API: what the dashboard shows, as JSON under `/api/v1` (funnel, referrals
 //! with cursor pagination, a referral's timeline, rewards, conversions, dead work with
-//! retry, CSV export). Reads need a viewer token; retry needs an operator. Phones are
-//! masked in every answer.
+//! retry, CSV export). The router checks each operation's role from the table in
+//! `openapi.rs`; parameters and answers are the types of `wire.rs`. Phones are masked in
+//! every answer.
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::api::{authorise, problem};
+use super::problem::{ApiPath, ApiQuery, Caller, Problem};
+use super::wire::{
+    ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, FunnelAnswer, FunnelQuery, LimitQuery,
+    PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage, RetryAnswer,
+    RewardAnswer, RewardSummaryAnswer, RewardsAnswer, StepAnswer, TimelineAnswer, TopReferrersAnswer,
+};
 use super::AppState;
-use crate::domain::access::{Action, Role};
+use crate::domain::access::Role;
 use crate::domain::funnel::{Period, PeriodError};
 use crate::domain::state::{Persisted, QueueState};
-use crate::store::{now_ms, Queue, ReferralRow};
+use crate::store::{now_ms, Queue};
 use crate::telemetry::mask_phone;
 
-/// The most items one page or list holds.
-const MAX_PAGE: i64 = 200;
+/// The most items one list of dead work holds.
+const MAX_DEAD: i64 = 200;
 
-/// A period: `days` (default 30), or `from` and `to` in Unix milliseconds.
-#[derive(Debug, Default, Deserialize)]
-pub struct PeriodQuery {
-    days: Option<i64>,
-    from: Option<i64>,
-    to: Option<i64>,
-    trigger: Option<String>,
-}
-
-impl PeriodQuery {
-    fn period(&self) -> Result<Period, PeriodError> {
-        match (self.from, self.to) {
-            (Some(from), Some(to)) => Period::between(from, to),
-            _ => Period::last_days(self.days.unwrap_or(30), now_ms()),
-        }
-    }
-}
-
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %crate::telemetry::escape(&e.to_string()), "admin API: database error");
-    problem(StatusCode::SERVICE_UNAVAILABLE, "temporarily unavailable")
+fn bad_period(e: PeriodError) -> Problem {
+    Problem::Unprocessable(e.to_string())
 }
 
 /// `GET /api/v1/funnel`: each step's count and rate for the triggers of the period, and
 /// the daily chart.
-pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<PeriodQuery>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let period = match query.period() {
-        Ok(period) => period,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    let trigger = query.trigger.as_deref();
-    let counts = match state.store.funnel(period, trigger).await {
-        Ok(counts) => counts,
-        Err(e) => return unavailable(e),
-    };
-    let days = match state.store.funnel_days(period, trigger).await {
-        Ok(days) => days,
-        Err(e) => return unavailable(e),
-    };
-    Json(json!({"period": period, "trigger": trigger, "steps": counts.steps(), "days": days})).into_response()
+pub async fn funnel(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<FunnelQuery>,
+) -> Result<Json<FunnelAnswer>, Problem> {
+    let period = query.period(now_ms()).map_err(bad_period)?;
+    let trigger = query.trigger.map(|t| t.0);
+    let counts = state.store.funnel(period, trigger.as_deref()).await?;
+    let days = state.store.funnel_days(period, trigger.as_deref()).await?;
+    let steps = counts
+        .steps()
+        .into_iter()
+        .map(|s| StepAnswer {
+            step: s.step.to_string(),
+            count: s.count,
+            rate: s.rate,
+        })
+        .collect();
+    Ok(Json(FunnelAnswer {
+        period: period.into(),
+        trigger,
+        steps,
+        days,
+    }))
 }
 
 /// `GET /api/v1/dropouts`: why people dropped out in the period.
-pub async fn dropouts(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<PeriodQuery>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let period = match query.period() {
-        Ok(period) => period,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    match state.store.dropouts(period).await {
-        Ok(dropouts) => Json(json!({"period": period, "dropouts": dropouts})).into_response(),
-        Err(e) => unavailable(e),
-    }
+pub async fn dropouts(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PeriodQuery>,
+) -> Result<Json<DropoutsAnswer>, Problem> {
+    let period = query.period(now_ms()).map_err(bad_period)?;
+    let dropouts = state.store.dropouts(period).await?;
+    Ok(Json(DropoutsAnswer {
+        period: period.into(),
+        dropouts,
+    }))
 }
 
 /// `GET /api/v1/rewards/summary`: rewards granted in the period by state, kind and
 /// currency with their value, and the code pool's level.
 pub async fn reward_summary(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<PeriodQuery>,
-) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let period = match query.period() {
-        Ok(period) => period,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    let totals = match state.store.reward_totals(period).await {
-        Ok(totals) => totals,
-        Err(e) => return unavailable(e),
-    };
-    match state.store.free_pool_codes().await {
-        Ok(free) => Json(json!({"period": period, "totals": totals, "code_pool_free": free})).into_response(),
-        Err(e) => unavailable(e),
-    }
+    ApiQuery(query): ApiQuery<PeriodQuery>,
+) -> Result<Json<RewardSummaryAnswer>, Problem> {
+    let period = query.period(now_ms()).map_err(bad_period)?;
+    let totals = state.store.reward_totals(period).await?;
+    let code_pool_free = state.store.free_pool_codes().await?;
+    Ok(Json(RewardSummaryAnswer {
+        period: period.into(),
+        totals,
+        code_pool_free,
+    }))
 }
 
 /// `GET /api/v1/referrers/top`: the referrers with the most converted friends (all time).
 pub async fn top_referrers(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<LimitQuery>,
-) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let limit = query.limit.unwrap_or(20).clamp(1, MAX_PAGE);
-    match state.store.top_referrers(limit).await {
-        Ok(top) => Json(json!({"referrers": top})).into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-fn referral_json(r: &ReferralRow) -> Value {
-    json!({
-        "id": r.id,
-        "state": r.state.as_str(),
-        "reason": r.reason,
-        "referral_code": r.referral_code,
-        "referrer_contact_id": r.referrer_contact_id,
-        "referrer_name": r.referrer_name,
-        "referrer_phone": mask_phone(&r.referrer_phone),
-        "friend_name": r.friend_name,
-        "friend_phone": mask_phone(&r.friend_phone),
-        "friend_contact_id": r.friend_contact_id,
-        "consent": r.consent == 1,
-        "language": r.language,
-        "nominated_at": r.nominated_at,
-    })
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct PageQuery {
-    state: Option<String>,
-    cursor: Option<String>,
-    limit: Option<i64>,
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> Result<Json<TopReferrersAnswer>, Problem> {
+    let limit = query.limit.map_or(20, |l| l.0);
+    let referrers = state.store.top_referrers(limit).await?;
+    Ok(Json(TopReferrersAnswer { referrers }))
 }
 
 /// `GET /api/v1/referrals`: newest first, `limit` per page (at most 200); `next_cursor`,
 /// when present, fetches the next page.
-pub async fn referrals(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<PageQuery>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    let before = match query.cursor.as_deref().map(str::parse::<i64>) {
-        None => None,
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => return problem(StatusCode::UNPROCESSABLE_ENTITY, "cursor is not one this API gave"),
-    };
-    if let Some(s) = query.state.as_deref() {
-        if crate::domain::referral::ReferralState::parse(s).is_none() {
-            return problem(StatusCode::UNPROCESSABLE_ENTITY, "state is not a referral state");
-        }
-    }
-    let page = match state.store.referrals_page(query.state.as_deref(), before, limit).await {
-        Ok(page) => page,
-        Err(e) => return unavailable(e),
-    };
+pub async fn referrals(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<ReferralsPage>, Problem> {
+    let limit = query.limit.map_or(50, |l| l.0);
+    let before = query.cursor.as_ref().map(|c| c.before());
+    let wanted = query.state.map(|s| s.0.as_str());
+    let page = state.store.referrals_page(wanted, before, limit).await?;
     let next_cursor = (page.len() as i64 == limit)
         .then(|| page.last().map(|r| r.id.to_string()))
         .flatten();
-    let items: Vec<Value> = page.iter().map(referral_json).collect();
-    Json(json!({"referrals": items, "next_cursor": next_cursor})).into_response()
+    Ok(Json(ReferralsPage {
+        referrals: page.iter().map(ReferralAnswer::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// `GET /api/v1/referrals/{id}/timeline`.
-pub async fn timeline(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let Ok(id) = id.parse::<i64>() else {
-        return problem(StatusCode::NOT_FOUND, "no such referral");
-    };
-    let referral = match state.store.referral(id).await {
-        Ok(Some(referral)) => referral,
-        Ok(None) => return problem(StatusCode::NOT_FOUND, "no such referral"),
-        Err(e) => return unavailable(e),
-    };
-    match state.store.timeline(&referral).await {
-        Ok(entries) => Json(json!({"referral": referral_json(&referral), "timeline": entries})).into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct LimitQuery {
-    limit: Option<i64>,
+pub async fn timeline(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<ReferralPath>,
+) -> Result<Json<TimelineAnswer>, Problem> {
+    let referral = state
+        .store
+        .referral(path.id.0)
+        .await?
+        .ok_or(Problem::NotFound("no such referral"))?;
+    let timeline = state.store.timeline(&referral).await?;
+    Ok(Json(TimelineAnswer {
+        referral: ReferralAnswer::from(&referral),
+        timeline,
+    }))
 }
 
 /// `GET /api/v1/rewards`: the newest rewards (phones masked).
-pub async fn rewards(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<LimitQuery>) -> Response {
-    let role = match authorise(&state, &headers, Action::Read) {
-        Ok(role) => role,
-        Err((status, reason)) => return problem(status, reason),
-    };
-    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    match state.store.list_rewards(limit).await {
-        Ok(rows) => {
-            let items: Vec<Value> = rows
-                .iter()
-                .map(|r| {
-                    let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
-                    v["phone"] = json!(mask_phone(&r.phone));
-                    // A code can be redeemed: only operators see it.
-                    if role != Role::Operator {
-                        for secret in ["code", "external_ref", "stripe_customer"] {
-                            v[secret] = Value::Null;
-                        }
-                    }
-                    v
-                })
-                .collect();
-            Json(json!({"rewards": items})).into_response()
-        }
-        Err(e) => unavailable(e),
-    }
+pub async fn rewards(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> Result<Json<RewardsAnswer>, Problem> {
+    let limit = query.limit.map_or(50, |l| l.0);
+    let rows = state.store.list_rewards(limit).await?;
+    Ok(Json(RewardsAnswer {
+        rewards: rows.iter().map(|r| RewardAnswer::new(r, caller.role)).collect(),
+    }))
 }
 
 /// `GET /api/v1/conversions`: the newest conversions.
 pub async fn conversions(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<LimitQuery>,
-) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let limit = query.limit.unwrap_or(50).clamp(1, MAX_PAGE);
-    match state.store.list_conversions(limit).await {
-        Ok(rows) => Json(json!({"conversions": rows})).into_response(),
-        Err(e) => unavailable(e),
-    }
-}
-
-fn queue_named(name: &str) -> Option<Queue> {
-    match name {
-        "inbox" => Some(Queue::Inbox),
-        "jobs" => Some(Queue::Jobs),
-        _ => None,
-    }
+    ApiQuery(query): ApiQuery<LimitQuery>,
+) -> Result<Json<ConversionsAnswer>, Problem> {
+    let limit = query.limit.map_or(50, |l| l.0);
+    let rows = state.store.list_conversions(limit).await?;
+    Ok(Json(ConversionsAnswer {
+        conversions: rows.iter().map(ConversionItem::from).collect(),
+    }))
 }
 
 /// `GET /api/v1/dead`: dead inbox events and jobs with their last error.
-pub async fn dead(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let mut answer = json!({});
-    for (queue, name) in [(Queue::Inbox, "inbox"), (Queue::Jobs, "jobs")] {
-        match state.store.list(queue, Some(QueueState::Dead), MAX_PAGE).await {
-            Ok(items) => answer[name] = json!(items),
-            Err(e) => return unavailable(e),
-        }
-    }
-    Json(answer).into_response()
+pub async fn dead(State(state): State<AppState>) -> Result<Json<DeadAnswer>, Problem> {
+    let dead = |queue| state.store.list(queue, Some(QueueState::Dead), MAX_DEAD);
+    let inbox = dead(Queue::Inbox).await?;
+    let jobs = dead(Queue::Jobs).await?;
+    Ok(Json(DeadAnswer {
+        inbox: inbox.iter().map(QueueItem::from).collect(),
+        jobs: jobs.iter().map(QueueItem::from).collect(),
+    }))
 }
 
 /// `POST /api/v1/dead/{queue}/{id}/retry` (operator): re-queues a dead item with fresh
 /// attempts, recorded with the token that asked.
 pub async fn retry(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Path((queue, id)): Path<(String, String)>,
-) -> Response {
-    let role = match authorise(&state, &headers, Action::Act) {
-        Ok(role) => role,
-        Err((status, reason)) => return problem(status, reason),
+    caller: Caller,
+    ApiPath(path): ApiPath<DeadItemPath>,
+) -> Result<Json<RetryAnswer>, Problem> {
+    let queue = match path.queue {
+        QueueName::Inbox => Queue::Inbox,
+        QueueName::Jobs => Queue::Jobs,
     };
-    let (Some(queue), Ok(id)) = (queue_named(&queue), id.parse::<i64>()) else {
-        return problem(StatusCode::NOT_FOUND, "no such item");
-    };
-    let actor = format!("api:{role}");
-    match state.store.retry_dead_by(queue, id, &actor).await {
-        Ok(true) => Json(json!({"retried": true, "id": id})).into_response(),
-        Ok(false) => problem(StatusCode::CONFLICT, "the item is not dead (or does not exist)"),
-        Err(e) => unavailable(e),
+    let id = path.id.0;
+    if state.store.retry_dead_by(queue, id, &caller.actor()).await? {
+        Ok(Json(RetryAnswer { retried: true, id }))
+    } else {
+        Err(Problem::Conflict("the item is not dead (or does not exist)"))
     }
 }
 
@@ -327,20 +225,10 @@ fn csv_response(filename: &str, header_row: &str, rows: Vec<Vec<String>>) -> Res
 /// `GET /api/v1/export/referrals.csv`: the referrals nominated in the period.
 pub async fn referrals_csv(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<PeriodQuery>,
-) -> Response {
-    if let Err((status, reason)) = authorise(&state, &headers, Action::Read) {
-        return problem(status, reason);
-    }
-    let period = match query.period() {
-        Ok(period) => period,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    let rows = match state.store.referrals_nominated_in(period).await {
-        Ok(rows) => rows,
-        Err(e) => return unavailable(e),
-    };
+    ApiQuery(query): ApiQuery<PeriodQuery>,
+) -> Result<Response, Problem> {
+    let period: Period = query.period(now_ms()).map_err(bad_period)?;
+    let rows = state.store.referrals_nominated_in(period).await?;
     let rows = rows
         .iter()
         .map(|r| {
@@ -358,31 +246,21 @@ pub async fn referrals_csv(
             ]
         })
         .collect();
-    csv_response(
+    Ok(csv_response(
         "referrals.csv",
         "id,state,reason,referral_code,referrer_contact_id,referrer_name,referrer_phone,friend_name,friend_phone,nominated_at",
         rows,
-    )
+    ))
 }
 
 /// `GET /api/v1/export/rewards.csv`: the rewards granted in the period.
 pub async fn rewards_csv(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<PeriodQuery>,
-) -> Response {
-    let role = match authorise(&state, &headers, Action::Read) {
-        Ok(role) => role,
-        Err((status, reason)) => return problem(status, reason),
-    };
-    let period = match query.period() {
-        Ok(period) => period,
-        Err(e) => return problem(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
-    };
-    let rows = match state.store.rewards_created_in(period.from, period.to).await {
-        Ok(rows) => rows,
-        Err(e) => return unavailable(e),
-    };
+    caller: Caller,
+    ApiQuery(query): ApiQuery<PeriodQuery>,
+) -> Result<Response, Problem> {
+    let period = query.period(now_ms()).map_err(bad_period)?;
+    let rows = state.store.rewards_created_in(period.from, period.to).await?;
     let rows = rows
         .iter()
         .map(|r| {
@@ -397,7 +275,7 @@ pub async fn rewards_csv(
                 r.amount.to_string(),
                 r.currency.clone(),
                 // A code can be redeemed: only operators see it.
-                match role {
+                match caller.role {
                     Role::Operator => r.code.clone().unwrap_or_default(),
                     Role::Viewer => String::new(),
                 },
@@ -405,11 +283,11 @@ pub async fn rewards_csv(
             ]
         })
         .collect();
-    csv_response(
+    Ok(csv_response(
         "rewards.csv",
         "id,referral_id,beneficiary,contact_id,phone,kind,state,amount,currency,code,last_error",
         rows,
-    )
+    ))
 }
 
 #[cfg(test)]

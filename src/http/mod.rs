@@ -8,8 +8,10 @@ mod error;
 mod flow;
 mod health;
 pub mod openapi;
+mod problem;
 mod serve;
 mod webhooks;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,9 +57,17 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = state.settings.request_timeout();
     let mut routes = Router::new();
-    // The API's routes come from the table its OpenAPI document is built from.
+    // The API's routes and their roles come from the table its OpenAPI document is built
+    // from: the documented role is the one the router enforces.
     for op in openapi::OPERATIONS {
-        routes = routes.route(op.path, (op.handler)());
+        let mut handler = (op.handler)();
+        if let Some(least) = op.role {
+            handler = handler.route_layer(middleware::from_fn_with_state(
+                (state.clone(), least),
+                problem::require_role,
+            ));
+        }
+        routes = routes.route(op.path, handler);
     }
     routes
         .route("/admin", get(dashboard::funnel))

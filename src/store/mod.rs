@@ -34,7 +34,7 @@ pub use queue::{BatchableKind, ClaimedItem, Queue, QueueRow};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,
 };
-pub use reporting::{AdminAction, FunnelDay, TimelineEntry};
+pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, NewConversion, NewReward, RewardRow};
 pub use tx::{BatchLease, Committed, ItemEnd, Lease, Tx};
 

@@ -10,7 +10,7 @@ use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
 use crate::domain::state::Persisted;
 
 /// One day of the funnel's daily chart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FunnelDay {
     /// Unix milliseconds at the day's start (UTC).
     pub day: i64,
@@ -20,14 +20,14 @@ pub struct FunnelDay {
 }
 
 /// A count by reason (or code, or source).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ReasonCount {
     pub reason: String,
     pub count: i64,
 }
 
 /// Why people dropped out of the funnel in a period.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Dropouts {
     /// Triggers that were not eligible, by reason.
     pub ineligible: Vec<ReasonCount>,
@@ -40,7 +40,7 @@ pub struct Dropouts {
 }
 
 /// Rewards of one state, kind and currency, with their total value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct RewardTotal {
     pub state: String,
     pub kind: String,
@@ -50,7 +50,7 @@ pub struct RewardTotal {
 }
 
 /// A referrer and what their nominations became.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ReferrerCounts {
     pub contact_id: String,
     pub name: String,
@@ -59,7 +59,7 @@ pub struct ReferrerCounts {
 }
 
 /// One entry of a referral's timeline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TimelineEntry {
     pub at: i64,
     /// invite, referral, transition, message, conversion, reward or outside call.

@@ -450,7 +450,7 @@ impl Run {
                 let Some((referral_id, _)) = self.referral(&p.friend()).await else {
                     return;
                 };
-                accepted(lc.void(referral_id).await.status().as_u16());
+                accepted(lc.void(referral_id).await.0);
             }
         }
     }

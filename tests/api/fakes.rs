@@ -297,28 +297,25 @@ impl Lifecycle {
 
     /// `POST /api/v1/conversions` with the test token.
     pub async fn api_conversion(&self, body: Value) -> (u16, Value) {
-        let response = self
+        let request = self
             .app
             .client
             .post(self.app.url("/api/v1/conversions"))
             .bearer_auth(API_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+            .json(&body);
+        let (status, answer) = crate::api_document::checked(request).await;
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
     }
 
     /// `POST /api/v1/referrals/{id}/void` with the test token.
-    pub async fn void(&self, referral_id: i64) -> reqwest::Response {
-        self.app
+    pub async fn void(&self, referral_id: i64) -> (u16, Value) {
+        let request = self
+            .app
             .client
             .post(self.app.url(&format!("/api/v1/referrals/{referral_id}/void")))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .expect("request")
+            .bearer_auth(API_TOKEN);
+        let (status, answer) = crate::api_document::checked(request).await;
+        (status, serde_json::from_str(&answer).unwrap_or(Value::Null))
     }
 
     /// A signed Stripe event.

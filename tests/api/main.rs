@@ -12,6 +12,7 @@ mod flow_endpoint;
 mod helpers;
 
 mod admin;
+mod api_document;
 mod attribution;
 mod browser;
 mod fuzz;
