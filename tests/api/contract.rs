@@ -20,11 +20,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use std::time::Duration;
 
-use referloop::store::{Backend, Queue, QueueState};
+use referloop::domain::referral::ReferralState;
+use referloop::domain::state::InviteState;
+use referloop::store::{Backend, NewInvite, NewReferral, Queue, QueueState, ReferralInsert};
 use serde_json::{json, Map, Value};
 use wiremock::{Match, Request};
 
-use crate::helpers::{eventually, TestApp};
+use crate::helpers::{eventually, set_env, TestApp};
 
 const DOCUMENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -539,11 +541,65 @@ fn the_readme_names_every_reading_and_exception() {
 /// Meta's own example webhooks, all of them, are valid against the document (the
 /// checker's inbound half), accepted by the signed route, and handled by the worker on
 /// each store without an error: every event they store ends done.
+/// The number every Meta example message comes from.
+const EXAMPLE_SENDER: &str = "+16505551234";
+
+/// Makes Meta's example sender a known contact: the friend of a referral awaiting them
+/// (a share link), for a business whose templates carry an "Unsubscribe" quick reply.
+/// Returns the referral.
+async fn known_example_sender(app: &TestApp) -> i64 {
+    let mut tx = app.store.begin(None).await.expect("begin");
+    let invite = tx
+        .insert_invite(&NewInvite {
+            trigger_key: "example:1".into(),
+            contact_id: "501".into(),
+            trigger: "nps".into(),
+            phone: Some("+447911123456".into()),
+            first_name: "Ana".into(),
+            language: "en_US".into(),
+            referral_code: Some("ANA12345".into()),
+            state: InviteState::Nominated,
+            reason: None,
+        })
+        .await
+        .expect("invite");
+    let referral = NewReferral {
+        invite_id: invite.id,
+        flow_token: "token-example".into(),
+        referrer_contact_id: invite.contact_id.clone(),
+        referrer_phone: "+447911123456".into(),
+        referrer_name: "Ana".into(),
+        referral_code: "ANA12345".into(),
+        friend_phone: EXAMPLE_SENDER.into(),
+        friend_name: "Sam".into(),
+        personal_message: None,
+        consent: false,
+        language: "en_US".into(),
+    };
+    let ReferralInsert::Created(id) = tx.insert_referral(&referral).await.expect("referral") else {
+        panic!("referral not created");
+    };
+    tx.move_referral(
+        id,
+        ReferralState::Nominated,
+        ReferralState::AwaitingFriend,
+        Some("share link"),
+    )
+    .await
+    .expect("awaiting the friend");
+    tx.commit("").await.expect("commit");
+    id
+}
+
 async fn metas_webhook_examples_are_accepted_and_handled(backend: Backend) {
     let contract = Contract::meta();
     let examples = contract.webhook_examples();
     assert_eq!(examples.len(), 16, "Meta's document holds 16 example webhooks");
-    let app = TestApp::spawn(backend).await;
+    let app = TestApp::spawn_with(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS", "stop,Unsubscribe")
+    })
+    .await;
+    let referral = known_example_sender(&app).await;
     for (name, payload) in &examples {
         contract
             .check_webhook(payload)
@@ -580,6 +636,14 @@ async fn metas_webhook_examples_are_accepted_and_handled(backend: Backend) {
     ids.dedup();
     let messages = items.iter().filter(|i| i.kind == "whatsapp.message").count();
     assert_eq!(messages, ids.len(), "{items:#?}");
+    // Their effects on a known contact: the texts bring the awaited friend in, and the
+    // "Unsubscribe" tap opts the number out (whichever the worker took first).
+    let friend = app.store.referral(referral).await.expect("read").expect("referral");
+    assert_eq!(friend.state, ReferralState::FriendInvited, "{items:#?}");
+    assert!(
+        app.store.is_opted_out(EXAMPLE_SENDER).await.expect("read"),
+        "the Unsubscribe button opts out: {items:#?}"
+    );
     app.shutdown().await;
 }
 
