@@ -125,11 +125,18 @@ fn digits(phone: &str) -> String {
     phone.chars().filter(char::is_ascii_digit).collect()
 }
 
+/// A `messages` change with one inbound message, naming its sender in `contacts` as Meta
+/// does.
+fn inbound(from: &str, message: Value) -> Vec<u8> {
+    let contact = json!({"profile": {"name": "Sandbox sender"}, "wa_id": digits(from)});
+    whatsapp_webhook("messages", json!({"contacts": [contact], "messages": [message]}))
+}
+
 /// The customer taps "Refer someone" on the invite.
 pub fn refer_tap(from: &str, invite_id: i64) -> Vec<u8> {
     let message = json!({"from": digits(from), "id": dev_wamid("tap"), "timestamp": (now_ms() / 1000).to_string(),
         "type": "button", "button": {"payload": format!("refer:{invite_id}"), "text": "Refer someone"}});
-    whatsapp_webhook("messages", json!({"messages": [message]}))
+    inbound(from, message)
 }
 
 /// The Flow completes with the friend's details.
@@ -139,13 +146,13 @@ pub fn flow_reply(from: &str, flow_token: &str, name: &str, phone: &str, message
     let message = json!({"from": digits(from), "id": dev_wamid("flow"), "timestamp": (now_ms() / 1000).to_string(),
         "type": "interactive", "interactive": {"type": "nfm_reply",
             "nfm_reply": {"name": "flow", "body": "Sent", "response_json": response.to_string()}}});
-    whatsapp_webhook("messages", json!({"messages": [message]}))
+    inbound(from, message)
 }
 
 pub fn text(from: &str, body: &str) -> Vec<u8> {
     let message = json!({"from": digits(from), "id": dev_wamid("text"), "timestamp": (now_ms() / 1000).to_string(),
         "type": "text", "text": {"body": body}});
-    whatsapp_webhook("messages", json!({"messages": [message]}))
+    inbound(from, message)
 }
 
 pub fn status(wamid: &str, status: &str, to: &str) -> Vec<u8> {

@@ -386,15 +386,22 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, language
             call: format!("POST /{waba}/flows, POST /<id>/assets (Flow JSON), POST /<id>/publish"),
         };
     }
-    let mut create = json!({"name": name, "categories": ["OTHER"]});
-    if settings.whatsapp.flow_kind == FlowKind::Endpoint {
-        create["endpoint_uri"] = json!(endpoint_uri(settings));
+    // Form fields, as Meta's OpenAPI document describes the call (`categories` a JSON
+    // array in a string).
+    let endpoint = (settings.whatsapp.flow_kind == FlowKind::Endpoint).then(|| endpoint_uri(settings));
+    let mut fields = vec![
+        FormPart::field("name", name),
+        FormPart::field("categories", r#"["OTHER"]"#),
+    ];
+    if let Some(uri) = &endpoint {
+        fields.push(FormPart::field("endpoint_uri", uri));
     }
+    let (form_type, form) = multipart(&fields);
     let created = client
         .manage(
             reqwest::Method::POST,
             &format!("/{waba}/flows"),
-            Some(("application/json", create.to_string())),
+            Some((&form_type, form)),
         )
         .await;
     let id = match ok_body(created, &what) {
@@ -403,19 +410,16 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, language
         Err(wrong) => return wrong,
     };
     let flow_json = flow_json(settings, language);
-    let boundary = "referloop-flow-json";
-    let multipart = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"flow.json\"\r\n\
-         Content-Type: application/json\r\n\r\n{flow_json}\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nflow.json\r\n\
-         --{boundary}\r\nContent-Disposition: form-data; name=\"asset_type\"\r\n\r\nFLOW_JSON\r\n--{boundary}--\r\n"
-    );
-    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let (form_type, form) = multipart(&[
+        FormPart::file("file", "flow.json", "application/json", &flow_json),
+        FormPart::field("name", "flow.json"),
+        FormPart::field("asset_type", "FLOW_JSON"),
+    ]);
     let uploaded = client
         .manage(
             reqwest::Method::POST,
             &format!("/{}/assets", path_segment(&id)),
-            Some((&content_type, multipart)),
+            Some((&form_type, form)),
         )
         .await;
     let errors = match ok_body(uploaded, &what) {
@@ -501,15 +505,9 @@ async fn encryption_key(client: &WhatsAppClient, settings: &Settings, dry_run: b
             call: format!("POST {path} (business_public_key)"),
         });
     }
-    let form = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("business_public_key", key.public_key_pem())
-        .finish();
+    let (form_type, form) = multipart(&[FormPart::field("business_public_key", key.public_key_pem())]);
     let uploaded = client
-        .manage(
-            reqwest::Method::POST,
-            &path,
-            Some(("application/x-www-form-urlencoded", form)),
-        )
+        .manage(reqwest::Method::POST, &path, Some((&form_type, form)))
         .await;
     match ok_body(uploaded, &what) {
         Ok(None) => return Some(Finding::Created(format!("{what}: uploaded (recorded, sandbox)"))),
@@ -521,6 +519,56 @@ async fn encryption_key(client: &WhatsAppClient, settings: &Settings, dry_run: b
         Finding::Present(line) => Some(Finding::Created(line.replace(": signed", ": uploaded and signed"))),
         other => Some(other),
     }
+}
+
+/// One part of a `multipart/form-data` body: a field, or a file with its name and type.
+struct FormPart<'a> {
+    name: &'a str,
+    file: Option<(&'a str, &'a str)>,
+    value: &'a str,
+}
+
+impl<'a> FormPart<'a> {
+    fn field(name: &'a str, value: &'a str) -> Self {
+        FormPart {
+            name,
+            file: None,
+            value,
+        }
+    }
+
+    fn file(name: &'a str, filename: &'a str, content_type: &'a str, value: &'a str) -> Self {
+        FormPart {
+            name,
+            file: Some((filename, content_type)),
+            value,
+        }
+    }
+}
+
+/// A `multipart/form-data` body and its content type (the Graph calls Meta documents as
+/// forms: creating a Flow, uploading its JSON, registering the encryption key). The
+/// boundary is one no part can hold: the parts are our own names, a PEM key and our Flow
+/// JSON.
+fn multipart(parts: &[FormPart]) -> (String, String) {
+    const BOUNDARY: &str = "referloop-form-7c1d0e";
+    let mut body = String::new();
+    for part in parts {
+        body.push_str(&format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{}\"",
+            part.name
+        ));
+        match part.file {
+            Some((filename, content_type)) => body.push_str(&format!(
+                "; filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n"
+            )),
+            None => body.push_str("\r\n\r\n"),
+        }
+        body.push_str(part.value);
+        body.push_str("\r\n");
+    }
+    body.push_str(&format!("--{BOUNDARY}--\r\n"));
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
 }
 
 fn normalise_pem(pem: &str) -> String {

@@ -99,18 +99,68 @@ pub const EXCEPTIONS: [(&str, &str, &str); 9] = [
     ),
 ];
 
-/// One operation of the document with a JSON request body.
+/// One operation of the document.
 struct Operation {
     method: String,
     /// Path template segments; `None` for a `{parameter}`.
     segments: Vec<Option<String>>,
     id: String,
-    /// Where its JSON request schema is, when it takes a JSON body.
-    schema: Option<String>,
+    /// The request bodies it documents, by media type.
+    bodies: Vec<RequestBody>,
     /// `requestBody.required`: without it, a request may carry no body at all.
     body_required: bool,
+}
+
+/// A documented request body of one media type.
+struct RequestBody {
+    /// `application/json`, `multipart/form-data`, `application/x-www-form-urlencoded`.
+    media: String,
+    /// Where its schema is.
+    pointer: String,
     /// Compiled on first use.
     validator: OnceLock<jsonschema::Validator>,
+}
+
+/// The fields of a form body (`multipart/form-data` or urlencoded) as a JSON object of
+/// strings, as a form's schema describes them (a file part's value is its content).
+pub fn form_fields(content_type: &str, body: &[u8]) -> Option<Map<String, Value>> {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    let mut fields = Map::new();
+    match media {
+        "application/x-www-form-urlencoded" => {
+            for (name, value) in url::form_urlencoded::parse(body) {
+                fields.insert(name.into_owned(), Value::String(value.into_owned()));
+            }
+        }
+        "multipart/form-data" => {
+            let boundary = content_type
+                .split(';')
+                .find_map(|p| p.trim().strip_prefix("boundary="))?
+                .trim_matches('"');
+            let text = std::str::from_utf8(body).ok()?;
+            let delimiter = format!("--{boundary}");
+            let mut sections = text.split(delimiter.as_str());
+            // Before the first delimiter: the preamble (empty); after the last: `--`.
+            sections.next()?;
+            for section in sections {
+                if section.starts_with("--") {
+                    break;
+                }
+                let section = section.strip_prefix("\r\n")?.strip_suffix("\r\n")?;
+                let (headers, value) = section.split_once("\r\n\r\n")?;
+                let disposition = headers
+                    .split("\r\n")
+                    .find(|h| h.to_ascii_lowercase().starts_with("content-disposition: form-data"))?;
+                let name = disposition
+                    .split(';')
+                    .find_map(|p| p.trim().strip_prefix("name="))?
+                    .trim_matches('"');
+                fields.insert(name.to_string(), Value::String(value.to_string()));
+            }
+        }
+        _ => return None,
+    }
+    Some(fields)
 }
 
 pub struct Contract {
@@ -140,20 +190,30 @@ impl Contract {
         for (template, item) in &paths {
             for (method, op) in item.as_object().into_iter().flatten() {
                 let Some(id) = op["operationId"].as_str() else { continue };
-                let schema = op["requestBody"]["content"]["application/json"]["schema"]
-                    .is_object()
-                    .then(|| {
-                        format!(
-                            "#/paths/{}/{method}/requestBody/content/application~1json/schema",
-                            // A JSON pointer in a URI fragment: `~` and `/` escaped, braces
-                            // percent-encoded.
-                            template
-                                .replace('~', "~0")
-                                .replace('/', "~1")
-                                .replace('{', "%7B")
-                                .replace('}', "%7D")
-                        )
-                    });
+                // A JSON pointer in a URI fragment: `~` and `/` escaped, braces
+                // percent-encoded.
+                let escaped = |segment: &str| {
+                    segment
+                        .replace('~', "~0")
+                        .replace('/', "~1")
+                        .replace('{', "%7B")
+                        .replace('}', "%7D")
+                };
+                let bodies = op["requestBody"]["content"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, content)| content["schema"].is_object())
+                    .map(|(media, _)| RequestBody {
+                        media: media.clone(),
+                        pointer: format!(
+                            "#/paths/{}/{method}/requestBody/content/{}/schema",
+                            escaped(template),
+                            escaped(media)
+                        ),
+                        validator: OnceLock::new(),
+                    })
+                    .collect();
                 let segments = template
                     .split('/')
                     .skip(1)
@@ -163,9 +223,8 @@ impl Contract {
                     method: method.to_uppercase(),
                     segments,
                     id: id.to_string(),
-                    schema,
+                    bodies,
                     body_required: op["requestBody"]["required"] == true,
-                    validator: OnceLock::new(),
                 });
             }
         }
@@ -224,10 +283,11 @@ impl Contract {
             .unwrap_or_else(|e| panic!("{what}: the schema does not compile: {e}"))
     }
 
-    /// The operation's request validator: the whole document as the root (so that its
-    /// references resolve), entered at the operation's schema.
-    fn validator<'a>(&self, op: &'a Operation, pointer: &str) -> &'a jsonschema::Validator {
-        op.validator.get_or_init(|| self.compile_at(pointer, &op.id))
+    /// A request body's validator: the whole document as the root (so that its
+    /// references resolve), entered at the body's schema.
+    fn validator<'a>(&self, op: &Operation, body: &'a RequestBody) -> &'a jsonschema::Validator {
+        body.validator
+            .get_or_init(|| self.compile_at(&body.pointer, &format!("{} ({})", op.id, body.media)))
     }
 
     /// The operation a request targets: the template with the most literal segments
@@ -252,20 +312,27 @@ impl Contract {
         let Some(op) = self.operation(method, path) else {
             return Err(format!("no operation in Meta's document for {method} {path}"));
         };
-        let Some(pointer) = &op.schema else {
-            return Ok(op.id.clone());
-        };
-        if body.is_empty() && !op.body_required {
+        if op.bodies.is_empty() || (body.is_empty() && !op.body_required) {
             return Ok(op.id.clone());
         }
-        let validator = self.validator(op, pointer);
-        if !content_type.is_some_and(|c| c.starts_with("application/json")) {
+        let media = content_type.unwrap_or("").split(';').next().unwrap_or("").trim();
+        let Some(documented) = op.bodies.iter().find(|b| b.media == media) else {
+            let allowed: Vec<&str> = op.bodies.iter().map(|b| b.media.as_str()).collect();
             return Err(format!(
-                "{}: content type {content_type:?}, not application/json",
-                op.id
+                "{}: content type {content_type:?}; the document takes {}",
+                op.id,
+                allowed.join(" or ")
             ));
-        }
-        let body: Value = serde_json::from_slice(body).map_err(|e| format!("{}: the body is not JSON: {e}", op.id))?;
+        };
+        let body: Value = if media == "application/json" {
+            serde_json::from_slice(body).map_err(|e| format!("{}: the body is not JSON: {e}", op.id))?
+        } else {
+            Value::Object(
+                form_fields(content_type.unwrap_or(""), body)
+                    .ok_or_else(|| format!("{}: the body is not a well-formed {media}", op.id))?,
+            )
+        };
+        let validator = self.validator(op, documented);
         let errors: Vec<String> = validator
             .iter_errors(&body)
             .map(|e| format!("{} at `{}`", e, e.instance_path()))
@@ -519,6 +586,30 @@ fn the_checker_refuses_what_meta_would() {
         "a closed composition refuses a field it does not name"
     );
     assert!(contract.check("POST", "/v24.0/1/nowhere", None, b"{}").is_err());
+    // Forms: Meta documents creating a Flow as multipart/form-data only.
+    let flows = "/v24.0/100000000000303/flows";
+    let as_json = contract.check(
+        "POST",
+        flows,
+        Some("application/json"),
+        br#"{"name":"x","categories":["OTHER"]}"#,
+    );
+    assert!(as_json.is_err_and(|e| e.contains("multipart/form-data")));
+    let form = "--b\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nreferral\r\n\
+                --b\r\nContent-Disposition: form-data; name=\"categories\"\r\n\r\n[\"OTHER\"]\r\n--b--\r\n";
+    assert_eq!(
+        contract.check("POST", flows, Some("multipart/form-data; boundary=b"), form.as_bytes()),
+        Ok("createFlow".to_string())
+    );
+    let fields = form_fields("multipart/form-data; boundary=b", form.as_bytes()).expect("a form");
+    assert_eq!(fields["categories"], json!("[\"OTHER\"]"));
+    let torn = contract.check(
+        "POST",
+        flows,
+        Some("multipart/form-data; boundary=b"),
+        b"--b\r\nno headers",
+    );
+    assert!(torn.is_err(), "a torn form is refused");
 }
 
 #[test]

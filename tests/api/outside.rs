@@ -185,9 +185,13 @@ pub fn forward_statuses(graph: GraphSends, webhook_url: String) -> tokio::task::
                 let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "100000000000101",
                     "changes": [{"field": "messages", "value": {"messaging_product": "whatsapp",
                         "metadata": {"display_phone_number": "15550001234", "phone_number_id": PHONE_NUMBER_ID},
-                        "statuses": status.clone()}}]}]})
-                .to_string()
-                .into_bytes();
+                        "statuses": status.clone()}}]}]});
+                // The statuses the fake reports follow Meta's contract, as the tests' own
+                // webhooks do.
+                if let Err(off) = crate::contract::Contract::meta().check_webhook(&body) {
+                    panic!("a status webhook off Meta's contract: {off}");
+                }
+                let body = body.to_string().into_bytes();
                 let answered = client
                     .post(&webhook_url)
                     .header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body))

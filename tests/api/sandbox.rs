@@ -11,6 +11,10 @@ use crate::both_backends;
 use crate::helpers::*;
 
 async fn post_whatsapp(app: &TestApp, body: Vec<u8>) {
+    let payload: serde_json::Value = serde_json::from_slice(&body).expect("a JSON fixture");
+    if let Err(off) = crate::contract::Contract::meta().check_webhook(&payload) {
+        panic!("a sandbox webhook off Meta's contract: {off}");
+    }
     let response = app
         .client
         .post(app.url("/webhooks/whatsapp"))

@@ -283,6 +283,16 @@ struct GraphState {
     public_key: Option<String>,
 }
 
+/// A form body's fields (Meta documents these calls as `multipart/form-data`).
+fn form(request: &Request) -> serde_json::Map<String, Value> {
+    let content_type = request
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    crate::contract::form_fields(content_type, &request.body).unwrap_or_default()
+}
+
 impl Respond for GraphAccount {
     fn respond(&self, request: &Request) -> ResponseTemplate {
         let Ok(mut state) = self.state.lock() else {
@@ -323,14 +333,15 @@ impl Respond for GraphAccount {
                 ok(json!({"data": data}))
             }
             ("POST", p) if p.ends_with("/whatsapp_business_encryption") => {
-                let key = url::form_urlencoded::parse(&request.body)
-                    .find(|(k, _)| k == "business_public_key")
-                    .map(|(_, v)| v.to_string());
+                let key = form(request)
+                    .get("business_public_key")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
                 state.public_key = key;
                 ok(json!({"success": true}))
             }
             ("POST", p) if p.ends_with("/flows") => {
-                let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                let body = Value::Object(form(request));
                 state.flow_creations.push(body.clone());
                 let id = format!("F{}", state.flows.len() + 1);
                 state
