@@ -16,6 +16,24 @@ use crate::startup::{shutdown_signal, Application};
 use crate::store::{now_ms, Queue, QueueRow, Store};
 use crate::telemetry::{self, mask_phone};
 
+/// `println!` for what a command prints: a failed write (a closed pipe, as in
+/// `referloop jobs list | head -2`) becomes an error that [`run`] ends on quietly, where
+/// `println!` would panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "referloop",
@@ -331,11 +349,11 @@ fn flow_command(settings: &Settings, action: FlowAction) -> anyhow::Result<ExitC
                  `referloop setup whatsapp` to upload the public key:",
                 out.display()
             );
-            print!("{public_pem}");
+            out!("{public_pem}");
         }
         FlowAction::PublicKey => {
             match crate::whatsapp::flow_crypto::configured_key(settings) {
-                Ok(Some(key)) => print!("{}", key.public_key_pem()),
+                Ok(Some(key)) => out!("{}", key.public_key_pem()),
                 Ok(None) => {
                     eprintln!("referloop: no Flow private key is configured (whatsapp.flow_private_key or flow_private_key_file)");
                     return Ok(ExitCode::FAILURE);
@@ -391,7 +409,7 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
             let hash = crate::app::accounts::hash_password(password)
                 .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
             store.upsert_admin_user(&name, role.as_str(), &hash).await?;
-            println!(
+            outln!(
                 "user {name} ({role}) saved; sign in at {}/admin",
                 settings.server.public_base_url
             );
@@ -399,7 +417,7 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
         UsersAction::List => {
             for user in store.admin_users().await? {
                 let state = if user.disabled { " (disabled)" } else { "" };
-                println!("{}\t{}{state}", user.name, user.role);
+                outln!("{}\t{}{state}", user.name, user.role);
             }
         }
         UsersAction::Disable { name } => {
@@ -407,7 +425,7 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
                 eprintln!("referloop: no user named {name}");
                 return Ok(ExitCode::from(1));
             }
-            println!("user {name} disabled; their sessions ended");
+            outln!("user {name} disabled; their sessions ended");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -432,11 +450,20 @@ pub fn run() -> ExitCode {
     };
     match runtime.block_on(dispatch(cli.command.unwrap_or(Command::Serve), settings)) {
         Ok(code) => code,
+        // The reader went away (`| head`): what it did not read is not an error.
+        Err(e) if is_closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("referloop: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
@@ -453,9 +480,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                 .migrate()
                 .await
                 .context("applying migrations")?;
-            println!("migrations applied");
+            outln!("migrations applied");
         }
-        Command::Config => print!("{}", settings.to_redacted_toml()),
+        Command::Config => out!("{}", settings.to_redacted_toml()),
         Command::Setup {
             target: SetupTarget::Hubspot { dry_run },
         } => return setup_hubspot(&settings, dry_run).await,
@@ -475,9 +502,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let store = open_store(&settings).await?;
             for call in store.list_outbound_calls(args.limit).await? {
                 if args.json {
-                    println!("{}", serde_json::to_string(&call)?);
+                    outln!("{}", serde_json::to_string(&call)?);
                 } else {
-                    println!(
+                    outln!(
                         "#{} {} {} {}\n  {}",
                         call.id,
                         format_ms(call.created_at),
@@ -492,9 +519,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let store = open_store(&settings).await?;
             for invite in store.list_invites(limit).await? {
                 if json {
-                    println!("{}", serde_json::to_string(&invite)?);
+                    outln!("{}", serde_json::to_string(&invite)?);
                 } else {
-                    println!(
+                    outln!(
                         "invite #{} contact {} {} {} code {} {}{}",
                         invite.id,
                         invite.contact_id,
@@ -508,9 +535,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             }
             for referral in store.list_referrals(limit).await? {
                 if json {
-                    println!("{}", serde_json::to_string(&referral)?);
+                    outln!("{}", serde_json::to_string(&referral)?);
                 } else {
-                    println!(
+                    outln!(
                         "referral #{} invite #{} friend {} {} consent {} {}{}",
                         referral.id,
                         referral.invite_id,
@@ -527,9 +554,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let store = open_store(&settings).await?;
             for message in store.list_messages(limit).await? {
                 if json {
-                    println!("{}", serde_json::to_string(&message)?);
+                    outln!("{}", serde_json::to_string(&message)?);
                 } else {
-                    println!(
+                    outln!(
                         "message #{} {} to {} {} wamid {}{}",
                         message.id,
                         message.purpose.as_str(),
@@ -545,9 +572,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let store = open_store(&settings).await?;
             for c in store.list_conversions(limit).await? {
                 if json {
-                    println!("{}", serde_json::to_string(&c)?);
+                    outln!("{}", serde_json::to_string(&c)?);
                 } else {
-                    println!(
+                    outln!(
                         "conversion #{} {} {} referral {} {} (matched by {}) {}",
                         c.id,
                         c.source,
@@ -566,9 +593,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let store = open_store(&settings).await?;
             for r in store.list_rewards(limit).await? {
                 if json {
-                    println!("{}", serde_json::to_string(&r)?);
+                    outln!("{}", serde_json::to_string(&r)?);
                 } else {
-                    println!(
+                    outln!(
                         "reward #{} referral #{} {} {} {} {} {} {}{}",
                         r.id,
                         r.referral_id,
@@ -582,7 +609,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                     );
                 }
             }
-            println!("free pool codes: {}", store.free_pool_codes().await?);
+            outln!("free pool codes: {}", store.free_pool_codes().await?);
         }
         Command::Rewards {
             action: RewardsAction::LoadCodes { file },
@@ -591,7 +618,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
             let codes = parse_code_file(&text);
             let loaded = store.load_reward_codes(&codes).await?;
-            println!(
+            outln!(
                 "{loaded} new code(s) loaded ({} read); {} free",
                 codes.len(),
                 store.free_pool_codes().await?
@@ -601,7 +628,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
             action: ApiAction::HashToken { token },
         } => {
             use sha2::Digest;
-            println!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
+            outln!("{}", hex::encode(sha2::Sha256::digest(token.as_bytes())));
         }
         Command::Users { action } => return users(&settings, action).await,
         Command::Flow { action } => return flow_command(&settings, action),
@@ -642,21 +669,21 @@ fn parse_code_file(text: &str) -> Vec<String> {
 async fn account_services(settings: &Settings, store: Store) -> anyhow::Result<crate::app::Services> {
     let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
     if settings.sandbox() {
-        println!("sandbox mode: calls to the accounts are recorded (`referloop outbound list`), not sent");
+        outln!("sandbox mode: calls to the accounts are recorded (`referloop outbound list`), not sent");
     }
     Ok(services)
 }
 
 /// Prints a setup report; failure when anything in it is wrong.
-fn print_report(report: &crate::setup::Report) -> ExitCode {
+fn print_report(report: &crate::setup::Report) -> anyhow::Result<ExitCode> {
     for line in report.lines() {
-        println!("{line}");
+        outln!("{line}");
     }
-    if report.ok() {
+    Ok(if report.ok() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
 async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
@@ -664,13 +691,13 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let services = account_services(settings, connect(settings).await?).await?;
     let diagnosis = crate::setup::doctor::run(&services).await;
     if json {
-        println!("{}", serde_json::to_string_pretty(&diagnosis)?);
+        outln!("{}", serde_json::to_string_pretty(&diagnosis)?);
     } else {
         for line in diagnosis.lines() {
-            println!("{line}");
+            outln!("{line}");
         }
         if diagnosis.ok() {
-            println!("nothing blocks going live");
+            outln!("nothing blocks going live");
         }
     }
     Ok(if diagnosis.ok() {
@@ -683,7 +710,7 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
 async fn setup_whatsapp(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
     let services = account_services(settings, open_store(settings).await?).await?;
     let report = crate::setup::whatsapp::setup(&services.whatsapp, settings, dry_run).await;
-    Ok(print_report(&report))
+    print_report(&report)
 }
 
 async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
@@ -691,10 +718,10 @@ async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<Exit
     let done = crate::setup::stripe::setup(&services.stripe, settings, dry_run)
         .await
         .context("Stripe refused a setup call")?;
-    let status = print_report(&done.report);
+    let status = print_report(&done.report)?;
     if let Some(secret) = done.new_secret {
         // Shown once: Stripe never returns it again.
-        println!("the endpoint's signing secret (store it as stripe.webhook_secret; it is not shown again): {secret}");
+        outln!("the endpoint's signing secret (store it as stripe.webhook_secret; it is not shown again): {secret}");
     }
     Ok(status)
 }
@@ -704,7 +731,7 @@ async fn setup_hubspot(settings: &Settings, dry_run: bool) -> anyhow::Result<Exi
     let report = crate::setup::hubspot::setup(&services.hubspot, settings, dry_run)
         .await
         .context("HubSpot refused a setup call")?;
-    Ok(print_report(&report))
+    print_report(&report)
 }
 
 /// Connects for a command that reads or writes rows: no migrations are run (and none of
@@ -741,9 +768,9 @@ async fn queue_command(settings: &Settings, queue: Queue, action: QueueAction) -
             let rows = store.list(queue, args.state.map(Into::into), args.limit).await?;
             for row in &rows {
                 if args.json {
-                    println!("{}", serde_json::to_string(row)?);
+                    outln!("{}", serde_json::to_string(row)?);
                 } else {
-                    println!("{}", describe(row));
+                    outln!("{}", describe(row));
                 }
             }
             if rows.is_empty() && !args.json {
@@ -752,7 +779,7 @@ async fn queue_command(settings: &Settings, queue: Queue, action: QueueAction) -
         }
         QueueAction::Retry { id } => {
             if store.retry_dead(queue, id).await? {
-                println!("#{id} re-queued");
+                outln!("#{id} re-queued");
             } else {
                 eprintln!("#{id} is not a dead item; only dead items can be retried");
                 return Ok(ExitCode::FAILURE);

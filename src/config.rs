@@ -32,6 +32,52 @@ const LIST_KEYS: [&str; 11] = [
     "api.tokens",
 ];
 
+/// A list setting from the environment: `a,b,c`, or a JSON array (`["a","b"]`, numbers
+/// allowed), each item a string.
+fn env_list(value: &str) -> Result<Vec<String>, String> {
+    let value = value.trim();
+    if !value.starts_with('[') {
+        return Ok(value
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect());
+    }
+    let refused =
+        || "a list is comma-separated (a,b) or a JSON array ([\"a\",\"b\"]) of strings or numbers".to_string();
+    let items: Vec<serde_json::Value> = serde_json::from_str(value).map_err(|_| refused())?;
+    items
+        .into_iter()
+        .map(|item| match item {
+            serde_json::Value::String(s) => Ok(s),
+            serde_json::Value::Number(n) => Ok(n.to_string()),
+            _ => Err(refused()),
+        })
+        .collect()
+}
+
+/// Settings that left the configuration, each with where it went: a configuration that
+/// still sets one is told so rather than "unknown key".
+const REMOVED_KEYS: [(&str, &str); 4] = [
+    (
+        "replies",
+        "the reply texts moved to the message catalogue, `[replies]` in templates/messages/<language>.toml; put the texts you change in a file of that name under `templates.catalogue_dir`",
+    ),
+    (
+        "programme.stop_keywords",
+        "stop keywords moved to each language's message catalogue (`stop_keywords` in templates/messages/<language>.toml, overridden under `templates.catalogue_dir`); `programme.stop_keyword_languages` picks the languages",
+    ),
+    (
+        "programme.default_personal_message",
+        "it moved to the message catalogue, `default_personal_message` under `[replies]` in templates/messages/<language>.toml (overridden under `templates.catalogue_dir`)",
+    ),
+    (
+        "templates.flow_cta",
+        "it moved to the message catalogue, `flow_cta` under `[replies]` in templates/messages/<language>.toml (overridden under `templates.catalogue_dir`)",
+    ),
+];
+
 /// The defaults, one documented key each; also what the binary falls back to.
 /// The most inbox events one loop claims at once (its statements bind two values each).
 pub const MAX_INBOX_BATCH: usize = 1000;
@@ -483,17 +529,38 @@ fn explain(error: config::ConfigError, env: &std::collections::HashMap<String, S
             .filter_map(|name| name.strip_prefix("REFERLOOP_").map(|rest| (name, rest)))
             .find(|(_, rest)| rest.to_ascii_lowercase().replace("__", ".").starts_with(&key))
             .map(|(name, _)| name.clone());
-        let source_note = match variable {
+        let source_note = match &variable {
             Some(name) => format!(" (from the environment variable {name})"),
             None => " (in the configuration file)".to_string(),
         };
-        let suggestion = nearest(field, &expected)
-            .map(|near| {
-                let known = match parent {
-                    Some(parent) => format!("{parent}.{near}"),
-                    None => near.to_string(),
-                };
-                format!("; did you mean `{known}`?")
+        let removed = REMOVED_KEYS
+            .iter()
+            .find(|(gone, _)| key == *gone || key.starts_with(&format!("{gone}.")))
+            .map(|(_, went)| format!("; {went}"));
+        // REFERLOOP_WHATSAPP_APP_SECRET: the section and the key need a double underscore.
+        let separator_hint = variable.as_ref().filter(|_| parent.is_none()).and_then(|name| {
+            expected
+                .iter()
+                .find(|section| field.starts_with(&format!("{section}_")))
+                .map(|section| {
+                    let rest = &field[section.len() + 1..];
+                    format!(
+                        "; a section and its key are separated by a double underscore: `REFERLOOP_{}__{}` (not {name})",
+                        section.to_ascii_uppercase(),
+                        rest.to_ascii_uppercase()
+                    )
+                })
+        });
+        let suggestion = removed
+            .or(separator_hint)
+            .or_else(|| {
+                nearest(field, &expected).map(|near| {
+                    let known = match parent {
+                        Some(parent) => format!("{parent}.{near}"),
+                        None => near.to_string(),
+                    };
+                    format!("; did you mean `{known}`?")
+                })
             })
             .unwrap_or_default();
         return ConfigError::UnknownKey {
@@ -668,13 +735,11 @@ impl Settings {
                 continue;
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            if LIST_KEYS.contains(&key.as_str()) {
-                let items: Vec<String> = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_string)
-                    .collect();
+            if let Some(list_key) = LIST_KEYS.iter().find(|k| **k == key) {
+                let items = env_list(value).map_err(|problem| ConfigError::Invalid {
+                    key: list_key,
+                    problem: format!("{problem} (from the environment variable {name})"),
+                })?;
                 builder = builder.set_override(key, items)?;
             }
         }

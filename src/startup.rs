@@ -44,6 +44,10 @@ impl Application {
         let flow_key = flow_crypto::configured_key(&settings)
             .map_err(|problem| anyhow::anyhow!("the Flow endpoint's key: {problem}"))?
             .map(Arc::new);
+        if flow_key.is_none() && settings.whatsapp.flow_kind == crate::config::FlowKind::Endpoint {
+            use crate::setup::doctor::{NO_FLOW_KEY, NO_FLOW_KEY_FIX};
+            tracing::warn!("{NO_FLOW_KEY} ({NO_FLOW_KEY_FIX})");
+        }
         let state = AppState {
             inbox,
             store,

@@ -77,6 +77,97 @@ fn configuration_mistakes_are_named() {
     );
 }
 
+/// `referloop config | head -1` and the like: the reader closing the pipe ends the
+/// command quietly, not with a panic.
+#[test]
+fn a_closed_pipe_ends_a_listing_quietly() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_referloop"))
+        .arg("config")
+        .env_clear()
+        .env("REFERLOOP_LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run referloop");
+    // Closed before the command has loaded its configuration, let alone printed it.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("referloop ends");
+    let said = text(&output);
+    assert!(output.status.success(), "{:?}: {said}", output.status);
+    assert!(!said.contains("panicked") && !said.contains("Broken pipe"), "{said}");
+}
+
+fn settings_error(env: &[(&str, &str)]) -> String {
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    match referloop::config::Settings::load_from(None, env) {
+        Ok(_) => panic!("the configuration was accepted"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Lists in the environment: `a,b` or a JSON array; anything else names the key and the
+/// two forms.
+#[test]
+fn lists_in_the_environment_are_commas_or_json() {
+    let payloads = |value: &str| {
+        let env = [("REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS".to_string(), value.to_string())];
+        referloop::config::Settings::load_from(None, env)
+            .expect("settings")
+            .programme
+            .stop_button_payloads
+    };
+    assert_eq!(payloads("stop, Unsubscribe"), ["stop", "Unsubscribe"]);
+    assert_eq!(payloads(r#"["stop", "Unsubscribe, please"]"#), ["stop", "Unsubscribe, please"]);
+    let env = [("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS".to_string(), "[5, 30]".to_string())];
+    let schedule = referloop::config::Settings::load_from(None, env).expect("numbers in a JSON list");
+    assert_eq!(schedule.worker.retry_schedule_seconds, [5, 30]);
+    let said = settings_error(&[("REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS", r#"["stop","#)]);
+    assert!(
+        said.contains("programme.stop_button_payloads") && said.contains("JSON array"),
+        "{said}"
+    );
+}
+
+/// A variable with one underscore between section and key is told about the double one.
+#[test]
+fn a_single_underscore_gets_a_hint() {
+    let said = settings_error(&[("REFERLOOP_WHATSAPP_APP_SECRET", "x")]);
+    assert!(said.contains("REFERLOOP_WHATSAPP__APP_SECRET"), "{said}");
+    assert!(said.contains("double underscore"), "{said}");
+}
+
+/// A setting that moved out of the configuration says where it went.
+#[test]
+fn removed_keys_say_where_their_setting_went() {
+    let dir = tempfile::tempdir().expect("dir");
+    for (toml, gone) in [
+        ("[replies]\nopt_out_ack = \"Bye\"\n", "replies"),
+        ("[templates]\nflow_cta = \"Go\"\n", "templates.flow_cta"),
+        ("[programme]\nstop_keywords = [\"STOP\"]\n", "programme.stop_keywords"),
+    ] {
+        let file = dir.path().join("referloop.toml");
+        std::fs::write(&file, toml).expect("file");
+        let output = referloop(&["--config", &file.display().to_string(), "config"], &[]);
+        let said = text(&output);
+        assert!(!output.status.success(), "{said}");
+        assert!(said.contains(gone) && said.contains("message catalogue"), "{gone}: {said}");
+    }
+}
+
+/// An endpoint Flow without its key is said by doctor, in sandbox too (serve logs the
+/// same warning at start).
+#[test]
+fn an_endpoint_flow_without_a_key_is_said() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("doctor.db").display());
+    assert!(referloop(&["migrate"], &[("DATABASE_URL", &url)]).status.success());
+    let env = [("DATABASE_URL", url.as_str()), ("REFERLOOP_WHATSAPP__FLOW_KIND", "endpoint")];
+    let said = text(&referloop(&["doctor"], &env));
+    assert!(said.contains("no private key is configured"), "{said}");
+    let said = text(&referloop(&["doctor"], &[("DATABASE_URL", url.as_str())]));
+    assert!(!said.contains("no private key"), "a static Flow needs none: {said}");
+}
+
 /// `referloop users add` reads the password from standard input (never the command
 /// line), refuses short ones and unknown roles, and stores only an argon2id hash.
 #[tokio::test]
