@@ -397,10 +397,18 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
                 eprintln!("referloop: the name must be 1 to 100 printable characters");
                 return Ok(ExitCode::from(2));
             }
-            let mut password = String::new();
-            std::io::stdin()
-                .read_line(&mut password)
-                .context("reading the password from standard input")?;
+            // On a terminal: a prompt, and what is typed is not echoed. From a pipe: the
+            // first line.
+            let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                rpassword::prompt_password(format!("Password for {name} (at least {MIN_PASSWORD} characters): "))
+                    .context("reading the password from the terminal")?
+            } else {
+                let mut line = String::new();
+                std::io::stdin()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
+                line
+            };
             let password = password.trim_end_matches(['\n', '\r']);
             if password.chars().count() < MIN_PASSWORD {
                 eprintln!("referloop: give the password on standard input, at least {MIN_PASSWORD} characters");
@@ -674,8 +682,14 @@ async fn account_services(settings: &Settings, store: Store) -> anyhow::Result<c
     Ok(services)
 }
 
-/// Prints a setup report; failure when anything in it is wrong.
-fn print_report(report: &crate::setup::Report) -> anyhow::Result<ExitCode> {
+/// Prints a setup report (in sandbox, what was recorded as what would be created);
+/// failure when anything in it is wrong.
+fn print_report(settings: &Settings, report: crate::setup::Report) -> anyhow::Result<ExitCode> {
+    let report = if settings.sandbox() {
+        report.recorded_only()
+    } else {
+        report
+    };
     for line in report.lines() {
         outln!("{line}");
     }
@@ -708,17 +722,17 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
 }
 
 async fn setup_whatsapp(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let services = account_services(settings, open_store(settings).await?).await?;
+    let services = account_services(settings, migrated_store(settings).await?).await?;
     let report = crate::setup::whatsapp::setup(&services.whatsapp, settings, dry_run).await;
-    print_report(&report)
+    print_report(settings, report)
 }
 
 async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let services = account_services(settings, open_store(settings).await?).await?;
+    let services = account_services(settings, migrated_store(settings).await?).await?;
     let done = crate::setup::stripe::setup(&services.stripe, settings, dry_run)
         .await
         .context("Stripe refused a setup call")?;
-    let status = print_report(&done.report)?;
+    let status = print_report(settings, done.report)?;
     if let Some(secret) = done.new_secret {
         // Shown once: Stripe never returns it again.
         outln!("the endpoint's signing secret (store it as stripe.webhook_secret; it is not shown again): {secret}");
@@ -727,11 +741,20 @@ async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<Exit
 }
 
 async fn setup_hubspot(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let services = account_services(settings, open_store(settings).await?).await?;
+    let services = account_services(settings, migrated_store(settings).await?).await?;
     let report = crate::setup::hubspot::setup(&services.hubspot, settings, dry_run)
         .await
         .context("HubSpot refused a setup call")?;
-    print_report(&report)
+    print_report(settings, report)
+}
+
+/// Connects for a command that needs the schema to do its work (setup records its calls):
+/// migrates it first, as `serve` does, so the go-live steps run in order on a fresh
+/// install.
+async fn migrated_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = connect(settings).await?;
+    store.migrate().await.context("applying migrations")?;
+    Ok(store)
 }
 
 /// Connects for a command that reads or writes rows: no migrations are run (and none of

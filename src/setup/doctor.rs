@@ -677,6 +677,7 @@ async fn hubspot_account(s: &Services, d: &mut Diagnosis) {
             for finding in report.findings {
                 match finding {
                     Finding::Present(what) | Finding::Created(what) => d.add("hubspot", what, Status::Ok, "present"),
+                    Finding::Recorded(what) => d.add("hubspot", what, Status::Skipped, "sandbox: not checked"),
                     Finding::WouldCreate { what, .. } => {
                         d.fail("hubspot", what, "missing", "run `referloop setup hubspot`")
                     }

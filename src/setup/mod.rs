@@ -12,6 +12,8 @@ pub mod whatsapp;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
     Created(String),
+    /// Sandbox: the call that would create it was recorded, not sent.
+    Recorded(String),
     Present(String),
     /// `--dry-run`: what is missing, and the call that would create it.
     WouldCreate {
@@ -36,6 +38,16 @@ impl Report {
         !self.findings.iter().any(|f| matches!(f, Finding::Wrong { .. }))
     }
 
+    /// In sandbox nothing is created: what a call would have created is said as such.
+    pub fn recorded_only(mut self) -> Report {
+        for finding in &mut self.findings {
+            if let Finding::Created(what) = finding {
+                *finding = Finding::Recorded(std::mem::take(what));
+            }
+        }
+        self
+    }
+
     pub fn created(&self) -> usize {
         self.findings
             .iter()
@@ -49,6 +61,11 @@ impl Report {
             .iter()
             .map(|finding| match finding {
                 Finding::Created(what) => format!("✓ created  {what}"),
+                Finding::Recorded(what) => {
+                    format!(
+                        "· would create  {what} (sandbox: the call is recorded, not sent; `referloop outbound list`)"
+                    )
+                }
                 Finding::Present(what) => format!("✓ present  {what}"),
                 Finding::WouldCreate { what, call } => format!("! missing  {what}; would call {call}"),
                 Finding::Wrong { what, fix } => format!("✗ wrong    {what}: {fix}"),

@@ -324,7 +324,7 @@ async fn template(
             answer["status"].as_str().unwrap_or("PENDING"),
             answer["category"].as_str().unwrap_or(&submitted_category)
         )),
-        Ok(None) => Finding::Created(format!("{what}: submitted (recorded, sandbox)")),
+        Ok(None) => Finding::Recorded(what),
         Err(wrong) => wrong,
     }
 }
@@ -406,7 +406,7 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, language
         .await;
     let id = match ok_body(created, &what) {
         Ok(Some(body)) => body["id"].as_str().unwrap_or_default().to_string(),
-        Ok(None) => return Finding::Created(format!("{what}: created, uploaded and published (recorded, sandbox)")),
+        Ok(None) => return Finding::Recorded(format!("{what}: created, uploaded and published")),
         Err(wrong) => return wrong,
     };
     let flow_json = flow_json(settings, language);
@@ -510,7 +510,7 @@ async fn encryption_key(client: &WhatsAppClient, settings: &Settings, dry_run: b
         .manage(reqwest::Method::POST, &path, Some((&form_type, form)))
         .await;
     match ok_body(uploaded, &what) {
-        Ok(None) => return Some(Finding::Created(format!("{what}: uploaded (recorded, sandbox)"))),
+        Ok(None) => return Some(Finding::Recorded(format!("{what}: uploaded"))),
         Ok(Some(_)) => {}
         Err(wrong) => return Some(wrong),
     }

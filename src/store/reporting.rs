@@ -7,7 +7,6 @@ use sqlx::Row;
 
 use super::{ReferralRow, Store, StoreError};
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
-use crate::domain::state::Persisted;
 
 /// One day of the funnel's daily chart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -332,31 +331,26 @@ impl Store {
     /// (HubSpot, Stripe, reward webhooks) with their outcome. Phones are not included.
     pub async fn timeline(&self, referral: &ReferralRow) -> Result<Vec<TimelineEntry>, StoreError> {
         let mut entries = Vec::new();
-        let invite = sqlx::query("SELECT trigger, state, reason, created_at FROM invites WHERE id = $1")
+        // Each entry says what happened at its time; the states the referral went through
+        // come from its recorded transitions, and its state now from the referral itself.
+        let invite = sqlx::query("SELECT trigger, created_at FROM invites WHERE id = $1")
             .bind(referral.invite_id)
             .fetch_optional(&self.pool)
             .await?;
         if let Some(invite) = invite {
             let trigger: String = invite.try_get("trigger")?;
-            let state: String = invite.try_get("state")?;
             entries.push(TimelineEntry {
                 at: invite.try_get("created_at")?,
                 kind: "invite",
-                what: format!("trigger {trigger} received; the invite is now {state}"),
+                what: format!("trigger {trigger} received; the customer was invited"),
             });
         }
         entries.push(TimelineEntry {
             at: referral.nominated_at,
             kind: "referral",
             what: format!(
-                "friend nominated ({}consent); the referral is now {}{}",
-                if referral.consent == 1 { "" } else { "no " },
-                referral.state.as_str(),
-                referral
-                    .reason
-                    .as_deref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
+                "friend nominated ({}consent)",
+                if referral.consent == 1 { "" } else { "no " }
             ),
         });
         let messages = sqlx::query(

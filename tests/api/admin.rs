@@ -256,6 +256,9 @@ async fn a_referral_has_a_timeline(backend: Backend) {
         .filter_map(|e| e["kind"].as_str())
         .collect();
     assert_eq!(kinds.first(), Some(&"invite"), "{answer}");
+    // The first entry is the trigger as it was then, not the converted referral of now.
+    let first = answer["timeline"][0]["what"].as_str().unwrap_or_default();
+    assert!(first.starts_with("trigger ") && !first.contains("convert"), "{first}");
     assert!(
         kinds.contains(&"referral") && kinds.contains(&"reward") && kinds.contains(&"transition"),
         "{kinds:?}"

@@ -110,15 +110,24 @@ fn settings_error(env: &[(&str, &str)]) -> String {
 #[test]
 fn lists_in_the_environment_are_commas_or_json() {
     let payloads = |value: &str| {
-        let env = [("REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS".to_string(), value.to_string())];
+        let env = [(
+            "REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS".to_string(),
+            value.to_string(),
+        )];
         referloop::config::Settings::load_from(None, env)
             .expect("settings")
             .programme
             .stop_button_payloads
     };
     assert_eq!(payloads("stop, Unsubscribe"), ["stop", "Unsubscribe"]);
-    assert_eq!(payloads(r#"["stop", "Unsubscribe, please"]"#), ["stop", "Unsubscribe, please"]);
-    let env = [("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS".to_string(), "[5, 30]".to_string())];
+    assert_eq!(
+        payloads(r#"["stop", "Unsubscribe, please"]"#),
+        ["stop", "Unsubscribe, please"]
+    );
+    let env = [(
+        "REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS".to_string(),
+        "[5, 30]".to_string(),
+    )];
     let schedule = referloop::config::Settings::load_from(None, env).expect("numbers in a JSON list");
     assert_eq!(schedule.worker.retry_schedule_seconds, [5, 30]);
     let said = settings_error(&[("REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS", r#"["stop","#)]);
@@ -150,7 +159,10 @@ fn removed_keys_say_where_their_setting_went() {
         let output = referloop(&["--config", &file.display().to_string(), "config"], &[]);
         let said = text(&output);
         assert!(!output.status.success(), "{said}");
-        assert!(said.contains(gone) && said.contains("message catalogue"), "{gone}: {said}");
+        assert!(
+            said.contains(gone) && said.contains("message catalogue"),
+            "{gone}: {said}"
+        );
     }
 }
 
@@ -161,11 +173,98 @@ fn an_endpoint_flow_without_a_key_is_said() {
     let dir = tempfile::tempdir().expect("dir");
     let url = format!("sqlite://{}", dir.path().join("doctor.db").display());
     assert!(referloop(&["migrate"], &[("DATABASE_URL", &url)]).status.success());
-    let env = [("DATABASE_URL", url.as_str()), ("REFERLOOP_WHATSAPP__FLOW_KIND", "endpoint")];
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("REFERLOOP_WHATSAPP__FLOW_KIND", "endpoint"),
+    ];
     let said = text(&referloop(&["doctor"], &env));
     assert!(said.contains("no private key is configured"), "{said}");
     let said = text(&referloop(&["doctor"], &[("DATABASE_URL", url.as_str())]));
     assert!(!said.contains("no private key"), "a static Flow needs none: {said}");
+}
+
+/// Go-live step 2 on a fresh install, in sandbox (no accounts configured yet): setup
+/// migrates the new database itself, and says what it would create, never "created".
+#[test]
+fn setup_on_a_fresh_install_says_what_it_would_create() {
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    for args in [
+        &["setup", "hubspot", "--dry-run"][..],
+        &["setup", "hubspot"],
+        &["setup", "whatsapp"],
+    ] {
+        let env = [
+            ("DATABASE_URL", url.as_str()),
+            ("REFERLOOP_WHATSAPP__BUSINESS_NAME", "Acme"),
+            ("REFERLOOP_WHATSAPP__WABA_ID", "100000000000303"),
+        ];
+        let output = referloop(args, &env);
+        let said = text(&output);
+        assert!(output.status.success(), "{args:?}: {said}");
+        assert!(!said.contains("created "), "{args:?}: nothing was created: {said}");
+    }
+    let said = text(&referloop(&["setup", "hubspot"], &[("DATABASE_URL", &url)]));
+    assert!(said.contains("would create  property group referloop"), "{said}");
+}
+
+/// On a terminal `users add` prompts for the password and does not echo it. The test
+/// gives it a terminal with util-linux `script` and types once the prompt is shown.
+#[test]
+fn users_add_prompts_without_echo_on_a_terminal() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    assert!(referloop(&["migrate"], &[("DATABASE_URL", &url)]).status.success());
+    let command = format!("{} users add alice --role viewer", env!("CARGO_BIN_EXE_referloop"));
+    let mut child = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &url)
+        .env("REFERLOOP_LOG__LEVEL", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("util-linux script");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 256];
+            while let Ok(n) = stdout.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buffer[..n]);
+            }
+        })
+    };
+    let shown = |what: &str| String::from_utf8_lossy(&seen.lock().expect("lock")).contains(what);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !shown("Password for alice") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        shown("Password for alice"),
+        "a prompt: {:?}",
+        String::from_utf8_lossy(&seen.lock().expect("lock"))
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"correct-horse-battery\n").expect("typed");
+    let status = child.wait().expect("script ends");
+    drop(stdin);
+    reader.join().expect("reader");
+    let said = String::from_utf8_lossy(&seen.lock().expect("lock")).to_string();
+    assert!(status.success(), "{said}");
+    assert!(said.contains("user alice (viewer) saved"), "{said}");
+    assert!(
+        !said.contains("correct-horse-battery"),
+        "the password was echoed: {said}"
+    );
 }
 
 /// `referloop users add` reads the password from standard input (never the command
