@@ -131,6 +131,10 @@ pub enum Command {
         /// Where referloop listens (default: http://<server.listen>).
         #[arg(long, global = true)]
         base_url: Option<String>,
+        /// After an accepted webhook, wait up to this long for the work it caused to be
+        /// done (0: do not wait), so the next command finds it.
+        #[arg(long, global = true, default_value_t = 30)]
+        wait_seconds: u64,
         #[command(subcommand)]
         action: DevAction,
     },
@@ -640,7 +644,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         }
         Command::Users { action } => return users(&settings, action).await,
         Command::Flow { action } => return flow_command(&settings, action),
-        Command::Dev { base_url, action } => return dev_command(&settings, base_url, action).await,
+        Command::Dev {
+            base_url,
+            wait_seconds,
+            action,
+        } => return dev_command(&settings, base_url, wait_seconds, action).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -840,7 +848,12 @@ fn describe(row: &QueueRow) -> String {
     line
 }
 
-async fn dev_command(settings: &Settings, base_url: Option<String>, action: DevAction) -> anyhow::Result<ExitCode> {
+async fn dev_command(
+    settings: &Settings,
+    base_url: Option<String>,
+    wait_seconds: u64,
+    action: DevAction,
+) -> anyhow::Result<ExitCode> {
     let client = DevClient::new(settings, base_url);
     let accepted = match action {
         DevAction::Post { source, file, query } => {
@@ -920,5 +933,36 @@ async fn dev_command(settings: &Settings, base_url: Option<String>, action: DevA
             client.whatsapp(dev::status(&wamid, &status, &message.to_phone)).await?
         }
     };
-    Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    if !accepted {
+        return Ok(ExitCode::FAILURE);
+    }
+    if wait_seconds > 0 {
+        wait_for_the_work(settings, std::time::Duration::from_secs(wait_seconds)).await?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until the worker has done what is due now (or within a minute: a retry a few
+/// seconds away counts, a reward held for days does not), so that a walk-through's next
+/// command finds the invite, message or reward the last one caused.
+async fn wait_for_the_work(settings: &Settings, limit: std::time::Duration) -> anyhow::Result<()> {
+    let store = open_store(settings).await?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let horizon = now_ms() + 60_000;
+        let mut unfinished = 0;
+        for queue in [Queue::Inbox, Queue::Jobs] {
+            unfinished += store.unfinished_before(queue, horizon).await?;
+        }
+        if unfinished == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{unfinished} item(s) still waiting after {} s: is the worker running (`referloop jobs list`)?",
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }

@@ -952,25 +952,44 @@ impl Settings {
     /// Secrets are left out (a comment says each is set); a password in `database.url` is
     /// shown as `[redacted]`.
     pub fn to_redacted_toml(&self) -> String {
+        // What is printed reads back as the same configuration: a derived value (sandbox
+        // while no access token is set) is said in a comment, not pinned, and a secret is
+        // left out with a note of how to give it, never printed as a stand-in literal.
         let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        let url_redacted = redact_url(&self.database.url);
+        let url_has_password = url_redacted != self.database.url;
         if let toml::Value::Table(table) = &mut value {
-            table.insert("sandbox".into(), toml::Value::Boolean(self.sandbox()));
             if let Some(toml::Value::Table(database)) = table.get_mut("database") {
-                database.insert("url".into(), toml::Value::String(redact_url(&self.database.url)));
+                database.insert("url".into(), toml::Value::String(url_redacted));
             }
         }
+        let header = match self.sandbox_setting {
+            Some(_) => String::new(),
+            None => format!(
+                "# sandbox mode is {} (derived: {}; set `sandbox` to force it)\n",
+                if self.sandbox() { "on" } else { "off" },
+                if self.sandbox() {
+                    "no whatsapp.access_token is set"
+                } else {
+                    "whatsapp.access_token is set"
+                }
+            ),
+        };
         let text = toml::to_string_pretty(&value).unwrap_or_default();
-        text.lines()
+        let body = text
+            .lines()
             .map(|line| {
                 if line.ends_with("= \"[redacted]\"") {
-                    format!("# {line} (secret: set, not shown)")
+                    format!("# {line} (secret: set, not shown; give it in the environment)")
+                } else if url_has_password && line.starts_with("url = ") {
+                    format!("# {line} (holds a password: give the whole URL in DATABASE_URL)")
                 } else {
                     line.to_string()
                 }
             })
             .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
+            .join("\n");
+        header + &body + "\n"
     }
 
     /// The key that signs Flow tokens: its own secret, else the WhatsApp app secret, else

@@ -358,6 +358,18 @@ impl Store {
         Ok(counts)
     }
 
+    /// Items running, or waiting and due before `horizon` (Unix ms): the work still to
+    /// happen soon (what `referloop dev` waits for).
+    pub async fn unfinished_before(&self, queue: Queue, horizon: i64) -> Result<i64, StoreError> {
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE (state IN ({}) AND run_at <= $1) OR state = '{}'",
+            queue.table(),
+            sql_list(QueueState::WAITING),
+            QueueState::Running.as_str()
+        );
+        Ok(sqlx::query_scalar(&sql).bind(horizon).fetch_one(&self.pool).await?)
+    }
+
     /// When the oldest item now due was due (`run_at`), if any is waiting.
     pub async fn oldest_due(&self, queue: Queue) -> Result<Option<i64>, StoreError> {
         let sql = format!(

@@ -121,6 +121,8 @@ async fn schemathesis_finds_nothing(backend: Backend) {
     let examples = std::env::var("REFERLOOP_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "40".into());
     let child = tokio::task::spawn_blocking(move || {
         Command::new(&st)
+            // Its cache and reports go under the target directory, not the repository.
+            .current_dir(env!("CARGO_TARGET_TMPDIR"))
             .args([
                 "run",
                 &url,

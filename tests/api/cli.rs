@@ -77,6 +77,48 @@ fn configuration_mistakes_are_named() {
     );
 }
 
+/// `referloop config` prints what reads back as the same configuration: sandbox is not
+/// pinned (a saved file still goes live when the token is added), and a database password
+/// is left out, never printed as a stand-in.
+#[test]
+fn the_printed_configuration_reads_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let tokens = format!("{},viewer:{}", "a".repeat(64), "b".repeat(64));
+    let printed = referloop(&["config"], &[("REFERLOOP_API__TOKENS", &tokens)]);
+    assert!(printed.status.success(), "{}", text(&printed));
+    let first = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(
+        !first.lines().any(|l| l.starts_with("sandbox")),
+        "sandbox pinned:\n{first}"
+    );
+    let file = dir.path().join("saved.toml");
+    std::fs::write(&file, &first).expect("saved");
+    let config = file.display().to_string();
+    let again = referloop(&["--config", &config, "config"], &[]);
+    assert_eq!(String::from_utf8_lossy(&again.stdout), first, "{}", text(&again));
+    // The saved file with a token added goes live: nothing in it forces sandbox.
+    let live = [
+        ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", "EAAG-token"),
+        ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", "100000000000202"),
+        ("REFERLOOP_WHATSAPP__WABA_ID", "100000000000303"),
+    ];
+    let said = text(&referloop(&["--config", &config, "config"], &live));
+    assert!(said.contains("sandbox mode is off"), "{said}");
+    let with_password = referloop(
+        &["config"],
+        &[("DATABASE_URL", "postgres://referloop:hunter2secret@db/referloop")],
+    );
+    let said = text(&with_password);
+    assert!(
+        !said.contains("hunter2secret") && said.contains("DATABASE_URL"),
+        "{said}"
+    );
+    assert!(
+        !said.lines().any(|l| !l.starts_with('#') && l.contains("[redacted]")),
+        "no stand-in literal:\n{said}"
+    );
+}
+
 /// `referloop config | head -1` and the like: the reader closing the pipe ends the
 /// command quietly, not with a panic.
 #[test]

@@ -34,5 +34,6 @@ mod sandbox;
 mod setup;
 mod stripe;
 mod templates;
+mod walkthrough;
 mod whatsapp;
 mod worker;
