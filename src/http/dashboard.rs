@@ -12,7 +12,7 @@ use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 
-use super::AppState;
+use super::{words, AppState};
 use crate::app::accounts::{self, SignIn, SESSION_MS};
 use crate::app::reward;
 use crate::domain::access::{Action, Role};
@@ -362,6 +362,10 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
         Err(e) => return unavailable(e),
     };
     let steps = counts.steps();
+    let rewards = &state.settings.rewards;
+    let uses_pool = [&rewards.referrer, &rewards.friend]
+        .iter()
+        .any(|side| side.kind == crate::domain::reward::RewardKind::CodePool);
     let body = html! {
         nav aria-label="Period" class="periods" {
             @for d in [7, 30, 90] {
@@ -387,7 +391,7 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
                 thead { tr { th scope="col" { "Step" } th scope="col" { "Count" } th scope="col" { "From the step before" } } }
                 tbody {
                     @for step in &steps {
-                        tr { th scope="row" { (step.step.replace('_', " ")) } td data-step=(step.step) { (step.count) } td { (percent(step.rate)) } }
+                        tr { th scope="row" title=(step.step) { (words::say(step.step)) } td data-step=(step.step) { (step.count) } td { (percent(step.rate)) } }
                     }
                 }
             }
@@ -400,17 +404,17 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
             @for (title, rows) in [("Ineligible triggers", &dropouts.ineligible), ("Refused nominations", &dropouts.refused), ("Message failures", &dropouts.message_failures), ("Opt-outs", &dropouts.opt_outs)] {
                 h3 { (title) }
                 @if rows.is_empty() { p { "None." } } @else {
-                    table { tbody { @for row in rows { tr { th scope="row" { (row.reason) } td { (row.count) } } } } }
+                    table { tbody { @for row in rows { tr { th scope="row" title=(row.reason) { (words::reason(&row.reason)) } td { (row.count) } } } } }
                 }
             }
         }
         section aria-labelledby="rewards" {
             h2 id="rewards" { "Rewards" }
-            p { "Unused codes in the pool: " strong data-pool="free" { (pool) } }
+            @if uses_pool { p { "Unused codes in the pool: " strong data-pool="free" { (pool) } } }
             @if totals.is_empty() { p { "None in this period." } } @else {
                 table {
                     thead { tr { th scope="col" { "State" } th scope="col" { "Kind" } th scope="col" { "Count" } th scope="col" { "Value" } } }
-                    tbody { @for t in &totals { tr { td { (t.state) } td { (t.kind) } td { (t.count) } td { (format!("{:.2} {}", t.amount as f64 / 100.0, t.currency.to_uppercase())) } } } }
+                    tbody { @for t in &totals { tr { td title=(t.state) { (words::say(&t.state)) } td title=(t.kind) { (words::say(&t.kind)) } td { (t.count) } td { (format!("{:.2} {}", t.amount as f64 / 100.0, t.currency.to_uppercase())) } } } }
                 }
             }
         }
@@ -462,12 +466,13 @@ pub async fn referrals(
         }
         @if rows.is_empty() { p { "No referral found." } } @else {
             table {
-                thead { tr { th scope="col" { "Referral" } th scope="col" { "State" } th scope="col" { "Referrer" } th scope="col" { "Friend" } th scope="col" { "Code" } } }
+                thead { tr { th scope="col" { "Referral" } th scope="col" { "Nominated" } th scope="col" { "State" } th scope="col" { "Referrer" } th scope="col" { "Friend" } th scope="col" { "Code" } } }
                 tbody {
                     @for r in &rows {
                         tr {
                             td { a href=(format!("/admin/referrals/{}", r.id)) { "#" (r.id) } }
-                            td { (r.state.as_str()) }
+                            td { time datetime=(r.nominated_at) { (format_ms(r.nominated_at)) } }
+                            td title=(r.state.as_str()) { (words::say(r.state.as_str())) }
                             td { (r.referrer_name) " " (mask_phone(&r.referrer_phone)) }
                             td { (r.friend_name) " " (mask_phone(&r.friend_phone)) }
                             td { (r.referral_code) }
@@ -508,20 +513,30 @@ pub async fn referral(State(state): State<AppState>, headers: HeaderMap, Path(id
     };
     let body = html! {
         dl {
-            dt { "State" } dd data-referral="state" { (referral.state.as_str()) }
+            dt { "State" } dd data-referral="state" title=(referral.state.as_str()) { (words::say(referral.state.as_str())) }
             dt { "Referrer" } dd { (referral.referrer_name) " (" (referral.referrer_contact_id) ", " (mask_phone(&referral.referrer_phone)) ")" }
             dt { "Friend" } dd { (referral.friend_name) " (" (mask_phone(&referral.friend_phone)) ")" }
             dt { "Code" } dd { (referral.referral_code) }
         }
         h2 { "Timeline" }
         ol class="timeline" {
-            @for entry in &timeline {
-                li { time datetime=(entry.at) { (format_ms(entry.at)) } " " span class="kind" { (entry.kind) } " " (entry.what) }
+            @for entry in timeline.iter().filter(|e| e.kind != OUTSIDE_CALL) {
+                li title=(entry.what) { time datetime=(entry.at) { (format_ms(entry.at)) } " " (words::sentence(&entry.what)) }
+            }
+        }
+        @let calls: Vec<_> = timeline.iter().filter(|e| e.kind == OUTSIDE_CALL).collect();
+        @if !calls.is_empty() {
+            details class="engineering" {
+                summary { "Engineering details: the calls to HubSpot, WhatsApp and Stripe (" (calls.len()) ")" }
+                ol { @for entry in &calls { li { time datetime=(entry.at) { (format_ms(entry.at)) } " " (entry.what) } } }
             }
         }
     };
     html_page(StatusCode::OK, layout(&format!("Referral #{id}"), Some(&session), body))
 }
+
+/// The timeline entries of outside calls: for engineers, folded away.
+const OUTSIDE_CALL: &str = "outside call";
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
 fn format_ms(ms: i64) -> String {

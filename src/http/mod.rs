@@ -12,6 +12,7 @@ mod problem;
 mod serve;
 mod webhooks;
 pub mod wire;
+mod words;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use referloop::app::accounts::hash_password;
+use referloop::domain::referral::ReferralState;
+use referloop::domain::state::Persisted;
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
@@ -196,6 +198,29 @@ impl Chrome {
         std::fs::write(format!("{dir}/{name}.png"), bytes).expect("screenshot written");
     }
 
+    /// What a marketer reads on the page holds no stored name: states, reasons and kinds
+    /// are in words (the names stay in tooltips, which are not the page's text).
+    async fn assert_words_not_internals(&self, page: &str) {
+        let shown = self.script("return document.querySelector('main').innerText;").await;
+        let shown = shown.as_str().unwrap_or_default();
+        let internal: Vec<&str> = ReferralState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .filter(|name| name.contains('_'))
+            .chain([
+                "not_a_promoter",
+                "phone_not_mobile",
+                "flow_sent",
+                "friend_reached",
+                "friend_invite",
+                "static_code",
+                "outside call",
+            ])
+            .filter(|name| shown.contains(name))
+            .collect();
+        assert!(internal.is_empty(), "{page} shows {internal:?}:\n{shown}");
+    }
+
     async fn sign_in(&self, app: &TestApp, name: &str) {
         self.goto(&app.url("/admin/login")).await;
         self.type_into("#name", name).await;
@@ -255,6 +280,7 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
         );
     }
     chrome.screenshot("funnel").await;
+    chrome.assert_words_not_internals("the funnel").await;
 
     // A referral's timeline, found by its code.
     chrome.goto(&app.url("/admin/referrals?q=SEED011")).await;
@@ -263,7 +289,14 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
         .wait_for_text("dd[data-referral=\"state\"]", |t| t == "converted")
         .await;
     assert!(chrome.text("ol.timeline").await.contains("reward"));
+    // The first entry is the trigger as it happened, not the referral's state of now.
+    let first = chrome.text("ol.timeline li").await;
+    assert!(first.contains("trigger") && !first.contains("convert"), "{first}");
     chrome.screenshot("timeline").await;
+    chrome.assert_words_not_internals("the timeline").await;
+    chrome.goto(&app.url("/admin/referrals")).await;
+    chrome.wait_for_text("h1", |t| t == "Referrals").await;
+    chrome.assert_words_not_internals("the referrals").await;
 
     // Retry a dead job: the button asks, the confirmation acts.
     let first = dead_job(&app, "browser-1").await;
