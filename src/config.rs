@@ -510,7 +510,11 @@ fn is_host_and_port(listen: &str) -> bool {
 
 /// Turns serde's "unknown field" and config's "no variant" errors into ones that name
 /// the whole key, where it came from, and what was meant.
-fn explain(error: config::ConfigError, env: &std::collections::HashMap<String, String>) -> ConfigError {
+fn explain(
+    error: config::ConfigError,
+    env: &std::collections::HashMap<String, String>,
+    file: Option<&Path>,
+) -> ConfigError {
     let text = error.to_string();
     let quoted: Vec<&str> = text.split('`').skip(1).step_by(2).collect();
     let parent = text
@@ -531,7 +535,13 @@ fn explain(error: config::ConfigError, env: &std::collections::HashMap<String, S
             .map(|(name, _)| name.clone());
         let source_note = match &variable {
             Some(name) => format!(" (from the environment variable {name})"),
-            None => " (in the configuration file)".to_string(),
+            None => match file {
+                Some(path) => match line_of(path, field) {
+                    Some(line) => format!(" (in {}, line {line})", path.display()),
+                    None => format!(" (in {})", path.display()),
+                },
+                None => " (in the configuration file)".to_string(),
+            },
         };
         let removed = REMOVED_KEYS
             .iter()
@@ -586,6 +596,19 @@ fn explain(error: config::ConfigError, env: &std::collections::HashMap<String, S
         }
     }
     ConfigError::Load(error)
+}
+
+/// The line (from 1) of a TOML file where `key` is set or opened as a table: the first
+/// line that starts with it and then `=`, `.` or `]`.
+fn line_of(path: &Path, key: &str) -> Option<usize> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches('[').trim_start();
+            line.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(['=', '.', ']']))
+        })
+        .map(|index| index + 1)
 }
 
 /// The closest name by edit distance, when it is close enough to be a typo.
@@ -746,7 +769,7 @@ impl Settings {
         if let Some(url) = env.get("DATABASE_URL") {
             builder = builder.set_override("database.url", url.as_str())?;
         }
-        let mut settings: Settings = builder.build()?.try_deserialize().map_err(|e| explain(e, &env))?;
+        let mut settings: Settings = builder.build()?.try_deserialize().map_err(|e| explain(e, &env, file))?;
         settings.validate()?;
         let templates = &settings.templates;
         let override_dir = Some(templates.catalogue_dir.trim())

@@ -206,6 +206,11 @@ fn removed_keys_say_where_their_setting_went() {
             "{gone}: {said}"
         );
     }
+    // A mistake in a file names the file and its line.
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "# settings\n[server]\nlistn = \"127.0.0.1:8080\"\n").expect("file");
+    let said = text(&referloop(&["--config", &file.display().to_string(), "config"], &[]));
+    assert!(said.contains(&format!("{}, line 3", file.display())), "{said}");
 }
 
 /// An endpoint Flow without its key is said by doctor, in sandbox too (serve logs the
