@@ -274,7 +274,7 @@ fn funnel_chart(steps: &[crate::domain::funnel::FunnelStep]) -> Markup {
             @for (i, step) in steps.iter().enumerate() {
                 @let width = (step.count as f64 / top * 240.0).max(1.0);
                 @let y = i * 28;
-                text x="0" y=(y + 18) { (step.step.replace('_', " ")) }
+                text x="0" y=(y + 18) { (words::say(step.step)) }
                 rect x="120" y=(y + 4) width=(format!("{width:.1}")) height="20" {}
                 text x=(format!("{:.1}", 126.0 + width)) y=(y + 18) { (step.count) }
             }
@@ -285,8 +285,8 @@ fn funnel_chart(steps: &[crate::domain::funnel::FunnelStep]) -> Markup {
 /// The daily chart: a bar per day for its triggers, the converted part darker, with the
 /// first and last day written under it.
 fn daily_chart(days: &[crate::store::FunnelDay]) -> Markup {
-    let most = days.iter().map(|d| d.triggers).max().unwrap_or(1).max(1) as f64;
-    let width = 380.0 / days.len().max(1) as f64;
+    let most = days.iter().map(|d| d.triggers).max().unwrap_or(1).max(1);
+    let width = 350.0 / days.len().max(1) as f64;
     let first = days
         .first()
         .map(|d| format_ms(d.day)[..10].to_string())
@@ -295,20 +295,31 @@ fn daily_chart(days: &[crate::store::FunnelDay]) -> Markup {
         .last()
         .map(|d| format_ms(d.day)[..10].to_string())
         .unwrap_or_default();
+    let total: i64 = days.iter().map(|d| d.triggers).sum();
     html! {
-        @if days.is_empty() { p { "No triggers in this period." } } @else {
-            svg viewBox="0 0 400 140" role="img" aria-label=(format!("Triggers per day from {first} to {last}")) class="chart" {
+        @if total == 0 { p { "No triggers in this period." } } @else {
+            // Bars between x 40 and 390, y 10 (the busiest day) and 110 (zero), with the
+            // y axis's two values, the first and last dates, and a legend.
+            svg viewBox="0 0 400 160" role="img" aria-label=(format!("Triggers per day from {first} to {last}, at most {most} a day")) class="chart" {
+                line class="axis" x1="38" y1="10" x2="38" y2="110" {}
+                line class="axis" x1="38" y1="110" x2="390" y2="110" {}
+                text x="34" y="14" text-anchor="end" { (most) }
+                text x="34" y="110" text-anchor="end" { "0" }
                 @for (i, day) in days.iter().enumerate() {
-                    @let x = 10.0 + i as f64 * width;
-                    @let height = day.triggers as f64 / most * 100.0;
-                    @let converted = day.converted as f64 / most * 100.0;
-                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", 110.0 - height)) width=(format!("{:.1}", (width - 2.0).max(1.0))) height=(format!("{height:.1}")) {
+                    @let x = 40.0 + i as f64 * width;
+                    @let height = day.triggers as f64 / most as f64 * 100.0;
+                    @let converted = day.converted as f64 / most as f64 * 100.0;
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", 110.0 - height)) width=(format!("{:.1}", (width - 1.0).max(0.5))) height=(format!("{height:.1}")) {
                         title { (format_ms(day.day)[..10]) ": " (day.triggers) " triggers, " (day.nominated) " nominated, " (day.converted) " converted" }
                     }
-                    rect class="converted" x=(format!("{x:.1}")) y=(format!("{:.1}", 110.0 - converted)) width=(format!("{:.1}", (width - 2.0).max(1.0))) height=(format!("{converted:.1}")) {}
+                    rect class="converted" x=(format!("{x:.1}")) y=(format!("{:.1}", 110.0 - converted)) width=(format!("{:.1}", (width - 1.0).max(0.5))) height=(format!("{converted:.1}")) {}
                 }
-                text x="10" y="130" { (first) }
-                text x="390" y="130" text-anchor="end" { (last) }
+                text x="40" y="126" { (first) }
+                text x="390" y="126" text-anchor="end" { (last) }
+                rect x="40" y="140" width="10" height="10" {}
+                text x="54" y="149" { "triggers" }
+                rect class="converted" x="130" y="140" width="10" height="10" {}
+                text x="144" y="149" { "of them converted" }
             }
         }
     }

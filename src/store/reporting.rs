@@ -8,7 +8,7 @@ use sqlx::Row;
 use super::{ReferralRow, Store, StoreError};
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
 
-/// One day of the funnel's daily chart.
+/// One day of the funnel's daily chart (every day of the period, zero when quiet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FunnelDay {
     /// Unix milliseconds at the day's start (UTC).
@@ -182,7 +182,21 @@ impl Store {
                 }
             }
         }
-        Ok(days)
+        // A series over the whole period: the days nothing happened count zero.
+        let mut tallied = days.into_iter().peekable();
+        let mut series = Vec::with_capacity(usize::try_from(end - first).unwrap_or(0));
+        for day in (first..end).map(|d| d * DAY_MS) {
+            match tallied.next_if(|d| d.day == day) {
+                Some(entry) => series.push(entry),
+                None => series.push(FunnelDay {
+                    day,
+                    triggers: 0,
+                    nominated: 0,
+                    converted: 0,
+                }),
+            }
+        }
+        Ok(series)
     }
 
     /// Why people dropped out of the triggers, nominations, messages and opt-outs of

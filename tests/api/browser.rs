@@ -198,6 +198,16 @@ impl Chrome {
         std::fs::write(format!("{dir}/{name}.png"), bytes).expect("screenshot written");
     }
 
+    /// Sets the window's size in CSS pixels.
+    async fn resize(&self, width: u32, height: u32) {
+        self.command(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
     /// What a marketer reads on the page holds no stored name: states, reasons and kinds
     /// are in words (the names stay in tooltips, which are not the page's text).
     async fn assert_words_not_internals(&self, page: &str) {
@@ -281,6 +291,24 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
     }
     chrome.screenshot("funnel").await;
     chrome.assert_words_not_internals("the funnel").await;
+    // At a phone's width (390 px) every page fits: nothing scrolls sideways.
+    chrome.resize(390, 844).await;
+    for (path, name) in [
+        ("/admin?days=7", "funnel-390"),
+        ("/admin/referrals", "referrals-390"),
+        ("/admin/referrals?q=SEED011", "search-390"),
+    ] {
+        chrome.goto(&app.url(path)).await;
+        let overflow = chrome
+            .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            .await;
+        assert!(
+            overflow.as_i64().is_some_and(|o| o <= 0),
+            "{path} scrolls sideways by {overflow} px at 390 px"
+        );
+        chrome.screenshot(name).await;
+    }
+    chrome.resize(1280, 900).await;
 
     // A referral's timeline, found by its code.
     chrome.goto(&app.url("/admin/referrals?q=SEED011")).await;
