@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Settings;
+use crate::config::{Account, Settings};
 use crate::dev::{self, DevClient};
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::state::{Persisted, QueueState};
@@ -684,16 +684,19 @@ fn parse_code_file(text: &str) -> Vec<String> {
 /// The services a setup or doctor command calls the accounts through.
 async fn account_services(settings: &Settings, store: Store) -> anyhow::Result<crate::app::Services> {
     let services = crate::app::Services::new(store, std::sync::Arc::new(settings.clone()), Default::default())?;
-    if settings.sandbox() {
-        outln!("sandbox mode: calls to the accounts are recorded (`referloop outbound list`), not sent");
+    if Account::ALL.iter().any(|a| !settings.live(*a)) {
+        outln!(
+            "accounts: {} (recorded calls: `referloop outbound list`)",
+            settings.accounts_line()
+        );
     }
     Ok(services)
 }
 
-/// Prints a setup report (in sandbox, what was recorded as what would be created);
+/// Prints a setup report of `account` (recorded, not live: what would be created);
 /// failure when anything in it is wrong.
-fn print_report(settings: &Settings, report: crate::setup::Report) -> anyhow::Result<ExitCode> {
-    let report = if settings.sandbox() {
+fn print_report(settings: &Settings, account: Account, report: crate::setup::Report) -> anyhow::Result<ExitCode> {
+    let report = if !settings.live(account) {
         report.recorded_only()
     } else {
         report
@@ -732,7 +735,7 @@ async fn doctor(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
 async fn setup_whatsapp(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
     let services = account_services(settings, migrated_store(settings).await?).await?;
     let report = crate::setup::whatsapp::setup(&services.whatsapp, settings, dry_run).await;
-    print_report(settings, report)
+    print_report(settings, Account::WhatsApp, report)
 }
 
 async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<ExitCode> {
@@ -740,7 +743,7 @@ async fn setup_stripe(settings: &Settings, dry_run: bool) -> anyhow::Result<Exit
     let done = crate::setup::stripe::setup(&services.stripe, settings, dry_run)
         .await
         .context("Stripe refused a setup call")?;
-    let status = print_report(settings, done.report)?;
+    let status = print_report(settings, Account::Stripe, done.report)?;
     if let Some(secret) = done.new_secret {
         // Shown once: Stripe never returns it again.
         outln!("the endpoint's signing secret (store it as stripe.webhook_secret; it is not shown again): {secret}");
@@ -753,7 +756,7 @@ async fn setup_hubspot(settings: &Settings, dry_run: bool) -> anyhow::Result<Exi
     let report = crate::setup::hubspot::setup(&services.hubspot, settings, dry_run)
         .await
         .context("HubSpot refused a setup call")?;
-    print_report(settings, report)
+    print_report(settings, Account::HubSpot, report)
 }
 
 /// Connects for a command that needs the schema to do its work (setup records its calls):

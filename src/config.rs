@@ -84,10 +84,30 @@ pub const MAX_INBOX_BATCH: usize = 1000;
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// The outside accounts referloop calls; each is live or recorded on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    WhatsApp,
+    HubSpot,
+    Stripe,
+}
+
+impl Account {
+    pub const ALL: [Account; 3] = [Account::WhatsApp, Account::HubSpot, Account::Stripe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Account::WhatsApp => "WhatsApp",
+            Account::HubSpot => "HubSpot",
+            Account::Stripe => "Stripe",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// `None` means "sandbox while no WhatsApp access token is set"; see [`Settings::sandbox`].
+    /// `None`: each account is recorded until its credential is set; see [`Settings::live`].
     #[serde(rename = "sandbox")]
     pub sandbox_setting: Option<bool>,
     pub server: ServerSettings,
@@ -965,9 +985,40 @@ impl Settings {
     }
 
     /// Sandbox unless explicitly turned off, or on by default while no access token is set.
+    /// Whether WhatsApp's calls are recorded rather than sent: the programme's messages,
+    /// hence its webhooks and reward webhooks, are a rehearsal. See [`Settings::live`].
     pub fn sandbox(&self) -> bool {
-        self.sandbox_setting
-            .unwrap_or_else(|| secret_value(&self.whatsapp.access_token).is_none())
+        !self.live(Account::WhatsApp)
+    }
+
+    /// Whether calls to `account` go out; otherwise they are recorded, not sent
+    /// (`referloop outbound list`). Each account goes live once its credential is set,
+    /// so HubSpot can be set up before WhatsApp is; `sandbox = true` records every call
+    /// and `sandbox = false` sends every call.
+    pub fn live(&self, account: Account) -> bool {
+        match self.sandbox_setting {
+            Some(forced) => !forced,
+            None => match account {
+                Account::WhatsApp => secret_value(&self.whatsapp.access_token).is_some(),
+                Account::HubSpot => secret_value(&self.hubspot.access_token).is_some(),
+                Account::Stripe => secret_value(&self.stripe.secret_key).is_some(),
+            },
+        }
+    }
+
+    /// One line for each account: live, or recorded (sandbox).
+    pub fn accounts_line(&self) -> String {
+        let each: Vec<String> = Account::ALL
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a.as_str(),
+                    if self.live(*a) { "live" } else { "recorded (sandbox)" }
+                )
+            })
+            .collect();
+        each.join(", ")
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -989,13 +1040,9 @@ impl Settings {
         let header = match self.sandbox_setting {
             Some(_) => String::new(),
             None => format!(
-                "# sandbox mode is {} (derived: {}; set `sandbox` to force it)\n",
+                "# sandbox mode is {} for WhatsApp; accounts: {} (derived from the credentials set; set `sandbox` to force)\n",
                 if self.sandbox() { "on" } else { "off" },
-                if self.sandbox() {
-                    "no whatsapp.access_token is set"
-                } else {
-                    "whatsapp.access_token is set"
-                }
+                self.accounts_line()
             ),
         };
         let text = toml::to_string_pretty(&value).unwrap_or_default();
@@ -1162,6 +1209,27 @@ mod tests {
     }
 
     #[test]
+    fn each_account_goes_live_with_its_own_credential() {
+        let s = Settings::load_from(None, env(&[("REFERLOOP_HUBSPOT__ACCESS_TOKEN", "pat-1")])).expect("load");
+        assert!(s.live(Account::HubSpot), "HubSpot can be set up before WhatsApp");
+        assert!(!s.live(Account::WhatsApp) && !s.live(Account::Stripe) && s.sandbox());
+        let s = Settings::load_from(None, env(&[("REFERLOOP_STRIPE__SECRET_KEY", "sk_test_1")])).expect("load");
+        assert!(s.live(Account::Stripe) && !s.live(Account::HubSpot));
+        let forced = Settings::load_from(
+            None,
+            env(&[
+                ("REFERLOOP_HUBSPOT__ACCESS_TOKEN", "pat-1"),
+                ("REFERLOOP_SANDBOX", "true"),
+            ]),
+        )
+        .expect("load");
+        assert!(
+            Account::ALL.iter().all(|a| !forced.live(*a)),
+            "sandbox = true records every call"
+        );
+    }
+
+    #[test]
     fn invalid_values_name_the_key() {
         let err =
             Settings::load_from(None, env(&[("REFERLOOP_SERVER__LISTEN", "nowhere")])).expect_err("invalid listen");
@@ -1189,7 +1257,7 @@ mod tests {
         let err = Settings::load_from(Some(&file), env(&[])).expect_err("typo in the file");
         let text = err.to_string();
         assert!(
-            text.contains("unknown key `whatsap`") && text.contains("configuration file"),
+            text.contains("unknown key `whatsap`") && text.contains(&format!("in {}, line 1", file.display())),
             "{text}"
         );
         assert!(text.contains("did you mean `whatsapp`?"), "{text}");
@@ -1239,7 +1307,7 @@ mod tests {
         };
         assert_eq!(settings_lines(&again.to_redacted_toml()), settings_lines(&printed));
         assert!(
-            printed.contains("# app_secret = \"[redacted]\" (secret: set, not shown)"),
+            printed.contains("# app_secret = \"[redacted]\" (secret: set, not shown; give it in the environment)"),
             "{printed}"
         );
         assert!(!printed.contains("topsecret"));

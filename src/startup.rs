@@ -77,7 +77,7 @@ impl Application {
         let settings = self.state.settings.clone();
         tracing::info!(
             listen = %self.listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-            sandbox = settings.sandbox(),
+            accounts = %settings.accounts_line(),
             backend = ?self.state.store.backend(),
             "referloop serving"
         );

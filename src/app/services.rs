@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::config::Settings;
+use crate::config::{Account, Settings};
 use crate::domain::code::CodePattern;
 use crate::integrations::hubspot::HubSpotClient;
 use crate::integrations::stripe::StripeClient;
@@ -28,13 +28,16 @@ pub struct Services {
 
 impl Services {
     pub fn new(store: Store, settings: Arc<Settings>, metrics: Arc<Metrics>) -> anyhow::Result<Services> {
-        let outbound = Outbound::new(&settings, store.clone(), metrics.clone())?;
+        // Each account live or recorded on its own; reward webhooks go with WhatsApp (a
+        // programme whose messages are a rehearsal pays nothing out).
+        let transport = |account| Outbound::new(&settings, settings.live(account), store.clone(), metrics.clone());
+        let whatsapp = transport(Account::WhatsApp)?;
         let code_pattern = CodePattern::parse(&settings.programme.code_pattern)?;
         Ok(Services {
-            whatsapp: WhatsAppClient::new(&settings.whatsapp, outbound.clone(), &store),
-            hubspot: HubSpotClient::new(&settings.hubspot, outbound.clone(), &store),
-            stripe: StripeClient::new(&settings.stripe, outbound.clone()),
-            outbound,
+            whatsapp: WhatsAppClient::new(&settings.whatsapp, whatsapp.clone(), &store),
+            hubspot: HubSpotClient::new(&settings.hubspot, transport(Account::HubSpot)?, &store),
+            stripe: StripeClient::new(&settings.stripe, transport(Account::Stripe)?),
+            outbound: whatsapp,
             flow_token_secret: settings.flow_token_secret(),
             flow_refusals: Default::default(),
             code_pattern,

@@ -1,6 +1,7 @@
-//! Clients for the outside APIs (WhatsApp Cloud API, HubSpot, Stripe) share one
-//! transport. In sandbox mode it makes no network call: each request that would have been
-//! made is recorded in full in the database (`referloop outbound list`) and logged.
+//! Clients for the outside APIs (WhatsApp Cloud API, HubSpot, Stripe), each over a
+//! transport of its own: live, or (sandbox, until the account's credential is set) one
+//! that makes no network call and records each request in full in the database
+//! (`referloop outbound list`).
 
 pub mod hubspot;
 mod pacer;
@@ -139,8 +140,15 @@ impl Outbound {
         }
     }
 
-    pub fn new(settings: &Settings, store: Store, metrics: Arc<Metrics>) -> Result<Outbound, reqwest::Error> {
-        if settings.sandbox() {
+    /// The transport for calls that are `live` (see [`Settings::live`]), else one that
+    /// records them.
+    pub fn new(
+        settings: &Settings,
+        live: bool,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Result<Outbound, reqwest::Error> {
+        if !live {
             return Ok(Outbound::Sandbox(store));
         }
         let worker = &settings.worker;

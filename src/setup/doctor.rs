@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::{hubspot, Finding};
 use crate::app::Services;
-use crate::config::{secret_value, FlowKind};
+use crate::config::{secret_value, Account, FlowKind};
 use crate::domain::ids::path_segment;
 use crate::domain::reward::RewardKind;
 
@@ -102,22 +102,43 @@ pub async fn run(s: &Services) -> Diagnosis {
     let mut d = Diagnosis::default();
     configuration(s, &mut d);
     database(s, &mut d).await;
-    if s.settings.sandbox() {
+    // Each account is checked when it is live; a recorded one (sandbox until its
+    // credential is set) is said so.
+    let recorded = |d: &mut Diagnosis, area| {
+        d.add(
+            area,
+            "account",
+            Status::Skipped,
+            "sandbox: its calls are recorded, not sent, until its credential is set",
+        )
+    };
+    if s.settings.live(Account::WhatsApp) {
+        whatsapp(s, &mut d).await;
+    } else {
         // The Flow's key needs no call to check: a missing one is said in sandbox too.
         flow_key_configured(s, &mut d);
-        for area in ["whatsapp", "hubspot", "stripe"] {
-            d.add(
-                area,
-                "account",
-                Status::Skipped,
-                "sandbox mode: no call leaves this machine",
-            );
-        }
-        return d;
+        recorded(&mut d, "whatsapp");
     }
-    whatsapp(s, &mut d).await;
-    hubspot_account(s, &mut d).await;
-    stripe(s, &mut d).await;
+    // Once WhatsApp is live the programme is: an account still recorded blocks it.
+    let programme_live = s.settings.live(Account::WhatsApp);
+    if s.settings.live(Account::HubSpot) {
+        hubspot_account(s, &mut d).await;
+    } else if programme_live {
+        d.fail(
+            "hubspot",
+            "account",
+            "WhatsApp is live but HubSpot's calls are only recorded (no hubspot.access_token)",
+            "set hubspot.access_token (a private app's token), then `referloop setup hubspot`",
+        );
+    } else {
+        recorded(&mut d, "hubspot");
+    }
+    if s.settings.live(Account::Stripe) || programme_live {
+        // Without a key it makes no call: it says whether the rewards need one.
+        stripe(s, &mut d).await;
+    } else {
+        recorded(&mut d, "stripe");
+    }
     d
 }
 

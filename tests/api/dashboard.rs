@@ -151,7 +151,9 @@ async fn signing_in_shows_the_funnel_of_the_seed(backend: Backend) {
         .unwrap_or(0)];
     let timeline = browser.get(&app, &format!("/admin/referrals/{converted}")).await;
     assert_eq!(timeline.status, 200);
-    assert!(timeline.body.contains("data-referral=\"state\">converted<"));
+    assert!(timeline
+        .body
+        .contains("data-referral=\"state\" title=\"converted\">converted<"));
     assert!(!timeline.body.contains("+4479111"), "phones masked");
     let found = browser.get(&app, "/admin/referrals?q=SEED011").await;
     assert!(
