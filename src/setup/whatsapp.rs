@@ -406,7 +406,7 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, language
         .await;
     let id = match ok_body(created, &what) {
         Ok(Some(body)) => body["id"].as_str().unwrap_or_default().to_string(),
-        Ok(None) => return Finding::Recorded(format!("{what}: created, uploaded and published")),
+        Ok(None) => return Finding::Recorded(format!("{what} (create, upload the JSON, publish)")),
         Err(wrong) => return wrong,
     };
     let flow_json = flow_json(settings, language);

@@ -314,6 +314,57 @@ fn users_add_prompts_without_echo_on_a_terminal() {
     );
 }
 
+/// The README's go-live list, its commands in order, from an empty directory with no
+/// account credential yet (every call recorded): each step succeeds, none says it created
+/// what it did not, and doctor says the accounts are not live yet.
+#[test]
+fn the_go_live_commands_run_in_order_from_an_empty_directory() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let start = readme.find("## Go live").expect("the go-live section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    // The numbered steps, in order.
+    let section = &section[section.find("\n1. ").expect("a numbered list")..];
+    let mut commands: Vec<&str> = Vec::new();
+    for piece in section.split('`').skip(1).step_by(2) {
+        if let Some(args) = piece.strip_prefix("referloop ") {
+            if (args.starts_with("setup ") || args == "doctor") && !commands.contains(&args) {
+                commands.push(args);
+            }
+        }
+    }
+    assert_eq!(
+        commands,
+        ["setup hubspot", "setup whatsapp", "setup stripe", "doctor"],
+        "the go-live list's commands"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("referloop.db").display());
+    // What the list's steps set besides the credentials.
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("REFERLOOP_WHATSAPP__WABA_ID", "100000000000303"),
+        ("REFERLOOP_WHATSAPP__BUSINESS_NAME", "Acme"),
+        ("REFERLOOP_WHATSAPP__APP_SECRET", "app-secret"),
+        ("REFERLOOP_WHATSAPP__VERIFY_TOKEN", "verify"),
+        ("REFERLOOP_HUBSPOT__CLIENT_SECRET", "client-secret"),
+    ];
+    for args in commands {
+        let argv: Vec<&str> = args.split(' ').collect();
+        let output = referloop(&argv, &env);
+        let said = text(&output);
+        assert!(output.status.success(), "`referloop {args}` failed:\n{said}");
+        assert!(
+            !said.contains("created "),
+            "`referloop {args}` created nothing:\n{said}"
+        );
+        assert!(
+            said.contains("recorded (sandbox)"),
+            "`referloop {args}` says the accounts are not live:\n{said}"
+        );
+    }
+}
+
 /// `referloop users add` reads the password from standard input (never the command
 /// line), refuses short ones and unknown roles, and stores only an argon2id hash.
 #[tokio::test]
