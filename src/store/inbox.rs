@@ -105,11 +105,16 @@ impl Store {
         Ok(super::group_commit::new_per_request(requests, inserted))
     }
 
-    /// Events not yet handled, and the age of the oldest (read through the index of
-    /// claimable events, so its cost follows the backlog, not the inbox's history).
+    /// Events not yet handled, and the age of the oldest (waiting and running events are
+    /// each read through their own partial index, so the cost follows the backlog, not
+    /// the inbox's history).
     pub async fn inbox_backlog(&self) -> Result<Backlog, StoreError> {
         let sql = format!(
-            "SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox_events WHERE state IN ({}, '{}')",
+            "SELECT CAST(SUM(n) AS BIGINT) AS n, MIN(oldest) AS oldest FROM ( \
+                 SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox_events WHERE state IN ({}) \
+                 UNION ALL \
+                 SELECT COUNT(*) AS n, MIN(received_at) AS oldest FROM inbox_events WHERE state = '{}' \
+             ) AS parts",
             sql_list(QueueState::WAITING),
             QueueState::Running.as_str()
         );
