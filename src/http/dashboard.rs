@@ -18,6 +18,7 @@ use crate::app::reward;
 use crate::domain::access::{Action, Role};
 use crate::domain::funnel::Period;
 use crate::domain::phone::E164;
+use crate::domain::referral::ReferralState;
 use crate::domain::state::{Persisted, QueueState};
 use crate::store::{now_ms, AdminSession, Queue};
 use crate::telemetry::mask_phone;
@@ -443,37 +444,118 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct SearchQuery {
+pub struct ReferralsQuery {
+    /// A code, a HubSpot contact id or a phone number.
     q: Option<String>,
+    /// One state's stored name; empty for every state.
+    state: Option<String>,
+    /// Nominated in the last this many days; absent or empty for all time.
+    days: Option<String>,
+    /// The cursor: referrals older than this id.
+    before: Option<i64>,
 }
 
-/// `/admin/referrals`: the newest referrals, or those found by code, contact id or phone.
+/// The periods the referral list offers, in days (`None`: all time).
+const LIST_PERIODS: [(Option<i64>, &str); 4] = [
+    (Some(7), "Last 7 days"),
+    (Some(30), "Last 30 days"),
+    (Some(90), "Last 90 days"),
+    (None, "All time"),
+];
+
+/// Rows per page of the referral list.
+const LIST_PAGE: i64 = 50;
+
+/// `/admin/referrals`: the newest referrals, filtered by state and period, page by page;
+/// or those found by code, contact id or phone.
 pub async fn referrals(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<SearchQuery>,
+    Query(query): Query<ReferralsQuery>,
 ) -> Response {
     let session = match session(&state, &headers).await {
         Ok(session) => session,
         Err(answer) => return answer,
     };
+    let refuse = |why: &str| {
+        html_page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            layout("Referrals", Some(&session), html! { p { (why) } }),
+        )
+    };
     let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
+    let wanted = match query.state.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(name) => match ReferralState::parse(name) {
+            Some(found) => Some(found),
+            None => return refuse("There is no such state: choose one from the list."),
+        },
+    };
+    let days = match query.days.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        None => None,
+        Some(days) => match days.parse::<i64>() {
+            Ok(days) => Some(days),
+            Err(_) => return refuse("Choose between 1 and 366 days."),
+        },
+    };
+    let since = match days {
+        None => None,
+        Some(days) => match Period::last_days(days, now_ms()) {
+            Ok(period) => Some(period.from),
+            Err(_) => return refuse("Choose between 1 and 366 days."),
+        },
+    };
     let found = match q {
         Some(q) => {
             let phone = E164::parse_mobile(q, &state.settings.programme.default_region).ok();
             state.store.find_referrals(q, phone.as_ref().map(E164::as_str)).await
         }
-        None => state.store.referrals_page(None, None, 50).await,
+        None => {
+            state
+                .store
+                .referrals_page(wanted.map(ReferralState::as_str), since, query.before, LIST_PAGE)
+                .await
+        }
     };
     let rows = match found {
         Ok(rows) => rows,
         Err(e) => return unavailable(e),
     };
+    // The next page keeps the filters.
+    let older = (q.is_none() && rows.len() as i64 == LIST_PAGE)
+        .then(|| rows.last().map(|r| r.id))
+        .flatten()
+        .map(|before| {
+            let mut link = format!("/admin/referrals?before={before}");
+            if let Some(s) = wanted {
+                link.push_str(&format!("&state={}", s.as_str()));
+            }
+            if let Some(days) = days {
+                link.push_str(&format!("&days={days}"));
+            }
+            link
+        });
     let body = html! {
         form method="get" action="/admin/referrals" role="search" {
             label for="q" { "Code, HubSpot contact id or phone" }
             input id="q" name="q" value=(q.unwrap_or(""));
             button type="submit" { "Find" }
+        }
+        form method="get" action="/admin/referrals" class="filters" {
+            label for="state" { "State" }
+            select id="state" name="state" {
+                option value="" selected[wanted.is_none()] { "Every state" }
+                @for s in ReferralState::ALL {
+                    option value=(s.as_str()) selected[wanted == Some(*s)] { (words::say(s.as_str())) }
+                }
+            }
+            label for="days" { "Nominated" }
+            select id="days" name="days" {
+                @for (period, label) in &LIST_PERIODS {
+                    option value=(period.map_or(String::new(), |d| d.to_string())) selected[days == *period] { (label) }
+                }
+            }
+            button type="submit" { "Show" }
         }
         @if rows.is_empty() { p { "No referral found." } } @else {
             table {
@@ -491,6 +573,7 @@ pub async fn referrals(
                     }
                 }
             }
+            @if let Some(link) = older { p { a href=(link) { "Older referrals" } } }
         }
     };
     html_page(StatusCode::OK, layout("Referrals", Some(&session), body))

@@ -291,20 +291,22 @@ impl Store {
     }
 
     /// A page of referrals, newest first: those with an id below `before` (the cursor),
-    /// optionally in one state.
+    /// optionally in one state, optionally nominated at or after `since`.
     pub async fn referrals_page(
         &self,
         state: Option<&str>,
+        since: Option<i64>,
         before: Option<i64>,
         limit: i64,
     ) -> Result<Vec<ReferralRow>, StoreError> {
         let sql = format!(
             "SELECT {} FROM referrals WHERE (CAST($1 AS TEXT) IS NULL OR state = CAST($1 AS TEXT)) \
-             AND id < $2 ORDER BY id DESC LIMIT $3",
+             AND nominated_at >= $2 AND id < $3 ORDER BY id DESC LIMIT $4",
             super::referrals::REFERRAL_COLUMNS
         );
         Ok(sqlx::query_as::<_, ReferralRow>(&sql)
             .bind(state)
+            .bind(since.unwrap_or(i64::MIN))
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
             .fetch_all(&self.pool)

@@ -230,6 +230,76 @@ fn an_endpoint_flow_without_a_key_is_said() {
     assert!(!said.contains("no private key"), "a static Flow needs none: {said}");
 }
 
+/// The go-live list's `setup` and `doctor` commands, in the README's order.
+fn go_live_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
+    let start = readme.find("## Go live").expect("the go-live section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
+    // The numbered steps, in order.
+    let section = &section[section.find("\n1. ").expect("a numbered list")..];
+    let mut commands: Vec<String> = Vec::new();
+    for piece in section.split('`').skip(1).step_by(2) {
+        if let Some(args) = piece.strip_prefix("referloop ") {
+            if (args.starts_with("setup ") || args == "doctor") && !commands.iter().any(|c| c == args) {
+                commands.push(args.to_string());
+            }
+        }
+    }
+    assert_eq!(
+        commands,
+        ["setup hubspot", "setup whatsapp", "setup stripe", "doctor"],
+        "the go-live list's commands"
+    );
+    commands
+}
+
+/// What `referloop serve` logs until it says it is serving (or 60 s pass); then it is
+/// stopped.
+fn serve_start_log(env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("serve.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let url = format!("sqlite://{}", dir.path().join("serve.db").display());
+    let mut command = Command::new(env!("CARGO_BIN_EXE_referloop"));
+    command
+        .arg("serve")
+        .env_clear()
+        .env("REFERLOOP_LOG__LEVEL", "info")
+        .env("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0")
+        .env("DATABASE_URL", &url)
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("run referloop serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut said = String::new();
+    while std::time::Instant::now() < deadline {
+        said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.contains("referloop serving") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(said.contains("referloop serving"), "serve started:\n{said}");
+    said
+}
+
+/// `serve` warns at start about an endpoint Flow without its key (and says nothing of a
+/// key when the Flow is static).
+#[test]
+fn serve_warns_of_an_endpoint_flow_without_a_key() {
+    let said = serve_start_log(&[("REFERLOOP_WHATSAPP__FLOW_KIND", "endpoint")]);
+    assert!(said.contains(referloop::setup::doctor::NO_FLOW_KEY), "{said}");
+    assert!(said.contains("WARN"), "as a warning: {said}");
+    let said = serve_start_log(&[]);
+    assert!(!said.contains("no private key"), "a static Flow needs none: {said}");
+}
+
 /// Go-live step 2 on a fresh install, in sandbox (no accounts configured yet): setup
 /// migrates the new database itself, and says what it would create, never "created".
 #[test]
@@ -319,25 +389,7 @@ fn users_add_prompts_without_echo_on_a_terminal() {
 /// what it did not, and doctor says the accounts are not live yet.
 #[test]
 fn the_go_live_commands_run_in_order_from_an_empty_directory() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md");
-    let start = readme.find("## Go live").expect("the go-live section");
-    let section = &readme[start..];
-    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |end| end + 3)];
-    // The numbered steps, in order.
-    let section = &section[section.find("\n1. ").expect("a numbered list")..];
-    let mut commands: Vec<&str> = Vec::new();
-    for piece in section.split('`').skip(1).step_by(2) {
-        if let Some(args) = piece.strip_prefix("referloop ") {
-            if (args.starts_with("setup ") || args == "doctor") && !commands.contains(&args) {
-                commands.push(args);
-            }
-        }
-    }
-    assert_eq!(
-        commands,
-        ["setup hubspot", "setup whatsapp", "setup stripe", "doctor"],
-        "the go-live list's commands"
-    );
+    let commands = go_live_commands();
     let dir = tempfile::tempdir().expect("dir");
     let url = format!("sqlite://{}", dir.path().join("referloop.db").display());
     // What the list's steps set besides the credentials.
@@ -363,6 +415,171 @@ fn the_go_live_commands_run_in_order_from_an_empty_directory() {
             "`referloop {args}` says the accounts are not live:\n{said}"
         );
     }
+}
+
+/// The README's go-live list, its commands in order, from an empty directory, against
+/// stateful fakes of all three accounts (HubSpot's properties, Meta's templates, Flows
+/// and subscriptions, Stripe's webhook endpoints), each account live. Between the steps
+/// the test does what the list tells a person to do: sets `templates.flow_id` from
+/// `setup whatsapp`, lets Meta approve the templates, stores the secret `setup stripe`
+/// prints. Each step succeeds; doctor ends with "nothing blocks going live"; what setup
+/// says it created is what the fakes hold; a second pass creates nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_go_live_commands_run_in_order_against_the_accounts() {
+    use crate::fakes::{HUBSPOT_TOKEN, META_TOKEN, PHONE_NUMBER_ID};
+    use crate::setup::{Endpoints, GraphAccount, Properties};
+    use serde_json::json;
+    use wiremock::matchers::{header, method, path, path_regex, query_param};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    const WABA: &str = "100000000000101";
+    let meta = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v24.0/debug_token"))
+        .and(query_param("input_token", META_TOKEN))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"data": {
+            "type": "SYSTEM_USER", "is_valid": true,
+            "scopes": ["whatsapp_business_management", "whatsapp_business_messaging"],
+            "granular_scopes": [
+                {"scope": "whatsapp_business_management", "target_ids": [WABA]},
+                {"scope": "whatsapp_business_messaging", "target_ids": [WABA]}]}})))
+        .mount(&meta)
+        .await;
+    Mock::given(method("GET"))
+        .and(path(format!("/v24.0/{PHONE_NUMBER_ID}")))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"display_phone_number": "+1 555-000-1234",
+            "verified_name": "Acme", "quality_rating": "GREEN", "messaging_limit_tier": "TIER_1K",
+            "id": PHONE_NUMBER_ID, "health_status": {"can_send_message": "AVAILABLE", "entities": []}})),
+        )
+        .mount(&meta)
+        .await;
+    let graph = GraphAccount::default();
+    Mock::given(path_regex(r"^/v24\.0/"))
+        .and(header("authorization", format!("Bearer {META_TOKEN}").as_str()))
+        .respond_with(graph.clone())
+        .mount(&meta)
+        .await;
+    let hubspot = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/oauth/v2/private-apps/get/access-token-info"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(json!({"userId": 4_100_001, "hubId": 48_000_001,
+            "appId": 3_300_001, "scopes": ["crm.objects.contacts.read", "crm.objects.contacts.write",
+            "crm.objects.deals.read", "crm.schemas.contacts.read", "crm.schemas.contacts.write"]})),
+        )
+        .mount(&hubspot)
+        .await;
+    // A new portal has HubSpot's own NPS property and none of ours.
+    let properties = Properties::default().with(
+        "/hs_feedback_last_nps_rating",
+        json!({"name": "hs_feedback_last_nps_rating", "type": "number", "fieldType": "number"}),
+    );
+    Mock::given(path_regex(r"^/crm/v3/properties/contacts"))
+        .and(header("authorization", format!("Bearer {HUBSPOT_TOKEN}").as_str()))
+        .respond_with(properties.clone())
+        .mount(&hubspot)
+        .await;
+    let stripe = MockServer::start().await;
+    let endpoints = Endpoints::default();
+    Mock::given(path("/v1/webhook_endpoints"))
+        .and(header("authorization", "Bearer sk_live_golive"))
+        .respond_with(endpoints.clone())
+        .mount(&stripe)
+        .await;
+
+    let dir = tempfile::tempdir().expect("dir");
+    let url = format!("sqlite://{}", dir.path().join("referloop.db").display());
+    // Steps 1 and 4: the credentials and the account's settings.
+    let mut env: Vec<(String, String)> = [
+        ("DATABASE_URL", url.as_str()),
+        ("REFERLOOP_SERVER__PUBLIC_BASE_URL", "https://referrals.example.com"),
+        ("REFERLOOP_HUBSPOT__API_BASE", hubspot.uri().as_str()),
+        ("REFERLOOP_HUBSPOT__ACCESS_TOKEN", HUBSPOT_TOKEN),
+        ("REFERLOOP_HUBSPOT__CLIENT_SECRET", "client-secret"),
+        ("REFERLOOP_WHATSAPP__API_BASE", meta.uri().as_str()),
+        ("REFERLOOP_WHATSAPP__ACCESS_TOKEN", META_TOKEN),
+        ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", PHONE_NUMBER_ID),
+        ("REFERLOOP_WHATSAPP__WABA_ID", WABA),
+        ("REFERLOOP_WHATSAPP__BUSINESS_NAME", "Acme"),
+        ("REFERLOOP_WHATSAPP__APP_SECRET", "app-secret"),
+        ("REFERLOOP_WHATSAPP__VERIFY_TOKEN", "verify"),
+        ("REFERLOOP_STRIPE__API_BASE", stripe.uri().as_str()),
+        ("REFERLOOP_STRIPE__SECRET_KEY", "sk_live_golive"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let run = |args: String, env: Vec<(String, String)>| async move {
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let output = referloop(&args.split(' ').collect::<Vec<_>>(), &env);
+            (output.status.success(), text(&output))
+        })
+        .await
+        .expect("referloop ran")
+    };
+    for args in go_live_commands() {
+        let (ok, said) = run(args.clone(), env.clone()).await;
+        println!("$ referloop {args}\n{said}");
+        assert!(ok, "`referloop {args}` failed:\n{said}");
+        assert!(!said.contains("recorded (sandbox)"), "every account is live:\n{said}");
+        match args.as_str() {
+            "setup hubspot" => assert!(said.contains("created "), "{said}"),
+            "setup whatsapp" => {
+                // Step 5: set templates.flow_id to the id it prints, and wait for approval.
+                let flow_id = said
+                    .split("set templates.flow_id = \"")
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .expect("setup whatsapp names the Flow's id");
+                env.push(("REFERLOOP_TEMPLATES__FLOW_ID".into(), flow_id.to_string()));
+                let mut state = graph.state.lock().expect("Graph state");
+                for template in state.templates.iter_mut() {
+                    template["status"] = json!("APPROVED");
+                }
+            }
+            "setup stripe" => {
+                // Step 7: store the secret it prints as stripe.webhook_secret.
+                let secret = said
+                    .split("it is not shown again): ")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .expect("setup stripe prints the endpoint's secret");
+                env.push(("REFERLOOP_STRIPE__WEBHOOK_SECRET".into(), secret.to_string()));
+            }
+            _ => assert!(said.contains("nothing blocks going live"), "{said}"),
+        }
+    }
+    {
+        let created = properties.0.lock().map(|all| all.len()).unwrap_or(0);
+        assert!(created > 8, "the group and our properties exist in HubSpot ({created})");
+        let state = graph.state.lock().expect("Graph state");
+        assert_eq!(state.templates.len(), 5, "the five templates, in the one language");
+        assert_eq!(state.flows.len(), 1);
+        assert_eq!(state.flows[0]["status"], "PUBLISHED");
+        assert!(state.subscribed);
+        assert_eq!(
+            endpoints.0.lock().map(|e| e.len()).unwrap_or(0),
+            1,
+            "one Stripe endpoint"
+        );
+    }
+    // The list again, on the configured accounts: nothing new.
+    for args in go_live_commands() {
+        let (ok, said) = run(args.clone(), env.clone()).await;
+        assert!(ok, "`referloop {args}` again failed:\n{said}");
+        assert!(
+            !said.contains("created "),
+            "`referloop {args}` again created nothing:\n{said}"
+        );
+    }
+    assert_eq!(
+        endpoints.0.lock().map(|e| e.len()).unwrap_or(0),
+        1,
+        "still one Stripe endpoint"
+    );
+    crate::contract::assert_requests_on_contract(&meta, "the go-live commands").await;
 }
 
 /// `referloop users add` reads the password from standard input (never the command

@@ -160,9 +160,56 @@ async fn signing_in_shows_the_funnel_of_the_seed(backend: Backend) {
         found.body.contains(&format!("/admin/referrals/{converted}")),
         "found by code"
     );
+    // The list's filters: one state, a period (a referral nominated 40 days ago is left
+    // out of the last 30 days), and a refusal of a state that does not exist.
+    let id_of = |state: ReferralState| ids[ReferralState::ALL.iter().position(|s| *s == state).unwrap_or(0)];
+    let link = |id: i64| format!("href=\"/admin/referrals/{id}\"");
+    let old = id_of(ReferralState::Refused);
+    age_referral(&app, old, 40).await;
+    let converted_only = browser.get(&app, "/admin/referrals?state=converted&days=").await;
+    assert_eq!(converted_only.status, 200, "{}", converted_only.body);
+    assert!(converted_only.body.contains(&link(converted)));
+    assert!(!converted_only.body.contains(&link(old)), "one state only");
+    assert!(converted_only.body.contains("<option value=\"converted\" selected>"));
+    let month = browser.get(&app, "/admin/referrals?state=&days=30").await;
+    assert!(month.body.contains(&link(converted)));
+    assert!(!month.body.contains(&link(old)), "nominated before the period");
+    let all_time = browser.get(&app, "/admin/referrals").await;
+    assert!(all_time.body.contains(&link(old)) && all_time.body.contains(&link(converted)));
+    for (query, why) in [
+        ("state=no_such_state", "no such state"),
+        ("days=0", "between 1 and 366"),
+    ] {
+        let refused = browser.get(&app, &format!("/admin/referrals?{query}")).await;
+        assert_eq!(refused.status, 422, "{query}");
+        assert!(refused.body.contains(why), "{query}: {}", refused.body);
+    }
     let style = browser.get(&app, "/admin/style.css").await;
     assert_eq!(style.status, 200);
     app.shutdown().await;
+}
+
+/// Moves a referral's nomination `days` into the past, as if it had been made then.
+async fn age_referral(app: &TestApp, id: i64, days: i64) {
+    let url = app
+        .env
+        .iter()
+        .find(|(key, _)| key == "DATABASE_URL")
+        .map(|(_, url)| url.clone())
+        .expect("the app's database");
+    sqlx::any::install_default_drivers();
+    let db = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query("UPDATE referrals SET nominated_at = nominated_at - $1 WHERE id = $2")
+        .bind(days * 86_400_000)
+        .bind(id)
+        .execute(&db)
+        .await
+        .expect("age the referral");
+    db.close().await;
 }
 
 fn pairs<'a>(form: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {

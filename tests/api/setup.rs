@@ -19,7 +19,7 @@ use crate::helpers::*;
 
 /// Contact properties and groups, kept like HubSpot keeps them.
 #[derive(Clone, Default)]
-pub struct Properties(Arc<Mutex<HashMap<String, Value>>>);
+pub struct Properties(pub Arc<Mutex<HashMap<String, Value>>>);
 
 impl Properties {
     pub fn with(self, name: &str, definition: Value) -> Self {
@@ -177,8 +177,9 @@ async fn dry_run_creates_nothing() {
 }
 
 /// Stripe's webhook endpoints, kept like Stripe keeps them (the secret only at creation).
+/// Stripe's webhook endpoints, kept like Stripe keeps them.
 #[derive(Clone, Default)]
-struct Endpoints(Arc<Mutex<Vec<Value>>>);
+pub struct Endpoints(pub Arc<Mutex<Vec<Value>>>);
 
 impl Respond for Endpoints {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -265,20 +266,20 @@ async fn setup_stripe_creates_the_endpoint_once_and_checks_coupons() {
 
 /// The Graph API's management side for one account: templates, Flows, subscriptions.
 #[derive(Clone, Default)]
-struct GraphAccount {
-    state: Arc<Mutex<GraphState>>,
+pub struct GraphAccount {
+    pub state: Arc<Mutex<GraphState>>,
 }
 
 #[derive(Default)]
-struct GraphState {
-    templates: Vec<Value>,
-    flows: Vec<Value>,
-    subscribed: bool,
+pub struct GraphState {
+    pub templates: Vec<Value>,
+    pub flows: Vec<Value>,
+    pub subscribed: bool,
     /// Validation errors the next Flow JSON upload gets.
     flow_errors: Vec<Value>,
     uploads: Vec<String>,
     /// Flow creation bodies, in order.
-    flow_creations: Vec<Value>,
+    pub flow_creations: Vec<Value>,
     /// The phone number's uploaded public key.
     public_key: Option<String>,
 }
@@ -372,6 +373,12 @@ impl Respond for GraphAccount {
             ("POST", p) if p.ends_with("/subscribed_apps") => {
                 state.subscribed = true;
                 ok(json!({"success": true}))
+            }
+            // A Flow read by its id (`?fields=name,status`).
+            ("GET", p) if state.flows.iter().any(|f| f["id"] == p.trim_start_matches('/')) => {
+                let id = p.trim_start_matches('/');
+                let flow = state.flows.iter().find(|f| f["id"] == id).cloned();
+                ok(flow.unwrap_or(Value::Null))
             }
             _ => ResponseTemplate::new(404).set_body_json(json!({"error": {"message": "unknown path", "code": 100}})),
         }
