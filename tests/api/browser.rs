@@ -59,7 +59,7 @@ impl Chrome {
         assert!(ready, "chromedriver did not start");
         let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1100,1400"]}}}});
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"]}}}});
         let answer: Value = client
             .post(format!("{base}/session"))
             .json(&capabilities)
