@@ -31,6 +31,7 @@ mod restart;
 mod reward_property;
 mod rewards;
 mod sandbox;
+mod schema;
 mod setup;
 mod stripe;
 mod templates;
