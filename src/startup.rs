@@ -20,6 +20,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     worker: Option<Worker>,
+    /// The API's operations: routes and the least role of each.
+    operations: &'static [http::openapi::Operation],
 }
 
 impl Application {
@@ -60,7 +62,15 @@ impl Application {
             listener,
             state,
             worker,
+            operations: http::openapi::OPERATIONS,
         })
+    }
+
+    /// Serves the API from `operations` instead of the published table (a test that
+    /// changes a role sees the router enforce it).
+    pub fn with_operations(mut self, operations: &'static [http::openapi::Operation]) -> Self {
+        self.operations = operations;
+        self
     }
 
     pub fn port(&self) -> u16 {
@@ -84,7 +94,7 @@ impl Application {
         let (stop_worker, worker_stopped) = watch::channel(false);
         let worker = self.worker.map(|w| tokio::spawn(w.run(worker_stopped)));
         let store = self.state.store.clone();
-        let app = http::router(self.state);
+        let app = http::router_with(self.state, self.operations);
         let server = &settings.server;
         let limits = http::ConnectionLimits {
             header_read_timeout: Duration::from_secs(server.header_read_timeout_seconds),

@@ -55,12 +55,18 @@ pub struct AppState {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with(state, openapi::OPERATIONS)
+}
+
+/// [`router`] with the API's routes and roles from `operations` (the published table, or
+/// a test's changed copy of it).
+pub fn router_with(state: AppState, operations: &[openapi::Operation]) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let timeout = state.settings.request_timeout();
     let mut routes = Router::new();
     // The API's routes and their roles come from the table its OpenAPI document is built
     // from: the documented role is the one the router enforces.
-    for op in openapi::OPERATIONS {
+    for op in operations {
         let mut handler = (op.handler)();
         if let Some(least) = op.role {
             handler = handler.route_layer(middleware::from_fn_with_state(

@@ -63,12 +63,14 @@ pub enum Body {
 }
 
 /// The success response.
+#[derive(Clone, Copy)]
 pub enum Success {
     Json(u16, &'static str, SchemaOf),
     Csv(&'static str),
 }
 
 /// One operation of the API.
+#[derive(Clone, Copy)]
 pub struct Operation {
     pub method: Method,
     /// axum's path syntax, which is also OpenAPI's (`{id}`).

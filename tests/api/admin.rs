@@ -467,7 +467,44 @@ async fn the_openapi_document_lists_every_route(backend: Backend) {
     app.shutdown().await;
 }
 
+/// The router enforces the table's roles: in a copy of the table with the funnel raised
+/// to operators, a viewer is refused it and an operator is not; with the published table
+/// the viewer reads it.
+async fn the_routers_roles_come_from_the_table(backend: Backend) {
+    use referloop::domain::access::Role;
+    use referloop::http::openapi::{Operation, OPERATIONS};
+    let mut table = OPERATIONS.to_vec();
+    let funnel = table
+        .iter_mut()
+        .find(|op| op.id == "funnel")
+        .expect("the funnel operation");
+    assert_eq!(funnel.role, Some(Role::Viewer), "published: viewers read the funnel");
+    funnel.role = Some(Role::Operator);
+    let table: &'static [Operation] = Box::leak(table.into_boxed_slice());
+    let tokens = format!("{},viewer:{}", digest(OPERATOR), digest(VIEWER));
+    let app = TestApp::spawn_serving(
+        TestDatabase::new(backend).await,
+        |env| {
+            set_env(env, "REFERLOOP_API__TOKENS", &tokens);
+            set_env(env, "REFERLOOP_WORKER__ENABLED", "false");
+        },
+        table,
+    )
+    .await;
+    let status = |token: &'static str| {
+        let request = app.client.get(app.url("/api/v1/funnel?days=7")).bearer_auth(token);
+        async move { request.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(status(VIEWER).await, 403, "the changed role is enforced");
+    assert_eq!(status(OPERATOR).await, 200);
+    app.shutdown().await;
+    let app = start(backend).await;
+    assert_eq!(get(&app, "/api/v1/funnel?days=7", Some(VIEWER)).await.0, 200);
+    app.shutdown().await;
+}
+
 both_backends!(
+    the_routers_roles_come_from_the_table,
     the_openapi_document_lists_every_route,
     dropouts_rewards_and_referrers_are_summed,
     the_funnel_counts_every_step_of_the_seed,

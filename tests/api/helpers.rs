@@ -121,10 +121,23 @@ impl TestApp {
 
     /// As [`TestApp::spawn_with`], on a database made beforehand.
     pub async fn spawn_with_database(db: TestDatabase, adjust: impl FnOnce(&mut Vec<(String, String)>)) -> TestApp {
+        Self::spawn_serving(db, adjust, referloop::http::openapi::OPERATIONS).await
+    }
+
+    /// As [`TestApp::spawn_with_database`], serving the API from `operations` (a changed
+    /// copy of the published table).
+    pub async fn spawn_serving(
+        db: TestDatabase,
+        adjust: impl FnOnce(&mut Vec<(String, String)>),
+        operations: &'static [referloop::http::openapi::Operation],
+    ) -> TestApp {
         let mut env = base_env(&db.url);
         adjust(&mut env);
         let settings = Settings::load_from(None, env.clone()).expect("test settings");
-        let app = Application::build(settings).await.expect("build app");
+        let app = Application::build(settings)
+            .await
+            .expect("build app")
+            .with_operations(operations);
         let address = format!("http://127.0.0.1:{}", app.port());
         let store = app.store();
         let (stop, stopped) = oneshot::channel();
