@@ -420,7 +420,7 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
             }
             let hash = crate::app::accounts::hash_password(password)
                 .map_err(|e| anyhow::anyhow!("hashing the password: {e}"))?;
-            store.upsert_admin_user(&name, role.as_str(), &hash).await?;
+            store.upsert_admin_user(&name, role, &hash).await?;
             outln!(
                 "user {name} ({role}) saved; sign in at {}/admin",
                 settings.server.public_base_url

@@ -4,7 +4,8 @@
 //! cookie, every form carries the session's CSRF token, and actions (retry, void) need the
 //! operator role, ask for confirmation and are recorded.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -20,7 +21,7 @@ use crate::domain::funnel::Period;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{Persisted, QueueState};
-use crate::store::{now_ms, AdminSession, Queue};
+use crate::store::{now_ms, AdminSession, Queue, StoreError};
 use crate::telemetry::mask_phone;
 
 const COOKIE: &str = "referloop_session";
@@ -100,55 +101,80 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %crate::telemetry::escape(&e.to_string()), "dashboard: database error");
-    html_page(
-        StatusCode::SERVICE_UNAVAILABLE,
-        layout(
-            "Temporarily unavailable",
-            None,
-            html! { p { "Try again in a moment." } },
-        ),
-    )
+/// Why a dashboard request gets no page of its own. Each answers as a page (or, for a
+/// request without a session, the way to the sign-in page); handlers reach them with `?`.
+#[derive(Debug)]
+pub enum PageError {
+    /// No live session behind the request's cookie.
+    SignIn,
+    /// The database (or another dependency) failed: logged, never shown.
+    Unavailable(String),
+    /// Signed in, but the form's CSRF token or the user's role does not allow it.
+    Forbidden(&'static str),
 }
 
-/// The session behind the request's cookie, or the answer to give (to the sign-in page).
-async fn session(state: &AppState, headers: &HeaderMap) -> Result<AdminSession, Response> {
-    let Some(token) = cookie_token(headers) else {
-        return Err(Redirect::to("/admin/login").into_response());
-    };
-    match accounts::session(&state.store, &token).await {
-        Ok(Some(session)) => Ok(session),
-        Ok(None) => Err(Redirect::to("/admin/login").into_response()),
-        Err(e) => Err(unavailable(e)),
+impl PageError {
+    fn unavailable(e: impl std::fmt::Display) -> PageError {
+        PageError::Unavailable(e.to_string())
     }
 }
 
-fn forbidden(why: &str) -> Response {
-    html_page(
-        StatusCode::FORBIDDEN,
-        layout("Not allowed", None, html! { p { (why) } }),
-    )
+impl From<StoreError> for PageError {
+    fn from(e: StoreError) -> Self {
+        PageError::unavailable(e)
+    }
 }
 
-/// For a form post: the session, its CSRF token matched, and its role allowed `action`.
-async fn authorised_post(
-    state: &AppState,
-    headers: &HeaderMap,
-    csrf: &str,
-    action: Action,
-) -> Result<AdminSession, Response> {
-    let session = session(state, headers).await?;
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            PageError::SignIn => Redirect::to("/admin/login").into_response(),
+            PageError::Unavailable(why) => {
+                tracing::error!(error = %crate::telemetry::escape(&why), "dashboard: database error");
+                html_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    layout(
+                        "Temporarily unavailable",
+                        None,
+                        html! { p { "Try again in a moment." } },
+                    ),
+                )
+            }
+            PageError::Forbidden(why) => html_page(
+                StatusCode::FORBIDDEN,
+                layout("Not allowed", None, html! { p { (why) } }),
+            ),
+        }
+    }
+}
+
+/// The signed-in user's session, from the request's cookie; without a live one, the
+/// request goes to the sign-in page.
+pub struct Signed(pub AdminSession);
+
+impl FromRequestParts<AppState> for Signed {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = cookie_token(&parts.headers).ok_or(PageError::SignIn)?;
+        accounts::session(&state.store, &token)
+            .await?
+            .map(Signed)
+            .ok_or(PageError::SignIn)
+    }
+}
+
+/// A form post from `session`: its CSRF token matches, and the user's role may `action`.
+fn may_post(session: &AdminSession, csrf: &str, action: Action) -> Result<(), PageError> {
     if csrf.is_empty() || !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
         tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: CSRF token missing or wrong");
-        return Err(forbidden("The form was not sent from this dashboard (its security token did not match). Reload the page and try again."));
+        return Err(PageError::Forbidden("The form was not sent from this dashboard (its security token did not match). Reload the page and try again."));
     }
-    let role = Role::parse(&session.user.role).unwrap_or(Role::Viewer);
-    if !role.may(action) {
+    if !session.user.role.may(action) {
         tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: a viewer tried an action");
-        return Err(forbidden("Your role may only read. Ask an operator."));
+        return Err(PageError::Forbidden("Your role may only read. Ask an operator."));
     }
-    Ok(session)
+    Ok(())
 }
 
 pub async fn style() -> Response {
@@ -207,30 +233,35 @@ fn session_cookie(state: &AppState, token: &str, max_age_ms: i64) -> HeaderValue
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-pub async fn login(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<LoginForm>) -> Response {
+pub async fn login(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, PageError> {
     // A session the client brought along ends here: sign-in always starts a new one.
     if let Some(old) = cookie_token(&headers) {
         let _ = state.store.end_admin_session(&accounts::token_hash(&old)).await;
     }
-    match accounts::sign_in(&state.store, form.name.trim(), &form.password).await {
-        Ok(SignIn::Started { token, .. }) => {
-            let mut response = Redirect::to("/admin").into_response();
-            response
-                .headers_mut()
-                .insert(header::SET_COOKIE, session_cookie(&state, &token, SESSION_MS));
-            secure(response)
-        }
-        Ok(SignIn::Refused) => login_page(StatusCode::UNAUTHORIZED, Some("Wrong name or password.")),
-        Ok(SignIn::Throttled) => login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some("Too many failed attempts for this name. Wait 15 minutes and try again."),
-        ),
-        Ok(SignIn::Busy) => login_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some("Too many sign-ins at once. Try again in a moment."),
-        ),
-        Err(e) => unavailable(e),
-    }
+    Ok(
+        match accounts::sign_in(&state.store, form.name.trim(), &form.password).await? {
+            SignIn::Started { token, .. } => {
+                let mut response = Redirect::to("/admin").into_response();
+                response
+                    .headers_mut()
+                    .insert(header::SET_COOKIE, session_cookie(&state, &token, SESSION_MS));
+                secure(response)
+            }
+            SignIn::Refused => login_page(StatusCode::UNAUTHORIZED, Some("Wrong name or password.")),
+            SignIn::Throttled => login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Too many failed attempts for this name. Wait 15 minutes and try again."),
+            ),
+            SignIn::Busy => login_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some("Too many sign-ins at once. Try again in a moment."),
+            ),
+        },
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,20 +270,21 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfForm>) -> Response {
-    if let Err(refused) = authorised_post(&state, &headers, &form.csrf, Action::Read).await {
-        return refused;
-    }
+pub async fn logout(
+    State(state): State<AppState>,
+    Signed(session): Signed,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    may_post(&session, &form.csrf, Action::Read)?;
     if let Some(token) = cookie_token(&headers) {
-        if let Err(e) = state.store.end_admin_session(&accounts::token_hash(&token)).await {
-            return unavailable(e);
-        }
+        state.store.end_admin_session(&accounts::token_hash(&token)).await?;
     }
     let mut response = Redirect::to("/admin/login").into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
-    secure(response)
+    Ok(secure(response))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -343,25 +375,25 @@ fn trigger_choices(seen: &[String]) -> Vec<String> {
 }
 
 /// `/admin`: the funnel, why people dropped out, rewards and top referrers.
-pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(query): Query<DaysQuery>) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(answer) => return answer,
-    };
+pub async fn funnel(
+    State(state): State<AppState>,
+    Signed(session): Signed,
+    Query(query): Query<DaysQuery>,
+) -> Result<Response, PageError> {
     let days = query.days.unwrap_or(30);
     let Ok(period) = Period::last_days(days, now_ms()) else {
-        return html_page(
+        return Ok(html_page(
             StatusCode::UNPROCESSABLE_ENTITY,
             layout(
                 "Funnel",
                 Some(&session),
                 html! { p { "Choose between 1 and 366 days." } },
             ),
-        );
+        ));
     };
     let store = &state.store;
     let trigger = query.trigger.as_deref().filter(|t| !t.is_empty());
-    let (counts, daily, triggers, dropouts, totals, top, pool) = match tokio::try_join!(
+    let (counts, daily, triggers, dropouts, totals, top, pool) = tokio::try_join!(
         store.funnel(period, trigger),
         store.funnel_days(period, trigger),
         store.funnel_triggers(period),
@@ -369,10 +401,7 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
         store.reward_totals(period),
         store.top_referrers(10),
         store.free_pool_codes(),
-    ) {
-        Ok(all) => all,
-        Err(e) => return unavailable(e),
-    };
+    )?;
     let steps = counts.steps();
     let rewards = &state.settings.rewards;
     let uses_pool = [&rewards.referrer, &rewards.friend]
@@ -440,7 +469,7 @@ pub async fn funnel(State(state): State<AppState>, headers: HeaderMap, Query(que
             }
         }
     };
-    html_page(StatusCode::OK, layout("Funnel", Some(&session), body))
+    Ok(html_page(StatusCode::OK, layout("Funnel", Some(&session), body)))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -470,13 +499,9 @@ const LIST_PAGE: i64 = 50;
 /// or those found by code, contact id or phone.
 pub async fn referrals(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Signed(session): Signed,
     Query(query): Query<ReferralsQuery>,
-) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(answer) => return answer,
-    };
+) -> Result<Response, PageError> {
     let refuse = |why: &str| {
         html_page(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -488,21 +513,21 @@ pub async fn referrals(
         None => None,
         Some(name) => match ReferralState::parse(name) {
             Some(found) => Some(found),
-            None => return refuse("There is no such state: choose one from the list."),
+            None => return Ok(refuse("There is no such state: choose one from the list.")),
         },
     };
     let days = match query.days.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
         None => None,
         Some(days) => match days.parse::<i64>() {
             Ok(days) => Some(days),
-            Err(_) => return refuse("Choose between 1 and 366 days."),
+            Err(_) => return Ok(refuse("Choose between 1 and 366 days.")),
         },
     };
     let since = match days {
         None => None,
         Some(days) => match Period::last_days(days, now_ms()) {
             Ok(period) => Some(period.from),
-            Err(_) => return refuse("Choose between 1 and 366 days."),
+            Err(_) => return Ok(refuse("Choose between 1 and 366 days.")),
         },
     };
     let found = match q {
@@ -517,10 +542,7 @@ pub async fn referrals(
                 .await
         }
     };
-    let rows = match found {
-        Ok(rows) => rows,
-        Err(e) => return unavailable(e),
-    };
+    let rows = found?;
     // The next page keeps the filters.
     let older = (q.is_none() && rows.len() as i64 == LIST_PAGE)
         .then(|| rows.last().map(|r| r.id))
@@ -576,15 +598,15 @@ pub async fn referrals(
             @if let Some(link) = older { p { a href=(link) { "Older referrals" } } }
         }
     };
-    html_page(StatusCode::OK, layout("Referrals", Some(&session), body))
+    Ok(html_page(StatusCode::OK, layout("Referrals", Some(&session), body)))
 }
 
 /// `/admin/referrals/{id}`: one referral's timeline.
-pub async fn referral(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(answer) => return answer,
-    };
+pub async fn referral(
+    State(state): State<AppState>,
+    Signed(session): Signed,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
     let not_found = || {
         html_page(
             StatusCode::NOT_FOUND,
@@ -595,16 +617,13 @@ pub async fn referral(State(state): State<AppState>, headers: HeaderMap, Path(id
             ),
         )
     };
-    let Ok(id) = id.parse::<i64>() else { return not_found() };
-    let referral = match state.store.referral(id).await {
-        Ok(Some(referral)) => referral,
-        Ok(None) => return not_found(),
-        Err(e) => return unavailable(e),
+    let Ok(id) = id.parse::<i64>() else {
+        return Ok(not_found());
     };
-    let timeline = match state.store.timeline(&referral).await {
-        Ok(entries) => entries,
-        Err(e) => return unavailable(e),
+    let Some(referral) = state.store.referral(id).await? else {
+        return Ok(not_found());
     };
+    let timeline = state.store.timeline(&referral).await?;
     let body = html! {
         dl {
             dt { "State" } dd data-referral="state" title=(referral.state.as_str()) { (words::say(referral.state.as_str())) }
@@ -626,7 +645,10 @@ pub async fn referral(State(state): State<AppState>, headers: HeaderMap, Path(id
             }
         }
     };
-    html_page(StatusCode::OK, layout(&format!("Referral #{id}"), Some(&session), body))
+    Ok(html_page(
+        StatusCode::OK,
+        layout(&format!("Referral #{id}"), Some(&session), body),
+    ))
 }
 
 /// The timeline entries of outside calls: for engineers, folded away.
@@ -655,22 +677,15 @@ fn format_ms(ms: i64) -> String {
 }
 
 /// `/admin/operations`: dead work with "retry", pending rewards with "void".
-pub async fn operations(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let session = match session(&state, &headers).await {
-        Ok(session) => session,
-        Err(answer) => return answer,
-    };
+pub async fn operations(State(state): State<AppState>, Signed(session): Signed) -> Result<Response, PageError> {
     let store = &state.store;
-    let (inbox, jobs, pending, actions) = match tokio::try_join!(
+    let (inbox, jobs, pending, actions) = tokio::try_join!(
         store.list(Queue::Inbox, Some(QueueState::Dead), 100),
         store.list(Queue::Jobs, Some(QueueState::Dead), 100),
         store.pending_rewards(100),
         store.admin_actions(20),
-    ) {
-        Ok(all) => all,
-        Err(e) => return unavailable(e),
-    };
-    let operator = Role::parse(&session.user.role) == Some(Role::Operator);
+    )?;
+    let operator = session.user.role == Role::Operator;
     let body = html! {
         h2 { "Dead work" }
         @if inbox.is_empty() && jobs.is_empty() { p { "Nothing is dead." } } @else {
@@ -725,7 +740,7 @@ pub async fn operations(State(state): State<AppState>, headers: HeaderMap) -> Re
             ul { @for a in &actions { li { (format_ms(a.at)) ": " (a.actor) " — " (a.action) " " (a.target) } } }
         }
     };
-    html_page(StatusCode::OK, layout("Operations", Some(&session), body))
+    Ok(html_page(StatusCode::OK, layout("Operations", Some(&session), body)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -759,51 +774,59 @@ fn confirm_page(session: &AdminSession, action: &str, question: &str, form: &Act
 }
 
 /// `POST /admin/operations/retry` (operator): asks, then re-queues a dead item.
-pub async fn retry(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    let session = match authorised_post(&state, &headers, &form.csrf, Action::Act).await {
-        Ok(session) => session,
-        Err(refused) => return refused,
-    };
+pub async fn retry(
+    State(state): State<AppState>,
+    Signed(session): Signed,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    may_post(&session, &form.csrf, Action::Act)?;
     let queue = match form.queue.as_str() {
         "inbox" => Queue::Inbox,
         "jobs" => Queue::Jobs,
-        _ => return html_page(StatusCode::NOT_FOUND, layout("No such item", Some(&session), html! {})),
+        _ => {
+            return Ok(html_page(
+                StatusCode::NOT_FOUND,
+                layout("No such item", Some(&session), html! {}),
+            ))
+        }
     };
     let Ok(id) = form.id.parse::<i64>() else {
-        return html_page(StatusCode::NOT_FOUND, layout("No such item", Some(&session), html! {}));
+        return Ok(html_page(
+            StatusCode::NOT_FOUND,
+            layout("No such item", Some(&session), html! {}),
+        ));
     };
     if form.confirm != "yes" {
         let question = format!("Retry {} item #{id} with fresh attempts?", form.queue);
-        return confirm_page(&session, "/admin/operations/retry", &question, &form);
+        return Ok(confirm_page(&session, "/admin/operations/retry", &question, &form));
     }
     let actor = format!("user:{}", session.user.name);
-    match state.store.retry_dead_by(queue, id, &actor).await {
-        Ok(_) => secure(Redirect::to("/admin/operations").into_response()),
-        Err(e) => unavailable(e),
-    }
+    state.store.retry_dead_by(queue, id, &actor).await?;
+    Ok(secure(Redirect::to("/admin/operations").into_response()))
 }
 
 /// `POST /admin/operations/void` (operator): asks, then voids a referral's pending rewards.
-pub async fn void(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<ActionForm>) -> Response {
-    let session = match authorised_post(&state, &headers, &form.csrf, Action::Act).await {
-        Ok(session) => session,
-        Err(refused) => return refused,
-    };
+pub async fn void(
+    State(state): State<AppState>,
+    Signed(session): Signed,
+    Form(form): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    may_post(&session, &form.csrf, Action::Act)?;
     let Ok(referral_id) = form.id.parse::<i64>() else {
-        return html_page(
+        return Ok(html_page(
             StatusCode::NOT_FOUND,
             layout("No such referral", Some(&session), html! {}),
-        );
+        ));
     };
     if form.confirm != "yes" {
         let question = format!("Void the rewards of referral #{referral_id} that are not issued yet?");
-        return confirm_page(&session, "/admin/operations/void", &question, &form);
+        return Ok(confirm_page(&session, "/admin/operations/void", &question, &form));
     }
     let actor = format!("user:{}", session.user.name);
-    match reward::void_by(&state.services, referral_id, &actor).await {
-        Ok(_) => secure(Redirect::to("/admin/operations").into_response()),
-        Err(e) => unavailable(e),
-    }
+    reward::void_by(&state.services, referral_id, &actor)
+        .await
+        .map_err(PageError::unavailable)?;
+    Ok(secure(Redirect::to("/admin/operations").into_response()))
 }
 
 #[cfg(test)]

@@ -5,12 +5,13 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{now_ms, Store, StoreError, Tx};
+use crate::domain::access::Role;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminUser {
     pub id: i64,
     pub name: String,
-    pub role: String,
+    pub role: Role,
     #[serde(skip)]
     pub password_hash: String,
     pub disabled: bool,
@@ -37,7 +38,10 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<AdminUser, sqlx::Error> {
     Ok(AdminUser {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        role: row.try_get("role")?,
+        role: {
+            let stored: String = row.try_get("role")?;
+            Role::parse(&stored).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {stored:?}").into()))?
+        },
         password_hash: row.try_get("password_hash")?,
         disabled: row.try_get::<i64, _>("disabled")? == 1,
         created_at: row.try_get("created_at")?,
@@ -50,14 +54,14 @@ const USER_COLUMNS: &str = "u.id AS id, u.name AS name, u.role AS role, u.passwo
 impl Store {
     /// Creates a user, or replaces the role and password of one with that name, ending
     /// that user's sessions in the same transaction.
-    pub async fn upsert_admin_user(&self, name: &str, role: &str, password_hash: &str) -> Result<(), StoreError> {
+    pub async fn upsert_admin_user(&self, name: &str, role: Role, password_hash: &str) -> Result<(), StoreError> {
         let mut tx = self.begin(None).await?;
         sqlx::query(
             "INSERT INTO admin_users (name, role, password_hash, disabled, created_at) VALUES ($1, $2, $3, 0, $4) \
              ON CONFLICT (name) DO UPDATE SET role = $2, password_hash = $3, disabled = 0",
         )
         .bind(name)
-        .bind(role)
+        .bind(role.as_str())
         .bind(password_hash)
         .bind(now_ms())
         .execute(tx.write()?)

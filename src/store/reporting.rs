@@ -7,6 +7,9 @@ use sqlx::Row;
 
 use super::{ReferralRow, Store, StoreError};
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
+use crate::domain::messaging::MessageStatus;
+use crate::domain::referral::ReferralState;
+use crate::domain::state::{InviteState, Persisted};
 
 /// One day of the funnel's daily chart (every day of the period, zero when quiet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -151,16 +154,20 @@ impl Store {
     /// trigger arrived (UTC).
     pub async fn funnel_days(&self, period: Period, trigger: Option<&str>) -> Result<Vec<FunnelDay>, StoreError> {
         let (first, end) = tally_days(period);
-        let rows = sqlx::query(
+        let charted = [Step::Triggers, Step::Nominated, Step::Converted]
+            .map(|step| format!("'{}'", step.as_str()))
+            .join(", ");
+        let sql = format!(
             "SELECT day, step, CAST(SUM(n) AS BIGINT) AS n FROM funnel_tally WHERE day >= $1 AND day < $2 \
              AND (CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT) OR trigger LIKE CAST($3 AS TEXT) || ':%') \
-             AND step IN ('triggers', 'nominated', 'converted') GROUP BY day, step ORDER BY day",
-        )
-        .bind(first)
-        .bind(end)
-        .bind(trigger)
-        .fetch_all(&self.pool)
-        .await?;
+             AND step IN ({charted}) GROUP BY day, step ORDER BY day"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(first)
+            .bind(end)
+            .bind(trigger)
+            .fetch_all(&self.pool)
+            .await?;
         let mut days: Vec<FunnelDay> = Vec::new();
         for row in &rows {
             let day = count(row, "day")? * DAY_MS;
@@ -175,10 +182,12 @@ impl Store {
                 });
             }
             if let Some(entry) = days.last_mut() {
-                match step.as_str() {
-                    "triggers" => entry.triggers = n,
-                    "nominated" => entry.nominated = n,
-                    _ => entry.converted = n,
+                match Step::parse(&step) {
+                    Some(Step::Triggers) => entry.triggers = n,
+                    Some(Step::Nominated) => entry.nominated = n,
+                    Some(Step::Converted) => entry.converted = n,
+                    // Not charted (the statement asks for none of these).
+                    Some(_) | None => {}
                 }
             }
         }
@@ -202,8 +211,8 @@ impl Store {
     /// Why people dropped out of the triggers, nominations, messages and opt-outs of
     /// `period`.
     pub async fn dropouts(&self, period: Period) -> Result<Dropouts, StoreError> {
-        let by = |sql: &'static str| async move {
-            let rows = sqlx::query(sql)
+        let by = |sql: String| async move {
+            let rows = sqlx::query(&sql)
                 .bind(period.from)
                 .bind(period.to)
                 .fetch_all(&self.pool)
@@ -220,22 +229,30 @@ impl Store {
                 .collect::<Result<Vec<_>, sqlx::Error>>()
         };
         Ok(Dropouts {
-            ineligible: by("SELECT reason, COUNT(*) AS n FROM invites WHERE state = 'ineligible' \
-                 AND created_at >= $1 AND created_at < $2 GROUP BY reason ORDER BY n DESC, reason")
+            ineligible: by(format!(
+                "SELECT reason, COUNT(*) AS n FROM invites WHERE state = '{}' \
+                 AND created_at >= $1 AND created_at < $2 GROUP BY reason ORDER BY n DESC, reason",
+                InviteState::Ineligible.as_str()
+            ))
             .await?,
-            refused: by("SELECT r.reason AS reason, COUNT(*) AS n FROM referrals r \
-                 WHERE r.state = 'refused' AND r.nominated_at >= $1 AND r.nominated_at < $2 \
-                 GROUP BY r.reason ORDER BY n DESC, reason")
+            refused: by(format!(
+                "SELECT r.reason AS reason, COUNT(*) AS n FROM referrals r \
+                 WHERE r.state = '{}' AND r.nominated_at >= $1 AND r.nominated_at < $2 \
+                 GROUP BY r.reason ORDER BY n DESC, reason",
+                ReferralState::Refused.as_str()
+            ))
             .await?,
-            message_failures: by(
+            message_failures: by(format!(
                 "SELECT CAST(error_code AS TEXT) || ' ' || COALESCE(error_title, '') AS reason, \
-                 COUNT(*) AS n FROM messages WHERE status = 'failed' AND created_at >= $1 AND created_at < $2 \
+                 COUNT(*) AS n FROM messages WHERE status = '{}' AND created_at >= $1 AND created_at < $2 \
                  GROUP BY error_code, error_title ORDER BY n DESC, reason",
-            )
+                MessageStatus::Failed.as_str()
+            ))
             .await?,
             opt_outs: by(
                 "SELECT opt_out_source AS reason, COUNT(*) AS n FROM wa_users WHERE opted_out = 1 \
-                 AND opted_out_at >= $1 AND opted_out_at < $2 GROUP BY opt_out_source ORDER BY n DESC, reason",
+                 AND opted_out_at >= $1 AND opted_out_at < $2 GROUP BY opt_out_source ORDER BY n DESC, reason"
+                    .to_string(),
             )
             .await?,
         })
@@ -267,16 +284,16 @@ impl Store {
 
     /// The referrers with the most converted friends (all time), from their tally.
     pub async fn top_referrers(&self, limit: i64) -> Result<Vec<ReferrerCounts>, StoreError> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT c.contact_id AS contact_id, c.n AS converted, COALESCE(m.n, 0) AS nominated, \
                (SELECT r.referrer_name FROM referrals r WHERE r.referrer_contact_id = c.contact_id \
                 ORDER BY r.id DESC LIMIT 1) AS name \
-             FROM referrer_tally c LEFT JOIN referrer_tally m ON m.contact_id = c.contact_id AND m.step = 'nominated' \
-             WHERE c.step = 'converted' ORDER BY c.n DESC, c.contact_id LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+             FROM referrer_tally c LEFT JOIN referrer_tally m ON m.contact_id = c.contact_id AND m.step = '{}' \
+             WHERE c.step = '{}' ORDER BY c.n DESC, c.contact_id LIMIT $1",
+            Step::Nominated.as_str(),
+            Step::Converted.as_str()
+        );
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok(ReferrerCounts {

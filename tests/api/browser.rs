@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use referloop::app::accounts::hash_password;
+use referloop::domain::access::Role;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::state::Persisted;
 use referloop::store::{Backend, Queue, QueueState};
@@ -259,7 +260,7 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
     })
     .await;
     let hash = hash_password(PASSWORD).expect("hash");
-    for (name, role) in [("olga", "operator"), ("vera", "viewer")] {
+    for (name, role) in [("olga", Role::Operator), ("vera", Role::Viewer)] {
         app.store.upsert_admin_user(name, role, &hash).await.expect("user");
     }
     seed(&app.store).await;

@@ -3,6 +3,7 @@
 //! fixation, throttled sign-in), on both stores.
 
 use referloop::app::accounts::hash_password;
+use referloop::domain::access::Role;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::state::Persisted;
 use referloop::store::{Backend, Queue, QueueState};
@@ -16,7 +17,7 @@ const PASSWORD: &str = "correct horse battery";
 async fn start(backend: Backend) -> TestApp {
     let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
     let hash = hash_password(PASSWORD).expect("hash");
-    for (name, role) in [("olga", "operator"), ("vera", "viewer")] {
+    for (name, role) in [("olga", Role::Operator), ("vera", Role::Viewer)] {
         app.store.upsert_admin_user(name, role, &hash).await.expect("user");
     }
     app
@@ -306,7 +307,7 @@ async fn sign_in_never_adopts_a_session_and_sign_out_ends_it(backend: Backend) {
     assert_eq!(before_change.get(&app, "/admin").await.status, 200);
     let new_hash = hash_password("a brand new password").expect("hash");
     app.store
-        .upsert_admin_user("olga", "operator", &new_hash)
+        .upsert_admin_user("olga", Role::Operator, &new_hash)
         .await
         .expect("change");
     assert_eq!(
