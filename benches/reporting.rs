@@ -144,7 +144,10 @@ async fn main() {
     ];
     // A dashboard user, signed in, for the pages.
     let hash = referloop::app::accounts::hash_password("bench password 1234").expect("hash");
-    store.upsert_admin_user("bench", referloop::domain::access::Role::Viewer, &hash).await.expect("user");
+    store
+        .upsert_admin_user("bench", referloop::domain::access::Role::Viewer, &hash)
+        .await
+        .expect("user");
     let signed_in = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

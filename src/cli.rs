@@ -555,7 +555,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         referral.invite_id,
                         referral.friend_name,
                         mask_phone(&referral.friend_phone),
-                        referral.consent == 1,
+                        referral.consent,
                         referral.state.as_str(),
                         referral.reason.map(|r| format!(" ({r})")).unwrap_or_default()
                     );

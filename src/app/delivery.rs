@@ -43,7 +43,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         MessageStatus::Failed => return finish_refusal(s, work, &message, recorded_class(message.error_code)).await,
         done => return Outcome::done(format!("message already {}", done.as_str())),
     };
-    if message.marketing == 1 && s.store.is_opted_out(&message.to_phone).await? {
+    if message.marketing && s.store.is_opted_out(&message.to_phone).await? {
         let mut tx = s.store.begin(Some(&work.lease)).await?;
         tx.set_message_status(
             message.id,
@@ -447,7 +447,7 @@ async fn resend_once(
             format!("{}:resend", message.idempotency_key),
             message.purpose,
             &to,
-            message.marketing == 1,
+            message.marketing,
             body,
         )
     };

@@ -161,7 +161,7 @@ async fn reward_message(
 ) -> Result<Option<NewMessage>, StepError> {
     let may_message = match beneficiary {
         Beneficiary::Referrer => true,
-        Beneficiary::Friend if referral.consent == 1 => true,
+        Beneficiary::Friend if referral.consent => true,
         Beneficiary::Friend => {
             let last = s.store.last_inbound_at(&reward.phone).await?;
             last.is_some_and(|at| now_ms() - at < DAY_MS)

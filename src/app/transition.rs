@@ -52,7 +52,7 @@ pub async fn apply(
         return Err(StepError::Permanent(format!("referral {referral_id} not found")));
     };
     let from = current.state;
-    let transition = referral::apply(from, s.settings.programme.friend_invite, current.consent == 1, event);
+    let transition = referral::apply(from, s.settings.programme.friend_invite, current.consent, event);
     if transition.state == from && transition.effects.is_empty() {
         return Ok(Applied::Unchanged(from));
     }

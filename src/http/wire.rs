@@ -476,7 +476,7 @@ impl From<&ReferralRow> for ReferralAnswer {
             friend_name: r.friend_name.clone(),
             friend_phone: mask_phone(&r.friend_phone),
             friend_contact_id: r.friend_contact_id.clone(),
-            consent: r.consent == 1,
+            consent: r.consent,
             language: r.language.clone(),
             nominated_at: r.nominated_at,
         }

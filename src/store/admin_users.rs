@@ -43,7 +43,7 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<AdminUser, sqlx::Error> {
             Role::parse(&stored).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {stored:?}").into()))?
         },
         password_hash: row.try_get("password_hash")?,
-        disabled: row.try_get::<i64, _>("disabled")? == 1,
+        disabled: row.try_get::<super::StoredFlag, _>("disabled")?.into(),
         created_at: row.try_get("created_at")?,
     })
 }

@@ -4,6 +4,7 @@
 
 mod admin_users;
 mod faults;
+mod flag;
 mod group_commit;
 mod inbox;
 mod jobs;
@@ -26,6 +27,7 @@ use sqlx::{AnyPool, ConnectOptions};
 pub use crate::domain::state::QueueState;
 pub use admin_users::{AdminSession, AdminUser};
 pub use faults::{in_attempt, Faults};
+pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;

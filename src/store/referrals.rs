@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::jobs::NewJob;
 use super::tx::{TallyKey, Tx};
-use super::{now_ms, Store, StoreError};
+use super::{now_ms, Store, StoreError, StoredFlag};
 use crate::domain::funnel::{invite_steps, referral_steps};
 use crate::domain::messaging::{MessagePurpose, MessageStatus};
 use crate::domain::referral::ReferralState;
@@ -55,7 +55,8 @@ pub struct ReferralRow {
     pub friend_phone: String,
     pub friend_name: String,
     pub personal_message: Option<String>,
-    pub consent: i64,
+    #[sqlx(try_from = "StoredFlag")]
+    pub consent: bool,
     pub language: String,
     #[sqlx(try_from = "String")]
     pub state: ReferralState,
@@ -97,7 +98,8 @@ pub struct MessageRow {
     pub to_phone: String,
     pub invite_id: Option<i64>,
     pub referral_id: Option<i64>,
-    pub marketing: i64,
+    #[sqlx(try_from = "StoredFlag")]
+    pub marketing: bool,
     pub body: String,
     pub wamid: Option<String>,
     #[sqlx(try_from = "String")]
@@ -731,11 +733,11 @@ impl Tx {
     }
 
     pub async fn is_opted_out(&mut self, phone: &str) -> Result<bool, StoreError> {
-        let flag: Option<i64> = sqlx::query_scalar("SELECT opted_out FROM wa_users WHERE phone = $1")
+        let flag: Option<StoredFlag> = sqlx::query_scalar("SELECT opted_out FROM wa_users WHERE phone = $1")
             .bind(phone)
             .fetch_optional(self.read())
             .await?;
-        Ok(flag == Some(1))
+        Ok(flag.is_some_and(bool::from))
     }
 }
 
@@ -978,11 +980,11 @@ impl Store {
     }
 
     pub async fn is_opted_out(&self, phone: &str) -> Result<bool, StoreError> {
-        let flag: Option<i64> = sqlx::query_scalar("SELECT opted_out FROM wa_users WHERE phone = $1")
+        let flag: Option<StoredFlag> = sqlx::query_scalar("SELECT opted_out FROM wa_users WHERE phone = $1")
             .bind(phone)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(flag == Some(1))
+        Ok(flag.is_some_and(bool::from))
     }
 
     /// Whether a number we know for this HubSpot contact (as customer or as friend) has

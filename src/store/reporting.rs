@@ -383,7 +383,7 @@ impl Store {
             kind: "referral",
             what: format!(
                 "friend nominated ({}consent)",
-                if referral.consent == 1 { "" } else { "no " }
+                if referral.consent { "" } else { "no " }
             ),
         });
         let messages = sqlx::query(
