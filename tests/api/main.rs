@@ -22,6 +22,7 @@ mod hubspot;
 mod interruptions;
 mod kills;
 mod languages;
+mod layers;
 mod lifecycle;
 mod metrics;
 mod outside;
