@@ -39,7 +39,8 @@ mod whole;
 
 use clap::Parser;
 use referloop::config::Settings;
-use referloop::jobs::{Services, Worker};
+use referloop::app::Services;
+use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
 use referloop::signatures::sign_meta;
 use referloop::startup::Application;

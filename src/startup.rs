@@ -11,7 +11,8 @@ use tokio::sync::watch;
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::jobs::{Services, Worker};
+use crate::app::Services;
+use crate::jobs::Worker;
 use crate::metrics::Metrics;
 use crate::store::{InboxWriter, Store};
 use crate::whatsapp::flow_crypto;

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use crate::app::Services;
+use crate::app::Services;
 pub use dispatch::InboundEvent;
 
 use crate::app::delivery::{self, BatchedStatus, StatusBatch};
