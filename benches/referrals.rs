@@ -38,8 +38,8 @@ mod outside;
 mod whole;
 
 use clap::Parser;
-use referloop::config::Settings;
 use referloop::app::Services;
+use referloop::config::Settings;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
 use referloop::signatures::sign_meta;

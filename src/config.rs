@@ -668,7 +668,7 @@ fn accepted_values(enum_name: &str) -> Option<String> {
     match enum_name {
         "FriendInviteMode" => Some(names(&FriendInviteMode::ALL)),
         "LogFormat" => Some(names(&LogFormat::ALL)),
-        "RewardKind" => Some(names(&RewardKind::ALL)),
+        "RewardKind" => Some(names(<RewardKind as crate::domain::state::Persisted>::ALL)),
         "TemplateParameter" => Some(names(&TemplateParameter::ALL)),
         _ => None,
     }

@@ -9,9 +9,9 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::app::Services;
 use crate::config::Settings;
 use crate::http::{self, AppState};
-use crate::app::Services;
 use crate::jobs::Worker;
 use crate::metrics::Metrics;
 use crate::store::{InboxWriter, Store};

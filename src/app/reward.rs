@@ -13,6 +13,7 @@ use crate::domain::ids::{StripeId, StripeObject};
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
 use crate::domain::reward::{self, Beneficiary, RewardKind, RewardState};
+use crate::domain::state::Persisted;
 use crate::domain::work::Job;
 use crate::integrations::{OutboundRequest, OutboundResponse};
 use crate::signatures;
@@ -68,10 +69,7 @@ pub async fn grant(
             phone,
             first_name: name,
             language: r.language.clone(),
-            kind: serde_json::to_value(side.kind)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            kind: side.kind,
             state,
             amount: side.amount,
             currency: side.currency.clone(),
@@ -114,9 +112,7 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
             Duration::from_millis(wait as u64),
         ));
     }
-    let Some(beneficiary) = Beneficiary::parse(&reward.beneficiary) else {
-        return Err(StepError::Permanent("unknown beneficiary".into()));
-    };
+    let beneficiary = reward.beneficiary;
     let Some(referral) = s.store.referral(reward.referral_id).await? else {
         return Err(StepError::Permanent("referral not found".into()));
     };

@@ -5,24 +5,21 @@
 use super::state::Persisted;
 
 /// Who a reward is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Beneficiary {
     Referrer,
     Friend,
 }
 
-impl Beneficiary {
-    pub fn as_str(self) -> &'static str {
+impl Persisted for Beneficiary {
+    const ALL: &'static [Self] = &[Beneficiary::Referrer, Beneficiary::Friend];
+
+    fn as_str(self) -> &'static str {
         match self {
             Beneficiary::Referrer => "referrer",
             Beneficiary::Friend => "friend",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Beneficiary> {
-        [Beneficiary::Referrer, Beneficiary::Friend]
-            .into_iter()
-            .find(|b| b.as_str() == s)
     }
 }
 
@@ -96,8 +93,8 @@ pub enum RewardKind {
     Webhook,
 }
 
-impl RewardKind {
-    pub const ALL: [RewardKind; 7] = [
+impl Persisted for RewardKind {
+    const ALL: &'static [Self] = &[
         RewardKind::None,
         RewardKind::StripePromotionCode,
         RewardKind::StripeBalanceCredit,
@@ -106,6 +103,19 @@ impl RewardKind {
         RewardKind::StaticCode,
         RewardKind::Webhook,
     ];
+
+    /// The stored name, which is also its name in the configuration (serde's).
+    fn as_str(self) -> &'static str {
+        match self {
+            RewardKind::None => "none",
+            RewardKind::StripePromotionCode => "stripe_promotion_code",
+            RewardKind::StripeBalanceCredit => "stripe_balance_credit",
+            RewardKind::HubspotCredit => "hubspot_credit",
+            RewardKind::CodePool => "code_pool",
+            RewardKind::StaticCode => "static_code",
+            RewardKind::Webhook => "webhook",
+        }
+    }
 }
 
 /// The referrer's reward is capped once they have this many rewarded referrals in the
@@ -129,6 +139,19 @@ pub fn promotion_code(referral_code: &str, referral_id: i64, beneficiary: Benefi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reward kind is stored by the name the configuration gives it.
+    #[test]
+    fn reward_kinds_are_stored_by_their_configuration_names() {
+        for kind in RewardKind::ALL {
+            let configured = serde_json::to_value(kind).expect("serialize");
+            assert_eq!(configured.as_str(), Some(kind.as_str()));
+            assert_eq!(RewardKind::parse(kind.as_str()), Some(*kind));
+        }
+        for side in Beneficiary::ALL {
+            assert_eq!(Beneficiary::parse(side.as_str()), Some(*side));
+        }
+    }
 
     #[test]
     fn cap_applies_to_the_referrer_only() {

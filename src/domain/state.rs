@@ -53,6 +53,8 @@ decoded_from_text!(
     QueueState,
     crate::domain::referral::ReferralState,
     crate::domain::reward::RewardState,
+    crate::domain::reward::Beneficiary,
+    crate::domain::reward::RewardKind,
     crate::domain::messaging::MessageStatus,
     crate::domain::messaging::MessagePurpose,
 );

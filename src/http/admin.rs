@@ -267,10 +267,10 @@ pub async fn rewards_csv(
             vec![
                 r.id.to_string(),
                 r.referral_id.to_string(),
-                r.beneficiary.clone(),
+                r.beneficiary.as_str().to_string(),
                 r.contact_id.clone().unwrap_or_default(),
                 mask_phone(&r.phone),
-                r.kind.clone(),
+                r.kind.as_str().to_string(),
                 r.state.as_str().to_string(),
                 r.amount.to_string(),
                 r.currency.clone(),

@@ -720,8 +720,8 @@ pub async fn operations(State(state): State<AppState>, Signed(session): Signed) 
                     @for r in &pending {
                         tr {
                             td { a href=(format!("/admin/referrals/{}", r.referral_id)) { "#" (r.referral_id) } }
-                            td { (r.beneficiary) " " (mask_phone(&r.phone)) }
-                            td { (r.kind) " " (format!("{:.2} {}", r.amount as f64 / 100.0, r.currency.to_uppercase())) }
+                            td { (r.beneficiary.as_str()) " " (mask_phone(&r.phone)) }
+                            td { (r.kind.as_str()) " " (format!("{:.2} {}", r.amount as f64 / 100.0, r.currency.to_uppercase())) }
                             td {
                                 form method="post" action="/admin/operations/void" {
                                     input type="hidden" name="csrf" value=(session.csrf);

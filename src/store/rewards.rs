@@ -7,7 +7,7 @@ use super::tx::{TallyKey, Tx};
 use super::{now_ms, Backend, Store, StoreError};
 use crate::domain::funnel::Step;
 use crate::domain::referral::ReferralState;
-use crate::domain::reward::{Beneficiary, RewardState};
+use crate::domain::reward::{Beneficiary, RewardKind, RewardState};
 use crate::domain::state::{sql_list, ConversionOutcome, Persisted};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +43,7 @@ pub struct NewReward {
     pub phone: String,
     pub first_name: String,
     pub language: String,
-    pub kind: String,
+    pub kind: RewardKind,
     pub state: RewardState,
     pub amount: i64,
     pub currency: String,
@@ -55,12 +55,14 @@ pub struct NewReward {
 pub struct RewardRow {
     pub id: i64,
     pub referral_id: i64,
-    pub beneficiary: String,
+    #[sqlx(try_from = "String")]
+    pub beneficiary: Beneficiary,
     pub contact_id: Option<String>,
     pub phone: String,
     pub first_name: String,
     pub language: String,
-    pub kind: String,
+    #[sqlx(try_from = "String")]
+    pub kind: RewardKind,
     #[sqlx(try_from = "String")]
     pub state: RewardState,
     pub amount: i64,
@@ -203,7 +205,7 @@ impl Tx {
         .bind(&reward.phone)
         .bind(&reward.first_name)
         .bind(&reward.language)
-        .bind(&reward.kind)
+        .bind(reward.kind.as_str())
         .bind(reward.state.as_str())
         .bind(reward.amount)
         .bind(&reward.currency)

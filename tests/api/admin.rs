@@ -3,7 +3,7 @@
 //! refused to a viewer, the CSV export, and the tokens' roles.
 
 use referloop::domain::referral::ReferralState;
-use referloop::domain::reward::{Beneficiary, RewardState};
+use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
 use referloop::domain::state::{InviteState, Persisted};
 use referloop::store::{Backend, NewInvite, NewJob, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store};
 use serde_json::Value;
@@ -96,7 +96,7 @@ pub async fn seed(store: &Store) -> Vec<i64> {
                 phone: referral.friend_phone.clone(),
                 first_name: "Friend".into(),
                 language: "en_US".into(),
-                kind: "static_code".into(),
+                kind: RewardKind::StaticCode,
                 state: RewardState::Issued,
                 amount: 1000,
                 currency: "usd".into(),

@@ -227,7 +227,7 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let rewards = store.list_rewards(100).await.expect("rewards");
     for side in ["referrer", "friend"] {
         prop_assert!(
-            rewards.iter().filter(|r| r.beneficiary == side).count() <= 1,
+            rewards.iter().filter(|r| r.beneficiary.as_str() == side).count() <= 1,
             "two {} rewards",
             side
         );

@@ -244,7 +244,7 @@ async fn stripe_500_then_success_makes_one_promotion_code(backend: Backend) {
     let friend = rewards(&lc)
         .await
         .into_iter()
-        .find(|r| r.beneficiary == "friend")
+        .find(|r| r.beneficiary.as_str() == "friend")
         .expect("friend reward");
     assert_eq!(friend.state.as_str(), "issued");
     assert_eq!(friend.code, Some(format!("{code}F{referral_id}")));
@@ -382,7 +382,7 @@ async fn cap_reached_rewards_only_the_friend(backend: Backend) {
     let state = |who: &str| {
         rewards
             .iter()
-            .find(|r| r.beneficiary == who)
+            .find(|r| r.beneficiary.as_str() == who)
             .map(|r| r.state.as_str().to_string())
     };
     assert_eq!(state("referrer").as_deref(), Some("capped"));
@@ -447,7 +447,7 @@ async fn exhausted_code_pool_fails_clearly(backend: Backend) {
     let friend = rewards(&lc)
         .await
         .into_iter()
-        .find(|r| r.beneficiary == "friend")
+        .find(|r| r.beneficiary.as_str() == "friend")
         .expect("friend reward");
     assert_eq!(friend.state.as_str(), "failed");
     assert!(
@@ -475,7 +475,7 @@ async fn exhausted_code_pool_fails_clearly(backend: Backend) {
     let friend = rewards(&lc)
         .await
         .into_iter()
-        .find(|r| r.beneficiary == "friend")
+        .find(|r| r.beneficiary.as_str() == "friend")
         .expect("friend reward");
     assert_eq!(
         (friend.state.as_str(), friend.code.as_deref()),
@@ -531,7 +531,7 @@ async fn fulfilment_webhook_is_signed(backend: Backend) {
     let referrer = rewards(&lc)
         .await
         .into_iter()
-        .find(|r| r.beneficiary == "referrer")
+        .find(|r| r.beneficiary.as_str() == "referrer")
         .expect("reward");
     assert_eq!(referrer.state.as_str(), "issued");
     lc.shutdown().await;

@@ -1,11 +1,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use referloop::app::Services;
 use referloop::config::Settings;
 use referloop::domain::inbound::{NewInboxEvent, Source};
 use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
-use referloop::app::Services;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
 use referloop::store::{now_ms, Backend, NewJob, NewMessage, Queue, QueueState};
