@@ -631,25 +631,12 @@ fn line_of(path: &Path, key: &str) -> Option<usize> {
         .map(|index| index + 1)
 }
 
-/// The closest name by edit distance, when it is close enough to be a typo.
+/// The closest name by edit distance (strsim's Levenshtein), when it is close enough to
+/// be a typo.
 fn nearest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
-    let distance = |a: &str, b: &str| {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut previous = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let current = row[j + 1];
-                row[j + 1] = (previous + usize::from(ca != *cb)).min(row[j] + 1).min(current + 1);
-                previous = current;
-            }
-        }
-        row[b.len()]
-    };
     known
         .iter()
-        .map(|k| (distance(typed, k), *k))
+        .map(|k| (strsim::levenshtein(typed, k), *k))
         .filter(|(d, k)| *d <= 3.max(k.len() / 3))
         .min()
         .map(|(_, k)| k)

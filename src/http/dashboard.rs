@@ -654,26 +654,13 @@ pub async fn referral(
 /// The timeline entries of outside calls: for engineers, folded away.
 const OUTSIDE_CALL: &str = "outside call";
 
-/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC`.
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC` (humantime's RFC 3339, spelled for
+/// people). Times before 1970 (none is stored) show as the epoch.
 fn format_ms(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    let since_epoch = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    let at = std::time::UNIX_EPOCH + since_epoch;
+    let rfc3339 = humantime::format_rfc3339_seconds(at).to_string();
+    format!("{} UTC", rfc3339.trim_end_matches('Z').replacen('T', " ", 1))
 }
 
 /// `/admin/operations`: dead work with "retry", pending rewards with "void".
