@@ -108,7 +108,7 @@ pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given:
 
 /// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.
 pub async fn sync_opt_out(s: &Services, work: &Work, phone: &str, opted_out: bool) -> StepResult {
-    let Ok(phone) = E164::parse_mobile(phone, "ZZ") else {
+    let Ok(phone) = E164::stored(phone) else {
         return Err(StepError::Permanent("no valid phone".into()));
     };
     // Stored ids that are not valid HubSpot ids are skipped, never sent.

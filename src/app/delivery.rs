@@ -435,7 +435,7 @@ async fn resend_once(
     if message.idempotency_key.ends_with(":resend") {
         return Ok("; already resent once".into());
     }
-    let Ok(to) = E164::parse_mobile(&message.to_phone, "ZZ") else {
+    let Ok(to) = E164::stored(&message.to_phone) else {
         return Ok("; invalid recipient, not resent".into());
     };
     let body: serde_json::Value = serde_json::from_str(&message.body).unwrap_or_default();
@@ -465,7 +465,7 @@ async fn after_refusal(
     class: SendErrorClass,
 ) -> Result<(), StepError> {
     if class == SendErrorClass::OptedOut {
-        if let Ok(phone) = E164::parse_mobile(&message.to_phone, "ZZ") {
+        if let Ok(phone) = E164::stored(&message.to_phone) {
             opt_out::record(s, tx, &phone, "meta_131050", true).await?;
         }
     }

@@ -38,7 +38,7 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
     if let Some(id) = &referral.friend_contact_id {
         return Outcome::done(format!("friend contact {id} already recorded"));
     }
-    let phone = E164::parse_mobile(&referral.friend_phone, "ZZ")
+    let phone = E164::stored(&referral.friend_phone)
         .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
     let region = &s.settings.programme.default_region;
     let found = s

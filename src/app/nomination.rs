@@ -154,7 +154,7 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
     if referral.state != ReferralState::Nominated {
         return Outcome::done(format!("already screened ({:?})", referral.state));
     }
-    let friend = E164::parse_mobile(&referral.friend_phone, "ZZ")
+    let friend = E164::stored(&referral.friend_phone)
         .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
     let opted_out = s.store.is_opted_out(friend.as_str()).await?;
     let is_customer = match opted_out {

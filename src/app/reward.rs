@@ -163,7 +163,7 @@ async fn reward_message(
             last.is_some_and(|at| now_ms() - at < DAY_MS)
         }
     };
-    let Some(phone) = E164::parse_mobile(&reward.phone, "ZZ").ok().filter(|_| may_message) else {
+    let Some(phone) = E164::stored(&reward.phone).ok().filter(|_| may_message) else {
         return Ok(None);
     };
     let body = render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given);

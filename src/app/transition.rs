@@ -105,12 +105,12 @@ fn effect_message(
 ) -> Result<Option<NewMessage>, StepError> {
     let settings = &s.settings;
     let referrer = || {
-        E164::parse_mobile(&r.referrer_phone, "ZZ")
+        E164::stored(&r.referrer_phone)
             .map_err(|_| StepError::Permanent("stored referrer phone is invalid".into()))
     };
     let friend = || match ctx.arrived_from {
         Some(phone) => Ok(phone.clone()),
-        None => E164::parse_mobile(&r.friend_phone, "ZZ")
+        None => E164::stored(&r.friend_phone)
             .map_err(|_| StepError::Permanent("stored friend phone is invalid".into())),
     };
     let text = ReferralText {

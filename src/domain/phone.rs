@@ -54,7 +54,18 @@ impl E164 {
     /// A WhatsApp `wa_id` or `from` (digits, no `+`), which is always international.
     pub fn from_wa_id(wa_id: &str) -> Result<E164, PhoneError> {
         let digits: String = wa_id.chars().filter(char::is_ascii_digit).collect();
-        Self::parse_mobile(&format!("+{digits}"), "ZZ")
+        Self::international(&format!("+{digits}"))
+    }
+
+    /// A number as referloop stores it (always E.164, so read in no region), checked
+    /// again to be a mobile one.
+    pub fn stored(raw: &str) -> Result<E164, PhoneError> {
+        Self::international(raw)
+    }
+
+    /// A number with its country code; "ZZ" is libphonenumber's "no region".
+    fn international(raw: &str) -> Result<E164, PhoneError> {
+        Self::parse_mobile(raw, "ZZ")
     }
 
     pub fn as_str(&self) -> &str {
