@@ -21,7 +21,7 @@ use crate::domain::inbound::hubspot_property;
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
 use crate::domain::state::{ConversionOutcome, Persisted};
-use crate::store::{Committed, ConversionRow, InviteRow, Lease, NewConversion, NewReferral};
+use crate::store::{Committed, ConversionRow, FriendKey, InviteRow, Lease, NewConversion, NewReferral};
 
 /// How a conversion found its referral.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +60,12 @@ pub async fn attribute(
     let region = &s.settings.programme.default_region;
     let phone = phone.and_then(|p| E164::parse_mobile(p, region).ok());
     if let Some(contact) = contact_id {
-        if let Some((id, _)) = s.store.referral_ids_by("friend_contact_id", contact).await?.first() {
+        if let Some((id, _)) = s
+            .store
+            .referral_ids_by(FriendKey::HubSpotContact, contact)
+            .await?
+            .first()
+        {
             return Ok(Attribution::Referral {
                 id: *id,
                 matched_by: "hubspot_contact",
@@ -69,7 +74,7 @@ pub async fn attribute(
     }
     let code = code.map(normalise_code).filter(|c| !c.is_empty());
     if let Some(code) = &code {
-        let candidates = s.store.referral_ids_by("referral_code", code).await?;
+        let candidates = s.store.referral_ids_by(FriendKey::ReferralCode, code).await?;
         if let Some(phone) = &phone {
             if let Some((id, _)) = candidates.iter().find(|(_, p)| p == phone.as_str()) {
                 return Ok(Attribution::Referral {
@@ -86,7 +91,7 @@ pub async fn attribute(
         }
     }
     if let Some(phone) = &phone {
-        if let Some((id, _)) = s.store.referral_ids_by("friend_phone", phone.as_str()).await?.first() {
+        if let Some((id, _)) = s.store.referral_ids_by(FriendKey::Phone, phone.as_str()).await?.first() {
             return Ok(Attribution::Referral {
                 id: *id,
                 matched_by: "phone",

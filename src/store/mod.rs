@@ -37,7 +37,7 @@ pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,
 };
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
-pub use rewards::{ConversionRow, NewConversion, NewReward, RewardRow};
+pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
 pub use tx::{BatchLease, Committed, ItemEnd, Lease, Tx};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -74,6 +74,24 @@ pub struct RewardRow {
     pub available_at: i64,
 }
 
+/// What a conversion names its friend's referral by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendKey {
+    HubSpotContact,
+    Phone,
+    ReferralCode,
+}
+
+impl FriendKey {
+    fn column(self) -> &'static str {
+        match self {
+            FriendKey::HubSpotContact => "friend_contact_id",
+            FriendKey::Phone => "friend_phone",
+            FriendKey::ReferralCode => "referral_code",
+        }
+    }
+}
+
 const CONVERSION_COLUMNS: &str =
     "id, source, external_id, referral_id, outcome, matched_by, amount, currency, created_at";
 const REWARD_COLUMNS: &str = "id, referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
@@ -486,12 +504,8 @@ impl Store {
     }
 
     /// Friend referrals matching a conversion: by HubSpot contact, by phone, or by code.
-    pub async fn referral_ids_by(&self, column: &str, value: &str) -> Result<Vec<(i64, String)>, StoreError> {
-        let column = match column {
-            "friend_contact_id" => "friend_contact_id",
-            "friend_phone" => "friend_phone",
-            _ => "referral_code",
-        };
+    pub async fn referral_ids_by(&self, key: FriendKey, value: &str) -> Result<Vec<(i64, String)>, StoreError> {
+        let column = key.column();
         // Referrals that may convert, or did: a repeated signal finds its referral again.
         let mut states = ReferralState::CONVERTIBLE.to_vec();
         states.push(ReferralState::Converted);
