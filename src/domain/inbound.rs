@@ -42,9 +42,109 @@ impl Source {
 pub struct NewInboxEvent {
     pub source: Source,
     pub dedupe_key: String,
-    pub kind: String,
+    pub kind: InboxKind,
     pub payload: String,
 }
+
+/// What a stored inbox event is: its source and which of the source's events. Stored as
+/// `<source>.<event>` (`whatsapp.status`, `hubspot.workflow.nps`,
+/// `stripe.checkout.session.completed`), written and read back only through this type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxKind {
+    WhatsAppMessage,
+    WhatsAppStatus,
+    WhatsAppPreference,
+    WhatsAppTemplateStatus,
+    WhatsAppTemplateQuality,
+    WhatsAppTemplateCategory,
+    /// Another field of a WhatsApp change, by its name (recorded).
+    WhatsAppOther(String),
+    /// A HubSpot workflow's webhook, by the trigger its URL names.
+    HubSpotWorkflow(WorkflowTrigger),
+    /// A HubSpot Webhooks API event, by its subscription type (recorded).
+    HubSpotEvent(String),
+    /// A Stripe event, by its type.
+    Stripe(String),
+}
+
+/// The trigger a HubSpot workflow's URL names (`?trigger=…`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkflowTrigger {
+    Nps,
+    Milestone,
+    Conversion,
+    /// A name referloop does not know (the event ends dead, saying so).
+    Other(String),
+}
+
+impl WorkflowTrigger {
+    pub fn parse(name: &str) -> WorkflowTrigger {
+        match name {
+            "nps" => WorkflowTrigger::Nps,
+            "milestone" => WorkflowTrigger::Milestone,
+            "conversion" => WorkflowTrigger::Conversion,
+            other => WorkflowTrigger::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            WorkflowTrigger::Nps => "nps",
+            WorkflowTrigger::Milestone => "milestone",
+            WorkflowTrigger::Conversion => "conversion",
+            WorkflowTrigger::Other(name) => name,
+        }
+    }
+}
+
+impl InboxKind {
+    /// The stored name.
+    pub fn name(&self) -> String {
+        match self {
+            InboxKind::WhatsAppMessage => "whatsapp.message".into(),
+            InboxKind::WhatsAppStatus => STATUS_KIND.into(),
+            InboxKind::WhatsAppPreference => "whatsapp.user_preference".into(),
+            InboxKind::WhatsAppTemplateStatus => "whatsapp.message_template_status_update".into(),
+            InboxKind::WhatsAppTemplateQuality => "whatsapp.message_template_quality_update".into(),
+            InboxKind::WhatsAppTemplateCategory => "whatsapp.template_category_update".into(),
+            InboxKind::WhatsAppOther(field) => format!("whatsapp.{field}"),
+            InboxKind::HubSpotWorkflow(trigger) => format!("hubspot.workflow.{}", trigger.as_str()),
+            InboxKind::HubSpotEvent(kind) => format!("hubspot.{kind}"),
+            InboxKind::Stripe(kind) => format!("stripe.{kind}"),
+        }
+    }
+
+    /// The kind a stored name names; `None` for a source referloop does not know.
+    pub fn parse(name: &str) -> Option<InboxKind> {
+        if let Some(field) = name.strip_prefix("whatsapp.") {
+            return Some(Self::whatsapp_field(field));
+        }
+        if let Some(trigger) = name.strip_prefix("hubspot.workflow.") {
+            return Some(InboxKind::HubSpotWorkflow(WorkflowTrigger::parse(trigger)));
+        }
+        if let Some(kind) = name.strip_prefix("hubspot.") {
+            return Some(InboxKind::HubSpotEvent(kind.to_string()));
+        }
+        name.strip_prefix("stripe.")
+            .map(|kind| InboxKind::Stripe(kind.to_string()))
+    }
+
+    /// The kind of a WhatsApp change's field, or of one of its items.
+    fn whatsapp_field(field: &str) -> InboxKind {
+        match field {
+            "message" => InboxKind::WhatsAppMessage,
+            "status" => InboxKind::WhatsAppStatus,
+            "user_preference" => InboxKind::WhatsAppPreference,
+            "message_template_status_update" => InboxKind::WhatsAppTemplateStatus,
+            "message_template_quality_update" => InboxKind::WhatsAppTemplateQuality,
+            "template_category_update" => InboxKind::WhatsAppTemplateCategory,
+            other => InboxKind::WhatsAppOther(other.to_string()),
+        }
+    }
+}
+
+/// The stored name of Meta's message statuses (claimed in batches by its own index).
+pub const STATUS_KIND: &str = "whatsapp.status";
 
 /// Why a body that passed authentication still cannot be accepted (answered 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +172,7 @@ impl PayloadError {
 /// provider's ids) holds one is refused; in any other value NUL becomes U+FFFD.
 pub fn clean_nul(events: &mut [NewInboxEvent]) -> Result<(), PayloadError> {
     for event in events.iter_mut() {
-        if event.dedupe_key.contains('\0') || event.kind.contains('\0') {
+        if event.dedupe_key.contains('\0') || event.kind.name().contains('\0') {
             return Err(PayloadError::NulInIdentifier);
         }
         // serde_json writes a NUL inside a string as the escape `\u0000`.
@@ -159,10 +259,10 @@ fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEv
         payload.insert(item_name.to_string(), item.clone());
         Value::Object(payload).to_string()
     };
-    let whatsapp = |dedupe_key: String, kind: &str, payload: String| NewInboxEvent {
+    let whatsapp = |dedupe_key: String, kind: InboxKind, payload: String| NewInboxEvent {
         source: Source::WhatsApp,
         dedupe_key,
-        kind: kind.to_string(),
+        kind,
         payload,
     };
 
@@ -173,7 +273,7 @@ fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEv
             Some(id) => format!("message:{id}"),
             None => format!("message:sha256:{}", short_hash(message.to_string().as_bytes())),
         };
-        out.push(whatsapp(key, "whatsapp.message", context("message", message)));
+        out.push(whatsapp(key, InboxKind::WhatsAppMessage, context("message", message)));
     }
     for status in value.get("statuses").and_then(Value::as_array).into_iter().flatten() {
         itemised = true;
@@ -183,7 +283,7 @@ fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEv
             (Some(id), Some(state)) => format!("status:{id}:{state}"),
             _ => format!("status:sha256:{}", short_hash(status.to_string().as_bytes())),
         };
-        out.push(whatsapp(key, "whatsapp.status", context("status", status)));
+        out.push(whatsapp(key, InboxKind::WhatsAppStatus, context("status", status)));
     }
     for preference in value
         .get("user_preferences")
@@ -196,14 +296,14 @@ fn split_whatsapp_change(entry: &Value, change: &Value, out: &mut Vec<NewInboxEv
         let key = format!("preference:{}:{}:{}", part("wa_id"), part("value"), part("timestamp"));
         out.push(whatsapp(
             key,
-            "whatsapp.user_preference",
+            InboxKind::WhatsAppPreference,
             context("preference", preference),
         ));
     }
     if !itemised {
         let raw = change.to_string();
         let key = format!("{field}:{}", short_hash(raw.as_bytes()));
-        out.push(whatsapp(key, &format!("whatsapp.{field}"), raw));
+        out.push(whatsapp(key, InboxKind::whatsapp_field(field), raw));
     }
 }
 
@@ -233,7 +333,7 @@ fn hubspot_api_event(event: &Value) -> NewInboxEvent {
     NewInboxEvent {
         source: Source::HubSpot,
         dedupe_key: key,
-        kind: format!("hubspot.{kind}"),
+        kind: InboxKind::HubSpotEvent(kind.to_string()),
         payload: event.to_string(),
     }
 }
@@ -325,7 +425,7 @@ fn hubspot_workflow_event(
     Ok(NewInboxEvent {
         source: Source::HubSpot,
         dedupe_key: key,
-        kind: format!("hubspot.workflow.{trigger_name}"),
+        kind: InboxKind::HubSpotWorkflow(WorkflowTrigger::parse(trigger_name)),
         payload: Value::Object(payload).to_string(),
     })
 }
@@ -342,7 +442,7 @@ pub fn split_stripe(body: &[u8]) -> Result<Vec<NewInboxEvent>, PayloadError> {
     Ok(vec![NewInboxEvent {
         source: Source::Stripe,
         dedupe_key: id.to_string(),
-        kind: format!("stripe.{kind}"),
+        kind: InboxKind::Stripe(kind.to_string()),
         payload: String::from_utf8_lossy(body).into_owned(),
     }])
 }
@@ -351,12 +451,37 @@ pub fn split_stripe(body: &[u8]) -> Result<Vec<NewInboxEvent>, PayloadError> {
 mod tests {
     use super::*;
 
+    /// Every kind reads back from its stored name as itself.
+    #[test]
+    fn inbox_kinds_read_back_from_their_names() {
+        let kinds = [
+            InboxKind::WhatsAppMessage,
+            InboxKind::WhatsAppStatus,
+            InboxKind::WhatsAppPreference,
+            InboxKind::WhatsAppTemplateStatus,
+            InboxKind::WhatsAppTemplateQuality,
+            InboxKind::WhatsAppTemplateCategory,
+            InboxKind::WhatsAppOther("messages".into()),
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Nps),
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Milestone),
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Conversion),
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Other("unspecified".into())),
+            InboxKind::HubSpotEvent("contact.propertyChange".into()),
+            InboxKind::Stripe("checkout.session.completed".into()),
+        ];
+        for kind in kinds {
+            assert_eq!(InboxKind::parse(&kind.name()), Some(kind.clone()), "{}", kind.name());
+        }
+        assert_eq!(InboxKind::WhatsAppStatus.name(), STATUS_KIND);
+        assert_eq!(InboxKind::parse("mailchimp.open"), None);
+    }
+
     #[test]
     fn nul_is_refused_in_keys_and_replaced_in_text() {
         let event = |key: &str, payload: Value| NewInboxEvent {
             source: Source::WhatsApp,
             dedupe_key: key.into(),
-            kind: "whatsapp.message".into(),
+            kind: InboxKind::WhatsAppMessage,
             payload: payload.to_string(),
         };
         let mut bad_key = vec![event("message:wamid.\0X", serde_json::json!({}))];
@@ -383,7 +508,7 @@ mod tests {
     fn whatsapp_status_and_message_keys() {
         let events = split_whatsapp(&fixture("whatsapp/status_delivered.json")).expect("split");
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, "whatsapp.status");
+        assert_eq!(events[0].kind.name(), "whatsapp.status");
         assert_eq!(
             events[0].dedupe_key,
             "status:wamid.VEVTVC1SRUZFUkxPT1AtT1VULUlOVklURS0wMDAx:delivered"
@@ -393,7 +518,7 @@ mod tests {
 
         let events = split_whatsapp(&fixture("whatsapp/text_message.json")).expect("split");
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, "whatsapp.message");
+        assert_eq!(events[0].kind.name(), "whatsapp.message");
         assert!(events[0].dedupe_key.starts_with("message:wamid."));
     }
 
@@ -415,14 +540,14 @@ mod tests {
             ["message:wamid.B", "status:wamid.A:sent", "status:wamid.A:delivered"]
         );
         assert!(keys[3].starts_with("message_template_status_update:"));
-        assert_eq!(events[3].kind, "whatsapp.message_template_status_update");
+        assert_eq!(events[3].kind.name(), "whatsapp.message_template_status_update");
     }
 
     #[test]
     fn whatsapp_user_preferences() {
         let events = split_whatsapp(&fixture("whatsapp/user_preferences_stop.json")).expect("split");
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].kind, "whatsapp.user_preference");
+        assert_eq!(events[0].kind.name(), "whatsapp.user_preference");
         assert!(events[0].dedupe_key.starts_with("preference:"));
         assert!(events[0].dedupe_key.contains(":stop:"));
     }
@@ -450,7 +575,7 @@ mod tests {
         };
         let flat = split_hubspot(&fixture("hubspot/workflow-webhook-custom-body.json"), &trigger).expect("flat");
         assert_eq!(flat[0].dedupe_key, "contact:90001:nps:1767225600000");
-        assert_eq!(flat[0].kind, "hubspot.workflow.nps");
+        assert_eq!(flat[0].kind.name(), "hubspot.workflow.nps");
         let classic = split_hubspot(
             &fixture("hubspot/workflow-webhook-contact-all-properties.json"),
             &trigger,
@@ -488,7 +613,7 @@ mod tests {
         let api = split_hubspot(&fixture("hubspot/webhooks-api-contact-propertychange.json"), &trigger).expect("api");
         assert!(!api.is_empty());
         assert!(api.iter().all(|e| e.dedupe_key.starts_with("event:")));
-        assert!(api[0].kind.starts_with("hubspot.contact."));
+        assert!(api[0].kind.name().starts_with("hubspot.contact."));
     }
 
     #[test]
@@ -512,7 +637,7 @@ mod tests {
     fn stripe_event_key_is_its_id() {
         let events = split_stripe(&fixture("stripe/event-checkout-session-completed.json")).expect("stripe");
         assert!(events[0].dedupe_key.starts_with("evt_"));
-        assert_eq!(events[0].kind, "stripe.checkout.session.completed");
+        assert_eq!(events[0].kind.name(), "stripe.checkout.session.completed");
         assert!(matches!(
             split_stripe(b"{\"type\":\"x\"}"),
             Err(PayloadError::Unexpected(_))

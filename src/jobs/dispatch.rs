@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::app::conversion::{self, StripeEventKind};
 use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reward};
 use crate::app::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::inbound::{InboxKind, WorkflowTrigger};
 use crate::domain::work::Job;
 use crate::store::{now_ms, ClaimedItem};
 use crate::whatsapp::inbound::{
@@ -44,35 +45,38 @@ impl InboundEvent {
     pub fn decode(kind: &str, payload: &str) -> Result<InboundEvent, String> {
         let json = || serde_json::from_str::<Value>(payload).map_err(|e| format!("payload is not JSON: {e}"));
         let shape = |e: inbound::ShapeError| e.to_string();
-        Ok(match kind {
-            "whatsapp.message" => InboundEvent::WhatsAppMessage(inbound::parse_message(payload).map_err(shape)?),
-            "whatsapp.status" => InboundEvent::WhatsAppStatus(inbound::parse_status(payload).map_err(shape)?),
-            "whatsapp.message_template_status_update" => {
+        let Some(typed) = InboxKind::parse(kind) else {
+            return Err(format!("unknown event kind `{kind}`"));
+        };
+        Ok(match typed {
+            InboxKind::WhatsAppMessage => {
+                InboundEvent::WhatsAppMessage(inbound::parse_message(payload).map_err(shape)?)
+            }
+            InboxKind::WhatsAppStatus => InboundEvent::WhatsAppStatus(inbound::parse_status(payload).map_err(shape)?),
+            InboxKind::WhatsAppTemplateStatus => {
                 InboundEvent::WhatsAppTemplateStatus(inbound::parse_template_status(payload).map_err(shape)?)
             }
-            "whatsapp.message_template_quality_update" => {
+            InboxKind::WhatsAppTemplateQuality => {
                 InboundEvent::WhatsAppTemplateQuality(inbound::parse_template_quality(payload).map_err(shape)?)
             }
-            "whatsapp.template_category_update" => {
+            InboxKind::WhatsAppTemplateCategory => {
                 InboundEvent::WhatsAppTemplateCategory(inbound::parse_template_category(payload).map_err(shape)?)
             }
-            "whatsapp.user_preference" => {
+            InboxKind::WhatsAppPreference => {
                 InboundEvent::WhatsAppPreference(inbound::parse_preference(payload).map_err(shape)?)
             }
-            "hubspot.workflow.nps" | "hubspot.workflow.milestone" => InboundEvent::HubSpotTrigger(json()?),
-            "hubspot.workflow.conversion" => InboundEvent::HubSpotConversion(json()?),
-            _ => match kind.strip_prefix("stripe.") {
-                Some(event_type) => match StripeEventKind::parse(event_type) {
-                    Some(kind) => InboundEvent::Stripe { kind, event: json()? },
-                    None => InboundEvent::Recorded { kind: kind.into() },
-                },
-                None if kind.starts_with("whatsapp.")
-                    || (kind.starts_with("hubspot.") && !kind.starts_with("hubspot.workflow.")) =>
-                {
-                    InboundEvent::Recorded { kind: kind.into() }
-                }
-                None => return Err(format!("unknown event kind `{kind}`")),
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Nps | WorkflowTrigger::Milestone) => {
+                InboundEvent::HubSpotTrigger(json()?)
+            }
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Conversion) => InboundEvent::HubSpotConversion(json()?),
+            InboxKind::HubSpotWorkflow(WorkflowTrigger::Other(_)) => {
+                return Err(format!("unknown event kind `{kind}`"))
+            }
+            InboxKind::Stripe(event_type) => match StripeEventKind::parse(&event_type) {
+                Some(kind) => InboundEvent::Stripe { kind, event: json()? },
+                None => InboundEvent::Recorded { kind: kind.into() },
             },
+            InboxKind::WhatsAppOther(_) | InboxKind::HubSpotEvent(_) => InboundEvent::Recorded { kind: kind.into() },
         })
     }
 }

@@ -140,7 +140,7 @@ mod tests {
         NewInboxEvent {
             source: Source::WhatsApp,
             dedupe_key: key.into(),
-            kind: "whatsapp.message".into(),
+            kind: crate::domain::inbound::InboxKind::WhatsAppMessage,
             payload: "{}".into(),
         }
     }

@@ -56,7 +56,7 @@ impl Store {
                 insert = insert
                     .bind(event.source.as_str())
                     .bind(event.dedupe_key.as_str())
-                    .bind(event.kind.as_str())
+                    .bind(event.kind.name())
                     .bind(event.payload.as_str())
                     .bind(max_attempts)
                     .bind(now);
@@ -90,7 +90,7 @@ impl Store {
                 insert = insert
                     .bind(event.source.as_str())
                     .bind(event.dedupe_key.as_str())
-                    .bind(event.kind.as_str())
+                    .bind(event.kind.name())
                     .bind(event.payload.as_str())
                     .bind(*max_attempts)
                     .bind(now);

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use referloop::app::Services;
 use referloop::config::Settings;
-use referloop::domain::inbound::{NewInboxEvent, Source};
+use referloop::domain::inbound::{InboxKind, NewInboxEvent, Source};
 use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
@@ -91,7 +91,7 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
         .map(|n| NewInboxEvent {
             source: Source::WhatsApp,
             dedupe_key: format!("status:wamid.FLOOD{n}:delivered"),
-            kind: "whatsapp.status".into(),
+            kind: InboxKind::WhatsAppStatus,
             payload: json!({"status": {"id": format!("wamid.FLOOD{n}"), "status": "delivered"}}).to_string(),
         })
         .collect();
