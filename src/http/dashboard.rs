@@ -768,16 +768,11 @@ pub async fn retry(
 ) -> Result<Response, PageError> {
     may_post(&session, &form.csrf, Action::Act)?;
     let queue = match form.queue.as_str() {
-        "inbox" => Queue::Inbox,
-        "jobs" => Queue::Jobs,
-        _ => {
-            return Ok(html_page(
-                StatusCode::NOT_FOUND,
-                layout("No such item", Some(&session), html! {}),
-            ))
-        }
+        "inbox" => Some(Queue::Inbox),
+        "jobs" => Some(Queue::Jobs),
+        _ => None,
     };
-    let Ok(id) = form.id.parse::<i64>() else {
+    let (Some(queue), Ok(id)) = (queue, form.id.parse::<i64>()) else {
         return Ok(html_page(
             StatusCode::NOT_FOUND,
             layout("No such item", Some(&session), html! {}),

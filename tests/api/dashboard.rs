@@ -192,16 +192,10 @@ async fn signing_in_shows_the_funnel_of_the_seed(backend: Backend) {
 
 /// Moves a referral's nomination `days` into the past, as if it had been made then.
 async fn age_referral(app: &TestApp, id: i64, days: i64) {
-    let url = app
-        .env
-        .iter()
-        .find(|(key, _)| key == "DATABASE_URL")
-        .map(|(_, url)| url.clone())
-        .expect("the app's database");
     sqlx::any::install_default_drivers();
     let db = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
-        .connect(&url)
+        .connect(app.database_url())
         .await
         .expect("connect");
     sqlx::query("UPDATE referrals SET nominated_at = nominated_at - $1 WHERE id = $2")
