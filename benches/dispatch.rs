@@ -16,12 +16,13 @@ mod common;
 
 use clap::Parser;
 use referloop::app::Services;
+use referloop::clock::system_ms;
 use referloop::config::Settings;
 use referloop::domain::messaging::MessagePurpose;
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
-use referloop::store::{now_ms, NewMessage, Store};
+use referloop::store::{NewMessage, Store};
 use tokio::sync::watch;
 
 #[derive(Debug, Parser)]
@@ -134,7 +135,7 @@ async fn main() {
             referral_id: None,
             marketing: false,
             body: body.to_string(),
-            run_at: now_ms(),
+            run_at: system_ms(),
             max_attempts: 5,
         })
         .await
@@ -174,7 +175,7 @@ async fn main() {
     let busiest_sliding = referloop::domain::pacing::busiest_interval(&sorted, 1_000);
     let messages = store.list_messages(i64::MAX).await.expect("messages");
     let accepted = messages.iter().filter(|m| m.status.as_str() == "accepted").count();
-    let created: i64 = now_ms() - elapsed.as_millis() as i64;
+    let created: i64 = system_ms() - elapsed.as_millis() as i64;
     let mut latencies: Vec<i64> = messages
         .iter()
         .filter(|m| m.status.as_str() == "accepted")

@@ -39,12 +39,12 @@ mod whole;
 
 use clap::Parser;
 use referloop::app::Services;
+use referloop::clock::system_ms;
 use referloop::config::Settings;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
 use referloop::signatures::sign_meta;
 use referloop::startup::Application;
-use referloop::store::now_ms;
 use referloop::store::Store;
 
 const APP_SECRET: &str = "bench-app-secret";
@@ -221,7 +221,7 @@ async fn status_flood(args: &Args, database_url: &str) {
          SELECT 'flood:' || n, 'reply', '+12025550101', 0, '{}', 'wamid.FLOOD' || n, 'accepted', $1, $1 \
          FROM generate_series(0, $2 - 1) AS n",
     )
-    .bind(now_ms())
+    .bind(system_ms())
     .bind(i64::try_from(messages).unwrap_or(i64::MAX))
     .execute(&pool)
     .await

@@ -93,7 +93,7 @@ async fn main() {
     let database_url = common::fresh_postgres().await;
     let store = Store::connect(&database_url, 2).await.expect("database");
     store.migrate().await.expect("migrate");
-    let now = referloop::store::now_ms();
+    let now = referloop::clock::system_ms();
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&database_url)
         .await
         .expect("connect");

@@ -13,7 +13,7 @@ use crate::dev::{self, DevClient};
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::state::{Persisted, QueueState};
 use crate::startup::{shutdown_signal, Application};
-use crate::store::{now_ms, Queue, QueueRow, Store};
+use crate::store::{Queue, QueueRow, Store};
 use crate::telemetry::{self, mask_phone};
 
 /// `println!` for what a command prints: a failed write (a closed pipe, as in
@@ -875,7 +875,7 @@ async fn dev_command(
             milestone,
         } => {
             let body = serde_json::json!({"hs_object_id": contact, "firstname": name, "mobilephone": phone,
-                "hs_feedback_last_nps_rating": score, "hs_feedback_last_survey_date": now_ms().to_string()});
+                "hs_feedback_last_nps_rating": score, "hs_feedback_last_survey_date": crate::clock::system_ms().to_string()});
             let query = match milestone {
                 Some(name) => {
                     let name: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
@@ -952,7 +952,7 @@ async fn wait_for_the_work(settings: &Settings, limit: std::time::Duration) -> a
     let store = open_store(settings).await?;
     let deadline = std::time::Instant::now() + limit;
     loop {
-        let horizon = now_ms() + 60_000;
+        let horizon = store.now_ms() + 60_000;
         let mut unfinished = 0;
         for queue in [Queue::Inbox, Queue::Jobs] {
             unfinished += store.unfinished_before(queue, horizon).await?;

@@ -4,10 +4,11 @@
 use anyhow::Context;
 use serde_json::{json, Value};
 
+use crate::clock::system_ms;
 use crate::config::{secret_value, Settings};
 use crate::domain::messaging::MessagePurpose;
 use crate::signatures;
-use crate::store::{now_ms, Store};
+use crate::store::Store;
 
 pub struct DevClient<'a> {
     settings: &'a Settings,
@@ -80,7 +81,7 @@ impl<'a> DevClient<'a> {
             format!("/webhooks/hubspot?{query}")
         };
         let headers = if let Some(secret) = secret_value(&self.settings.hubspot.client_secret) {
-            let timestamp = now_ms().to_string();
+            let timestamp = system_ms().to_string();
             let public = format!(
                 "{}{}",
                 self.settings.server.public_base_url.trim_end_matches('/'),
@@ -101,7 +102,7 @@ impl<'a> DevClient<'a> {
 
     pub async fn stripe(&self, body: Vec<u8>) -> anyhow::Result<bool> {
         let secret = secret_value(&self.settings.stripe.webhook_secret).context("stripe.webhook_secret is not set")?;
-        let signature = signatures::sign_stripe(secret, &body, now_ms() / 1000);
+        let signature = signatures::sign_stripe(secret, &body, system_ms() / 1000);
         self.post("/webhooks/stripe", body, vec![("stripe-signature".into(), signature)])
             .await
     }
@@ -134,7 +135,7 @@ fn inbound(from: &str, message: Value) -> Vec<u8> {
 
 /// The customer taps "Refer someone" on the invite.
 pub fn refer_tap(from: &str, invite_id: i64) -> Vec<u8> {
-    let message = json!({"from": digits(from), "id": dev_wamid("tap"), "timestamp": (now_ms() / 1000).to_string(),
+    let message = json!({"from": digits(from), "id": dev_wamid("tap"), "timestamp": (system_ms() / 1000).to_string(),
         "type": "button", "button": {"payload": format!("refer:{invite_id}"), "text": "Refer someone"}});
     inbound(from, message)
 }
@@ -143,21 +144,20 @@ pub fn refer_tap(from: &str, invite_id: i64) -> Vec<u8> {
 pub fn flow_reply(from: &str, flow_token: &str, name: &str, phone: &str, message: &str, consent: bool) -> Vec<u8> {
     let response = json!({"flow_token": flow_token, "friend_name": name, "friend_phone": phone,
                           "personal_message": message, "friend_consent": consent});
-    let message = json!({"from": digits(from), "id": dev_wamid("flow"), "timestamp": (now_ms() / 1000).to_string(),
+    let message = json!({"from": digits(from), "id": dev_wamid("flow"), "timestamp": (system_ms() / 1000).to_string(),
         "type": "interactive", "interactive": {"type": "nfm_reply",
             "nfm_reply": {"name": "flow", "body": "Sent", "response_json": response.to_string()}}});
     inbound(from, message)
 }
 
 pub fn text(from: &str, body: &str) -> Vec<u8> {
-    let message = json!({"from": digits(from), "id": dev_wamid("text"), "timestamp": (now_ms() / 1000).to_string(),
+    let message = json!({"from": digits(from), "id": dev_wamid("text"), "timestamp": (system_ms() / 1000).to_string(),
         "type": "text", "text": {"body": body}});
     inbound(from, message)
 }
 
 pub fn status(wamid: &str, status: &str, to: &str) -> Vec<u8> {
-    let item =
-        json!({"id": wamid, "status": status, "timestamp": (now_ms() / 1000).to_string(), "recipient_id": digits(to)});
+    let item = json!({"id": wamid, "status": status, "timestamp": (system_ms() / 1000).to_string(), "recipient_id": digits(to)});
     whatsapp_webhook("messages", json!({"statuses": [item]}))
 }
 

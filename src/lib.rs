@@ -4,6 +4,7 @@
 pub mod app;
 pub mod catalogue;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod domain;

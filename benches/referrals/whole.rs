@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use referloop::clock::system_ms;
 use referloop::signatures::{sign_hubspot_v3, sign_meta};
-use referloop::store::now_ms;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -64,7 +64,7 @@ impl Driver {
         let body = json!({"hs_object_id": contact_id(n), "firstname": "Ana", "mobilephone": referrer_phone(n),
                           "hs_feedback_last_nps_rating": "10", "hs_feedback_last_survey_date": "1767225600000"})
         .to_string();
-        let timestamp = now_ms().to_string();
+        let timestamp = system_ms().to_string();
         let signature = sign_hubspot_v3(
             HUBSPOT_SECRET,
             "POST",
@@ -201,7 +201,7 @@ pub async fn run(
                 let due = started + Duration::from_micros(n * 1_000_000 / rate.max(1));
                 tokio::time::sleep_until(due.into()).await;
                 if let Ok(mut at) = triggered_at.lock() {
-                    at.insert(contact_id(n), now_ms());
+                    at.insert(contact_id(n), system_ms());
                 }
                 let driver = driver.clone();
                 posts.spawn(async move { driver.trigger(n).await });
@@ -224,7 +224,7 @@ pub async fn run(
                 .unwrap_or_default();
         for (id, code) in invited {
             if converted.insert(id) {
-                converted_at.insert(id, now_ms());
+                converted_at.insert(id, system_ms());
                 let driver = driver.clone();
                 tokio::spawn(async move { driver.convert(id, &code).await });
             }

@@ -8,7 +8,7 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::domain::access::{sign_in_throttled, SIGN_IN_WINDOW_MS};
-use crate::store::{now_ms, AdminSession, AdminUser, Store, StoreError};
+use crate::store::{AdminSession, AdminUser, Store, StoreError};
 
 /// How long a session lasts.
 pub const SESSION_MS: i64 = 8 * 60 * 60 * 1000;
@@ -75,7 +75,9 @@ pub async fn sign_in(store: &Store, name: &str, password: &str) -> Result<SignIn
         return Ok(SignIn::Busy);
     };
     store.record_login_failure(name).await?;
-    let attempts = store.login_failures_since(name, now_ms() - SIGN_IN_WINDOW_MS).await?;
+    let attempts = store
+        .login_failures_since(name, store.now_ms() - SIGN_IN_WINDOW_MS)
+        .await?;
     // This attempt is one of them: more than the limit means earlier ones used it up.
     if sign_in_throttled(attempts - 1) {
         tracing::warn!(user = %crate::telemetry::escape(name), "sign-in throttled");
@@ -97,7 +99,12 @@ pub async fn sign_in(store: &Store, name: &str, password: &str) -> Result<SignIn
     store.clear_login_failures(name).await?;
     let token = random_token();
     store
-        .create_admin_session(&token_hash(&token), user.id, &random_token(), now_ms() + SESSION_MS)
+        .create_admin_session(
+            &token_hash(&token),
+            user.id,
+            &random_token(),
+            store.now_ms() + SESSION_MS,
+        )
         .await?;
     tracing::info!(user = %crate::telemetry::escape(&user.name), role = %user.role, "signed in");
     Ok(SignIn::Started { token, user })

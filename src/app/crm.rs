@@ -11,7 +11,6 @@ use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::ids::HubSpotId;
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
-use crate::store::now_ms;
 
 fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
@@ -237,7 +236,7 @@ pub async fn link_referral(s: &Services, work: &Work, referral_id: i64) -> StepR
         html_escape(&referral.referral_code)
     );
     s.hubspot
-        .add_note(&[&referrer, &friend], &note, now_ms(), job_id)
+        .add_note(&[&referrer, &friend], &note, s.now_ms(), job_id)
         .await?;
     Outcome::done(format!("contacts {referrer} and {friend} linked (type {type_id})"))
 }

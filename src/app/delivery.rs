@@ -12,7 +12,7 @@ use crate::domain::messaging::{classify, template_sendable, MessagePurpose, Mess
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
-use crate::store::{duration_ms, now_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
+use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
 use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
 
 /// The `whatsapp.send` job.
@@ -28,7 +28,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         // Wait for that a while before sending again.
         MessageStatus::Sending => {
             let wait = duration_ms(Duration::from_secs(s.settings.worker.interrupted_send_wait_seconds));
-            let waited = now_ms() - message.updated_at;
+            let waited = s.now_ms() - message.updated_at;
             if waited < wait {
                 return Err(StepError::retry_after(
                     "interrupted send: waiting for Meta's status",
@@ -442,7 +442,7 @@ async fn resend_once(
     let resend = NewMessage {
         invite_id: message.invite_id,
         referral_id: message.referral_id,
-        run_at: now_ms() + duration_ms(not_before),
+        run_at: s.now_ms() + duration_ms(not_before),
         ..s.message(
             format!("{}:resend", message.idempotency_key),
             message.purpose,

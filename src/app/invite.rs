@@ -12,7 +12,7 @@ use crate::domain::messaging::{pick_language, MessagePurpose};
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
-use crate::store::{now_ms, NewInvite, NewMessage, Tx};
+use crate::store::{NewInvite, NewMessage, Tx};
 use crate::telemetry::mask_phone;
 use crate::whatsapp::render;
 
@@ -92,7 +92,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         score: trigger.score,
         phone: phone.clone(),
         opted_out,
-        since_last_invite_ms: last_invite.map(|t| now_ms() - t),
+        since_last_invite_ms: last_invite.map(|t| s.now_ms() - t),
         invites_so_far,
     };
     let rules = EligibilityRules {
@@ -123,7 +123,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         })
         .await?;
     invite.referral_code = Some(code.clone());
-    let cooldown_start = now_ms() - programme.invite_cooldown_days * DAY_MS;
+    let cooldown_start = s.now_ms() - programme.invite_cooldown_days * DAY_MS;
     if !tx
         .pass_invite_gate(&trigger.contact_id, cooldown_start, programme.max_invites_per_contact)
         .await?
@@ -186,7 +186,7 @@ fn invite_messages(s: &Services, invite_id: i64, phone: &E164, trigger: &Trigger
         messages.push(NewMessage {
             invite_id: Some(invite_id),
             // Right after the invite, in the recipient's next turn.
-            run_at: now_ms() + i64::try_from(settings.whatsapp.pair_spacing_ms).unwrap_or(0),
+            run_at: s.now_ms() + i64::try_from(settings.whatsapp.pair_spacing_ms).unwrap_or(0),
             ..s.message(
                 format!("flow:{invite_id}:template"),
                 MessagePurpose::Flow,

@@ -39,7 +39,7 @@ use crate::domain::phone::E164;
 use crate::domain::work::Job;
 use crate::integrations::hubspot::HubSpotError;
 use crate::integrations::stripe::StripeError;
-use crate::store::{now_ms, Committed, Lease, NewJob, NewMessage, StoreError};
+use crate::store::{Committed, Lease, NewJob, NewMessage, StoreError};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -172,14 +172,14 @@ impl Services {
             referral_id: None,
             marketing,
             body: body.to_string(),
-            run_at: now_ms(),
+            run_at: self.now_ms(),
             max_attempts: self.max_attempts(),
         }
     }
 
     /// A job due now, with the configured attempts.
     pub fn job(&self, job: Job) -> NewJob {
-        NewJob::new(&job, self.max_attempts(), now_ms())
+        NewJob::new(&job, self.max_attempts(), self.now_ms())
     }
 
     /// Attempts for the jobs the steps queue (from the retry schedule).
@@ -189,6 +189,6 @@ impl Services {
 
     /// The start of the attribution window: referrals nominated before it no longer convert.
     pub fn attribution_window_start(&self) -> i64 {
-        now_ms() - self.settings.programme.attribution_window_days * DAY_MS
+        self.now_ms() - self.settings.programme.attribution_window_days * DAY_MS
     }
 }

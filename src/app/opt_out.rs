@@ -5,7 +5,7 @@ use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
 use crate::domain::work::Job;
-use crate::store::{now_ms, OptOutChange, Tx};
+use crate::store::{OptOutChange, Tx};
 use crate::telemetry::mask_phone;
 use crate::whatsapp::inbound::{Preference, PreferenceUpdate};
 use crate::whatsapp::render;
@@ -24,7 +24,7 @@ pub async fn record(
         tx.enqueue(&s.job(Job::SyncOptOut {
             phone: phone.as_str().into(),
             opted_out,
-            at: now_ms(),
+            at: s.now_ms(),
         }))
         .await?;
         tracing::info!(phone = %mask_phone(phone.as_str()), source, opted_out, "marketing preference recorded");
@@ -47,7 +47,7 @@ pub async fn on_stop_request(
         // The key carries the time the opt-out began: one acknowledgement per opt-out.
         let since = match change {
             OptOutChange::OptedOut(at) | OptOutChange::AlreadyOptedOut(at) => at,
-            OptOutChange::Resumed | OptOutChange::Unchanged => now_ms(),
+            OptOutChange::Resumed | OptOutChange::Unchanged => s.now_ms(),
         };
         let key = format!("opt_out_ack:{}:{since}", phone.as_str());
         let body = render::opt_out_ack(&s.settings, language, phone.as_str());

@@ -17,7 +17,7 @@ use crate::domain::state::Persisted;
 use crate::domain::work::Job;
 use crate::integrations::{OutboundRequest, OutboundResponse};
 use crate::signatures;
-use crate::store::{now_ms, NewConversion, NewJob, NewMessage, NewReward, ReferralRow, RewardRow, Tx};
+use crate::store::{NewConversion, NewJob, NewMessage, NewReward, ReferralRow, RewardRow, Tx};
 use crate::whatsapp::render;
 
 impl Services {
@@ -39,7 +39,7 @@ pub async fn grant(
     conversion: Option<&NewConversion>,
 ) -> Result<(), StepError> {
     let programme = &s.settings.programme;
-    let now = now_ms();
+    let now = s.now_ms();
     let available_at = now + programme.reward_hold_days * DAY_MS;
     let since = now - programme.reward_cap_period_days * DAY_MS;
     let rewarded = tx.referrer_rewards_since(&r.referrer_contact_id, since).await?;
@@ -105,7 +105,7 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     if !reward.state.can_issue() {
         return Outcome::done(format!("reward is {:?}", reward.state));
     }
-    let wait = reward.available_at - now_ms();
+    let wait = reward.available_at - s.now_ms();
     if wait > 0 {
         return Err(StepError::retry_after(
             "reward on hold",
@@ -160,7 +160,7 @@ async fn reward_message(
         Beneficiary::Friend if referral.consent => true,
         Beneficiary::Friend => {
             let last = s.store.last_inbound_at(&reward.phone).await?;
-            last.is_some_and(|at| now_ms() - at < DAY_MS)
+            last.is_some_and(|at| s.now_ms() - at < DAY_MS)
         }
     };
     let Some(phone) = E164::stored(&reward.phone).ok().filter(|_| may_message) else {
@@ -309,7 +309,8 @@ async fn fulfil_by_webhook(
                  "currency": reward.currency, "referral_code": referral.referral_code}
     })
     .to_string();
-    let timestamp = now_ms() / 1000;
+    // The business checks the signature's age against its own (real) clock.
+    let timestamp = crate::clock::system_ms() / 1000;
     let signature = signatures::sign_standard_webhook(secret, idempotency_key, timestamp, body.as_bytes())
         .map_err(|e| StepError::Permanent(format!("rewards webhook_secret: {e}")))?;
     let request = OutboundRequest {

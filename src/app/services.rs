@@ -46,4 +46,9 @@ impl Services {
             metrics,
         })
     }
+
+    /// Milliseconds since the Unix epoch, by the store's clock (which tests move).
+    pub fn now_ms(&self) -> i64 {
+        self.store.now_ms()
+    }
 }

@@ -7,27 +7,20 @@
 
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+use super::state::{persisted, Persisted};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
     Operator,
 }
 
+persisted!(Role {
+    Viewer => "viewer",
+    Operator => "operator",
+});
+
 impl Role {
-    pub const ALL: [Role; 2] = [Role::Viewer, Role::Operator];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Role> {
-        Role::ALL.into_iter().find(|role| role.as_str() == s)
-    }
-
     /// Whether this role may take `action`.
     pub fn may(self, action: Action) -> bool {
         match action {
@@ -127,7 +120,7 @@ mod tests {
     fn sign_in_is_throttled_after_five_failures() {
         assert!(!sign_in_throttled(MAX_SIGN_IN_FAILURES - 1));
         assert!(sign_in_throttled(MAX_SIGN_IN_FAILURES));
-        for role in Role::ALL {
+        for &role in Role::ALL {
             assert_eq!(Role::parse(role.as_str()), Some(role));
         }
         assert_eq!(Role::parse("admin"), None);
@@ -135,7 +128,7 @@ mod tests {
 
     #[test]
     fn only_operators_act() {
-        for role in Role::ALL {
+        for &role in Role::ALL {
             assert!(role.may(Action::Read));
             assert_eq!(role.may(Action::Act), role == Role::Operator);
         }

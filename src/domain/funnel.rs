@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::referral::ReferralState;
-use super::state::InviteState;
+use super::state::{persisted, InviteState};
 
 /// Counts for one cohort of triggers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -41,35 +41,16 @@ pub enum Step {
     Rewarded,
 }
 
-impl Step {
-    pub const ALL: [Step; 8] = [
-        Step::Triggers,
-        Step::Eligible,
-        Step::Invited,
-        Step::FlowSent,
-        Step::Nominated,
-        Step::FriendReached,
-        Step::Converted,
-        Step::Rewarded,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Step::Triggers => "triggers",
-            Step::Eligible => "eligible",
-            Step::Invited => "invited",
-            Step::FlowSent => "flow_sent",
-            Step::Nominated => "nominated",
-            Step::FriendReached => "friend_reached",
-            Step::Converted => "converted",
-            Step::Rewarded => "rewarded",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Step> {
-        Step::ALL.into_iter().find(|step| step.as_str() == s)
-    }
-}
+persisted!(Step {
+    Triggers => "triggers",
+    Eligible => "eligible",
+    Invited => "invited",
+    FlowSent => "flow_sent",
+    Nominated => "nominated",
+    FriendReached => "friend_reached",
+    Converted => "converted",
+    Rewarded => "rewarded",
+});
 
 impl FunnelCounts {
     /// Adds `n` to `step`.
@@ -207,6 +188,7 @@ impl Period {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::state::Persisted;
 
     #[test]
     fn each_step_has_its_rate_from_the_previous_one() {
@@ -254,7 +236,7 @@ mod tests {
             vec![Step::FriendReached, Step::Converted]
         );
         assert!(referral_steps(Some(R::FriendInvited), R::Expired).is_empty());
-        for step in Step::ALL {
+        for &step in Step::ALL {
             assert_eq!(Step::parse(step.as_str()), Some(step));
         }
     }

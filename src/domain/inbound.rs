@@ -20,6 +20,8 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::state::persisted;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     WhatsApp,
@@ -27,15 +29,12 @@ pub enum Source {
     Stripe,
 }
 
-impl Source {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::WhatsApp => "whatsapp",
-            Source::HubSpot => "hubspot",
-            Source::Stripe => "stripe",
-        }
-    }
-}
+// Stored in `inbox_events.source`.
+persisted!(Source {
+    WhatsApp => "whatsapp",
+    HubSpot => "hubspot",
+    Stripe => "stripe",
+});
 
 /// One event to store in the inbox.
 #[derive(Debug, Clone, PartialEq)]

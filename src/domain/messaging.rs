@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use super::state::Persisted;
+use super::state::persisted;
 
 /// A message's status: ours while we send it (`queued` → `sending` → `accepted`, or
 /// `suppressed` when policy stops it), then Meta's, which only move forward
 /// (accepted < sent < delivered < read). `failed` is final, and is ignored once the
 /// message was delivered or read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageStatus {
     Queued,
     /// A send attempt began; Meta may or may not have it (see the send job).
@@ -24,31 +23,16 @@ pub enum MessageStatus {
     Failed,
 }
 
-impl Persisted for MessageStatus {
-    const ALL: &'static [Self] = &[
-        Self::Queued,
-        Self::Sending,
-        Self::Suppressed,
-        Self::Accepted,
-        Self::Sent,
-        Self::Delivered,
-        Self::Read,
-        Self::Failed,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Sending => "sending",
-            Self::Suppressed => "suppressed",
-            Self::Accepted => "accepted",
-            Self::Sent => "sent",
-            Self::Delivered => "delivered",
-            Self::Read => "read",
-            Self::Failed => "failed",
-        }
-    }
-}
+persisted!(MessageStatus {
+    Queued => "queued",
+    Sending => "sending",
+    Suppressed => "suppressed",
+    Accepted => "accepted",
+    Sent => "sent",
+    Delivered => "delivered",
+    Read => "read",
+    Failed => "failed",
+});
 
 impl MessageStatus {
     /// Before Meta confirmed the send: a status from Meta (echoing our callback data)
@@ -100,8 +84,7 @@ impl MessageStatus {
 }
 
 /// What a message is for; the send job and the status handler act on it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessagePurpose {
     /// `tmpl_referral_invite` to the customer.
     Invite,
@@ -123,33 +106,17 @@ pub enum MessagePurpose {
     Reply,
 }
 
-impl Persisted for MessagePurpose {
-    const ALL: &'static [Self] = &[
-        Self::Invite,
-        Self::Flow,
-        Self::FriendInvite,
-        Self::ShareLink,
-        Self::FriendWelcome,
-        Self::Refusal,
-        Self::Thanks,
-        Self::Reward,
-        Self::Reply,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Invite => "invite",
-            Self::Flow => "flow",
-            Self::FriendInvite => "friend_invite",
-            Self::ShareLink => "share_link",
-            Self::FriendWelcome => "friend_welcome",
-            Self::Refusal => "refusal",
-            Self::Thanks => "thanks",
-            Self::Reward => "reward",
-            Self::Reply => "reply",
-        }
-    }
-}
+persisted!(MessagePurpose {
+    Invite => "invite",
+    Flow => "flow",
+    FriendInvite => "friend_invite",
+    ShareLink => "share_link",
+    FriendWelcome => "friend_welcome",
+    Refusal => "refusal",
+    Thanks => "thanks",
+    Reward => "reward",
+    Reply => "reply",
+});
 
 /// Whether a template may be sent, by the `event` of Meta's
 /// `message_template_status_update` webhook.

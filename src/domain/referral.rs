@@ -22,7 +22,7 @@
 //! lost delivery receipt, a number WhatsApp cannot reach).
 
 use super::nomination::NominationRefusal;
-use super::state::Persisted;
+use super::state::persisted;
 
 /// How the friend is reached (`programme.friend_invite`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -45,8 +45,7 @@ impl FriendInviteMode {
     ];
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ReferralState {
     Nominated,
     DirectInviteQueued,
@@ -60,31 +59,16 @@ pub enum ReferralState {
     Converted,
 }
 
-impl Persisted for ReferralState {
-    const ALL: &'static [Self] = &[
-        Self::Nominated,
-        Self::DirectInviteQueued,
-        Self::AwaitingFriend,
-        Self::FriendInvited,
-        Self::FriendUnreachable,
-        Self::Refused,
-        Self::Expired,
-        Self::Converted,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Nominated => "nominated",
-            Self::DirectInviteQueued => "direct_invite_queued",
-            Self::AwaitingFriend => "awaiting_friend",
-            Self::FriendInvited => "friend_invited",
-            Self::FriendUnreachable => "friend_unreachable",
-            Self::Refused => "refused",
-            Self::Expired => "expired",
-            Self::Converted => "converted",
-        }
-    }
-}
+persisted!(ReferralState {
+    Nominated => "nominated",
+    DirectInviteQueued => "direct_invite_queued",
+    AwaitingFriend => "awaiting_friend",
+    FriendInvited => "friend_invited",
+    FriendUnreachable => "friend_unreachable",
+    Refused => "refused",
+    Expired => "expired",
+    Converted => "converted",
+});
 
 impl ReferralState {
     /// Still occupying the friend's number (blocks other nominations of it, counts
@@ -243,6 +227,7 @@ pub fn friend_hubspot_status(state: ReferralState) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::state::Persisted;
     use proptest::prelude::*;
     use FriendInviteMode as M;
     use ReferralEvent as E;

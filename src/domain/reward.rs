@@ -2,32 +2,24 @@
 //! programme's cap and hold rules. The `rewards` table is the ledger HubSpot's counters are
 //! computed from.
 
-use super::state::Persisted;
+use super::state::persisted;
 
 /// Who a reward is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Beneficiary {
     Referrer,
     Friend,
 }
 
-impl Persisted for Beneficiary {
-    const ALL: &'static [Self] = &[Beneficiary::Referrer, Beneficiary::Friend];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Beneficiary::Referrer => "referrer",
-            Beneficiary::Friend => "friend",
-        }
-    }
-}
+persisted!(Beneficiary {
+    Referrer => "referrer",
+    Friend => "friend",
+});
 
 /// `pending` → `issuing` → `issued` | `failed` (retried; re-drivable when dead);
 /// `pending`/`failed` → `void` (a refund; never once issuing began);
 /// `capped` is final (recorded, never issued).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RewardState {
     Pending,
     /// Claimed by the worker that is fulfilling it; a void can no longer cancel it.
@@ -38,27 +30,14 @@ pub enum RewardState {
     Void,
 }
 
-impl Persisted for RewardState {
-    const ALL: &'static [Self] = &[
-        Self::Pending,
-        Self::Issuing,
-        Self::Issued,
-        Self::Failed,
-        Self::Capped,
-        Self::Void,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Issuing => "issuing",
-            Self::Issued => "issued",
-            Self::Failed => "failed",
-            Self::Capped => "capped",
-            Self::Void => "void",
-        }
-    }
-}
+persisted!(RewardState {
+    Pending => "pending",
+    Issuing => "issuing",
+    Issued => "issued",
+    Failed => "failed",
+    Capped => "capped",
+    Void => "void",
+});
 
 impl RewardState {
     /// States that may still be issued (`issuing` is resumed after a crash).
@@ -81,8 +60,7 @@ impl RewardState {
 }
 
 /// How a reward is fulfilled (`rewards.<beneficiary>.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RewardKind {
     None,
     StripePromotionCode,
@@ -93,30 +71,16 @@ pub enum RewardKind {
     Webhook,
 }
 
-impl Persisted for RewardKind {
-    const ALL: &'static [Self] = &[
-        RewardKind::None,
-        RewardKind::StripePromotionCode,
-        RewardKind::StripeBalanceCredit,
-        RewardKind::HubspotCredit,
-        RewardKind::CodePool,
-        RewardKind::StaticCode,
-        RewardKind::Webhook,
-    ];
-
-    /// The stored name, which is also its name in the configuration (serde's).
-    fn as_str(self) -> &'static str {
-        match self {
-            RewardKind::None => "none",
-            RewardKind::StripePromotionCode => "stripe_promotion_code",
-            RewardKind::StripeBalanceCredit => "stripe_balance_credit",
-            RewardKind::HubspotCredit => "hubspot_credit",
-            RewardKind::CodePool => "code_pool",
-            RewardKind::StaticCode => "static_code",
-            RewardKind::Webhook => "webhook",
-        }
-    }
-}
+// The stored names are also the kinds' names in the configuration.
+persisted!(RewardKind {
+    None => "none",
+    StripePromotionCode => "stripe_promotion_code",
+    StripeBalanceCredit => "stripe_balance_credit",
+    HubspotCredit => "hubspot_credit",
+    CodePool => "code_pool",
+    StaticCode => "static_code",
+    Webhook => "webhook",
+});
 
 /// The referrer's reward is capped once they have this many rewarded referrals in the
 /// period; the friend's never is.
@@ -139,6 +103,7 @@ pub fn promotion_code(referral_code: &str, referral_id: i64, beneficiary: Benefi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::state::Persisted;
 
     /// A reward kind is stored by the name the configuration gives it.
     #[test]

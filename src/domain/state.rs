@@ -34,35 +34,51 @@ pub fn decode<T: Persisted>(name: String) -> Result<T, UnknownState> {
     T::parse(&name).ok_or(UnknownState(name))
 }
 
-/// `TryFrom<String>` through [`decode`], which sqlx's `#[sqlx(try_from = "String")]` uses
-/// to decode a row's state column once, where it is read.
-macro_rules! decoded_from_text {
-    ($($state:ty),* $(,)?) => {
-        $(impl TryFrom<String> for $state {
-            type Error = UnknownState;
-            fn try_from(name: String) -> Result<Self, UnknownState> {
-                decode(name)
+/// How an enum is stored, written once, next to its declaration: each variant and its
+/// name, in order. The name is the value in the database, in JSON (the API, the CLI's
+/// listings, job payloads) and in the configuration. It gives [`Persisted`] (the names,
+/// every value, parsing), `TryFrom<String>` (for sqlx's `#[sqlx(try_from = "String")]`,
+/// so a row decodes its column once, where it is read), and serde by the same names.
+macro_rules! persisted {
+    ($name:ident { $($variant:ident => $stored:literal),+ $(,)? }) => {
+        impl $crate::domain::state::Persisted for $name {
+            const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $stored),+
+                }
             }
-        })*
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = $crate::domain::state::UnknownState;
+
+            fn try_from(name: String) -> Result<Self, Self::Error> {
+                $crate::domain::state::decode(name)
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str($crate::domain::state::Persisted::as_str(*self))
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                <Self as $crate::domain::state::Persisted>::parse(&name)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&name, &[$($stored),+]))
+            }
+        }
     };
 }
-
-decoded_from_text!(
-    InviteState,
-    ConversionOutcome,
-    QueueState,
-    crate::domain::referral::ReferralState,
-    crate::domain::reward::RewardState,
-    crate::domain::reward::Beneficiary,
-    crate::domain::reward::RewardKind,
-    crate::domain::messaging::MessageStatus,
-    crate::domain::messaging::MessagePurpose,
-);
+pub(crate) use persisted;
 
 /// An invite (one trigger): `invited` → `flow_sent` → `nominated`; or `ineligible`.
 /// The referrer's `referral_status` in HubSpot takes the same names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InviteState {
     Ineligible,
     Invited,
@@ -70,18 +86,12 @@ pub enum InviteState {
     Nominated,
 }
 
-impl Persisted for InviteState {
-    const ALL: &'static [Self] = &[Self::Ineligible, Self::Invited, Self::FlowSent, Self::Nominated];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ineligible => "ineligible",
-            Self::Invited => "invited",
-            Self::FlowSent => "flow_sent",
-            Self::Nominated => "nominated",
-        }
-    }
-}
+persisted!(InviteState {
+    Ineligible => "ineligible",
+    Invited => "invited",
+    FlowSent => "flow_sent",
+    Nominated => "nominated",
+});
 
 impl InviteState {
     /// Whether moving to `next` is progress (never backwards, never out of `ineligible`).
@@ -97,8 +107,7 @@ impl InviteState {
 }
 
 /// What a conversion signal achieved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConversionOutcome {
     /// Being recorded (never seen outside the recording transaction).
     Pending,
@@ -114,27 +123,14 @@ pub enum ConversionOutcome {
     Unattributed,
 }
 
-impl Persisted for ConversionOutcome {
-    const ALL: &'static [Self] = &[
-        Self::Pending,
-        Self::Converted,
-        Self::AlreadyConverted,
-        Self::OutsideWindow,
-        Self::NotConvertible,
-        Self::Unattributed,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Converted => "converted",
-            Self::AlreadyConverted => "already_converted",
-            Self::OutsideWindow => "outside_window",
-            Self::NotConvertible => "not_convertible",
-            Self::Unattributed => "unattributed",
-        }
-    }
-}
+persisted!(ConversionOutcome {
+    Pending => "pending",
+    Converted => "converted",
+    AlreadyConverted => "already_converted",
+    OutsideWindow => "outside_window",
+    NotConvertible => "not_convertible",
+    Unattributed => "unattributed",
+});
 
 impl ConversionOutcome {
     /// A repeated signal keeps a final outcome; the others are evaluated again (the
@@ -146,8 +142,7 @@ impl ConversionOutcome {
 
 /// An inbox event or a job: `queued` → `running` → `done`; a failure goes to `failed`
 /// (due again at `run_at`) or, with no attempts left, `dead` (kept, visible, re-drivable).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QueueState {
     Queued,
     Running,
@@ -156,19 +151,13 @@ pub enum QueueState {
     Dead,
 }
 
-impl Persisted for QueueState {
-    const ALL: &'static [Self] = &[Self::Queued, Self::Running, Self::Done, Self::Failed, Self::Dead];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Queued => "queued",
-            Self::Running => "running",
-            Self::Done => "done",
-            Self::Failed => "failed",
-            Self::Dead => "dead",
-        }
-    }
-}
+persisted!(QueueState {
+    Queued => "queued",
+    Running => "running",
+    Done => "done",
+    Failed => "failed",
+    Dead => "dead",
+});
 
 impl QueueState {
     /// States a worker may claim from (with `run_at` due).
@@ -200,6 +189,24 @@ mod tests {
         round_trips::<crate::domain::reward::RewardState>();
         round_trips::<crate::domain::messaging::MessageStatus>();
         round_trips::<crate::domain::messaging::MessagePurpose>();
+        round_trips::<crate::domain::reward::Beneficiary>();
+        round_trips::<crate::domain::reward::RewardKind>();
+        round_trips::<crate::domain::access::Role>();
+        round_trips::<crate::domain::funnel::Step>();
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_names_it_could_be() {
+        let refused = serde_json::from_str::<QueueState>("\"finished\"").expect_err("not a state");
+        let said = refused.to_string();
+        assert!(
+            said.contains("finished") && said.contains("queued") && said.contains("dead"),
+            "{said}"
+        );
+        assert_eq!(
+            QueueState::try_from("finished".to_string()),
+            Err(UnknownState("finished".into()))
+        );
     }
 
     /// The states a README diagram names: the words at the start of a line (a comma list

@@ -19,7 +19,7 @@ use super::AppState;
 use crate::domain::access::Role;
 use crate::domain::funnel::{Period, PeriodError};
 use crate::domain::state::{Persisted, QueueState};
-use crate::store::{now_ms, Queue};
+use crate::store::Queue;
 use crate::telemetry::mask_phone;
 
 /// The most items one list of dead work holds.
@@ -35,7 +35,7 @@ pub async fn funnel(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<FunnelQuery>,
 ) -> Result<Json<FunnelAnswer>, Problem> {
-    let period = query.period(now_ms()).map_err(bad_period)?;
+    let period = query.period(state.store.now_ms()).map_err(bad_period)?;
     let trigger = query.trigger.map(|t| t.0);
     let counts = state.store.funnel(period, trigger.as_deref()).await?;
     let days = state.store.funnel_days(period, trigger.as_deref()).await?;
@@ -61,7 +61,7 @@ pub async fn dropouts(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Json<DropoutsAnswer>, Problem> {
-    let period = query.period(now_ms()).map_err(bad_period)?;
+    let period = query.period(state.store.now_ms()).map_err(bad_period)?;
     let dropouts = state.store.dropouts(period).await?;
     Ok(Json(DropoutsAnswer {
         period: period.into(),
@@ -75,7 +75,7 @@ pub async fn reward_summary(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Json<RewardSummaryAnswer>, Problem> {
-    let period = query.period(now_ms()).map_err(bad_period)?;
+    let period = query.period(state.store.now_ms()).map_err(bad_period)?;
     let totals = state.store.reward_totals(period).await?;
     let code_pool_free = state.store.free_pool_codes().await?;
     Ok(Json(RewardSummaryAnswer {
@@ -227,7 +227,7 @@ pub async fn referrals_csv(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Response, Problem> {
-    let period: Period = query.period(now_ms()).map_err(bad_period)?;
+    let period: Period = query.period(state.store.now_ms()).map_err(bad_period)?;
     let rows = state.store.referrals_nominated_in(period).await?;
     let rows = rows
         .iter()
@@ -259,7 +259,7 @@ pub async fn rewards_csv(
     caller: Caller,
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Response, Problem> {
-    let period = query.period(now_ms()).map_err(bad_period)?;
+    let period = query.period(state.store.now_ms()).map_err(bad_period)?;
     let rows = state.store.rewards_created_in(period.from, period.to).await?;
     let rows = rows
         .iter()

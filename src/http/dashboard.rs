@@ -21,7 +21,7 @@ use crate::domain::funnel::Period;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{Persisted, QueueState};
-use crate::store::{now_ms, AdminSession, Queue, StoreError};
+use crate::store::{AdminSession, Queue, StoreError};
 use crate::telemetry::mask_phone;
 
 const COOKIE: &str = "referloop_session";
@@ -381,7 +381,7 @@ pub async fn funnel(
     Query(query): Query<DaysQuery>,
 ) -> Result<Response, PageError> {
     let days = query.days.unwrap_or(30);
-    let Ok(period) = Period::last_days(days, now_ms()) else {
+    let Ok(period) = Period::last_days(days, state.store.now_ms()) else {
         return Ok(html_page(
             StatusCode::UNPROCESSABLE_ENTITY,
             layout(
@@ -525,7 +525,7 @@ pub async fn referrals(
     };
     let since = match days {
         None => None,
-        Some(days) => match Period::last_days(days, now_ms()) {
+        Some(days) => match Period::last_days(days, state.store.now_ms()) {
             Ok(period) => Some(period.from),
             Err(_) => return Ok(refuse("Choose between 1 and 366 days.")),
         },

@@ -90,7 +90,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     for (queue, name) in [(Queue::Inbox, "inbox"), (Queue::Jobs, "jobs")] {
         match state.store.oldest_due(queue).await {
             Ok(due) => {
-                let age = due.map_or(0, |at| (crate::store::now_ms() - at).max(0) / 1000);
+                let age = due.map_or(0, |at| (state.store.now_ms() - at).max(0) / 1000);
                 state
                     .metrics
                     .queue_oldest_due_seconds

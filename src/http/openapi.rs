@@ -19,6 +19,7 @@ use super::wire::{
 };
 use super::{admin, api, AppState};
 use crate::domain::access::Role;
+use crate::domain::state::Persisted;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {

@@ -1,6 +1,7 @@
 //! Webhook intake: authenticate the raw bytes, split the body into events, store them in
 //! one short transaction, and only then answer 200. Work happens later, in the worker.
 
+use crate::domain::state::Persisted;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{OriginalUri, State};
@@ -11,7 +12,6 @@ use super::{ApiError, AppState};
 use crate::config::secret_value;
 use crate::domain::inbound::{self, HubSpotTrigger, NewInboxEvent, Source};
 use crate::signatures::{self, SignatureError};
-use crate::store::now_ms;
 
 /// Default attempts for processing an inbox event before it is marked dead.
 fn inbox_max_attempts(state: &AppState) -> i64 {
@@ -156,7 +156,8 @@ pub async fn hubspot_receive(
                 &body,
                 signature,
                 header(&headers, "x-hubspot-request-timestamp"),
-                now_ms(),
+                // The signer's clock is the real one: a test's moved clock must not age it.
+                crate::clock::system_ms(),
             )
         }
         (_, Some(key), _) => signatures::verify_api_key(key, header(&headers, &hubspot.webhook_api_key_header)),
@@ -192,8 +193,13 @@ pub async fn stripe_receive(
         return Err(state.refuse(source, ApiError::NotConfigured("stripe.webhook_secret is not set")));
     };
     let body = body_or_refusal(&state, source, body)?;
-    signatures::verify_stripe(secret, &body, header(&headers, "stripe-signature"), now_ms() / 1000)
-        .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
+    signatures::verify_stripe(
+        secret,
+        &body,
+        header(&headers, "stripe-signature"),
+        crate::clock::system_ms() / 1000,
+    )
+    .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
     let events = inbound::split_stripe(&body).map_err(|e| state.refuse(source, e.into()))?;
     state.store_events(source, events).await?;
     Ok(StatusCode::OK)

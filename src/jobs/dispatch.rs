@@ -10,7 +10,7 @@ use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reward};
 use crate::app::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::inbound::{InboxKind, WorkflowTrigger};
 use crate::domain::work::Job;
-use crate::store::{now_ms, ClaimedItem};
+use crate::store::ClaimedItem;
 use crate::whatsapp::inbound::{
     self, Content, InboundMessage, PreferenceUpdate, StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate,
     TemplateStatusUpdate,
@@ -104,7 +104,7 @@ async fn on_message(s: &Services, work: &Work, message: &InboundMessage) -> Step
         return Outcome::done("sender is not a valid mobile number");
     };
     // Idempotent (the latest time wins), so it may precede the step's own transaction.
-    let sent_at = message.sent_at_ms.unwrap_or_else(now_ms);
+    let sent_at = message.sent_at_ms.unwrap_or_else(|| s.now_ms());
     s.store.record_inbound(from.as_str(), sent_at).await?;
     match &message.content {
         Content::ButtonTap { payload } => invite::on_button(s, work, from, &message.wamid, payload).await,

@@ -25,7 +25,7 @@ use crate::domain::retry::{RetryDecision, RetrySchedule};
 use crate::domain::state::{Persisted, QueueState};
 use crate::metrics::Metrics;
 use crate::store::{
-    duration_ms, in_attempt, now_ms, BatchLease, BatchableKind, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError,
+    duration_ms, in_attempt, BatchLease, BatchableKind, ClaimedItem, ItemEnd, Lease, Queue, Store, StoreError,
 };
 use crate::whatsapp::inbound;
 
@@ -331,7 +331,7 @@ impl Worker {
             }
             StepError::Deferred { reason, delay } => {
                 tracing::debug!(reason = %reason, delay = ?delay, "deferred");
-                let run_at = now_ms() + duration_ms(*delay);
+                let run_at = self.store.now_ms() + duration_ms(*delay);
                 if !self.store.defer(item.queue, item.id, &self.owner, run_at).await? {
                     tracing::warn!("lease lost before the item was deferred");
                 }
@@ -357,7 +357,7 @@ impl Worker {
         let (retry_at, outcome) = match decision {
             RetryDecision::RetryAfter(delay) => {
                 tracing::warn!(error = %logged, retry_in = ?delay, "attempt failed; will retry");
-                (Some(now_ms() + duration_ms(delay)), "retry")
+                (Some(self.store.now_ms() + duration_ms(delay)), "retry")
             }
             RetryDecision::GiveUp => {
                 tracing::error!(error = %logged, "giving up; item is dead (see `referloop {queue} list --state dead`)");

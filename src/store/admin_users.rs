@@ -4,8 +4,9 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Store, StoreError, Tx};
+use super::{Store, StoreError, Tx};
 use crate::domain::access::Role;
+use crate::domain::state::Persisted;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AdminUser {
@@ -38,10 +39,7 @@ fn user_from(row: &sqlx::any::AnyRow) -> Result<AdminUser, sqlx::Error> {
     Ok(AdminUser {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
-        role: {
-            let stored: String = row.try_get("role")?;
-            Role::parse(&stored).ok_or_else(|| sqlx::Error::Decode(format!("unknown role {stored:?}").into()))?
-        },
+        role: Role::try_from(row.try_get::<String, _>("role")?).map_err(|e| sqlx::Error::Decode(e.into()))?,
         password_hash: row.try_get("password_hash")?,
         disabled: row.try_get::<super::StoredFlag, _>("disabled")?.into(),
         created_at: row.try_get("created_at")?,
@@ -63,7 +61,7 @@ impl Store {
         .bind(name)
         .bind(role.as_str())
         .bind(password_hash)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .execute(tx.write()?)
         .await?;
         end_sessions_of(&mut tx, name).await?;
@@ -107,7 +105,7 @@ impl Store {
         expires_at: i64,
     ) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now_ms();
         // Expired sessions go when new ones start.
         sqlx::query("DELETE FROM admin_sessions WHERE expires_at < $1")
             .bind(now)
@@ -134,7 +132,7 @@ impl Store {
              WHERE s.token_hash = $1 AND s.expires_at > $2 AND u.disabled = 0"
         ))
         .bind(token_hash)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else { return Ok(None) };
@@ -157,7 +155,7 @@ impl Store {
     /// Notes a failed sign-in for `name` (known or not).
     pub async fn record_login_failure(&self, name: &str) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now_ms();
         sqlx::query("DELETE FROM login_failures WHERE at < $1")
             .bind(now - 86_400_000)
             .execute(&self.pool)

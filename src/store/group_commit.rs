@@ -5,6 +5,7 @@
 //! own events are durable, and the writers run apart from the requests, so a client that
 //! hangs up cannot cancel a write halfway.
 
+use crate::domain::state::Persisted;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

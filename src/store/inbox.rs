@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::inbound::NewInboxEvent;
 use crate::domain::state::{sql_list, Persisted, QueueState};
 use crate::domain::work::Backlog;
@@ -46,7 +46,7 @@ impl Store {
         if events.is_empty() {
             return Ok(0);
         }
-        let now = now_ms();
+        let now = self.now_ms();
         let mut tx = self.pool.begin().await?;
         let mut inserted = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
@@ -82,7 +82,7 @@ impl Store {
             return Err(StoreError::Exhausted("an inbox group larger than one statement"));
         }
         let _turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!("{} RETURNING source, dedupe_key", insert_sql(rows));
         let mut insert = sqlx::query(&sql);
         for (events, max_attempts) in requests {
@@ -121,7 +121,7 @@ impl Store {
         let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
         let events: i64 = row.try_get("n")?;
         let oldest: Option<i64> = row.try_get("oldest")?;
-        let age_ms = oldest.map_or(0, |at| (now_ms() - at).max(0));
+        let age_ms = oldest.map_or(0, |at| (self.now_ms() - at).max(0));
         Ok(Backlog {
             events: u64::try_from(events).unwrap_or(0),
             oldest_age: std::time::Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)),

@@ -4,7 +4,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::tx::Tx;
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 use crate::domain::state::{Persisted, QueueState};
 use crate::domain::work::Job;
 
@@ -47,7 +47,7 @@ impl EnqueueOutcome {
     }
 }
 
-async fn insert_job(conn: &mut AnyConnection, job: &NewJob) -> Result<Option<i64>, StoreError> {
+async fn insert_job(conn: &mut AnyConnection, job: &NewJob, now: i64) -> Result<Option<i64>, StoreError> {
     Ok(sqlx::query_scalar(
         "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
@@ -58,7 +58,7 @@ async fn insert_job(conn: &mut AnyConnection, job: &NewJob) -> Result<Option<i64
     .bind(QueueState::Queued.as_str())
     .bind(job.max_attempts)
     .bind(job.run_at)
-    .bind(now_ms())
+    .bind(now)
     .fetch_optional(conn)
     .await?)
 }
@@ -73,7 +73,8 @@ async fn existing_id(conn: &mut AnyConnection, key: &str) -> Result<EnqueueOutco
 
 impl Tx {
     pub async fn enqueue(&mut self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
-        match insert_job(self.write()?, job).await? {
+        let now = self.now_ms();
+        match insert_job(self.write()?, job, now).await? {
             Some(id) => Ok(EnqueueOutcome::Created(id)),
             None => existing_id(self.read(), &job.idempotency_key).await,
         }
@@ -85,7 +86,7 @@ impl Store {
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
         let _turn = self.write_turn().await;
         let mut conn = self.pool.acquire().await?;
-        match insert_job(&mut conn, job).await? {
+        match insert_job(&mut conn, job, self.now_ms()).await? {
             Some(id) => Ok(EnqueueOutcome::Created(id)),
             None => existing_id(&mut conn, &job.idempotency_key).await,
         }

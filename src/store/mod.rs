@@ -18,12 +18,14 @@ mod tx;
 
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, ConnectOptions};
 
+pub use crate::clock::duration_ms;
+use crate::clock::Clock;
 pub use crate::domain::state::QueueState;
 pub use admin_users::{AdminSession, AdminUser};
 pub use faults::{in_attempt, Faults};
@@ -129,6 +131,8 @@ pub struct Store {
     pool: AnyPool,
     backend: Backend,
     faults: Faults,
+    /// The time every step reads; shared by every clone (tests move it).
+    clock: Clock,
     /// SQLite has one writer; its busy handler lets whoever retries first win, so a busy
     /// loop can starve the others. Writers in this process queue here instead, in order.
     /// (PostgreSQL: none.)
@@ -137,18 +141,6 @@ pub struct Store {
 
 /// A turn at writing (SQLite), held until the write or transaction ends.
 pub(crate) type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
-
-/// Milliseconds since the Unix epoch: how every timestamp is stored.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 impl Store {
     /// Connects; a SQLite file is created when missing and switched to WAL so that
@@ -188,6 +180,7 @@ impl Store {
             pool,
             backend,
             faults: Faults::default(),
+            clock: Clock::system(),
             write_gate,
         })
     }
@@ -202,6 +195,22 @@ impl Store {
             Some(gate) => Some(gate.clone().lock_owned().await),
             None => None,
         }
+    }
+
+    /// The clock every step reads; shared by every clone of this store.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// This store reading `clock` (replicas in one test share one clock).
+    pub fn with_clock(mut self, clock: Clock) -> Store {
+        self.clock = clock;
+        self
+    }
+
+    /// Milliseconds since the Unix epoch, by [`Store::clock`].
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// The fault-injection switch (tests); shared by every clone of this store.

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{now_ms, Store, StoreError};
+use super::{Store, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct OutboundCall {
@@ -30,7 +30,7 @@ impl Store {
         .bind(method)
         .bind(url)
         .bind(body)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .fetch_one(&self.pool)
         .await?;
         Ok(id)

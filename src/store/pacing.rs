@@ -5,7 +5,7 @@
 //! configured rate holds over any interval. A message reserves its recipient's next turn
 //! the same way (one place per `spacing`, kept by the message across its attempts).
 
-use super::{now_ms, Backend, Store, StoreError};
+use super::{Backend, Store, StoreError};
 
 /// Microseconds since the Unix epoch (pacing needs finer steps than milliseconds: at
 /// 1,000 a second, places are one millisecond apart).
@@ -82,7 +82,7 @@ impl Store {
             return Ok(None);
         }
         let _turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now_ms();
         let granted: Option<i64> = sqlx::query_scalar(
             "INSERT INTO recipient_pacing (phone, next_at, message_id) VALUES ($1, $2, $3) \
              ON CONFLICT (phone) DO UPDATE SET next_at = $2, message_id = $3 \

@@ -9,7 +9,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{now_ms, Backend, Store, StoreError};
+use super::{Backend, Store, StoreError};
 use crate::domain::state::{sql_list, Persisted, QueueState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,7 +156,7 @@ impl Store {
         candidates: &str,
     ) -> Result<Vec<ClaimedItem>, StoreError> {
         let _turn = self.write_turn().await;
-        let now = now_ms();
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE {} SET state = '{}', attempts = attempts + 1, lease_until = $1, lease_owner = $2 \
              WHERE id IN ({candidates}) RETURNING id, kind, payload, attempts, max_attempts",
@@ -215,7 +215,7 @@ impl Store {
             placeholders(3, ids.len()),
             q(QueueState::Running)
         );
-        let mut extend = sqlx::query(&sql).bind(now_ms() + lease_ms).bind(owner);
+        let mut extend = sqlx::query(&sql).bind(self.now_ms() + lease_ms).bind(owner);
         for id in ids {
             extend = extend.bind(*id);
         }
@@ -233,7 +233,7 @@ impl Store {
             q(QueueState::Running)
         );
         let done = sqlx::query(&sql)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(note)
             .bind(id)
             .bind(owner)
@@ -254,7 +254,7 @@ impl Store {
         let _turn = self.write_turn().await;
         let (state, run_at, finished_at) = match retry_at {
             Some(at) => (q(QueueState::Failed), Some(at), None),
-            None => (q(QueueState::Dead), None, Some(now_ms())),
+            None => (q(QueueState::Dead), None, Some(self.now_ms())),
         };
         let sql = format!(
             "UPDATE {} SET state = $1, run_at = COALESCE($2, run_at), finished_at = $3, last_error = $4, \
@@ -318,7 +318,11 @@ impl Store {
             q(QueueState::Queued),
             q(QueueState::Dead)
         );
-        let retried = sqlx::query(&sql).bind(now_ms()).bind(id).execute(&self.pool).await?;
+        let retried = sqlx::query(&sql)
+            .bind(self.now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(retried.rows_affected() == 1)
     }
 
@@ -333,7 +337,11 @@ impl Store {
             q(QueueState::Queued),
             q(QueueState::Dead)
         );
-        let retried = sqlx::query(&sql).bind(now_ms()).bind(id).execute(tx.write()?).await?;
+        let retried = sqlx::query(&sql)
+            .bind(self.now_ms())
+            .bind(id)
+            .execute(tx.write()?)
+            .await?;
         if retried.rows_affected() != 1 {
             return Ok(false);
         }
@@ -377,7 +385,20 @@ impl Store {
             queue.table(),
             sql_list(QueueState::WAITING)
         );
-        Ok(sqlx::query_scalar(&sql).bind(now_ms()).fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar(&sql)
+            .bind(self.now_ms())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// When the next waiting item is due (`run_at`, due or not), if any is waiting.
+    pub async fn next_run_at(&self, queue: Queue) -> Result<Option<i64>, StoreError> {
+        let sql = format!(
+            "SELECT MIN(run_at) FROM {} WHERE state IN ({})",
+            queue.table(),
+            sql_list(QueueState::WAITING)
+        );
+        Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
     }
 
     /// The newest items first, optionally in one state.

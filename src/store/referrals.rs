@@ -7,7 +7,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::jobs::NewJob;
 use super::tx::{TallyKey, Tx};
-use super::{now_ms, Store, StoreError, StoredFlag};
+use super::{Store, StoreError, StoredFlag};
 use crate::domain::funnel::{invite_steps, referral_steps};
 use crate::domain::messaging::{MessagePurpose, MessageStatus};
 use crate::domain::referral::ReferralState;
@@ -193,7 +193,7 @@ impl Tx {
     /// Inserts a message and its send job; `None` (and nothing queued) when the key was
     /// seen before.
     pub async fn insert_message(&mut self, message: &NewMessage) -> Result<Option<i64>, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO messages (idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, status, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
@@ -236,7 +236,7 @@ impl Tx {
             .bind(contact_id)
             .bind(generate())
             .bind(first_name)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .fetch_optional(self.write()?)
             .await?;
             if let Some(code) = inserted {
@@ -258,7 +258,7 @@ impl Tx {
 
     /// Records a trigger's invite; a redelivered trigger (same key) returns the first row.
     pub async fn insert_invite(&mut self, invite: &NewInvite) -> Result<InviteRow, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let inserted = sqlx::query(
             "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
              state, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
@@ -298,7 +298,7 @@ impl Tx {
             "UPDATE customers SET last_invite_at = $1, invite_count = invite_count + 1 WHERE contact_id = $2 \
              AND (last_invite_at IS NULL OR last_invite_at < $3) AND invite_count < $4",
         )
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(contact_id)
         .bind(cooldown_start)
         .bind(max_invites)
@@ -323,7 +323,7 @@ impl Tx {
         }
         let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
             .bind(to.as_str())
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(id)
             .bind(current.as_str())
             .execute(self.write()?)
@@ -427,7 +427,7 @@ impl Tx {
         .bind(&referral.language)
         .bind(state.as_str())
         .bind(reason)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .fetch_optional(self.write()?)
         .await?;
         if let Some(id) = id {
@@ -465,7 +465,7 @@ impl Tx {
         )
         .bind(to.as_str())
         .bind(reason)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(id)
         .bind(from.as_str())
         .execute(self.write()?)
@@ -495,7 +495,7 @@ impl Tx {
         .bind(from.map(ReferralState::as_str))
         .bind(to.as_str())
         .bind(reason)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .execute(self.write()?)
         .await?;
         Ok(())
@@ -507,7 +507,7 @@ impl Tx {
             "UPDATE referrals SET friend_contact_id = $1, updated_at = $2 WHERE id = $3 AND friend_contact_id IS NULL",
         )
         .bind(contact_id)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(referral_id)
         .execute(self.write()?)
         .await?;
@@ -561,7 +561,7 @@ impl Tx {
              UPDATE messages SET status = moved.to_status, updated_at = $1 FROM moved \
              WHERE messages.id = moved.id AND messages.status = moved.from_status"
         );
-        let mut update = sqlx::query(&sql).bind(now_ms());
+        let mut update = sqlx::query(&sql).bind(self.now_ms());
         for m in moves {
             update = update.bind(m.id).bind(m.from.as_str()).bind(m.to.as_str());
         }
@@ -601,7 +601,7 @@ impl Tx {
         sqlx::query(&sql)
             .bind(wamid)
             .bind(MessageStatus::Accepted.as_str())
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(idempotency_key)
             .execute(self.write()?)
             .await?;
@@ -631,7 +631,7 @@ impl Tx {
         .bind(wamid)
         .bind(code)
         .bind(title)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(id)
         .bind(from.as_str())
         .execute(self.write()?)
@@ -655,7 +655,7 @@ impl Tx {
         )
         .bind(phone)
         .bind(at)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .execute(self.write()?)
         .await?;
         Ok(())
@@ -668,7 +668,7 @@ impl Tx {
         opted_out: bool,
         source: &str,
     ) -> Result<OptOutChange, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         sqlx::query("INSERT INTO wa_users (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING")
             .bind(phone)
             .bind(now)
@@ -726,7 +726,7 @@ impl Tx {
         .bind(language)
         .bind(status)
         .bind(reason)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .execute(self.write()?)
         .await?;
         Ok(())
@@ -915,7 +915,7 @@ impl Store {
         self.faults.before_write()?;
         let done = sqlx::query("UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
             .bind(MessageStatus::Sending.as_str())
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(id)
             .bind(from.as_str())
             .execute(&self.pool)

@@ -86,7 +86,7 @@ impl super::Tx {
             .bind(actor)
             .bind(action)
             .bind(target)
-            .bind(super::now_ms())
+            .bind(self.now_ms())
             .execute(self.write()?)
             .await?;
         Ok(())

@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::tx::{TallyKey, Tx};
-use super::{now_ms, Backend, Store, StoreError};
+use super::{Backend, Store, StoreError};
 use crate::domain::funnel::Step;
 use crate::domain::referral::ReferralState;
 use crate::domain::reward::{Beneficiary, RewardKind, RewardState};
@@ -120,7 +120,7 @@ impl Tx {
         .bind(&conversion.currency)
         .bind(&conversion.payment_ref)
         .bind(&conversion.stripe_customer)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .fetch_optional(self.write()?)
         .await?;
         // Locked: a signal seen again while its first recording is being evaluated waits
@@ -210,7 +210,7 @@ impl Tx {
 
     /// Creates a reward, once per (referral, beneficiary); `None` when it exists.
     pub async fn insert_reward(&mut self, referral_id: i64, reward: &NewReward) -> Result<Option<i64>, StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO rewards (referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
              amount, currency, stripe_customer, available_at, created_at, updated_at) \
@@ -241,7 +241,7 @@ impl Tx {
     /// Tallies the funnel's "rewarded" step for the referral's first issued reward.
     async fn note_rewarded(&mut self, referral_id: i64) -> Result<(), StoreError> {
         let first = sqlx::query("UPDATE referrals SET rewarded_at = $1 WHERE id = $2 AND rewarded_at IS NULL")
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(referral_id)
             .execute(self.write()?)
             .await?;
@@ -274,7 +274,7 @@ impl Tx {
         .bind(RewardState::Issued.as_str())
         .bind(code)
         .bind(external_ref)
-        .bind(now_ms())
+        .bind(self.now_ms())
         .bind(id)
         .bind(RewardState::Issuing.as_str())
         .execute(self.write()?)
@@ -297,7 +297,7 @@ impl Tx {
         );
         let voided = sqlx::query(&sql)
             .bind(RewardState::Void.as_str())
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(referral_id)
             .execute(self.write()?)
             .await?;
@@ -373,7 +373,7 @@ impl Store {
         );
         let claimed = sqlx::query(&sql)
             .bind(RewardState::Issuing.as_str())
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -391,7 +391,7 @@ impl Store {
         sqlx::query("UPDATE rewards SET state = $1, last_error = $2, updated_at = $3 WHERE id = $4 AND state = $5")
             .bind(RewardState::Failed.as_str())
             .bind(error)
-            .bind(now_ms())
+            .bind(self.now_ms())
             .bind(id)
             .bind(RewardState::Issuing.as_str())
             .execute(&self.pool)
@@ -440,7 +440,7 @@ impl Store {
             loaded +=
                 sqlx::query("INSERT INTO reward_codes (code, loaded_at) VALUES ($1, $2) ON CONFLICT (code) DO NOTHING")
                     .bind(code)
-                    .bind(now_ms())
+                    .bind(self.now_ms())
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
@@ -472,7 +472,7 @@ impl Store {
             );
             match sqlx::query_scalar::<_, String>(&sql)
                 .bind(reward_id)
-                .bind(now_ms())
+                .bind(self.now_ms())
                 .fetch_optional(&self.pool)
                 .await
             {

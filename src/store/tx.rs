@@ -12,7 +12,8 @@ use sqlx::{Any, AnyConnection, Transaction};
 
 use super::faults::Faults;
 use super::queue::{placeholders, Queue};
-use super::{now_ms, Backend, Store, StoreError, WriteTurn};
+use super::{Backend, Store, StoreError, WriteTurn};
+use crate::clock::Clock;
 use crate::domain::funnel::{Step, DAY_MS};
 use crate::domain::state::{Persisted, QueueState};
 
@@ -79,6 +80,7 @@ pub struct Tx {
     backend: Backend,
     faults: Faults,
     hold: Hold,
+    clock: Clock,
     /// Funnel steps reached in this transaction, tallied just before it commits.
     tally: Vec<(TallyKey, Step)>,
 }
@@ -117,6 +119,7 @@ impl Store {
             backend: self.backend,
             faults: self.faults.clone(),
             hold,
+            clock: self.clock().clone(),
             tally: Vec::new(),
         };
         // SQLite: take the write lock first (a transaction that reads and then writes can be
@@ -161,6 +164,11 @@ impl Tx {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Milliseconds since the Unix epoch, by the store's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Commits the step; its item (if any) is done with `note`.
@@ -230,7 +238,7 @@ impl Tx {
                 );
                 let ended = sqlx::query(&sql)
                     .bind(state.as_str())
-                    .bind(now_ms())
+                    .bind(self.now_ms())
                     .bind(note)
                     .bind(error)
                     .bind(lease.id)
@@ -274,7 +282,7 @@ impl Tx {
                 QueueState::Done.as_str(),
                 QueueState::Running.as_str()
             );
-            let mut end = sqlx::query(&sql).bind(now_ms()).bind(&batch.owner);
+            let mut end = sqlx::query(&sql).bind(self.now_ms()).bind(&batch.owner);
             for (id, note) in done {
                 end = end.bind(*id).bind(note.as_str());
             }

@@ -130,6 +130,7 @@ impl Outside {
             faulted.push(faulty(&lc.stripe, 2, Box::new(codes.clone())).await);
         }
         let statuses = forward_statuses(graph.clone(), lc.app.url("/webhooks/whatsapp"));
+        lc.outside_in_real_time();
         Outside {
             graph,
             contacts,
@@ -196,7 +197,7 @@ pub async fn drain(lc: &Lifecycle, within: Duration) {
 /// The funnel's tally counted each of `n` whole referrals at every step exactly once,
 /// whatever was retried or interrupted.
 pub async fn assert_funnel(lc: &Lifecycle, n: i64) {
-    let period = referloop::domain::funnel::Period::last_days(1, referloop::store::now_ms()).expect("period");
+    let period = referloop::domain::funnel::Period::last_days(1, referloop::clock::system_ms()).expect("period");
     let funnel = lc.app.store.funnel(period, None).await.expect("funnel");
     let counts: Vec<i64> = funnel.steps().iter().map(|s| s.count).collect();
     assert_eq!(counts, vec![n; 8], "every step once per referral: {funnel:?}");

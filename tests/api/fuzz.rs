@@ -7,9 +7,10 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, TestRng, TestRunner};
+use referloop::clock::system_ms;
 use referloop::domain::state::Persisted;
 use referloop::signatures::{sign_hubspot_v3, sign_meta, sign_stripe};
-use referloop::store::{now_ms, Backend, Queue};
+use referloop::store::{Backend, Queue};
 use serde_json::Value;
 
 use crate::both_backends;
@@ -107,7 +108,7 @@ async fn post(app: &TestApp, route: &str, body: Vec<u8>) -> Result<u16, String> 
     request = match path {
         "whatsapp" => request.header("x-hub-signature-256", sign_meta(WHATSAPP_APP_SECRET, &body)),
         "hubspot" => {
-            let timestamp = now_ms().to_string();
+            let timestamp = system_ms().to_string();
             let signature = sign_hubspot_v3(
                 HUBSPOT_CLIENT_SECRET,
                 "POST",
@@ -121,7 +122,7 @@ async fn post(app: &TestApp, route: &str, body: Vec<u8>) -> Result<u16, String> 
         }
         _ => request.header(
             "stripe-signature",
-            sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now_ms() / 1000),
+            sign_stripe(STRIPE_WEBHOOK_SECRET, &body, system_ms() / 1000),
         ),
     };
     request

@@ -1,5 +1,6 @@
+use referloop::clock::system_ms;
 use referloop::signatures::sign_hubspot_v3;
-use referloop::store::{now_ms, Backend, Queue};
+use referloop::store::{Backend, Queue};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -29,9 +30,9 @@ async fn stored(app: &TestApp) -> i64 {
 async fn v3_signed_request_with_query_is_accepted(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let path = "/webhooks/hubspot?trigger=milestone&name=renewal%3A2026&source=wf%20one";
-    assert_eq!(post_signed(&app, path, FLAT_BODY, now_ms()).await, 200);
+    assert_eq!(post_signed(&app, path, FLAT_BODY, system_ms()).await, 200);
     assert_eq!(
-        post_signed(&app, path, FLAT_BODY, now_ms()).await,
+        post_signed(&app, path, FLAT_BODY, system_ms()).await,
         200,
         "a retry is acknowledged"
     );
@@ -48,7 +49,7 @@ async fn v3_signed_request_with_query_is_accepted(backend: Backend) {
 
     let classic = fixture("hubspot/workflow-webhook-contact-all-properties.json");
     assert_eq!(
-        post_signed(&app, "/webhooks/hubspot?trigger=nps", &classic, now_ms()).await,
+        post_signed(&app, "/webhooks/hubspot?trigger=nps", &classic, system_ms()).await,
         200
     );
     assert_eq!(stored(&app).await, 2);
@@ -59,18 +60,18 @@ async fn stale_or_wrong_signatures_are_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let path = "/webhooks/hubspot?trigger=nps";
     assert_eq!(
-        post_signed(&app, path, FLAT_BODY, now_ms() - 6 * 60 * 1000).await,
+        post_signed(&app, path, FLAT_BODY, system_ms() - 6 * 60 * 1000).await,
         401,
         "6 minutes old"
     );
     assert_eq!(
-        post_signed(&app, path, FLAT_BODY, now_ms() + 6 * 60 * 1000).await,
+        post_signed(&app, path, FLAT_BODY, system_ms() + 6 * 60 * 1000).await,
         401,
         "6 minutes ahead"
     );
 
     // Signed for another URL (a proxy's internal one) than the public base.
-    let timestamp = now_ms().to_string();
+    let timestamp = system_ms().to_string();
     let signature = sign_hubspot_v3(HUBSPOT_CLIENT_SECRET, "POST", &app.url(path), FLAT_BODY, &timestamp);
     let internal = app
         .client
@@ -98,13 +99,13 @@ async fn stale_or_wrong_signatures_are_refused(backend: Backend) {
 async fn malformed_bodies_are_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let path = "/webhooks/hubspot?trigger=nps";
-    assert_eq!(post_signed(&app, path, b"{not json", now_ms()).await, 400);
+    assert_eq!(post_signed(&app, path, b"{not json", system_ms()).await, 400);
     assert_eq!(
-        post_signed(&app, path, br#"{"firstname":"no id"}"#, now_ms()).await,
+        post_signed(&app, path, br#"{"firstname":"no id"}"#, system_ms()).await,
         400
     );
     let big = vec![b'x'; 1024 * 1024 + 1];
-    assert_eq!(post_signed(&app, path, &big, now_ms()).await, 413);
+    assert_eq!(post_signed(&app, path, &big, system_ms()).await, 413);
     assert_eq!(stored(&app).await, 0);
     app.shutdown().await;
 }
@@ -134,7 +135,10 @@ async fn api_key_authentication(backend: Backend) {
 
 async fn unconfigured_webhook_fails_closed(backend: Backend) {
     let app = TestApp::spawn_with(backend, |env| remove_env(env, "REFERLOOP_HUBSPOT__CLIENT_SECRET")).await;
-    assert_eq!(post_signed(&app, "/webhooks/hubspot", FLAT_BODY, now_ms()).await, 503);
+    assert_eq!(
+        post_signed(&app, "/webhooks/hubspot", FLAT_BODY, system_ms()).await,
+        503
+    );
     assert_eq!(stored(&app).await, 0);
     app.shutdown().await;
 }

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use referloop::clock::system_ms;
 use referloop::domain::state::Persisted;
-use referloop::store::{now_ms, Backend, Queue};
+use referloop::store::{Backend, Queue};
 use referloop::whatsapp::render;
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
@@ -95,7 +96,7 @@ async fn deliver_statuses(lc: &Lifecycle, refused: Option<&str>, reported: &mut 
             .unwrap_or_default()
             .trim_start_matches('+')
             .to_string();
-        let status = json!({"id": wamid, "status": "delivered", "timestamp": (now_ms() / 1000).to_string(),
+        let status = json!({"id": wamid, "status": "delivered", "timestamp": (system_ms() / 1000).to_string(),
                             "recipient_id": to, "biz_opaque_callback_data": body["biz_opaque_callback_data"]});
         assert_eq!(lc.whatsapp("messages", json!({"statuses": [status]})).await, 200);
     }
@@ -281,7 +282,7 @@ async fn share_link_path_survives_a_crash_after_every_write(backend: Backend) {
         .clone();
     let mut hello = text_message(FRIEND_PHONE, "wamid.HELLO", &format!("Hi! My referral code is {code}"));
     // Written now: the friend's 24-hour window is open when the rewards go out.
-    hello["timestamp"] = json!((now_ms() / 1000).to_string());
+    hello["timestamp"] = json!((system_ms() / 1000).to_string());
     assert_eq!(lc.inbound(hello).await, 200);
     settle_delivering(&lc, None).await;
     assert_eq!(referral_state(&lc).await, "friend_invited");
@@ -345,7 +346,7 @@ async fn refusal_fallback_and_opt_out_survive_a_crash_after_every_write(backend:
         .expect("friend invite");
     assert_eq!((refused.status.as_str(), refused.error_code), ("failed", Some(131049)));
     let mut stop = text_message(REFERRER_PHONE, "wamid.STOP", "STOP");
-    stop["timestamp"] = json!((now_ms() / 1000).to_string());
+    stop["timestamp"] = json!((system_ms() / 1000).to_string());
     assert_eq!(lc.inbound(stop).await, 200);
     settle_delivering(&lc, Some(REFUSED_TEMPLATE)).await;
     let texts = lc.sent_of("text").await;

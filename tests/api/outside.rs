@@ -76,7 +76,7 @@ impl Respond for GraphSends {
             status
         };
         let (sent, delivered) = (status("sent"), status("delivered"));
-        let now = referloop::store::now_ms();
+        let now = referloop::clock::system_ms();
         let mut rng = rand::thread_rng();
         let is_resend = body["biz_opaque_callback_data"]
             .as_str()
@@ -162,7 +162,7 @@ impl GraphSends {
 
     /// The webhooks due by now.
     fn take_due_statuses(&self) -> Vec<Vec<Value>> {
-        let now = referloop::store::now_ms();
+        let now = referloop::clock::system_ms();
         let Ok(mut owed) = self.statuses.lock() else {
             return Vec::new();
         };

@@ -6,13 +6,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use referloop::app::Services;
+use referloop::clock::system_ms;
 use referloop::config::Settings;
 use referloop::domain::messaging::MessagePurpose;
 use referloop::domain::pacing::busiest_interval;
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
-use referloop::store::{now_ms, Backend, NewMessage, Queue, Store};
+use referloop::store::{Backend, NewMessage, Queue, Store};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use wiremock::matchers::{method, path};
@@ -87,7 +88,7 @@ async fn queue_texts(store: &Store, recipients: &[String]) {
             referral_id: None,
             marketing: false,
             body: body.to_string(),
-            run_at: now_ms(),
+            run_at: system_ms(),
             max_attempts: 3,
         })
         .await

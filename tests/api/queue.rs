@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use referloop::clock::system_ms;
 use referloop::domain::state::Persisted;
-use referloop::store::{now_ms, Backend, EnqueueOutcome, NewJob, Queue, QueueState, Store};
+use referloop::store::{Backend, EnqueueOutcome, NewJob, Queue, QueueState, Store};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -16,7 +17,7 @@ fn job(key: &str, max_attempts: i64) -> NewJob {
         payload: r#"{"n":1}"#.into(),
         idempotency_key: key.into(),
         max_attempts,
-        run_at: now_ms(),
+        run_at: system_ms(),
     }
 }
 
@@ -76,11 +77,16 @@ async fn lapsed_lease_is_claimed_again(backend: Backend) {
     let store = db.store().await;
     let id = store.enqueue_job(&job("k1", 3)).await.expect("enqueue").id();
     store
-        .claim(Queue::Jobs, "crashed", 1)
+        .claim(Queue::Jobs, "crashed", 60_000)
         .await
         .expect("claim")
         .expect("due");
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(store
+        .claim(Queue::Jobs, "survivor", 60_000)
+        .await
+        .expect("claim")
+        .is_none());
+    store.clock().advance(Duration::from_secs(61));
     let again = store
         .claim(Queue::Jobs, "survivor", 60_000)
         .await
@@ -110,7 +116,7 @@ async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
         .expect("claim")
         .expect("due");
     assert!(store
-        .fail(Queue::Jobs, id, "w", "HTTP 503", Some(now_ms() + 1_000))
+        .fail(Queue::Jobs, id, "w", "HTTP 503", Some(store.now_ms() + 60_000))
         .await
         .expect("fail"));
     assert_eq!(state_of(&store, id).await, "failed");
@@ -119,7 +125,7 @@ async fn failures_wait_for_their_retry_time_then_die(backend: Backend) {
         "not before its retry time"
     );
 
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    store.clock().advance(Duration::from_secs(61));
     let second = store
         .claim(Queue::Jobs, "w", 60_000)
         .await
@@ -230,7 +236,7 @@ async fn invite_gate_admits_one_of_concurrent_invites(backend: Backend) {
         let store = Store::connect(&db.url, 2).await.expect("connect");
         attempts.push(tokio::spawn(async move {
             let mut tx = store.begin(None).await?;
-            let passed = tx.pass_invite_gate("90001", now_ms() - 1000, 3).await?;
+            let passed = tx.pass_invite_gate("90001", system_ms() - 1000, 3).await?;
             tx.commit("").await?;
             Ok::<bool, referloop::store::StoreError>(passed)
         }));

@@ -79,7 +79,10 @@ async fn start(url: &str, settings: &Arc<Settings>) -> Process {
     let mut workers = Vec::new();
     for _ in 0..WORKERS {
         // A pool of its own per worker, as replicas have.
-        let replica = Store::connect(url, 2).await.expect("connect");
+        let replica = Store::connect(url, 2)
+            .await
+            .expect("connect")
+            .with_clock(store.clock().clone());
         let replica_services = Services::new(replica, settings.clone(), Arc::new(Metrics::new())).expect("services");
         workers.push(Worker::new(Arc::new(replica_services)));
     }
@@ -205,8 +208,8 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
     }
-    // Let abandoned leases lapse, then drain.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Let abandoned leases lapse (the lease is a second), then drain.
+    process.store.clock().advance(std::time::Duration::from_secs(2));
     for _ in 0..100 {
         work_concurrently(&process, 20).await;
         let open = process.store.count_by_state(Queue::Jobs).await.expect("counts");

@@ -1,10 +1,11 @@
 //! With no credentials (sandbox mode) a referral runs from trigger to invited friend and
 //! every outbound call is recorded instead of sent.
 
+use referloop::clock::system_ms;
 use referloop::dev;
 use referloop::domain::state::Persisted;
 use referloop::signatures::{sign_hubspot_v3, sign_meta};
-use referloop::store::{now_ms, Backend};
+use referloop::store::Backend;
 use serde_json::json;
 
 use crate::both_backends;
@@ -53,7 +54,7 @@ async fn sandbox_carries_a_referral_to_the_invited_friend(backend: Backend) {
                       "hs_feedback_last_nps_rating": "PROMOTER"})
     .to_string()
     .into_bytes();
-    let timestamp = now_ms().to_string();
+    let timestamp = system_ms().to_string();
     let uri = format!("{PUBLIC_BASE_URL}/webhooks/hubspot?trigger=nps");
     let signature = sign_hubspot_v3(HUBSPOT_CLIENT_SECRET, "POST", &uri, &body, &timestamp);
     let response = app

@@ -1,5 +1,6 @@
+use referloop::clock::system_ms;
 use referloop::signatures::sign_stripe;
-use referloop::store::{now_ms, Backend};
+use referloop::store::Backend;
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -15,7 +16,7 @@ async fn post(app: &TestApp, body: &[u8], signature: Option<String>) -> reqwest:
 async fn signed_event_is_stored_once(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let body = fixture("stripe/event-checkout-session-completed.json");
-    let now = now_ms() / 1000;
+    let now = system_ms() / 1000;
     assert_eq!(
         post(&app, &body, Some(sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now))).await,
         200
@@ -31,7 +32,7 @@ async fn signed_event_is_stored_once(backend: Backend) {
 async fn tampered_or_stale_events_are_refused(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let body = fixture("stripe/event-invoice-paid.json");
-    let now = now_ms() / 1000;
+    let now = system_ms() / 1000;
     let signature = sign_stripe(STRIPE_WEBHOOK_SECRET, &body, now);
     let tampered = String::from_utf8(body.clone())
         .expect("utf8")

@@ -21,27 +21,51 @@ async fn template_status(lc: &Lifecycle, event: &str) -> u16 {
     .await
 }
 
+/// How many times the invite's send was held for its paused template.
+async fn sends_held(lc: &Lifecycle) -> u64 {
+    let series = "referloop_template_sends_held_total{template=\"tmpl_referral_invite\",language=\"en_US\"}";
+    let text = lc.app.metrics().await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
 async fn a_paused_template_holds_its_sends_until_approved(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
-        set_env(env, "REFERLOOP_WHATSAPP__TEMPLATE_RECHECK_SECONDS", "1")
+        set_env(env, "REFERLOOP_WHATSAPP__TEMPLATE_RECHECK_SECONDS", "600")
     })
     .await;
     assert_eq!(template_status(&lc, "PAUSED").await, 200);
     lc.settle().await;
     assert_eq!(lc.nps("90001", REFERRER_PHONE, "Ana", "10", "1767225600000").await, 200);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { sends_held(&lc).await == 1 }).await,
+        "the send is held"
+    );
+    // At the recheck, ten minutes on, the template is still paused: held again.
+    lc.app.store.clock().advance(Duration::from_secs(601));
+    assert!(
+        eventually(Duration::from_secs(10), || async { sends_held(&lc).await == 2 }).await,
+        "held again at the recheck"
+    );
     assert!(lc.sent_of("tmpl_referral_invite").await.is_empty(), "held while paused");
     let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
     let send = jobs.iter().find(|j| j.kind == "whatsapp.send").expect("the send job");
     assert_eq!(send.state.as_str(), "queued", "waiting, not failed or dead: {send:?}");
     assert_eq!(send.attempts, 0, "waiting uses no attempt");
-    let text = lc.app.metrics().await;
-    assert!(
-        text.contains("referloop_template_sends_held_total{template=\"tmpl_referral_invite\",language=\"en_US\"}"),
-        "{text}"
-    );
 
     assert_eq!(template_status(&lc, "APPROVED").await, 200);
+    let approved = eventually(Duration::from_secs(10), || async {
+        let status = lc.app.store.template_status("tmpl_referral_invite", "en_US").await;
+        status
+            .expect("template status")
+            .is_some_and(|(status, _)| status == "APPROVED")
+    })
+    .await;
+    assert!(approved, "the approval is recorded");
+    // The held send runs at its next recheck.
+    lc.app.store.clock().advance(Duration::from_secs(601));
     let sent = eventually(Duration::from_secs(10), || async {
         lc.sent_of("tmpl_referral_invite").await.len() == 1
     })

@@ -2,13 +2,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use referloop::app::Services;
+use referloop::clock::system_ms;
 use referloop::config::Settings;
 use referloop::domain::inbound::{InboxKind, NewInboxEvent, Source};
 use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
-use referloop::store::{now_ms, Backend, NewJob, NewMessage, Queue, QueueState};
+use referloop::store::{Backend, NewJob, NewMessage, Queue, QueueState};
 use serde_json::json;
 
 use crate::both_backends;
@@ -44,7 +45,7 @@ async fn unknown_job_kinds_go_dead_and_stay_visible(backend: Backend) {
         payload: "{}".into(),
         idempotency_key: "future:1".into(),
         max_attempts: 5,
-        run_at: now_ms(),
+        run_at: system_ms(),
     };
     let id = app.store.enqueue_job(&job).await.expect("enqueue").id();
     let store = app.store.clone();
@@ -109,7 +110,7 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
             referral_id: None,
             marketing: false,
             body: body.to_string(),
-            run_at: now_ms(),
+            run_at: system_ms(),
             max_attempts: 3,
         };
         tx.insert_message(&message).await.expect("message");
@@ -182,7 +183,7 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
             referral_id: None,
             marketing: false,
             body: body.to_string(),
-            run_at: now_ms(),
+            run_at: system_ms(),
             max_attempts: 3,
         };
         ids.push(tx.insert_message(&message).await.expect("insert").expect("new"));
