@@ -74,6 +74,9 @@ struct Args {
     /// worker.inbox_batch (1: each event alone, as before batching)
     #[arg(long, default_value_t = 100)]
     inbox_batch: usize,
+    /// worker.job_batch (with `--referrals`; 1: one claim for each job)
+    #[arg(long, default_value_t = 4)]
+    job_batch: usize,
     /// worker.job_concurrency (with `--referrals`)
     #[arg(long, default_value_t = 16)]
     job_loops: usize,
@@ -154,6 +157,7 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
             ("REFERLOOP_WHATSAPP__MAX_MESSAGES_PER_SECOND", "2000".into()),
             ("REFERLOOP_WHATSAPP__PAIR_SPACING_MS", "0".into()),
             ("REFERLOOP_WORKER__JOB_CONCURRENCY", args.job_loops.to_string()),
+            ("REFERLOOP_WORKER__JOB_BATCH", args.job_batch.to_string()),
             ("REFERLOOP_PROGRAMME__DEFAULT_REGION", "GB".into()),
             ("REFERLOOP_API__TOKENS", token_hash),
         ],
@@ -165,8 +169,8 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let pool = sqlx::PgPool::connect(database_url).await.expect("database");
     println!(
-        "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} job loops, pool {}",
-        args.rate, args.inbox_loops, args.job_loops, args.pool
+        "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} job loops of {} jobs at once, pool {}",
+        args.rate, args.inbox_loops, args.job_loops, args.job_batch, args.pool
     );
     whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
     store.close().await;

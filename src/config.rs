@@ -81,6 +81,8 @@ const REMOVED_KEYS: [(&str, &str); 4] = [
 /// The defaults, one documented key each; also what the binary falls back to.
 /// The most inbox events one loop claims at once (its statements bind two values each).
 pub const MAX_INBOX_BATCH: usize = 1000;
+/// The most jobs a job loop claims at once.
+pub const MAX_JOB_BATCH: usize = 100;
 
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -271,6 +273,8 @@ pub struct WorkerSettings {
     /// Inbox events an inbox loop claims at once; Meta's statuses among them are applied
     /// in one transaction.
     pub inbox_batch: NonZeroUsize,
+    /// Jobs a job loop claims at once (one statement) and runs side by side.
+    pub job_batch: NonZeroUsize,
     /// The inbox is backlogged (`/readyz` says so, and a metric and an alert) while more
     /// events than this wait, or the oldest has waited longer than
     /// `inbox_backlog_seconds`.
@@ -882,6 +886,9 @@ impl Settings {
         }
         if self.worker.job_concurrency == 0 {
             return invalid("worker.job_concurrency", "must be at least 1".into());
+        }
+        if self.worker.job_batch.get() > MAX_JOB_BATCH {
+            return invalid("worker.job_batch", format!("must be at most {MAX_JOB_BATCH}"));
         }
         if self.worker.inbox_batch.get() > MAX_INBOX_BATCH {
             return invalid("worker.inbox_batch", format!("must be at most {MAX_INBOX_BATCH}"));

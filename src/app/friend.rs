@@ -10,6 +10,7 @@ use crate::domain::code::codes_in_text;
 use crate::domain::ids::HubSpotId;
 use crate::domain::phone::E164;
 use crate::domain::referral::{friend_hubspot_status, ReferralEvent};
+use crate::domain::work::Job;
 use crate::store::ReferralRow;
 
 /// A text from someone who may be a friend arriving through a share link.
@@ -45,18 +46,35 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
         .hubspot
         .search_by_phone(&phone, &[], region, Some(work.job_id()))
         .await?;
-    let id = match found.first() {
-        Some(contact) => HubSpotId::parse(&contact.id)?,
+    // The status the contact carries once this job is done: none for a contact found
+    // (the sync writes it), the read state's for one created with it.
+    let (id, written) = match found.first() {
+        Some(contact) => (HubSpotId::parse(&contact.id)?, None),
         None => {
             let names = &s.settings.hubspot_properties;
             let mut create = properties(s, &referral);
             create.insert("phone".into(), Value::String(phone.as_str().into()));
             create.insert(names.first_name.clone(), Value::String(referral.friend_name.clone()));
-            s.hubspot.create_contact(&create, Some(work.job_id())).await?
+            let id = s.hubspot.create_contact(&create, Some(work.job_id())).await?;
+            (id, friend_hubspot_status(referral.state))
         }
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;
+    // Locked: a transition either committed before this (and queued no sync, the contact
+    // being unknown), so the state read here is the one to write, or it waits and then
+    // sees the contact and queues its own sync.
+    let Some(current) = tx.referral_for_update(referral.id).await? else {
+        return Err(StepError::Permanent(format!("referral {referral_id} not found")));
+    };
     tx.set_friend_contact_id(referral.id, id.as_str()).await?;
+    let status = friend_hubspot_status(current.state);
+    if status.is_some() && status != written {
+        tx.enqueue(&s.job(Job::SyncFriend {
+            referral_id: referral.id,
+            state: current.state,
+        }))
+        .await?;
+    }
     let note = format!("friend contact {id}");
     Ok(tx.commit(note).await?.into())
 }
@@ -87,6 +105,8 @@ pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64) -> StepRe
     if friend_hubspot_status(referral.state).is_none() {
         return Outcome::done("nothing to record for this state");
     }
+    // Queued only once the contact is recorded (see `create_contact`); a job queued by
+    // an older binary may still come first, and waits.
     let Some(contact_id) = referral.friend_contact_id.as_deref() else {
         return Err(StepError::retry_after(
             "waiting for the friend's contact",

@@ -159,13 +159,18 @@ fn effect_message(
 /// links the two contacts and refreshes the referrer's counters.
 async fn queue_crm_updates(s: &Services, tx: &mut Tx, r: &ReferralRow, to: ReferralState) -> Result<(), StepError> {
     if friend_hubspot_status(to).is_some() {
-        tx.enqueue(&s.job(Job::CreateFriendContact { referral_id: r.id }))
-            .await?;
-        tx.enqueue(&s.job(Job::SyncFriend {
-            referral_id: r.id,
-            state: to,
-        }))
-        .await?;
+        // Until the friend's contact is recorded, its creation carries the status (and
+        // queues the sync for a state that moved meanwhile: `friend::create_contact`),
+        // so a sync never runs only to wait for the contact. The row is locked, so the
+        // two cannot miss each other.
+        let job = match r.friend_contact_id {
+            None => Job::CreateFriendContact { referral_id: r.id },
+            Some(_) => Job::SyncFriend {
+                referral_id: r.id,
+                state: to,
+            },
+        };
+        tx.enqueue(&s.job(job)).await?;
     }
     if to == ReferralState::Converted {
         if s.settings.hubspot.record_referral_links {

@@ -4,7 +4,8 @@
 //!
 //! Inbox events and jobs have loops of their own (`worker.inbox_concurrency`,
 //! `worker.job_concurrency`), so a flood of webhooks never starves the sends, nor the
-//! reverse. Each item runs inside its own tracing span.
+//! reverse. A job loop claims up to `worker.job_batch` jobs at once and runs them side by
+//! side. Each item runs inside its own tracing span.
 
 mod dispatch;
 
@@ -97,7 +98,7 @@ impl Worker {
         while !*shutdown.borrow() {
             let worked = match queue {
                 Queue::Inbox => self.work_batch_from(queue).await,
-                Queue::Jobs => self.work_once_from(queue).await,
+                Queue::Jobs => self.work_jobs().await,
             };
             let worked = match worked {
                 Ok(worked) => worked,
@@ -137,6 +138,41 @@ impl Worker {
         let handled = self.handle_one(item).await;
         heartbeat.abort();
         handled.map(|()| true)
+    }
+
+    /// Claims up to `worker.job_batch` due jobs in one statement and runs them side by
+    /// side (jobs carry no order among themselves; each step guards its own rows). False
+    /// when nothing was due.
+    pub async fn work_jobs(&self) -> Result<bool, StoreError> {
+        let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+        let items = self
+            .store
+            .claim_many(Queue::Jobs, &self.owner, lease, self.settings.job_batch.get())
+            .await?;
+        if items.is_empty() {
+            return Ok(false);
+        }
+        let heartbeat = self.heartbeat(Queue::Jobs, items.iter().map(|item| item.id).collect());
+        let mut running = JoinSet::new();
+        for item in items {
+            let worker = self.clone();
+            running.spawn(async move { worker.handle_one(item).await });
+        }
+        let mut first_error = None;
+        while let Some(handled) = running.join_next().await {
+            match handled {
+                Ok(Ok(())) => {}
+                // One job's unrecorded outcome must not hide the others'.
+                Ok(Err(e)) => {
+                    tracing::error!(queue = "jobs", error = %e, "worker could not record an item's outcome");
+                    first_error.get_or_insert(e);
+                }
+                // Its lease lapses and another attempt runs it.
+                Err(e) => tracing::error!(queue = "jobs", error = %e, "a job's step panicked"),
+            }
+        }
+        heartbeat.abort();
+        first_error.map_or(Ok(true), Err)
     }
 
     /// Claims the oldest due item of `queue` and with it up to `worker.inbox_batch` of

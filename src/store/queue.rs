@@ -114,6 +114,29 @@ impl Store {
         Ok(self.claim_where(queue, owner, lease_ms, &candidates).await?.pop())
     }
 
+    /// Claims, for `owner` until `now + lease_ms`, up to `limit` due items (the oldest
+    /// first) and the first whose lease lapsed: one statement for a loop's next few items.
+    pub async fn claim_many(
+        &self,
+        queue: Queue,
+        owner: &str,
+        lease_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ClaimedItem>, StoreError> {
+        let table = queue.table();
+        let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
+        let lock = self.skip_locked();
+        let limit = limit.clamp(1, crate::config::MAX_JOB_BATCH);
+        let candidates = format!(
+            "SELECT id FROM (SELECT id FROM {table} \
+                 WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT {limit} {lock}) AS due \
+             UNION \
+             SELECT id FROM (SELECT id FROM {table} \
+                 WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT 1 {lock}) AS lapsed"
+        );
+        self.claim_where(queue, owner, lease_ms, &candidates).await
+    }
+
     /// Claims, for `owner` until `now + lease_ms`, the oldest due item of any kind (or
     /// one whose lease lapsed) and with it up to `limit` due items of the batchable
     /// `kind` (Meta's statuses, found through their own index): a loop handles the

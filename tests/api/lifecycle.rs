@@ -171,6 +171,12 @@ async fn happy_path_with_every_webhook_twice(backend: Backend) {
         Some(&json!("friend_invited")),
         "{friend_statuses:?}"
     );
+    let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
+    let friend_jobs: Vec<_> = jobs.iter().filter(|j| j.kind.starts_with("hubspot.")).collect();
+    assert!(
+        friend_jobs.iter().all(|j| j.attempts == 1),
+        "no HubSpot job waited for the friend's contact: {friend_jobs:?}"
+    );
     assert_eq!(lc.sent().await.len(), 3, "invite, Flow, friend invite: nothing else");
     lc.shutdown().await;
 }
