@@ -538,7 +538,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         invite.id,
                         invite.contact_id,
                         invite.trigger,
-                        invite.phone.as_deref().map(mask_phone).unwrap_or_else(|| "-".into()),
+                        invite
+                            .phone
+                            .as_ref()
+                            .map(|p| mask_phone(p.as_str()))
+                            .unwrap_or_else(|| "-".into()),
                         invite.referral_code.as_deref().unwrap_or("-"),
                         invite.state.as_str(),
                         invite.reason.map(|r| format!(" ({r})")).unwrap_or_default()
@@ -572,7 +576,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         "message #{} {} to {} {} wamid {}{}",
                         message.id,
                         message.purpose.as_str(),
-                        mask_phone(&message.to_phone),
+                        mask_phone(message.to_phone.as_str()),
                         message.status.as_str(),
                         message.wamid.as_deref().unwrap_or("-"),
                         message.error_code.map(|c| format!(" error {c}")).unwrap_or_default()
@@ -889,7 +893,7 @@ async fn dev_command(
             let store = open_store(settings).await?;
             let row = store.invite(invite).await?.context("no such invite")?;
             let phone = row.phone.context("that invite has no phone")?;
-            client.whatsapp(dev::refer_tap(&phone, invite)).await?
+            client.whatsapp(dev::refer_tap(phone.as_str(), invite)).await?
         }
         DevAction::Nominate {
             invite,
@@ -933,7 +937,9 @@ async fn dev_command(
                 (None, None) => anyhow::bail!("give --wamid or --referral"),
             };
             let wamid = message.wamid.clone().context("that message has not been sent yet")?;
-            client.whatsapp(dev::status(&wamid, &status, &message.to_phone)).await?
+            client
+                .whatsapp(dev::status(&wamid, &status, message.to_phone.as_str()))
+                .await?
         }
     };
     if !accepted {

@@ -168,5 +168,5 @@ pub async fn latest_flow_token(store: &Store, invite_id: i64) -> anyhow::Result<
         .await?
         .context("no Flow was sent for this invite yet: run `referloop dev tap` first")?;
     let token = crate::whatsapp::render::flow_token_of(&message.body).context("the Flow message has no flow_token")?;
-    Ok((message.to_phone, token))
+    Ok((message.to_phone.as_str().to_string(), token))
 }

@@ -100,9 +100,7 @@ pub async fn attribute(
     }
     if let Some(code) = code {
         if let Some(invite) = s.store.latest_invite_with_code(&code).await? {
-            let own_number = phone
-                .as_ref()
-                .is_some_and(|p| invite.phone.as_deref() == Some(p.as_str()));
+            let own_number = phone.as_ref().is_some_and(|p| invite.phone.as_ref() == Some(p));
             if !own_number {
                 return Ok(Attribution::CodeOnly {
                     invite: Box::new(invite),
@@ -203,7 +201,11 @@ fn code_only_referral(invite: &InviteRow, code: &str, buyer: Option<&E164>, conv
         // Unique like a Flow token: one referral per conversion signal.
         flow_token: format!("code_only:{}:{}", conversion.source, conversion.external_id),
         referrer_contact_id: invite.contact_id.clone(),
-        referrer_phone: invite.phone.clone().unwrap_or_default(),
+        referrer_phone: invite
+            .phone
+            .as_ref()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default(),
         referrer_name: invite.first_name.clone(),
         referral_code: code.to_string(),
         friend_phone: buyer.map(|p| p.as_str().to_string()).unwrap_or_default(),

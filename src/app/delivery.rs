@@ -9,7 +9,6 @@ use std::time::Duration;
 use super::transition::{self, EventContext};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
 use crate::domain::messaging::{classify, template_sendable, MessagePurpose, MessageStatus, SendErrorClass};
-use crate::domain::phone::E164;
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
 use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
@@ -43,7 +42,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         MessageStatus::Failed => return finish_refusal(s, work, &message, recorded_class(message.error_code)).await,
         done => return Outcome::done(format!("message already {}", done.as_str())),
     };
-    if message.marketing && s.store.is_opted_out(&message.to_phone).await? {
+    if message.marketing && s.store.is_opted_out(message.to_phone.as_str()).await? {
         let mut tx = s.store.begin(Some(&work.lease)).await?;
         tx.set_message_status(
             message.id,
@@ -62,7 +61,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
     let spacing = i64::try_from(s.settings.whatsapp.pair_spacing_ms).unwrap_or(i64::MAX);
     if let Some(wait) = s
         .store
-        .reserve_recipient_turn(&message.to_phone, message.id, spacing)
+        .reserve_recipient_turn(message.to_phone.as_str(), message.id, spacing)
         .await?
     {
         return Err(StepError::Deferred {
@@ -435,9 +434,7 @@ async fn resend_once(
     if message.idempotency_key.ends_with(":resend") {
         return Ok("; already resent once".into());
     }
-    let Ok(to) = E164::stored(&message.to_phone) else {
-        return Ok("; invalid recipient, not resent".into());
-    };
+    let to = message.to_phone.clone();
     let body: serde_json::Value = serde_json::from_str(&message.body).unwrap_or_default();
     let resend = NewMessage {
         invite_id: message.invite_id,
@@ -465,9 +462,7 @@ async fn after_refusal(
     class: SendErrorClass,
 ) -> Result<(), StepError> {
     if class == SendErrorClass::OptedOut {
-        if let Ok(phone) = E164::stored(&message.to_phone) {
-            opt_out::record(s, tx, &phone, "meta_131050", true).await?;
-        }
+        opt_out::record(s, tx, &message.to_phone, "meta_131050", true).await?;
     }
     if message.purpose != MessagePurpose::FriendInvite {
         return Ok(());

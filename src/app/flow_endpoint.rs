@@ -108,7 +108,7 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
     };
     let texts = s.settings.catalogues.get(&invite.language);
     let region = &s.settings.programme.default_region;
-    let Some(referrer) = invite.phone.as_deref().and_then(|p| E164::stored(p).ok()) else {
+    let Some(referrer) = invite.phone.clone() else {
         return Ok(token_refused(s, Some(&invite.language)));
     };
     if let Some(friend_phone) = used_for {

@@ -216,7 +216,7 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
     let Some(invite) = s.store.invite(invite_id).await? else {
         return Outcome::done("refer button for an unknown invite");
     };
-    if invite.phone.as_deref() != Some(from.as_str()) {
+    if invite.phone.as_ref() != Some(from) {
         return Outcome::done("refer button from a number that was not invited");
     }
     if s.store.is_opted_out(from.as_str()).await? {

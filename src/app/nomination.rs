@@ -53,7 +53,7 @@ pub async fn on_flow_reply(
     let Some(invite) = invite_for_token(s, &token).await? else {
         return refuse(NominationRefusal::InvalidToken, None).await;
     };
-    if invite.phone.as_deref() != Some(from.as_str()) {
+    if invite.phone.as_ref() != Some(from) {
         return refuse(NominationRefusal::InvalidToken, None).await;
     }
     let language = Some(invite.language.as_str());

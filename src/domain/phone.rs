@@ -31,6 +31,13 @@ impl PhoneError {
     }
 }
 
+/// Serialised as its text (rows printed by the CLI and the admin API).
+impl serde::Serialize for E164 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
 impl E164 {
     /// Parses `raw`; numbers without a country code are read in `default_region`
     /// (ISO 3166 alpha-2, e.g. "GB"). WhatsApp's `wa_id` (digits without `+`) is accepted.
@@ -61,6 +68,22 @@ impl E164 {
     /// again to be a mobile one.
     pub fn stored(raw: &str) -> Result<E164, PhoneError> {
         Self::international(raw)
+    }
+
+    /// A number read back from a row: referloop writes only an `E164` there, so the
+    /// shape (`+`, then 8 to 15 digits, the first not 0) is checked, not the numbering
+    /// plan again, which would cost a full parse on every row read.
+    pub fn from_row(raw: &str) -> Result<E164, PhoneError> {
+        if raw.is_empty() {
+            return Err(PhoneError::Missing);
+        }
+        let digits = raw.strip_prefix('+').ok_or(PhoneError::Unparseable)?;
+        let shaped =
+            (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+        if !shaped {
+            return Err(PhoneError::Unparseable);
+        }
+        Ok(E164(raw.to_string()))
     }
 
     /// A number with its country code; "ZZ" is libphonenumber's "no region".

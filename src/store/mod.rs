@@ -10,6 +10,7 @@ mod inbox;
 mod jobs;
 mod outbound;
 mod pacing;
+mod phone;
 mod queue;
 mod referrals;
 mod reporting;
@@ -34,6 +35,7 @@ pub use group_commit::InboxWriter;
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
+pub use phone::StoredPhone;
 pub use queue::{BatchableKind, ClaimedItem, Queue, QueueRow};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,

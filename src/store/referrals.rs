@@ -7,9 +7,10 @@ use sqlx::{AnyConnection, Row};
 
 use super::jobs::NewJob;
 use super::tx::{TallyKey, Tx};
-use super::{Store, StoreError, StoredFlag};
+use super::{Store, StoreError, StoredFlag, StoredPhone};
 use crate::domain::funnel::{invite_steps, referral_steps};
 use crate::domain::messaging::{MessagePurpose, MessageStatus};
+use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{sql_list, InviteState, Persisted};
 use crate::domain::work::Job;
@@ -20,7 +21,8 @@ pub struct InviteRow {
     pub trigger_key: String,
     pub contact_id: String,
     pub trigger: String,
-    pub phone: Option<String>,
+    #[sqlx(try_from = "StoredPhone")]
+    pub phone: Option<E164>,
     pub first_name: String,
     pub language: String,
     pub referral_code: Option<String>,
@@ -95,7 +97,8 @@ pub struct MessageRow {
     pub idempotency_key: String,
     #[sqlx(try_from = "String")]
     pub purpose: MessagePurpose,
-    pub to_phone: String,
+    #[sqlx(try_from = "StoredPhone")]
+    pub to_phone: E164,
     pub invite_id: Option<i64>,
     pub referral_id: Option<i64>,
     #[sqlx(try_from = "StoredFlag")]

@@ -72,7 +72,7 @@ pub async fn seed(store: &Store) -> Vec<i64> {
             invite_id: row.id,
             flow_token: format!("token-{n}"),
             referrer_contact_id: row.contact_id.clone(),
-            referrer_phone: row.phone.clone().unwrap_or_default(),
+            referrer_phone: row.phone.as_ref().map(|p| p.as_str().to_string()).unwrap_or_default(),
             referrer_name: row.first_name.clone(),
             referral_code: format!("SEED{n:03}"),
             friend_phone: format!("+4479111{:05}", 70_000 + n),

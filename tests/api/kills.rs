@@ -159,7 +159,7 @@ async fn whole_referral(lc: &Lifecycle, outside: &Outside, pair: &Pair, n: usize
     .await;
     if !invited {
         let messages = lc.app.store.list_messages(10_000).await.unwrap_or_default();
-        let to_friend: Vec<_> = messages.iter().filter(|m| m.to_phone == pair.friend).collect();
+        let to_friend: Vec<_> = messages.iter().filter(|m| m.to_phone.as_str() == pair.friend).collect();
         panic!(
             "referral {n} never reached friend_invited: {:?}; messages to the friend: {to_friend:?}",
             friend_referral().await.map(|r| r.state)
