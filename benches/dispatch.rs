@@ -130,7 +130,7 @@ async fn main() {
         tx.insert_message(&NewMessage {
             idempotency_key: format!("bench:{n}"),
             purpose: MessagePurpose::Reply,
-            to_phone: to,
+            to_phone: referloop::domain::phone::E164::parse_mobile(&to, "GB").expect("a mobile number"),
             invite_id: None,
             referral_id: None,
             marketing: false,

@@ -160,7 +160,9 @@ async fn seed_invites(store: &Store, secret: &str, count: i64) -> Vec<String> {
                 trigger_key: format!("bench:{n}"),
                 contact_id: format!("{}", 70_000 + n),
                 trigger: "nps".into(),
-                phone: Some(format!("+4479111{:05}", 10_000 + n)),
+                phone: Some(
+                    referloop::domain::phone::E164::from_row(&format!("+4479111{:05}", 10_000 + n)).expect("E.164"),
+                ),
                 first_name: format!("Customer {n}"),
                 language: "en_US".into(),
                 referral_code: Some(format!("BENCH{n:03}")),

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{Account, Settings};
 use crate::dev::{self, DevClient};
 use crate::domain::messaging::MessagePurpose;
+use crate::domain::phone::E164;
 use crate::domain::state::{Persisted, QueueState};
 use crate::startup::{shutdown_signal, Application};
 use crate::store::{Queue, QueueRow, Store};
@@ -558,7 +559,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         referral.id,
                         referral.invite_id,
                         referral.friend_name,
-                        mask_phone(&referral.friend_phone),
+                        mask_phone(E164::text_of(referral.friend_phone.as_ref())),
                         referral.consent,
                         referral.state.as_str(),
                         referral.reason.map(|r| format!(" ({r})")).unwrap_or_default()
@@ -616,7 +617,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         r.id,
                         r.referral_id,
                         r.beneficiary.as_str(),
-                        mask_phone(&r.phone),
+                        mask_phone(E164::text_of(r.phone.as_ref())),
                         r.kind.as_str(),
                         r.state.as_str(),
                         r.amount,

@@ -76,7 +76,7 @@ pub async fn attribute(
     if let Some(code) = &code {
         let candidates = s.store.referral_ids_by(FriendKey::ReferralCode, code).await?;
         if let Some(phone) = &phone {
-            if let Some((id, _)) = candidates.iter().find(|(_, p)| p == phone.as_str()) {
+            if let Some((id, _)) = candidates.iter().find(|(_, p)| p.as_ref() == Some(phone)) {
                 return Ok(Attribution::Referral {
                     id: *id,
                     matched_by: "code_and_phone",
@@ -201,14 +201,10 @@ fn code_only_referral(invite: &InviteRow, code: &str, buyer: Option<&E164>, conv
         // Unique like a Flow token: one referral per conversion signal.
         flow_token: format!("code_only:{}:{}", conversion.source, conversion.external_id),
         referrer_contact_id: invite.contact_id.clone(),
-        referrer_phone: invite
-            .phone
-            .as_ref()
-            .map(|p| p.as_str().to_string())
-            .unwrap_or_default(),
+        referrer_phone: invite.phone.clone(),
         referrer_name: invite.first_name.clone(),
         referral_code: code.to_string(),
-        friend_phone: buyer.map(|p| p.as_str().to_string()).unwrap_or_default(),
+        friend_phone: buyer.cloned(),
         friend_name: String::new(),
         personal_message: None,
         consent: false,
@@ -410,7 +406,7 @@ async fn stripe_conversion(s: &Services, work: &Work, object: &Value, paid: Stri
         None => None,
     };
     let attribution = match referenced {
-        Some(r) if buyer_phone.as_ref().is_none_or(|p| p.as_str() == r.friend_phone) => Attribution::Referral {
+        Some(r) if buyer_phone.as_ref().is_none_or(|p| r.friend_phone.as_ref() == Some(p)) => Attribution::Referral {
             id: r.id,
             matched_by: "client_reference_id",
         },

@@ -106,10 +106,7 @@ pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given:
 }
 
 /// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.
-pub async fn sync_opt_out(s: &Services, work: &Work, phone: &str, opted_out: bool) -> StepResult {
-    let Ok(phone) = E164::stored(phone) else {
-        return Err(StepError::Permanent("no valid phone".into()));
-    };
+pub async fn sync_opt_out(s: &Services, work: &Work, phone: &E164, opted_out: bool) -> StepResult {
     // Stored ids that are not valid HubSpot ids are skipped, never sent.
     let mut ids: Vec<HubSpotId> = s
         .store
@@ -122,7 +119,7 @@ pub async fn sync_opt_out(s: &Services, work: &Work, phone: &str, opted_out: boo
         let region = &s.settings.programme.default_region;
         let found = s
             .hubspot
-            .search_by_phone(&phone, &[], region, Some(work.job_id()))
+            .search_by_phone(phone, &[], region, Some(work.job_id()))
             .await?;
         ids = found.iter().filter_map(|c| HubSpotId::parse(&c.id).ok()).collect();
     }

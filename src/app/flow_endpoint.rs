@@ -48,7 +48,7 @@ enum TokenState {
     /// Used by the referral to this number.
     Used {
         invite: InviteRow,
-        friend_phone: String,
+        friend_phone: Option<E164>,
     },
     Invalid,
 }
@@ -115,7 +115,7 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
         // Meta retried the submission that finished the Flow, and the nfm_reply was
         // recorded in between: the same submission gets the same answer, another none.
         return Ok(match validate(&form, &referrer, region) {
-            Ok(nomination) if nomination.friend_phone.as_str() == friend_phone => {
+            Ok(nomination) if friend_phone.as_ref() == Some(&nomination.friend_phone) => {
                 FlowAnswer::Finish { flow_token, nomination }
             }
             _ => token_refused(s, Some(&invite.language)),

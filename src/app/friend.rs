@@ -39,8 +39,10 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
     if let Some(id) = &referral.friend_contact_id {
         return Outcome::done(format!("friend contact {id} already recorded"));
     }
-    let phone = E164::stored(&referral.friend_phone)
-        .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
+    let phone = referral
+        .friend_phone
+        .clone()
+        .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into()))?;
     let region = &s.settings.programme.default_region;
     let found = s
         .hubspot

@@ -104,7 +104,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         trigger_key,
         contact_id: trigger.contact_id.clone(),
         trigger: trigger.name(),
-        phone: phone.as_ref().ok().map(|p| p.as_str().to_string()),
+        phone: phone.as_ref().ok().cloned(),
         first_name: trigger.first_name.clone(),
         language: trigger.language.clone(),
         referral_code: None,

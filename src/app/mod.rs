@@ -167,7 +167,7 @@ impl Services {
         NewMessage {
             idempotency_key: key,
             purpose,
-            to_phone: to.as_str().into(),
+            to_phone: to.clone(),
             invite_id: None,
             referral_id: None,
             marketing,

@@ -67,10 +67,10 @@ pub async fn on_flow_reply(
         invite_id: invite.id,
         flow_token: token,
         referrer_contact_id: invite.contact_id.clone(),
-        referrer_phone: from.as_str().into(),
+        referrer_phone: Some(from.clone()),
         referrer_name: invite.first_name.clone(),
         referral_code: invite.referral_code.clone().unwrap_or_default(),
-        friend_phone: nomination.friend_phone.as_str().into(),
+        friend_phone: Some(nomination.friend_phone.clone()),
         friend_name: nomination.friend_name.clone(),
         personal_message: nomination.personal_message.clone(),
         consent: nomination.consent,
@@ -85,7 +85,7 @@ pub async fn on_flow_reply(
     // Open referrals of this number older than the window expire, so the first
     // nomination wins only within the window.
     for stale in tx
-        .stale_open_referrals(&new.friend_phone, s.attribution_window_start())
+        .stale_open_referrals(&nomination.friend_phone, s.attribution_window_start())
         .await?
     {
         transition::apply(s, &mut tx, stale.id, &ReferralEvent::Expired, EventContext::default()).await?;
@@ -105,7 +105,7 @@ pub async fn on_flow_reply(
             }))
             .await?;
             tx.advance_invite(invite.id, InviteState::Nominated).await?;
-            tracing::info!(referral_id = id, friend = %mask_phone(&new.friend_phone), "friend nominated");
+            tracing::info!(referral_id = id, friend = %mask_phone(nomination.friend_phone.as_str()), "friend nominated");
             format!("referral {id} nominated")
         }
         ReferralInsert::TokenAlreadyUsed(id) => format!("flow token already used by referral {id}"),
@@ -154,8 +154,10 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
     if referral.state != ReferralState::Nominated {
         return Outcome::done(format!("already screened ({:?})", referral.state));
     }
-    let friend = E164::stored(&referral.friend_phone)
-        .map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))?;
+    let friend = referral
+        .friend_phone
+        .clone()
+        .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into()))?;
     let opted_out = s.store.is_opted_out(friend.as_str()).await?;
     let is_customer = match opted_out {
         true => None,

@@ -22,7 +22,7 @@ pub async fn record(
     let change = tx.set_opt_out(phone.as_str(), opted_out, source).await?;
     if change.changed() {
         tx.enqueue(&s.job(Job::SyncOptOut {
-            phone: phone.as_str().into(),
+            phone: phone.clone(),
             opted_out,
             at: s.now_ms(),
         }))

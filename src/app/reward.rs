@@ -159,11 +159,11 @@ async fn reward_message(
         Beneficiary::Referrer => true,
         Beneficiary::Friend if referral.consent => true,
         Beneficiary::Friend => {
-            let last = s.store.last_inbound_at(&reward.phone).await?;
+            let last = s.store.last_inbound_at(E164::text_of(reward.phone.as_ref())).await?;
             last.is_some_and(|at| s.now_ms() - at < DAY_MS)
         }
     };
-    let Some(phone) = E164::stored(&reward.phone).ok().filter(|_| may_message) else {
+    let Some(phone) = reward.phone.clone().filter(|_| may_message) else {
         return Ok(None);
     };
     let body = render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given);
@@ -305,7 +305,7 @@ async fn fulfil_by_webhook(
     let body = json!({
         "type": "referral.reward",
         "data": {"reward_id": reward.id, "referral_id": referral.id, "beneficiary": beneficiary.as_str(),
-                 "hubspot_contact_id": reward.contact_id, "phone": reward.phone, "amount": reward.amount,
+                 "hubspot_contact_id": reward.contact_id, "phone": E164::text_of(reward.phone.as_ref()), "amount": reward.amount,
                  "currency": reward.currency, "referral_code": referral.referral_code}
     })
     .to_string();

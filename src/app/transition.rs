@@ -104,13 +104,17 @@ fn effect_message(
     ctx: EventContext<'_>,
 ) -> Result<Option<NewMessage>, StepError> {
     let settings = &s.settings;
-    let referrer =
-        || E164::stored(&r.referrer_phone).map_err(|_| StepError::Permanent("stored referrer phone is invalid".into()));
+    let referrer = || {
+        r.referrer_phone
+            .clone()
+            .ok_or_else(|| StepError::Permanent("the referral has no referrer's number".into()))
+    };
     let friend = || match ctx.arrived_from {
         Some(phone) => Ok(phone.clone()),
-        None => {
-            E164::stored(&r.friend_phone).map_err(|_| StepError::Permanent("stored friend phone is invalid".into()))
-        }
+        None => r
+            .friend_phone
+            .clone()
+            .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into())),
     };
     let text = ReferralText {
         code: &r.referral_code,

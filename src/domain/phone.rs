@@ -38,6 +38,15 @@ impl serde::Serialize for E164 {
     }
 }
 
+/// Read back from a stored job's payload, which referloop wrote from an `E164`: checked
+/// again in full, so a payload edited by hand cannot carry a number we would not accept.
+impl<'de> serde::Deserialize<'de> for E164 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<E164, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        E164::international(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 impl E164 {
     /// Parses `raw`; numbers without a country code are read in `default_region`
     /// (ISO 3166 alpha-2, e.g. "GB"). WhatsApp's `wa_id` (digits without `+`) is accepted.
@@ -64,14 +73,8 @@ impl E164 {
         Self::international(&format!("+{digits}"))
     }
 
-    /// A number as referloop stores it (always E.164, so read in no region), checked
-    /// again to be a mobile one.
-    pub fn stored(raw: &str) -> Result<E164, PhoneError> {
-        Self::international(raw)
-    }
-
     /// A number read back from a row: referloop writes only an `E164` there, so the
-    /// shape (`+`, then 8 to 15 digits, the first not 0) is checked, not the numbering
+    /// shape (`+`, then 7 to 15 digits, the first not 0) is checked, not the numbering
     /// plan again, which would cost a full parse on every row read.
     pub fn from_row(raw: &str) -> Result<E164, PhoneError> {
         if raw.is_empty() {
@@ -79,11 +82,16 @@ impl E164 {
         }
         let digits = raw.strip_prefix('+').ok_or(PhoneError::Unparseable)?;
         let shaped =
-            (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+            (7..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
         if !shaped {
             return Err(PhoneError::Unparseable);
         }
         Ok(E164(raw.to_string()))
+    }
+
+    /// The text of a number a row may lack: "" where there is none, as rows keep it.
+    pub fn text_of(phone: Option<&E164>) -> &str {
+        phone.map_or("", E164::as_str)
     }
 
     /// A number with its country code; "ZZ" is libphonenumber's "no region".

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::phone::E164;
 use super::referral::ReferralState;
 use super::state::{InviteState, Persisted};
 
@@ -38,7 +39,7 @@ pub enum Job {
     SyncFriend { referral_id: i64, state: ReferralState },
     /// Mirror an opt-out (or its lifting) onto the number's contacts.
     #[serde(rename = "hubspot.sync_opt_out")]
-    SyncOptOut { phone: String, opted_out: bool, at: i64 },
+    SyncOptOut { phone: E164, opted_out: bool, at: i64 },
     /// Fulfil one reward.
     #[serde(rename = "reward.issue")]
     IssueReward { reward_id: i64 },
@@ -139,7 +140,7 @@ mod tests {
                 state: ReferralState::AwaitingFriend,
             },
             Job::SyncOptOut {
-                phone: "+447911123456".into(),
+                phone: E164::parse_mobile("+447911123456", "GB").expect("a mobile number"),
                 opted_out: true,
                 at: 7,
             },

@@ -18,6 +18,7 @@ use super::wire::{
 use super::AppState;
 use crate::domain::access::Role;
 use crate::domain::funnel::{Period, PeriodError};
+use crate::domain::phone::E164;
 use crate::domain::state::{Persisted, QueueState};
 use crate::store::Queue;
 use crate::telemetry::mask_phone;
@@ -239,9 +240,9 @@ pub async fn referrals_csv(
                 r.referral_code.clone(),
                 r.referrer_contact_id.clone(),
                 r.referrer_name.clone(),
-                mask_phone(&r.referrer_phone),
+                mask_phone(E164::text_of(r.referrer_phone.as_ref())),
                 r.friend_name.clone(),
-                mask_phone(&r.friend_phone),
+                mask_phone(E164::text_of(r.friend_phone.as_ref())),
                 r.nominated_at.to_string(),
             ]
         })
@@ -269,7 +270,7 @@ pub async fn rewards_csv(
                 r.referral_id.to_string(),
                 r.beneficiary.as_str().to_string(),
                 r.contact_id.clone().unwrap_or_default(),
-                mask_phone(&r.phone),
+                mask_phone(E164::text_of(r.phone.as_ref())),
                 r.kind.as_str().to_string(),
                 r.state.as_str().to_string(),
                 r.amount.to_string(),

@@ -588,8 +588,8 @@ pub async fn referrals(
                             td { a href=(format!("/admin/referrals/{}", r.id)) { "#" (r.id) } }
                             td { time datetime=(r.nominated_at) { (format_ms(r.nominated_at)) } }
                             td title=(r.state.as_str()) { (words::say(r.state.as_str())) }
-                            td { (r.referrer_name) " " (mask_phone(&r.referrer_phone)) }
-                            td { (r.friend_name) " " (mask_phone(&r.friend_phone)) }
+                            td { (r.referrer_name) " " (mask_phone(E164::text_of(r.referrer_phone.as_ref()))) }
+                            td { (r.friend_name) " " (mask_phone(E164::text_of(r.friend_phone.as_ref()))) }
                             td { (r.referral_code) }
                         }
                     }
@@ -627,8 +627,8 @@ pub async fn referral(
     let body = html! {
         dl {
             dt { "State" } dd data-referral="state" title=(referral.state.as_str()) { (words::say(referral.state.as_str())) }
-            dt { "Referrer" } dd { (referral.referrer_name) " (" (referral.referrer_contact_id) ", " (mask_phone(&referral.referrer_phone)) ")" }
-            dt { "Friend" } dd { (referral.friend_name) " (" (mask_phone(&referral.friend_phone)) ")" }
+            dt { "Referrer" } dd { (referral.referrer_name) " (" (referral.referrer_contact_id) ", " (mask_phone(E164::text_of(referral.referrer_phone.as_ref()))) ")" }
+            dt { "Friend" } dd { (referral.friend_name) " (" (mask_phone(E164::text_of(referral.friend_phone.as_ref()))) ")" }
             dt { "Code" } dd { (referral.referral_code) }
         }
         h2 { "Timeline" }
@@ -707,7 +707,7 @@ pub async fn operations(State(state): State<AppState>, Signed(session): Signed) 
                     @for r in &pending {
                         tr {
                             td { a href=(format!("/admin/referrals/{}", r.referral_id)) { "#" (r.referral_id) } }
-                            td { (r.beneficiary.as_str()) " " (mask_phone(&r.phone)) }
+                            td { (r.beneficiary.as_str()) " " (mask_phone(E164::text_of(r.phone.as_ref()))) }
                             td { (r.kind.as_str()) " " (format!("{:.2} {}", r.amount as f64 / 100.0, r.currency.to_uppercase())) }
                             td {
                                 form method="post" action="/admin/operations/void" {

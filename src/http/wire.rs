@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::domain::access::Role;
 use crate::domain::funnel::{Period, PeriodError, DAY_MS, MAX_DAYS};
+use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::Persisted;
 use crate::store::{
@@ -472,9 +473,9 @@ impl From<&ReferralRow> for ReferralAnswer {
             referral_code: r.referral_code.clone(),
             referrer_contact_id: r.referrer_contact_id.clone(),
             referrer_name: r.referrer_name.clone(),
-            referrer_phone: mask_phone(&r.referrer_phone),
+            referrer_phone: mask_phone(E164::text_of(r.referrer_phone.as_ref())),
             friend_name: r.friend_name.clone(),
-            friend_phone: mask_phone(&r.friend_phone),
+            friend_phone: mask_phone(E164::text_of(r.friend_phone.as_ref())),
             friend_contact_id: r.friend_contact_id.clone(),
             consent: r.consent,
             language: r.language.clone(),
@@ -529,7 +530,7 @@ impl RewardAnswer {
             referral_id: r.referral_id,
             beneficiary: r.beneficiary.as_str().to_string(),
             contact_id: r.contact_id.clone(),
-            phone: mask_phone(&r.phone),
+            phone: mask_phone(E164::text_of(r.phone.as_ref())),
             first_name: r.first_name.clone(),
             language: r.language.clone(),
             kind: r.kind.as_str().to_string(),

@@ -36,7 +36,7 @@ pub use jobs::{EnqueueOutcome, NewJob};
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
 pub use phone::StoredPhone;
-pub use queue::{BatchableKind, ClaimedItem, Queue, QueueRow};
+pub use queue::{BatchableKind, ClaimedItem, Queue, QueueOutlook, QueueRow};
 pub use referrals::{
     InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,
 };

@@ -63,6 +63,15 @@ pub struct ClaimedItem {
     pub max_attempts: i64,
 }
 
+/// What [`Store::outlook`] saw of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueOutlook {
+    /// Items running, or waiting and due.
+    pub busy: i64,
+    /// When the first waiting item is due.
+    pub next_run_at: Option<i64>,
+}
+
 /// An item as listed by `referloop inbox list` / `jobs list`.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct QueueRow {
@@ -414,14 +423,23 @@ impl Store {
             .await?)
     }
 
-    /// When the next waiting item is due (`run_at`, due or not), if any is waiting.
-    pub async fn next_run_at(&self, queue: Queue) -> Result<Option<i64>, StoreError> {
+    /// One look at `queue` (one statement, so one snapshot): how many items are running or
+    /// due by `now`, and when the first waiting item is due. Two reads could miss an item
+    /// that moved from waiting to running between them.
+    pub async fn outlook(&self, queue: Queue, now: i64) -> Result<QueueOutlook, StoreError> {
         let sql = format!(
-            "SELECT MIN(run_at) FROM {} WHERE state IN ({})",
-            queue.table(),
-            sql_list(QueueState::WAITING)
+            "SELECT CAST(COALESCE(SUM(CASE WHEN state = '{running}' OR run_at <= $1 THEN 1 ELSE 0 END), 0) AS BIGINT) AS busy, \
+             MIN(CASE WHEN state IN ({waiting}) THEN run_at END) AS next_run_at \
+             FROM {table} WHERE state IN ({waiting}) OR state = '{running}'",
+            table = queue.table(),
+            waiting = sql_list(QueueState::WAITING),
+            running = QueueState::Running.as_str()
         );
-        Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
+        let row = sqlx::query(&sql).bind(now).fetch_one(&self.pool).await?;
+        Ok(QueueOutlook {
+            busy: row.try_get("busy")?,
+            next_run_at: row.try_get("next_run_at")?,
+        })
     }
 
     /// The newest items first, optionally in one state.

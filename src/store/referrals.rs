@@ -37,7 +37,7 @@ pub struct NewInvite {
     pub trigger_key: String,
     pub contact_id: String,
     pub trigger: String,
-    pub phone: Option<String>,
+    pub phone: Option<E164>,
     pub first_name: String,
     pub language: String,
     pub referral_code: Option<String>,
@@ -51,10 +51,13 @@ pub struct ReferralRow {
     pub invite_id: i64,
     pub flow_token: String,
     pub referrer_contact_id: String,
-    pub referrer_phone: String,
+    /// None for a referral recorded from a code alone, whose people we may not know.
+    #[sqlx(try_from = "StoredPhone")]
+    pub referrer_phone: Option<E164>,
     pub referrer_name: String,
     pub referral_code: String,
-    pub friend_phone: String,
+    #[sqlx(try_from = "StoredPhone")]
+    pub friend_phone: Option<E164>,
     pub friend_name: String,
     pub personal_message: Option<String>,
     #[sqlx(try_from = "StoredFlag")]
@@ -72,10 +75,11 @@ pub struct NewReferral {
     pub invite_id: i64,
     pub flow_token: String,
     pub referrer_contact_id: String,
-    pub referrer_phone: String,
+    /// None (stored as "") for a referral recorded from a code alone.
+    pub referrer_phone: Option<E164>,
     pub referrer_name: String,
     pub referral_code: String,
-    pub friend_phone: String,
+    pub friend_phone: Option<E164>,
     pub friend_name: String,
     pub personal_message: Option<String>,
     pub consent: bool,
@@ -125,7 +129,7 @@ pub struct StatusMove {
 pub struct NewMessage {
     pub idempotency_key: String,
     pub purpose: MessagePurpose,
-    pub to_phone: String,
+    pub to_phone: E164,
     pub invite_id: Option<i64>,
     pub referral_id: Option<i64>,
     pub marketing: bool,
@@ -204,7 +208,7 @@ impl Tx {
         )
         .bind(&message.idempotency_key)
         .bind(message.purpose.as_str())
-        .bind(&message.to_phone)
+        .bind(message.to_phone.as_str())
         .bind(message.invite_id)
         .bind(message.referral_id)
         .bind(i64::from(message.marketing))
@@ -270,7 +274,7 @@ impl Tx {
         .bind(&invite.trigger_key)
         .bind(&invite.contact_id)
         .bind(&invite.trigger)
-        .bind(&invite.phone)
+        .bind(invite.phone.as_ref().map(E164::as_str))
         .bind(&invite.first_name)
         .bind(&invite.language)
         .bind(&invite.referral_code)
@@ -360,7 +364,7 @@ impl Tx {
     /// window (the caller expires each through the referral machine).
     pub async fn stale_open_referrals(
         &mut self,
-        friend_phone: &str,
+        friend_phone: &E164,
         window_start: i64,
     ) -> Result<Vec<ReferralRow>, StoreError> {
         let sql = format!(
@@ -368,7 +372,7 @@ impl Tx {
             sql_list(ReferralState::OPEN)
         );
         Ok(sqlx::query_as::<_, ReferralRow>(&sql)
-            .bind(friend_phone)
+            .bind(friend_phone.as_str())
             .bind(window_start)
             .fetch_all(self.read())
             .await?)
@@ -420,10 +424,10 @@ impl Tx {
         .bind(referral.invite_id)
         .bind(&referral.flow_token)
         .bind(&referral.referrer_contact_id)
-        .bind(&referral.referrer_phone)
+        .bind(E164::text_of(referral.referrer_phone.as_ref()))
         .bind(&referral.referrer_name)
         .bind(&referral.referral_code)
-        .bind(&referral.friend_phone)
+        .bind(E164::text_of(referral.friend_phone.as_ref()))
         .bind(&referral.friend_name)
         .bind(&referral.personal_message)
         .bind(i64::from(referral.consent))

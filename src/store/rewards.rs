@@ -4,8 +4,9 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::tx::{TallyKey, Tx};
-use super::{Backend, Store, StoreError};
+use super::{Backend, Store, StoreError, StoredPhone};
 use crate::domain::funnel::Step;
+use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::reward::{Beneficiary, RewardKind, RewardState};
 use crate::domain::state::{sql_list, ConversionOutcome, Persisted};
@@ -40,7 +41,7 @@ pub struct ConversionRow {
 pub struct NewReward {
     pub beneficiary: Beneficiary,
     pub contact_id: Option<String>,
-    pub phone: String,
+    pub phone: Option<E164>,
     pub first_name: String,
     pub language: String,
     pub kind: RewardKind,
@@ -58,7 +59,8 @@ pub struct RewardRow {
     #[sqlx(try_from = "String")]
     pub beneficiary: Beneficiary,
     pub contact_id: Option<String>,
-    pub phone: String,
+    #[sqlx(try_from = "StoredPhone")]
+    pub phone: Option<E164>,
     pub first_name: String,
     pub language: String,
     #[sqlx(try_from = "String")]
@@ -220,7 +222,7 @@ impl Tx {
         .bind(referral_id)
         .bind(reward.beneficiary.as_str())
         .bind(&reward.contact_id)
-        .bind(&reward.phone)
+        .bind(E164::text_of(reward.phone.as_ref()))
         .bind(&reward.first_name)
         .bind(&reward.language)
         .bind(reward.kind.as_str())
@@ -504,7 +506,7 @@ impl Store {
     }
 
     /// Friend referrals matching a conversion: by HubSpot contact, by phone, or by code.
-    pub async fn referral_ids_by(&self, key: FriendKey, value: &str) -> Result<Vec<(i64, String)>, StoreError> {
+    pub async fn referral_ids_by(&self, key: FriendKey, value: &str) -> Result<Vec<(i64, Option<E164>)>, StoreError> {
         let column = key.column();
         // Referrals that may convert, or did: a repeated signal finds its referral again.
         let mut states = ReferralState::CONVERTIBLE.to_vec();
@@ -515,7 +517,15 @@ impl Store {
         );
         let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("friend_phone")?)))
+            .map(|r| {
+                let phone = Option::<E164>::try_from(r.try_get::<StoredPhone, _>("friend_phone")?).map_err(|e| {
+                    sqlx::Error::ColumnDecode {
+                        index: "friend_phone".into(),
+                        source: Box::new(e),
+                    }
+                })?;
+                Ok((r.try_get("id")?, phone))
+            })
             .collect()
     }
 }

@@ -146,9 +146,9 @@ async fn code_alone_converts_only_when_configured(backend: Backend) {
             (
                 created.state.as_str(),
                 created.reason.as_deref(),
-                created.friend_phone.as_str()
+                created.friend_phone.as_ref().map(|p| p.as_str())
             ),
-            ("converted", Some("code_only"), stranger)
+            ("converted", Some("code_only"), Some(stranger))
         );
         assert_eq!(
             referrals[1].state.as_str(),

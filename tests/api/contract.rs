@@ -26,7 +26,7 @@ use referloop::store::{Backend, NewInvite, NewReferral, Queue, QueueState, Refer
 use serde_json::{json, Map, Value};
 use wiremock::{Match, Request};
 
-use crate::helpers::{eventually, set_env, TestApp};
+use crate::helpers::{e164, eventually, set_env, TestApp};
 
 const DOCUMENT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -645,7 +645,7 @@ async fn known_example_sender(app: &TestApp) -> i64 {
             trigger_key: "example:1".into(),
             contact_id: "501".into(),
             trigger: "nps".into(),
-            phone: Some("+447911123456".into()),
+            phone: Some(e164("+447911123456")),
             first_name: "Ana".into(),
             language: "en_US".into(),
             referral_code: Some("ANA12345".into()),
@@ -658,10 +658,10 @@ async fn known_example_sender(app: &TestApp) -> i64 {
         invite_id: invite.id,
         flow_token: "token-example".into(),
         referrer_contact_id: invite.contact_id.clone(),
-        referrer_phone: "+447911123456".into(),
+        referrer_phone: Some(e164("+447911123456")),
         referrer_name: "Ana".into(),
         referral_code: "ANA12345".into(),
-        friend_phone: EXAMPLE_SENDER.into(),
+        friend_phone: Some(e164(EXAMPLE_SENDER)),
         friend_name: "Sam".into(),
         personal_message: None,
         consent: false,

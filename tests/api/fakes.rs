@@ -252,15 +252,15 @@ impl Lifecycle {
             async move {
                 let now = store.now_ms();
                 let mut next = None::<i64>;
+                // The inbox first: an event's jobs are queued in the commit that ends it.
                 for queue in [Queue::Inbox, Queue::Jobs] {
-                    match store.unfinished_before(queue, now).await {
-                        Ok(0) => {}
+                    match store.outlook(queue, now).await {
+                        Ok(outlook) if outlook.busy == 0 => {
+                            if let Some(at) = outlook.next_run_at {
+                                next = Some(next.map_or(at, |earlier| earlier.min(at)));
+                            }
+                        }
                         _ => return false,
-                    }
-                    match store.next_run_at(queue).await {
-                        Ok(Some(at)) => next = Some(next.map_or(at, |earlier| earlier.min(at))),
-                        Ok(None) => {}
-                        Err(_) => return false,
                     }
                 }
                 match next {

@@ -207,6 +207,11 @@ impl TestApp {
 }
 
 /// Sets or replaces an environment entry.
+/// A number in E.164 as a test seeds rows with it (checked by shape, as rows are read).
+pub fn e164(raw: &str) -> referloop::domain::phone::E164 {
+    referloop::domain::phone::E164::from_row(raw).expect("a number in E.164")
+}
+
 pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
     env.push((key.to_string(), value.to_string()));

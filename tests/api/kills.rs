@@ -148,7 +148,9 @@ async fn whole_referral(lc: &Lifecycle, outside: &Outside, pair: &Pair, n: usize
         let friend = pair.friend.clone();
         async move {
             let referrals = store.list_referrals(1_000).await.ok()?;
-            referrals.into_iter().find(|r| r.friend_phone == friend)
+            referrals
+                .into_iter()
+                .find(|r| r.friend_phone.as_ref().is_some_and(|p| p.as_str() == friend))
         }
     };
     let invited = eventually(Duration::from_secs(180), || async {

@@ -83,7 +83,7 @@ async fn queue_texts(store: &Store, recipients: &[String]) {
         tx.insert_message(&NewMessage {
             idempotency_key: format!("pacing:{n}"),
             purpose: MessagePurpose::Reply,
-            to_phone: to.clone(),
+            to_phone: e164(to),
             invite_id: None,
             referral_id: None,
             marketing: false,

@@ -105,7 +105,7 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
         let message = NewMessage {
             idempotency_key: format!("fairness:{n}"),
             purpose: MessagePurpose::Reply,
-            to_phone: "+447911123456".into(),
+            to_phone: e164("+447911123456"),
             invite_id: None,
             referral_id: None,
             marketing: false,
@@ -178,7 +178,7 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         let message = NewMessage {
             idempotency_key: key.into(),
             purpose,
-            to_phone: "+447911123456".into(),
+            to_phone: e164("+447911123456"),
             invite_id: None,
             referral_id: None,
             marketing: false,
