@@ -17,7 +17,7 @@ use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::code::normalise_code;
 use crate::domain::ids::{HubSpotId, StripeId, StripeObject};
-use crate::domain::inbound::hubspot_property;
+use crate::domain::inbox::hubspot_property;
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
 use crate::domain::state::{ConversionOutcome, Persisted};

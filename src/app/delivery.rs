@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::transition::{self, EventContext};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
-use crate::domain::messaging::{classify, template_sendable, MessagePurpose, MessageStatus, SendErrorClass};
+use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, SendErrorClass};
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
 use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
@@ -176,7 +176,7 @@ async fn template_held(s: &Services, message: &MessageRow) -> Result<Option<Step
     let Some((status, reason)) = s.store.template_status(&name, &language).await? else {
         return Ok(None);
     };
-    if template_sendable(&status) {
+    if status.sendable() {
         return Ok(None);
     }
     tracing::error!(
@@ -207,7 +207,7 @@ pub async fn on_template_status(s: &Services, work: &Work, update: &TemplateStat
         .await?;
     let note = format!("template {} ({}) is {}", update.name, update.language, update.event);
     let committed = tx.commit(note).await?;
-    if template_sendable(&update.event) {
+    if update.event.sendable() {
         tracing::info!(template = %update.name, language = %update.language, event = %update.event, "template sendable");
     } else {
         tracing::error!(

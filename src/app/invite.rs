@@ -7,7 +7,7 @@ use super::{opt_out, Outcome, Services, StepError, StepResult, Work, DAY_MS};
 use crate::domain::eligibility::{self, EligibilityRules, Ineligible, NpsAnswer, TriggerFacts, TriggerKind};
 use crate::domain::flow_token::FlowToken;
 use crate::domain::ids::HubSpotId;
-use crate::domain::inbound::hubspot_property;
+use crate::domain::inbox::hubspot_property;
 use crate::domain::messaging::{pick_language, MessagePurpose};
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};

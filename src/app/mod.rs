@@ -19,6 +19,7 @@ pub mod crm;
 pub mod delivery;
 pub mod flow_endpoint;
 pub mod friend;
+pub mod inbox;
 pub mod invite;
 pub mod nomination;
 pub mod opt_out;

@@ -118,10 +118,83 @@ persisted!(MessagePurpose {
     Reply => "reply",
 });
 
-/// Whether a template may be sent, by the `event` of Meta's
-/// `message_template_status_update` webhook.
-pub fn template_sendable(event: &str) -> bool {
-    matches!(event, "APPROVED" | "REINSTATED" | "FLAGGED")
+/// Meta's `event` in a `message_template_status_update`, as recorded per template and
+/// language. Meta documents APPROVED, ARCHIVED, DELETED, DISABLED, FLAGGED, IN_APPEAL,
+/// LIMIT_EXCEEDED, LOCKED, PAUSED, PENDING, PENDING_DELETION, REINSTATED and REJECTED; one
+/// it adds later is kept as `Other` (and holds sends, as any event not known to allow them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateEvent {
+    Approved,
+    Archived,
+    Deleted,
+    Disabled,
+    Flagged,
+    InAppeal,
+    LimitExceeded,
+    Locked,
+    Paused,
+    Pending,
+    PendingDeletion,
+    Reinstated,
+    Rejected,
+    Other(String),
+}
+
+impl TemplateEvent {
+    const NAMED: [(TemplateEvent, &'static str); 13] = [
+        (TemplateEvent::Approved, "APPROVED"),
+        (TemplateEvent::Archived, "ARCHIVED"),
+        (TemplateEvent::Deleted, "DELETED"),
+        (TemplateEvent::Disabled, "DISABLED"),
+        (TemplateEvent::Flagged, "FLAGGED"),
+        (TemplateEvent::InAppeal, "IN_APPEAL"),
+        (TemplateEvent::LimitExceeded, "LIMIT_EXCEEDED"),
+        (TemplateEvent::Locked, "LOCKED"),
+        (TemplateEvent::Paused, "PAUSED"),
+        (TemplateEvent::Pending, "PENDING"),
+        (TemplateEvent::PendingDeletion, "PENDING_DELETION"),
+        (TemplateEvent::Reinstated, "REINSTATED"),
+        (TemplateEvent::Rejected, "REJECTED"),
+    ];
+
+    /// Meta's name, as sent and as stored.
+    pub fn parse(name: &str) -> TemplateEvent {
+        Self::NAMED
+            .iter()
+            .find(|(_, known)| *known == name)
+            .map_or_else(|| TemplateEvent::Other(name.to_string()), |(event, _)| event.clone())
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            TemplateEvent::Other(name) => name,
+            known => Self::NAMED
+                .iter()
+                .find(|(event, _)| event == known)
+                .map_or("", |(_, name)| name),
+        }
+    }
+
+    /// Whether sends of the template may go out. A flagged template is still approved
+    /// (its quality is low); a reinstated one is approved again.
+    pub fn sendable(&self) -> bool {
+        matches!(
+            self,
+            TemplateEvent::Approved | TemplateEvent::Reinstated | TemplateEvent::Flagged
+        )
+    }
+}
+
+impl From<String> for TemplateEvent {
+    fn from(name: String) -> TemplateEvent {
+        TemplateEvent::parse(&name)
+    }
+}
+
+impl std::fmt::Display for TemplateEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What to do about an error Meta returned, synchronously or in a `failed` status.
@@ -237,6 +310,24 @@ fn fold_for_matching(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn template_events_keep_their_names_and_only_approval_sends() {
+        for (event, name) in TemplateEvent::NAMED {
+            assert_eq!(TemplateEvent::parse(name), event);
+            assert_eq!(event.as_str(), name);
+        }
+        let later = TemplateEvent::parse("SOMETHING_NEW");
+        assert_eq!(later, TemplateEvent::Other("SOMETHING_NEW".into()));
+        assert_eq!(later.as_str(), "SOMETHING_NEW");
+        assert!(!later.sendable());
+        let sendable: Vec<&str> = TemplateEvent::NAMED
+            .iter()
+            .filter(|(event, _)| event.sendable())
+            .map(|(_, name)| *name)
+            .collect();
+        assert_eq!(sendable, ["APPROVED", "FLAGGED", "REINSTATED"]);
+    }
     use MessageStatus::*;
 
     #[test]

@@ -10,7 +10,7 @@ pub mod flow_exchange;
 pub mod flow_token;
 pub mod funnel;
 pub mod ids;
-pub mod inbound;
+pub mod inbox;
 pub mod messaging;
 pub mod nomination;
 pub mod pacing;

@@ -81,7 +81,7 @@ pub async fn reward_summary(
     let code_pool_free = state.store.free_pool_codes().await?;
     Ok(Json(RewardSummaryAnswer {
         period: period.into(),
-        totals,
+        totals: totals.into_iter().map(Into::into).collect(),
         code_pool_free,
     }))
 }

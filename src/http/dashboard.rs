@@ -455,7 +455,7 @@ pub async fn funnel(
             @if totals.is_empty() { p { "None in this period." } } @else {
                 table {
                     thead { tr { th scope="col" { "State" } th scope="col" { "Kind" } th scope="col" { "Count" } th scope="col" { "Value" } } }
-                    tbody { @for t in &totals { tr { td title=(t.state) { (words::say(&t.state)) } td title=(t.kind) { (words::say(&t.kind)) } td { (t.count) } td { (format!("{:.2} {}", t.amount as f64 / 100.0, t.currency.to_uppercase())) } } } }
+                    tbody { @for t in &totals { tr { td title=(t.state.as_str()) { (words::say(t.state.as_str())) } td title=(t.kind.as_str()) { (words::say(t.kind.as_str())) } td { (t.count) } td { (format!("{:.2} {}", t.amount as f64 / 100.0, t.currency.to_uppercase())) } } } }
                 }
             }
         }

@@ -5,7 +5,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::domain::inbound::PayloadError;
+use crate::domain::inbox::PayloadError;
 use crate::signatures::SignatureError;
 
 #[derive(Debug, thiserror::Error)]

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 
 use super::{ApiError, AppState};
 use crate::config::secret_value;
-use crate::domain::inbound::{self, HubSpotTrigger, NewInboxEvent, Source};
+use crate::domain::inbox::{self, HubSpotTrigger, NewInboxEvent, Source};
 use crate::signatures::{self, SignatureError};
 
 /// Default attempts for processing an inbox event before it is marked dead.
@@ -42,7 +42,7 @@ impl AppState {
         if events.len() > limit {
             return Err(self.refuse(source, ApiError::TooManyEvents(limit)));
         }
-        inbound::clean_nul(&mut events).map_err(|e| self.refuse(source, e.into()))?;
+        inbox::clean_nul(&mut events).map_err(|e| self.refuse(source, e.into()))?;
         let received = events.len();
         // The writer tasks run apart from this request: a client that hangs up cannot
         // cancel the write inside its transaction.
@@ -114,7 +114,7 @@ pub async fn whatsapp_receive(
     let body = body_or_refusal(&state, source, body)?;
     signatures::verify_meta(secret, &body, header(&headers, "x-hub-signature-256"))
         .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
-    let events = inbound::split_whatsapp(&body).map_err(|e| state.refuse(source, e.into()))?;
+    let events = inbox::split_whatsapp(&body).map_err(|e| state.refuse(source, e.into()))?;
     state.store_events(source, events).await?;
     Ok(StatusCode::OK)
 }
@@ -166,7 +166,7 @@ pub async fn hubspot_receive(
     authenticated.map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
 
     let trigger = hubspot_trigger(uri.query().unwrap_or(""));
-    let events = inbound::split_hubspot(&body, &trigger).map_err(|e| state.refuse(source, e.into()))?;
+    let events = inbox::split_hubspot(&body, &trigger).map_err(|e| state.refuse(source, e.into()))?;
     state.store_events(source, events).await?;
     Ok(StatusCode::OK)
 }
@@ -200,7 +200,7 @@ pub async fn stripe_receive(
         crate::clock::system_ms() / 1000,
     )
     .map_err(|e| state.refuse(source, ApiError::Unauthenticated(e)))?;
-    let events = inbound::split_stripe(&body).map_err(|e| state.refuse(source, e.into()))?;
+    let events = inbox::split_stripe(&body).map_err(|e| state.refuse(source, e.into()))?;
     state.store_events(source, events).await?;
     Ok(StatusCode::OK)
 }

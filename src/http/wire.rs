@@ -435,9 +435,31 @@ pub struct DropoutsAnswer {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RewardSummaryAnswer {
     pub period: PeriodAnswer,
-    pub totals: Vec<RewardTotal>,
+    pub totals: Vec<RewardTotalAnswer>,
     /// Unused codes left in the discount-code pool.
     pub code_pool_free: i64,
+}
+
+/// Rewards of one state, kind and currency, with their total value.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RewardTotalAnswer {
+    pub state: Named<crate::domain::reward::RewardState>,
+    pub kind: Named<crate::domain::reward::RewardKind>,
+    pub currency: String,
+    pub count: i64,
+    pub amount: i64,
+}
+
+impl From<RewardTotal> for RewardTotalAnswer {
+    fn from(t: RewardTotal) -> Self {
+        RewardTotalAnswer {
+            state: Named(t.state),
+            kind: Named(t.kind),
+            currency: t.currency,
+            count: t.count,
+            amount: t.amount,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::app::Services;
-pub use dispatch::InboundEvent;
 
 use crate::app::delivery::{self, BatchedStatus, StatusBatch};
 use crate::app::{Outcome, StepError, Work};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::{Store, StoreError};
-use crate::domain::inbound::NewInboxEvent;
+use crate::domain::inbox::NewInboxEvent;
 
 /// The most events one grouped statement carries (the inbox INSERT's chunk size). A
 /// single request larger than this is written on its own, in one transaction.
@@ -135,13 +135,13 @@ pub(super) fn new_per_request(requests: &[(&[NewInboxEvent], i64)], inserted: Ve
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::inbound::Source;
+    use crate::domain::inbox::Source;
 
     fn event(key: &str) -> NewInboxEvent {
         NewInboxEvent {
             source: Source::WhatsApp,
             dedupe_key: key.into(),
-            kind: crate::domain::inbound::InboxKind::WhatsAppMessage,
+            kind: crate::domain::inbox::InboxKind::WhatsAppMessage,
             payload: "{}".into(),
         }
     }

@@ -3,7 +3,7 @@
 use sqlx::Row;
 
 use super::{Store, StoreError};
-use crate::domain::inbound::NewInboxEvent;
+use crate::domain::inbox::NewInboxEvent;
 use crate::domain::state::{sql_list, Persisted, QueueState};
 use crate::domain::work::Backlog;
 

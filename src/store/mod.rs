@@ -141,6 +141,23 @@ pub struct Store {
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
+/// A column of a hand-read row decoded through its stored form `S` into `T`, as
+/// `#[sqlx(try_from = "S")]` does for a `FromRow`: a stored value the type refuses is a
+/// decoding error, never a string passed on.
+pub(crate) fn typed_column<S, T>(row: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error>
+where
+    S: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    T: TryFrom<S>,
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    use sqlx::Row;
+    let stored: S = row.try_get(column)?;
+    T::try_from(stored).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.into(),
+        source: Box::new(e),
+    })
+}
+
 /// A turn at writing (SQLite), held until the write or transaction ends.
 pub(crate) type WriteTurn = Option<tokio::sync::OwnedMutexGuard<()>>;
 

@@ -46,7 +46,7 @@ pub enum BatchableKind {
 impl BatchableKind {
     pub fn as_str(self) -> &'static str {
         match self {
-            BatchableKind::WhatsAppStatus => crate::domain::inbound::STATUS_KIND,
+            BatchableKind::WhatsAppStatus => crate::domain::inbox::STATUS_KIND,
         }
     }
 }

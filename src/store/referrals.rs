@@ -7,9 +7,9 @@ use sqlx::{AnyConnection, Row};
 
 use super::jobs::NewJob;
 use super::tx::{TallyKey, Tx};
-use super::{Store, StoreError, StoredFlag, StoredPhone};
+use super::{typed_column, Store, StoreError, StoredFlag, StoredPhone};
 use crate::domain::funnel::{invite_steps, referral_steps};
-use crate::domain::messaging::{MessagePurpose, MessageStatus};
+use crate::domain::messaging::{MessagePurpose, MessageStatus, TemplateEvent};
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{sql_list, InviteState, Persisted};
@@ -721,7 +721,7 @@ impl Tx {
         &mut self,
         name: &str,
         language: &str,
-        status: &str,
+        status: &TemplateEvent,
         reason: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -731,7 +731,7 @@ impl Tx {
         )
         .bind(name)
         .bind(language)
-        .bind(status)
+        .bind(status.as_str())
         .bind(reason)
         .bind(self.now_ms())
         .execute(self.write()?)
@@ -965,14 +965,17 @@ impl Store {
         &self,
         name: &str,
         language: &str,
-    ) -> Result<Option<(String, Option<String>)>, StoreError> {
+    ) -> Result<Option<(TemplateEvent, Option<String>)>, StoreError> {
         let row = sqlx::query("SELECT status, reason FROM template_status WHERE name = $1 AND language = $2")
             .bind(name)
             .bind(language)
             .fetch_optional(&self.pool)
             .await?;
         match row {
-            Some(row) => Ok(Some((row.try_get("status")?, row.try_get("reason")?))),
+            Some(row) => Ok(Some((
+                typed_column::<String, _>(&row, "status")?,
+                row.try_get("reason")?,
+            ))),
             None => Ok(None),
         }
     }

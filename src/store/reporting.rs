@@ -5,10 +5,11 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{ReferralRow, Store, StoreError};
+use super::{typed_column, ReferralRow, Store, StoreError};
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
 use crate::domain::messaging::MessageStatus;
 use crate::domain::referral::ReferralState;
+use crate::domain::reward::{RewardKind, RewardState};
 use crate::domain::state::{InviteState, Persisted};
 
 /// One day of the funnel's daily chart (every day of the period, zero when quiet).
@@ -42,10 +43,10 @@ pub struct Dropouts {
 }
 
 /// Rewards of one state, kind and currency, with their total value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RewardTotal {
-    pub state: String,
-    pub kind: String,
+    pub state: RewardState,
+    pub kind: RewardKind,
     pub currency: String,
     pub count: i64,
     pub amount: i64,
@@ -271,8 +272,8 @@ impl Store {
         rows.iter()
             .map(|row| {
                 Ok(RewardTotal {
-                    state: row.try_get("state")?,
-                    kind: row.try_get("kind")?,
+                    state: typed_column::<String, _>(row, "state")?,
+                    kind: typed_column::<String, _>(row, "kind")?,
                     currency: row.try_get("currency")?,
                     count: count(row, "n")?,
                     amount: count(row, "amount")?,

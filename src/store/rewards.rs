@@ -4,7 +4,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::tx::{TallyKey, Tx};
-use super::{Backend, Store, StoreError, StoredPhone};
+use super::{typed_column, Backend, Store, StoreError, StoredPhone};
 use crate::domain::funnel::Step;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
@@ -517,15 +517,7 @@ impl Store {
         );
         let rows = sqlx::query(&sql).bind(value).fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|r| {
-                let phone = Option::<E164>::try_from(r.try_get::<StoredPhone, _>("friend_phone")?).map_err(|e| {
-                    sqlx::Error::ColumnDecode {
-                        index: "friend_phone".into(),
-                        source: Box::new(e),
-                    }
-                })?;
-                Ok((r.try_get("id")?, phone))
-            })
+            .map(|r| Ok((r.try_get("id")?, typed_column::<StoredPhone, _>(r, "friend_phone")?)))
             .collect()
     }
 }

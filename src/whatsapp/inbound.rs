@@ -1,10 +1,10 @@
 //! The WhatsApp inbox events (one message, status or preference each, as split by
-//! `domain::inbound`), parsed into types. Fields Meta may omit are optional; an event
+//! `domain::inbox`), parsed into types. Fields Meta may omit are optional; an event
 //! that is not JSON of the expected shape is an error (the item ends dead with it).
 
 use serde::Deserialize;
 
-use crate::domain::messaging::MessageStatus;
+use crate::domain::messaging::{MessageStatus, TemplateEvent};
 use crate::domain::phone::E164;
 
 /// A message someone sent to the business.
@@ -73,7 +73,7 @@ pub struct TemplateStatusUpdate {
     pub name: String,
     pub language: String,
     /// Meta's `event`: APPROVED, PAUSED, DISABLED, REJECTED, …
-    pub event: String,
+    pub event: TemplateEvent,
     pub reason: Option<String>,
 }
 
@@ -188,7 +188,7 @@ pub fn parse_template_status(payload: &str) -> Result<TemplateStatusUpdate, Shap
     Ok(TemplateStatusUpdate {
         name,
         language,
-        event,
+        event: TemplateEvent::from(event),
         reason: present(v.reason).filter(|r| r != "NONE"),
     })
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use referloop::domain::messaging::TemplateEvent;
 use referloop::domain::state::Persisted;
 use referloop::store::{Backend, Queue};
 use serde_json::json;
@@ -60,7 +61,7 @@ async fn a_paused_template_holds_its_sends_until_approved(backend: Backend) {
         let status = lc.app.store.template_status("tmpl_referral_invite", "en_US").await;
         status
             .expect("template status")
-            .is_some_and(|(status, _)| status == "APPROVED")
+            .is_some_and(|(status, _)| status == TemplateEvent::Approved)
     })
     .await;
     assert!(approved, "the approval is recorded");

@@ -4,7 +4,7 @@ use std::time::Duration;
 use referloop::app::Services;
 use referloop::clock::system_ms;
 use referloop::config::Settings;
-use referloop::domain::inbound::{InboxKind, NewInboxEvent, Source};
+use referloop::domain::inbox::{InboxKind, NewInboxEvent, Source};
 use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
