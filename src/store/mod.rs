@@ -7,7 +7,9 @@ mod faults;
 mod flag;
 mod group_commit;
 mod inbox;
+mod invites;
 mod jobs;
+mod messages;
 mod outbound;
 mod pacing;
 mod phone;
@@ -16,6 +18,7 @@ mod referrals;
 mod reporting;
 mod rewards;
 mod tx;
+mod wa_users;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -32,17 +35,18 @@ pub use admin_users::{AdminSession, AdminUser};
 pub use faults::{in_attempt, Faults};
 pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
+pub use invites::{InviteRow, NewInvite};
 pub use jobs::{EnqueueOutcome, NewJob};
+pub use messages::{MessageRow, NewMessage, StatusMove};
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
 pub use phone::StoredPhone;
 pub use queue::{BatchableKind, ClaimedItem, Queue, QueueOutlook, QueueRow};
-pub use referrals::{
-    InviteRow, MessageRow, NewInvite, NewMessage, NewReferral, OptOutChange, ReferralInsert, ReferralRow, StatusMove,
-};
+pub use referrals::{NewReferral, ReferralInsert, ReferralRow};
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
 pub use tx::{BatchLease, Committed, ItemEnd, Lease, Tx};
+pub use wa_users::OptOutChange;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -139,6 +143,22 @@ pub struct Store {
     /// loop can starve the others. Writers in this process queue here instead, in order.
     /// (PostgreSQL: none.)
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// The row of `table` whose `column` equals `value`, as `T` (`columns` names its fields).
+pub(super) async fn row_where<T, V>(
+    conn: &mut sqlx::AnyConnection,
+    columns: &str,
+    table: &str,
+    column: &str,
+    value: V,
+) -> Result<Option<T>, StoreError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    V: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
+    let sql = format!("SELECT {columns} FROM {table} WHERE {column} = $1");
+    Ok(sqlx::query_as::<_, T>(&sql).bind(value).fetch_optional(conn).await?)
 }
 
 /// A column of a hand-read row decoded through its stored form `S` into `T`, as

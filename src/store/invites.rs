@@ -1,0 +1,212 @@
+//! Invites (one per trigger) and the customers' referral codes. Reads are on [`Store`];
+//! writes are on [`Tx`], so that each step commits with its effects.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use super::tx::{TallyKey, Tx};
+use super::{row_where, Store, StoreError, StoredPhone};
+use crate::domain::funnel::invite_steps;
+use crate::domain::phone::E164;
+use crate::domain::state::{InviteState, Persisted};
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct InviteRow {
+    pub id: i64,
+    pub trigger_key: String,
+    pub contact_id: String,
+    pub trigger: String,
+    #[sqlx(try_from = "StoredPhone")]
+    pub phone: Option<E164>,
+    pub first_name: String,
+    pub language: String,
+    pub referral_code: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub state: InviteState,
+    pub reason: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewInvite {
+    pub trigger_key: String,
+    pub contact_id: String,
+    pub trigger: String,
+    pub phone: Option<E164>,
+    pub first_name: String,
+    pub language: String,
+    pub referral_code: Option<String>,
+    pub state: InviteState,
+    pub reason: Option<String>,
+}
+
+const INVITE_COLUMNS: &str = "id, trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
+    state, reason, created_at";
+
+async fn invite_by_key_in(conn: &mut AnyConnection, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
+    row_where(conn, INVITE_COLUMNS, "invites", "trigger_key", trigger_key.to_string()).await
+}
+
+impl Tx {
+    /// The contact's referral code, created on first use. `generate` proposes codes; a
+    /// collision with another contact's code is retried under the unique constraint.
+    pub async fn customer_code(
+        &mut self,
+        contact_id: &str,
+        first_name: &str,
+        mut generate: impl FnMut() -> String,
+    ) -> Result<String, StoreError> {
+        for _ in 0..20 {
+            let inserted: Option<String> = sqlx::query_scalar(
+                "INSERT INTO customers (contact_id, referral_code, first_name, created_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING RETURNING referral_code",
+            )
+            .bind(contact_id)
+            .bind(generate())
+            .bind(first_name)
+            .bind(self.now_ms())
+            .fetch_optional(self.write()?)
+            .await?;
+            if let Some(code) = inserted {
+                return Ok(code);
+            }
+            let existing: Option<String> =
+                sqlx::query_scalar("SELECT referral_code FROM customers WHERE contact_id = $1")
+                    .bind(contact_id)
+                    .fetch_optional(self.read())
+                    .await?;
+            if let Some(code) = existing {
+                return Ok(code);
+            }
+        }
+        Err(StoreError::Exhausted(
+            "no free referral code after 20 attempts; widen programme.code_pattern",
+        ))
+    }
+
+    /// Records a trigger's invite; a redelivered trigger (same key) returns the first row.
+    pub async fn insert_invite(&mut self, invite: &NewInvite) -> Result<InviteRow, StoreError> {
+        let now = self.now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO invites (trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
+             state, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+             ON CONFLICT (trigger_key) DO NOTHING",
+        )
+        .bind(&invite.trigger_key)
+        .bind(&invite.contact_id)
+        .bind(&invite.trigger)
+        .bind(invite.phone.as_ref().map(E164::as_str))
+        .bind(&invite.first_name)
+        .bind(&invite.language)
+        .bind(&invite.referral_code)
+        .bind(invite.state.as_str())
+        .bind(&invite.reason)
+        .bind(now)
+        .execute(self.write()?)
+        .await?;
+        let row = invite_by_key_in(self.read(), &invite.trigger_key)
+            .await?
+            .ok_or(StoreError::Exhausted("invite vanished after insert"))?;
+        if inserted.rows_affected() == 1 {
+            self.tally(TallyKey::Invite(row.id), invite_steps(None, invite.state));
+        }
+        Ok(row)
+    }
+
+    /// Passes the contact's invite gate: a compare-and-set on the customer row, so that
+    /// the cooldown and lifetime limit hold however many triggers arrive at once. False
+    /// when another invite got there first.
+    pub async fn pass_invite_gate(
+        &mut self,
+        contact_id: &str,
+        cooldown_start: i64,
+        max_invites: i64,
+    ) -> Result<bool, StoreError> {
+        let gate = sqlx::query(
+            "UPDATE customers SET last_invite_at = $1, invite_count = invite_count + 1 WHERE contact_id = $2 \
+             AND (last_invite_at IS NULL OR last_invite_at < $3) AND invite_count < $4",
+        )
+        .bind(self.now_ms())
+        .bind(contact_id)
+        .bind(cooldown_start)
+        .bind(max_invites)
+        .execute(self.write()?)
+        .await?;
+        Ok(gate.rows_affected() == 1)
+    }
+
+    /// Moves an invite forward (invited → flow_sent → nominated); never back. The invite
+    /// is read locked, so the move (and the funnel steps it reaches) is decided on what
+    /// no other step can change before this one commits. `None` when the invite is
+    /// missing or already at or past `to` (so there is nothing to move); otherwise the
+    /// state it moved from.
+    pub async fn advance_invite(&mut self, id: i64, to: InviteState) -> Result<Option<InviteState>, StoreError> {
+        let sql = format!("SELECT state FROM invites WHERE id = $1{}", self.lock_clause());
+        let current: Option<String> = sqlx::query_scalar(&sql).bind(id).fetch_optional(self.read()).await?;
+        let Some(current) = current.as_deref().and_then(InviteState::parse) else {
+            return Ok(None);
+        };
+        if !current.may_advance_to(to) {
+            return Ok(None);
+        }
+        let done = sqlx::query("UPDATE invites SET state = $1, updated_at = $2 WHERE id = $3 AND state = $4")
+            .bind(to.as_str())
+            .bind(self.now_ms())
+            .bind(id)
+            .bind(current.as_str())
+            .execute(self.write()?)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "invite {id} left {} meanwhile",
+                current.as_str()
+            )));
+        }
+        self.tally(TallyKey::Invite(id), invite_steps(Some(current), to));
+        Ok(Some(current))
+    }
+}
+
+impl Store {
+    /// Invites that counted (not ineligible) for this contact: how many, and the latest time.
+    pub async fn invite_history(&self, contact_id: &str) -> Result<(i64, Option<i64>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(created_at) AS last FROM invites WHERE contact_id = $1 AND state <> $2",
+        )
+        .bind(contact_id)
+        .bind(InviteState::Ineligible.as_str())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get("n")?, row.try_get("last")?))
+    }
+
+    pub async fn invite_by_trigger_key(&self, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        invite_by_key_in(&mut conn, trigger_key).await
+    }
+
+    pub async fn invite(&self, id: i64) -> Result<Option<InviteRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        row_where(&mut conn, INVITE_COLUMNS, "invites", "id", id).await
+    }
+
+    /// The contact's newest invite that passed the gate (a code-only referral hangs off it).
+    pub async fn latest_invite_with_code(&self, referral_code: &str) -> Result<Option<InviteRow>, StoreError> {
+        let sql = format!(
+            "SELECT {INVITE_COLUMNS} FROM invites WHERE referral_code = $1 AND state <> $2 ORDER BY id DESC LIMIT 1"
+        );
+        Ok(sqlx::query_as::<_, InviteRow>(&sql)
+            .bind(referral_code)
+            .bind(InviteState::Ineligible.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    pub async fn list_invites(&self, limit: i64) -> Result<Vec<InviteRow>, StoreError> {
+        let sql = format!("SELECT {INVITE_COLUMNS} FROM invites ORDER BY id DESC LIMIT $1");
+        Ok(sqlx::query_as::<_, InviteRow>(&sql)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,344 @@
+//! The messages we send, with Meta's latest status for each, and the status of the
+//! templates they use. Reads are on [`Store`]; writes are on [`Tx`].
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use super::jobs::NewJob;
+use super::tx::Tx;
+use super::{row_where, typed_column, Store, StoreError, StoredFlag, StoredPhone};
+use crate::domain::messaging::{MessagePurpose, MessageStatus, TemplateEvent};
+use crate::domain::phone::E164;
+use crate::domain::state::{sql_list, Persisted};
+use crate::domain::work::Job;
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct MessageRow {
+    pub id: i64,
+    pub idempotency_key: String,
+    #[sqlx(try_from = "String")]
+    pub purpose: MessagePurpose,
+    #[sqlx(try_from = "StoredPhone")]
+    pub to_phone: E164,
+    pub invite_id: Option<i64>,
+    pub referral_id: Option<i64>,
+    #[sqlx(try_from = "StoredFlag")]
+    pub marketing: bool,
+    pub body: String,
+    pub wamid: Option<String>,
+    #[sqlx(try_from = "String")]
+    pub status: MessageStatus,
+    pub error_code: Option<i64>,
+    pub error_title: Option<String>,
+    pub updated_at: i64,
+}
+
+/// One message's move in a batch of Meta's statuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusMove {
+    pub id: i64,
+    pub from: MessageStatus,
+    pub to: MessageStatus,
+}
+
+/// A message to send through the job queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub idempotency_key: String,
+    pub purpose: MessagePurpose,
+    pub to_phone: E164,
+    pub invite_id: Option<i64>,
+    pub referral_id: Option<i64>,
+    pub marketing: bool,
+    /// The Graph API request body.
+    pub body: String,
+    pub run_at: i64,
+    pub max_attempts: i64,
+}
+
+const MESSAGE_COLUMNS: &str = "id, idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, \
+    wamid, status, error_code, error_title, updated_at";
+
+async fn message_by_wamid_in(conn: &mut AnyConnection, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
+    row_where(conn, MESSAGE_COLUMNS, "messages", "wamid", wamid.to_string()).await
+}
+
+impl Tx {
+    /// Inserts a message and its send job; `None` (and nothing queued) when the key was
+    /// seen before.
+    pub async fn insert_message(&mut self, message: &NewMessage) -> Result<Option<i64>, StoreError> {
+        let now = self.now_ms();
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO messages (idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, status, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+        )
+        .bind(&message.idempotency_key)
+        .bind(message.purpose.as_str())
+        .bind(message.to_phone.as_str())
+        .bind(message.invite_id)
+        .bind(message.referral_id)
+        .bind(i64::from(message.marketing))
+        .bind(&message.body)
+        .bind(MessageStatus::Queued.as_str())
+        .bind(now)
+        .fetch_optional(self.write()?)
+        .await?;
+        let Some(id) = id else { return Ok(None) };
+        let send = NewJob::new(
+            &Job::SendWhatsApp { message_id: id },
+            message.max_attempts,
+            message.run_at,
+        );
+        self.enqueue(&send).await?;
+        Ok(Some(id))
+    }
+
+    /// The message Meta knows as `wamid`, locked until this step commits (see
+    /// [`Tx::message_for_update`]).
+    pub async fn message_by_wamid_for_update(&mut self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid = $1{}",
+            self.lock_clause()
+        );
+        Ok(sqlx::query_as::<_, MessageRow>(&sql)
+            .bind(wamid)
+            .fetch_optional(self.read())
+            .await?)
+    }
+
+    /// The messages Meta knows by `wamids`, locked until this step commits, in id order
+    /// (so two batches that share messages wait for each other rather than deadlock).
+    pub async fn messages_by_wamids_for_update(&mut self, wamids: &[&str]) -> Result<Vec<MessageRow>, StoreError> {
+        if wamids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid IN ({}) ORDER BY id{}",
+            super::queue::placeholders(1, wamids.len()),
+            self.lock_clause()
+        );
+        let mut select = sqlx::query_as::<_, MessageRow>(&sql);
+        for wamid in wamids {
+            select = select.bind(*wamid);
+        }
+        Ok(select.fetch_all(self.read()).await?)
+    }
+
+    /// Moves each message from its `from` status to its `to` status (compare-and-set, on
+    /// rows the caller locked with [`Tx::messages_by_wamids_for_update`]) in one
+    /// statement. [`StoreError::Conflict`] when any was no longer in its `from`.
+    pub async fn set_message_statuses(&mut self, moves: &[StatusMove]) -> Result<(), StoreError> {
+        if moves.is_empty() {
+            return Ok(());
+        }
+        let rows = (0..moves.len())
+            .map(|n| format!("(${}, ${}, ${})", 2 + 3 * n, 3 + 3 * n, 4 + 3 * n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH moved (id, from_status, to_status) AS (VALUES {rows}) \
+             UPDATE messages SET status = moved.to_status, updated_at = $1 FROM moved \
+             WHERE messages.id = moved.id AND messages.status = moved.from_status"
+        );
+        let mut update = sqlx::query(&sql).bind(self.now_ms());
+        for m in moves {
+            update = update.bind(m.id).bind(m.from.as_str()).bind(m.to.as_str());
+        }
+        let done = update.execute(self.write()?).await?;
+        if done.rows_affected() != moves.len() as u64 {
+            return Err(StoreError::Conflict(format!(
+                "{} of {} messages left their status meanwhile",
+                moves.len() as u64 - done.rows_affected(),
+                moves.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The message, locked until this step commits: a step that changes a message's
+    /// status decides on this read, and concurrent steps about the same message (two of
+    /// Meta's statuses, a status and the send that recorded its acceptance) wait their turn.
+    pub async fn message_for_update(&mut self, id: i64) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1{}",
+            self.lock_clause()
+        );
+        Ok(sqlx::query_as::<_, MessageRow>(&sql)
+            .bind(id)
+            .fetch_optional(self.read())
+            .await?)
+    }
+
+    /// A status arrived for a wamid we never recorded (our send was interrupted after Meta
+    /// accepted it): Meta echoes our callback data, which is the message's idempotency key.
+    pub async fn attach_wamid(&mut self, idempotency_key: &str, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!(
+            "UPDATE messages SET wamid = $1, status = CASE WHEN status IN ({}) THEN $2 ELSE status END, \
+             updated_at = $3 WHERE idempotency_key = $4 AND wamid IS NULL",
+            sql_list(MessageStatus::UNCONFIRMED)
+        );
+        sqlx::query(&sql)
+            .bind(wamid)
+            .bind(MessageStatus::Accepted.as_str())
+            .bind(self.now_ms())
+            .bind(idempotency_key)
+            .execute(self.write()?)
+            .await?;
+        self.message_by_wamid_for_update(wamid).await
+    }
+
+    /// Moves a message's status from `from` to `to` (compare-and-set, on a row the
+    /// caller read with [`Tx::message_for_update`]), with Meta's error and, when given,
+    /// the wamid. [`StoreError::Conflict`] when the message was no longer in `from`.
+    pub async fn set_message_status(
+        &mut self,
+        id: i64,
+        from: MessageStatus,
+        to: MessageStatus,
+        wamid: Option<&str>,
+        error: Option<(Option<i64>, &str)>,
+    ) -> Result<(), StoreError> {
+        let (code, title) = match error {
+            Some((code, title)) => (code, Some(title)),
+            None => (None, None),
+        };
+        let done = sqlx::query(
+            "UPDATE messages SET status = $1, wamid = COALESCE($2, wamid), error_code = COALESCE($3, error_code), \
+             error_title = COALESCE($4, error_title), updated_at = $5 WHERE id = $6 AND status = $7",
+        )
+        .bind(to.as_str())
+        .bind(wamid)
+        .bind(code)
+        .bind(title)
+        .bind(self.now_ms())
+        .bind(id)
+        .bind(from.as_str())
+        .execute(self.write()?)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "message {id} left {} meanwhile",
+                from.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a template's status from Meta's webhook (the newest wins).
+    pub async fn set_template_status(
+        &mut self,
+        name: &str,
+        language: &str,
+        status: &TemplateEvent,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO template_status (name, language, status, reason, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name, language) DO UPDATE SET status = excluded.status, reason = excluded.reason, \
+             updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(language)
+        .bind(status.as_str())
+        .bind(reason)
+        .bind(self.now_ms())
+        .execute(self.write()?)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    pub async fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        row_where(&mut conn, MESSAGE_COLUMNS, "messages", "id", id).await
+    }
+
+    pub async fn message_by_wamid(&self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        message_by_wamid_in(&mut conn, wamid).await
+    }
+
+    pub async fn list_messages(&self, limit: i64) -> Result<Vec<MessageRow>, StoreError> {
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY id DESC LIMIT $1");
+        Ok(sqlx::query_as::<_, MessageRow>(&sql)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// The newest message of a purpose for an invite (the Flow message a reply answers).
+    pub async fn latest_message_for_invite(
+        &self,
+        invite_id: i64,
+        purpose: MessagePurpose,
+    ) -> Result<Option<MessageRow>, StoreError> {
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE invite_id = $1 AND purpose = $2 ORDER BY id DESC LIMIT 1"
+        );
+        Ok(sqlx::query_as::<_, MessageRow>(&sql)
+            .bind(invite_id)
+            .bind(purpose.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Marks a send as begun, committed before the request to Meta (so that a crash
+    /// mid-request is known afterwards). [`StoreError::Conflict`] when something moved it
+    /// since the caller read `from` (a status recorded the send, another attempt).
+    pub async fn mark_sending(&self, id: i64, from: MessageStatus) -> Result<(), StoreError> {
+        let _turn = self.write_turn().await;
+        self.faults.before_write()?;
+        let done = sqlx::query("UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
+            .bind(MessageStatus::Sending.as_str())
+            .bind(self.now_ms())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "message {id} left {} meanwhile",
+                from.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records Meta's final refusal of a send (committed at once: only the attempt that got
+    /// the answer knows it).
+    pub async fn record_refusal(&self, id: i64, code: Option<i64>, title: &str) -> Result<(), StoreError> {
+        let mut tx = self.begin(None).await?;
+        tx.set_message_status(
+            id,
+            MessageStatus::Sending,
+            MessageStatus::Failed,
+            None,
+            Some((code, title)),
+        )
+        .await?;
+        tx.commit("").await?;
+        Ok(())
+    }
+
+    /// A template's last status from Meta (`None` when no webhook told of it).
+    pub async fn template_status(
+        &self,
+        name: &str,
+        language: &str,
+    ) -> Result<Option<(TemplateEvent, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT status, reason FROM template_status WHERE name = $1 AND language = $2")
+            .bind(name)
+            .bind(language)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(row) => Ok(Some((
+                typed_column::<String, _>(&row, "status")?,
+                row.try_get("reason")?,
+            ))),
+            None => Ok(None),
+        }
+    }
+}
