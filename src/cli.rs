@@ -633,7 +633,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
         } => {
             let store = open_store(&settings).await?;
             let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            let codes = parse_code_file(&text);
+            let codes = parse_code_file(&text)?;
             let loaded = store.load_reward_codes(&codes).await?;
             outln!(
                 "{loaded} new code(s) loaded ({} read); {} free",
@@ -677,13 +677,22 @@ async fn health_check(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// Codes from a file: the first column of each line, without a "code" header or blanks.
-fn parse_code_file(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|line| line.split(',').next())
-        .map(|code| code.trim().trim_matches('"').to_string())
-        .filter(|code| !code.is_empty() && !code.eq_ignore_ascii_case("code"))
-        .collect()
+/// Codes from a CSV file: the first column of each record, without a "code" header or blanks.
+fn parse_code_file(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(text.as_bytes());
+    let mut codes = Vec::new();
+    for record in reader.records() {
+        let record = record.context("reading the codes file as CSV")?;
+        match record.get(0) {
+            Some(code) if !code.is_empty() && !code.eq_ignore_ascii_case("code") => codes.push(code.to_string()),
+            _ => {}
+        }
+    }
+    Ok(codes)
 }
 
 /// The services a setup or doctor command calls the accounts through.
@@ -974,5 +983,17 @@ async fn wait_for_the_work(settings: &Settings, limit: std::time::Duration) -> a
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_code_file;
+
+    #[test]
+    fn codes_are_the_first_column_without_header_or_blanks() {
+        let file = "code,note\nSAVE10, first\n\n\"SAVE,20\",quoted\n  SAVE30  \nCODE\n";
+        assert_eq!(parse_code_file(file).expect("codes"), ["SAVE10", "SAVE,20", "SAVE30"]);
+        assert!(parse_code_file("").expect("no codes").is_empty());
     }
 }

@@ -8,6 +8,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 
 use super::problem::{ApiPath, ApiQuery, Caller, Problem};
 use super::wire::{
@@ -187,40 +188,99 @@ pub async fn retry(
     }
 }
 
-/// A CSV field: quoted when it holds a separator, a quote or a line break; a leading
-/// `=`, `+`, `-`, `@`, tab or carriage return is prefixed with `'` so a spreadsheet does
-/// not run it.
-fn csv_field(value: &str) -> String {
-    let value = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_string()
-    };
-    if value.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", value.replace('"', "\"\""))
-    } else {
-        value
+/// A text field of an export: a leading `=`, `+`, `-`, `@`, tab or carriage return gets a
+/// `'` in front, so a spreadsheet shows it rather than running it as a formula. Quoting is
+/// the `csv` writer's.
+#[derive(Debug, Default)]
+struct Defused(String);
+
+impl Defused {
+    fn new(value: impl Into<String>) -> Defused {
+        Defused(value.into())
     }
 }
 
-/// A CSV attachment from a header and rows of fields.
-fn csv_response(filename: &str, header_row: &str, rows: Vec<Vec<String>>) -> Response {
-    let mut csv = format!("{header_row}\n");
-    for fields in rows {
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
-        csv.push_str(&line.join(","));
-        csv.push('\n');
+impl Serialize for Defused {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            serializer.serialize_str(&format!("'{}", self.0))
+        } else {
+            serializer.serialize_str(&self.0)
+        }
     }
+}
+
+/// A row of `referrals.csv`; its field names are the header.
+#[derive(Debug, Default, Serialize)]
+struct ReferralCsvRow {
+    id: i64,
+    state: &'static str,
+    reason: Defused,
+    referral_code: Defused,
+    referrer_contact_id: Defused,
+    referrer_name: Defused,
+    referrer_phone: String,
+    friend_name: Defused,
+    friend_phone: String,
+    nominated_at: i64,
+}
+
+/// A row of `rewards.csv`; its field names are the header.
+#[derive(Debug, Default, Serialize)]
+struct RewardCsvRow {
+    id: i64,
+    referral_id: i64,
+    beneficiary: &'static str,
+    contact_id: Defused,
+    phone: String,
+    kind: &'static str,
+    state: &'static str,
+    amount: i64,
+    currency: Defused,
+    /// A code can be redeemed: only operators see it.
+    code: Defused,
+    last_error: Defused,
+}
+
+/// A CSV attachment of `rows`, the header first even when there is no row.
+fn csv_response<R: Serialize + Default>(filename: &str, rows: &[R]) -> Result<Response, Problem> {
+    // Flat rows written to memory cannot fail; if a future row type could, the caller
+    // hears "unavailable" and the log says why.
+    let body = csv_text(rows).map_err(|e| {
+        tracing::error!(error = %e, "could not write a CSV export");
+        Problem::Unavailable
+    })?;
     let disposition = format!("attachment; filename=\"{filename}\"");
-    (
+    Ok((
         StatusCode::OK,
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        csv,
+        body,
     )
-        .into_response()
+        .into_response())
+}
+
+fn csv_text<R: Serialize + Default>(rows: &[R]) -> Result<String, Box<dyn std::error::Error>> {
+    let writer = || {
+        csv::WriterBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .from_writer(Vec::new())
+    };
+    let mut csv = writer();
+    for row in rows {
+        csv.serialize(row)?;
+    }
+    if rows.is_empty() {
+        // The writer names the columns with the first row: write a blank one and keep
+        // only its header line.
+        let mut header = writer();
+        header.serialize(R::default())?;
+        let text = String::from_utf8(header.into_inner()?)?;
+        return Ok(text.lines().next().map(|line| format!("{line}\n")).unwrap_or_default());
+    }
+    Ok(String::from_utf8(csv.into_inner()?)?)
 }
 
 /// `GET /api/v1/export/referrals.csv`: the referrals nominated in the period.
@@ -229,29 +289,25 @@ pub async fn referrals_csv(
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Response, Problem> {
     let period: Period = query.period(state.store.now_ms()).map_err(bad_period)?;
-    let rows = state.store.referrals_nominated_in(period).await?;
-    let rows = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.to_string(),
-                r.state.as_str().to_string(),
-                r.reason.clone().unwrap_or_default(),
-                r.referral_code.clone(),
-                r.referrer_contact_id.clone(),
-                r.referrer_name.clone(),
-                mask_phone(E164::text_of(r.referrer_phone.as_ref())),
-                r.friend_name.clone(),
-                mask_phone(E164::text_of(r.friend_phone.as_ref())),
-                r.nominated_at.to_string(),
-            ]
+    let rows: Vec<ReferralCsvRow> = state
+        .store
+        .referrals_nominated_in(period)
+        .await?
+        .into_iter()
+        .map(|r| ReferralCsvRow {
+            id: r.id,
+            state: r.state.as_str(),
+            reason: Defused::new(r.reason.unwrap_or_default()),
+            referral_code: Defused::new(r.referral_code),
+            referrer_contact_id: Defused::new(r.referrer_contact_id),
+            referrer_name: Defused::new(r.referrer_name),
+            referrer_phone: mask_phone(E164::text_of(r.referrer_phone.as_ref())),
+            friend_name: Defused::new(r.friend_name),
+            friend_phone: mask_phone(E164::text_of(r.friend_phone.as_ref())),
+            nominated_at: r.nominated_at,
         })
         .collect();
-    Ok(csv_response(
-        "referrals.csv",
-        "id,state,reason,referral_code,referrer_contact_id,referrer_name,referrer_phone,friend_name,friend_phone,nominated_at",
-        rows,
-    ))
+    csv_response("referrals.csv", &rows)
 }
 
 /// `GET /api/v1/export/rewards.csv`: the rewards granted in the period.
@@ -261,47 +317,65 @@ pub async fn rewards_csv(
     ApiQuery(query): ApiQuery<PeriodQuery>,
 ) -> Result<Response, Problem> {
     let period = query.period(state.store.now_ms()).map_err(bad_period)?;
-    let rows = state.store.rewards_created_in(period.from, period.to).await?;
-    let rows = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.id.to_string(),
-                r.referral_id.to_string(),
-                r.beneficiary.as_str().to_string(),
-                r.contact_id.clone().unwrap_or_default(),
-                mask_phone(E164::text_of(r.phone.as_ref())),
-                r.kind.as_str().to_string(),
-                r.state.as_str().to_string(),
-                r.amount.to_string(),
-                r.currency.clone(),
-                // A code can be redeemed: only operators see it.
-                match caller.role {
-                    Role::Operator => r.code.clone().unwrap_or_default(),
-                    Role::Viewer => String::new(),
-                },
-                r.last_error.clone().unwrap_or_default(),
-            ]
+    let rows: Vec<RewardCsvRow> = state
+        .store
+        .rewards_created_in(period.from, period.to)
+        .await?
+        .into_iter()
+        .map(|r| RewardCsvRow {
+            id: r.id,
+            referral_id: r.referral_id,
+            beneficiary: r.beneficiary.as_str(),
+            contact_id: Defused::new(r.contact_id.unwrap_or_default()),
+            phone: mask_phone(E164::text_of(r.phone.as_ref())),
+            kind: r.kind.as_str(),
+            state: r.state.as_str(),
+            amount: r.amount,
+            currency: Defused::new(r.currency),
+            code: match caller.role {
+                Role::Operator => Defused::new(r.code.unwrap_or_default()),
+                Role::Viewer => Defused::default(),
+            },
+            last_error: Defused::new(r.last_error.unwrap_or_default()),
         })
         .collect();
-    Ok(csv_response(
-        "rewards.csv",
-        "id,referral_id,beneficiary,contact_id,phone,kind,state,amount,currency,code,last_error",
-        rows,
-    ))
+    csv_response("rewards.csv", &rows)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::csv_field;
+    use super::{csv_text, Defused, ReferralCsvRow};
+
+    fn line(text: &str) -> String {
+        let row = ReferralCsvRow {
+            reason: Defused::new(text),
+            ..ReferralCsvRow::default()
+        };
+        let csv = csv_text(&[row]).expect("csv");
+        csv.lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_once(',')
+            .map(|(_, rest)| rest.to_string())
+            .unwrap_or_default()
+    }
 
     #[test]
     fn csv_fields_are_quoted_and_formulas_defused() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("=HYPERLINK(\"x\")"), "\"'=HYPERLINK(\"\"x\"\")\"");
-        assert_eq!(csv_field("+44"), "'+44");
-        assert_eq!(csv_field("\t=1"), "'\t=1");
+        assert!(line("plain").starts_with(",plain,"), "{}", line("plain"));
+        assert!(line("a,b").starts_with(",\"a,b\","));
+        assert!(line("say \"hi\"").starts_with(",\"say \"\"hi\"\"\","));
+        assert!(line("=HYPERLINK(\"x\")").starts_with(",\"'=HYPERLINK(\"\"x\"\")\","));
+        assert!(line("+44").starts_with(",'+44,"));
+        assert!(line("\t=1").starts_with(",'\t=1,") || line("\t=1").starts_with(",\"'\t=1\","));
+    }
+
+    #[test]
+    fn an_empty_export_is_its_header() {
+        let csv = csv_text::<ReferralCsvRow>(&[]).expect("csv");
+        assert_eq!(
+            csv,
+            "id,state,reason,referral_code,referrer_contact_id,referrer_name,referrer_phone,friend_name,friend_phone,nominated_at\n"
+        );
     }
 }
