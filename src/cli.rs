@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Account, Settings};
 use crate::dev::{self, DevClient};
+use crate::domain::access::Role;
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
 use crate::domain::state::{Persisted, QueueState};
@@ -205,6 +206,14 @@ pub enum FlowAction {
     PublicKey,
 }
 
+/// `--role`: a role by its stored name (clap lists the names when another is given).
+fn role_named(name: &str) -> Result<Role, String> {
+    Role::parse(name).ok_or_else(|| {
+        let names: Vec<&str> = Role::ALL.iter().map(|role| role.as_str()).collect();
+        format!("must be one of: {}", names.join(", "))
+    })
+}
+
 #[derive(Debug, Subcommand)]
 pub enum UsersAction {
     /// Create a user, or set an existing one's role and password. The password is read
@@ -212,8 +221,8 @@ pub enum UsersAction {
     Add {
         name: String,
         /// viewer (reads) or operator (also retries dead work and voids rewards).
-        #[arg(long, default_value = "viewer")]
-        role: String,
+        #[arg(long, default_value = "viewer", value_parser = role_named)]
+        role: Role,
     },
     /// List the users.
     List,
@@ -393,10 +402,6 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
     store.migrate().await.context("applying migrations")?;
     match action {
         UsersAction::Add { name, role } => {
-            let Some(role) = crate::domain::access::Role::parse(&role) else {
-                eprintln!("referloop: --role must be viewer or operator");
-                return Ok(ExitCode::from(2));
-            };
             let name = name.trim().to_string();
             if name.is_empty() || name.len() > 100 || name.chars().any(char::is_control) {
                 eprintln!("referloop: the name must be 1 to 100 printable characters");
