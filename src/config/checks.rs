@@ -1,0 +1,220 @@
+//! What a loaded configuration must satisfy, each refusal naming its key.
+
+use std::net::SocketAddr;
+
+use crate::domain::code::CodePattern;
+use crate::domain::reward::RewardKind;
+
+use super::settings::{RewardSide, Settings};
+use super::{secret_value, ConfigError, MAX_INBOX_BATCH, MAX_JOB_BATCH};
+
+/// `host:port` with a port number and a host (a name, an IPv4 address or `[IPv6]`).
+fn is_host_and_port(listen: &str) -> bool {
+    if listen.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = listen.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    host_ok && port.parse::<u16>().is_ok()
+}
+
+impl Settings {
+    /// Checks what serde cannot: values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: String| Err(ConfigError::Invalid { key, problem });
+        if !is_host_and_port(&self.server.listen) {
+            return invalid(
+                "server.listen",
+                format!(
+                    "`{}` is not host:port (for example 127.0.0.1:8080, localhost:8080 or [::]:8080)",
+                    self.server.listen
+                ),
+            );
+        }
+        match url::Url::parse(&self.server.public_base_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return invalid(
+                    "server.public_base_url",
+                    format!("`{}` is not an http(s) URL", self.server.public_base_url),
+                )
+            }
+        }
+        if self.server.request_timeout_seconds == 0 {
+            return invalid("server.request_timeout_seconds", "must be at least 1".into());
+        }
+        if self.server.header_read_timeout_seconds == 0 {
+            return invalid("server.header_read_timeout_seconds", "must be at least 1".into());
+        }
+        if self.server.idle_timeout_seconds <= self.server.request_timeout_seconds {
+            return invalid(
+                "server.idle_timeout_seconds",
+                "must be longer than server.request_timeout_seconds".into(),
+            );
+        }
+        if self.server.ingest_writers == 0 {
+            return invalid("server.ingest_writers", "must be at least 1".into());
+        }
+        if self.server.max_connections == 0 || self.server.max_events_per_request == 0 {
+            return invalid(
+                "server.max_connections",
+                "connection and event limits must be at least 1".into(),
+            );
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return invalid("database.acquire_timeout_ms", "must be at least 1".into());
+        }
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
+            return invalid("database.url", "must start with sqlite: or postgres://".into());
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1".into());
+        }
+        let flow_path = &self.whatsapp.flow_endpoint_path;
+        let plain_path = flow_path.len() > 1
+            && flow_path.starts_with('/')
+            && flow_path
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+        let taken = [
+            "/webhooks/whatsapp",
+            "/webhooks/hubspot",
+            "/webhooks/stripe",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ];
+        if !plain_path
+            || taken.contains(&flow_path.as_str())
+            || flow_path.starts_with("/admin")
+            || flow_path.starts_with("/api/")
+        {
+            return invalid(
+                "whatsapp.flow_endpoint_path",
+                format!("`{flow_path}` must be a path of its own, such as /webhooks/whatsapp/flow"),
+            );
+        }
+        let check_ms = self.whatsapp.flow_customer_check_ms;
+        if check_ms > 8_000 {
+            return invalid(
+                "whatsapp.flow_customer_check_ms",
+                format!("{check_ms} must be at most 8000 (Meta gives the endpoint 10 s)"),
+            );
+        }
+        if self.worker.inbox_concurrency == 0 {
+            return invalid("worker.inbox_concurrency", "must be at least 1".into());
+        }
+        if self.worker.job_concurrency == 0 {
+            return invalid("worker.job_concurrency", "must be at least 1".into());
+        }
+        if self.worker.job_batch.get() > MAX_JOB_BATCH {
+            return invalid("worker.job_batch", format!("must be at most {MAX_JOB_BATCH}"));
+        }
+        if self.worker.inbox_batch.get() > MAX_INBOX_BATCH {
+            return invalid("worker.inbox_batch", format!("must be at most {MAX_INBOX_BATCH}"));
+        }
+        if self.worker.lease_seconds == 0 {
+            return invalid("worker.lease_seconds", "must be at least 1".into());
+        }
+        for (key, value) in [
+            (
+                "worker.outbound_connect_timeout_ms",
+                self.worker.outbound_connect_timeout_ms,
+            ),
+            ("worker.outbound_timeout_ms", self.worker.outbound_timeout_ms),
+        ] {
+            if value < 100 {
+                return invalid(key, "must be at least 100 (milliseconds)".into());
+            }
+        }
+        if !(0.0..1.0).contains(&self.worker.retry_jitter) {
+            return invalid("worker.retry_jitter", "must be in [0, 1)".into());
+        }
+        for (key, value) in [
+            ("whatsapp.api_base", &self.whatsapp.api_base),
+            ("hubspot.api_base", &self.hubspot.api_base),
+            ("stripe.api_base", &self.stripe.api_base),
+        ] {
+            if url::Url::parse(value).is_err() {
+                return invalid(key, format!("`{value}` is not a URL"));
+            }
+        }
+        if !self.sandbox() {
+            if self.whatsapp.phone_number_id.is_empty() {
+                return invalid("whatsapp.phone_number_id", "is required outside sandbox mode".into());
+            }
+            if secret_value(&self.whatsapp.access_token).is_none() {
+                return invalid("whatsapp.access_token", "is required outside sandbox mode".into());
+            }
+        }
+        if let Err(e) = CodePattern::parse(&self.programme.code_pattern) {
+            return invalid("programme.code_pattern", e.0);
+        }
+        if self
+            .programme
+            .default_region
+            .parse::<phonenumber::country::Id>()
+            .is_err()
+        {
+            return invalid(
+                "programme.default_region",
+                "is not an ISO 3166 alpha-2 region such as US or GB".into(),
+            );
+        }
+        if self.programme.promoter_min_score > 10 {
+            return invalid("programme.promoter_min_score", "must be 0..=10".into());
+        }
+        if self.whatsapp.max_messages_per_second == 0 {
+            return invalid("whatsapp.max_messages_per_second", "must be at least 1".into());
+        }
+        if self.hubspot.requests_per_10s == 0 || self.hubspot.searches_per_second == 0 {
+            return invalid("hubspot.requests_per_10s", "rate limits must be at least 1".into());
+        }
+        if !self.templates.languages.contains(&self.templates.default_language) {
+            return invalid(
+                "templates.default_language",
+                "must be one of templates.languages".into(),
+            );
+        }
+        if self.templates.flow_id.is_empty() && self.templates.flow_name.is_empty() {
+            return invalid("templates.flow_id", "set flow_id or flow_name".into());
+        }
+        for (key, side) in [
+            ("rewards.referrer", &self.rewards.referrer),
+            ("rewards.friend", &self.rewards.friend),
+        ] {
+            if let Some(problem) = side.problem() {
+                return Err(ConfigError::Invalid { key, problem });
+            }
+        }
+        for entry in &self.api.tokens {
+            if let Err(e) = crate::domain::access::TokenDigest::parse(entry) {
+                return invalid("api.tokens", format!("{e} (referloop api hash-token)"));
+            }
+        }
+        if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
+            return invalid("hubspot.webhook_api_key_header", "is not a valid header name".into());
+        }
+        Ok(())
+    }
+}
+
+impl RewardSide {
+    /// What is missing for this kind of reward, if anything.
+    fn problem(&self) -> Option<String> {
+        let missing = |key: &str| Some(format!("kind {:?} needs `{key}`", self.kind));
+        match self.kind {
+            RewardKind::StaticCode if self.static_code.is_empty() => missing("static_code"),
+            RewardKind::StripePromotionCode if self.stripe_coupon.is_empty() => missing("stripe_coupon"),
+            RewardKind::HubspotCredit if self.hubspot_property.is_empty() => missing("hubspot_property"),
+            RewardKind::Webhook if self.webhook_url.is_empty() => missing("webhook_url"),
+            RewardKind::Webhook if secret_value(&self.webhook_secret).is_none() => missing("webhook_secret"),
+            RewardKind::StripeBalanceCredit | RewardKind::HubspotCredit if self.amount <= 0 => {
+                Some("amount must be positive".into())
+            }
+            _ => None,
+        }
+    }
+}

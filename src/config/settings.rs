@@ -1,0 +1,530 @@
+//! The settings' types, one struct per section of `config/default.toml`.
+
+use std::num::{NonZeroU64, NonZeroUsize};
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::catalogue::Catalogues;
+use crate::domain::nomination::NominationRefusal;
+use crate::domain::referral::FriendInviteMode;
+use crate::domain::reward::RewardKind;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::{redact_url, secret_value};
+
+/// The outside accounts referloop calls; each is live or recorded on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Account {
+    WhatsApp,
+    HubSpot,
+    Stripe,
+}
+
+impl Account {
+    pub const ALL: [Account; 3] = [Account::WhatsApp, Account::HubSpot, Account::Stripe];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Account::WhatsApp => "WhatsApp",
+            Account::HubSpot => "HubSpot",
+            Account::Stripe => "Stripe",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// `None`: each account is recorded until its credential is set; see [`Settings::live`].
+    #[serde(rename = "sandbox")]
+    pub sandbox_setting: Option<bool>,
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub log: LogSettings,
+    pub worker: WorkerSettings,
+    pub whatsapp: WhatsAppSettings,
+    pub hubspot: HubSpotSettings,
+    pub stripe: StripeSettings,
+    pub programme: ProgrammeSettings,
+    pub hubspot_properties: HubSpotProperties,
+    pub templates: TemplateSettings,
+    pub api: ApiSettings,
+    pub rewards: RewardSettings,
+    /// The texts referloop writes, per configured language (`templates/messages/`), loaded
+    /// after the settings themselves.
+    #[serde(skip)]
+    pub catalogues: Catalogues,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replies {
+    /// The interactive Flow sent when the customer taps "Refer someone".
+    pub flow_prompt: String,
+    /// To the referrer: the message to forward to the friend.
+    pub share_link: String,
+    /// Pre-filled in the friend's chat by the share link.
+    pub share_prefill: String,
+    /// To a friend who arrived through the share link.
+    pub friend_welcome: String,
+    /// To someone who opted out by keyword.
+    pub opt_out_ack: String,
+    /// To the referrer, one per refusal reason (`NominationRefusal::reason`).
+    pub refusals: std::collections::BTreeMap<String, String>,
+}
+
+impl Replies {
+    /// `template` with each `{name}` replaced by its value.
+    pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+        values.iter().fold(template.to_string(), |text, (name, value)| {
+            text.replace(&format!("{{{name}}}"), value)
+        })
+    }
+
+    /// The reply for a refused nomination.
+    pub fn refusal(&self, refusal: &NominationRefusal, friend_name: &str) -> String {
+        let friend = match friend_name.trim() {
+            "" => "your friend",
+            name => name,
+        };
+        let template = self
+            .refusals
+            .get(refusal.reason())
+            .map(String::as_str)
+            .unwrap_or_default();
+        Self::fill(template, &[("friend_name", friend)])
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSettings {
+    pub pool_low_watermark: i64,
+    pub referrer: RewardSide,
+    pub friend: RewardSide,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSide {
+    pub kind: RewardKind,
+    pub amount: i64,
+    pub currency: String,
+    pub description: String,
+    /// The description in other languages (language code → text), chosen like templates.
+    #[serde(default)]
+    pub descriptions: std::collections::BTreeMap<String, String>,
+    pub static_code: String,
+    pub stripe_coupon: String,
+    pub hubspot_property: String,
+    pub webhook_url: String,
+    #[serde(default, serialize_with = "redact")]
+    pub webhook_secret: Option<SecretString>,
+}
+
+impl RewardSide {
+    /// What the beneficiary is told they get, in their language when one is configured.
+    pub fn description_in(&self, language: &str) -> &str {
+        let languages: Vec<String> = self.descriptions.keys().cloned().collect();
+        let chosen = crate::domain::messaging::pick_language(Some(language), &languages, "");
+        self.descriptions
+            .get(&chosen)
+            .map(String::as_str)
+            .unwrap_or(&self.description)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: String,
+    pub public_base_url: String,
+    pub request_timeout_seconds: u64,
+    /// A client must send a request's headers within this time.
+    pub header_read_timeout_seconds: u64,
+    /// A connection with no traffic for this long is closed (idle keep-alive sockets).
+    pub idle_timeout_seconds: u64,
+    /// Connections served at once; beyond it new ones are closed at once.
+    pub max_connections: usize,
+    /// Events one webhook request may carry; a larger batch is refused (413).
+    pub max_events_per_request: usize,
+    /// Tasks storing received events, each grouping the requests waiting into one
+    /// statement.
+    pub ingest_writers: usize,
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a request waits for a database connection before giving up (a 503 for
+    /// webhooks, so the sender retries promptly during an outage).
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl LogFormat {
+    pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub enabled: bool,
+    /// Loops claiming inbox events (webhooks received).
+    pub inbox_concurrency: usize,
+    /// Loops claiming jobs (sends and outside calls); apart from the inbox loops, so a
+    /// burst of one never starves the other.
+    pub job_concurrency: usize,
+    /// Inbox events an inbox loop claims at once; Meta's statuses among them are applied
+    /// in one transaction.
+    pub inbox_batch: NonZeroUsize,
+    /// Jobs a job loop claims at once (one statement) and runs side by side.
+    pub job_batch: NonZeroUsize,
+    /// The inbox is backlogged (`/readyz` says so, and a metric and an alert) while more
+    /// events than this wait, or the oldest has waited longer than
+    /// `inbox_backlog_seconds`.
+    pub inbox_backlog_events: NonZeroU64,
+    pub inbox_backlog_seconds: NonZeroU64,
+    /// How long a send interrupted mid-request waits for Meta's status before it is sent
+    /// again.
+    pub interrupted_send_wait_seconds: u64,
+    /// Limits on every call to Meta, HubSpot, Stripe and reward webhooks: connecting, and
+    /// the whole request. A call that times out after sending counts as "may have acted".
+    pub outbound_connect_timeout_ms: u64,
+    pub outbound_timeout_ms: u64,
+    pub poll_interval_ms: u64,
+    pub lease_seconds: u64,
+    pub retry_schedule_seconds: Vec<u64>,
+    pub retry_jitter: f64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhatsAppSettings {
+    pub api_base: String,
+    pub api_version: String,
+    pub phone_number_id: String,
+    pub waba_id: String,
+    /// The business's name as customers know it (shown in the Flow's consent line).
+    pub business_name: String,
+    pub business_number: String,
+    pub max_messages_per_second: u32,
+    /// The least time between two messages to the same recipient (Meta's pair limit).
+    pub pair_spacing_ms: u64,
+    /// How often a send held by a paused or rejected template looks again.
+    pub template_recheck_seconds: u64,
+    #[serde(default, serialize_with = "redact")]
+    pub access_token: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub app_secret: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub verify_token: Option<SecretString>,
+    /// Which nomination Flow is sent: the static one, or the one that calls our endpoint.
+    pub flow_kind: FlowKind,
+    /// Where Meta posts the Flow's data exchange.
+    pub flow_endpoint_path: String,
+    /// How long the endpoint waits for HubSpot's "already a customer?" answer before it
+    /// leaves that check to the worker.
+    pub flow_customer_check_ms: u64,
+    /// Submissions one Flow may have refused before its token is refused.
+    pub flow_max_refusals: u32,
+    /// The endpoint's RSA-2048 private key, PKCS#8 PEM.
+    #[serde(default, serialize_with = "redact")]
+    pub flow_private_key: Option<SecretString>,
+    /// Or a file holding it, readable by its owner only.
+    pub flow_private_key_file: String,
+}
+
+/// The nomination Flow in use (`whatsapp.flow_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowKind {
+    /// `templates/flow_referral_nomination.json`: checks after the Flow completes.
+    Static,
+    /// `templates/flow_referral_nomination_endpoint.json`: checks inside the Flow.
+    Endpoint,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotSettings {
+    pub api_base: String,
+    #[serde(default, serialize_with = "redact")]
+    pub access_token: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub client_secret: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub webhook_api_key: Option<SecretString>,
+    pub webhook_api_key_header: String,
+    pub contacts_path: String,
+    pub requests_per_10s: u32,
+    pub searches_per_second: u32,
+    pub record_referral_links: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StripeSettings {
+    pub api_base: String,
+    pub api_version: String,
+    #[serde(default, serialize_with = "redact")]
+    pub secret_key: Option<SecretString>,
+    #[serde(default, serialize_with = "redact")]
+    pub webhook_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgrammeSettings {
+    pub promoter_min_score: u8,
+    pub nps_property: String,
+    pub default_region: String,
+    pub invite_cooldown_days: i64,
+    pub max_invites_per_contact: i64,
+    pub attribution_window_days: i64,
+    pub max_open_referrals: i64,
+    pub send_flow_with_invite: bool,
+    pub friend_invite: FriendInviteMode,
+    pub code_pattern: String,
+    pub customer_lifecycle_stage: String,
+    pub stop_button_payloads: Vec<String>,
+    /// Languages whose stop keywords are honoured besides `templates.languages`.
+    pub stop_keyword_languages: Vec<String>,
+    pub reward_hold_days: i64,
+    pub max_rewarded_referrals_per_referrer: i64,
+    pub reward_cap_period_days: i64,
+    /// A purchase with a referrer's code by a number never nominated creates the referral
+    /// at conversion time (codes shared by hand) instead of staying unattributed.
+    pub attribute_code_only: bool,
+    #[serde(default, serialize_with = "redact")]
+    pub flow_token_secret: Option<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpotProperties {
+    pub phone: Vec<String>,
+    pub first_name: String,
+    pub language: String,
+    pub referral_code: String,
+    pub referral_status: String,
+    pub referred_by_code: String,
+    pub referrer_contact_id: String,
+    pub whatsapp_opted_out: String,
+    pub lifecycle_stage: String,
+    pub referrals_converted: String,
+    pub referral_rewards_total: String,
+    pub referral_reward: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSettings {
+    pub languages: Vec<String>,
+    pub default_language: String,
+    /// A directory of `<language>.toml` files overriding keys of the built-in catalogues.
+    pub catalogue_dir: String,
+    pub invite: String,
+    pub invite_body: Vec<TemplateParameter>,
+    pub invite_copy_code_button: u8,
+    pub invite_refer_button: u8,
+    pub invite_stop_button: u8,
+    pub flow: String,
+    pub flow_body: Vec<TemplateParameter>,
+    pub flow_button: u8,
+    pub friend_invite: String,
+    pub friend_invite_body: Vec<TemplateParameter>,
+    pub friend_invite_copy_code_button: u8,
+    pub friend_invite_stop_button: u8,
+    pub flow_id: String,
+    pub flow_name: String,
+    pub flow_screen: String,
+    pub thanks: String,
+    pub thanks_body: Vec<TemplateParameter>,
+    pub reward: String,
+    pub reward_body: Vec<TemplateParameter>,
+}
+
+/// A value a template body parameter can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateParameter {
+    FirstName,
+    Code,
+    FriendName,
+    ReferrerName,
+    PersonalMessage,
+    Reward,
+}
+
+impl TemplateParameter {
+    pub const ALL: [TemplateParameter; 6] = [
+        TemplateParameter::FirstName,
+        TemplateParameter::Code,
+        TemplateParameter::FriendName,
+        TemplateParameter::ReferrerName,
+        TemplateParameter::PersonalMessage,
+        TemplateParameter::Reward,
+    ];
+}
+
+fn redact<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(_) => s.serialize_str("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// The Flow endpoint's private key (PKCS#8 PEM): the secret, else the file, which
+    /// must be readable by its owner only. `Ok(None)` when neither is configured.
+    pub fn flow_private_key_pem(&self) -> Result<Option<SecretString>, String> {
+        if let Some(pem) = secret_value(&self.whatsapp.flow_private_key) {
+            return Ok(Some(SecretString::from(pem.to_string())));
+        }
+        let file = self.whatsapp.flow_private_key_file.trim();
+        if file.is_empty() {
+            return Ok(None);
+        }
+        let path = Path::new(file);
+        let metadata = std::fs::metadata(path).map_err(|e| format!("whatsapp.flow_private_key_file {file}: {e}"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "whatsapp.flow_private_key_file {file} is readable by others (mode {mode:o}); run chmod 600 {file}"
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = metadata;
+        let pem = std::fs::read_to_string(path).map_err(|e| format!("whatsapp.flow_private_key_file {file}: {e}"))?;
+        Ok(Some(SecretString::from(pem)))
+    }
+
+    /// Sandbox unless explicitly turned off, or on by default while no access token is set.
+    /// Whether WhatsApp's calls are recorded rather than sent: the programme's messages,
+    /// hence its webhooks and reward webhooks, are a rehearsal. See [`Settings::live`].
+    pub fn sandbox(&self) -> bool {
+        !self.live(Account::WhatsApp)
+    }
+
+    /// Whether calls to `account` go out; otherwise they are recorded, not sent
+    /// (`referloop outbound list`). Each account goes live once its credential is set,
+    /// so HubSpot can be set up before WhatsApp is; `sandbox = true` records every call
+    /// and `sandbox = false` sends every call.
+    pub fn live(&self, account: Account) -> bool {
+        match self.sandbox_setting {
+            Some(forced) => !forced,
+            None => match account {
+                Account::WhatsApp => secret_value(&self.whatsapp.access_token).is_some(),
+                Account::HubSpot => secret_value(&self.hubspot.access_token).is_some(),
+                Account::Stripe => secret_value(&self.stripe.secret_key).is_some(),
+            },
+        }
+    }
+
+    /// One line for each account: live, or recorded (sandbox).
+    pub fn accounts_line(&self) -> String {
+        let each: Vec<String> = Account::ALL
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} {}",
+                    a.as_str(),
+                    if self.live(*a) { "live" } else { "recorded (sandbox)" }
+                )
+            })
+            .collect();
+        each.join(", ")
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    /// The effective configuration as TOML, one key per line, that `--config` reads back.
+    /// Secrets are left out (a comment says each is set); a password in `database.url` is
+    /// shown as `[redacted]`.
+    pub fn to_redacted_toml(&self) -> String {
+        // What is printed reads back as the same configuration: a derived value (sandbox
+        // while no access token is set) is said in a comment, not pinned, and a secret is
+        // left out with a note of how to give it, never printed as a stand-in literal.
+        let mut value = toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        let url_redacted = redact_url(&self.database.url);
+        let url_has_password = url_redacted != self.database.url;
+        if let toml::Value::Table(table) = &mut value {
+            if let Some(toml::Value::Table(database)) = table.get_mut("database") {
+                database.insert("url".into(), toml::Value::String(url_redacted));
+            }
+        }
+        let header = match self.sandbox_setting {
+            Some(_) => String::new(),
+            None => format!(
+                "# sandbox mode is {} for WhatsApp; accounts: {} (derived from the credentials set; set `sandbox` to force)\n",
+                if self.sandbox() { "on" } else { "off" },
+                self.accounts_line()
+            ),
+        };
+        let text = toml::to_string_pretty(&value).unwrap_or_default();
+        let body = text
+            .lines()
+            .map(|line| {
+                if line.ends_with("= \"[redacted]\"") {
+                    format!("# {line} (secret: set, not shown; give it in the environment)")
+                } else if url_has_password && line.starts_with("url = ") {
+                    format!("# {line} (holds a password: give the whole URL in DATABASE_URL)")
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        header + &body + "\n"
+    }
+
+    /// The key that signs Flow tokens: its own secret, else the WhatsApp app secret, else
+    /// (sandbox without secrets) a fixed development key.
+    pub fn flow_token_secret(&self) -> String {
+        secret_value(&self.programme.flow_token_secret)
+            .or_else(|| secret_value(&self.whatsapp.app_secret))
+            .unwrap_or("referloop-development-only")
+            .to_string()
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_seconds)
+    }
+}
