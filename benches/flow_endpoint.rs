@@ -219,7 +219,7 @@ async fn main() {
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
     let settings = Settings::load_from(None, env).expect("settings");
-    let budget = settings.whatsapp.flow_customer_check_ms;
+    let budget = settings.whatsapp.flow_customer_check;
     let searches = settings.hubspot.searches_per_second;
     let app = Application::build(settings).await.expect("app");
     let port = app.port();
@@ -237,8 +237,8 @@ async fn main() {
     }
     println!(
         "Flow endpoint on {} ({} s after 2 s of warm-up, {} requests a second; HubSpot answers in {} ms, searched at most \
-         {searches}/s, good submissions offered at {}/s; customer check budget {budget} ms)",
-        args.store, args.seconds, args.rate, args.hubspot_ms, args.submissions_per_second
+         {searches}/s, good submissions offered at {}/s; customer check budget {} ms)",
+        args.store, args.seconds, args.rate, args.hubspot_ms, args.submissions_per_second, budget.as_millis()
     );
     // Open loop: each request starts at its time whatever the others do, so a slow answer
     // cannot hide the ones that would have queued behind it. The first two seconds warm up
@@ -293,7 +293,7 @@ async fn main() {
     for request in burst {
         burst_latencies.push(request.await.expect("burst"));
     }
-    tokio::time::sleep(Duration::from_millis(budget + 500)).await;
+    tokio::time::sleep(budget + Duration::from_millis(500)).await;
     let searched = hubspot.received_requests().await.map(|r| r.len()).unwrap_or(0) - searched_before;
     report(&format!("burst of {} submissions", args.burst), &mut burst_latencies);
     println!(

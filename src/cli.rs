@@ -808,7 +808,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<Store> {
     Store::connect_with(
         url,
         settings.database.max_connections,
-        Duration::from_millis(settings.database.acquire_timeout_ms.max(3_000)),
+        settings.database.acquire_timeout.max(Duration::from_secs(3)),
     )
     .await
     .map_err(|e| anyhow::anyhow!(crate::startup::unreachable_database(url, &e)))

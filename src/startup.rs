@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -31,7 +30,7 @@ impl Application {
         let store = Store::connect_with(
             &settings.database.url,
             settings.database.max_connections,
-            Duration::from_millis(settings.database.acquire_timeout_ms),
+            settings.database.acquire_timeout,
         )
         .await
         .context("connecting to the database (database.url)")?;
@@ -98,8 +97,8 @@ impl Application {
         let app = http::router_with(self.state, self.operations);
         let server = &settings.server;
         let limits = http::ConnectionLimits {
-            header_read_timeout: Duration::from_secs(server.header_read_timeout_seconds),
-            idle_timeout: Duration::from_secs(server.idle_timeout_seconds),
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
             max_connections: server.max_connections,
         };
         http::serve(self.listener, app, limits, shutdown).await?;

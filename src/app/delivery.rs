@@ -26,7 +26,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         // callback data (the message's key), which `on_status` uses to record the send.
         // Wait for that a while before sending again.
         MessageStatus::Sending => {
-            let wait = duration_ms(Duration::from_secs(s.settings.worker.interrupted_send_wait_seconds));
+            let wait = duration_ms(s.settings.worker.interrupted_send_wait);
             let waited = s.now_ms() - message.updated_at;
             if waited < wait {
                 return Err(StepError::retry_after(
@@ -58,7 +58,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         return Err(wait);
     }
     // Meta allows one message per 6 seconds to the same user (131056): keep to it ahead.
-    let spacing = i64::try_from(s.settings.whatsapp.pair_spacing_ms).unwrap_or(i64::MAX);
+    let spacing = crate::clock::duration_ms(s.settings.whatsapp.pair_spacing);
     if let Some(wait) = s
         .store
         .reserve_recipient_turn(message.to_phone.as_str(), message.id, spacing)
@@ -79,7 +79,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
     if failure.ambiguous {
         // The request may have been delivered: keep `sending`, and look again once Meta
         // has had time to send its status (which records the send); only then send again.
-        let wait = Duration::from_secs(s.settings.worker.interrupted_send_wait_seconds);
+        let wait = s.settings.worker.interrupted_send_wait;
         return Err(StepError::retry_after(failure.title, wait));
     }
     let retry_delay = match failure.class {
@@ -196,7 +196,7 @@ async fn template_held(s: &Services, message: &MessageRow) -> Result<Option<Step
         .inc();
     Ok(Some(StepError::Deferred {
         reason: format!("template {name} ({language}) is {status}"),
-        delay: Duration::from_secs(s.settings.whatsapp.template_recheck_seconds),
+        delay: s.settings.whatsapp.template_recheck,
     }))
 }
 

@@ -164,8 +164,8 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
 /// message, as with the static Flow).
 async fn customer_within_budget(s: &Services, friend: &E164) -> Option<bool> {
     // Half the request timeout at most, so the answer always beats the timeout layer.
-    let request_timeout = s.settings.request_timeout();
-    let budget = Duration::from_millis(s.settings.whatsapp.flow_customer_check_ms).min(request_timeout / 2);
+    let request_timeout = s.settings.server.request_timeout;
+    let budget = s.settings.whatsapp.flow_customer_check.min(request_timeout / 2);
     match tokio::time::timeout(budget, is_customer_within(s, friend, budget)).await {
         Ok(Ok(Some(answer))) => Some(answer),
         Ok(Ok(None)) => {

@@ -186,7 +186,7 @@ fn invite_messages(s: &Services, invite_id: i64, phone: &E164, trigger: &Trigger
         messages.push(NewMessage {
             invite_id: Some(invite_id),
             // Right after the invite, in the recipient's next turn.
-            run_at: s.now_ms() + i64::try_from(settings.whatsapp.pair_spacing_ms).unwrap_or(0),
+            run_at: s.now_ms() + crate::clock::duration_ms(settings.whatsapp.pair_spacing),
             ..s.message(
                 format!("flow:{invite_id}:template"),
                 MessagePurpose::Flow,

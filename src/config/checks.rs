@@ -1,6 +1,7 @@
 //! What a loaded configuration must satisfy, each refusal naming its key.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::domain::code::CodePattern;
 use crate::domain::reward::RewardKind;
@@ -42,13 +43,13 @@ impl Settings {
                 )
             }
         }
-        if self.server.request_timeout_seconds == 0 {
+        if self.server.request_timeout.is_zero() {
             return invalid("server.request_timeout_seconds", "must be at least 1".into());
         }
-        if self.server.header_read_timeout_seconds == 0 {
+        if self.server.header_read_timeout.is_zero() {
             return invalid("server.header_read_timeout_seconds", "must be at least 1".into());
         }
-        if self.server.idle_timeout_seconds <= self.server.request_timeout_seconds {
+        if self.server.idle_timeout <= self.server.request_timeout {
             return invalid(
                 "server.idle_timeout_seconds",
                 "must be longer than server.request_timeout_seconds".into(),
@@ -63,7 +64,7 @@ impl Settings {
                 "connection and event limits must be at least 1".into(),
             );
         }
-        if self.database.acquire_timeout_ms == 0 {
+        if self.database.acquire_timeout.is_zero() {
             return invalid("database.acquire_timeout_ms", "must be at least 1".into());
         }
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
@@ -96,11 +97,14 @@ impl Settings {
                 format!("`{flow_path}` must be a path of its own, such as /webhooks/whatsapp/flow"),
             );
         }
-        let check_ms = self.whatsapp.flow_customer_check_ms;
-        if check_ms > 8_000 {
+        let check = self.whatsapp.flow_customer_check;
+        if check > Duration::from_secs(8) {
             return invalid(
                 "whatsapp.flow_customer_check_ms",
-                format!("{check_ms} must be at most 8000 (Meta gives the endpoint 10 s)"),
+                format!(
+                    "{} must be at most 8000 (Meta gives the endpoint 10 s)",
+                    check.as_millis()
+                ),
             );
         }
         if self.worker.inbox_concurrency == 0 {
@@ -115,17 +119,17 @@ impl Settings {
         if self.worker.inbox_batch.get() > MAX_INBOX_BATCH {
             return invalid("worker.inbox_batch", format!("must be at most {MAX_INBOX_BATCH}"));
         }
-        if self.worker.lease_seconds == 0 {
+        if self.worker.lease.is_zero() {
             return invalid("worker.lease_seconds", "must be at least 1".into());
         }
         for (key, value) in [
             (
                 "worker.outbound_connect_timeout_ms",
-                self.worker.outbound_connect_timeout_ms,
+                self.worker.outbound_connect_timeout,
             ),
-            ("worker.outbound_timeout_ms", self.worker.outbound_timeout_ms),
+            ("worker.outbound_timeout_ms", self.worker.outbound_timeout),
         ] {
-            if value < 100 {
+            if value < Duration::from_millis(100) {
                 return invalid(key, "must be at least 100 (milliseconds)".into());
             }
         }

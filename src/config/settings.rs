@@ -147,11 +147,14 @@ impl RewardSide {
 pub struct ServerSettings {
     pub listen: String,
     pub public_base_url: String,
-    pub request_timeout_seconds: u64,
+    #[serde(rename = "request_timeout_seconds", with = "whole_seconds")]
+    pub request_timeout: Duration,
     /// A client must send a request's headers within this time.
-    pub header_read_timeout_seconds: u64,
+    #[serde(rename = "header_read_timeout_seconds", with = "whole_seconds")]
+    pub header_read_timeout: Duration,
     /// A connection with no traffic for this long is closed (idle keep-alive sockets).
-    pub idle_timeout_seconds: u64,
+    #[serde(rename = "idle_timeout_seconds", with = "whole_seconds")]
+    pub idle_timeout: Duration,
     /// Connections served at once; beyond it new ones are closed at once.
     pub max_connections: usize,
     /// Events one webhook request may carry; a larger batch is refused (413).
@@ -168,7 +171,8 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a request waits for a database connection before giving up (a 503 for
     /// webhooks, so the sender retries promptly during an outage).
-    pub acquire_timeout_ms: u64,
+    #[serde(rename = "acquire_timeout_ms", with = "whole_millis")]
+    pub acquire_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -210,13 +214,18 @@ pub struct WorkerSettings {
     pub inbox_backlog_seconds: NonZeroU64,
     /// How long a send interrupted mid-request waits for Meta's status before it is sent
     /// again.
-    pub interrupted_send_wait_seconds: u64,
+    #[serde(rename = "interrupted_send_wait_seconds", with = "whole_seconds")]
+    pub interrupted_send_wait: Duration,
     /// Limits on every call to Meta, HubSpot, Stripe and reward webhooks: connecting, and
     /// the whole request. A call that times out after sending counts as "may have acted".
-    pub outbound_connect_timeout_ms: u64,
-    pub outbound_timeout_ms: u64,
-    pub poll_interval_ms: u64,
-    pub lease_seconds: u64,
+    #[serde(rename = "outbound_connect_timeout_ms", with = "whole_millis")]
+    pub outbound_connect_timeout: Duration,
+    #[serde(rename = "outbound_timeout_ms", with = "whole_millis")]
+    pub outbound_timeout: Duration,
+    #[serde(rename = "poll_interval_ms", with = "whole_millis")]
+    pub poll_interval: Duration,
+    #[serde(rename = "lease_seconds", with = "whole_seconds")]
+    pub lease: Duration,
     pub retry_schedule_seconds: Vec<u64>,
     pub retry_jitter: f64,
 }
@@ -233,9 +242,11 @@ pub struct WhatsAppSettings {
     pub business_number: String,
     pub max_messages_per_second: u32,
     /// The least time between two messages to the same recipient (Meta's pair limit).
-    pub pair_spacing_ms: u64,
+    #[serde(rename = "pair_spacing_ms", with = "whole_millis")]
+    pub pair_spacing: Duration,
     /// How often a send held by a paused or rejected template looks again.
-    pub template_recheck_seconds: u64,
+    #[serde(rename = "template_recheck_seconds", with = "whole_seconds")]
+    pub template_recheck: Duration,
     #[serde(default, serialize_with = "redact")]
     pub access_token: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
@@ -248,7 +259,8 @@ pub struct WhatsAppSettings {
     pub flow_endpoint_path: String,
     /// How long the endpoint waits for HubSpot's "already a customer?" answer before it
     /// leaves that check to the worker.
-    pub flow_customer_check_ms: u64,
+    #[serde(rename = "flow_customer_check_ms", with = "whole_millis")]
+    pub flow_customer_check: Duration,
     /// Submissions one Flow may have refused before its token is refused.
     pub flow_max_refusals: u32,
     /// The endpoint's RSA-2048 private key, PKCS#8 PEM.
@@ -403,7 +415,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("url", &redact_url(&self.url))
             .field("max_connections", &self.max_connections)
-            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("acquire_timeout", &self.acquire_timeout)
             .finish()
     }
 }
@@ -523,8 +535,34 @@ impl Settings {
             .unwrap_or("referloop-development-only")
             .to_string()
     }
+}
 
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_secs(self.server.request_timeout_seconds)
+/// A duration the configuration keeps as whole seconds (its key ends in `_seconds`).
+mod whole_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(duration.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_secs)
+    }
+}
+
+/// A duration the configuration keeps as whole milliseconds (its key ends in `_ms`).
+mod whole_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
     }
 }

@@ -62,7 +62,7 @@ pub fn router(state: AppState) -> Router {
 /// a test's changed copy of it).
 pub fn router_with(state: AppState, operations: &[openapi::Operation]) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
-    let timeout = state.settings.request_timeout();
+    let timeout = state.settings.server.request_timeout;
     let mut routes = Router::new();
     // The API's routes and their roles come from the table its OpenAPI document is built
     // from: the documented role is the one the router enforces.

@@ -153,8 +153,8 @@ impl Outbound {
         }
         let worker = &settings.worker;
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(worker.outbound_connect_timeout_ms))
-            .timeout(Duration::from_millis(worker.outbound_timeout_ms))
+            .connect_timeout(worker.outbound_connect_timeout)
+            .timeout(worker.outbound_timeout)
             .build()?;
         let apis = vec![
             (settings.whatsapp.api_base.clone(), "whatsapp"),

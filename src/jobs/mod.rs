@@ -10,7 +10,6 @@
 mod dispatch;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -93,7 +92,7 @@ impl Worker {
     }
 
     async fn run_loop(&self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
-        let idle = Duration::from_millis(self.settings.poll_interval_ms);
+        let idle = self.settings.poll_interval;
         while !*shutdown.borrow() {
             let worked = match queue {
                 Queue::Inbox => self.work_batch_from(queue).await,
@@ -129,7 +128,7 @@ impl Worker {
 
     /// Claims and handles one item of `queue`. False when nothing was due.
     pub async fn work_once_from(&self, queue: Queue) -> Result<bool, StoreError> {
-        let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+        let lease = duration_ms(self.settings.lease);
         let Some(item) = self.store.claim(queue, &self.owner, lease).await? else {
             return Ok(false);
         };
@@ -143,7 +142,7 @@ impl Worker {
     /// side (jobs carry no order among themselves; each step guards its own rows). False
     /// when nothing was due.
     pub async fn work_jobs(&self) -> Result<bool, StoreError> {
-        let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+        let lease = duration_ms(self.settings.lease);
         let items = self
             .store
             .claim_many(Queue::Jobs, &self.owner, lease, self.settings.job_batch.get())
@@ -179,7 +178,7 @@ impl Worker {
     /// the other item, and any status the batch leaves, are handled one by one in the
     /// order they arrived. False when nothing was due.
     pub async fn work_batch_from(&self, queue: Queue) -> Result<bool, StoreError> {
-        let lease = duration_ms(Duration::from_secs(self.settings.lease_seconds));
+        let lease = duration_ms(self.settings.lease);
         let items = self
             .store
             .claim_batch(queue, &self.owner, lease, BATCHED, self.settings.inbox_batch.get())
@@ -335,7 +334,7 @@ impl Worker {
     /// make: extends them every third of the lease until aborted, or until none is held.
     fn heartbeat(&self, queue: Queue, ids: Vec<i64>) -> tokio::task::JoinHandle<()> {
         let (store, owner) = (self.store.clone(), self.owner.clone());
-        let lease = Duration::from_secs(self.settings.lease_seconds);
+        let lease = self.settings.lease;
         let span = tracing::Span::current();
         tokio::spawn(
             async move {
