@@ -807,7 +807,7 @@ async fn connect(settings: &Settings) -> anyhow::Result<Store> {
     let url = &settings.database.url;
     Store::connect_with(
         url,
-        settings.database.max_connections,
+        settings.database.max_connections.get(),
         settings.database.acquire_timeout.max(Duration::from_secs(3)),
     )
     .await

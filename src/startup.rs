@@ -29,7 +29,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
         let store = Store::connect_with(
             &settings.database.url,
-            settings.database.max_connections,
+            settings.database.max_connections.get(),
             settings.database.acquire_timeout,
         )
         .await
@@ -42,7 +42,7 @@ impl Application {
         let settings = Arc::new(settings);
         let services = Arc::new(Services::new(store.clone(), settings.clone(), metrics.clone())?);
         let worker = settings.worker.enabled.then(|| Worker::new(services.clone()));
-        let inbox = InboxWriter::start(store.clone(), settings.server.ingest_writers);
+        let inbox = InboxWriter::start(store.clone(), settings.server.ingest_writers.get());
         let flow_key = flow_crypto::configured_key(&settings)
             .map_err(|problem| anyhow::anyhow!("the Flow endpoint's key: {problem}"))?
             .map(Arc::new);
@@ -99,7 +99,7 @@ impl Application {
         let limits = http::ConnectionLimits {
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
-            max_connections: server.max_connections,
+            max_connections: server.max_connections.get(),
         };
         http::serve(self.listener, app, limits, shutdown).await?;
         tracing::info!("HTTP server stopped; stopping worker");

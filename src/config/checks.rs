@@ -55,23 +55,11 @@ impl Settings {
                 "must be longer than server.request_timeout_seconds".into(),
             );
         }
-        if self.server.ingest_writers == 0 {
-            return invalid("server.ingest_writers", "must be at least 1".into());
-        }
-        if self.server.max_connections == 0 || self.server.max_events_per_request == 0 {
-            return invalid(
-                "server.max_connections",
-                "connection and event limits must be at least 1".into(),
-            );
-        }
         if self.database.acquire_timeout.is_zero() {
             return invalid("database.acquire_timeout_ms", "must be at least 1".into());
         }
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres")) {
             return invalid("database.url", "must start with sqlite: or postgres://".into());
-        }
-        if self.database.max_connections == 0 {
-            return invalid("database.max_connections", "must be at least 1".into());
         }
         let flow_path = &self.whatsapp.flow_endpoint_path;
         let plain_path = flow_path.len() > 1
@@ -106,12 +94,6 @@ impl Settings {
                     check.as_millis()
                 ),
             );
-        }
-        if self.worker.inbox_concurrency == 0 {
-            return invalid("worker.inbox_concurrency", "must be at least 1".into());
-        }
-        if self.worker.job_concurrency == 0 {
-            return invalid("worker.job_concurrency", "must be at least 1".into());
         }
         if self.worker.job_batch.get() > MAX_JOB_BATCH {
             return invalid("worker.job_batch", format!("must be at most {MAX_JOB_BATCH}"));
@@ -169,12 +151,6 @@ impl Settings {
         }
         if self.programme.promoter_min_score > 10 {
             return invalid("programme.promoter_min_score", "must be 0..=10".into());
-        }
-        if self.whatsapp.max_messages_per_second == 0 {
-            return invalid("whatsapp.max_messages_per_second", "must be at least 1".into());
-        }
-        if self.hubspot.requests_per_10s == 0 || self.hubspot.searches_per_second == 0 {
-            return invalid("hubspot.requests_per_10s", "rate limits must be at least 1".into());
         }
         if !self.templates.languages.contains(&self.templates.default_language) {
             return invalid(

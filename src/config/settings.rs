@@ -1,6 +1,6 @@
 //! The settings' types, one struct per section of `config/default.toml`.
 
-use std::num::{NonZeroU64, NonZeroUsize};
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::Path;
 use std::time::Duration;
 
@@ -156,19 +156,19 @@ pub struct ServerSettings {
     #[serde(rename = "idle_timeout_seconds", with = "whole_seconds")]
     pub idle_timeout: Duration,
     /// Connections served at once; beyond it new ones are closed at once.
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
     /// Events one webhook request may carry; a larger batch is refused (413).
-    pub max_events_per_request: usize,
+    pub max_events_per_request: NonZeroUsize,
     /// Tasks storing received events, each grouping the requests waiting into one
     /// statement.
-    pub ingest_writers: usize,
+    pub ingest_writers: NonZeroUsize,
 }
 
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     /// How long a request waits for a database connection before giving up (a 503 for
     /// webhooks, so the sender retries promptly during an outage).
     #[serde(rename = "acquire_timeout_ms", with = "whole_millis")]
@@ -198,10 +198,10 @@ impl LogFormat {
 pub struct WorkerSettings {
     pub enabled: bool,
     /// Loops claiming inbox events (webhooks received).
-    pub inbox_concurrency: usize,
+    pub inbox_concurrency: NonZeroUsize,
     /// Loops claiming jobs (sends and outside calls); apart from the inbox loops, so a
     /// burst of one never starves the other.
-    pub job_concurrency: usize,
+    pub job_concurrency: NonZeroUsize,
     /// Inbox events an inbox loop claims at once; Meta's statuses among them are applied
     /// in one transaction.
     pub inbox_batch: NonZeroUsize,
@@ -240,7 +240,7 @@ pub struct WhatsAppSettings {
     /// The business's name as customers know it (shown in the Flow's consent line).
     pub business_name: String,
     pub business_number: String,
-    pub max_messages_per_second: u32,
+    pub max_messages_per_second: NonZeroU32,
     /// The least time between two messages to the same recipient (Meta's pair limit).
     #[serde(rename = "pair_spacing_ms", with = "whole_millis")]
     pub pair_spacing: Duration,
@@ -292,8 +292,8 @@ pub struct HubSpotSettings {
     pub webhook_api_key: Option<SecretString>,
     pub webhook_api_key_header: String,
     pub contacts_path: String,
-    pub requests_per_10s: u32,
-    pub searches_per_second: u32,
+    pub requests_per_10s: NonZeroU32,
+    pub searches_per_second: NonZeroU32,
     pub record_referral_links: bool,
 }
 

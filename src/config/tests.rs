@@ -78,7 +78,7 @@ fn file_overrides_defaults_and_env_overrides_file() {
     )
     .expect("load");
     assert_eq!(s.server.listen, "0.0.0.0:9000");
-    assert_eq!(s.database.max_connections, 7);
+    assert_eq!(s.database.max_connections.get(), 7);
     assert_eq!(secret_value(&s.whatsapp.app_secret), Some("s3cret"));
     assert_eq!(secret_value(&s.whatsapp.verify_token), Some("from-file"));
     assert_eq!(s.worker.retry_schedule_seconds, vec![1, 2, 3]);
@@ -270,4 +270,20 @@ fn printed_configuration_redacts_secrets() {
     );
     assert!(printed.contains("[redacted]"));
     assert!(!format!("{s:?}").contains("topsecret"));
+}
+
+#[test]
+fn a_count_or_rate_of_zero_is_refused_naming_its_key() {
+    for key in [
+        "worker.job_concurrency",
+        "server.ingest_writers",
+        "database.max_connections",
+        "whatsapp.max_messages_per_second",
+        "hubspot.searches_per_second",
+    ] {
+        let variable = format!("REFERLOOP_{}", key.to_ascii_uppercase().replace('.', "__"));
+        let error = Settings::load_from(None, env(&[(&variable, "0")])).expect_err("zero refused");
+        let text = error.to_string();
+        assert!(text.contains(key) && text.contains("nonzero"), "{key}: {text}");
+    }
 }

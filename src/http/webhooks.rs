@@ -38,7 +38,7 @@ impl AppState {
     /// Stores the events; the caller answers 200 only when this returns Ok. The insert runs
     /// to its end in a writer task, whatever the client does meanwhile.
     async fn store_events(&self, source: Source, mut events: Vec<NewInboxEvent>) -> Result<u64, ApiError> {
-        let limit = self.settings.server.max_events_per_request;
+        let limit = self.settings.server.max_events_per_request.get();
         if events.len() > limit {
             return Err(self.refuse(source, ApiError::TooManyEvents(limit)));
         }

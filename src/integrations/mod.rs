@@ -133,7 +133,13 @@ pub async fn management_call(
 impl Outbound {
     /// A pacer for calls through this transport: shared across replicas (through `store`)
     /// when calls go out; local in sandbox mode, where nothing leaves.
-    pub fn pacer(&self, store: &Store, per_interval: u32, interval: Duration, bucket: &str) -> pacer::Pacer {
+    pub fn pacer(
+        &self,
+        store: &Store,
+        per_interval: std::num::NonZeroU32,
+        interval: Duration,
+        bucket: &str,
+    ) -> pacer::Pacer {
         match self {
             Outbound::Live(_) => pacer::Pacer::shared(per_interval, interval, store.clone(), bucket.to_string()),
             Outbound::Sandbox(_) => pacer::Pacer::new(per_interval, interval),

@@ -11,6 +11,7 @@
 //! used late (sent late, it would crowd the places after it); dropping only lowers the
 //! rate.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
@@ -117,10 +118,10 @@ impl SharedRate {
 }
 
 impl Pacer {
-    pub fn new(per_interval: u32, interval: Duration) -> Pacer {
+    pub fn new(per_interval: NonZeroU32, interval: Duration) -> Pacer {
         Pacer {
             local: LocalRate {
-                spacing: interval / per_interval.max(1),
+                spacing: interval / per_interval.get(),
                 next_slot: Mutex::new(Instant::now()),
             },
             shared: None,
@@ -128,8 +129,8 @@ impl Pacer {
     }
 
     /// The same pace, held across every replica that shares `store` under `bucket`.
-    pub fn shared(per_interval: u32, interval: Duration, store: Store, bucket: String) -> Pacer {
-        let per_interval_i64 = i64::from(per_interval.max(1));
+    pub fn shared(per_interval: NonZeroU32, interval: Duration, store: Store, bucket: String) -> Pacer {
+        let per_interval_i64 = i64::from(per_interval.get());
         let interval_us = (i64::try_from(interval.as_micros()).unwrap_or(i64::MAX) / per_interval_i64).max(1);
         // A twentieth of the rate, and never more than 50 ms of places.
         let block = (per_interval_i64 / 20).clamp(1, (50_000 / interval_us).max(1));

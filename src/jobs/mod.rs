@@ -79,7 +79,7 @@ impl Worker {
             (Queue::Jobs, self.settings.job_concurrency),
         ];
         for (queue, concurrency) in queues {
-            for n in 0..concurrency {
+            for n in 0..concurrency.get() {
                 // Each loop owns its leases, so one loop can never complete another's item.
                 let mut worker = self.clone();
                 worker.owner = format!("{}-{}{n}", self.owner, queue_name(queue));
