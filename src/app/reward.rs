@@ -155,17 +155,20 @@ async fn reward_message(
     beneficiary: Beneficiary,
     given: &str,
 ) -> Result<Option<NewMessage>, StepError> {
+    let Some(phone) = reward.phone.clone() else {
+        return Ok(None);
+    };
     let may_message = match beneficiary {
         Beneficiary::Referrer => true,
         Beneficiary::Friend if referral.consent => true,
         Beneficiary::Friend => {
-            let last = s.store.last_inbound_at(E164::text_of(reward.phone.as_ref())).await?;
+            let last = s.store.last_inbound_at(phone.as_str()).await?;
             last.is_some_and(|at| s.now_ms() - at < DAY_MS)
         }
     };
-    let Some(phone) = reward.phone.clone().filter(|_| may_message) else {
+    if !may_message {
         return Ok(None);
-    };
+    }
     let body = render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given);
     let key = format!("reward:{}:message", reward.id);
     Ok(Some(NewMessage {

@@ -97,14 +97,8 @@ impl Tx {
     /// The message Meta knows as `wamid`, locked until this step commits (see
     /// [`Tx::message_for_update`]).
     pub async fn message_by_wamid_for_update(&mut self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid = $1{}",
-            self.lock_clause()
-        );
-        Ok(sqlx::query_as::<_, MessageRow>(&sql)
-            .bind(wamid)
-            .fetch_optional(self.read())
-            .await?)
+        self.row_for_update(MESSAGE_COLUMNS, "messages", "wamid", wamid.to_string())
+            .await
     }
 
     /// The messages Meta knows by `wamids`, locked until this step commits, in id order
@@ -160,14 +154,7 @@ impl Tx {
     /// status decides on this read, and concurrent steps about the same message (two of
     /// Meta's statuses, a status and the send that recorded its acceptance) wait their turn.
     pub async fn message_for_update(&mut self, id: i64) -> Result<Option<MessageRow>, StoreError> {
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1{}",
-            self.lock_clause()
-        );
-        Ok(sqlx::query_as::<_, MessageRow>(&sql)
-            .bind(id)
-            .fetch_optional(self.read())
-            .await?)
+        self.row_for_update(MESSAGE_COLUMNS, "messages", "id", id).await
     }
 
     /// A status arrived for a wamid we never recorded (our send was interrupted after Meta

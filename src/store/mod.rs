@@ -157,7 +157,23 @@ where
     T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
     V: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
 {
-    let sql = format!("SELECT {columns} FROM {table} WHERE {column} = $1");
+    row_where_locked(conn, columns, table, column, value, "").await
+}
+
+/// As [`row_where`], with `lock` (a `FOR … UPDATE` clause, or nothing) after the condition.
+pub(super) async fn row_where_locked<T, V>(
+    conn: &mut sqlx::AnyConnection,
+    columns: &str,
+    table: &str,
+    column: &str,
+    value: V,
+    lock: &str,
+) -> Result<Option<T>, StoreError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    V: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+{
+    let sql = format!("SELECT {columns} FROM {table} WHERE {column} = $1{lock}");
     Ok(sqlx::query_as::<_, T>(&sql).bind(value).fetch_optional(conn).await?)
 }
 

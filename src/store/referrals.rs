@@ -174,14 +174,7 @@ impl Tx {
     /// The referral as this transaction sees it, locked against concurrent steps on
     /// PostgreSQL (SQLite's single writer already serialises them).
     pub async fn referral_for_update(&mut self, id: i64) -> Result<Option<ReferralRow>, StoreError> {
-        let sql = format!(
-            "SELECT {REFERRAL_COLUMNS} FROM referrals WHERE id = $1{}",
-            self.lock_clause()
-        );
-        Ok(sqlx::query_as::<_, ReferralRow>(&sql)
-            .bind(id)
-            .fetch_optional(self.read())
-            .await?)
+        self.row_for_update(REFERRAL_COLUMNS, "referrals", "id", id).await
     }
 
     /// Moves a referral from `from` to `to` (compare-and-set, on a row the caller read

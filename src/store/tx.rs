@@ -307,4 +307,21 @@ impl Tx {
             Backend::Sqlite => "",
         }
     }
+
+    /// The row of `table` whose `column` equals `value`, locked until this step commits
+    /// (see [`Tx::lock_clause`]).
+    pub(super) async fn row_for_update<T, V>(
+        &mut self,
+        columns: &str,
+        table: &str,
+        column: &str,
+        value: V,
+    ) -> Result<Option<T>, StoreError>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+        V: for<'q> sqlx::Encode<'q, sqlx::Any> + sqlx::Type<sqlx::Any> + Send,
+    {
+        let lock = self.lock_clause();
+        super::row_where_locked(self.read(), columns, table, column, value, lock).await
+    }
 }
