@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use referloop::domain::messaging::TemplateEvent;
 use referloop::domain::state::Persisted;
-use referloop::store::{Backend, Queue};
+use referloop::store::{Backend, Queue, QueueRow};
 use serde_json::json;
 
 use crate::both_backends;
@@ -19,6 +19,24 @@ async fn template_status(lc: &Lifecycle, event: &str) -> u16 {
                "message_template_language": "en_US", "reason": "NONE",
                "other_info": {"title": "FIRST_PAUSE", "description": "paused for low quality"}}),
     )
+    .await
+}
+
+/// The invite's send job.
+async fn send_job(lc: &Lifecycle) -> QueueRow {
+    let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
+    jobs.into_iter()
+        .find(|j| j.kind == "whatsapp.send")
+        .expect("the send job")
+}
+
+/// Waits until the send has been held `times` times and is back in the queue. The hold
+/// is counted as the step decides it; the worker records the deferral a moment later,
+/// and the clock must not move before it does.
+async fn held_and_waiting(lc: &Lifecycle, times: u64) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        sends_held(lc).await == times && send_job(lc).await.state.as_str() != "running"
+    })
     .await
 }
 
@@ -40,19 +58,12 @@ async fn a_paused_template_holds_its_sends_until_approved(backend: Backend) {
     assert_eq!(template_status(&lc, "PAUSED").await, 200);
     lc.settle().await;
     assert_eq!(lc.nps("90001", REFERRER_PHONE, "Ana", "10", "1767225600000").await, 200);
-    assert!(
-        eventually(Duration::from_secs(10), || async { sends_held(&lc).await == 1 }).await,
-        "the send is held"
-    );
+    assert!(held_and_waiting(&lc, 1).await, "the send is held");
     // At the recheck, ten minutes on, the template is still paused: held again.
     lc.app.store.clock().advance(Duration::from_secs(601));
-    assert!(
-        eventually(Duration::from_secs(10), || async { sends_held(&lc).await == 2 }).await,
-        "held again at the recheck"
-    );
+    assert!(held_and_waiting(&lc, 2).await, "held again at the recheck");
     assert!(lc.sent_of("tmpl_referral_invite").await.is_empty(), "held while paused");
-    let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
-    let send = jobs.iter().find(|j| j.kind == "whatsapp.send").expect("the send job");
+    let send = send_job(&lc).await;
     assert_eq!(send.state.as_str(), "queued", "waiting, not failed or dead: {send:?}");
     assert_eq!(send.attempts, 0, "waiting uses no attempt");
 
