@@ -195,7 +195,11 @@ impl Store {
             queue.table(),
             QueueState::Running.as_str()
         );
+        // Planned afresh each time, never from a cached generic plan: a queue table
+        // starts empty, so a plan cached then scans it whole long after it has grown
+        // (until an ANALYZE that a busy new install may not have run yet).
         let rows = sqlx::query(&sql)
+            .persistent(false)
             .bind(now + lease_ms)
             .bind(owner)
             .bind(now)
