@@ -4,27 +4,10 @@
 use std::path::Path;
 
 use crate::catalogue::Catalogues;
-use crate::domain::referral::FriendInviteMode;
-use crate::domain::reward::RewardKind;
-use serde::Serialize;
 
-use super::settings::{LogFormat, Settings, TemplateParameter};
+use super::settings::Settings;
+use super::shape::{self, Misfit};
 use super::{ConfigError, DEFAULT_TOML};
-
-/// Settings that are lists: in the environment, comma-separated.
-const LIST_KEYS: [&str; 11] = [
-    "worker.retry_schedule_seconds",
-    "programme.stop_button_payloads",
-    "programme.stop_keyword_languages",
-    "hubspot_properties.phone",
-    "templates.languages",
-    "templates.invite_body",
-    "templates.flow_body",
-    "templates.friend_invite_body",
-    "templates.thanks_body",
-    "templates.reward_body",
-    "api.tokens",
-];
 
 /// A list setting from the environment: `a,b,c`, or a JSON array (`["a","b"]`, numbers
 /// allowed), each item a string.
@@ -72,94 +55,76 @@ const REMOVED_KEYS: [(&str, &str); 4] = [
     ),
 ];
 
-/// Turns serde's "unknown field" and config's "no variant" errors into ones that name
-/// the whole key, where it came from, and what was meant.
-fn explain(
-    error: config::ConfigError,
-    env: &std::collections::HashMap<String, String>,
-    file: Option<&Path>,
-) -> ConfigError {
-    let text = error.to_string();
-    let quoted: Vec<&str> = text.split('`').skip(1).step_by(2).collect();
-    let parent = text
-        .rsplit_once(" for key `")
-        .map(|(_, rest)| rest.trim_end_matches('`'))
-        .filter(|_| text.contains(" for key `"));
-    if let Some(rest) = text.strip_prefix("unknown field `") {
-        let field = rest.split('`').next().unwrap_or_default();
-        let expected: Vec<&str> = quoted.iter().skip(1).copied().filter(|q| Some(*q) != parent).collect();
-        let key = match parent {
-            Some(parent) => format!("{parent}.{field}"),
-            None => field.to_string(),
-        };
-        let variable = env
-            .keys()
-            .filter_map(|name| name.strip_prefix("REFERLOOP_").map(|rest| (name, rest)))
-            .find(|(_, rest)| rest.to_ascii_lowercase().replace("__", ".").starts_with(&key))
-            .map(|(name, _)| name.clone());
-        let source_note = match &variable {
-            Some(name) => format!(" (from the environment variable {name})"),
-            None => match file {
-                Some(path) => match line_of(path, field) {
-                    Some(line) => format!(" (in {}, line {line})", path.display()),
-                    None => format!(" (in {})", path.display()),
-                },
-                None => " (in the configuration file)".to_string(),
-            },
-        };
-        let removed = REMOVED_KEYS
-            .iter()
-            .find(|(gone, _)| key == *gone || key.starts_with(&format!("{gone}.")))
-            .map(|(_, went)| format!("; {went}"));
-        // REFERLOOP_WHATSAPP_APP_SECRET: the section and the key need a double underscore.
-        let separator_hint = variable.as_ref().filter(|_| parent.is_none()).and_then(|name| {
-            expected
-                .iter()
-                .find(|section| field.starts_with(&format!("{section}_")))
-                .map(|section| {
-                    let rest = &field[section.len() + 1..];
-                    format!(
-                        "; a section and its key are separated by a double underscore: `REFERLOOP_{}__{}` (not {name})",
-                        section.to_ascii_uppercase(),
-                        rest.to_ascii_uppercase()
-                    )
-                })
-        });
-        let suggestion = removed
-            .or(separator_hint)
-            .or_else(|| {
-                nearest(field, &expected).map(|near| {
-                    let known = match parent {
-                        Some(parent) => format!("{parent}.{near}"),
-                        None => near.to_string(),
-                    };
-                    format!("; did you mean `{known}`?")
-                })
-            })
-            .unwrap_or_default();
-        return ConfigError::UnknownKey {
-            key,
-            source_note,
-            suggestion,
-        };
-    }
-    if let (Some(rest), Some(key)) = (text.strip_prefix("enum "), parent) {
-        let mut words = rest.split_whitespace();
-        let enum_name = words.next().unwrap_or_default();
-        let value = rest
-            .split(" variant constructor ")
-            .nth(1)
-            .and_then(|v| v.split(" for key ").next())
-            .unwrap_or_default();
-        if let Some(accepted) = accepted_values(enum_name) {
+/// A misfit of the merged configuration, said with the whole key, where it came from,
+/// and what was meant.
+fn explain(misfit: Misfit, env: &std::collections::HashMap<String, String>, file: Option<&Path>) -> ConfigError {
+    let (section, field, known) = match misfit {
+        Misfit::NotOneOf { key, value, accepted } => {
+            let accepted = accepted.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>();
             return ConfigError::NotOneOf {
-                key: key.to_string(),
-                value: value.to_string(),
-                accepted,
+                key,
+                value,
+                accepted: accepted.join(", "),
             };
         }
+        Misfit::UnknownKey { section, field, known } => (section, field, known),
+    };
+    let parent = section.as_deref();
+    let key = match parent {
+        Some(parent) => format!("{parent}.{field}"),
+        None => field.clone(),
+    };
+    let variable = env
+        .keys()
+        .filter_map(|name| name.strip_prefix("REFERLOOP_").map(|rest| (name, rest)))
+        .find(|(_, rest)| rest.to_ascii_lowercase().replace("__", ".").starts_with(&key))
+        .map(|(name, _)| name.clone());
+    let source_note = match &variable {
+        Some(name) => format!(" (from the environment variable {name})"),
+        None => match file {
+            Some(path) => match line_of(path, &field) {
+                Some(line) => format!(" (in {}, line {line})", path.display()),
+                None => format!(" (in {})", path.display()),
+            },
+            None => " (in the configuration file)".to_string(),
+        },
+    };
+    let removed = REMOVED_KEYS
+        .iter()
+        .find(|(gone, _)| key == *gone || key.starts_with(&format!("{gone}.")))
+        .map(|(_, went)| format!("; {went}"));
+    // REFERLOOP_WHATSAPP_APP_SECRET: the section and the key need a double underscore.
+    let separator_hint = variable.as_ref().filter(|_| parent.is_none()).and_then(|name| {
+        known
+            .iter()
+            .find(|section| field.starts_with(&format!("{section}_")))
+            .map(|section| {
+                let rest = &field[section.len() + 1..];
+                format!(
+                    "; a section and its key are separated by a double underscore: `REFERLOOP_{}__{}` (not {name})",
+                    section.to_ascii_uppercase(),
+                    rest.to_ascii_uppercase()
+                )
+            })
+    });
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    let suggestion = removed
+        .or(separator_hint)
+        .or_else(|| {
+            nearest(&field, &known).map(|near| {
+                let known = match parent {
+                    Some(parent) => format!("{parent}.{near}"),
+                    None => near.to_string(),
+                };
+                format!("; did you mean `{known}`?")
+            })
+        })
+        .unwrap_or_default();
+    ConfigError::UnknownKey {
+        key,
+        source_note,
+        suggestion,
     }
-    ConfigError::Load(error)
 }
 
 /// The line (from 1) of a TOML file where `key` is set or opened as a table: the first
@@ -184,25 +149,6 @@ fn nearest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
         .filter(|(d, k)| *d <= 3.max(k.len() / 3))
         .min()
         .map(|(_, k)| k)
-}
-
-/// The accepted values of a configuration enum, by its Rust name.
-fn accepted_values(enum_name: &str) -> Option<String> {
-    fn names<T: Serialize>(values: &[T]) -> String {
-        values
-            .iter()
-            .filter_map(|v| serde_json::to_value(v).ok())
-            .filter_map(|v| v.as_str().map(|s| format!("`{s}`")))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-    match enum_name {
-        "FriendInviteMode" => Some(names(&FriendInviteMode::ALL)),
-        "LogFormat" => Some(names(&LogFormat::ALL)),
-        "RewardKind" => Some(names(<RewardKind as crate::domain::state::Persisted>::ALL)),
-        "TemplateParameter" => Some(names(&TemplateParameter::ALL)),
-        _ => None,
-    }
 }
 
 impl Settings {
@@ -241,9 +187,9 @@ impl Settings {
                 continue;
             };
             let key = rest.to_ascii_lowercase().replace("__", ".");
-            if let Some(list_key) = LIST_KEYS.iter().find(|k| **k == key) {
-                let items = env_list(value).map_err(|problem| ConfigError::Invalid {
-                    key: list_key,
+            if shape::list_keys().contains(&key) {
+                let items = env_list(value).map_err(|problem| ConfigError::InvalidList {
+                    key: key.clone(),
                     problem: format!("{problem} (from the environment variable {name})"),
                 })?;
                 builder = builder.set_override(key, items)?;
@@ -252,7 +198,14 @@ impl Settings {
         if let Some(url) = env.get("DATABASE_URL") {
             builder = builder.set_override("database.url", url.as_str())?;
         }
-        let mut settings: Settings = builder.build()?.try_deserialize().map_err(|e| explain(e, &env, file))?;
+        let merged = builder.build()?;
+        // Checked against the settings' shape first, so that an unknown key or value is
+        // said from the types; what is left for serde is a value of the wrong type.
+        let tree: serde_json::Value = merged.clone().try_deserialize()?;
+        if let Some(misfit) = shape::misfit(&tree) {
+            return Err(explain(misfit, &env, file));
+        }
+        let mut settings: Settings = merged.try_deserialize()?;
         settings.validate()?;
         let templates = &settings.templates;
         let override_dir = Some(templates.catalogue_dir.trim())

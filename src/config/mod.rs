@@ -9,6 +9,7 @@
 mod checks;
 mod load;
 mod settings;
+mod shape;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -42,6 +43,9 @@ pub enum ConfigError {
     },
     #[error("configuration key `{key}`: {problem}")]
     Invalid { key: &'static str, problem: String },
+    /// A list setting in the environment that is neither `a,b` nor a JSON array.
+    #[error("configuration key `{key}`: {problem}")]
+    InvalidList { key: String, problem: String },
 }
 
 /// A URL fit to print or log: a password (in the authority or a `password` query

@@ -10,6 +10,7 @@ use crate::catalogue::Catalogues;
 use crate::domain::nomination::NominationRefusal;
 use crate::domain::referral::FriendInviteMode;
 use crate::domain::reward::RewardKind;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{redact_url, secret_value};
@@ -34,7 +35,7 @@ impl Account {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `None`: each account is recorded until its credential is set; see [`Settings::live`].
@@ -58,7 +59,7 @@ pub struct Settings {
     pub catalogues: Catalogues,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Replies {
     /// The interactive Flow sent when the customer taps "Refer someone".
@@ -98,13 +99,13 @@ impl Replies {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     pub tokens: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardSettings {
     pub pool_low_watermark: i64,
@@ -112,9 +113,10 @@ pub struct RewardSettings {
     pub friend: RewardSide,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardSide {
+    #[schemars(schema_with = "reward_kind_names")]
     pub kind: RewardKind,
     pub amount: i64,
     pub currency: String,
@@ -127,6 +129,7 @@ pub struct RewardSide {
     pub hubspot_property: String,
     pub webhook_url: String,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub webhook_secret: Option<SecretString>,
 }
 
@@ -142,18 +145,21 @@ impl RewardSide {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
     pub public_base_url: String,
     #[serde(rename = "request_timeout_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
     pub request_timeout: Duration,
     /// A client must send a request's headers within this time.
     #[serde(rename = "header_read_timeout_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
     pub header_read_timeout: Duration,
     /// A connection with no traffic for this long is closed (idle keep-alive sockets).
     #[serde(rename = "idle_timeout_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
     pub idle_timeout: Duration,
     /// Connections served at once; beyond it new ones are closed at once.
     pub max_connections: NonZeroUsize,
@@ -164,7 +170,7 @@ pub struct ServerSettings {
     pub ingest_writers: NonZeroUsize,
 }
 
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
@@ -172,17 +178,18 @@ pub struct DatabaseSettings {
     /// How long a request waits for a database connection before giving up (a 503 for
     /// webhooks, so the sender retries promptly during an outage).
     #[serde(rename = "acquire_timeout_ms", with = "whole_millis")]
+    #[schemars(with = "u64")]
     pub acquire_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -193,7 +200,7 @@ impl LogFormat {
     pub const ALL: [LogFormat; 2] = [LogFormat::Text, LogFormat::Json];
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub enabled: bool,
@@ -215,22 +222,27 @@ pub struct WorkerSettings {
     /// How long a send interrupted mid-request waits for Meta's status before it is sent
     /// again.
     #[serde(rename = "interrupted_send_wait_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
     pub interrupted_send_wait: Duration,
     /// Limits on every call to Meta, HubSpot, Stripe and reward webhooks: connecting, and
     /// the whole request. A call that times out after sending counts as "may have acted".
     #[serde(rename = "outbound_connect_timeout_ms", with = "whole_millis")]
+    #[schemars(with = "u64")]
     pub outbound_connect_timeout: Duration,
     #[serde(rename = "outbound_timeout_ms", with = "whole_millis")]
+    #[schemars(with = "u64")]
     pub outbound_timeout: Duration,
     #[serde(rename = "poll_interval_ms", with = "whole_millis")]
+    #[schemars(with = "u64")]
     pub poll_interval: Duration,
     #[serde(rename = "lease_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
     pub lease: Duration,
     pub retry_schedule_seconds: Vec<u64>,
     pub retry_jitter: f64,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhatsAppSettings {
     pub api_base: String,
@@ -243,15 +255,20 @@ pub struct WhatsAppSettings {
     pub max_messages_per_second: NonZeroU32,
     /// The least time between two messages to the same recipient (Meta's pair limit).
     #[serde(rename = "pair_spacing_ms", with = "whole_millis")]
+    #[schemars(with = "u64")]
     pub pair_spacing: Duration,
     /// How often a send held by a paused or rejected template looks again.
     #[serde(rename = "template_recheck_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
     pub template_recheck: Duration,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub access_token: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub app_secret: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub verify_token: Option<SecretString>,
     /// Which nomination Flow is sent: the static one, or the one that calls our endpoint.
     pub flow_kind: FlowKind,
@@ -260,18 +277,20 @@ pub struct WhatsAppSettings {
     /// How long the endpoint waits for HubSpot's "already a customer?" answer before it
     /// leaves that check to the worker.
     #[serde(rename = "flow_customer_check_ms", with = "whole_millis")]
+    #[schemars(with = "u64")]
     pub flow_customer_check: Duration,
     /// Submissions one Flow may have refused before its token is refused.
     pub flow_max_refusals: u32,
     /// The endpoint's RSA-2048 private key, PKCS#8 PEM.
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub flow_private_key: Option<SecretString>,
     /// Or a file holding it, readable by its owner only.
     pub flow_private_key_file: String,
 }
 
 /// The nomination Flow in use (`whatsapp.flow_kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowKind {
     /// `templates/flow_referral_nomination.json`: checks after the Flow completes.
@@ -280,15 +299,18 @@ pub enum FlowKind {
     Endpoint,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotSettings {
     pub api_base: String,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub access_token: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub client_secret: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub webhook_api_key: Option<SecretString>,
     pub webhook_api_key_header: String,
     pub contacts_path: String,
@@ -297,18 +319,20 @@ pub struct HubSpotSettings {
     pub record_referral_links: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StripeSettings {
     pub api_base: String,
     pub api_version: String,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub secret_key: Option<SecretString>,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub webhook_secret: Option<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgrammeSettings {
     pub promoter_min_score: u8,
@@ -319,6 +343,7 @@ pub struct ProgrammeSettings {
     pub attribution_window_days: i64,
     pub max_open_referrals: i64,
     pub send_flow_with_invite: bool,
+    #[schemars(schema_with = "friend_invite_names")]
     pub friend_invite: FriendInviteMode,
     pub code_pattern: String,
     pub customer_lifecycle_stage: String,
@@ -332,10 +357,11 @@ pub struct ProgrammeSettings {
     /// at conversion time (codes shared by hand) instead of staying unattributed.
     pub attribute_code_only: bool,
     #[serde(default, serialize_with = "redact")]
+    #[schemars(with = "Option<String>")]
     pub flow_token_secret: Option<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotProperties {
     pub phone: Vec<String>,
@@ -352,7 +378,7 @@ pub struct HubSpotProperties {
     pub referral_reward: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSettings {
     pub languages: Vec<String>,
@@ -381,7 +407,7 @@ pub struct TemplateSettings {
 }
 
 /// A value a template body parameter can carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TemplateParameter {
     FirstName,
@@ -401,6 +427,24 @@ impl TemplateParameter {
         TemplateParameter::PersonalMessage,
         TemplateParameter::Reward,
     ];
+}
+
+/// A setting that takes one of a domain type's names (the domain stays free of schemas).
+fn names_schema(names: impl IntoIterator<Item = String>) -> Schema {
+    let names: Vec<String> = names.into_iter().collect();
+    json_schema!({"type": "string", "enum": names})
+}
+
+fn reward_kind_names(_: &mut SchemaGenerator) -> Schema {
+    use crate::domain::state::Persisted;
+    names_schema(RewardKind::ALL.iter().map(|kind| kind.as_str().to_string()))
+}
+
+fn friend_invite_names(_: &mut SchemaGenerator) -> Schema {
+    let serialized = FriendInviteMode::ALL
+        .iter()
+        .filter_map(|mode| serde_json::to_value(mode).ok());
+    names_schema(serialized.filter_map(|name| name.as_str().map(str::to_string)))
 }
 
 fn redact<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
