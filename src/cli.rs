@@ -429,7 +429,7 @@ async fn users(settings: &Settings, action: UsersAction) -> anyhow::Result<ExitC
             store.upsert_admin_user(&name, role, &hash).await?;
             outln!(
                 "user {name} ({role}) saved; sign in at {}/admin",
-                settings.server.public_base_url
+                settings.server.public_base_url.as_str()
             );
         }
         UsersAction::List => {

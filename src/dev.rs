@@ -82,11 +82,7 @@ impl<'a> DevClient<'a> {
         };
         let headers = if let Some(secret) = secret_value(&self.settings.hubspot.client_secret) {
             let timestamp = system_ms().to_string();
-            let public = format!(
-                "{}{}",
-                self.settings.server.public_base_url.trim_end_matches('/'),
-                path_and_query
-            );
+            let public = self.settings.server.public_base_url.join(&path_and_query);
             let signature = signatures::sign_hubspot_v3(secret, "POST", &public, &body, &timestamp);
             vec![
                 ("x-hubspot-signature-v3".into(), signature),

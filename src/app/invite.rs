@@ -3,7 +3,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{opt_out, Outcome, Services, StepError, StepResult, Work, DAY_MS};
+use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
+use crate::clock::duration_ms;
 use crate::domain::eligibility::{self, EligibilityRules, Ineligible, NpsAnswer, TriggerFacts, TriggerKind};
 use crate::domain::flow_token::FlowToken;
 use crate::domain::ids::HubSpotId;
@@ -97,7 +98,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     };
     let rules = EligibilityRules {
         promoter_min_score: programme.promoter_min_score,
-        invite_cooldown_days: programme.invite_cooldown_days,
+        invite_cooldown: programme.invite_cooldown,
         max_invites_per_contact: programme.max_invites_per_contact,
     };
     let mut invite = NewInvite {
@@ -118,12 +119,14 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     };
     let code = tx
         .customer_code(&trigger.contact_id, &trigger.first_name, || {
-            s.code_pattern
+            s.settings
+                .programme
+                .code_pattern
                 .generate(&trigger.first_name, |n| rand::random::<u32>() as usize % n.max(1))
         })
         .await?;
     invite.referral_code = Some(code.clone());
-    let cooldown_start = s.now_ms() - programme.invite_cooldown_days * DAY_MS;
+    let cooldown_start = s.now_ms() - duration_ms(programme.invite_cooldown);
     if !tx
         .pass_invite_gate(&trigger.contact_id, cooldown_start, programme.max_invites_per_contact)
         .await?
@@ -186,7 +189,7 @@ fn invite_messages(s: &Services, invite_id: i64, phone: &E164, trigger: &Trigger
         messages.push(NewMessage {
             invite_id: Some(invite_id),
             // Right after the invite, in the recipient's next turn.
-            run_at: s.now_ms() + crate::clock::duration_ms(settings.whatsapp.pair_spacing),
+            run_at: s.now_ms() + duration_ms(settings.whatsapp.pair_spacing),
             ..s.message(
                 format!("flow:{invite_id}:template"),
                 MessagePurpose::Flow,

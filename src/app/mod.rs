@@ -34,6 +34,7 @@ use serde_json::Value;
 
 pub use services::Services;
 
+use crate::clock::duration_ms;
 use crate::domain::ids::InvalidId;
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
@@ -185,11 +186,11 @@ impl Services {
 
     /// Attempts for the jobs the steps queue (from the retry schedule).
     pub fn max_attempts(&self) -> i64 {
-        self.settings.worker.retry_schedule_seconds.len() as i64 + 1
+        self.settings.worker.retry_schedule.len() as i64 + 1
     }
 
     /// The start of the attribution window: referrals nominated before it no longer convert.
     pub fn attribution_window_start(&self) -> i64 {
-        self.now_ms() - self.settings.programme.attribution_window_days * DAY_MS
+        self.now_ms() - duration_ms(self.settings.programme.attribution_window)
     }
 }

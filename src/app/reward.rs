@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Outcome, Services, StepError, StepResult, Work, DAY_MS};
+use crate::clock::duration_ms;
 use crate::config::{secret_value, RewardSide};
 use crate::domain::ids::{StripeId, StripeObject};
 use crate::domain::messaging::MessagePurpose;
@@ -40,8 +41,8 @@ pub async fn grant(
 ) -> Result<(), StepError> {
     let programme = &s.settings.programme;
     let now = s.now_ms();
-    let available_at = now + programme.reward_hold_days * DAY_MS;
-    let since = now - programme.reward_cap_period_days * DAY_MS;
+    let available_at = now + duration_ms(programme.reward_hold);
+    let since = now - duration_ms(programme.reward_cap_period);
     let rewarded = tx.referrer_rewards_since(&r.referrer_contact_id, since).await?;
     for beneficiary in [Beneficiary::Referrer, Beneficiary::Friend] {
         let side = s.reward_side(beneficiary);

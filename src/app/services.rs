@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use crate::config::{Account, Settings};
-use crate::domain::code::CodePattern;
 use crate::integrations::hubspot::HubSpotClient;
 use crate::integrations::stripe::StripeClient;
 use crate::integrations::whatsapp::WhatsAppClient;
@@ -20,7 +19,6 @@ pub struct Services {
     pub stripe: StripeClient,
     /// For reward fulfilment webhooks to the business's own URL.
     pub outbound: Outbound,
-    pub code_pattern: CodePattern,
     pub flow_token_secret: String,
     /// Refused submissions per open Flow (the endpoint's attempt limit).
     pub flow_refusals: crate::app::flow_endpoint::RefusalCounter,
@@ -32,7 +30,6 @@ impl Services {
         // programme whose messages are a rehearsal pays nothing out).
         let transport = |account| Outbound::new(&settings, settings.live(account), store.clone(), metrics.clone());
         let whatsapp = transport(Account::WhatsApp)?;
-        let code_pattern = CodePattern::parse(&settings.programme.code_pattern)?;
         Ok(Services {
             whatsapp: WhatsAppClient::new(&settings.whatsapp, whatsapp.clone(), &store),
             hubspot: HubSpotClient::new(&settings.hubspot, transport(Account::HubSpot)?, &store),
@@ -40,7 +37,6 @@ impl Services {
             outbound: whatsapp,
             flow_token_secret: settings.flow_token_secret(),
             flow_refusals: Default::default(),
-            code_pattern,
             store,
             settings,
             metrics,

@@ -10,10 +10,12 @@ mod checks;
 mod load;
 mod settings;
 mod shape;
+mod values;
 
 use secrecy::{ExposeSecret, SecretString};
 
 pub use settings::*;
+pub use values::{BaseUrl, FromSetting, Parsed};
 
 /// The most inbox events one loop claims at once (its statements bind two values each).
 pub const MAX_INBOX_BATCH: usize = 1000;

@@ -13,7 +13,10 @@ use crate::domain::reward::RewardKind;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::values::{seconds_list, whole_days, BaseUrl, Parsed};
 use super::{redact_url, secret_value};
+use crate::domain::access::TokenDigest;
+use crate::domain::code::CodePattern;
 
 /// The outside accounts referloop calls; each is live or recorded on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +105,7 @@ impl Replies {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
-    pub tokens: Vec<String>,
+    pub tokens: Vec<Parsed<TokenDigest>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -149,7 +152,7 @@ impl RewardSide {
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
-    pub public_base_url: String,
+    pub public_base_url: Parsed<BaseUrl>,
     #[serde(rename = "request_timeout_seconds", with = "whole_seconds")]
     #[schemars(with = "u64")]
     pub request_timeout: Duration,
@@ -218,7 +221,9 @@ pub struct WorkerSettings {
     /// events than this wait, or the oldest has waited longer than
     /// `inbox_backlog_seconds`.
     pub inbox_backlog_events: NonZeroU64,
-    pub inbox_backlog_seconds: NonZeroU64,
+    #[serde(rename = "inbox_backlog_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
+    pub inbox_backlog_age: Duration,
     /// How long a send interrupted mid-request waits for Meta's status before it is sent
     /// again.
     #[serde(rename = "interrupted_send_wait_seconds", with = "whole_seconds")]
@@ -238,14 +243,17 @@ pub struct WorkerSettings {
     #[serde(rename = "lease_seconds", with = "whole_seconds")]
     #[schemars(with = "u64")]
     pub lease: Duration,
-    pub retry_schedule_seconds: Vec<u64>,
+    /// The waits between attempts; one attempt more than there are waits.
+    #[serde(rename = "retry_schedule_seconds", with = "seconds_list")]
+    #[schemars(with = "Vec<u64>")]
+    pub retry_schedule: Vec<Duration>,
     pub retry_jitter: f64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WhatsAppSettings {
-    pub api_base: String,
+    pub api_base: Parsed<BaseUrl>,
     pub api_version: String,
     pub phone_number_id: String,
     pub waba_id: String,
@@ -302,7 +310,7 @@ pub enum FlowKind {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HubSpotSettings {
-    pub api_base: String,
+    pub api_base: Parsed<BaseUrl>,
     #[serde(default, serialize_with = "redact")]
     #[schemars(with = "Option<String>")]
     pub access_token: Option<SecretString>,
@@ -322,7 +330,7 @@ pub struct HubSpotSettings {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StripeSettings {
-    pub api_base: String,
+    pub api_base: Parsed<BaseUrl>,
     pub api_version: String,
     #[serde(default, serialize_with = "redact")]
     #[schemars(with = "Option<String>")]
@@ -338,21 +346,29 @@ pub struct ProgrammeSettings {
     pub promoter_min_score: u8,
     pub nps_property: String,
     pub default_region: String,
-    pub invite_cooldown_days: i64,
+    #[serde(rename = "invite_cooldown_days", with = "whole_days")]
+    #[schemars(with = "u64")]
+    pub invite_cooldown: Duration,
     pub max_invites_per_contact: i64,
-    pub attribution_window_days: i64,
+    #[serde(rename = "attribution_window_days", with = "whole_days")]
+    #[schemars(with = "u64")]
+    pub attribution_window: Duration,
     pub max_open_referrals: i64,
     pub send_flow_with_invite: bool,
     #[schemars(schema_with = "friend_invite_names")]
     pub friend_invite: FriendInviteMode,
-    pub code_pattern: String,
+    pub code_pattern: Parsed<CodePattern>,
     pub customer_lifecycle_stage: String,
     pub stop_button_payloads: Vec<String>,
     /// Languages whose stop keywords are honoured besides `templates.languages`.
     pub stop_keyword_languages: Vec<String>,
-    pub reward_hold_days: i64,
+    #[serde(rename = "reward_hold_days", with = "whole_days")]
+    #[schemars(with = "u64")]
+    pub reward_hold: Duration,
     pub max_rewarded_referrals_per_referrer: i64,
-    pub reward_cap_period_days: i64,
+    #[serde(rename = "reward_cap_period_days", with = "whole_days")]
+    #[schemars(with = "u64")]
+    pub reward_cap_period: Duration,
     /// A purchase with a referrer's code by a number never nominated creates the referral
     /// at conversion time (codes shared by hand) instead of staying unattributed.
     pub attribute_code_only: bool,

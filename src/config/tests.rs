@@ -1,6 +1,8 @@
 //! The configuration's promises: defaults that load, keys named in every refusal,
 //! secrets redacted, and a printed configuration that reads back.
 
+use std::time::Duration;
+
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -81,7 +83,7 @@ fn file_overrides_defaults_and_env_overrides_file() {
     assert_eq!(s.database.max_connections.get(), 7);
     assert_eq!(secret_value(&s.whatsapp.app_secret), Some("s3cret"));
     assert_eq!(secret_value(&s.whatsapp.verify_token), Some("from-file"));
-    assert_eq!(s.worker.retry_schedule_seconds, vec![1, 2, 3]);
+    assert_eq!(s.worker.retry_schedule, [1, 2, 3].map(Duration::from_secs));
     assert_eq!(
         secret_value(&s.hubspot.webhook_api_key),
         Some("007"),
@@ -90,7 +92,7 @@ fn file_overrides_defaults_and_env_overrides_file() {
     assert_eq!(secret_value(&s.whatsapp.access_token), Some("1e6"));
     assert!(!s.sandbox());
     let one = Settings::load_from(None, env(&[("REFERLOOP_WORKER__RETRY_SCHEDULE_SECONDS", "60")])).expect("one entry");
-    assert_eq!(one.worker.retry_schedule_seconds, vec![60]);
+    assert_eq!(one.worker.retry_schedule, [Duration::from_secs(60)]);
 }
 
 #[test]
@@ -286,4 +288,57 @@ fn a_count_or_rate_of_zero_is_refused_naming_its_key() {
         let text = error.to_string();
         assert!(text.contains(key) && text.contains("nonzero"), "{key}: {text}");
     }
+}
+
+#[test]
+fn parsed_settings_are_refused_with_their_key() {
+    for (variable, value, key, problem) in [
+        (
+            "REFERLOOP_SERVER__PUBLIC_BASE_URL",
+            "referrals.example.com",
+            "server.public_base_url",
+            "is not an http(s) URL",
+        ),
+        (
+            "REFERLOOP_HUBSPOT__API_BASE",
+            "ftp://api.hubapi.com",
+            "hubspot.api_base",
+            "is not an http(s) URL",
+        ),
+        (
+            "REFERLOOP_PROGRAMME__CODE_PATTERN",
+            "{name:6}{random:1}",
+            "programme.code_pattern",
+            "random characters",
+        ),
+        (
+            "REFERLOOP_API__TOKENS",
+            "admin:abc",
+            "api.tokens",
+            "is not a token digest",
+        ),
+        (
+            "REFERLOOP_PROGRAMME__REWARD_HOLD_DAYS",
+            "-1",
+            "programme.reward_hold_days",
+            "",
+        ),
+    ] {
+        let err = Settings::load_from(None, env(&[(variable, value)])).expect_err(variable);
+        let text = err.to_string();
+        assert!(text.contains(key) && text.contains(problem), "{variable}: {text}");
+    }
+    let s = Settings::load_from(
+        None,
+        env(&[
+            ("REFERLOOP_SERVER__PUBLIC_BASE_URL", "https://referrals.example.com/"),
+            ("REFERLOOP_PROGRAMME__REWARD_HOLD_DAYS", "14"),
+        ]),
+    )
+    .expect("loads");
+    assert_eq!(
+        s.server.public_base_url.join("/webhooks/stripe"),
+        "https://referrals.example.com/webhooks/stripe"
+    );
+    assert_eq!(s.programme.reward_hold, Duration::from_secs(14 * 24 * 60 * 60));
 }

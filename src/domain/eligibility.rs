@@ -1,5 +1,7 @@
 //! Who gets invited: the rules a trigger must pass, each refusal with its reason.
 
+use std::time::Duration;
+
 use super::phone::{PhoneError, E164};
 
 /// What the HubSpot workflow said happened.
@@ -76,7 +78,7 @@ impl Ineligible {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EligibilityRules {
     pub promoter_min_score: u8,
-    pub invite_cooldown_days: i64,
+    pub invite_cooldown: Duration,
     pub max_invites_per_contact: i64,
 }
 
@@ -112,7 +114,7 @@ pub fn check(rules: &EligibilityRules, facts: &TriggerFacts) -> Result<E164, Ine
         return Err(Ineligible::OptedOut);
     }
     if let Some(since) = facts.since_last_invite_ms {
-        if since < rules.invite_cooldown_days * DAY_MS {
+        if u128::try_from(since).unwrap_or(0) < rules.invite_cooldown.as_millis() {
             return Err(Ineligible::CoolingDown {
                 last_invited_days_ago: since / DAY_MS,
             });
@@ -133,7 +135,7 @@ mod tests {
     fn rules() -> EligibilityRules {
         EligibilityRules {
             promoter_min_score: 9,
-            invite_cooldown_days: 90,
+            invite_cooldown: Duration::from_secs(90 * 24 * 60 * 60),
             max_invites_per_contact: 3,
         }
     }

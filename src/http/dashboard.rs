@@ -221,7 +221,7 @@ pub struct LoginForm {
 }
 
 fn session_cookie(state: &AppState, token: &str, max_age_ms: i64) -> HeaderValue {
-    let secure = if state.settings.server.public_base_url.starts_with("https://") {
+    let secure = if state.settings.server.public_base_url.is_https() {
         "; Secure"
     } else {
         ""

@@ -4,8 +4,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 
-use std::time::Duration;
-
 use super::AppState;
 use crate::domain::state::Persisted;
 use crate::domain::work::Backlog;
@@ -39,7 +37,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             backlog.events,
             backlog.oldest_age.as_secs(),
             worker.inbox_backlog_events,
-            worker.inbox_backlog_seconds
+            worker.inbox_backlog_age.as_secs()
         ),
     )
 }
@@ -67,10 +65,7 @@ async fn inbox_backlog(state: &AppState) -> Option<Backlog> {
 
 fn is_backlogged(state: &AppState, backlog: &Backlog) -> bool {
     let worker = &state.settings.worker;
-    backlog.is_over(
-        worker.inbox_backlog_events,
-        Duration::from_secs(worker.inbox_backlog_seconds.get()),
-    )
+    backlog.is_over(worker.inbox_backlog_events, worker.inbox_backlog_age)
 }
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

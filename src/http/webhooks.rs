@@ -15,7 +15,7 @@ use crate::signatures::{self, SignatureError};
 
 /// Default attempts for processing an inbox event before it is marked dead.
 fn inbox_max_attempts(state: &AppState) -> i64 {
-    state.settings.worker.retry_schedule_seconds.len() as i64 + 1
+    state.settings.worker.retry_schedule.len() as i64 + 1
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -144,11 +144,7 @@ pub async fn hubspot_receive(
         (Some(secret), _, Some(_)) | (Some(secret), None, None) => {
             // HubSpot signs the public URL it called: rebuild it from our configured base.
             let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let public_uri = format!(
-                "{}{}",
-                state.settings.server.public_base_url.trim_end_matches('/'),
-                path_and_query
-            );
+            let public_uri = state.settings.server.public_base_url.join(path_and_query);
             signatures::verify_hubspot_v3(
                 secret,
                 "POST",

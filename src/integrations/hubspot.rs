@@ -68,8 +68,8 @@ impl HubSpotClient {
         let searches = outbound.pacer(store, settings.searches_per_second, second, "hubspot:searches");
         HubSpotClient {
             outbound,
-            api_base: settings.api_base.trim_end_matches('/').to_string(),
-            contacts_url: format!("{}{}", settings.api_base.trim_end_matches('/'), settings.contacts_path),
+            api_base: settings.api_base.as_str().to_string(),
+            contacts_url: settings.api_base.join(&settings.contacts_path),
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
             requests: Arc::new(requests),
             searches: Arc::new(searches),

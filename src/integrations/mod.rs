@@ -163,9 +163,9 @@ impl Outbound {
             .timeout(worker.outbound_timeout)
             .build()?;
         let apis = vec![
-            (settings.whatsapp.api_base.clone(), "whatsapp"),
-            (settings.hubspot.api_base.clone(), "hubspot"),
-            (settings.stripe.api_base.clone(), "stripe"),
+            (settings.whatsapp.api_base.to_string(), "whatsapp"),
+            (settings.hubspot.api_base.to_string(), "hubspot"),
+            (settings.stripe.api_base.to_string(), "stripe"),
         ];
         Ok(Outbound::Live(Live {
             client,

@@ -36,7 +36,7 @@ impl StripeClient {
     pub fn new(settings: &StripeSettings, outbound: Outbound) -> StripeClient {
         StripeClient {
             outbound,
-            base: settings.api_base.trim_end_matches('/').to_string(),
+            base: settings.api_base.as_str().to_string(),
             version: settings.api_version.clone(),
             secret_key: settings.secret_key.as_ref().map(|k| k.expose_secret().to_string()),
         }

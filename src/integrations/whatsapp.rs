@@ -49,11 +49,8 @@ impl WhatsAppClient {
         } else {
             settings.phone_number_id.as_str()
         };
-        let url = format!(
-            "{}/{}/{phone_number_id}/messages",
-            settings.api_base.trim_end_matches('/'),
-            settings.api_version
-        );
+        let graph = settings.api_base.join(&format!("/{}", settings.api_version));
+        let url = format!("{graph}/{phone_number_id}/messages");
         // Meta's throughput limit is per business phone number.
         let pacer = outbound.pacer(
             store,
@@ -63,7 +60,7 @@ impl WhatsAppClient {
         );
         WhatsAppClient {
             outbound,
-            graph: format!("{}/{}", settings.api_base.trim_end_matches('/'), settings.api_version),
+            graph,
             url,
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
             pacer: Arc::new(pacer),

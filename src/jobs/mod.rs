@@ -48,7 +48,7 @@ pub struct Worker {
 impl Worker {
     pub fn new(services: Arc<Services>) -> Self {
         let settings = services.settings.worker.clone();
-        let schedule = RetrySchedule::from_seconds(&settings.retry_schedule_seconds, settings.retry_jitter);
+        let schedule = RetrySchedule::new(settings.retry_schedule.clone(), settings.retry_jitter);
         let owner = format!(
             "worker-{}-{}",
             std::process::id(),

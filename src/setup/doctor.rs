@@ -144,24 +144,24 @@ pub async fn run(s: &Services) -> Diagnosis {
 
 fn configuration(s: &Services, d: &mut Diagnosis) {
     let settings = &s.settings;
-    let https = settings.server.public_base_url.starts_with("https://");
+    let https = settings.server.public_base_url.is_https();
     match (https, settings.sandbox()) {
         (true, _) => d.add(
             "config",
             "public URL",
             Status::Ok,
-            settings.server.public_base_url.clone(),
+            settings.server.public_base_url.to_string(),
         ),
         (false, true) => d.warn(
             "config",
             "public URL",
-            format!("{} is not https", settings.server.public_base_url),
+            format!("{} is not https", settings.server.public_base_url.as_str()),
             "set server.public_base_url to the https URL of your TLS proxy before going live",
         ),
         (false, false) => d.fail(
             "config",
             "public URL",
-            format!("{} is not https", settings.server.public_base_url),
+            format!("{} is not https", settings.server.public_base_url.as_str()),
             "Meta, HubSpot and Stripe call https only: set server.public_base_url to your TLS proxy's URL",
         ),
     }

@@ -25,10 +25,7 @@ pub struct StripeSetup {
 }
 
 pub async fn setup(client: &StripeClient, settings: &Settings, dry_run: bool) -> Result<StripeSetup, StripeError> {
-    let url = format!(
-        "{}/webhooks/stripe",
-        settings.server.public_base_url.trim_end_matches('/')
-    );
+    let url = settings.server.public_base_url.join("/webhooks/stripe");
     let mut report = Report::default();
     let mut new_secret = None;
     let existing = if client.is_sandbox() {

@@ -456,11 +456,10 @@ async fn flow(client: &WhatsAppClient, settings: &Settings, waba: &str, language
 
 /// Where Meta calls the endpoint Flow.
 pub fn endpoint_uri(settings: &Settings) -> String {
-    format!(
-        "{}{}",
-        settings.server.public_base_url.trim_end_matches('/'),
-        settings.whatsapp.flow_endpoint_path
-    )
+    settings
+        .server
+        .public_base_url
+        .join(&settings.whatsapp.flow_endpoint_path)
 }
 
 /// Uploads the endpoint's public key to the phone number (with the endpoint Flow only)

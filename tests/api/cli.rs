@@ -171,7 +171,10 @@ fn lists_in_the_environment_are_commas_or_json() {
         "[5, 30]".to_string(),
     )];
     let schedule = referloop::config::Settings::load_from(None, env).expect("numbers in a JSON list");
-    assert_eq!(schedule.worker.retry_schedule_seconds, [5, 30]);
+    assert_eq!(
+        schedule.worker.retry_schedule,
+        [5, 30].map(std::time::Duration::from_secs)
+    );
     let said = settings_error(&[("REFERLOOP_PROGRAMME__STOP_BUTTON_PAYLOADS", r#"["stop","#)]);
     assert!(
         said.contains("programme.stop_button_payloads") && said.contains("JSON array"),

@@ -84,7 +84,10 @@ fn the_compose_file_and_env_example_name_known_settings() {
         })
         .collect();
     let settings = Settings::load_from(None, env).unwrap_or_else(|e| panic!("the deployment's settings load: {e}"));
-    assert_eq!(settings.server.public_base_url, "https://referrals.example.com");
+    assert_eq!(
+        settings.server.public_base_url.as_str(),
+        "https://referrals.example.com"
+    );
     assert!(!settings.sandbox(), "a live deployment");
 }
 
