@@ -1,8 +1,8 @@
 //! The dashboard as a person sees it: Debian's Chromium, headless, driven through
-//! ChromeDriver's WebDriver protocol (plain HTTP, spoken here with reqwest). It signs in
-//! to a referloop seeded with referrals in every state, reads the funnel from the page,
-//! opens a timeline, retries a dead job as an operator, is refused the same action as a
-//! viewer, and saves a screenshot of each page under `target/screenshots/`.
+//! ChromeDriver with the fantoccini WebDriver client. It signs in to a referloop seeded
+//! with referrals in every state, reads the funnel from the page, opens a timeline,
+//! retries a dead job as an operator, is refused the same action as a viewer, and saves
+//! a screenshot of each page under `target/screenshots/`.
 //!
 //! scripts/test installs Chromium and ChromeDriver when missing; without them this test
 //! fails (it is never skipped).
@@ -10,7 +10,8 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use referloop::app::accounts::hash_password;
 use referloop::domain::access::Role;
 use referloop::domain::referral::ReferralState;
@@ -22,8 +23,6 @@ use crate::admin::{dead_job, seed};
 use crate::helpers::*;
 
 const PASSWORD: &str = "correct horse battery";
-/// The key under which WebDriver returns an element reference.
-const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -34,9 +33,7 @@ fn free_port() -> u16 {
 
 struct Chrome {
     driver: Child,
-    base: String,
-    session: String,
-    client: reqwest::Client,
+    client: Client,
 }
 
 impl Chrome {
@@ -51,79 +48,31 @@ impl Chrome {
                 "chromedriver must be installed for the browser test (scripts/test installs Debian's chromium-driver)",
             );
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        let probe = reqwest::Client::new();
         let ready = eventually(Duration::from_secs(20), || {
-            let (client, url) = (client.clone(), format!("{base}/status"));
-            async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+            let (probe, url) = (probe.clone(), format!("{base}/status"));
+            async move { probe.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
         })
         .await;
         assert!(ready, "chromedriver did not start");
-        let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+        let options = json!({
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"]}}}});
-        let answer: Value = client
-            .post(format!("{base}/session"))
-            .json(&capabilities)
-            .send()
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1400"]});
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert("browserName".into(), json!("chrome"));
+        capabilities.insert("goog:chromeOptions".into(), options);
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&base)
             .await
-            .expect("new session")
-            .json()
-            .await
-            .expect("session JSON");
-        let session = answer["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("Chromium did not start: {answer}"))
-            .to_string();
-        Chrome {
-            driver,
-            base,
-            session,
-            client,
-        }
-    }
-
-    /// A WebDriver command's value, or its error (e.g. no such element while a page loads).
-    async fn try_command(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, Value> {
-        let url = format!("{}/session/{}{path}", self.base, self.session);
-        let mut request = self.client.request(method, url);
-        if !body.is_null() {
-            request = request.json(&body);
-        }
-        let answer: Value = request
-            .send()
-            .await
-            .expect("WebDriver command")
-            .json()
-            .await
-            .expect("WebDriver JSON");
-        match answer["value"]["error"].is_null() {
-            true => Ok(answer["value"].clone()),
-            false => Err(answer),
-        }
-    }
-
-    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
-        self.try_command(method, path, body)
-            .await
-            .unwrap_or_else(|e| panic!("WebDriver {path}: {e}"))
+            .unwrap_or_else(|e| panic!("Chromium did not start: {e}"));
+        Chrome { driver, client }
     }
 
     /// The text of the element `css`, or `None` while it is not there.
     async fn try_text(&self, css: &str) -> Option<String> {
-        let found = self
-            .try_command(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await
-            .ok()?;
-        let id = found[ELEMENT].as_str()?.to_string();
-        let text = self
-            .try_command(reqwest::Method::GET, &format!("/element/{id}/text"), Value::Null)
-            .await
-            .ok()?;
-        text.as_str().map(str::to_string)
+        let found = self.client.find(Locator::Css(css)).await.ok()?;
+        found.text().await.ok()
     }
 
     /// The text of the element `css` once `wanted` holds for it (a form's answer may
@@ -141,72 +90,52 @@ impl Chrome {
     }
 
     async fn goto(&self, url: &str) {
-        self.command(reqwest::Method::POST, "/url", json!({"url": url})).await;
+        self.client.goto(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
-    async fn element(&self, css: &str) -> String {
-        let found = self
-            .command(
-                reqwest::Method::POST,
-                "/element",
-                json!({"using": "css selector", "value": css}),
-            )
-            .await;
-        found[ELEMENT].as_str().unwrap_or_default().to_string()
+    async fn element(&self, css: &str) -> fantoccini::elements::Element {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
     async fn text(&self, css: &str) -> String {
-        let id = self.element(css).await;
-        let text = self
-            .command(reqwest::Method::GET, &format!("/element/{id}/text"), Value::Null)
-            .await;
-        text.as_str().unwrap_or_default().to_string()
+        let element = self.element(css).await;
+        element.text().await.unwrap_or_else(|e| panic!("{css}: {e}"))
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let id = self.element(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            json!({"text": text}),
-        )
-        .await;
+        let element = self.element(css).await;
+        element.send_keys(text).await.unwrap_or_else(|e| panic!("{css}: {e}"));
     }
 
     async fn click(&self, css: &str) {
-        let id = self.element(css).await;
-        self.command(reqwest::Method::POST, &format!("/element/{id}/click"), json!({}))
-            .await;
+        let element = self.element(css).await;
+        element.click().await.unwrap_or_else(|e| panic!("{css}: {e}"));
     }
 
     async fn script(&self, script: &str) -> Value {
-        self.command(
-            reqwest::Method::POST,
-            "/execute/sync",
-            json!({"script": script, "args": []}),
-        )
-        .await
+        self.client
+            .execute(script, vec![])
+            .await
+            .unwrap_or_else(|e| panic!("script {script}: {e}"))
     }
 
     /// Saves a PNG of the page as `target/screenshots/<name>.png`.
     async fn screenshot(&self, name: &str) {
-        let png = self.command(reqwest::Method::GET, "/screenshot", Value::Null).await;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png.as_str().unwrap_or_default())
-            .expect("screenshot PNG");
+        let png = self.client.screenshot().await.expect("screenshot PNG");
         let dir = format!("{}/target/screenshots", env!("CARGO_MANIFEST_DIR"));
         std::fs::create_dir_all(&dir).expect("screenshot directory");
-        std::fs::write(format!("{dir}/{name}.png"), bytes).expect("screenshot written");
+        std::fs::write(format!("{dir}/{name}.png"), png).expect("screenshot written");
     }
 
     /// Sets the window's size in CSS pixels.
     async fn resize(&self, width: u32, height: u32) {
-        self.command(
-            reqwest::Method::POST,
-            "/window/rect",
-            json!({"width": width, "height": height}),
-        )
-        .await;
+        self.client
+            .set_window_size(width, height)
+            .await
+            .unwrap_or_else(|e| panic!("resize: {e}"));
     }
 
     /// What a marketer reads on the page holds no stored name: states, reasons and kinds
@@ -241,8 +170,7 @@ impl Chrome {
     }
 
     async fn quit(mut self) {
-        let url = format!("{}/session/{}", self.base, self.session);
-        let _ = self.client.delete(url).send().await;
+        let _ = self.client.close().await;
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
