@@ -159,7 +159,7 @@ async fn seed_invites(store: &Store, secret: &str, count: i64) -> Vec<String> {
             .insert_invite(&NewInvite {
                 trigger_key: format!("bench:{n}"),
                 contact_id: format!("{}", 70_000 + n),
-                trigger: "nps".into(),
+                trigger: referloop::domain::eligibility::TriggerKind::Nps,
                 phone: Some(
                     referloop::domain::phone::E164::from_row(&format!("+4479111{:05}", 10_000 + n)).expect("E.164"),
                 ),

@@ -13,7 +13,7 @@ use crate::dev::{self, DevClient};
 use crate::domain::access::Role;
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
-use crate::domain::state::{Persisted, QueueState};
+use crate::domain::state::{MatchedBy, Persisted, QueueState};
 use crate::startup::{shutdown_signal, Application};
 use crate::store::{Queue, QueueRow, Store};
 use crate::telemetry::{self, mask_phone};
@@ -599,11 +599,11 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                     outln!(
                         "conversion #{} {} {} referral {} {} (matched by {}) {}",
                         c.id,
-                        c.source,
+                        c.source.as_str(),
                         c.external_id,
                         c.referral_id.map(|r| format!("#{r}")).unwrap_or_else(|| "-".into()),
                         c.outcome.as_str(),
-                        c.matched_by.as_deref().unwrap_or("-"),
+                        c.matched_by.map_or("-", MatchedBy::as_str),
                         format_ms(c.created_at)
                     );
                 }

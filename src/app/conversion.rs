@@ -20,7 +20,7 @@ use crate::domain::ids::{HubSpotId, StripeId, StripeObject};
 use crate::domain::inbox::hubspot_property;
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
-use crate::domain::state::{ConversionOutcome, Persisted};
+use crate::domain::state::{ConversionOutcome, ConversionSource, MatchedBy, Persisted};
 use crate::store::{Committed, ConversionRow, FriendKey, InviteRow, Lease, NewConversion, NewReferral};
 
 /// How a conversion found its referral.
@@ -28,7 +28,7 @@ use crate::store::{Committed, ConversionRow, FriendKey, InviteRow, Lease, NewCon
 pub enum Attribution {
     Referral {
         id: i64,
-        matched_by: &'static str,
+        matched_by: MatchedBy,
     },
     /// A referrer's code from a number nobody nominated.
     CodeOnly {
@@ -68,7 +68,7 @@ pub async fn attribute(
         {
             return Ok(Attribution::Referral {
                 id: *id,
-                matched_by: "hubspot_contact",
+                matched_by: MatchedBy::HubspotContact,
             });
         }
     }
@@ -79,14 +79,14 @@ pub async fn attribute(
             if let Some((id, _)) = candidates.iter().find(|(_, p)| p.as_ref() == Some(phone)) {
                 return Ok(Attribution::Referral {
                     id: *id,
-                    matched_by: "code_and_phone",
+                    matched_by: MatchedBy::CodeAndPhone,
                 });
             }
         }
         if let (None, [(id, _)]) = (&phone, candidates.as_slice()) {
             return Ok(Attribution::Referral {
                 id: *id,
-                matched_by: "code",
+                matched_by: MatchedBy::Code,
             });
         }
     }
@@ -94,7 +94,7 @@ pub async fn attribute(
         if let Some((id, _)) = s.store.referral_ids_by(FriendKey::Phone, phone.as_str()).await?.first() {
             return Ok(Attribution::Referral {
                 id: *id,
-                matched_by: "phone",
+                matched_by: MatchedBy::Phone,
             });
         }
     }
@@ -124,7 +124,7 @@ pub async fn convert(
 ) -> Result<ConversionRecord, StepError> {
     if let Attribution::Referral { id, matched_by } = &attribution {
         conversion.referral_id = Some(*id);
-        conversion.matched_by = Some((*matched_by).to_string());
+        conversion.matched_by = Some(*matched_by);
     }
     let mut tx = s.store.begin(lease).await?;
     let (mut row, created) = tx.record_conversion_signal(&conversion).await?;
@@ -151,9 +151,9 @@ pub async fn convert(
         ) if s.settings.programme.attribute_code_only => {
             let new = code_only_referral(&invite, &code, buyer_phone.as_ref(), &conversion);
             let id = tx.insert_code_only_referral(&new).await?;
-            tx.set_conversion_referral(row.id, id, "code_only").await?;
+            tx.set_conversion_referral(row.id, id, MatchedBy::CodeOnly).await?;
             row.referral_id = Some(id);
-            row.matched_by = Some("code_only".into());
+            row.matched_by = Some(MatchedBy::CodeOnly);
             Some(id)
         }
         (None, _) => None,
@@ -181,7 +181,7 @@ pub async fn convert(
         .commit(format!("conversion {}: {}", row.id, outcome.as_str()))
         .await?;
     tracing::info!(
-        source = %conversion.source,
+        source = conversion.source.as_str(),
         referral_id = ?row.referral_id,
         outcome = outcome.as_str(),
         new = created,
@@ -199,7 +199,7 @@ fn code_only_referral(invite: &InviteRow, code: &str, buyer: Option<&E164>, conv
     NewReferral {
         invite_id: invite.id,
         // Unique like a Flow token: one referral per conversion signal.
-        flow_token: format!("code_only:{}:{}", conversion.source, conversion.external_id),
+        flow_token: format!("code_only:{}:{}", conversion.source.as_str(), conversion.external_id),
         referrer_contact_id: invite.contact_id.clone(),
         referrer_phone: invite.phone.clone(),
         referrer_name: invite.first_name.clone(),
@@ -259,7 +259,7 @@ pub async fn on_hubspot_conversion(s: &Services, work: &Work, payload: &Value) -
         .and_then(|a| a.parse::<f64>().ok())
         .map(|a| (a * 100.0).round() as i64);
     let conversion = NewConversion {
-        source: "hubspot".into(),
+        source: ConversionSource::Hubspot,
         external_id,
         referral_id: None,
         matched_by: None,
@@ -408,7 +408,7 @@ async fn stripe_conversion(s: &Services, work: &Work, object: &Value, paid: Stri
     let attribution = match referenced {
         Some(r) if buyer_phone.as_ref().is_none_or(|p| r.friend_phone.as_ref() == Some(p)) => Attribution::Referral {
             id: r.id,
-            matched_by: "client_reference_id",
+            matched_by: MatchedBy::ClientReferenceId,
         },
         _ => attribute(s, None, text(object, paid.phone_field), paid.code.as_deref()).await?,
     };
@@ -416,7 +416,7 @@ async fn stripe_conversion(s: &Services, work: &Work, object: &Value, paid: Stri
     // credits go to it) only when the buyer's phone confirms the friend.
     let confirmed = buyer_phone.is_some() && matches!(attribution, Attribution::Referral { .. });
     let conversion = NewConversion {
-        source: "stripe".into(),
+        source: ConversionSource::Stripe,
         external_id: paid.external_id,
         referral_id: None,
         matched_by: None,

@@ -27,16 +27,6 @@ struct Trigger {
     score: Option<NpsAnswer>,
 }
 
-impl Trigger {
-    fn name(&self) -> String {
-        match &self.kind {
-            TriggerKind::Nps => "nps".to_string(),
-            TriggerKind::Milestone(Some(name)) => format!("milestone:{name}"),
-            TriggerKind::Milestone(None) => "milestone".to_string(),
-        }
-    }
-}
-
 fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
     value.pointer(pointer).and_then(Value::as_str).filter(|s| !s.is_empty())
 }
@@ -104,7 +94,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     let mut invite = NewInvite {
         trigger_key,
         contact_id: trigger.contact_id.clone(),
-        trigger: trigger.name(),
+        trigger: trigger.kind.clone(),
         phone: phone.as_ref().ok().cloned(),
         first_name: trigger.first_name.clone(),
         language: trigger.language.clone(),

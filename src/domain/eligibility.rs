@@ -4,11 +4,48 @@ use std::time::Duration;
 
 use super::phone::{PhoneError, E164};
 
-/// What the HubSpot workflow said happened.
+/// What the HubSpot workflow said happened. Stored as `nps`, `milestone` or
+/// `milestone:<name>` (the workflow's name for the milestone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TriggerKind {
     Nps,
     Milestone(Option<String>),
+}
+
+impl std::fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TriggerKind::Nps => f.write_str("nps"),
+            TriggerKind::Milestone(None) => f.write_str("milestone"),
+            TriggerKind::Milestone(Some(name)) => write!(f, "milestone:{name}"),
+        }
+    }
+}
+
+/// A stored trigger name that is none of [`TriggerKind`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a trigger kind")]
+pub struct UnknownTrigger(pub String);
+
+impl TryFrom<String> for TriggerKind {
+    type Error = UnknownTrigger;
+
+    fn try_from(stored: String) -> Result<Self, Self::Error> {
+        match stored.as_str() {
+            "nps" => Ok(TriggerKind::Nps),
+            "milestone" => Ok(TriggerKind::Milestone(None)),
+            _ => match stored.strip_prefix("milestone:") {
+                Some(name) => Ok(TriggerKind::Milestone(Some(name.to_string()))),
+                None => Err(UnknownTrigger(stored)),
+            },
+        }
+    }
+}
+
+impl serde::Serialize for TriggerKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// An NPS answer in any of the shapes portals use.
@@ -131,6 +168,18 @@ pub fn check(rules: &EligibilityRules, facts: &TriggerFacts) -> Result<E164, Ine
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trigger_kinds_read_back_as_stored() {
+        for kind in [
+            TriggerKind::Nps,
+            TriggerKind::Milestone(None),
+            TriggerKind::Milestone(Some("renewal".into())),
+        ] {
+            assert_eq!(TriggerKind::try_from(kind.to_string()), Ok(kind));
+        }
+        assert!(TriggerKind::try_from("csat".to_string()).is_err());
+    }
 
     fn rules() -> EligibilityRules {
         EligibilityRules {

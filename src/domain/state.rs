@@ -106,6 +106,47 @@ impl InviteState {
     }
 }
 
+/// Where a conversion signal came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConversionSource {
+    /// A HubSpot workflow's conversion webhook.
+    Hubspot,
+    /// A Stripe payment (`checkout.session.completed`).
+    Stripe,
+    /// Our admin API (`POST /api/v1/conversions`).
+    Api,
+}
+
+persisted!(ConversionSource {
+    Hubspot => "hubspot",
+    Stripe => "stripe",
+    Api => "api",
+});
+
+/// How a conversion found its referral.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MatchedBy {
+    /// The friend's HubSpot contact, recorded on the referral.
+    HubspotContact,
+    /// The referrer's code and the friend's number together.
+    CodeAndPhone,
+    Code,
+    Phone,
+    /// Stripe's `client_reference_id`, which names the referral.
+    ClientReferenceId,
+    /// A referrer's code from a number nobody nominated: the referral was created then.
+    CodeOnly,
+}
+
+persisted!(MatchedBy {
+    HubspotContact => "hubspot_contact",
+    CodeAndPhone => "code_and_phone",
+    Code => "code",
+    Phone => "phone",
+    ClientReferenceId => "client_reference_id",
+    CodeOnly => "code_only",
+});
+
 /// What a conversion signal achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ConversionOutcome {

@@ -12,7 +12,7 @@ use super::AppState;
 use crate::app::conversion::{attribute, convert};
 use crate::app::{reward, StepError};
 use crate::domain::phone::E164;
-use crate::domain::state::ConversionOutcome;
+use crate::domain::state::{ConversionOutcome, ConversionSource};
 use crate::store::NewConversion;
 
 /// Runs a step to its end whatever the client does: a disconnect must not cancel it
@@ -54,7 +54,7 @@ pub async fn post_conversion(
         Problem::Unavailable
     })?;
     let conversion = NewConversion {
-        source: "api".into(),
+        source: ConversionSource::Api,
         external_id: request.external_id.0,
         referral_id: None,
         matched_by: None,

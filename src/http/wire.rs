@@ -576,12 +576,11 @@ pub struct RewardsAnswer {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ConversionItem {
     pub id: i64,
-    /// api, hubspot or stripe.
-    pub source: String,
+    pub source: Named<crate::domain::state::ConversionSource>,
     pub external_id: String,
     pub referral_id: Option<i64>,
     pub outcome: Named<crate::domain::state::ConversionOutcome>,
-    pub matched_by: Option<String>,
+    pub matched_by: Option<Named<crate::domain::state::MatchedBy>>,
     pub amount: Option<i64>,
     pub currency: Option<String>,
     pub created_at: i64,
@@ -591,11 +590,11 @@ impl From<&ConversionRow> for ConversionItem {
     fn from(c: &ConversionRow) -> Self {
         ConversionItem {
             id: c.id,
-            source: c.source.clone(),
+            source: Named(c.source),
             external_id: c.external_id.clone(),
             referral_id: c.referral_id,
             outcome: Named(c.outcome),
-            matched_by: c.matched_by.clone(),
+            matched_by: c.matched_by.map(Named),
             amount: c.amount,
             currency: c.currency.clone(),
             created_at: c.created_at,

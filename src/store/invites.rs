@@ -6,6 +6,7 @@ use sqlx::{AnyConnection, Row};
 
 use super::tx::{TallyKey, Tx};
 use super::{row_where, Store, StoreError, StoredPhone};
+use crate::domain::eligibility::TriggerKind;
 use crate::domain::funnel::invite_steps;
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
@@ -15,7 +16,8 @@ pub struct InviteRow {
     pub id: i64,
     pub trigger_key: String,
     pub contact_id: String,
-    pub trigger: String,
+    #[sqlx(try_from = "String")]
+    pub trigger: TriggerKind,
     #[sqlx(try_from = "StoredPhone")]
     pub phone: Option<E164>,
     pub first_name: String,
@@ -31,7 +33,7 @@ pub struct InviteRow {
 pub struct NewInvite {
     pub trigger_key: String,
     pub contact_id: String,
-    pub trigger: String,
+    pub trigger: TriggerKind,
     pub phone: Option<E164>,
     pub first_name: String,
     pub language: String,
@@ -94,7 +96,7 @@ impl Tx {
         )
         .bind(&invite.trigger_key)
         .bind(&invite.contact_id)
-        .bind(&invite.trigger)
+        .bind(invite.trigger.to_string())
         .bind(invite.phone.as_ref().map(E164::as_str))
         .bind(&invite.first_name)
         .bind(&invite.language)

@@ -4,19 +4,20 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::tx::{TallyKey, Tx};
+use super::StoredName;
 use super::{typed_column, Backend, Store, StoreError, StoredPhone};
 use crate::domain::funnel::Step;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::reward::{Beneficiary, RewardKind, RewardState};
-use crate::domain::state::{sql_list, ConversionOutcome, Persisted};
+use crate::domain::state::{sql_list, ConversionOutcome, ConversionSource, MatchedBy, Persisted};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewConversion {
-    pub source: String,
+    pub source: ConversionSource,
     pub external_id: String,
     pub referral_id: Option<i64>,
-    pub matched_by: Option<String>,
+    pub matched_by: Option<MatchedBy>,
     pub amount: Option<i64>,
     pub currency: Option<String>,
     pub payment_ref: Option<String>,
@@ -26,12 +27,14 @@ pub struct NewConversion {
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ConversionRow {
     pub id: i64,
-    pub source: String,
+    #[sqlx(try_from = "String")]
+    pub source: ConversionSource,
     pub external_id: String,
     pub referral_id: Option<i64>,
     #[sqlx(try_from = "String")]
     pub outcome: ConversionOutcome,
-    pub matched_by: Option<String>,
+    #[sqlx(try_from = "StoredName")]
+    pub matched_by: Option<MatchedBy>,
     pub amount: Option<i64>,
     pub currency: Option<String>,
     pub created_at: i64,
@@ -113,11 +116,11 @@ impl Tx {
              payment_ref, stripe_customer, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (source, external_id) DO NOTHING RETURNING id",
         )
-        .bind(&conversion.source)
+        .bind(conversion.source.as_str())
         .bind(&conversion.external_id)
         .bind(conversion.referral_id)
         .bind(ConversionOutcome::Pending.as_str())
-        .bind(&conversion.matched_by)
+        .bind(conversion.matched_by.map(MatchedBy::as_str))
         .bind(conversion.amount)
         .bind(&conversion.currency)
         .bind(&conversion.payment_ref)
@@ -132,7 +135,7 @@ impl Tx {
             self.lock_clause()
         );
         let mut row = sqlx::query_as::<_, ConversionRow>(&sql)
-            .bind(&conversion.source)
+            .bind(conversion.source.as_str())
             .bind(&conversion.external_id)
             .fetch_one(self.read())
             .await?;
@@ -142,12 +145,12 @@ impl Tx {
         if !row.outcome.is_final() && conversion.referral_id.is_some() && row.referral_id != conversion.referral_id {
             sqlx::query("UPDATE conversions SET referral_id = $1, matched_by = $2 WHERE id = $3")
                 .bind(conversion.referral_id)
-                .bind(&conversion.matched_by)
+                .bind(conversion.matched_by.map(MatchedBy::as_str))
                 .bind(row.id)
                 .execute(self.write()?)
                 .await?;
             row.referral_id = conversion.referral_id;
-            row.matched_by = conversion.matched_by.clone();
+            row.matched_by = conversion.matched_by;
         }
         Ok((row, false))
     }
@@ -157,11 +160,11 @@ impl Tx {
         &mut self,
         id: i64,
         referral_id: i64,
-        matched_by: &str,
+        matched_by: MatchedBy,
     ) -> Result<(), StoreError> {
         sqlx::query("UPDATE conversions SET referral_id = $1, matched_by = $2 WHERE id = $3")
             .bind(referral_id)
-            .bind(matched_by)
+            .bind(matched_by.as_str())
             .bind(id)
             .execute(self.write()?)
             .await?;

@@ -2,6 +2,7 @@
 //! in every state, cursor pagination, a timeline, dead work retried by an operator and
 //! refused to a viewer, the CSV export, and the tokens' roles.
 
+use referloop::domain::eligibility::TriggerKind;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
 use referloop::domain::state::{InviteState, Persisted};
@@ -34,11 +35,10 @@ fn invite(n: usize, state: InviteState) -> NewInvite {
         trigger_key: format!("seed:{n}"),
         contact_id: format!("{}", 92_000 + n),
         trigger: match n % 4 {
-            0 | 2 => "nps",
-            1 => "milestone",
-            _ => "milestone:renewal",
-        }
-        .into(),
+            0 | 2 => TriggerKind::Nps,
+            1 => TriggerKind::Milestone(None),
+            _ => TriggerKind::Milestone(Some("renewal".into())),
+        },
         phone: Some(e164(&format!("+4479111{:05}", 60_000 + n))),
         first_name: format!("Customer {n}"),
         language: "en_US".into(),

@@ -43,7 +43,7 @@ async fn share_link_friend_who_never_writes_converts_through_stripe(backend: Bac
     lc.settle().await;
     let conversions = lc.app.store.list_conversions(5).await.expect("conversions");
     assert_eq!(conversions[0].outcome.as_str(), "converted");
-    assert_eq!(conversions[0].matched_by.as_deref(), Some("code_and_phone"));
+    assert_eq!(conversions[0].matched_by.map(|m| m.as_str()), Some("code_and_phone"));
     assert_eq!(referral_state(&lc).await, "converted");
     let rewards = rewards(&lc).await;
     assert_eq!(rewards.len(), 2, "both sides");

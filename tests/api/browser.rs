@@ -90,7 +90,10 @@ impl Chrome {
     }
 
     async fn goto(&self, url: &str) {
-        self.client.goto(url).await.unwrap_or_else(|e| panic!("open {url}: {e}"));
+        self.client
+            .goto(url)
+            .await
+            .unwrap_or_else(|e| panic!("open {url}: {e}"));
     }
 
     async fn element(&self, css: &str) -> fantoccini::elements::Element {

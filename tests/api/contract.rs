@@ -644,7 +644,7 @@ async fn known_example_sender(app: &TestApp) -> i64 {
         .insert_invite(&NewInvite {
             trigger_key: "example:1".into(),
             contact_id: "501".into(),
-            trigger: "nps".into(),
+            trigger: referloop::domain::eligibility::TriggerKind::Nps,
             phone: Some(e164("+447911123456")),
             first_name: "Ana".into(),
             language: "en_US".into(),

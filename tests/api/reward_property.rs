@@ -14,7 +14,7 @@ use referloop::app::Services;
 use referloop::config::Settings;
 use referloop::domain::nomination::NominationRefusal;
 use referloop::domain::referral::{self, ReferralEvent, ReferralState};
-use referloop::domain::state::{InviteState, Persisted};
+use referloop::domain::state::{ConversionSource, InviteState, MatchedBy, Persisted};
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
 use referloop::store::{Backend, NewConversion, NewInvite, NewReferral, Queue, ReferralInsert, Store};
@@ -99,7 +99,7 @@ async fn seed_nominated_referral(store: &Store) -> i64 {
         .insert_invite(&NewInvite {
             trigger_key: "seed".into(),
             contact_id: "90001".into(),
-            trigger: "nps".into(),
+            trigger: referloop::domain::eligibility::TriggerKind::Nps,
             phone: Some(e164("+447911123456")),
             first_name: "Ana".into(),
             language: "en_US".into(),
@@ -172,10 +172,10 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 expected = referral::apply(expected, mode, true, &event).state;
             }
             Op::Signal { source, external } => {
-                let source = ["api", "hubspot", "stripe"][source];
+                let source = ConversionSource::ALL[source];
                 let conversion = NewConversion {
-                    source: source.into(),
-                    external_id: format!("{source}-{external}"),
+                    source,
+                    external_id: format!("{}-{external}", source.as_str()),
                     referral_id: None,
                     matched_by: None,
                     amount: Some(4900),
@@ -185,7 +185,7 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 let attribution = Attribution::Referral {
                     id: referral_id,
-                    matched_by: "test",
+                    matched_by: MatchedBy::Code,
                 };
                 convert(&process.services, None, conversion, attribution)
                     .await

@@ -143,7 +143,7 @@ async fn hubspot_deal_conversion_uses_its_contacts(backend: Backend) {
         (conversions[0].outcome.as_str(), conversions[0].amount),
         ("converted", Some(4900))
     );
-    assert_eq!(conversions[0].matched_by.as_deref(), Some("hubspot_contact"));
+    assert_eq!(conversions[0].matched_by.map(|m| m.as_str()), Some("hubspot_contact"));
     assert_eq!(rewards(&lc).await.len(), 2);
     lc.shutdown().await;
 }
@@ -171,7 +171,7 @@ async fn stripe_checkout_matched_by_typed_code_and_phone(backend: Backend) {
     lc.settle().await;
     let conversions = lc.app.store.list_conversions(5).await.expect("conversions");
     assert_eq!(conversions[0].outcome.as_str(), "converted");
-    assert_eq!(conversions[0].matched_by.as_deref(), Some("code_and_phone"));
+    assert_eq!(conversions[0].matched_by.map(|m| m.as_str()), Some("code_and_phone"));
     let stripe_calls = lc.stripe.received_requests().await.unwrap_or_default();
     assert!(
         stripe_calls.iter().all(|r| r.headers.get("stripe-version").is_some()),
