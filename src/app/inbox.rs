@@ -36,13 +36,10 @@ pub enum InboundEvent {
 }
 
 impl InboundEvent {
-    pub fn decode(kind: &str, payload: &str) -> Result<InboundEvent, String> {
+    pub fn decode(kind: &InboxKind, payload: &str) -> Result<InboundEvent, String> {
         let json = || serde_json::from_str::<Value>(payload).map_err(|e| format!("payload is not JSON: {e}"));
         let shape = |e: inbound::ShapeError| e.to_string();
-        let Some(typed) = InboxKind::parse(kind) else {
-            return Err(format!("unknown event kind `{kind}`"));
-        };
-        Ok(match typed {
+        Ok(match kind {
             InboxKind::WhatsAppMessage => {
                 InboundEvent::WhatsAppMessage(inbound::parse_message(payload).map_err(shape)?)
             }
@@ -64,13 +61,16 @@ impl InboundEvent {
             }
             InboxKind::HubSpotWorkflow(WorkflowTrigger::Conversion) => InboundEvent::HubSpotConversion(json()?),
             InboxKind::HubSpotWorkflow(WorkflowTrigger::Other(_)) => {
-                return Err(format!("unknown event kind `{kind}`"))
+                return Err(format!("unknown event kind `{}`", kind.name()))
             }
-            InboxKind::Stripe(event_type) => match StripeEventKind::parse(&event_type) {
-                Some(kind) => InboundEvent::Stripe { kind, event: json()? },
-                None => InboundEvent::Recorded { kind: kind.into() },
+            InboxKind::Stripe(event_type) => match StripeEventKind::parse(event_type) {
+                Some(stripe) => InboundEvent::Stripe {
+                    kind: stripe,
+                    event: json()?,
+                },
+                None => InboundEvent::Recorded { kind: kind.name() },
             },
-            InboxKind::WhatsAppOther(_) | InboxKind::HubSpotEvent(_) => InboundEvent::Recorded { kind: kind.into() },
+            InboxKind::WhatsAppOther(_) | InboxKind::HubSpotEvent(_) => InboundEvent::Recorded { kind: kind.name() },
         })
     }
 }
@@ -79,26 +79,31 @@ impl InboundEvent {
 mod tests {
     use super::*;
 
+    fn decode(kind: &str, payload: &str) -> Result<InboundEvent, String> {
+        let kind = InboxKind::parse(kind).ok_or_else(|| format!("unknown event kind `{kind}`"))?;
+        InboundEvent::decode(&kind, payload)
+    }
+
     #[test]
     fn event_kinds_decode_or_are_refused() {
         assert!(matches!(
-            InboundEvent::decode("whatsapp.account_update", "{}"),
+            decode("whatsapp.account_update", "{}"),
             Ok(InboundEvent::Recorded { .. })
         ));
-        assert!(InboundEvent::decode("whatsapp.message_template_status_update", "{}").is_err());
+        assert!(decode("whatsapp.message_template_status_update", "{}").is_err());
         assert!(matches!(
-            InboundEvent::decode("stripe.customer.created", "{}"),
+            decode("stripe.customer.created", "{}"),
             Ok(InboundEvent::Recorded { .. })
         ));
         assert!(matches!(
-            InboundEvent::decode("stripe.invoice.paid", "{}"),
+            decode("stripe.invoice.paid", "{}"),
             Ok(InboundEvent::Stripe {
                 kind: StripeEventKind::InvoicePaid,
                 ..
             })
         ));
-        assert!(InboundEvent::decode("hubspot.workflow.teleport", "{}").is_err());
-        assert!(InboundEvent::decode("from.the.future", "{}").is_err());
-        assert!(InboundEvent::decode("whatsapp.status", "not json").is_err());
+        assert!(decode("hubspot.workflow.teleport", "{}").is_err());
+        assert!(decode("from.the.future", "{}").is_err());
+        assert!(decode("whatsapp.status", "not json").is_err());
     }
 }

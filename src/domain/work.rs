@@ -7,9 +7,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::inbox::InboxKind;
 use super::phone::E164;
 use super::referral::ReferralState;
-use super::state::{InviteState, Persisted};
+use super::state::{persisted, InviteState, Persisted};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "payload")]
@@ -65,6 +66,77 @@ pub enum Job {
     },
 }
 
+/// Which [`Job`] a stored job is: its `kind` column, the serde tag of its variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobKind {
+    SendWhatsApp,
+    ScreenReferral,
+    ReferrerStatus,
+    ReferrerCapped,
+    CreateFriendContact,
+    SyncFriend,
+    SyncOptOut,
+    IssueReward,
+    RewardRecorded,
+    LinkReferral,
+    ReferrerCounters,
+    CreditTotal,
+}
+
+persisted!(JobKind {
+    SendWhatsApp => "whatsapp.send",
+    ScreenReferral => "referral.screen",
+    ReferrerStatus => "hubspot.referrer_status",
+    ReferrerCapped => "hubspot.referrer_capped",
+    CreateFriendContact => "hubspot.create_friend",
+    SyncFriend => "hubspot.sync_friend",
+    SyncOptOut => "hubspot.sync_opt_out",
+    IssueReward => "reward.issue",
+    RewardRecorded => "hubspot.reward_recorded",
+    LinkReferral => "hubspot.link_referral",
+    ReferrerCounters => "hubspot.referrer_counters",
+    CreditTotal => "hubspot.credit_total",
+});
+
+/// What a queue item is, decoded from its stored `kind` with its queue known (the two
+/// queues' names overlap: `whatsapp.send` would read as a WhatsApp field): an inbox
+/// event's kind, a job's, or a name this binary does not know (a newer binary's), kept
+/// so the item stays listed and ends dead saying so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemKind {
+    Event(InboxKind),
+    Job(JobKind),
+    Unknown(String),
+}
+
+impl ItemKind {
+    /// An inbox event's stored kind.
+    pub fn of_event(name: &str) -> ItemKind {
+        InboxKind::parse(name).map_or_else(|| ItemKind::Unknown(name.to_string()), ItemKind::Event)
+    }
+
+    /// A job's stored kind.
+    pub fn of_job(name: &str) -> ItemKind {
+        JobKind::parse(name).map_or_else(|| ItemKind::Unknown(name.to_string()), ItemKind::Job)
+    }
+}
+
+impl std::fmt::Display for ItemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ItemKind::Event(kind) => f.write_str(&kind.name()),
+            ItemKind::Job(kind) => f.write_str(kind.as_str()),
+            ItemKind::Unknown(name) => f.write_str(name),
+        }
+    }
+}
+
+impl Serialize for ItemKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot decode job `{kind}`: {reason}")]
 pub struct DecodeError {
@@ -96,20 +168,36 @@ impl Job {
         }
     }
 
-    /// `(kind, payload)` as stored.
-    pub fn encode(&self) -> (String, String) {
-        let tagged = serde_json::to_value(self).unwrap_or(Value::Null);
-        let kind = tagged["kind"].as_str().unwrap_or_default().to_string();
-        (kind, tagged["payload"].to_string())
+    pub fn kind(&self) -> JobKind {
+        match self {
+            Job::SendWhatsApp { .. } => JobKind::SendWhatsApp,
+            Job::ScreenReferral { .. } => JobKind::ScreenReferral,
+            Job::ReferrerStatus { .. } => JobKind::ReferrerStatus,
+            Job::ReferrerCapped { .. } => JobKind::ReferrerCapped,
+            Job::CreateFriendContact { .. } => JobKind::CreateFriendContact,
+            Job::SyncFriend { .. } => JobKind::SyncFriend,
+            Job::SyncOptOut { .. } => JobKind::SyncOptOut,
+            Job::IssueReward { .. } => JobKind::IssueReward,
+            Job::RewardRecorded { .. } => JobKind::RewardRecorded,
+            Job::LinkReferral { .. } => JobKind::LinkReferral,
+            Job::ReferrerCounters { .. } => JobKind::ReferrerCounters,
+            Job::CreditTotal { .. } => JobKind::CreditTotal,
+        }
     }
 
-    pub fn decode(kind: &str, payload: &str) -> Result<Job, DecodeError> {
+    /// `(kind, payload)` as stored.
+    pub fn encode(&self) -> (JobKind, String) {
+        let tagged = serde_json::to_value(self).unwrap_or(Value::Null);
+        (self.kind(), tagged["payload"].to_string())
+    }
+
+    pub fn decode(kind: JobKind, payload: &str) -> Result<Job, DecodeError> {
         let error = |reason: String| DecodeError {
-            kind: kind.to_string(),
+            kind: kind.as_str().to_string(),
             reason,
         };
         let payload: Value = serde_json::from_str(payload).map_err(|e| error(format!("payload is not JSON: {e}")))?;
-        serde_json::from_value(json!({"kind": kind, "payload": payload})).map_err(|e| error(e.to_string()))
+        serde_json::from_value(json!({"kind": kind.as_str(), "payload": payload})).map_err(|e| error(e.to_string()))
     }
 }
 
@@ -166,19 +254,29 @@ mod tests {
     #[test]
     fn every_job_round_trips_through_its_stored_form() {
         let mut keys = std::collections::HashSet::new();
+        let mut kinds = std::collections::HashSet::new();
         for job in every_kind() {
             let (kind, payload) = job.encode();
-            assert!(!kind.is_empty());
-            assert_eq!(Job::decode(&kind, &payload), Ok(job.clone()));
+            // The kind's stored name is the variant's serde tag.
+            let tagged = serde_json::to_value(&job).expect("a job serialises");
+            assert_eq!(tagged["kind"].as_str(), Some(kind.as_str()));
+            assert_eq!(Job::decode(kind, &payload), Ok(job.clone()));
             assert!(keys.insert(job.idempotency_key()), "keys differ across kinds");
+            kinds.insert(kind);
         }
+        assert_eq!(kinds.len(), JobKind::ALL.len(), "every kind is tried");
     }
 
     #[test]
     fn unknown_kinds_and_bad_payloads_are_errors() {
-        assert!(Job::decode("hubspot.teleport", "{}").is_err());
-        assert!(Job::decode("whatsapp.send", "{\"message_id\": \"x\"}").is_err());
-        assert!(Job::decode("whatsapp.send", "not json").is_err());
+        assert_eq!(
+            ItemKind::of_job("hubspot.teleport"),
+            ItemKind::Unknown("hubspot.teleport".into())
+        );
+        assert_eq!(ItemKind::of_job("whatsapp.send"), ItemKind::Job(JobKind::SendWhatsApp));
+        assert!(matches!(ItemKind::of_event("whatsapp.send"), ItemKind::Event(_)));
+        assert!(Job::decode(JobKind::SendWhatsApp, "{\"message_id\": \"x\"}").is_err());
+        assert!(Job::decode(JobKind::SendWhatsApp, "not json").is_err());
     }
 
     #[test]

@@ -627,7 +627,7 @@ impl From<&QueueRow> for QueueItem {
     fn from(q: &QueueRow) -> Self {
         QueueItem {
             id: q.id,
-            kind: q.kind.clone(),
+            kind: q.kind.to_string(),
             key: q.key.clone(),
             state: Named(q.state),
             attempts: q.attempts,

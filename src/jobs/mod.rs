@@ -189,7 +189,7 @@ impl Worker {
         let heartbeat = self.heartbeat(queue, items.iter().map(|item| item.id).collect());
         let (statuses, mut alone): (Vec<ClaimedItem>, Vec<ClaimedItem>) = items
             .into_iter()
-            .partition(|item| item.kind == BATCHED.as_str() && item.attempts <= item.max_attempts);
+            .partition(|item| item.kind == BATCHED.kind() && item.attempts <= item.max_attempts);
         alone.extend(self.apply_statuses(queue, statuses).await);
         alone.sort_by_key(|item| item.id);
         let mut first_error = None;
@@ -256,7 +256,7 @@ impl Worker {
             "work",
             queue = queue_name(item.queue),
             id = item.id,
-            kind = %crate::telemetry::escape(&item.kind),
+            kind = %crate::telemetry::escape(&item.kind.to_string()),
             attempt = item.attempts
         );
         self.handle(item).instrument(span).await

@@ -6,12 +6,12 @@ use sqlx::{AnyConnection, Row};
 use super::tx::Tx;
 use super::{Store, StoreError};
 use crate::domain::state::{Persisted, QueueState};
-use crate::domain::work::Job;
+use crate::domain::work::{Job, JobKind};
 
 /// A job row to insert: a [`Job`] in its stored form.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
-    pub kind: String,
+    pub kind: JobKind,
     pub payload: String,
     /// Derived from what the job is for (for example the referral and the step), so that
     /// enqueuing the same work twice yields one job.
@@ -52,7 +52,7 @@ async fn insert_job(conn: &mut AnyConnection, job: &NewJob, now: i64) -> Result<
         "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
     )
-    .bind(&job.kind)
+    .bind(job.kind.as_str())
     .bind(&job.payload)
     .bind(&job.idempotency_key)
     .bind(QueueState::Queued.as_str())

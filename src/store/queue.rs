@@ -11,6 +11,7 @@ use sqlx::Row;
 
 use super::{Backend, Store, StoreError};
 use crate::domain::state::{sql_list, Persisted, QueueState};
+use crate::domain::work::ItemKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -23,6 +24,14 @@ impl Queue {
         match self {
             Queue::Inbox => "inbox_events",
             Queue::Jobs => "jobs",
+        }
+    }
+
+    /// What a stored kind names in this queue.
+    pub fn kind_named(self, name: &str) -> ItemKind {
+        match self {
+            Queue::Inbox => ItemKind::of_event(name),
+            Queue::Jobs => ItemKind::of_job(name),
         }
     }
 
@@ -44,6 +53,13 @@ pub enum BatchableKind {
 }
 
 impl BatchableKind {
+    /// The kind its items have.
+    pub fn kind(self) -> ItemKind {
+        match self {
+            BatchableKind::WhatsAppStatus => ItemKind::Event(crate::domain::inbox::InboxKind::WhatsAppStatus),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BatchableKind::WhatsAppStatus => crate::domain::inbox::STATUS_KIND,
@@ -56,7 +72,7 @@ impl BatchableKind {
 pub struct ClaimedItem {
     pub queue: Queue,
     pub id: i64,
-    pub kind: String,
+    pub kind: ItemKind,
     pub payload: String,
     /// Attempts including this one.
     pub attempts: i64,
@@ -73,12 +89,11 @@ pub struct QueueOutlook {
 }
 
 /// An item as listed by `referloop inbox list` / `jobs list`.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct QueueRow {
     pub id: i64,
-    pub kind: String,
+    pub kind: ItemKind,
     pub key: String,
-    #[sqlx(try_from = "String")]
     pub state: QueueState,
     pub attempts: i64,
     pub max_attempts: i64,
@@ -87,6 +102,41 @@ pub struct QueueRow {
     pub finished_at: Option<i64>,
     pub last_error: Option<String>,
     pub note: Option<String>,
+}
+
+/// A [`QueueRow`] as read, before its kind is decoded (which needs its queue).
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    id: i64,
+    kind: String,
+    key: String,
+    #[sqlx(try_from = "String")]
+    state: QueueState,
+    attempts: i64,
+    max_attempts: i64,
+    run_at: i64,
+    created_at: i64,
+    finished_at: Option<i64>,
+    last_error: Option<String>,
+    note: Option<String>,
+}
+
+impl ListedRow {
+    fn in_queue(self, queue: Queue) -> QueueRow {
+        QueueRow {
+            id: self.id,
+            kind: queue.kind_named(&self.kind),
+            key: self.key,
+            state: self.state,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            run_at: self.run_at,
+            created_at: self.created_at,
+            finished_at: self.finished_at,
+            last_error: self.last_error,
+            note: self.note,
+        }
+    }
 }
 
 /// `$first, $first+1, …`: `count` numbered placeholders (both backends accept `$n`).
@@ -211,7 +261,7 @@ impl Store {
                 Ok(ClaimedItem {
                     queue,
                     id: row.try_get("id")?,
-                    kind: row.try_get("kind")?,
+                    kind: queue.kind_named(&row.try_get::<String, _>("kind")?),
                     payload: row.try_get("payload")?,
                     attempts: row.try_get("attempts")?,
                     max_attempts: row.try_get("max_attempts")?,
@@ -454,11 +504,23 @@ impl Store {
              finished_at, last_error, note FROM {} WHERE (CAST($1 AS TEXT) IS NULL OR state = CAST($1 AS TEXT)) ORDER BY id DESC LIMIT $2",
             queue.table()
         );
-        let rows = sqlx::query_as::<_, QueueRow>(&sql)
+        let rows = sqlx::query_as::<_, ListedRow>(&sql)
             .bind(state.map(QueueState::as_str))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows)
+        Ok(rows.into_iter().map(|row| row.in_queue(queue)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batchable_kind_is_named_as_its_items_are_stored() {
+        let kind = BatchableKind::WhatsAppStatus;
+        assert_eq!(kind.kind().to_string(), kind.as_str());
+        assert_eq!(Queue::Inbox.kind_named(kind.as_str()), kind.kind());
     }
 }

@@ -6,7 +6,7 @@ use referloop::domain::eligibility::TriggerKind;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
 use referloop::domain::state::{InviteState, Persisted};
-use referloop::store::{Backend, NewInvite, NewJob, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store};
+use referloop::store::{Backend, NewInvite, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store};
 use serde_json::Value;
 
 use crate::api_document::checked;
@@ -114,14 +114,7 @@ pub async fn seed(store: &Store) -> Vec<i64> {
 
 /// A job of an unknown kind, claimed and ended dead ("unknown kind"); returns its id.
 pub async fn dead_job(app: &TestApp, key: &str) -> i64 {
-    let job = NewJob {
-        kind: "no.such.kind".into(),
-        payload: "{}".into(),
-        idempotency_key: key.into(),
-        max_attempts: 1,
-        run_at: 0,
-    };
-    app.store.enqueue_job(&job).await.expect("enqueue");
+    enqueue_unknown_job(app, "no.such.kind", key, 1, 0).await;
     let claimed = app
         .store
         .claim(Queue::Jobs, "test", 60_000)

@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use std::time::Duration;
 
+use referloop::domain::inbox::InboxKind;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::state::InviteState;
+use referloop::domain::work::ItemKind;
 use referloop::store::{Backend, NewInvite, NewReferral, Queue, QueueState, ReferralInsert};
 use serde_json::{json, Map, Value};
 use wiremock::{Match, Request};
@@ -725,7 +727,10 @@ async fn metas_webhook_examples_are_accepted_and_handled(backend: Backend) {
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let messages = items.iter().filter(|i| i.kind == "whatsapp.message").count();
+    let messages = items
+        .iter()
+        .filter(|i| i.kind == ItemKind::Event(InboxKind::WhatsAppMessage))
+        .count();
     assert_eq!(messages, ids.len(), "{items:#?}");
     // Their effects on a known contact: the texts bring the awaited friend in, and the
     // "Unsubscribe" tap opts the number out (whichever the worker took first).

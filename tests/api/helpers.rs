@@ -243,3 +243,27 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// Queues a job of a kind this binary does not know, as a newer binary would: raw SQL,
+/// since no type of ours can name such a kind. Returns its id.
+pub async fn enqueue_unknown_job(app: &TestApp, kind: &str, key: &str, max_attempts: i64, run_at: i64) -> i64 {
+    sqlx::any::install_default_drivers();
+    let db = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(app.database_url())
+        .await
+        .expect("connect");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
+         VALUES ($1, '{}', $2, 'queued', $3, $4, $4) RETURNING id",
+    )
+    .bind(kind)
+    .bind(key)
+    .bind(max_attempts)
+    .bind(run_at)
+    .fetch_one(&db)
+    .await
+    .expect("a job of an unknown kind");
+    db.close().await;
+    id
+}

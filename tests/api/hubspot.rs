@@ -45,7 +45,11 @@ async fn v3_signed_request_with_query_is_accepted(backend: Backend) {
         "{}",
         rows[0].key
     );
-    assert_eq!(rows[0].kind, "hubspot.workflow.milestone");
+    assert_eq!(
+        rows[0].kind.to_string(),
+        "hubspot.workflow.milestone",
+        "stored by its name"
+    );
 
     let classic = fixture("hubspot/workflow-webhook-contact-all-properties.json");
     assert_eq!(

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use referloop::clock::system_ms;
 use referloop::domain::state::Persisted;
+use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, Queue};
 use referloop::whatsapp::render;
 use serde_json::{json, Value};
@@ -149,12 +150,15 @@ async fn assert_steps_finished(lc: &Lifecycle, kinds: &[&str], refused: usize) {
     items.extend(lc.app.store.list(Queue::Jobs, None, 10_000).await.expect("jobs"));
     let dead: Vec<_> = items.iter().filter(|i| i.state.as_str() == "dead").collect();
     assert_eq!(dead.len(), refused, "only refused sends end dead: {dead:?}");
-    assert!(dead.iter().all(|i| i.kind == "whatsapp.send"), "{dead:?}");
+    assert!(
+        dead.iter().all(|i| i.kind == ItemKind::Job(JobKind::SendWhatsApp)),
+        "{dead:?}"
+    );
     for kind in kinds {
         assert!(
-            items.iter().any(|i| i.kind == *kind && i.attempts >= 3),
+            items.iter().any(|i| i.kind.to_string() == *kind && i.attempts >= 3),
             "{kind} was interrupted at least twice: {:?}",
-            items.iter().filter(|i| i.kind == *kind).collect::<Vec<_>>()
+            items.iter().filter(|i| i.kind.to_string() == *kind).collect::<Vec<_>>()
         );
     }
     assert!(lc.app.store.faults().injected() >= 20, "faults were injected");
@@ -370,7 +374,10 @@ async fn refusal_fallback_and_opt_out_survive_a_crash_after_every_write(backend:
         "a final refusal is not retried"
     );
     let jobs = lc.app.store.list(Queue::Jobs, None, 1_000).await.expect("jobs");
-    let mirrors = jobs.iter().filter(|j| j.kind == "hubspot.sync_opt_out").count();
+    let mirrors = jobs
+        .iter()
+        .filter(|j| j.kind == ItemKind::Job(JobKind::SyncOptOut))
+        .count();
     assert_eq!(mirrors, 1, "one HubSpot mirror per opt-out");
     assert_steps_finished(&lc, &["whatsapp.message", "whatsapp.send", "referral.screen"], 1).await;
     lc.shutdown().await;

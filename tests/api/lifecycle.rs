@@ -1,6 +1,7 @@
 //! The referral lifecycle end to end, against local fakes of the Graph API and HubSpot.
 
 use referloop::domain::state::Persisted;
+use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
@@ -172,7 +173,10 @@ async fn happy_path_with_every_webhook_twice(backend: Backend) {
         "{friend_statuses:?}"
     );
     let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
-    let friend_jobs: Vec<_> = jobs.iter().filter(|j| j.kind.starts_with("hubspot.")).collect();
+    let friend_jobs: Vec<_> = jobs
+        .iter()
+        .filter(|j| matches!(j.kind, ItemKind::Job(kind) if kind.as_str().starts_with("hubspot.")))
+        .collect();
     assert!(
         friend_jobs.iter().all(|j| j.attempts == 1),
         "no HubSpot job waited for the friend's contact: {friend_jobs:?}"
@@ -742,7 +746,9 @@ async fn graph_500_then_success_sends_once(backend: Backend) {
         .list(Queue::Jobs, Some(QueueState::Done), 10)
         .await
         .expect("jobs");
-    assert!(jobs.iter().any(|j| j.kind == "whatsapp.send" && j.attempts == 2));
+    assert!(jobs
+        .iter()
+        .any(|j| j.kind == ItemKind::Job(JobKind::SendWhatsApp) && j.attempts == 2));
     lc.shutdown().await;
 }
 
@@ -758,7 +764,7 @@ async fn graph_429_honours_retry_after(backend: Backend) {
             store
                 .list(Queue::Jobs, Some(QueueState::Failed), 10)
                 .await
-                .map(|j| j.iter().any(|j| j.kind == "whatsapp.send"))
+                .map(|j| j.iter().any(|j| j.kind == ItemKind::Job(JobKind::SendWhatsApp)))
                 .unwrap_or(false)
         }
     })
@@ -770,7 +776,10 @@ async fn graph_429_honours_retry_after(backend: Backend) {
         .list(Queue::Jobs, Some(QueueState::Failed), 10)
         .await
         .expect("jobs");
-    let job = job.iter().find(|j| j.kind == "whatsapp.send").expect("send job");
+    let job = job
+        .iter()
+        .find(|j| j.kind == ItemKind::Job(JobKind::SendWhatsApp))
+        .expect("send job");
     assert!(job.run_at - job.created_at >= 29_000, "not before Retry-After: {job:?}");
     assert_eq!(lc.sent_of("tmpl_referral_invite").await.len(), 1);
     lc.shutdown().await;
@@ -835,7 +844,7 @@ async fn hubspot_429_is_retried(backend: Backend) {
         .expect("jobs");
     assert!(done
         .iter()
-        .any(|j| j.kind == "hubspot.referrer_status" && j.attempts == 2));
+        .any(|j| j.kind == ItemKind::Job(JobKind::ReferrerStatus) && j.attempts == 2));
     lc.shutdown().await;
 }
 

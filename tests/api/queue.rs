@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use referloop::clock::system_ms;
 use referloop::domain::state::Persisted;
+use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, EnqueueOutcome, NewJob, Queue, QueueState, Store};
 
 use crate::both_backends;
@@ -13,7 +14,7 @@ use crate::helpers::*;
 
 fn job(key: &str, max_attempts: i64) -> NewJob {
     NewJob {
-        kind: "test.noop".into(),
+        kind: JobKind::LinkReferral,
         payload: r#"{"n":1}"#.into(),
         idempotency_key: key.into(),
         max_attempts,
@@ -52,8 +53,8 @@ async fn claim_complete_and_ownership(backend: Backend) {
         .expect("claim")
         .expect("due job");
     assert_eq!(
-        (claimed.id, claimed.attempts, claimed.kind.as_str()),
-        (id, 1, "test.noop")
+        (claimed.id, claimed.attempts, claimed.kind),
+        (id, 1, ItemKind::Job(JobKind::LinkReferral))
     );
     assert_eq!(state_of(&store, id).await, "running");
     assert!(

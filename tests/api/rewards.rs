@@ -1,6 +1,7 @@
 //! Conversions and rewards end to end, against fakes of HubSpot, the Graph API and Stripe.
 
 use referloop::domain::state::Persisted;
+use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path, query_param};
@@ -460,7 +461,10 @@ async fn exhausted_code_pool_fails_clearly(backend: Backend) {
         .list(Queue::Jobs, Some(QueueState::Dead), 10)
         .await
         .expect("jobs");
-    let job = dead.iter().find(|j| j.kind == "reward.issue").expect("dead reward job");
+    let job = dead
+        .iter()
+        .find(|j| j.kind == ItemKind::Job(JobKind::IssueReward))
+        .expect("dead reward job");
     let metrics = lc.app.metrics().await;
     assert!(metrics.contains("referloop_reward_pool_exhausted_total 1"), "{metrics}");
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use referloop::domain::messaging::TemplateEvent;
 use referloop::domain::state::Persisted;
+use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, Queue, QueueRow};
 use serde_json::json;
 
@@ -26,7 +27,7 @@ async fn template_status(lc: &Lifecycle, event: &str) -> u16 {
 async fn send_job(lc: &Lifecycle) -> QueueRow {
     let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
     jobs.into_iter()
-        .find(|j| j.kind == "whatsapp.send")
+        .find(|j| j.kind == ItemKind::Job(JobKind::SendWhatsApp))
         .expect("the send job")
 }
 

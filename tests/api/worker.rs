@@ -9,7 +9,7 @@ use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
-use referloop::store::{Backend, NewJob, NewMessage, Queue, QueueState};
+use referloop::store::{Backend, NewMessage, Queue, QueueState};
 use serde_json::json;
 
 use crate::both_backends;
@@ -40,14 +40,7 @@ async fn stored_events_are_processed_once(backend: Backend) {
 
 async fn unknown_job_kinds_go_dead_and_stay_visible(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let job = NewJob {
-        kind: "from.the.future".into(),
-        payload: "{}".into(),
-        idempotency_key: "future:1".into(),
-        max_attempts: 5,
-        run_at: system_ms(),
-    };
-    let id = app.store.enqueue_job(&job).await.expect("enqueue").id();
+    let id = enqueue_unknown_job(&app, "from.the.future", "future:1", 5, system_ms()).await;
     let store = app.store.clone();
     let dead = eventually(Duration::from_secs(10), || {
         let store = store.clone();
