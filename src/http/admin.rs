@@ -105,7 +105,7 @@ pub async fn referrals(
 ) -> Result<Json<ReferralsPage>, Problem> {
     let limit = query.limit.map_or(50, |l| l.0);
     let before = query.cursor.as_ref().map(|c| c.before());
-    let wanted = query.state.map(|s| s.0.as_str());
+    let wanted = query.state.map(|s| s.0);
     let page = state.store.referrals_page(wanted, None, before, limit).await?;
     let next_cursor = (page.len() as i64 == limit)
         .then(|| page.last().map(|r| r.id.to_string()))

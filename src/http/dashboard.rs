@@ -4,20 +4,22 @@
 //! cookie, every form carries the session's CSRF token, and actions (retry, void) need the
 //! operator role, ask for confirmation and are recorded.
 
-use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use maud::{html, Markup, DOCTYPE};
-use serde::Deserialize;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 use subtle::ConstantTimeEq;
 
 use super::{words, AppState};
 use crate::app::accounts::{self, SignIn, SESSION_MS};
 use crate::app::reward;
 use crate::domain::access::{Action, Role};
-use crate::domain::funnel::Period;
+use crate::domain::funnel::{Period, MAX_DAYS};
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{Persisted, QueueState};
@@ -90,19 +92,9 @@ fn layout(title: &str, session: Option<&AdminSession>, body: Markup) -> Markup {
     }
 }
 
-fn cookie_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
-        .map(|(_, value)| value.to_string())
-}
-
 /// Why a dashboard request gets no page of its own. Each answers as a page (or, for a
-/// request without a session, the way to the sign-in page); handlers reach them with `?`.
+/// request without a session, the way to the sign-in page); handlers and extractors
+/// reach them with `?`.
 #[derive(Debug)]
 pub enum PageError {
     /// No live session behind the request's cookie.
@@ -111,6 +103,10 @@ pub enum PageError {
     Unavailable(String),
     /// Signed in, but the form's CSRF token or the user's role does not allow it.
     Forbidden(&'static str),
+    /// A query or form value no page of ours sends; the message says what is accepted.
+    Unprocessable(String),
+    /// What the request names does not exist (a referral, a dead item).
+    NotFound(&'static str),
 }
 
 impl PageError {
@@ -127,54 +123,163 @@ impl From<StoreError> for PageError {
 
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
+        let page = |status, title: &str, body: Markup| html_page(status, layout(title, None, body));
         match self {
             PageError::SignIn => Redirect::to("/admin/login").into_response(),
             PageError::Unavailable(why) => {
                 tracing::error!(error = %crate::telemetry::escape(&why), "dashboard: database error");
-                html_page(
+                page(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    layout(
-                        "Temporarily unavailable",
-                        None,
-                        html! { p { "Try again in a moment." } },
-                    ),
+                    "Temporarily unavailable",
+                    html! { p { "Try again in a moment." } },
                 )
             }
-            PageError::Forbidden(why) => html_page(
-                StatusCode::FORBIDDEN,
-                layout("Not allowed", None, html! { p { (why) } }),
+            PageError::Forbidden(why) => page(StatusCode::FORBIDDEN, "Not allowed", html! { p { (why) } }),
+            PageError::Unprocessable(why) => page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Not understood",
+                html! { p { (why) } p { a href="/admin" { "Back to the dashboard" } } },
+            ),
+            PageError::NotFound(what) => page(
+                StatusCode::NOT_FOUND,
+                what,
+                html! { p { a href="/admin" { "Back to the dashboard" } } },
             ),
         }
     }
 }
 
 /// The signed-in user's session, from the request's cookie; without a live one, the
-/// request goes to the sign-in page.
-pub struct Signed(pub AdminSession);
+/// request goes to the sign-in page. Read once per request: the other extractors find
+/// it in the request's extensions.
+#[derive(Clone)]
+pub struct Session {
+    pub session: AdminSession,
+    /// The cookie's token, which signing out ends.
+    token: String,
+}
 
-impl FromRequestParts<AppState> for Signed {
+impl FromRequestParts<AppState> for Session {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = cookie_token(&parts.headers).ok_or(PageError::SignIn)?;
-        accounts::session(&state.store, &token)
+        if let Some(known) = parts.extensions.get::<Session>() {
+            return Ok(known.clone());
+        }
+        let jar = CookieJar::from_headers(&parts.headers);
+        let token = jar
+            .get(COOKIE)
+            .map(|c| c.value().to_string())
+            .ok_or(PageError::SignIn)?;
+        let session = accounts::session(&state.store, &token)
             .await?
-            .map(Signed)
-            .ok_or(PageError::SignIn)
+            .ok_or(PageError::SignIn)?;
+        let found = Session { session, token };
+        parts.extensions.insert(found.clone());
+        Ok(found)
     }
 }
 
-/// A form post from `session`: its CSRF token matches, and the user's role may `action`.
-fn may_post(session: &AdminSession, csrf: &str, action: Action) -> Result<(), PageError> {
-    if csrf.is_empty() || !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
-        tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: CSRF token missing or wrong");
-        return Err(PageError::Forbidden("The form was not sent from this dashboard (its security token did not match). Reload the page and try again."));
-    }
+/// A signed-in user whose role may `action`; a viewer who tries an action is refused
+/// (403) and logged.
+async fn allowed(parts: &mut Parts, state: &AppState, action: Action) -> Result<AdminSession, PageError> {
+    let Session { session, .. } = Session::from_request_parts(parts, state).await?;
     if !session.user.role.may(action) {
         tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: a viewer tried an action");
         return Err(PageError::Forbidden("Your role may only read. Ask an operator."));
     }
-    Ok(())
+    Ok(session)
+}
+
+/// A signed-in user: every role may read the dashboard's pages.
+pub struct Viewer(pub AdminSession);
+
+impl FromRequestParts<AppState> for Viewer {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        allowed(parts, state, Action::Read).await.map(Viewer)
+    }
+}
+
+/// A signed-in user whose role may act (retry, void).
+pub struct Operator(pub AdminSession);
+
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        allowed(parts, state, Action::Act).await.map(Operator)
+    }
+}
+
+/// A page's query string in its typed form. A value no page of ours sends is refused
+/// (422) with its field's own message.
+pub struct PageQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(query)
+            .map(PageQuery)
+            .map_err(|e| PageError::Unprocessable(e.to_string()))
+    }
+}
+
+/// A form that carries the session's CSRF token.
+pub trait CsrfForm {
+    fn csrf(&self) -> &str;
+}
+
+/// A form posted from this dashboard: its `csrf` field is the session's token, compared
+/// in constant time.
+pub struct Posted<T>(pub T);
+
+impl<T: DeserializeOwned + CsrfForm + Send> FromRequest<AppState> for Posted<T> {
+    type Rejection = PageError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Session { session, .. } = Session::from_request_parts(&mut parts, state).await?;
+        let Form(form) = Form::<T>::from_request(Request::from_parts(parts, body), state)
+            .await
+            .map_err(|e| PageError::Unprocessable(e.body_text()))?;
+        let csrf = form.csrf();
+        if csrf.is_empty() || !bool::from(csrf.as_bytes().ct_eq(session.csrf.as_bytes())) {
+            tracing::warn!(user = %crate::telemetry::escape(&session.user.name), "dashboard: CSRF token missing or wrong");
+            return Err(PageError::Forbidden("The form was not sent from this dashboard (its security token did not match). Reload the page and try again."));
+        }
+        Ok(Posted(form))
+    }
+}
+
+/// `""` (a form's "any" choice) as no value.
+fn blank_as_none<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?;
+    Ok(text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+/// A number of days a page looks back: 1 to [`MAX_DAYS`]; `""` for none.
+fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(text) = blank_as_none(deserializer)? else {
+        return Ok(None);
+    };
+    match text.parse::<i64>() {
+        Ok(days) if (1..=MAX_DAYS).contains(&days) => Ok(Some(days)),
+        _ => Err(D::Error::custom(format!("Choose between 1 and {MAX_DAYS} days."))),
+    }
+}
+
+/// A referral state by its stored name; `""` for every state.
+fn referral_state<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<ReferralState>, D::Error> {
+    let Some(name) = blank_as_none(deserializer)? else {
+        return Ok(None);
+    };
+    ReferralState::parse(&name)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom("There is no such state: choose one from the list."))
 }
 
 pub async fn style() -> Response {
@@ -220,36 +325,32 @@ pub struct LoginForm {
     password: String,
 }
 
-fn session_cookie(state: &AppState, token: &str, max_age_ms: i64) -> HeaderValue {
-    let secure = if state.settings.server.public_base_url.is_https() {
-        "; Secure"
-    } else {
-        ""
-    };
-    let cookie = format!(
-        "{COOKIE}={token}; Path=/admin; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
-        max_age_ms / 1000
-    );
-    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
+/// The session cookie: for the dashboard's paths only, out of scripts' reach, never sent
+/// from another site, and over TLS only when the public URL is https.
+fn session_cookie(state: &AppState, token: String, max_age_ms: i64) -> Cookie<'static> {
+    Cookie::build((COOKIE, token))
+        .path("/admin")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .secure(state.settings.server.public_base_url.is_https())
+        .max_age(cookie::time::Duration::milliseconds(max_age_ms))
+        .build()
 }
 
 pub async fn login(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    jar: CookieJar,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, PageError> {
     // A session the client brought along ends here: sign-in always starts a new one.
-    if let Some(old) = cookie_token(&headers) {
-        let _ = state.store.end_admin_session(&accounts::token_hash(&old)).await;
+    if let Some(old) = jar.get(COOKIE) {
+        let _ = state.store.end_admin_session(&accounts::token_hash(old.value())).await;
     }
     Ok(
         match accounts::sign_in(&state.store, form.name.trim(), &form.password).await? {
             SignIn::Started { token, .. } => {
-                let mut response = Redirect::to("/admin").into_response();
-                response
-                    .headers_mut()
-                    .insert(header::SET_COOKIE, session_cookie(&state, &token, SESSION_MS));
-                secure(response)
+                let jar = jar.add(session_cookie(&state, token, SESSION_MS));
+                secure((jar, Redirect::to("/admin")).into_response())
             }
             SignIn::Refused => login_page(StatusCode::UNAUTHORIZED, Some("Wrong name or password.")),
             SignIn::Throttled => login_page(
@@ -264,33 +365,40 @@ pub async fn login(
     )
 }
 
+/// A form whose only field is the CSRF token (signing out).
 #[derive(Debug, Deserialize)]
-pub struct CsrfForm {
+pub struct TokenOnly {
     #[serde(default)]
     csrf: String,
 }
 
+impl CsrfForm for TokenOnly {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn logout(
     State(state): State<AppState>,
-    Signed(session): Signed,
-    headers: HeaderMap,
-    Form(form): Form<CsrfForm>,
+    session: Session,
+    jar: CookieJar,
+    _: Posted<TokenOnly>,
 ) -> Result<Response, PageError> {
-    may_post(&session, &form.csrf, Action::Read)?;
-    if let Some(token) = cookie_token(&headers) {
-        state.store.end_admin_session(&accounts::token_hash(&token)).await?;
-    }
-    let mut response = Redirect::to("/admin/login").into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, "", 0));
-    Ok(secure(response))
+    state
+        .store
+        .end_admin_session(&accounts::token_hash(&session.token))
+        .await?;
+    let jar = jar.add(session_cookie(&state, String::new(), 0));
+    Ok(secure((jar, Redirect::to("/admin/login")).into_response()))
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct DaysQuery {
+    /// The last this many days (30 when absent).
+    #[serde(default, deserialize_with = "days")]
     days: Option<i64>,
     /// A trigger kind (`nps`, `milestone`) or one milestone (`milestone:renewal`).
+    #[serde(default, deserialize_with = "blank_as_none")]
     trigger: Option<String>,
 }
 
@@ -377,22 +485,13 @@ fn trigger_choices(seen: &[String]) -> Vec<String> {
 /// `/admin`: the funnel, why people dropped out, rewards and top referrers.
 pub async fn funnel(
     State(state): State<AppState>,
-    Signed(session): Signed,
-    Query(query): Query<DaysQuery>,
+    Viewer(session): Viewer,
+    PageQuery(query): PageQuery<DaysQuery>,
 ) -> Result<Response, PageError> {
     let days = query.days.unwrap_or(30);
-    let Ok(period) = Period::last_days(days, state.store.now_ms()) else {
-        return Ok(html_page(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            layout(
-                "Funnel",
-                Some(&session),
-                html! { p { "Choose between 1 and 366 days." } },
-            ),
-        ));
-    };
+    let period = Period::last_days(days, state.store.now_ms()).map_err(|e| PageError::Unprocessable(e.to_string()))?;
     let store = &state.store;
-    let trigger = query.trigger.as_deref().filter(|t| !t.is_empty());
+    let trigger = query.trigger.as_deref();
     let (counts, daily, triggers, dropouts, totals, top, pool) = tokio::try_join!(
         store.funnel(period, trigger),
         store.funnel_days(period, trigger),
@@ -475,11 +574,14 @@ pub async fn funnel(
 #[derive(Debug, Default, Deserialize)]
 pub struct ReferralsQuery {
     /// A code, a HubSpot contact id or a phone number.
+    #[serde(default, deserialize_with = "blank_as_none")]
     q: Option<String>,
     /// One state's stored name; empty for every state.
-    state: Option<String>,
+    #[serde(default, deserialize_with = "referral_state")]
+    state: Option<ReferralState>,
     /// Nominated in the last this many days; absent or empty for all time.
-    days: Option<String>,
+    #[serde(default, deserialize_with = "days")]
+    days: Option<i64>,
     /// The cursor: referrals older than this id.
     before: Option<i64>,
 }
@@ -499,48 +601,25 @@ const LIST_PAGE: i64 = 50;
 /// or those found by code, contact id or phone.
 pub async fn referrals(
     State(state): State<AppState>,
-    Signed(session): Signed,
-    Query(query): Query<ReferralsQuery>,
+    Viewer(session): Viewer,
+    PageQuery(query): PageQuery<ReferralsQuery>,
 ) -> Result<Response, PageError> {
-    let refuse = |why: &str| {
-        html_page(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            layout("Referrals", Some(&session), html! { p { (why) } }),
-        )
-    };
-    let q = query.q.as_deref().map(str::trim).filter(|q| !q.is_empty());
-    let wanted = match query.state.as_deref().filter(|s| !s.is_empty()) {
-        None => None,
-        Some(name) => match ReferralState::parse(name) {
-            Some(found) => Some(found),
-            None => return Ok(refuse("There is no such state: choose one from the list.")),
-        },
-    };
-    let days = match query.days.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
-        None => None,
-        Some(days) => match days.parse::<i64>() {
-            Ok(days) => Some(days),
-            Err(_) => return Ok(refuse("Choose between 1 and 366 days.")),
-        },
-    };
+    let q = query.q.as_deref();
+    let (wanted, days) = (query.state, query.days);
     let since = match days {
         None => None,
-        Some(days) => match Period::last_days(days, state.store.now_ms()) {
-            Ok(period) => Some(period.from),
-            Err(_) => return Ok(refuse("Choose between 1 and 366 days.")),
-        },
+        Some(days) => Some(
+            Period::last_days(days, state.store.now_ms())
+                .map_err(|e| PageError::Unprocessable(e.to_string()))?
+                .from,
+        ),
     };
     let found = match q {
         Some(q) => {
             let phone = E164::parse_mobile(q, &state.settings.programme.default_region).ok();
             state.store.find_referrals(q, phone.as_ref().map(E164::as_str)).await
         }
-        None => {
-            state
-                .store
-                .referrals_page(wanted.map(ReferralState::as_str), since, query.before, LIST_PAGE)
-                .await
-        }
+        None => state.store.referrals_page(wanted, since, query.before, LIST_PAGE).await,
     };
     let rows = found?;
     // The next page keeps the filters.
@@ -604,25 +683,13 @@ pub async fn referrals(
 /// `/admin/referrals/{id}`: one referral's timeline.
 pub async fn referral(
     State(state): State<AppState>,
-    Signed(session): Signed,
+    Viewer(session): Viewer,
     Path(id): Path<String>,
 ) -> Result<Response, PageError> {
-    let not_found = || {
-        html_page(
-            StatusCode::NOT_FOUND,
-            layout(
-                "No such referral",
-                Some(&session),
-                html! { p { a href="/admin/referrals" { "Back to the referrals" } } },
-            ),
-        )
-    };
-    let Ok(id) = id.parse::<i64>() else {
-        return Ok(not_found());
-    };
-    let Some(referral) = state.store.referral(id).await? else {
-        return Ok(not_found());
-    };
+    // Any other path segment names no referral: the same answer as an unknown number.
+    let no_such = || PageError::NotFound("No such referral");
+    let id = id.parse::<i64>().map_err(|_| no_such())?;
+    let referral = state.store.referral(id).await?.ok_or_else(no_such)?;
     let timeline = state.store.timeline(&referral).await?;
     let body = html! {
         dl {
@@ -664,7 +731,7 @@ fn format_ms(ms: i64) -> String {
 }
 
 /// `/admin/operations`: dead work with "retry", pending rewards with "void".
-pub async fn operations(State(state): State<AppState>, Signed(session): Signed) -> Result<Response, PageError> {
+pub async fn operations(State(state): State<AppState>, Viewer(session): Viewer) -> Result<Response, PageError> {
     let store = &state.store;
     let (inbox, jobs, pending, actions) = tokio::try_join!(
         store.list(Queue::Inbox, Some(QueueState::Dead), 100),
@@ -679,7 +746,7 @@ pub async fn operations(State(state): State<AppState>, Signed(session): Signed) 
             table {
                 thead { tr { th scope="col" { "Item" } th scope="col" { "Kind" } th scope="col" { "Last error" } th scope="col" { "Action" } } }
                 tbody {
-                    @for (queue, items) in [("inbox", &inbox), ("jobs", &jobs)] {
+                    @for (queue, items) in [(Queue::Inbox.name(), &inbox), (Queue::Jobs.name(), &jobs)] {
                         @for item in items.iter() {
                             tr {
                                 td { (queue) " #" (item.id) }
@@ -730,27 +797,59 @@ pub async fn operations(State(state): State<AppState>, Signed(session): Signed) 
     Ok(html_page(StatusCode::OK, layout("Operations", Some(&session), body)))
 }
 
+/// `confirm=yes` acts; anything else (or nothing) asks first.
+fn confirmed<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.as_deref() == Some("yes"))
+}
+
+/// A queue by its name (`inbox`, `jobs`).
+fn queue_named<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Queue, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    Queue::named(&name).ok_or_else(|| D::Error::custom(format!("there is no queue `{name}`")))
+}
+
+/// Retry a dead item.
 #[derive(Debug, Deserialize)]
-pub struct ActionForm {
+pub struct RetryForm {
     #[serde(default)]
     csrf: String,
+    #[serde(deserialize_with = "queue_named")]
+    queue: Queue,
+    id: i64,
+    #[serde(default, deserialize_with = "confirmed", rename = "confirm")]
+    confirmed: bool,
+}
+
+impl CsrfForm for RetryForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
+/// Void a referral's rewards that are not issued yet.
+#[derive(Debug, Deserialize)]
+pub struct VoidForm {
     #[serde(default)]
-    queue: String,
-    #[serde(default)]
-    id: String,
-    /// Absent: show the confirmation; "yes": act.
-    #[serde(default)]
-    confirm: String,
+    csrf: String,
+    /// The referral.
+    id: i64,
+    #[serde(default, deserialize_with = "confirmed", rename = "confirm")]
+    confirmed: bool,
+}
+
+impl CsrfForm for VoidForm {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// The confirmation step of an action: the same form again, with `confirm=yes`.
-fn confirm_page(session: &AdminSession, action: &str, question: &str, form: &ActionForm) -> Response {
+fn confirm_page(session: &AdminSession, action: &str, question: &str, fields: &[(&str, String)]) -> Response {
     let body = html! {
         p { (question) }
         form method="post" action=(action) {
             input type="hidden" name="csrf" value=(session.csrf);
-            input type="hidden" name="queue" value=(form.queue);
-            input type="hidden" name="id" value=(form.id);
+            @for (name, value) in fields { input type="hidden" name=(name) value=(value); }
             input type="hidden" name="confirm" value="yes";
             button type="submit" { "Confirm" }
             " "
@@ -763,24 +862,14 @@ fn confirm_page(session: &AdminSession, action: &str, question: &str, form: &Act
 /// `POST /admin/operations/retry` (operator): asks, then re-queues a dead item.
 pub async fn retry(
     State(state): State<AppState>,
-    Signed(session): Signed,
-    Form(form): Form<ActionForm>,
+    Operator(session): Operator,
+    Posted(form): Posted<RetryForm>,
 ) -> Result<Response, PageError> {
-    may_post(&session, &form.csrf, Action::Act)?;
-    let queue = match form.queue.as_str() {
-        "inbox" => Some(Queue::Inbox),
-        "jobs" => Some(Queue::Jobs),
-        _ => None,
-    };
-    let (Some(queue), Ok(id)) = (queue, form.id.parse::<i64>()) else {
-        return Ok(html_page(
-            StatusCode::NOT_FOUND,
-            layout("No such item", Some(&session), html! {}),
-        ));
-    };
-    if form.confirm != "yes" {
-        let question = format!("Retry {} item #{id} with fresh attempts?", form.queue);
-        return Ok(confirm_page(&session, "/admin/operations/retry", &question, &form));
+    let (queue, id) = (form.queue, form.id);
+    if !form.confirmed {
+        let question = format!("Retry {} item #{id} with fresh attempts?", queue.name());
+        let fields = [("queue", queue.name().to_string()), ("id", id.to_string())];
+        return Ok(confirm_page(&session, "/admin/operations/retry", &question, &fields));
     }
     let actor = format!("user:{}", session.user.name);
     state.store.retry_dead_by(queue, id, &actor).await?;
@@ -790,19 +879,14 @@ pub async fn retry(
 /// `POST /admin/operations/void` (operator): asks, then voids a referral's pending rewards.
 pub async fn void(
     State(state): State<AppState>,
-    Signed(session): Signed,
-    Form(form): Form<ActionForm>,
+    Operator(session): Operator,
+    Posted(form): Posted<VoidForm>,
 ) -> Result<Response, PageError> {
-    may_post(&session, &form.csrf, Action::Act)?;
-    let Ok(referral_id) = form.id.parse::<i64>() else {
-        return Ok(html_page(
-            StatusCode::NOT_FOUND,
-            layout("No such referral", Some(&session), html! {}),
-        ));
-    };
-    if form.confirm != "yes" {
+    let referral_id = form.id;
+    if !form.confirmed {
         let question = format!("Void the rewards of referral #{referral_id} that are not issued yet?");
-        return Ok(confirm_page(&session, "/admin/operations/void", &question, &form));
+        let fields = [("id", referral_id.to_string())];
+        return Ok(confirm_page(&session, "/admin/operations/void", &question, &fields));
     }
     let actor = format!("user:{}", session.user.name);
     reward::void_by(&state.services, referral_id, &actor)
@@ -833,13 +917,15 @@ mod tests {
     }
 
     #[test]
-    fn the_session_cookie_is_read_among_others() {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; referloop_session=abc; b=2"),
-        );
-        assert_eq!(cookie_token(&headers).as_deref(), Some("abc"));
-        assert_eq!(cookie_token(&HeaderMap::new()), None);
+    fn forms_and_queries_are_typed_or_refused() {
+        let retry: RetryForm = serde_urlencoded::from_str("csrf=t&queue=jobs&id=7&confirm=yes").expect("a retry");
+        assert_eq!((retry.queue, retry.id, retry.confirmed), (Queue::Jobs, 7, true));
+        let asked: RetryForm = serde_urlencoded::from_str("csrf=t&queue=inbox&id=7&confirm=").expect("a question");
+        assert!(!asked.confirmed);
+        assert!(serde_urlencoded::from_str::<RetryForm>("csrf=t&queue=outbox&id=7").is_err());
+        let listed: ReferralsQuery = serde_urlencoded::from_str("q=&state=&days=").expect("every referral");
+        assert_eq!((listed.q, listed.state, listed.days), (None, None, None));
+        let refused = serde_urlencoded::from_str::<ReferralsQuery>("days=0").map(|_| ());
+        assert!(refused.is_err_and(|e| e.to_string().contains("between 1 and 366")));
     }
 }

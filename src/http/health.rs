@@ -70,7 +70,8 @@ fn is_backlogged(state: &AppState, backlog: &Backlog) -> bool {
 
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     inbox_backlog(&state).await;
-    for (queue, name) in [(Queue::Inbox, "inbox"), (Queue::Jobs, "jobs")] {
+    for queue in Queue::ALL {
+        let name = queue.name();
         match state.store.count_by_state(queue).await {
             Ok(counts) => {
                 for (queue_state, n) in counts {
@@ -82,7 +83,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             }
         }
     }
-    for (queue, name) in [(Queue::Inbox, "inbox"), (Queue::Jobs, "jobs")] {
+    for queue in Queue::ALL {
+        let name = queue.name();
         match state.store.oldest_due(queue).await {
             Ok(due) => {
                 let age = due.map_or(0, |at| (state.store.now_ms() - at).max(0) / 1000);

@@ -82,7 +82,7 @@ impl Worker {
             for n in 0..concurrency.get() {
                 // Each loop owns its leases, so one loop can never complete another's item.
                 let mut worker = self.clone();
-                worker.owner = format!("{}-{}{n}", self.owner, queue_name(queue));
+                worker.owner = format!("{}-{}{n}", self.owner, queue.name());
                 let shutdown = shutdown.clone();
                 loops.spawn(async move { worker.run_loop(queue, shutdown).await });
             }
@@ -101,7 +101,7 @@ impl Worker {
             let worked = match worked {
                 Ok(worked) => worked,
                 Err(e) => {
-                    tracing::error!(queue = queue_name(queue), error = %e, "worker could not record an item's outcome");
+                    tracing::error!(queue = queue.name(), error = %e, "worker could not record an item's outcome");
                     false
                 }
             };
@@ -162,11 +162,11 @@ impl Worker {
                 Ok(Ok(())) => {}
                 // One job's unrecorded outcome must not hide the others'.
                 Ok(Err(e)) => {
-                    tracing::error!(queue = "jobs", error = %e, "worker could not record an item's outcome");
+                    tracing::error!(queue = Queue::Jobs.name(), error = %e, "worker could not record an item's outcome");
                     first_error.get_or_insert(e);
                 }
                 // Its lease lapses and another attempt runs it.
-                Err(e) => tracing::error!(queue = "jobs", error = %e, "a job's step panicked"),
+                Err(e) => tracing::error!(queue = Queue::Jobs.name(), error = %e, "a job's step panicked"),
             }
         }
         heartbeat.abort();
@@ -196,7 +196,7 @@ impl Worker {
         for item in alone {
             // One item's unrecorded outcome must not strand the others of the batch.
             if let Err(e) = self.handle_one(item).await {
-                tracing::error!(queue = queue_name(queue), error = %e, "worker could not record an item's outcome");
+                tracing::error!(queue = queue.name(), error = %e, "worker could not record an item's outcome");
                 first_error.get_or_insert(e);
             }
         }
@@ -227,7 +227,7 @@ impl Worker {
             owner: self.owner.clone(),
             ids: statuses.iter().map(|s| s.item_id).collect(),
         };
-        let span = tracing::info_span!("work_batch", queue = queue_name(queue), statuses = statuses.len());
+        let span = tracing::info_span!("work_batch", queue = queue.name(), statuses = statuses.len());
         // Counted as an attempt of its least-tried item, so that fault injection interrupts
         // the batch at each of its writes in turn too.
         let attempt = items.iter().map(|item| item.attempts).min().unwrap_or(1);
@@ -237,8 +237,7 @@ impl Worker {
         let left: Vec<i64> = match applied {
             Ok(StatusBatch { settled, left }) => {
                 for _ in &settled {
-                    self.metrics
-                        .worker_outcome(queue_name(queue), QueueState::Done.as_str());
+                    self.metrics.worker_outcome(queue.name(), QueueState::Done.as_str());
                 }
                 left.into_iter().chain(undecodable).collect()
             }
@@ -254,7 +253,7 @@ impl Worker {
     async fn handle_one(&self, item: ClaimedItem) -> Result<(), StoreError> {
         let span = tracing::info_span!(
             "work",
-            queue = queue_name(item.queue),
+            queue = item.queue.name(),
             id = item.id,
             kind = %crate::telemetry::escape(&item.kind.to_string()),
             attempt = item.attempts
@@ -263,7 +262,7 @@ impl Worker {
     }
 
     async fn handle(&self, item: ClaimedItem) -> Result<(), StoreError> {
-        let queue = queue_name(item.queue);
+        let queue = item.queue.name();
         if item.attempts > item.max_attempts {
             // Its last attempt's worker vanished (the lease lapsed): nothing left to try.
             tracing::error!("attempts exhausted after a lapsed lease; marking dead");
@@ -355,7 +354,7 @@ impl Worker {
     }
 
     async fn record_failure(&self, item: &ClaimedItem, error: &StepError) -> Result<(), StoreError> {
-        let queue = queue_name(item.queue);
+        let queue = item.queue.name();
         let decision = match error {
             // Still losing after the immediate reruns: a hot row, or a bug. An attempt,
             // so that a step that can never win ends dead rather than looping.
@@ -407,12 +406,5 @@ impl Worker {
         }
         self.metrics.worker_outcome(queue, outcome);
         Ok(())
-    }
-}
-
-fn queue_name(queue: Queue) -> &'static str {
-    match queue {
-        Queue::Inbox => "inbox",
-        Queue::Jobs => "jobs",
     }
 }

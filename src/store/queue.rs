@@ -20,6 +20,21 @@ pub enum Queue {
 }
 
 impl Queue {
+    pub const ALL: [Queue; 2] = [Queue::Inbox, Queue::Jobs];
+
+    /// The queue's name for people and metrics (`inbox`, `jobs`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Queue::Inbox => "inbox",
+            Queue::Jobs => "jobs",
+        }
+    }
+
+    /// The queue `name` names.
+    pub fn named(name: &str) -> Option<Queue> {
+        Queue::ALL.into_iter().find(|queue| queue.name() == name)
+    }
+
     pub(super) fn table(self) -> &'static str {
         match self {
             Queue::Inbox => "inbox_events",

@@ -312,7 +312,7 @@ impl Store {
     /// optionally in one state, optionally nominated at or after `since`.
     pub async fn referrals_page(
         &self,
-        state: Option<&str>,
+        state: Option<ReferralState>,
         since: Option<i64>,
         before: Option<i64>,
         limit: i64,
@@ -323,7 +323,7 @@ impl Store {
             super::referrals::REFERRAL_COLUMNS
         );
         Ok(sqlx::query_as::<_, ReferralRow>(&sql)
-            .bind(state)
+            .bind(state.map(ReferralState::as_str))
             .bind(since.unwrap_or(i64::MIN))
             .bind(before.unwrap_or(i64::MAX))
             .bind(limit)
