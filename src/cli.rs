@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::clock::rfc3339 as format_ms;
 use crate::config::{Account, Settings};
 use crate::dev::{self, DevClient};
 use crate::domain::access::Role;
@@ -840,11 +841,6 @@ async fn queue_command(settings: &Settings, queue: Queue, action: QueueAction) -
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn format_ms(ms: i64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 fn describe(row: &QueueRow) -> String {

@@ -48,9 +48,33 @@ pub fn duration_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Unix milliseconds as a UTC time; times before 1970 (none is stored) as the epoch.
+fn utc(ms: i64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms.max(0)).unwrap_or_default()
+}
+
+/// `2026-11-24T09:01:40Z`: RFC 3339 to the second, for listings that scripts read.
+pub fn rfc3339(ms: i64) -> String {
+    utc(ms).format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// `2026-11-24 09:01:40 UTC`: the same time, spelled for people.
+pub fn for_people(ms: i64) -> String {
+    utc(ms).format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_written_in_utc() {
+        assert_eq!(for_people(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(for_people(1_795_510_900_000), "2026-11-24 09:01:40 UTC");
+        assert_eq!(for_people(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(rfc3339(1_795_510_900_999), "2026-11-24T09:01:40Z");
+        assert_eq!(rfc3339(-5), "1970-01-01T00:00:00Z");
+    }
 
     #[test]
     fn an_advanced_clock_and_its_clones_move_together() {

@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use super::{words, AppState};
 use crate::app::accounts::{self, SignIn, SESSION_MS};
 use crate::app::reward;
+use crate::clock::for_people as format_ms;
 use crate::domain::access::{Action, Role};
 use crate::domain::funnel::{Period, MAX_DAYS};
 use crate::domain::phone::E164;
@@ -721,15 +722,6 @@ pub async fn referral(
 /// The timeline entries of outside calls: for engineers, folded away.
 const OUTSIDE_CALL: &str = "outside call";
 
-/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS UTC` (humantime's RFC 3339, spelled for
-/// people). Times before 1970 (none is stored) show as the epoch.
-fn format_ms(ms: i64) -> String {
-    let since_epoch = std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    let at = std::time::UNIX_EPOCH + since_epoch;
-    let rfc3339 = humantime::format_rfc3339_seconds(at).to_string();
-    format!("{} UTC", rfc3339.trim_end_matches('Z').replacen('T', " ", 1))
-}
-
 /// `/admin/operations`: dead work with "retry", pending rewards with "void".
 pub async fn operations(State(state): State<AppState>, Viewer(session): Viewer) -> Result<Response, PageError> {
     let store = &state.store;
@@ -898,13 +890,6 @@ pub async fn void(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_shown_in_utc() {
-        assert_eq!(format_ms(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_ms(1_795_510_900_000), "2026-11-24 09:01:40 UTC");
-        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00 UTC");
-    }
 
     #[test]
     fn milestones_are_offered_together_and_by_name() {
