@@ -110,7 +110,7 @@ pub async fn sync_opt_out(s: &Services, work: &Work, phone: &E164, opted_out: bo
     // Stored ids that are not valid HubSpot ids are skipped, never sent.
     let mut ids: Vec<HubSpotId> = s
         .store
-        .contact_ids_for_phone(phone.as_str())
+        .contact_ids_for_phone(phone)
         .await?
         .iter()
         .filter_map(|id| HubSpotId::parse(id).ok())

@@ -42,7 +42,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         MessageStatus::Failed => return finish_refusal(s, work, &message, recorded_class(message.error_code)).await,
         done => return Outcome::done(format!("message already {}", done.as_str())),
     };
-    if message.marketing && s.store.is_opted_out(message.to_phone.as_str()).await? {
+    if message.marketing && s.store.is_opted_out(&message.to_phone).await? {
         let mut tx = s.store.begin(Some(&work.lease)).await?;
         tx.set_message_status(
             message.id,
@@ -61,7 +61,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
     let spacing = crate::clock::duration_ms(s.settings.whatsapp.pair_spacing);
     if let Some(wait) = s
         .store
-        .reserve_recipient_turn(message.to_phone.as_str(), message.id, spacing)
+        .reserve_recipient_turn(&message.to_phone, message.id, spacing)
         .await?
     {
         return Err(StepError::Deferred {

@@ -138,10 +138,10 @@ async fn submitted(s: &Services, flow_token: String, screen: String, form: FlowR
     let known = Standing {
         friend_taken: Some(
             s.store
-                .friend_has_open_referral(friend.as_str(), s.attribution_window_start())
+                .friend_has_open_referral(friend, s.attribution_window_start())
                 .await?,
         ),
-        friend_opted_out: Some(s.store.is_opted_out(friend.as_str()).await?),
+        friend_opted_out: Some(s.store.is_opted_out(friend).await?),
         ..Standing::default()
     };
     let nomination = match check(s, &invite, &referrer, &form, known).await? {

@@ -16,7 +16,7 @@ use crate::store::ReferralRow;
 /// A text from someone who may be a friend arriving through a share link.
 pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> StepResult {
     let codes = codes_in_text(body);
-    let Some(referral) = s.store.referral_awaiting_friend(from.as_str(), &codes).await? else {
+    let Some(referral) = s.store.referral_awaiting_friend(from, &codes).await? else {
         return Outcome::done("text not matched to a referral");
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;

@@ -74,7 +74,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     let programme = &s.settings.programme;
     let phone = E164::parse_mobile(&trigger.raw_phone, &programme.default_region);
     let opted_out = match &phone {
-        Ok(p) => s.store.is_opted_out(p.as_str()).await?,
+        Ok(p) => s.store.is_opted_out(p).await?,
         Err(_) => false,
     };
     let (invites_so_far, last_invite) = s.store.invite_history(&trigger.contact_id).await?;
@@ -212,7 +212,7 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
     if invite.phone.as_ref() != Some(from) {
         return Outcome::done("refer button from a number that was not invited");
     }
-    if s.store.is_opted_out(from.as_str()).await? {
+    if s.store.is_opted_out(from).await? {
         return Outcome::done("referrer opted out; no Flow sent");
     }
     let token = s.new_flow_token(invite_id, wamid);

@@ -158,7 +158,7 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
         .friend_phone
         .clone()
         .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into()))?;
-    let opted_out = s.store.is_opted_out(friend.as_str()).await?;
+    let opted_out = s.store.is_opted_out(&friend).await?;
     let is_customer = match opted_out {
         true => None,
         false => Some(is_customer(s, &friend, Some(work.job_id())).await?),

@@ -19,7 +19,7 @@ pub async fn record(
     source: &str,
     opted_out: bool,
 ) -> Result<OptOutChange, StepError> {
-    let change = tx.set_opt_out(phone.as_str(), opted_out, source).await?;
+    let change = tx.set_opt_out(phone, opted_out, source).await?;
     if change.changed() {
         tx.enqueue(&s.job(Job::SyncOptOut {
             phone: phone.clone(),

@@ -163,7 +163,7 @@ async fn reward_message(
         Beneficiary::Referrer => true,
         Beneficiary::Friend if referral.consent => true,
         Beneficiary::Friend => {
-            let last = s.store.last_inbound_at(phone.as_str()).await?;
+            let last = s.store.last_inbound_at(&phone).await?;
             last.is_some_and(|at| s.now_ms() - at < DAY_MS)
         }
     };

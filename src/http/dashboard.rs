@@ -618,7 +618,7 @@ pub async fn referrals(
     let found = match q {
         Some(q) => {
             let phone = E164::parse_mobile(q, &state.settings.programme.default_region).ok();
-            state.store.find_referrals(q, phone.as_ref().map(E164::as_str)).await
+            state.store.find_referrals(q, phone.as_ref()).await
         }
         None => state.store.referrals_page(wanted, since, query.before, LIST_PAGE).await,
     };

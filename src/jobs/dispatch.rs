@@ -38,7 +38,7 @@ async fn on_message(s: &Services, work: &Work, message: &InboundMessage) -> Step
     };
     // Idempotent (the latest time wins), so it may precede the step's own transaction.
     let sent_at = message.sent_at_ms.unwrap_or_else(|| s.now_ms());
-    s.store.record_inbound(from.as_str(), sent_at).await?;
+    s.store.record_inbound(from, sent_at).await?;
     match &message.content {
         Content::ButtonTap { payload } => invite::on_button(s, work, from, &message.wamid, payload).await,
         Content::FlowReply { response_json } => nomination::on_flow_reply(s, work, from, message, response_json).await,

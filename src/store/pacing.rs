@@ -6,6 +6,7 @@
 //! the same way (one place per `spacing`, kept by the message across its attempts).
 
 use super::{Backend, Store, StoreError};
+use crate::domain::phone::E164;
 
 /// Microseconds since the Unix epoch (pacing needs finer steps than milliseconds: at
 /// 1,000 a second, places are one millisecond apart).
@@ -74,7 +75,7 @@ impl Store {
     /// `None` when granted now; otherwise how long until the recipient's turn is free.
     pub async fn reserve_recipient_turn(
         &self,
-        phone: &str,
+        phone: &E164,
         message_id: i64,
         spacing_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
@@ -88,7 +89,7 @@ impl Store {
              ON CONFLICT (phone) DO UPDATE SET next_at = $2, message_id = $3 \
              WHERE recipient_pacing.next_at <= $4 OR recipient_pacing.message_id = $3 RETURNING next_at",
         )
-        .bind(phone)
+        .bind(phone.as_str())
         .bind(now + spacing_ms)
         .bind(message_id)
         .bind(now)
@@ -98,7 +99,7 @@ impl Store {
             return Ok(None);
         }
         let next_at: Option<i64> = sqlx::query_scalar("SELECT next_at FROM recipient_pacing WHERE phone = $1")
-            .bind(phone)
+            .bind(phone.as_str())
             .fetch_optional(&self.pool)
             .await?;
         Ok(Some(next_at.map_or(0, |at| (at - now).max(1))))

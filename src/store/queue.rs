@@ -458,9 +458,9 @@ impl Store {
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         let mut counts: Vec<(QueueState, i64)> = QueueState::ALL.iter().map(|s| (*s, 0)).collect();
         for row in rows {
-            let state: String = row.try_get("state")?;
+            let state: QueueState = super::typed_column::<String, _>(&row, "state")?;
             let n: i64 = row.try_get("n")?;
-            if let Some(entry) = counts.iter_mut().find(|(s, _)| s.as_str() == state) {
+            if let Some(entry) = counts.iter_mut().find(|(s, _)| *s == state) {
                 entry.1 = n;
             }
         }

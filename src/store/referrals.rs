@@ -280,13 +280,13 @@ impl Store {
 
     /// Whether the number has an open referral nominated since `window_start` (inside the
     /// attribution window, so a new nomination of it would be refused).
-    pub async fn friend_has_open_referral(&self, friend_phone: &str, window_start: i64) -> Result<bool, StoreError> {
+    pub async fn friend_has_open_referral(&self, friend_phone: &E164, window_start: i64) -> Result<bool, StoreError> {
         let sql = format!(
             "SELECT id FROM referrals WHERE friend_phone = $1 AND nominated_at >= $2 AND state IN ({}) LIMIT 1",
             sql_list(ReferralState::OPEN)
         );
         let found: Option<i64> = sqlx::query_scalar(&sql)
-            .bind(friend_phone)
+            .bind(friend_phone.as_str())
             .bind(window_start)
             .fetch_optional(&self.pool)
             .await?;
@@ -297,7 +297,7 @@ impl Store {
     /// a code that exactly one share-link referral has (never the referrer's own number).
     pub async fn referral_awaiting_friend(
         &self,
-        phone: &str,
+        phone: &E164,
         codes: &[String],
     ) -> Result<Option<ReferralRow>, StoreError> {
         let sql = format!(
@@ -305,7 +305,7 @@ impl Store {
             sql_list(ReferralState::AWAITING_FRIEND)
         );
         if let Some(row) = sqlx::query_as::<_, ReferralRow>(&sql)
-            .bind(phone)
+            .bind(phone.as_str())
             .fetch_optional(&self.pool)
             .await?
         {
@@ -319,7 +319,7 @@ impl Store {
             let rows = sqlx::query_as::<_, ReferralRow>(&by_code)
                 .bind(code)
                 .bind(ReferralState::AwaitingFriend.as_str())
-                .bind(phone)
+                .bind(phone.as_str())
                 .fetch_all(&self.pool)
                 .await?;
             if rows.len() == 1 {

@@ -8,6 +8,7 @@ use sqlx::Row;
 use super::{typed_column, ReferralRow, Store, StoreError};
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
 use crate::domain::messaging::MessageStatus;
+use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::reward::{RewardKind, RewardState};
 use crate::domain::state::{InviteState, Persisted};
@@ -333,7 +334,7 @@ impl Store {
 
     /// Referrals found by code, HubSpot contact id (referrer's or friend's) or phone
     /// (`phone`: the query as an E.164 number, when it is one), newest first.
-    pub async fn find_referrals(&self, query: &str, phone: Option<&str>) -> Result<Vec<ReferralRow>, StoreError> {
+    pub async fn find_referrals(&self, query: &str, phone: Option<&E164>) -> Result<Vec<ReferralRow>, StoreError> {
         let sql = format!(
             "SELECT {} FROM referrals WHERE referral_code = $1 OR referrer_contact_id = $1 OR friend_contact_id = $1 \
              OR referrer_phone = $2 OR friend_phone = $2 ORDER BY id DESC LIMIT 50",
@@ -341,7 +342,7 @@ impl Store {
         );
         Ok(sqlx::query_as::<_, ReferralRow>(&sql)
             .bind(query)
-            .bind(phone.unwrap_or(""))
+            .bind(E164::text_of(phone))
             .fetch_all(&self.pool)
             .await?)
     }

@@ -427,10 +427,11 @@ impl Store {
     /// Issued credit (hubspot_credit rewards) of a contact, from the ledger.
     pub async fn contact_credit_total(&self, contact_id: &str) -> Result<i64, StoreError> {
         let total: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(SUM(amount) AS BIGINT) FROM rewards WHERE contact_id = $1 AND kind = 'hubspot_credit' AND state = $2",
+            "SELECT CAST(SUM(amount) AS BIGINT) FROM rewards WHERE contact_id = $1 AND kind = $3 AND state = $2",
         )
         .bind(contact_id)
         .bind(RewardState::Issued.as_str())
+        .bind(RewardKind::HubspotCredit.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok(total.unwrap_or(0))

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::tx::Tx;
 use super::{Store, StoreError, StoredFlag};
+use crate::domain::phone::E164;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptOutChange {
@@ -27,10 +28,10 @@ impl OptOutChange {
 /// the store alike.
 async fn opted_out_in<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
-    phone: &str,
+    phone: &E164,
 ) -> Result<bool, StoreError> {
     let flag: Option<StoredFlag> = sqlx::query_scalar("SELECT opted_out FROM wa_users WHERE phone = $1")
-        .bind(phone)
+        .bind(phone.as_str())
         .fetch_optional(executor)
         .await?;
     Ok(flag.is_some_and(bool::from))
@@ -38,14 +39,14 @@ async fn opted_out_in<'e>(
 
 impl Tx {
     /// Notes an inbound message: it opens (or extends) the 24-hour service window.
-    pub async fn record_inbound(&mut self, phone: &str, at: i64) -> Result<(), StoreError> {
+    pub async fn record_inbound(&mut self, phone: &E164, at: i64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO wa_users (phone, last_inbound_at, updated_at) VALUES ($1, $2, $3) \
              ON CONFLICT (phone) DO UPDATE SET last_inbound_at = CASE \
                WHEN wa_users.last_inbound_at IS NULL OR wa_users.last_inbound_at < excluded.last_inbound_at \
                THEN excluded.last_inbound_at ELSE wa_users.last_inbound_at END, updated_at = excluded.updated_at",
         )
-        .bind(phone)
+        .bind(phone.as_str())
         .bind(at)
         .bind(self.now_ms())
         .execute(self.write()?)
@@ -56,13 +57,13 @@ impl Tx {
     /// Records an opt-out (`opted_out = true`) or its lifting.
     pub async fn set_opt_out(
         &mut self,
-        phone: &str,
+        phone: &E164,
         opted_out: bool,
         source: &str,
     ) -> Result<OptOutChange, StoreError> {
         let now = self.now_ms();
         sqlx::query("INSERT INTO wa_users (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING")
-            .bind(phone)
+            .bind(phone.as_str())
             .bind(now)
             .execute(self.write()?)
             .await?;
@@ -73,7 +74,7 @@ impl Tx {
             )
             .bind(source)
             .bind(now)
-            .bind(phone)
+            .bind(phone.as_str())
             .execute(self.write()?)
             .await?;
             return Ok(if changed.rows_affected() == 1 {
@@ -88,28 +89,28 @@ impl Tx {
         )
         .bind(now)
         .bind(source)
-        .bind(phone)
+        .bind(phone.as_str())
         .execute(self.write()?)
         .await?;
         if changed.rows_affected() == 1 {
             return Ok(OptOutChange::OptedOut(now));
         }
         let since: Option<i64> = sqlx::query_scalar("SELECT opted_out_at FROM wa_users WHERE phone = $1")
-            .bind(phone)
+            .bind(phone.as_str())
             .fetch_one(self.read())
             .await?;
         Ok(OptOutChange::AlreadyOptedOut(since.unwrap_or(now)))
     }
 
     /// Whether the number opted out of marketing, read in this step's transaction.
-    pub async fn is_opted_out(&mut self, phone: &str) -> Result<bool, StoreError> {
+    pub async fn is_opted_out(&mut self, phone: &E164) -> Result<bool, StoreError> {
         opted_out_in(self.read(), phone).await
     }
 }
 
 impl Store {
     /// Notes an inbound message on its own (the latest time wins, so repeating it is harmless).
-    pub async fn record_inbound(&self, phone: &str, at: i64) -> Result<(), StoreError> {
+    pub async fn record_inbound(&self, phone: &E164, at: i64) -> Result<(), StoreError> {
         let mut tx = self.begin(None).await?;
         tx.record_inbound(phone, at).await?;
         tx.commit("").await?;
@@ -117,16 +118,16 @@ impl Store {
     }
 
     /// The last inbound message time, when the user has written to us.
-    pub async fn last_inbound_at(&self, phone: &str) -> Result<Option<i64>, StoreError> {
+    pub async fn last_inbound_at(&self, phone: &E164) -> Result<Option<i64>, StoreError> {
         let at: Option<Option<i64>> = sqlx::query_scalar("SELECT last_inbound_at FROM wa_users WHERE phone = $1")
-            .bind(phone)
+            .bind(phone.as_str())
             .fetch_optional(&self.pool)
             .await?;
         Ok(at.flatten())
     }
 
     /// Whether the number opted out of marketing.
-    pub async fn is_opted_out(&self, phone: &str) -> Result<bool, StoreError> {
+    pub async fn is_opted_out(&self, phone: &E164) -> Result<bool, StoreError> {
         opted_out_in(&self.pool, phone).await
     }
 
@@ -145,12 +146,12 @@ impl Store {
     }
 
     /// HubSpot contact ids we know for a number (as customer or as friend).
-    pub async fn contact_ids_for_phone(&self, phone: &str) -> Result<Vec<String>, StoreError> {
+    pub async fn contact_ids_for_phone(&self, phone: &E164) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
             "SELECT DISTINCT contact_id AS id FROM invites WHERE phone = $1 \
              UNION SELECT DISTINCT friend_contact_id AS id FROM referrals WHERE friend_phone = $1 AND friend_contact_id IS NOT NULL",
         )
-        .bind(phone)
+        .bind(phone.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

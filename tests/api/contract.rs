@@ -737,7 +737,7 @@ async fn metas_webhook_examples_are_accepted_and_handled(backend: Backend) {
     let friend = app.store.referral(referral).await.expect("read").expect("referral");
     assert_eq!(friend.state, ReferralState::FriendInvited, "{items:#?}");
     assert!(
-        app.store.is_opted_out(EXAMPLE_SENDER).await.expect("read"),
+        app.store.is_opted_out(&e164(EXAMPLE_SENDER)).await.expect("read"),
         "the Unsubscribe button opts out: {items:#?}"
     );
     app.shutdown().await;

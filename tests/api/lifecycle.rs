@@ -519,7 +519,7 @@ async fn stop_button_and_131050_opt_out(backend: Backend) {
     assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1").await, 200);
     lc.settle().await;
     assert!(
-        lc.app.store.is_opted_out("+447911123460").await.expect("query"),
+        lc.app.store.is_opted_out(&e164("+447911123460")).await.expect("query"),
         "quick reply opts out"
     );
     let messages = lc.app.store.list_messages(5).await.expect("messages");
@@ -531,7 +531,7 @@ async fn stop_button_and_131050_opt_out(backend: Backend) {
     );
     lc.settle().await;
     assert!(
-        lc.app.store.is_opted_out(REFERRER_PHONE).await.expect("query"),
+        lc.app.store.is_opted_out(&e164(REFERRER_PHONE)).await.expect("query"),
         "131050 records the opt-out"
     );
     let message = lc
@@ -691,7 +691,7 @@ async fn stop_keyword_and_user_preferences(backend: Backend) {
     }
     lc.settle().await;
     assert_eq!(lc.sent_of("text").await.len(), 1, "acknowledged once");
-    assert!(lc.app.store.is_opted_out(REFERRER_PHONE).await.expect("query"));
+    assert!(lc.app.store.is_opted_out(&e164(REFERRER_PHONE)).await.expect("query"));
     assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1").await, 200);
     lc.settle().await;
     assert!(
@@ -712,12 +712,12 @@ async fn stop_keyword_and_user_preferences(backend: Backend) {
                                               "value": "resume", "timestamp": 1795511800}]});
     assert_eq!(lc.whatsapp("user_preferences", resume).await, 200);
     lc.settle().await;
-    assert!(!lc.app.store.is_opted_out(REFERRER_PHONE).await.expect("query"));
+    assert!(!lc.app.store.is_opted_out(&e164(REFERRER_PHONE)).await.expect("query"));
     let stop = json!({"user_preferences": [{"wa_id": "447911123456", "detail": "stop", "category": "marketing_messages",
                                             "value": "stop", "timestamp": 1795511900}]});
     assert_eq!(lc.whatsapp("user_preferences", stop).await, 200);
     lc.settle().await;
-    assert!(lc.app.store.is_opted_out(REFERRER_PHONE).await.expect("query"));
+    assert!(lc.app.store.is_opted_out(&e164(REFERRER_PHONE)).await.expect("query"));
     lc.shutdown().await;
 }
 
