@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::transition::{self, EventContext};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
-use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, SendErrorClass};
+use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, OptOutSource, SendErrorClass};
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
 use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
@@ -462,7 +462,7 @@ async fn after_refusal(
     class: SendErrorClass,
 ) -> Result<(), StepError> {
     if class == SendErrorClass::OptedOut {
-        opt_out::record(s, tx, &message.to_phone, "meta_131050", true).await?;
+        opt_out::record(s, tx, &message.to_phone, OptOutSource::Meta131050, true).await?;
     }
     if message.purpose != MessagePurpose::FriendInvite {
         return Ok(());

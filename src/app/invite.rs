@@ -9,7 +9,7 @@ use crate::domain::eligibility::{self, EligibilityRules, Ineligible, NpsAnswer, 
 use crate::domain::flow_token::FlowToken;
 use crate::domain::ids::HubSpotId;
 use crate::domain::inbox::hubspot_property;
-use crate::domain::messaging::{pick_language, MessagePurpose};
+use crate::domain::messaging::{pick_language, MessagePurpose, OptOutSource};
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
@@ -201,7 +201,7 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
         .iter()
         .any(|p| p.eq_ignore_ascii_case(payload.trim()));
     if is_stop {
-        return opt_out::on_stop_request(s, work, from, "button", None).await;
+        return opt_out::on_stop_request(s, work, from, OptOutSource::Button, None).await;
     }
     let Some(invite_id) = payload.strip_prefix("refer:").and_then(|id| id.parse::<i64>().ok()) else {
         return Outcome::done(format!("button payload {payload:?} not ours"));

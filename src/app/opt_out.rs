@@ -2,8 +2,9 @@
 //! preference setting or Meta's 131050 error; mirrored to HubSpot when they change.
 
 use super::{Outcome, Services, StepError, StepResult, Work};
-use crate::domain::messaging::MessagePurpose;
+use crate::domain::messaging::{MessagePurpose, OptOutSource};
 use crate::domain::phone::E164;
+use crate::domain::state::Persisted;
 use crate::domain::work::Job;
 use crate::store::{OptOutChange, Tx};
 use crate::telemetry::mask_phone;
@@ -16,7 +17,7 @@ pub async fn record(
     s: &Services,
     tx: &mut Tx,
     phone: &E164,
-    source: &str,
+    source: OptOutSource,
     opted_out: bool,
 ) -> Result<OptOutChange, StepError> {
     let change = tx.set_opt_out(phone, opted_out, source).await?;
@@ -27,7 +28,7 @@ pub async fn record(
             at: s.now_ms(),
         }))
         .await?;
-        tracing::info!(phone = %mask_phone(phone.as_str()), source, opted_out, "marketing preference recorded");
+        tracing::info!(phone = %mask_phone(phone.as_str()), source = source.as_str(), opted_out, "marketing preference recorded");
     }
     Ok(change)
 }
@@ -38,7 +39,7 @@ pub async fn on_stop_request(
     s: &Services,
     work: &Work,
     phone: &E164,
-    source: &str,
+    source: OptOutSource,
     acknowledge_in: Option<&str>,
 ) -> StepResult {
     let mut tx = s.store.begin(Some(&work.lease)).await?;
@@ -54,7 +55,7 @@ pub async fn on_stop_request(
         tx.insert_message(&s.message(key, MessagePurpose::Reply, phone, false, body))
             .await?;
     }
-    let note = format!("opt-out ({source}): {change:?}");
+    let note = format!("opt-out ({}): {change:?}", source.as_str());
     Ok(tx.commit(note).await?.into())
 }
 
@@ -64,8 +65,8 @@ pub async fn on_preference(s: &Services, work: &Work, update: &PreferenceUpdate)
         return Outcome::done("preference for an invalid number");
     };
     let (opted_out, source) = match &update.preference {
-        Preference::Stop => (true, "whatsapp_stop"),
-        Preference::Resume => (false, "whatsapp_resume"),
+        Preference::Stop => (true, OptOutSource::WhatsAppStop),
+        Preference::Resume => (false, OptOutSource::WhatsAppResume),
         Preference::Other(value) => return Outcome::done(format!("preference {value:?} not handled")),
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;

@@ -197,6 +197,29 @@ impl std::fmt::Display for TemplateEvent {
     }
 }
 
+/// Where a marketing opt-out (or its lifting) came from; the dashboard's drop-out
+/// reasons group by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OptOutSource {
+    /// A stop keyword in the person's language.
+    Keyword,
+    /// The invite's "Stop" button.
+    Button,
+    /// WhatsApp's own marketing preference: stopped, or resumed.
+    WhatsAppStop,
+    WhatsAppResume,
+    /// Meta refused a marketing send with 131050 (the user stopped marketing messages).
+    Meta131050,
+}
+
+persisted!(OptOutSource {
+    Keyword => "keyword",
+    Button => "button",
+    WhatsAppStop => "whatsapp_stop",
+    WhatsAppResume => "whatsapp_resume",
+    Meta131050 => "meta_131050",
+});
+
 /// What to do about an error Meta returned, synchronously or in a `failed` status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendErrorClass {

@@ -7,6 +7,7 @@ use crate::app::conversion;
 use crate::app::inbox::InboundEvent;
 use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reward};
 use crate::app::{Outcome, Services, StepError, StepResult, Work};
+use crate::domain::messaging::OptOutSource;
 use crate::domain::work::{ItemKind, Job};
 use crate::store::ClaimedItem;
 use crate::whatsapp::inbound::{Content, InboundMessage};
@@ -43,7 +44,7 @@ async fn on_message(s: &Services, work: &Work, message: &InboundMessage) -> Step
         Content::ButtonTap { payload } => invite::on_button(s, work, from, &message.wamid, payload).await,
         Content::FlowReply { response_json } => nomination::on_flow_reply(s, work, from, message, response_json).await,
         Content::Text { body } => match s.settings.catalogues.stop_keywords().language_of(body) {
-            Some(language) => opt_out::on_stop_request(s, work, from, "keyword", Some(language)).await,
+            Some(language) => opt_out::on_stop_request(s, work, from, OptOutSource::Keyword, Some(language)).await,
             None => friend::on_text(s, work, from, body).await,
         },
         Content::Other { kind } => Outcome::done(format!("inbound {kind} message not handled")),

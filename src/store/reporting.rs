@@ -6,12 +6,13 @@ use serde::Serialize;
 use sqlx::Row;
 
 use super::{typed_column, ReferralRow, Store, StoreError};
+use crate::domain::eligibility::TriggerKind;
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
-use crate::domain::messaging::MessageStatus;
+use crate::domain::messaging::{MessagePurpose, MessageStatus};
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
-use crate::domain::reward::{RewardKind, RewardState};
-use crate::domain::state::{InviteState, Persisted};
+use crate::domain::reward::{Beneficiary, RewardKind, RewardState};
+use crate::domain::state::{ConversionOutcome, ConversionSource, InviteState, Persisted, QueueState};
 
 /// One day of the funnel's daily chart (every day of the period, zero when quiet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -373,7 +374,7 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         if let Some(invite) = invite {
-            let trigger: String = invite.try_get("trigger")?;
+            let trigger: TriggerKind = typed_column::<String, _>(&invite, "trigger")?;
             entries.push(TimelineEntry {
                 at: invite.try_get("created_at")?,
                 kind: "invite",
@@ -397,8 +398,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for m in &messages {
-            let purpose: String = m.try_get("purpose")?;
-            let status: String = m.try_get("status")?;
+            let purpose = typed_column::<String, MessagePurpose>(m, "purpose")?.as_str();
+            let status = typed_column::<String, MessageStatus>(m, "status")?.as_str();
             let error = match (
                 m.try_get::<Option<i64>, _>("error_code")?,
                 m.try_get::<Option<String>, _>("error_title")?,
@@ -425,8 +426,8 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for c in &conversions {
-            let source: String = c.try_get("source")?;
-            let outcome: String = c.try_get("outcome")?;
+            let source = typed_column::<String, ConversionSource>(c, "source")?.as_str();
+            let outcome = typed_column::<String, ConversionOutcome>(c, "outcome")?.as_str();
             let amount = match (
                 c.try_get::<Option<i64>, _>("amount")?,
                 c.try_get::<Option<String>, _>("currency")?,
@@ -448,9 +449,9 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for w in &rewards {
-            let beneficiary: String = w.try_get("beneficiary")?;
-            let kind: String = w.try_get("kind")?;
-            let state: String = w.try_get("state")?;
+            let beneficiary = typed_column::<String, Beneficiary>(w, "beneficiary")?.as_str();
+            let kind = typed_column::<String, RewardKind>(w, "kind")?.as_str();
+            let state = typed_column::<String, RewardState>(w, "state")?.as_str();
             let amount: i64 = w.try_get("amount")?;
             let currency: String = w.try_get("currency")?;
             entries.push(TimelineEntry {
@@ -475,13 +476,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         for t in &transitions {
-            let to: String = t.try_get("to_state")?;
+            let to = typed_column::<String, ReferralState>(t, "to_state")?.as_str();
             let reason = t
                 .try_get::<Option<String>, _>("reason")?
                 .map(|r| format!(" ({r})"))
                 .unwrap_or_default();
-            let what = match t.try_get::<Option<String>, _>("from_state")? {
-                Some(from) => format!("referral moved from {from} to {to}{reason}"),
+            let from: Option<ReferralState> = typed_column::<super::StoredName, _>(t, "from_state")?;
+            let what = match from {
+                Some(from) => format!("referral moved from {} to {to}{reason}", from.as_str()),
                 None => format!("referral recorded as {to}{reason}"),
             };
             entries.push(TimelineEntry {
@@ -519,8 +521,8 @@ impl Store {
             query = query.bind(key);
         }
         for job in &query.fetch_all(&self.pool).await? {
-            let kind: String = job.try_get("kind")?;
-            let state: String = job.try_get("state")?;
+            let kind = super::Queue::Jobs.kind_named(&job.try_get::<String, _>("kind")?);
+            let state = typed_column::<String, QueueState>(job, "state")?.as_str();
             let attempts: i64 = job.try_get("attempts")?;
             let error = job
                 .try_get::<Option<String>, _>("last_error")?

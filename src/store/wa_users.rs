@@ -5,7 +5,9 @@ use sqlx::Row;
 
 use super::tx::Tx;
 use super::{Store, StoreError, StoredFlag};
+use crate::domain::messaging::OptOutSource;
 use crate::domain::phone::E164;
+use crate::domain::state::Persisted;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OptOutChange {
@@ -59,7 +61,7 @@ impl Tx {
         &mut self,
         phone: &E164,
         opted_out: bool,
-        source: &str,
+        source: OptOutSource,
     ) -> Result<OptOutChange, StoreError> {
         let now = self.now_ms();
         sqlx::query("INSERT INTO wa_users (phone, updated_at) VALUES ($1, $2) ON CONFLICT (phone) DO NOTHING")
@@ -72,7 +74,7 @@ impl Tx {
                 "UPDATE wa_users SET opted_out = 0, opted_out_at = NULL, opt_out_source = $1, updated_at = $2 \
                  WHERE phone = $3 AND opted_out = 1",
             )
-            .bind(source)
+            .bind(source.as_str())
             .bind(now)
             .bind(phone.as_str())
             .execute(self.write()?)
@@ -88,7 +90,7 @@ impl Tx {
              WHERE phone = $3 AND opted_out = 0",
         )
         .bind(now)
-        .bind(source)
+        .bind(source.as_str())
         .bind(phone.as_str())
         .execute(self.write()?)
         .await?;
