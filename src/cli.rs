@@ -459,7 +459,7 @@ pub fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(settings.log.format, &settings.log.level);
+    telemetry::init(settings.log.format, settings.log.level.text());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

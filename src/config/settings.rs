@@ -13,7 +13,7 @@ use crate::domain::reward::RewardKind;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::values::{seconds_list, whole_days, BaseUrl, Parsed};
+use super::values::{seconds_list, whole_days, BaseUrl, LogFilter, Parsed};
 use super::{redact_url, secret_value};
 use crate::domain::access::TokenDigest;
 use crate::domain::code::CodePattern;
@@ -189,7 +189,8 @@ pub struct DatabaseSettings {
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
-    pub level: String,
+    /// Where `RUST_LOG` is unset.
+    pub level: Parsed<LogFilter>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -323,6 +323,12 @@ fn parsed_settings_are_refused_with_their_key() {
             "programme.reward_hold_days",
             "",
         ),
+        (
+            "REFERLOOP_LOG__LEVEL",
+            "referloop=loud",
+            "log.level",
+            "is not a log filter",
+        ),
     ] {
         let err = Settings::load_from(None, env(&[(variable, value)])).expect_err(variable);
         let text = err.to_string();

@@ -123,6 +123,18 @@ impl FromSetting for BaseUrl {
     }
 }
 
+/// A log filter (`info`, `referloop=debug,sqlx=warn`), as `RUST_LOG` takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter;
+
+impl FromSetting for LogFilter {
+    fn from_setting(text: &str) -> Result<Self, String> {
+        tracing_subscriber::EnvFilter::try_new(text)
+            .map(|_| LogFilter)
+            .map_err(|e| format!("`{text}` is not a log filter such as `info` or `referloop=debug,sqlx=warn`: {e}"))
+    }
+}
+
 impl FromSetting for CodePattern {
     fn from_setting(text: &str) -> Result<Self, String> {
         CodePattern::parse(text).map_err(|e| e.0)

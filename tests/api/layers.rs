@@ -40,20 +40,58 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-/// Every `crate::<module>` a file names, with the line it is on.
+/// Every `crate::<module>` a file names, with the line it is on; a grouped import
+/// (`use crate::{app::X, store::{Y, Z}};`, over one line or several) names each of its
+/// top-level modules.
 fn named_modules(text: &str) -> Vec<(String, usize)> {
+    // Comments go first, so a path in one is not an import.
+    let code: Vec<&str> = text.lines().map(|line| line.split("//").next().unwrap_or("")).collect();
+    let code = code.join("\n");
+    let line_at = |offset: usize| code[..offset].matches('\n').count() + 1;
+    let identifier = |from: &str| -> String {
+        from.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
     let mut named = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let code = line.split("//").next().unwrap_or("");
-        let mut rest = code;
-        while let Some(at) = rest.find("crate::") {
-            rest = &rest[at + "crate::".len()..];
-            let module: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
+    let mut search = 0;
+    while let Some(found) = code[search..].find("crate::") {
+        let start = search + found + "crate::".len();
+        search = start;
+        let rest = &code[start..];
+        if !rest.starts_with('{') {
+            let module = identifier(rest);
             if !module.is_empty() {
-                named.push((module, n + 1));
+                named.push((module, line_at(start)));
+            }
+            continue;
+        }
+        // The group's items at its top level: the first segment of each is a module.
+        let (mut depth, mut item_start) = (0usize, start + 1);
+        for (offset, c) in rest.char_indices() {
+            let at = start + offset;
+            match c {
+                '{' => depth += 1,
+                ',' if depth == 1 => {
+                    let item = code[item_start..at].trim_start();
+                    let module = identifier(item);
+                    if !module.is_empty() {
+                        named.push((module, line_at(at - item.len())));
+                    }
+                    item_start = at + 1;
+                }
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        let item = code[item_start..at].trim_start();
+                        let module = identifier(item);
+                        if !module.is_empty() {
+                            named.push((module, line_at(at - item.len())));
+                        }
+                        break;
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -120,6 +158,13 @@ fn the_readme_describes_the_layers() {
 fn paths_are_read_from_code_not_comments() {
     let text = "use crate::app::Services; // crate::http\nlet x = crate::store::duration_ms(d);\n/// crate::cli";
     assert_eq!(named_modules(text), [("app".to_string(), 1), ("store".to_string(), 2)]);
+    let grouped = "use crate::{\n    jobs::Worker,\n    store::{Queue, Store},\n};\nuse crate::{http::router};";
+    let modules: Vec<(String, usize)> = ["jobs", "store", "http"]
+        .iter()
+        .zip([2, 3, 5])
+        .map(|(m, line)| (m.to_string(), line))
+        .collect();
+    assert_eq!(named_modules(grouped), modules, "grouped imports name each module");
     assert!(
         layer_of("store") < layer_of("app"),
         "a store that named the app would be refused"
