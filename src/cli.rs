@@ -568,7 +568,10 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<ExitCo
                         mask_phone(E164::text_of(referral.friend_phone.as_ref())),
                         referral.consent,
                         referral.state.as_str(),
-                        referral.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+                        referral
+                            .reason
+                            .map(|r| format!(" ({})", r.as_str()))
+                            .unwrap_or_default()
                     );
                 }
             }

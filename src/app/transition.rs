@@ -57,7 +57,7 @@ pub async fn apply(
         return Ok(Applied::Unchanged(from));
     }
     let reason = transition.effects.iter().find_map(|effect| match effect {
-        Effect::SendRefusal(refusal) => Some(refusal.reason()),
+        Effect::SendRefusal(refusal) => Some(refusal.recorded()),
         _ => None,
     });
     // The row is locked (or the database has one writer), so this cannot lose; if it

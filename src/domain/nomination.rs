@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::phone::{PhoneError, E164};
+use super::state::{persisted, Persisted};
 
 pub const MAX_NAME_CHARS: usize = 80;
 pub const MAX_MESSAGE_CHARS: usize = 500;
@@ -84,20 +85,56 @@ impl NominationRefusal {
         NominationRefusal::FriendOptedOut,
     ];
 
-    pub fn reason(&self) -> &'static str {
+    /// The reason recorded on the referral.
+    pub fn recorded(&self) -> ReferralReason {
         match self {
-            NominationRefusal::InvalidToken => "invalid_flow_token",
-            NominationRefusal::InvalidName => "invalid_name",
-            NominationRefusal::InvalidPhone(_) => "invalid_phone",
-            NominationRefusal::MessageTooLong => "message_too_long",
-            NominationRefusal::SelfReferral => "self_referral",
-            NominationRefusal::AlreadyReferred => "already_referred",
-            NominationRefusal::AlreadyCustomer => "already_customer",
-            NominationRefusal::TooManyOpenReferrals => "too_many_open_referrals",
-            NominationRefusal::FriendOptedOut => "friend_opted_out",
+            NominationRefusal::InvalidToken => ReferralReason::InvalidFlowToken,
+            NominationRefusal::InvalidName => ReferralReason::InvalidName,
+            NominationRefusal::InvalidPhone(_) => ReferralReason::InvalidPhone,
+            NominationRefusal::MessageTooLong => ReferralReason::MessageTooLong,
+            NominationRefusal::SelfReferral => ReferralReason::SelfReferral,
+            NominationRefusal::AlreadyReferred => ReferralReason::AlreadyReferred,
+            NominationRefusal::AlreadyCustomer => ReferralReason::AlreadyCustomer,
+            NominationRefusal::TooManyOpenReferrals => ReferralReason::TooManyOpenReferrals,
+            NominationRefusal::FriendOptedOut => ReferralReason::FriendOptedOut,
         }
     }
+
+    /// The reason's name (the key of its reply in the message catalogue, too).
+    pub fn reason(&self) -> &'static str {
+        self.recorded().as_str()
+    }
 }
+
+/// Why a referral is in its state, as recorded on it: the refusal of its nomination, or
+/// how it began (a code-only purchase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReferralReason {
+    InvalidFlowToken,
+    InvalidName,
+    InvalidPhone,
+    MessageTooLong,
+    SelfReferral,
+    AlreadyReferred,
+    AlreadyCustomer,
+    TooManyOpenReferrals,
+    FriendOptedOut,
+    /// Created at conversion from a referrer's code a number nobody nominated used.
+    CodeOnly,
+}
+
+persisted!(ReferralReason {
+    InvalidFlowToken => "invalid_flow_token",
+    InvalidName => "invalid_name",
+    InvalidPhone => "invalid_phone",
+    MessageTooLong => "message_too_long",
+    SelfReferral => "self_referral",
+    AlreadyReferred => "already_referred",
+    AlreadyCustomer => "already_customer",
+    TooManyOpenReferrals => "too_many_open_referrals",
+    FriendOptedOut => "friend_opted_out",
+    CodeOnly => "code_only",
+});
 
 /// What is known of a nomination beyond its fields; `None` is "not known yet", left to a
 /// later check (the store's unique index at insert, the screening job after it).

@@ -297,7 +297,7 @@ pub async fn referrals_csv(
         .map(|r| ReferralCsvRow {
             id: r.id,
             state: r.state.as_str(),
-            reason: Defused::new(r.reason.unwrap_or_default()),
+            reason: Defused::new(r.reason.map(|reason| reason.as_str().to_string()).unwrap_or_default()),
             referral_code: Defused::new(r.referral_code),
             referrer_contact_id: Defused::new(r.referrer_contact_id),
             referrer_name: Defused::new(r.referrer_name),

@@ -472,7 +472,7 @@ pub struct TopReferrersAnswer {
 pub struct ReferralAnswer {
     pub id: i64,
     pub state: Named<ReferralState>,
-    pub reason: Option<String>,
+    pub reason: Option<Named<crate::domain::nomination::ReferralReason>>,
     pub referral_code: String,
     pub referrer_contact_id: String,
     pub referrer_name: String,
@@ -491,7 +491,7 @@ impl From<&ReferralRow> for ReferralAnswer {
         ReferralAnswer {
             id: r.id,
             state: Named(r.state),
-            reason: r.reason.clone(),
+            reason: r.reason.map(Named),
             referral_code: r.referral_code.clone(),
             referrer_contact_id: r.referrer_contact_id.clone(),
             referrer_name: r.referrer_name.clone(),

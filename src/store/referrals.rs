@@ -6,8 +6,9 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::tx::{TallyKey, Tx};
-use super::{row_where, Store, StoreError, StoredFlag, StoredPhone};
+use super::{row_where, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::funnel::referral_steps;
+use crate::domain::nomination::ReferralReason;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{sql_list, Persisted};
@@ -32,7 +33,8 @@ pub struct ReferralRow {
     pub language: String,
     #[sqlx(try_from = "String")]
     pub state: ReferralState,
-    pub reason: Option<String>,
+    #[sqlx(try_from = "StoredName")]
+    pub reason: Option<ReferralReason>,
     pub friend_contact_id: Option<String>,
     pub nominated_at: i64,
 }
@@ -122,7 +124,7 @@ impl Tx {
             return Ok(ReferralInsert::TokenAlreadyUsed(id));
         }
         let id = self
-            .insert_referral_row(referral, ReferralState::Refused, Some("already_referred"))
+            .insert_referral_row(referral, ReferralState::Refused, Some(ReferralReason::AlreadyReferred))
             .await?
             .ok_or(StoreError::Exhausted("refused nomination could not be recorded"))?;
         Ok(ReferralInsert::FriendTaken(id))
@@ -131,16 +133,20 @@ impl Tx {
     /// A referral created by a conversion (a code shared by hand, `attribute_code_only`):
     /// it starts `converted`'s predecessor so the conversion moves it like any other.
     pub async fn insert_code_only_referral(&mut self, referral: &NewReferral) -> Result<i64, StoreError> {
-        self.insert_referral_row(referral, ReferralState::FriendUnreachable, Some("code_only"))
-            .await?
-            .ok_or(StoreError::Exhausted("code-only referral could not be recorded"))
+        self.insert_referral_row(
+            referral,
+            ReferralState::FriendUnreachable,
+            Some(ReferralReason::CodeOnly),
+        )
+        .await?
+        .ok_or(StoreError::Exhausted("code-only referral could not be recorded"))
     }
 
     async fn insert_referral_row(
         &mut self,
         referral: &NewReferral,
         state: ReferralState,
-        reason: Option<&str>,
+        reason: Option<ReferralReason>,
     ) -> Result<Option<i64>, StoreError> {
         let id = sqlx::query_scalar::<_, i64>(
             "INSERT INTO referrals (invite_id, flow_token, referrer_contact_id, referrer_phone, referrer_name, \
@@ -160,7 +166,7 @@ impl Tx {
         .bind(i64::from(referral.consent))
         .bind(&referral.language)
         .bind(state.as_str())
-        .bind(reason)
+        .bind(reason.map(ReferralReason::as_str))
         .bind(self.now_ms())
         .fetch_optional(self.write()?)
         .await?;
@@ -185,13 +191,13 @@ impl Tx {
         id: i64,
         from: ReferralState,
         to: ReferralState,
-        reason: Option<&str>,
+        reason: Option<ReferralReason>,
     ) -> Result<(), StoreError> {
         let moved = sqlx::query(
             "UPDATE referrals SET state = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND state = $5",
         )
         .bind(to.as_str())
-        .bind(reason)
+        .bind(reason.map(ReferralReason::as_str))
         .bind(self.now_ms())
         .bind(id)
         .bind(from.as_str())
@@ -213,7 +219,7 @@ impl Tx {
         referral_id: i64,
         from: Option<ReferralState>,
         to: ReferralState,
-        reason: Option<&str>,
+        reason: Option<ReferralReason>,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO referral_transitions (referral_id, from_state, to_state, reason, at) VALUES ($1, $2, $3, $4, $5)",
@@ -221,7 +227,7 @@ impl Tx {
         .bind(referral_id)
         .bind(from.map(ReferralState::as_str))
         .bind(to.as_str())
-        .bind(reason)
+        .bind(reason.map(ReferralReason::as_str))
         .bind(self.now_ms())
         .execute(self.write()?)
         .await?;

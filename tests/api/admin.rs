@@ -3,6 +3,7 @@
 //! refused to a viewer, the CSV export, and the tokens' roles.
 
 use referloop::domain::eligibility::TriggerKind;
+use referloop::domain::nomination::ReferralReason;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
 use referloop::domain::state::{InviteState, Persisted};
@@ -85,7 +86,8 @@ pub async fn seed(store: &Store) -> Vec<i64> {
             panic!("referral {n} not created");
         };
         if *state != ReferralState::Nominated {
-            tx.move_referral(id, ReferralState::Nominated, *state, Some("seeded"))
+            let reason = (*state == ReferralState::Refused).then_some(ReferralReason::AlreadyCustomer);
+            tx.move_referral(id, ReferralState::Nominated, *state, reason)
                 .await
                 .expect("move");
         }
@@ -260,7 +262,7 @@ async fn a_referral_has_a_timeline(backend: Backend) {
         .as_array()
         .into_iter()
         .flatten()
-        .any(|e| e["what"] == "referral moved from nominated to converted (seeded)");
+        .any(|e| e["what"] == "referral moved from nominated to converted");
     assert!(moved, "{answer}");
     let times: Vec<i64> = answer["timeline"]
         .as_array()
@@ -364,7 +366,7 @@ async fn dropouts_rewards_and_referrers_are_summed(backend: Backend) {
     );
     assert_eq!(
         dropouts["dropouts"]["refused"],
-        serde_json::json!([{"reason": "seeded", "count": 1}])
+        serde_json::json!([{"reason": "already_customer", "count": 1}])
     );
     let summary = get_json(&app, "/api/v1/rewards/summary?days=7").await;
     assert_eq!(

@@ -145,7 +145,7 @@ async fn code_alone_converts_only_when_configured(backend: Backend) {
         assert_eq!(
             (
                 created.state.as_str(),
-                created.reason.as_deref(),
+                created.reason.map(|r| r.as_str()),
                 created.friend_phone.as_ref().map(|p| p.as_str())
             ),
             ("converted", Some("code_only"), Some(stranger))

@@ -672,14 +672,9 @@ async fn known_example_sender(app: &TestApp) -> i64 {
     let ReferralInsert::Created(id) = tx.insert_referral(&referral).await.expect("referral") else {
         panic!("referral not created");
     };
-    tx.move_referral(
-        id,
-        ReferralState::Nominated,
-        ReferralState::AwaitingFriend,
-        Some("share link"),
-    )
-    .await
-    .expect("awaiting the friend");
+    tx.move_referral(id, ReferralState::Nominated, ReferralState::AwaitingFriend, None)
+        .await
+        .expect("awaiting the friend");
     tx.commit("").await.expect("commit");
     id
 }

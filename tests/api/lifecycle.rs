@@ -1,5 +1,6 @@
 //! The referral lifecycle end to end, against local fakes of the Graph API and HubSpot.
 
+use referloop::domain::nomination::ReferralReason;
 use referloop::domain::state::Persisted;
 use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, Queue, QueueState};
@@ -385,13 +386,13 @@ async fn friend_already_nominated_or_customer(backend: Backend) {
         "only the first nomination"
     );
     let referrals = lc.app.store.list_referrals(5).await.expect("referrals");
-    let reasons: Vec<_> = referrals.iter().map(|r| (r.state.as_str(), r.reason.clone())).collect();
+    let reasons: Vec<_> = referrals.iter().map(|r| (r.state.as_str(), r.reason)).collect();
     assert!(
-        reasons.contains(&("refused", Some("already_referred".into()))),
+        reasons.contains(&("refused", Some(ReferralReason::AlreadyReferred))),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&("refused", Some("already_customer".into()))),
+        reasons.contains(&("refused", Some(ReferralReason::AlreadyCustomer))),
         "{reasons:?}"
     );
     lc.shutdown().await;
