@@ -5,7 +5,9 @@ use serde_json::{Map, Value};
 
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
 use crate::clock::duration_ms;
-use crate::domain::eligibility::{self, EligibilityRules, Ineligible, NpsAnswer, TriggerFacts, TriggerKind};
+use crate::domain::eligibility::{
+    self, EligibilityRules, Ineligible, IneligibleReason, NpsAnswer, TriggerFacts, TriggerKind,
+};
 use crate::domain::flow_token::FlowToken;
 use crate::domain::ids::HubSpotId;
 use crate::domain::inbox::hubspot_property;
@@ -105,7 +107,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     let phone = match eligibility::check(&rules, &facts) {
         Ok(phone) => phone,
-        Err(ineligible) => return record_ineligible(tx, invite, &ineligible.reason()).await,
+        Err(ineligible) => return record_ineligible(tx, invite, ineligible.reason()).await,
     };
     let code = tx
         .customer_code(&trigger.contact_id, &trigger.first_name, || {
@@ -122,7 +124,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         .await?
     {
         // Another trigger for this contact was invited at the same instant.
-        return record_ineligible(tx, invite, &Ineligible::ConcurrentInvite.reason()).await;
+        return record_ineligible(tx, invite, Ineligible::ConcurrentInvite.reason()).await;
     }
     let invite = tx.insert_invite(&invite).await?;
     for message in invite_messages(s, invite.id, &phone, &trigger, &code) {
@@ -142,12 +144,13 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     Ok(committed.into())
 }
 
-async fn record_ineligible(mut tx: Tx, mut invite: NewInvite, reason: &str) -> StepResult {
+async fn record_ineligible(mut tx: Tx, mut invite: NewInvite, reason: IneligibleReason) -> StepResult {
+    let said = reason.to_string();
     invite.state = InviteState::Ineligible;
-    invite.reason = Some(reason.to_string());
+    invite.reason = Some(reason);
     tx.insert_invite(&invite).await?;
-    let committed = tx.commit(format!("ineligible: {reason}")).await?;
-    tracing::info!(contact_id = %invite.contact_id, reason, "trigger not eligible");
+    let committed = tx.commit(format!("ineligible: {said}")).await?;
+    tracing::info!(contact_id = %invite.contact_id, reason = %said, "trigger not eligible");
     Ok(committed.into())
 }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::phone::{PhoneError, E164};
+use super::state::{persisted, Persisted, UnknownState};
 
 /// What the HubSpot workflow said happened. Stored as `nps`, `milestone` or
 /// `milestone:<name>` (the workflow's name for the milestone).
@@ -91,23 +92,100 @@ pub enum Ineligible {
 }
 
 impl Ineligible {
-    pub fn reason(&self) -> String {
+    /// The reason recorded on the invite.
+    pub fn reason(&self) -> IneligibleReason {
+        let with = |code, detail: String| IneligibleReason {
+            code,
+            detail: Some(detail),
+        };
         match self {
             Ineligible::NotAPromoter {
                 score: Some(NpsAnswer::Score(s)),
-            } => format!("not_a_promoter: score {s}"),
-            Ineligible::NotAPromoter { score: Some(group) } => format!("not_a_promoter: {group:?}"),
-            Ineligible::NotAPromoter { score: None } => "not_a_promoter: no score".into(),
-            Ineligible::NoValidPhone(e) => e.as_str().into(),
-            Ineligible::OptedOut => "opted_out".into(),
-            Ineligible::CoolingDown { last_invited_days_ago } => {
-                format!("cooldown: invited {last_invited_days_ago} days ago")
-            }
+            } => with(IneligibleCode::NotAPromoter, format!("score {s}")),
+            Ineligible::NotAPromoter { score: Some(group) } => with(IneligibleCode::NotAPromoter, format!("{group:?}")),
+            Ineligible::NotAPromoter { score: None } => with(IneligibleCode::NotAPromoter, "no score".into()),
+            Ineligible::NoValidPhone(e) => IneligibleReason::from(match e {
+                PhoneError::Missing => IneligibleCode::NoPhone,
+                PhoneError::Unparseable => IneligibleCode::PhoneUnparseable,
+                PhoneError::Invalid => IneligibleCode::PhoneInvalid,
+                PhoneError::NotMobile => IneligibleCode::PhoneNotMobile,
+            }),
+            Ineligible::OptedOut => IneligibleReason::from(IneligibleCode::OptedOut),
+            Ineligible::CoolingDown { last_invited_days_ago } => with(
+                IneligibleCode::Cooldown,
+                format!("invited {last_invited_days_ago} days ago"),
+            ),
             Ineligible::InviteLimitReached { invites } => {
-                format!("invite_limit: {invites} invites")
+                with(IneligibleCode::InviteLimit, format!("{invites} invites"))
             }
-            Ineligible::ConcurrentInvite => "cooldown: concurrent invite".into(),
+            Ineligible::ConcurrentInvite => with(IneligibleCode::Cooldown, "concurrent invite".into()),
         }
+    }
+}
+
+/// Which rule refused a trigger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IneligibleCode {
+    NotAPromoter,
+    NoPhone,
+    PhoneUnparseable,
+    PhoneInvalid,
+    PhoneNotMobile,
+    OptedOut,
+    Cooldown,
+    InviteLimit,
+}
+
+persisted!(IneligibleCode {
+    NotAPromoter => "not_a_promoter",
+    NoPhone => "no_phone",
+    PhoneUnparseable => "phone_unparseable",
+    PhoneInvalid => "phone_invalid",
+    PhoneNotMobile => "phone_not_mobile",
+    OptedOut => "opted_out",
+    Cooldown => "cooldown",
+    InviteLimit => "invite_limit",
+});
+
+/// Why a trigger led to no invite, as recorded on the invite: the rule, and what it saw
+/// (`not_a_promoter: score 6`, `cooldown: invited 3 days ago`). Stored as that text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IneligibleReason {
+    pub code: IneligibleCode,
+    pub detail: Option<String>,
+}
+
+impl From<IneligibleCode> for IneligibleReason {
+    fn from(code: IneligibleCode) -> Self {
+        IneligibleReason { code, detail: None }
+    }
+}
+
+impl std::fmt::Display for IneligibleReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.detail {
+            Some(detail) => write!(f, "{}: {detail}", self.code.as_str()),
+            None => f.write_str(self.code.as_str()),
+        }
+    }
+}
+
+impl TryFrom<String> for IneligibleReason {
+    type Error = UnknownState;
+
+    fn try_from(stored: String) -> Result<Self, Self::Error> {
+        let (code, detail) = match stored.split_once(": ") {
+            Some((code, detail)) => (code, Some(detail.to_string())),
+            None => (stored.as_str(), None),
+        };
+        let code = IneligibleCode::parse(code).ok_or_else(|| UnknownState(stored.clone()))?;
+        Ok(IneligibleReason { code, detail })
+    }
+}
+
+impl serde::Serialize for IneligibleReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
     }
 }
 
@@ -233,9 +311,18 @@ mod tests {
             ..facts()
         };
         assert_eq!(
-            check(&rules(), &detractor).map_err(|e| e.reason()),
+            check(&rules(), &detractor).map_err(|e| e.reason().to_string()),
             Err("not_a_promoter: score 6".into())
         );
+        for reason in [
+            Ineligible::CoolingDown {
+                last_invited_days_ago: 3,
+            }
+            .reason(),
+            Ineligible::NoValidPhone(PhoneError::NotMobile).reason(),
+        ] {
+            assert_eq!(IneligibleReason::try_from(reason.to_string()), Ok(reason));
+        }
         let passive = TriggerFacts {
             score: Some(NpsAnswer::Passive),
             ..facts()

@@ -5,8 +5,8 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use super::tx::{TallyKey, Tx};
-use super::{row_where, Store, StoreError, StoredPhone};
-use crate::domain::eligibility::TriggerKind;
+use super::{row_where, Store, StoreError, StoredName, StoredPhone};
+use crate::domain::eligibility::{IneligibleReason, TriggerKind};
 use crate::domain::funnel::invite_steps;
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
@@ -25,7 +25,8 @@ pub struct InviteRow {
     pub referral_code: Option<String>,
     #[sqlx(try_from = "String")]
     pub state: InviteState,
-    pub reason: Option<String>,
+    #[sqlx(try_from = "StoredName")]
+    pub reason: Option<IneligibleReason>,
     pub created_at: i64,
 }
 
@@ -39,7 +40,7 @@ pub struct NewInvite {
     pub language: String,
     pub referral_code: Option<String>,
     pub state: InviteState,
-    pub reason: Option<String>,
+    pub reason: Option<IneligibleReason>,
 }
 
 const INVITE_COLUMNS: &str = "id, trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
@@ -102,7 +103,7 @@ impl Tx {
         .bind(&invite.language)
         .bind(&invite.referral_code)
         .bind(invite.state.as_str())
-        .bind(&invite.reason)
+        .bind(invite.reason.as_ref().map(ToString::to_string))
         .bind(now)
         .execute(self.write()?)
         .await?;

@@ -1,12 +1,11 @@
 //! An optional stored name (NULL where a row has none) decoded into the enum it names:
-//! `#[sqlx(try_from = "StoredName")]` on an `Option<T>` field, so no row carries such a
+//! `#[sqlx(try_from = "StoredName")]` on an `Option<T>` field (any `T` read from a
+//! `String`), so no row carries such a
 //! name as a string.
 
 use sqlx::any::{Any, AnyTypeInfo, AnyValueRef};
 use sqlx::error::BoxDynError;
 use sqlx::{Decode, Type};
-
-use crate::domain::state::{Persisted, UnknownState};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredName(Option<String>);
@@ -27,10 +26,10 @@ impl<'r> Decode<'r, Any> for StoredName {
     }
 }
 
-impl<T: Persisted> TryFrom<StoredName> for Option<T> {
-    type Error = UnknownState;
+impl<T: TryFrom<String>> TryFrom<StoredName> for Option<T> {
+    type Error = T::Error;
 
-    fn try_from(stored: StoredName) -> Result<Option<T>, UnknownState> {
-        stored.0.map(crate::domain::state::decode).transpose()
+    fn try_from(stored: StoredName) -> Result<Option<T>, T::Error> {
+        stored.0.map(T::try_from).transpose()
     }
 }

@@ -2,7 +2,7 @@
 //! in every state, cursor pagination, a timeline, dead work retried by an operator and
 //! refused to a viewer, the CSV export, and the tokens' roles.
 
-use referloop::domain::eligibility::TriggerKind;
+use referloop::domain::eligibility::{IneligibleCode, IneligibleReason, TriggerKind};
 use referloop::domain::nomination::ReferralReason;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
@@ -45,7 +45,10 @@ fn invite(n: usize, state: InviteState) -> NewInvite {
         language: "en_US".into(),
         referral_code: Some(format!("SEED{n:03}")),
         state,
-        reason: (state == InviteState::Ineligible).then(|| "detractor".to_string()),
+        reason: (state == InviteState::Ineligible).then(|| IneligibleReason {
+            code: IneligibleCode::NotAPromoter,
+            detail: Some("Detractor".into()),
+        }),
     }
 }
 
@@ -362,7 +365,7 @@ async fn dropouts_rewards_and_referrers_are_summed(backend: Backend) {
     let dropouts = get_json(&app, "/api/v1/dropouts?days=7").await;
     assert_eq!(
         dropouts["dropouts"]["ineligible"],
-        serde_json::json!([{"reason": "detractor", "count": 2}])
+        serde_json::json!([{"reason": "not_a_promoter: Detractor", "count": 2}])
     );
     assert_eq!(
         dropouts["dropouts"]["refused"],

@@ -1,5 +1,6 @@
 //! The referral lifecycle end to end, against local fakes of the Graph API and HubSpot.
 
+use referloop::domain::eligibility::IneligibleCode;
 use referloop::domain::nomination::ReferralReason;
 use referloop::domain::state::Persisted;
 use referloop::domain::work::{ItemKind, JobKind};
@@ -243,7 +244,7 @@ async fn ineligible_triggers_are_answered_and_recorded(backend: Backend) {
         invites
             .iter()
             .filter(|i| i.contact_id == contact)
-            .map(|i| i.reason.clone().unwrap_or_default())
+            .map(|i| i.reason.as_ref().map(ToString::to_string).unwrap_or_default())
             .collect::<Vec<_>>()
     };
     assert_eq!(reason("1"), vec!["not_a_promoter: score 6"]);
@@ -707,7 +708,10 @@ async fn stop_keyword_and_user_preferences(backend: Backend) {
         "mirrored to HubSpot: {calls:?}"
     );
     let invites = lc.app.store.list_invites(5).await.expect("invites");
-    assert_eq!(invites[0].reason.as_deref(), Some("opted_out"));
+    assert_eq!(
+        invites[0].reason.as_ref().map(|r| r.code),
+        Some(IneligibleCode::OptedOut)
+    );
 
     let resume = json!({"user_preferences": [{"wa_id": "447911123456", "detail": "resume", "category": "marketing_messages",
                                               "value": "resume", "timestamp": 1795511800}]});
