@@ -305,6 +305,10 @@ async fn fulfil_by_webhook(
     idempotency_key: &str,
     job_id: i64,
 ) -> Result<(Option<String>, Option<String>), StepError> {
+    // Loading refuses a webhook reward without its URL; a side changed since is said.
+    let Some(url) = side.webhook_url.as_ref() else {
+        return Err(StepError::Permanent("rewards webhook_url is not set".into()));
+    };
     let secret = secret_value(&side.webhook_secret).unwrap_or_default();
     let body = json!({
         "type": "referral.reward",
@@ -319,7 +323,7 @@ async fn fulfil_by_webhook(
         .map_err(|e| StepError::Permanent(format!("rewards webhook_secret: {e}")))?;
     let request = OutboundRequest {
         method: reqwest::Method::POST,
-        url: side.webhook_url.clone(),
+        url: url.as_str().to_string(),
         headers: vec![
             ("content-type".into(), "application/json".into()),
             ("webhook-id".into(), idempotency_key.to_string()),

@@ -162,7 +162,7 @@ impl RewardSide {
             RewardKind::StaticCode if self.static_code.is_empty() => missing("static_code"),
             RewardKind::StripePromotionCode if self.stripe_coupon.is_empty() => missing("stripe_coupon"),
             RewardKind::HubspotCredit if self.hubspot_property.is_empty() => missing("hubspot_property"),
-            RewardKind::Webhook if self.webhook_url.is_empty() => missing("webhook_url"),
+            RewardKind::Webhook if self.webhook_url.is_none() => missing("webhook_url"),
             RewardKind::Webhook if secret_value(&self.webhook_secret).is_none() => missing("webhook_secret"),
             RewardKind::StripeBalanceCredit | RewardKind::HubspotCredit if self.amount <= 0 => {
                 Some("amount must be positive".into())

@@ -13,7 +13,7 @@ use crate::domain::reward::RewardKind;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::values::{seconds_list, whole_days, BaseUrl, LogFilter, Parsed};
+use super::values::{blank_or_parsed, seconds_list, whole_days, BaseUrl, LogFilter, Parsed};
 use super::{redact_url, secret_value};
 use crate::domain::access::TokenDigest;
 use crate::domain::code::CodePattern;
@@ -130,7 +130,10 @@ pub struct RewardSide {
     pub static_code: String,
     pub stripe_coupon: String,
     pub hubspot_property: String,
-    pub webhook_url: String,
+    /// Where a `webhook` reward is posted; `""` when none is.
+    #[serde(default, with = "blank_or_parsed")]
+    #[schemars(with = "String")]
+    pub webhook_url: Option<Parsed<url::Url>>,
     #[serde(default, serialize_with = "redact")]
     #[schemars(with = "Option<String>")]
     pub webhook_secret: Option<SecretString>,

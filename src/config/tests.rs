@@ -324,6 +324,12 @@ fn parsed_settings_are_refused_with_their_key() {
             "",
         ),
         (
+            "REFERLOOP_REWARDS__FRIEND__WEBHOOK_URL",
+            "fulfil.example.com/rewards",
+            "rewards.friend.webhook_url",
+            "is not an http(s) URL",
+        ),
+        (
             "REFERLOOP_LOG__LEVEL",
             "referloop=loud",
             "log.level",

@@ -33,7 +33,9 @@ impl<T: FromSetting> Parsed<T> {
             text: text.to_string(),
         })
     }
+}
 
+impl<T> Parsed<T> {
     /// The text as configured.
     pub fn text(&self) -> &str {
         &self.text
@@ -132,6 +134,40 @@ impl FromSetting for LogFilter {
         tracing_subscriber::EnvFilter::try_new(text)
             .map(|_| LogFilter)
             .map_err(|e| format!("`{text}` is not a log filter such as `info` or `referloop=debug,sqlx=warn`: {e}"))
+    }
+}
+
+/// A whole http(s) URL with a host, used as given (a reward webhook's endpoint).
+impl FromSetting for url::Url {
+    const FORMAT: Option<&'static str> = Some("uri");
+
+    fn from_setting(text: &str) -> Result<Self, String> {
+        match url::Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(url),
+            _ => Err(format!("`{text}` is not an http(s) URL")),
+        }
+    }
+}
+
+/// A setting that may be unset, written `""` (as `config/default.toml` leaves it), and is
+/// parsed when set.
+pub(super) mod blank_or_parsed {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{FromSetting, Parsed};
+
+    pub fn serialize<S: Serializer, T>(value: &Option<Parsed<T>>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(value.as_ref().map_or("", |parsed| parsed.text()))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: FromSetting>(
+        deserializer: D,
+    ) -> Result<Option<Parsed<T>>, D::Error> {
+        let text = Option::<String>::deserialize(deserializer)?.unwrap_or_default();
+        match text.trim() {
+            "" => Ok(None),
+            _ => Parsed::new(&text).map(Some).map_err(serde::de::Error::custom),
+        }
     }
 }
 
