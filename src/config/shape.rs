@@ -221,6 +221,16 @@ mod tests {
                 accepted: vec!["text".into(), "json".into()],
             })
         );
+        // An enum whose variants are documented is a `oneOf` of constants in the schema.
+        let documented = json!({"whatsapp": {"flow_kind": "dynamic"}});
+        assert_eq!(
+            misfit(&documented),
+            Some(Misfit::NotOneOf {
+                key: "whatsapp.flow_kind".into(),
+                value: "dynamic".into(),
+                accepted: vec!["static".into(), "endpoint".into()],
+            })
+        );
         let listed = json!({"templates": {"invite_body": ["first_name", "nickname"]}});
         assert!(matches!(misfit(&listed), Some(Misfit::NotOneOf { key, .. }) if key == "templates.invite_body"));
 
