@@ -192,12 +192,7 @@ async fn signing_in_shows_the_funnel_of_the_seed(backend: Backend) {
 
 /// Moves a referral's nomination `days` into the past, as if it had been made then.
 async fn age_referral(app: &TestApp, id: i64, days: i64) {
-    sqlx::any::install_default_drivers();
-    let db = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(app.database_url())
-        .await
-        .expect("connect");
+    let db = raw_database(app).await;
     sqlx::query("UPDATE referrals SET nominated_at = nominated_at - $1 WHERE id = $2")
         .bind(days * 86_400_000)
         .bind(id)

@@ -244,15 +244,21 @@ where
     }
 }
 
-/// Queues a job of a kind this binary does not know, as a newer binary would: raw SQL,
-/// since no type of ours can name such a kind. Returns its id.
-pub async fn enqueue_unknown_job(app: &TestApp, kind: &str, key: &str, max_attempts: i64, run_at: i64) -> i64 {
+/// A connection of its own to the app's database, for a test that writes what no
+/// type of ours would (a row from the past, a newer binary's row). Close it after use.
+pub async fn raw_database(app: &TestApp) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
-    let db = sqlx::any::AnyPoolOptions::new()
+    sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
         .connect(app.database_url())
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+/// Queues a job of a kind this binary does not know, as a newer binary would: raw SQL,
+/// since no type of ours can name such a kind. Returns its id.
+pub async fn enqueue_unknown_job(app: &TestApp, kind: &str, key: &str, max_attempts: i64, run_at: i64) -> i64 {
+    let db = raw_database(app).await;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
          VALUES ($1, '{}', $2, 'queued', $3, $4, $4) RETURNING id",
