@@ -74,12 +74,13 @@ struct Args {
     /// worker.inbox_batch (1: each event alone, as before batching)
     #[arg(long, default_value_t = 100)]
     inbox_batch: usize,
-    /// worker.job_batch (with `--referrals`; 1: one claim for each job)
+    /// worker.job_batch (with `--referrals`): the room the claimer waits for (1: it
+    /// claims as soon as any job finishes)
     #[arg(long, default_value_t = 4)]
     job_batch: usize,
-    /// worker.job_concurrency (with `--referrals`)
-    #[arg(long, default_value_t = 16)]
-    job_loops: usize,
+    /// worker.job_concurrency (with `--referrals`): jobs running at once
+    #[arg(long, default_value_t = 64)]
+    job_concurrency: usize,
     /// database.max_connections
     #[arg(long, default_value_t = 40)]
     pool: u32,
@@ -156,7 +157,7 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
             ("REFERLOOP_WHATSAPP__PHONE_NUMBER_ID", outside::PHONE_NUMBER_ID.into()),
             ("REFERLOOP_WHATSAPP__MAX_MESSAGES_PER_SECOND", "2000".into()),
             ("REFERLOOP_WHATSAPP__PAIR_SPACING_MS", "0".into()),
-            ("REFERLOOP_WORKER__JOB_CONCURRENCY", args.job_loops.to_string()),
+            ("REFERLOOP_WORKER__JOB_CONCURRENCY", args.job_concurrency.to_string()),
             ("REFERLOOP_WORKER__JOB_BATCH", args.job_batch.to_string()),
             ("REFERLOOP_PROGRAMME__DEFAULT_REGION", "GB".into()),
             ("REFERLOOP_API__TOKENS", token_hash),
@@ -169,8 +170,8 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let pool = sqlx::PgPool::connect(database_url).await.expect("database");
     println!(
-        "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} job loops of {} jobs at once, pool {}",
-        args.rate, args.inbox_loops, args.job_loops, args.job_batch, args.pool
+        "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} jobs at once (claimed {}+ at a time), pool {}",
+        args.rate, args.inbox_loops, args.job_concurrency, args.job_batch, args.pool
     );
     whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
     store.close().await;

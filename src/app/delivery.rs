@@ -16,7 +16,7 @@ use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQua
 
 /// The `whatsapp.send` job.
 pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
-    let Some(message) = s.store.message(message_id).await? else {
+    let Some((message, recipient_opted_out)) = s.store.message_to_send(message_id).await? else {
         return Err(StepError::Permanent(format!("message {message_id} not found")));
     };
     let from = match message.status {
@@ -42,7 +42,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         MessageStatus::Failed => return finish_refusal(s, work, &message, recorded_class(message.error_code)).await,
         done => return Outcome::done(format!("message already {}", done.as_str())),
     };
-    if message.marketing && s.store.is_opted_out(&message.to_phone).await? {
+    if message.marketing && recipient_opted_out {
         let mut tx = s.store.begin(Some(&work.lease)).await?;
         tx.set_message_status(
             message.id,
@@ -123,6 +123,9 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
 /// message has moved on and only its wamid is missing, if anything.
 async fn record_acceptance(s: &Services, work: &Work, message_id: i64, wamid: &str) -> StepResult {
     let mut tx = s.store.begin(Some(&work.lease)).await?;
+    if tx.accept_sending(message_id, wamid).await? {
+        return Ok(tx.commit(format!("accepted as {wamid}")).await?.into());
+    }
     let Some(message) = tx.message_for_update(message_id).await? else {
         return Err(StepError::Permanent(format!(
             "message {message_id} vanished while sending"

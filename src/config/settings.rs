@@ -213,13 +213,14 @@ pub struct WorkerSettings {
     pub enabled: bool,
     /// Loops claiming inbox events (webhooks received).
     pub inbox_concurrency: NonZeroUsize,
-    /// Loops claiming jobs (sends and outside calls); apart from the inbox loops, so a
-    /// burst of one never starves the other.
+    /// Jobs (sends and outside calls) a replica runs at once; claimed apart from the inbox
+    /// loops, so a burst of one never starves the other.
     pub job_concurrency: NonZeroUsize,
     /// Inbox events an inbox loop claims at once; Meta's statuses among them are applied
     /// in one transaction.
     pub inbox_batch: NonZeroUsize,
-    /// Jobs a job loop claims at once (one statement) and runs side by side.
+    /// The room for jobs the claimer waits for before it claims again, taking then as
+    /// many as there is room for (one statement).
     pub job_batch: NonZeroUsize,
     /// The inbox is backlogged (`/readyz` says so, and a metric and an alert) while more
     /// events than this wait, or the oldest has waited longer than

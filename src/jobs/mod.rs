@@ -2,16 +2,17 @@
 //! its use case (`dispatch`), and records the outcome. Separate from HTTP; any number of
 //! replicas may run it against one PostgreSQL database.
 //!
-//! Inbox events and jobs have loops of their own (`worker.inbox_concurrency`,
-//! `worker.job_concurrency`), so a flood of webhooks never starves the sends, nor the
-//! reverse. A job loop claims up to `worker.job_batch` jobs at once and runs them side by
-//! side. Each item runs inside its own tracing span.
+//! Inbox events and jobs are claimed apart (`worker.inbox_concurrency` loops, and one job
+//! claimer running up to `worker.job_concurrency` jobs), so a flood of webhooks never
+//! starves the sends, nor the reverse. The job claimer claims as room frees, at least
+//! `worker.job_batch` jobs' worth at a time, in one statement. Each item runs inside its
+//! own tracing span.
 
 mod dispatch;
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -74,31 +75,26 @@ impl Worker {
     /// finished first.
     pub async fn run(self, shutdown: watch::Receiver<bool>) {
         let mut loops = JoinSet::new();
-        let queues = [
-            (Queue::Inbox, self.settings.inbox_concurrency),
-            (Queue::Jobs, self.settings.job_concurrency),
-        ];
-        for (queue, concurrency) in queues {
-            for n in 0..concurrency.get() {
-                // Each loop owns its leases, so one loop can never complete another's item.
-                let mut worker = self.clone();
-                worker.owner = format!("{}-{}{n}", self.owner, queue.name());
-                let shutdown = shutdown.clone();
-                loops.spawn(async move { worker.run_loop(queue, shutdown).await });
-            }
+        for n in 0..self.settings.inbox_concurrency.get() {
+            // Each loop owns its leases, so one loop can never complete another's item.
+            let mut worker = self.clone();
+            worker.owner = format!("{}-{}{n}", self.owner, Queue::Inbox.name());
+            let shutdown = shutdown.clone();
+            loops.spawn(async move { worker.run_inbox(shutdown).await });
         }
+        let mut claimer = self.clone();
+        claimer.owner = format!("{}-{}", self.owner, Queue::Jobs.name());
+        loops.spawn(async move { claimer.run_jobs(shutdown).await });
         while loops.join_next().await.is_some() {}
         tracing::info!(owner = %self.owner, "worker stopped");
     }
 
-    async fn run_loop(&self, queue: Queue, mut shutdown: watch::Receiver<bool>) {
+    /// One inbox loop.
+    async fn run_inbox(&self, mut shutdown: watch::Receiver<bool>) {
+        let queue = Queue::Inbox;
         let idle = self.settings.poll_interval;
         while !*shutdown.borrow() {
-            let worked = match queue {
-                Queue::Inbox => self.work_batch_from(queue).await,
-                Queue::Jobs => self.work_jobs().await,
-            };
-            let worked = match worked {
+            let worked = match self.work_batch_from(queue).await {
                 Ok(worked) => worked,
                 Err(e) => {
                     tracing::error!(queue = queue.name(), error = %e, "worker could not record an item's outcome");
@@ -138,39 +134,93 @@ impl Worker {
         handled.map(|()| true)
     }
 
-    /// Claims up to `worker.job_batch` due jobs in one statement and runs them side by
-    /// side (jobs carry no order among themselves; each step guards its own rows). False
-    /// when nothing was due.
-    pub async fn work_jobs(&self) -> Result<bool, StoreError> {
-        let lease = duration_ms(self.settings.lease);
-        let items = self
-            .store
-            .claim_many(Queue::Jobs, &self.owner, lease, self.settings.job_batch.get())
-            .await?;
-        if items.is_empty() {
-            return Ok(false);
-        }
-        let heartbeat = self.heartbeat(Queue::Jobs, items.iter().map(|item| item.id).collect());
+    /// Keeps up to `worker.job_concurrency` jobs running until `shutdown` turns true, then
+    /// lets those in hand finish. It claims again once room for `worker.job_batch` jobs
+    /// (or for all) is free, and then takes as many due jobs as there is room for, in one
+    /// statement: a busy queue costs one claim for many jobs, not one each. Jobs carry no
+    /// order among themselves; each step guards its own rows.
+    async fn run_jobs(&self, mut shutdown: watch::Receiver<bool>) {
+        let capacity = self.settings.job_concurrency.get();
+        let room = Arc::new(Semaphore::new(capacity));
+        let least = self.settings.job_batch.get().min(capacity);
         let mut running = JoinSet::new();
-        for item in items {
-            let worker = self.clone();
-            running.spawn(async move { worker.handle_one(item).await });
-        }
-        let mut first_error = None;
-        while let Some(handled) = running.join_next().await {
-            match handled {
-                Ok(Ok(())) => {}
-                // One job's unrecorded outcome must not hide the others'.
-                Ok(Err(e)) => {
-                    tracing::error!(queue = Queue::Jobs.name(), error = %e, "worker could not record an item's outcome");
-                    first_error.get_or_insert(e);
+        let mut claims = 0u64;
+        while !*shutdown.borrow() {
+            let permits = tokio::select! {
+                permits = room.clone().acquire_many_owned(least as u32) => permits,
+                _ = shutdown.changed() => break,
+            };
+            let Ok(mut permits) = permits else { break };
+            let more = room
+                .available_permits()
+                .min(crate::config::MAX_JOB_BATCH.saturating_sub(least));
+            if let Ok(extra) = room.clone().try_acquire_many_owned(more as u32) {
+                permits.merge(extra);
+            }
+            // Each claim holds its leases under an owner of its own, so that a job whose
+            // lease lapsed while it ran here, and is claimed again, is finished by one of
+            // the two runs only.
+            claims += 1;
+            let mut claimer = self.clone();
+            claimer.owner = format!("{}{claims}", self.owner);
+            let claimed = claimer.claim_jobs(permits.num_permits()).await;
+            let idle = claimed.is_empty();
+            for item in claimed {
+                let Some(permit) = permits.split(1) else { break };
+                let worker = claimer.clone();
+                running.spawn(async move {
+                    let handled = worker.work_job(item).await;
+                    drop(permit);
+                    handled
+                });
+            }
+            // Unused room goes back with `permits`.
+            drop(permits);
+            while let Some(finished) = running.try_join_next() {
+                Self::report_job(finished);
+            }
+            if idle {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.settings.poll_interval) => {}
+                    _ = shutdown.changed() => {}
                 }
-                // Its lease lapses and another attempt runs it.
-                Err(e) => tracing::error!(queue = Queue::Jobs.name(), error = %e, "a job's step panicked"),
             }
         }
+        while let Some(finished) = running.join_next().await {
+            Self::report_job(finished);
+        }
+    }
+
+    /// Claims up to `limit` due jobs; none when the database could not be asked (said in
+    /// the log; the claimer asks again after its poll interval).
+    async fn claim_jobs(&self, limit: usize) -> Vec<ClaimedItem> {
+        let lease = duration_ms(self.settings.lease);
+        match self.store.claim_many(Queue::Jobs, &self.owner, lease, limit).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(queue = Queue::Jobs.name(), error = %e, "worker could not claim jobs");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Runs one claimed job, its lease kept while it runs.
+    async fn work_job(&self, item: ClaimedItem) -> Result<(), StoreError> {
+        let heartbeat = self.heartbeat(Queue::Jobs, vec![item.id]);
+        let handled = self.handle_one(item).await;
         heartbeat.abort();
-        first_error.map_or(Ok(true), Err)
+        handled
+    }
+
+    fn report_job(finished: Result<Result<(), StoreError>, tokio::task::JoinError>) {
+        match finished {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(queue = Queue::Jobs.name(), error = %e, "worker could not record an item's outcome")
+            }
+            // Its lease lapses and another attempt runs it.
+            Err(e) => tracing::error!(queue = Queue::Jobs.name(), error = %e, "a job's step panicked"),
+        }
     }
 
     /// Claims the oldest due item of `queue` and with it up to `worker.inbox_batch` of

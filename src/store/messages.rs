@@ -2,7 +2,7 @@
 //! templates they use. Reads are on [`Store`]; writes are on [`Tx`].
 
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, FromRow, Row};
 
 use super::jobs::NewJob;
 use super::tx::Tx;
@@ -175,6 +175,25 @@ impl Tx {
         self.message_by_wamid_for_update(wamid).await
     }
 
+    /// Records Meta's acceptance of a send still `sending` with no other wamid, as the
+    /// attempt that sent it left it: one compare-and-set, no read. False when the message
+    /// moved meanwhile (its status was recorded first, another attempt): the caller then
+    /// reads it and decides.
+    pub async fn accept_sending(&mut self, id: i64, wamid: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
+             WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2)",
+        )
+        .bind(MessageStatus::Accepted.as_str())
+        .bind(wamid)
+        .bind(self.now_ms())
+        .bind(id)
+        .bind(MessageStatus::Sending.as_str())
+        .execute(self.write()?)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Moves a message's status from `from` to `to` (compare-and-set, on a row the
     /// caller read with [`Tx::message_for_update`]), with Meta's error and, when given,
     /// the wamid. [`StoreError::Conflict`] when the message was no longer in `from`.
@@ -240,6 +259,23 @@ impl Store {
     pub async fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         row_where(&mut conn, MESSAGE_COLUMNS, "messages", "id", id).await
+    }
+
+    /// A message about to be sent, and whether its recipient opted out of marketing, read
+    /// together (one round trip for what every send checks first).
+    pub async fn message_to_send(&self, id: i64) -> Result<Option<(MessageRow, bool)>, StoreError> {
+        let columns: Vec<String> = MESSAGE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect();
+        let sql = format!(
+            "SELECT {}, COALESCE(w.opted_out, 0) AS recipient_opted_out \
+             FROM messages m LEFT JOIN wa_users w ON w.phone = m.to_phone WHERE m.id = $1",
+            columns.join(", ")
+        );
+        let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let message = MessageRow::from_row(&row)?;
+        let opted_out: StoredFlag = row.try_get("recipient_opted_out")?;
+        Ok(Some((message, opted_out.into())))
     }
 
     pub async fn message_by_wamid(&self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
