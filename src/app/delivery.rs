@@ -312,28 +312,56 @@ pub async fn on_status_batch(
     }
     let mut tx = s.store.begin_batch(batch).await?;
     let wamids: Vec<&str> = by_wamid.keys().copied().collect();
-    let messages = tx.messages_by_wamids_for_update(&wamids).await?;
+    let callback = |group: &[&BatchedStatus]| group.iter().find_map(|b| b.update.callback.clone());
+    let keys: Vec<String> = by_wamid.values().filter_map(|group| callback(group)).collect();
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let messages = tx.messages_by_wamids_for_update(&wamids, &keys).await?;
     let mut moves = Vec::new();
+    // Messages found by their callback data, each claimed by one wamid only.
+    let mut attached: Vec<i64> = Vec::new();
     for (wamid, group) in &by_wamid {
         let incoming: Vec<MessageStatus> = group.iter().filter_map(|b| b.update.status).collect();
+        let key = callback(group);
         let message = messages.iter().find(|m| m.wamid.as_deref() == Some(*wamid));
-        if message.is_none() && group.iter().all(|b| b.update.callback.is_none()) {
+        if message.is_none() && key.is_none() {
             // Not a send of ours (see `on_status`): the lookup just made settles it.
             ended.extend(group.iter().map(|b| (b.item_id, NOT_OURS.to_string())));
             continue;
         }
-        let after = message.and_then(|m| Some((m, m.status.after_status_only(m.purpose, &incoming)?)));
-        let Some((message, to)) = after else {
+        // A status that overtook the record of our send (Meta answered, its status came
+        // before our commit): the message is found by its key and, as `on_status` would,
+        // counts as accepted under this wamid. Anything less plain is left to `on_status`.
+        let overtaken = match message {
+            Some(_) => None,
+            None => messages.iter().find(|m| {
+                m.wamid.is_none()
+                    && Some(&m.idempotency_key) == key.as_ref()
+                    && MessageStatus::UNCONFIRMED.contains(&m.status)
+                    && !attached.contains(&m.id)
+            }),
+        };
+        let after = match (message, overtaken) {
+            (Some(m), _) => m.status.after_status_only(m.purpose, &incoming).map(|to| (m, to, None)),
+            (None, Some(m)) => MessageStatus::Accepted
+                .after_status_only(m.purpose, &incoming)
+                .map(|to| (m, to, Some(wamid.to_string()))),
+            (None, None) => None,
+        };
+        let Some((message, to, attach)) = after else {
             outcome.left.extend(group.iter().map(|b| b.item_id));
             continue;
         };
-        let note = if to == message.status {
+        if attach.is_some() {
+            attached.push(message.id);
+        }
+        let note = if to == message.status && attach.is_none() {
             format!("message {} stays {}", message.id, to.as_str())
         } else {
             moves.push(StatusMove {
                 id: message.id,
                 from: message.status,
                 to,
+                wamid: attach,
             });
             format!(
                 "message {} {} -> {} ({} of its statuses in one batch)",

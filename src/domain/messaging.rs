@@ -63,18 +63,20 @@ impl MessageStatus {
     /// Where Meta's `incoming` statuses take a message of `purpose` now in `self`, when
     /// all they do is move its status; `None` when one of them causes more and must be
     /// handled alone: a refusal (a resend, an opt-out, a referral's fallback) or a
-    /// friend's invite reaching the phone (the referral moves). Statuses that only move a
-    /// status commute (it only rises), so they may be applied together, in any order.
+    /// friend's invite first reaching the phone (the referral moves, in the commit that
+    /// records it delivered; the invite's `sent` before, and its `read` after, only move
+    /// its status). Statuses that only move a status commute (it only rises), so they
+    /// may be applied together, in any order.
     pub fn after_status_only(self, purpose: MessagePurpose, incoming: &[MessageStatus]) -> Option<MessageStatus> {
         let refused = |s: MessageStatus| matches!(s, Self::Failed | Self::Suppressed);
-        if purpose == MessagePurpose::FriendInvite || refused(self) || incoming.iter().copied().any(refused) {
+        if refused(self) || incoming.iter().copied().any(refused) {
             return None;
         }
-        Some(
-            incoming
-                .iter()
-                .fold(self, |now, next| now.advance(*next).unwrap_or(now)),
-        )
+        let to = incoming
+            .iter()
+            .fold(self, |now, next| now.advance(*next).unwrap_or(now));
+        let reaches_friend = purpose == MessagePurpose::FriendInvite && to.is_delivered() && !self.is_delivered();
+        (!reaches_friend).then_some(to)
     }
 
     /// Meta reported the message on the recipient's phone.
@@ -404,6 +406,17 @@ mod tests {
         );
         assert_eq!(Failed.after_status_only(MessagePurpose::Invite, &[Read]), None);
         assert_eq!(Sent.after_status_only(MessagePurpose::FriendInvite, &[Delivered]), None);
+        assert_eq!(Accepted.after_status_only(MessagePurpose::FriendInvite, &[Read]), None);
+        // A friend's invite before it reaches the phone, or after (the referral moved with
+        // the first delivery), only moves its status.
+        assert_eq!(
+            Accepted.after_status_only(MessagePurpose::FriendInvite, &[Sent]),
+            Some(Sent)
+        );
+        assert_eq!(
+            Delivered.after_status_only(MessagePurpose::FriendInvite, &[Read]),
+            Some(Read)
+        );
         // Nothing new: no move.
         assert_eq!(
             Read.after_status_only(MessagePurpose::Thanks, &[Read, Delivered]),

@@ -34,11 +34,14 @@ pub struct MessageRow {
 }
 
 /// One message's move in a batch of Meta's statuses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusMove {
     pub id: i64,
     pub from: MessageStatus,
     pub to: MessageStatus,
+    /// The wamid to record, for a message found by its callback data (its status
+    /// overtook the record of our send).
+    pub wamid: Option<String>,
 }
 
 /// A message to send through the job queue.
@@ -101,20 +104,34 @@ impl Tx {
             .await
     }
 
-    /// The messages Meta knows by `wamids`, locked until this step commits, in id order
-    /// (so two batches that share messages wait for each other rather than deadlock).
-    pub async fn messages_by_wamids_for_update(&mut self, wamids: &[&str]) -> Result<Vec<MessageRow>, StoreError> {
+    /// The messages Meta knows by `wamids`, and those not yet known by any wamid whose
+    /// idempotency key is among `keys` (Meta echoes it as callback data), locked until this
+    /// step commits, in id order (so two batches that share messages wait for each other
+    /// rather than deadlock).
+    pub async fn messages_by_wamids_for_update(
+        &mut self,
+        wamids: &[&str],
+        keys: &[&str],
+    ) -> Result<Vec<MessageRow>, StoreError> {
         if wamids.is_empty() {
             return Ok(Vec::new());
         }
+        let by_key = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " OR (wamid IS NULL AND idempotency_key IN ({}))",
+                super::queue::placeholders(1 + wamids.len(), keys.len())
+            )
+        };
         let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid IN ({}) ORDER BY id{}",
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid IN ({}){by_key} ORDER BY id{}",
             super::queue::placeholders(1, wamids.len()),
             self.lock_clause()
         );
         let mut select = sqlx::query_as::<_, MessageRow>(&sql);
-        for wamid in wamids {
-            select = select.bind(*wamid);
+        for value in wamids.iter().chain(keys) {
+            select = select.bind(*value);
         }
         Ok(select.fetch_all(self.read()).await?)
     }
@@ -127,17 +144,24 @@ impl Tx {
             return Ok(());
         }
         let rows = (0..moves.len())
-            .map(|n| format!("(${}, ${}, ${})", 2 + 3 * n, 3 + 3 * n, 4 + 3 * n))
+            .map(|n| format!("(${}, ${}, ${}, ${})", 2 + 4 * n, 3 + 4 * n, 4 + 4 * n, 5 + 4 * n))
             .collect::<Vec<_>>()
             .join(", ");
+        // A wamid is recorded only on a message that has none (compare-and-set too).
         let sql = format!(
-            "WITH moved (id, from_status, to_status) AS (VALUES {rows}) \
-             UPDATE messages SET status = moved.to_status, updated_at = $1 FROM moved \
-             WHERE messages.id = moved.id AND messages.status = moved.from_status"
+            "WITH moved (id, from_status, to_status, wamid) AS (VALUES {rows}) \
+             UPDATE messages SET status = moved.to_status, wamid = COALESCE(moved.wamid, messages.wamid), \
+             updated_at = $1 FROM moved \
+             WHERE messages.id = moved.id AND messages.status = moved.from_status \
+             AND (moved.wamid IS NULL OR messages.wamid IS NULL)"
         );
         let mut update = sqlx::query(&sql).bind(self.now_ms());
         for m in moves {
-            update = update.bind(m.id).bind(m.from.as_str()).bind(m.to.as_str());
+            update = update
+                .bind(m.id)
+                .bind(m.from.as_str())
+                .bind(m.to.as_str())
+                .bind(m.wamid.as_deref());
         }
         let done = update.execute(self.write()?).await?;
         if done.rows_affected() != moves.len() as u64 {

@@ -407,16 +407,14 @@ impl Store {
     /// The referrer's counters from the ledger: converted referrals and the total amount
     /// of the referrer's issued rewards.
     pub async fn referrer_counters(&self, referrer_contact_id: &str) -> Result<(i64, i64), StoreError> {
-        let converted: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM referrals WHERE referrer_contact_id = $1 AND state = $2")
-                .bind(referrer_contact_id)
-                .bind(ReferralState::Converted.as_str())
-                .fetch_one(&self.pool)
-                .await?;
-        let total: Option<i64> = sqlx::query_scalar(
-            "SELECT CAST(SUM(amount) AS BIGINT) FROM rewards WHERE contact_id = $1 AND beneficiary = $2 AND state = $3",
+        // One statement: both counters come from one snapshot, in one round trip.
+        let (converted, total): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM referrals WHERE referrer_contact_id = $1 AND state = $2), \
+                    (SELECT CAST(SUM(amount) AS BIGINT) FROM rewards \
+                     WHERE contact_id = $1 AND beneficiary = $3 AND state = $4)",
         )
         .bind(referrer_contact_id)
+        .bind(ReferralState::Converted.as_str())
         .bind(Beneficiary::Referrer.as_str())
         .bind(RewardState::Issued.as_str())
         .fetch_one(&self.pool)
