@@ -151,7 +151,10 @@ both_backends!(
 /// Meta's statuses are applied in batches: one claim takes them all, the statuses that
 /// only move a status are applied together (and a `read` that changes nothing writes
 /// nothing), and the ones that cause more (a transient `failed`, which sends again) or
-/// name no message of ours are handled as alone.
+/// name no message of ours are handled as alone. A status that overtook the record of
+/// our send is matched by its callback data and records the wamid in the batch; a
+/// friend's invite `sent` (not yet on the phone, so the referral does not move) is
+/// batched too.
 async fn statuses_are_applied_in_batches(backend: Backend) {
     let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
     let settings = Settings::load_from(None, app.env.clone()).expect("settings");
@@ -165,6 +168,8 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         ("batch:invite", MessagePurpose::Invite),
         ("batch:thanks", MessagePurpose::Thanks),
         ("batch:fails", MessagePurpose::Invite),
+        ("batch:overtaken", MessagePurpose::Invite),
+        ("batch:friend", MessagePurpose::FriendInvite),
     ] {
         let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
                           "text": {"body": key}, "biz_opaque_callback_data": key});
@@ -191,14 +196,24 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
     tx.set_message_status(ids[2], queued, accepted, Some("wamid.B2"), None)
         .await
         .expect("accept");
+    // Sent, Meta answered, but its status comes before we record the answer.
+    tx.set_message_status(ids[3], queued, MessageStatus::Sending, None, None)
+        .await
+        .expect("sending");
+    tx.set_message_status(ids[4], queued, accepted, Some("wamid.B4"), None)
+        .await
+        .expect("accept");
     tx.commit("").await.expect("commit");
     let thanks_before = app.store.message(ids[1]).await.expect("read").expect("thanks");
 
-    let status = |wamid: &str, status: &str| {
+    let status_with = |wamid: &str, status: &str, callback: Option<&str>| {
         let mut item =
             json!({"id": wamid, "status": status, "timestamp": "1795510900", "recipient_id": "447911123456"});
         if status == "failed" {
             item["errors"] = json!([{"code": 131000, "title": "Something went wrong"}]);
+        }
+        if let Some(key) = callback {
+            item["biz_opaque_callback_data"] = json!(key);
         }
         let value = json!({"messaging_product": "whatsapp", "statuses": [item],
                            "metadata": {"display_phone_number": "15550001234", "phone_number_id": "100000000000202"}});
@@ -207,6 +222,7 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         .to_string()
         .into_bytes()
     };
+    let status = |wamid: &str, status: &str| status_with(wamid, status, None);
     // Each its own webhook, the invite's in reverse order, as Meta may deliver them.
     let webhooks = [
         status("wamid.B0", "read"),
@@ -215,6 +231,8 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         status("wamid.B1", "read"),
         status("wamid.B2", "failed"),
         status("wamid.ELSEWHERE", "delivered"),
+        status_with("wamid.B3", "delivered", Some("batch:overtaken")),
+        status("wamid.B4", "sent"),
     ];
     for body in webhooks {
         assert_eq!(app.post_signed_whatsapp(body).await, 200);
@@ -225,7 +243,7 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         "one batch claims them"
     );
     let items = app.store.list(Queue::Inbox, None, 10).await.expect("inbox");
-    assert_eq!(items.len(), 6);
+    assert_eq!(items.len(), 8);
     assert!(
         items.iter().all(|i| i.state == QueueState::Done && i.attempts == 1),
         "{items:?}"
@@ -239,6 +257,14 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
         "a transient failure is handled alone: {notes:?}"
     );
     assert_eq!(notes[5], "status of a message we did not send (no callback data)");
+    assert_eq!(
+        notes[6],
+        format!("message {} sending -> delivered (1 of its statuses in one batch)", ids[3])
+    );
+    assert_eq!(
+        notes[7],
+        format!("message {} accepted -> sent (1 of its statuses in one batch)", ids[4])
+    );
 
     let message = |id: i64| {
         let store = app.store.clone();
@@ -246,6 +272,12 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
     };
     assert_eq!(message(ids[0]).await.status, MessageStatus::Read);
     assert_eq!(message(ids[2]).await.status, MessageStatus::Failed);
+    let overtaken = message(ids[3]).await;
+    assert_eq!(
+        (overtaken.status, overtaken.wamid.as_deref()),
+        (MessageStatus::Delivered, Some("wamid.B3"))
+    );
+    assert_eq!(message(ids[4]).await.status, MessageStatus::Sent);
     assert_eq!(
         message(ids[1]).await,
         thanks_before,
