@@ -71,11 +71,10 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
     tx.set_friend_contact_id(referral.id, id.as_str()).await?;
     let status = friend_hubspot_status(current.state);
     if status.is_some() && status != written {
-        tx.enqueue(&s.job(Job::SyncFriend {
+        tx.enqueue(s.job(Job::SyncFriend {
             referral_id: referral.id,
             state: current.state,
-        }))
-        .await?;
+        }));
     }
     let note = format!("friend contact {id}");
     Ok(tx.commit(note).await?.into())

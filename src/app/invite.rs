@@ -130,13 +130,12 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
     for message in invite_messages(s, invite.id, &phone, &trigger, &code) {
         tx.insert_message(&message).await?;
     }
-    tx.enqueue(&s.job(Job::ReferrerStatus {
+    tx.enqueue(s.job(Job::ReferrerStatus {
         invite_id: invite.id,
         contact_id: trigger.contact_id.clone(),
         status: InviteState::Invited,
         code: Some(code.clone()),
-    }))
-    .await?;
+    }));
     let committed = tx
         .commit(format!("invite {} queued with code {code}", invite.id))
         .await?;
@@ -237,13 +236,12 @@ pub async fn on_button(s: &Services, work: &Work, from: &E164, wamid: &str, payl
     // set the referrer back to flow_sent there.
     let note = match tx.advance_invite(invite_id, InviteState::FlowSent).await? {
         Some(from) => {
-            tx.enqueue(&s.job(Job::ReferrerStatus {
+            tx.enqueue(s.job(Job::ReferrerStatus {
                 invite_id,
                 contact_id: invite.contact_id.clone(),
                 status: InviteState::FlowSent,
                 code: None,
-            }))
-            .await?;
+            }));
             format!("flow sent for invite {invite_id} ({} -> flow_sent)", from.as_str())
         }
         None => format!("flow sent for invite {invite_id} (already past flow_sent)"),

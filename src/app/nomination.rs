@@ -92,18 +92,16 @@ pub async fn on_flow_reply(
     }
     let note = match tx.insert_referral(&new).await? {
         ReferralInsert::Created(id) => {
-            tx.enqueue(&s.job(Job::ScreenReferral {
+            tx.enqueue(s.job(Job::ScreenReferral {
                 referral_id: id,
                 business_number: message.business_number.clone(),
-            }))
-            .await?;
-            tx.enqueue(&s.job(Job::ReferrerStatus {
+            }));
+            tx.enqueue(s.job(Job::ReferrerStatus {
                 invite_id: invite.id,
                 contact_id: invite.contact_id.clone(),
                 status: InviteState::Nominated,
                 code: None,
-            }))
-            .await?;
+            }));
             tx.advance_invite(invite.id, InviteState::Nominated).await?;
             tracing::info!(referral_id = id, friend = %mask_phone(nomination.friend_phone.as_str()), "friend nominated");
             format!("referral {id} nominated")

@@ -22,12 +22,11 @@ pub async fn record(
 ) -> Result<OptOutChange, StepError> {
     let change = tx.set_opt_out(phone, opted_out, source).await?;
     if change.changed() {
-        tx.enqueue(&s.job(Job::SyncOptOut {
+        tx.enqueue(s.job(Job::SyncOptOut {
             phone: phone.clone(),
             opted_out,
             at: s.now_ms(),
-        }))
-        .await?;
+        }));
         tracing::info!(phone = %mask_phone(phone.as_str()), source = source.as_str(), opted_out, "marketing preference recorded");
     }
     Ok(change)

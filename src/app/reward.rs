@@ -83,14 +83,13 @@ pub async fn grant(
         match state {
             RewardState::Pending => {
                 let issue = NewJob::new(&Job::IssueReward { reward_id: id }, s.max_attempts(), available_at);
-                tx.enqueue(&issue).await?;
+                tx.enqueue(issue);
             }
             RewardState::Capped => {
-                tx.enqueue(&s.job(Job::ReferrerCapped {
+                tx.enqueue(s.job(Job::ReferrerCapped {
                     referral_id: r.id,
                     contact_id: r.referrer_contact_id.clone(),
-                }))
-                .await?;
+                }));
             }
             RewardState::Issuing | RewardState::Issued | RewardState::Failed | RewardState::Void => {}
         }
@@ -139,8 +138,8 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     if let Some(message) = message {
         tx.insert_message(&message).await?;
     }
-    for job in &jobs {
-        tx.enqueue(job).await?;
+    for job in jobs {
+        tx.enqueue(job);
     }
     let note = format!("reward {} issued: {given}", reward.id);
     Ok(tx.commit(note).await?.into())

@@ -174,17 +174,16 @@ async fn queue_crm_updates(s: &Services, tx: &mut Tx, r: &ReferralRow, to: Refer
                 state: to,
             },
         };
-        tx.enqueue(&s.job(job)).await?;
+        tx.enqueue(s.job(job));
     }
     if to == ReferralState::Converted {
         if s.settings.hubspot.record_referral_links {
-            tx.enqueue(&s.job(Job::LinkReferral { referral_id: r.id })).await?;
+            tx.enqueue(s.job(Job::LinkReferral { referral_id: r.id }));
         }
-        tx.enqueue(&s.job(Job::ReferrerCounters {
+        tx.enqueue(s.job(Job::ReferrerCounters {
             contact_id: r.referrer_contact_id.clone(),
             cause: format!("{}:converted", r.id),
-        }))
-        .await?;
+        }));
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::tx::Tx;
 use super::{Store, StoreError};
 use crate::domain::state::{Persisted, QueueState};
 use crate::domain::work::{Job, JobKind};
@@ -71,14 +70,48 @@ async fn existing_id(conn: &mut AnyConnection, key: &str) -> Result<EnqueueOutco
     Ok(EnqueueOutcome::AlreadyQueued(existing.try_get("id")?))
 }
 
-impl Tx {
-    pub async fn enqueue(&mut self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
-        let now = self.now_ms();
-        match insert_job(self.write()?, job, now).await? {
-            Some(id) => Ok(EnqueueOutcome::Created(id)),
-            None => existing_id(self.read(), &job.idempotency_key).await,
-        }
+/// Jobs one insert carries at most (seven parameters each).
+pub(super) const INSERT_CHUNK: usize = 100;
+
+/// Inserts `jobs` in one statement; those whose idempotency key is already queued are
+/// skipped.
+pub(super) async fn insert_jobs(conn: &mut AnyConnection, jobs: &[NewJob], now: i64) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
     }
+    let rows = (0..jobs.len())
+        .map(|n| {
+            let p = 7 * n;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = format!(
+        "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at) \
+         VALUES {rows} ON CONFLICT (idempotency_key) DO NOTHING"
+    );
+    let mut insert = sqlx::query(&sql);
+    for job in jobs {
+        insert = insert
+            .bind(job.kind.as_str())
+            .bind(&job.payload)
+            .bind(&job.idempotency_key)
+            .bind(QueueState::Queued.as_str())
+            .bind(job.max_attempts)
+            .bind(job.run_at)
+            .bind(now);
+    }
+    insert.execute(conn).await?;
+    Ok(())
 }
 
 impl Store {

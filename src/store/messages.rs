@@ -93,7 +93,7 @@ impl Tx {
             message.max_attempts,
             message.run_at,
         );
-        self.enqueue(&send).await?;
+        self.enqueue(send);
         Ok(Some(id))
     }
 

@@ -11,6 +11,7 @@
 use sqlx::{Any, AnyConnection, Transaction};
 
 use super::faults::Faults;
+use super::jobs::NewJob;
 use super::queue::{placeholders, Queue};
 use super::{Backend, Store, StoreError, WriteTurn};
 use crate::clock::Clock;
@@ -83,6 +84,8 @@ pub struct Tx {
     clock: Clock,
     /// Funnel steps reached in this transaction, tallied just before it commits.
     tally: Vec<(TallyKey, Step)>,
+    /// Jobs asked for in this transaction, written together when it commits.
+    jobs: Vec<NewJob>,
 }
 
 /// What a funnel step was reached by; its cohort is the trigger behind it.
@@ -121,6 +124,7 @@ impl Store {
             hold,
             clock: self.clock().clone(),
             tally: Vec::new(),
+            jobs: Vec::new(),
         };
         // SQLite: take the write lock first (a transaction that reads and then writes can be
         // refused by WAL when another writer went between). PostgreSQL checks the lease
@@ -176,6 +180,29 @@ impl Tx {
         self.finish(ItemEnd::Done(note.into())).await
     }
 
+    /// Queues `job` with this transaction: it is written when the transaction commits,
+    /// together with the others, in one statement (a job asked for twice, here or by an
+    /// earlier transaction, is one job: its idempotency key is unique).
+    pub fn enqueue(&mut self, job: NewJob) {
+        if !self
+            .jobs
+            .iter()
+            .any(|queued| queued.idempotency_key == job.idempotency_key)
+        {
+            self.jobs.push(job);
+        }
+    }
+
+    /// Writes the queued jobs, last but the tally and the item's end.
+    async fn write_jobs(&mut self) -> Result<(), StoreError> {
+        let jobs = std::mem::take(&mut self.jobs);
+        let now = self.now_ms();
+        for chunk in jobs.chunks(super::jobs::INSERT_CHUNK) {
+            super::jobs::insert_jobs(self.write()?, chunk, now).await?;
+        }
+        Ok(())
+    }
+
     /// Notes funnel steps reached in this transaction.
     pub(super) fn tally(&mut self, key: TallyKey, steps: Vec<Step>) {
         self.tally.extend(steps.into_iter().map(|step| (key, step)));
@@ -222,6 +249,7 @@ impl Tx {
 
     /// Commits the step and ends its item as given.
     pub async fn finish(mut self, end: ItemEnd) -> Result<Committed, StoreError> {
+        self.write_jobs().await?;
         self.write_tally().await?;
         match std::mem::replace(&mut self.hold, Hold::Nothing) {
             Hold::Nothing => {}
@@ -262,6 +290,7 @@ impl Tx {
     /// holds one of them: then nothing is kept. Items of the batch not in `done` stay
     /// leased, for the caller to handle one by one.
     pub async fn finish_batch(mut self, done: &[(i64, String)]) -> Result<(), StoreError> {
+        self.write_jobs().await?;
         self.write_tally().await?;
         let Hold::Batch(batch) = std::mem::replace(&mut self.hold, Hold::Nothing) else {
             return Err(StoreError::Misuse("finish_batch on a transaction without a batch"));

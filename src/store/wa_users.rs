@@ -39,21 +39,32 @@ async fn opted_out_in<'e>(
     Ok(flag.is_some_and(bool::from))
 }
 
+/// Notes an inbound message at `at` (the latest time wins, so repeating it is harmless).
+async fn record_inbound_in<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    phone: &E164,
+    at: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO wa_users (phone, last_inbound_at, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (phone) DO UPDATE SET last_inbound_at = CASE \
+           WHEN wa_users.last_inbound_at IS NULL OR wa_users.last_inbound_at < excluded.last_inbound_at \
+           THEN excluded.last_inbound_at ELSE wa_users.last_inbound_at END, updated_at = excluded.updated_at",
+    )
+    .bind(phone.as_str())
+    .bind(at)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
 impl Tx {
     /// Notes an inbound message: it opens (or extends) the 24-hour service window.
     pub async fn record_inbound(&mut self, phone: &E164, at: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO wa_users (phone, last_inbound_at, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (phone) DO UPDATE SET last_inbound_at = CASE \
-               WHEN wa_users.last_inbound_at IS NULL OR wa_users.last_inbound_at < excluded.last_inbound_at \
-               THEN excluded.last_inbound_at ELSE wa_users.last_inbound_at END, updated_at = excluded.updated_at",
-        )
-        .bind(phone.as_str())
-        .bind(at)
-        .bind(self.now_ms())
-        .execute(self.write()?)
-        .await?;
-        Ok(())
+        let now = self.now_ms();
+        record_inbound_in(self.write()?, phone, at, now).await
     }
 
     /// Records an opt-out (`opted_out = true`) or its lifting.
@@ -112,11 +123,11 @@ impl Tx {
 
 impl Store {
     /// Notes an inbound message on its own (the latest time wins, so repeating it is harmless).
+    /// One statement, committed on its own (no transaction around it).
     pub async fn record_inbound(&self, phone: &E164, at: i64) -> Result<(), StoreError> {
-        let mut tx = self.begin(None).await?;
-        tx.record_inbound(phone, at).await?;
-        tx.commit("").await?;
-        Ok(())
+        let _turn = self.write_turn().await;
+        self.faults.before_write()?;
+        record_inbound_in(&self.pool, phone, at, self.now_ms()).await
     }
 
     /// The last inbound message time, when the user has written to us.

@@ -259,7 +259,10 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
     assert_eq!(notes[5], "status of a message we did not send (no callback data)");
     assert_eq!(
         notes[6],
-        format!("message {} sending -> delivered (1 of its statuses in one batch)", ids[3])
+        format!(
+            "message {} sending -> delivered (1 of its statuses in one batch)",
+            ids[3]
+        )
     );
     assert_eq!(
         notes[7],
