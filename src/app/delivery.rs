@@ -8,15 +8,20 @@ use std::time::Duration;
 
 use super::transition::{self, EventContext};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
-use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, OptOutSource, SendErrorClass};
+use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, OptOutSource, SendErrorClass, TemplateEvent};
 use crate::domain::referral::ReferralEvent;
 use crate::domain::state::Persisted;
-use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, NewMessage, StatusMove, Tx};
+use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, MessageToSend, NewMessage, StatusMove, Tx};
 use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
 
 /// The `whatsapp.send` job.
 pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
-    let Some((message, recipient_opted_out)) = s.store.message_to_send(message_id).await? else {
+    let Some(MessageToSend {
+        message,
+        recipient_opted_out,
+        template,
+    }) = s.store.message_to_send(message_id).await?
+    else {
         return Err(StepError::Permanent(format!("message {message_id} not found")));
     };
     let from = match message.status {
@@ -54,7 +59,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         .await?;
         return Ok(tx.commit("suppressed: recipient opted out of marketing").await?.into());
     }
-    if let Some(wait) = template_held(s, &message).await? {
+    if let Some(wait) = template_held(s, &message, template) {
         return Err(wait);
     }
     // Meta allows one message per 6 seconds to the same user (131056): keep to it ahead.
@@ -170,18 +175,19 @@ async fn finish_refusal(s: &Services, work: &Work, message: &MessageRow, class: 
     Ok(tx.finish(ItemEnd::Dead(reason)).await?.into())
 }
 
-/// A send whose template Meta paused, disabled or rejected waits (without using an
-/// attempt) until a webhook says the template is approved again.
-async fn template_held(s: &Services, message: &MessageRow) -> Result<Option<StepError>, StepError> {
-    let Some((name, language)) = crate::whatsapp::render::template_of(&message.body) else {
-        return Ok(None);
-    };
-    let Some((status, reason)) = s.store.template_status(&name, &language).await? else {
-        return Ok(None);
-    };
+/// A send whose template Meta paused, disabled or rejected (`template`, its recorded
+/// status) waits (without using an attempt) until a webhook says the template is approved
+/// again.
+fn template_held(
+    s: &Services,
+    message: &MessageRow,
+    template: Option<(TemplateEvent, Option<String>)>,
+) -> Option<StepError> {
+    let (status, reason) = template?;
     if status.sendable() {
-        return Ok(None);
+        return None;
     }
+    let (name, language) = crate::whatsapp::render::template_of(&message.body)?;
     tracing::error!(
         template = %name,
         language = %language,
@@ -197,10 +203,10 @@ async fn template_held(s: &Services, message: &MessageRow) -> Result<Option<Step
             language: language.clone(),
         })
         .inc();
-    Ok(Some(StepError::Deferred {
+    Some(StepError::Deferred {
         reason: format!("template {name} ({language}) is {status}"),
         delay: s.settings.whatsapp.template_recheck,
-    }))
+    })
 }
 
 /// Meta's `message_template_status_update`: the template's status, recorded for the sends.

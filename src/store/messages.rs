@@ -33,6 +33,16 @@ pub struct MessageRow {
     pub updated_at: i64,
 }
 
+/// A message about to be sent, and what its send checks first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageToSend {
+    pub message: MessageRow,
+    /// The recipient opted out of marketing.
+    pub recipient_opted_out: bool,
+    /// Its template's recorded status and reason.
+    pub template: Option<(TemplateEvent, Option<String>)>,
+}
+
 /// One message's move in a batch of Meta's statuses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusMove {
@@ -285,21 +295,46 @@ impl Store {
         row_where(&mut conn, MESSAGE_COLUMNS, "messages", "id", id).await
     }
 
-    /// A message about to be sent, and whether its recipient opted out of marketing, read
-    /// together (one round trip for what every send checks first).
-    pub async fn message_to_send(&self, id: i64) -> Result<Option<(MessageRow, bool)>, StoreError> {
+    /// A message about to be sent, with what every send checks first, read together (one
+    /// round trip): whether its recipient opted out of marketing, and the recorded status
+    /// of its template (none for a free-form message, or a template Meta never reported on).
+    pub async fn message_to_send(&self, id: i64) -> Result<Option<MessageToSend>, StoreError> {
         let columns: Vec<String> = MESSAGE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect();
+        // The template's name and language, from the request body we stored.
+        let (name, language) = match self.backend {
+            super::Backend::Postgres => (
+                "m.body::jsonb #>> '{template,name}'",
+                "m.body::jsonb #>> '{template,language,code}'",
+            ),
+            super::Backend::Sqlite => (
+                "json_extract(m.body, '$.template.name')",
+                "json_extract(m.body, '$.template.language.code')",
+            ),
+        };
         let sql = format!(
-            "SELECT {}, COALESCE(w.opted_out, 0) AS recipient_opted_out \
-             FROM messages m LEFT JOIN wa_users w ON w.phone = m.to_phone WHERE m.id = $1",
+            "SELECT {}, COALESCE(w.opted_out, 0) AS recipient_opted_out, \
+                    t.status AS template_status, t.reason AS template_reason \
+             FROM messages m LEFT JOIN wa_users w ON w.phone = m.to_phone \
+             LEFT JOIN template_status t ON t.name = {name} AND t.language = {language} \
+             WHERE m.id = $1",
             columns.join(", ")
         );
         let Some(row) = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? else {
             return Ok(None);
         };
-        let message = MessageRow::from_row(&row)?;
         let opted_out: StoredFlag = row.try_get("recipient_opted_out")?;
-        Ok(Some((message, opted_out.into())))
+        let template = match row.try_get::<Option<String>, _>("template_status")? {
+            Some(_) => Some((
+                typed_column::<String, _>(&row, "template_status")?,
+                row.try_get("template_reason")?,
+            )),
+            None => None,
+        };
+        Ok(Some(MessageToSend {
+            message: MessageRow::from_row(&row)?,
+            recipient_opted_out: opted_out.into(),
+            template,
+        }))
     }
 
     pub async fn message_by_wamid(&self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {

@@ -38,7 +38,7 @@ pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
 pub use invites::{InviteRow, NewInvite};
 pub use jobs::{EnqueueOutcome, NewJob};
-pub use messages::{MessageRow, NewMessage, StatusMove};
+pub use messages::{MessageRow, MessageToSend, NewMessage, StatusMove};
 pub use named::StoredName;
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};

@@ -272,9 +272,9 @@ impl Tx {
         code: Option<&str>,
         external_ref: Option<&str>,
     ) -> Result<(), StoreError> {
-        let issued = sqlx::query(
+        let issued: Option<i64> = sqlx::query_scalar(
             "UPDATE rewards SET state = $1, code = $2, external_ref = $3, last_error = NULL, updated_at = $4 \
-             WHERE id = $5 AND state = $6",
+             WHERE id = $5 AND state = $6 RETURNING referral_id",
         )
         .bind(RewardState::Issued.as_str())
         .bind(code)
@@ -282,15 +282,11 @@ impl Tx {
         .bind(self.now_ms())
         .bind(id)
         .bind(RewardState::Issuing.as_str())
-        .execute(self.write()?)
+        .fetch_optional(self.write()?)
         .await?;
-        if issued.rows_affected() != 1 {
+        let Some(referral_id) = issued else {
             return Err(StoreError::Conflict(format!("reward {id} is no longer issuing")));
-        }
-        let referral_id: i64 = sqlx::query_scalar("SELECT referral_id FROM rewards WHERE id = $1")
-            .bind(id)
-            .fetch_one(self.read())
-            .await?;
+        };
         self.note_rewarded(referral_id).await
     }
 
