@@ -8,6 +8,7 @@
 //! `worker.job_batch` jobs' worth at a time, in one statement. Each item runs inside its
 //! own tracing span.
 
+mod completions;
 mod dispatch;
 
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::app::Services;
+
+use completions::Completions;
 
 use crate::app::delivery::{self, BatchedStatus, StatusBatch};
 use crate::app::{Outcome, StepError, Work};
@@ -44,6 +47,9 @@ pub struct Worker {
     schedule: RetrySchedule,
     settings: WorkerSettings,
     owner: String,
+    /// Where the job claimer's jobs record a plain completion (together); none when items
+    /// are handled by hand, which complete each alone.
+    completions: Option<Completions>,
 }
 
 impl Worker {
@@ -64,6 +70,7 @@ impl Worker {
             schedule,
             settings,
             owner,
+            completions: None,
         }
     }
 
@@ -84,6 +91,7 @@ impl Worker {
         }
         let mut claimer = self.clone();
         claimer.owner = format!("{}-{}", self.owner, Queue::Jobs.name());
+        claimer.completions = Some(Completions::start(self.store.clone(), Queue::Jobs));
         loops.spawn(async move { claimer.run_jobs(shutdown).await });
         while loops.join_next().await.is_some() {}
         tracing::info!(owner = %self.owner, "worker stopped");
@@ -358,11 +366,17 @@ impl Worker {
         };
         match outcome {
             Ok(Outcome::Done(note)) => {
-                if !self
-                    .store
-                    .complete(item.queue, item.id, &self.owner, Some(&note))
-                    .await?
-                {
+                let completed = match &self.completions {
+                    Some(completions) if item.queue == Queue::Jobs => {
+                        completions.complete(item.id, &self.owner, note).await?
+                    }
+                    _ => {
+                        self.store
+                            .complete(item.queue, item.id, &self.owner, Some(&note))
+                            .await?
+                    }
+                };
+                if !completed {
                     tracing::warn!("lease lost before completion; another worker owns the item now");
                 }
                 self.metrics.worker_outcome(queue, QueueState::Done.as_str());

@@ -343,6 +343,33 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Marks several items of `queue` done in one statement, each `(id, owner, note)`;
+    /// returns the ids whose owner still held the lease (the others are left as they are).
+    pub async fn complete_many(&self, queue: Queue, items: &[(i64, String, String)]) -> Result<Vec<i64>, StoreError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _turn = self.write_turn().await;
+        let table = queue.table();
+        let rows = (0..items.len())
+            .map(|n| format!("(${}, ${}, ${})", 2 + 3 * n, 3 + 3 * n, 4 + 3 * n))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "WITH ended (id, owner, note) AS (VALUES {rows}) \
+             UPDATE {table} SET state = '{}', finished_at = $1, lease_until = NULL, note = ended.note \
+             FROM ended WHERE {table}.id = ended.id AND {table}.state = '{}' AND {table}.lease_owner = ended.owner \
+             RETURNING {table}.id",
+            q(QueueState::Done),
+            q(QueueState::Running)
+        );
+        let mut update = sqlx::query_scalar(&sql).bind(self.now_ms());
+        for (id, owner, note) in items {
+            update = update.bind(*id).bind(owner.as_str()).bind(note.as_str());
+        }
+        Ok(update.fetch_all(&self.pool).await?)
+    }
+
     /// Records a failed attempt: due again at `retry_at`, or dead when `None`.
     pub async fn fail(
         &self,

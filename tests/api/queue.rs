@@ -73,6 +73,42 @@ async fn claim_complete_and_ownership(backend: Backend) {
     assert!(store.claim(Queue::Jobs, "a", 60_000).await.expect("claim").is_none());
 }
 
+/// Completions recorded together: each is kept only where its owner still holds the
+/// lease, and the answer names those kept.
+async fn completions_together_keep_each_owner_check(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let mut ids = Vec::new();
+    for key in ["k1", "k2", "k3"] {
+        ids.push(store.enqueue_job(&job(key, 3)).await.expect("enqueue").id());
+    }
+    let claimed = store.claim_many(Queue::Jobs, "a", 60_000, 2).await.expect("claim");
+    let by_b = store
+        .claim(Queue::Jobs, "b", 60_000)
+        .await
+        .expect("claim")
+        .expect("due job");
+    let mut held_by_a: Vec<i64> = claimed.iter().map(|item| item.id).collect();
+    held_by_a.sort_unstable();
+    assert_eq!((held_by_a.clone(), by_b.id), (ids[..2].to_vec(), ids[2]));
+    let completions: Vec<(i64, String, String)> = ids
+        .iter()
+        .map(|id| (*id, "a".to_string(), format!("done {id}")))
+        .collect();
+    let mut kept = store.complete_many(Queue::Jobs, &completions).await.expect("complete");
+    kept.sort_unstable();
+    assert_eq!(kept, held_by_a, "only the owner's completions are kept");
+    let rows = store.list(Queue::Jobs, None, 10).await.expect("list");
+    for row in rows {
+        let expected = if row.id == ids[2] {
+            (QueueState::Running, None)
+        } else {
+            (QueueState::Done, Some(format!("done {}", row.id)))
+        };
+        assert_eq!((row.state, row.note), expected);
+    }
+}
+
 async fn lapsed_lease_is_claimed_again(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let store = db.store().await;
@@ -216,6 +252,7 @@ async fn concurrent_workers_never_claim_the_same_job(backend: Backend) {
 both_backends!(
     enqueue_is_idempotent,
     claim_complete_and_ownership,
+    completions_together_keep_each_owner_check,
     lapsed_lease_is_claimed_again,
     failures_wait_for_their_retry_time_then_die,
     release_returns_the_attempt,
