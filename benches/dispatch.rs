@@ -143,7 +143,7 @@ async fn main() {
     }
     tx.commit("").await.expect("commit");
     println!(
-        "queued {} messages; rate {} /s, {} jobs at once, pool {}",
+        "queued {} messages; rate {} /s, job_concurrency {}, pool {}",
         args.messages, args.rate, args.concurrency, args.pool
     );
 

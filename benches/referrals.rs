@@ -78,8 +78,9 @@ struct Args {
     /// claims as soon as any job finishes)
     #[arg(long, default_value_t = 4)]
     job_batch: usize,
-    /// worker.job_concurrency (with `--referrals`): jobs running at once
-    #[arg(long, default_value_t = 64)]
+    /// worker.job_concurrency (with `--referrals`): claims' worth of jobs running at
+    /// once (× `--job-batch` jobs)
+    #[arg(long, default_value_t = 16)]
     job_concurrency: usize,
     /// database.max_connections
     #[arg(long, default_value_t = 40)]
@@ -171,7 +172,7 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
     let pool = sqlx::PgPool::connect(database_url).await.expect("database");
     println!(
         "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} jobs at once (claimed {}+ at a time), pool {}",
-        args.rate, args.inbox_loops, args.job_concurrency, args.job_batch, args.pool
+        args.rate, args.inbox_loops, args.job_concurrency * args.job_batch, args.job_batch, args.pool
     );
     whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
     store.close().await;

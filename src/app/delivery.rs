@@ -42,6 +42,15 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
             tracing::warn!(message_id, "interrupted send never confirmed by Meta; sending again");
             MessageStatus::Sending
         }
+        // Accepted by Meta, then failed in a status (the send job was interrupted before it
+        // recorded the acceptance): the status recorded the failure and what it means (a
+        // resend, an opt-out, a fallback) in one commit, so this send is done.
+        MessageStatus::Failed if message.wamid.is_some() => {
+            return Outcome::done(format!(
+                "Meta accepted it as {}, then reported it failed; its status handled that",
+                message.wamid.as_deref().unwrap_or_default()
+            ))
+        }
         // Refused for good and recorded, but the consequences may not have committed
         // (a crash right after the record): apply them again; they are idempotent.
         MessageStatus::Failed => return finish_refusal(s, work, &message, recorded_class(message.error_code)).await,

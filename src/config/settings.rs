@@ -213,8 +213,9 @@ pub struct WorkerSettings {
     pub enabled: bool,
     /// Loops claiming inbox events (webhooks received).
     pub inbox_concurrency: NonZeroUsize,
-    /// Jobs (sends and outside calls) a replica runs at once; claimed apart from the inbox
-    /// loops, so a burst of one never starves the other.
+    /// Claims' worth of jobs (sends and outside calls) a replica runs at once: up to
+    /// `job_concurrency` × `job_batch` jobs, claimed apart from the inbox loops, so a burst
+    /// of one never starves the other.
     pub job_concurrency: NonZeroUsize,
     /// Inbox events an inbox loop claims at once; Meta's statuses among them are applied
     /// in one transaction.

@@ -3,10 +3,10 @@
 //! replicas may run it against one PostgreSQL database.
 //!
 //! Inbox events and jobs are claimed apart (`worker.inbox_concurrency` loops, and one job
-//! claimer running up to `worker.job_concurrency` jobs), so a flood of webhooks never
-//! starves the sends, nor the reverse. The job claimer claims as room frees, at least
-//! `worker.job_batch` jobs' worth at a time, in one statement. Each item runs inside its
-//! own tracing span.
+//! claimer running up to `worker.job_concurrency` × `worker.job_batch` jobs), so a flood
+//! of webhooks never starves the sends, nor the reverse. The job claimer claims as room
+//! frees, at least `worker.job_batch` jobs' worth at a time, in one statement. Each item
+//! runs inside its own tracing span.
 
 mod completions;
 mod dispatch;
@@ -142,15 +142,15 @@ impl Worker {
         handled.map(|()| true)
     }
 
-    /// Keeps up to `worker.job_concurrency` jobs running until `shutdown` turns true, then
-    /// lets those in hand finish. It claims again once room for `worker.job_batch` jobs
-    /// (or for all) is free, and then takes as many due jobs as there is room for, in one
-    /// statement: a busy queue costs one claim for many jobs, not one each. Jobs carry no
-    /// order among themselves; each step guards its own rows.
+    /// Keeps up to `worker.job_concurrency` × `worker.job_batch` jobs running until
+    /// `shutdown` turns true, then lets those in hand finish. It claims again once room for
+    /// `worker.job_batch` jobs is free, and then takes as many due jobs as there is room
+    /// for, in one statement: a busy queue costs one claim for many jobs, not one each.
+    /// Jobs carry no order among themselves; each step guards its own rows.
     async fn run_jobs(&self, mut shutdown: watch::Receiver<bool>) {
-        let capacity = self.settings.job_concurrency.get();
+        let least = self.settings.job_batch.get();
+        let capacity = self.settings.job_concurrency.get().saturating_mul(least);
         let room = Arc::new(Semaphore::new(capacity));
-        let least = self.settings.job_batch.get().min(capacity);
         let mut running = JoinSet::new();
         let mut claims = 0u64;
         while !*shutdown.borrow() {

@@ -141,7 +141,53 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
     app.shutdown().await;
 }
 
+/// A send interrupted after Meta accepted it, whose message Meta then reported failed (its
+/// status found the message by its callback data, recorded the failure and queued what it
+/// means): when the send job runs again it is done, not dead, and sends nothing.
+async fn a_send_failed_in_its_status_ends_done(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
+    let settings = Settings::load_from(None, app.env.clone()).expect("settings");
+    let services = Services::new(app.store.clone(), Arc::new(settings), Arc::new(Metrics::new())).expect("services");
+    let worker = Worker::new(Arc::new(services));
+    let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
+                      "text": {"body": "hello"}, "biz_opaque_callback_data": "failed:later"});
+    let message = NewMessage {
+        idempotency_key: "failed:later".into(),
+        purpose: MessagePurpose::Reply,
+        to_phone: e164("+447911123456"),
+        invite_id: None,
+        referral_id: None,
+        marketing: false,
+        body: body.to_string(),
+        run_at: system_ms(),
+        max_attempts: 3,
+    };
+    let mut tx = app.store.begin(None).await.expect("begin");
+    let id = tx.insert_message(&message).await.expect("insert").expect("new");
+    tx.set_message_status(
+        id,
+        MessageStatus::Queued,
+        MessageStatus::Failed,
+        Some("wamid.LATER"),
+        Some((Some(131000), "Something went wrong")),
+    )
+    .await
+    .expect("failed");
+    tx.commit("").await.expect("commit");
+
+    assert!(worker.work_once_from(Queue::Jobs).await.expect("the send job"));
+    let jobs = app.store.list(Queue::Jobs, None, 10).await.expect("jobs");
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, QueueState::Done, "{jobs:?}");
+    assert!(
+        jobs[0].note.as_deref().unwrap_or("").contains("wamid.LATER"),
+        "{jobs:?}"
+    );
+    app.shutdown().await;
+}
+
 both_backends!(
+    a_send_failed_in_its_status_ends_done,
     stored_events_are_processed_once,
     unknown_job_kinds_go_dead_and_stay_visible,
     sends_are_not_starved_by_an_inbox_flood,
