@@ -212,6 +212,39 @@ pub fn e164(raw: &str) -> referloop::domain::phone::E164 {
     referloop::domain::phone::E164::from_row(raw).expect("a number in E.164")
 }
 
+/// A message to queue in a test, due now, not marketing, with three attempts.
+pub fn test_message(
+    key: &str,
+    purpose: referloop::domain::messaging::MessagePurpose,
+    to: &str,
+    body: &serde_json::Value,
+) -> referloop::store::NewMessage {
+    referloop::store::NewMessage {
+        idempotency_key: key.into(),
+        purpose,
+        to_phone: e164(to),
+        invite_id: None,
+        referral_id: None,
+        marketing: false,
+        body: body.to_string(),
+        run_at: referloop::clock::system_ms(),
+        max_attempts: 3,
+    }
+}
+
+/// A worker over `app`'s store and settings, for a test to drive by hand (the app's own
+/// worker being off).
+pub fn hand_worker(app: &TestApp) -> referloop::jobs::Worker {
+    let settings = Settings::load_from(None, app.env.clone()).expect("settings");
+    let services = referloop::app::Services::new(
+        app.store.clone(),
+        std::sync::Arc::new(settings),
+        std::sync::Arc::new(referloop::metrics::Metrics::new()),
+    )
+    .expect("services");
+    referloop::jobs::Worker::new(std::sync::Arc::new(services))
+}
+
 pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.retain(|(k, _)| k != key);
     env.push((key.to_string(), value.to_string()));

@@ -6,14 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use referloop::app::Services;
-use referloop::clock::system_ms;
 use referloop::config::Settings;
 use referloop::domain::messaging::MessagePurpose;
 use referloop::domain::pacing::busiest_interval;
 use referloop::domain::state::Persisted;
 use referloop::jobs::Worker;
 use referloop::metrics::Metrics;
-use referloop::store::{Backend, NewMessage, Queue, Store};
+use referloop::store::{Backend, Queue, Store};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use wiremock::matchers::{method, path};
@@ -80,19 +79,9 @@ async fn queue_texts(store: &Store, recipients: &[String]) {
     for (n, to) in recipients.iter().enumerate() {
         let body =
             json!({"messaging_product": "whatsapp", "to": to, "type": "text", "text": {"body": format!("m{n}")}});
-        tx.insert_message(&NewMessage {
-            idempotency_key: format!("pacing:{n}"),
-            purpose: MessagePurpose::Reply,
-            to_phone: e164(to),
-            invite_id: None,
-            referral_id: None,
-            marketing: false,
-            body: body.to_string(),
-            run_at: system_ms(),
-            max_attempts: 3,
-        })
-        .await
-        .expect("message");
+        tx.insert_message(&test_message(&format!("pacing:{n}"), MessagePurpose::Reply, to, &body))
+            .await
+            .expect("message");
     }
     tx.commit("").await.expect("commit");
 }

@@ -1,15 +1,10 @@
-use std::sync::Arc;
 use std::time::Duration;
 
-use referloop::app::Services;
 use referloop::clock::system_ms;
-use referloop::config::Settings;
 use referloop::domain::inbox::{InboxKind, NewInboxEvent, Source};
 use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
-use referloop::jobs::Worker;
-use referloop::metrics::Metrics;
-use referloop::store::{Backend, NewMessage, Queue, QueueState};
+use referloop::store::{Backend, Queue, QueueState};
 use serde_json::json;
 
 use crate::both_backends;
@@ -95,17 +90,7 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
     for n in 0..SENDS {
         let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
                           "text": {"body": format!("message {n}")}});
-        let message = NewMessage {
-            idempotency_key: format!("fairness:{n}"),
-            purpose: MessagePurpose::Reply,
-            to_phone: e164("+447911123456"),
-            invite_id: None,
-            referral_id: None,
-            marketing: false,
-            body: body.to_string(),
-            run_at: system_ms(),
-            max_attempts: 3,
-        };
+        let message = test_message(&format!("fairness:{n}"), MessagePurpose::Reply, "+447911123456", &body);
         tx.insert_message(&message).await.expect("message");
     }
     tx.commit("").await.expect("commit");
@@ -146,22 +131,10 @@ async fn sends_are_not_starved_by_an_inbox_flood(backend: Backend) {
 /// means): when the send job runs again it is done, not dead, and sends nothing.
 async fn a_send_failed_in_its_status_ends_done(backend: Backend) {
     let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
-    let settings = Settings::load_from(None, app.env.clone()).expect("settings");
-    let services = Services::new(app.store.clone(), Arc::new(settings), Arc::new(Metrics::new())).expect("services");
-    let worker = Worker::new(Arc::new(services));
+    let worker = hand_worker(&app);
     let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
                       "text": {"body": "hello"}, "biz_opaque_callback_data": "failed:later"});
-    let message = NewMessage {
-        idempotency_key: "failed:later".into(),
-        purpose: MessagePurpose::Reply,
-        to_phone: e164("+447911123456"),
-        invite_id: None,
-        referral_id: None,
-        marketing: false,
-        body: body.to_string(),
-        run_at: system_ms(),
-        max_attempts: 3,
-    };
+    let message = test_message("failed:later", MessagePurpose::Reply, "+447911123456", &body);
     let mut tx = app.store.begin(None).await.expect("begin");
     let id = tx.insert_message(&message).await.expect("insert").expect("new");
     tx.set_message_status(
@@ -203,9 +176,7 @@ both_backends!(
 /// batched too.
 async fn statuses_are_applied_in_batches(backend: Backend) {
     let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
-    let settings = Settings::load_from(None, app.env.clone()).expect("settings");
-    let services = Services::new(app.store.clone(), Arc::new(settings), Arc::new(Metrics::new())).expect("services");
-    let worker = Worker::new(Arc::new(services));
+    let worker = hand_worker(&app);
 
     // Three messages Meta accepted: an invite, a thanks already read, and one that fails.
     let mut tx = app.store.begin(None).await.expect("begin");
@@ -219,17 +190,7 @@ async fn statuses_are_applied_in_batches(backend: Backend) {
     ] {
         let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
                           "text": {"body": key}, "biz_opaque_callback_data": key});
-        let message = NewMessage {
-            idempotency_key: key.into(),
-            purpose,
-            to_phone: e164("+447911123456"),
-            invite_id: None,
-            referral_id: None,
-            marketing: false,
-            body: body.to_string(),
-            run_at: system_ms(),
-            max_attempts: 3,
-        };
+        let message = test_message(key, purpose, "+447911123456", &body);
         ids.push(tx.insert_message(&message).await.expect("insert").expect("new"));
     }
     let (queued, accepted, read) = (MessageStatus::Queued, MessageStatus::Accepted, MessageStatus::Read);
