@@ -137,6 +137,7 @@ async fn main() {
             body: body.to_string(),
             run_at: system_ms(),
             max_attempts: 5,
+            timing: MessagePurpose::Reply.timing(),
         })
         .await
         .expect("queue");

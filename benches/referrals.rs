@@ -124,6 +124,8 @@ fn settings(args: &Args, database_url: &str, extra: &[(&str, String)]) -> Settin
         ("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0".to_string()),
         ("REFERLOOP_WHATSAPP__APP_SECRET", APP_SECRET.to_string()),
         ("REFERLOOP_WORKER__ENABLED", "true".to_string()),
+        // Every send at once, whatever the hour the benchmark runs at.
+        ("REFERLOOP_MESSAGING__SEND_WINDOW", "00:00-24:00".to_string()),
         ("REFERLOOP_WORKER__INBOX_CONCURRENCY", args.inbox_loops.to_string()),
         ("REFERLOOP_WORKER__INBOX_BATCH", args.inbox_batch.to_string()),
         ("REFERLOOP_WORKER__POLL_INTERVAL_MS", "10".to_string()),

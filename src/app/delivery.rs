@@ -10,9 +10,11 @@ use super::transition::{self, EventContext};
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
 use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, OptOutSource, SendErrorClass, TemplateEvent};
 use crate::domain::referral::ReferralEvent;
+use crate::domain::send_window::{cap_frees_at, HoldReason, LocalZone, SendTiming, CAP_PERIOD};
 use crate::domain::state::Persisted;
 use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, MessageToSend, NewMessage, StatusMove, Tx};
 use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
+use jiff::Timestamp;
 
 /// The `whatsapp.send` job.
 pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
@@ -20,6 +22,7 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         message,
         recipient_opted_out,
         template,
+        recipient_zone,
     }) = s.store.message_to_send(message_id).await?
     else {
         return Err(StepError::Permanent(format!("message {message_id} not found")));
@@ -69,6 +72,9 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
         return Ok(tx.commit("suppressed: recipient opted out of marketing").await?.into());
     }
     if let Some(wait) = template_held(s, &message, template) {
+        return Err(wait);
+    }
+    if let Some(wait) = hold_for_recipient(s, &message, recipient_zone).await? {
         return Err(wait);
     }
     // Meta allows one message per 6 seconds to the same user (131056): keep to it ahead.
@@ -216,6 +222,59 @@ fn template_held(
         reason: format!("template {name} ({language}) is {status}"),
         delay: s.settings.whatsapp.template_recheck,
     })
+}
+
+/// Quiet hours, then the weekly frequency cap: a send that must wait records why and until
+/// when (its timeline says "held for quiet hours until …"), and waits without using an
+/// attempt. `zone` is the recipient's as their CRM record gave it.
+async fn hold_for_recipient(
+    s: &Services,
+    message: &MessageRow,
+    zone: Option<LocalZone>,
+) -> Result<Option<StepError>, StepError> {
+    let messaging = &s.settings.messaging;
+    let now = s.now_ms();
+    let mut hold = None;
+    if message.timing == SendTiming::RecipientDaytime && !messaging.send_window.is_always_open() {
+        let zone = LocalZone::of_recipient(zone, &message.to_phone, &messaging.default_timezone);
+        let instant = Timestamp::from_millisecond(now).map_err(|e| StepError::Permanent(e.to_string()))?;
+        if let Some(opens) = messaging.send_window.next_opening(instant, zone.zone()) {
+            // The Flow that comes with an invite waits one turn longer, so the two leave
+            // in their order when the window opens.
+            let turn = match message.purpose {
+                MessagePurpose::Flow => duration_ms(s.settings.whatsapp.pair_spacing),
+                _ => 0,
+            };
+            let said = format!("quiet hours in {zone} (window {})", *messaging.send_window);
+            hold = Some((HoldReason::QuietHours, opens.as_millisecond() + turn, said));
+        }
+    }
+    if hold.is_none() && message.purpose.is_marketing_template() {
+        let sent = s
+            .store
+            .marketing_sent_to(&message.to_phone, now - duration_ms(CAP_PERIOD))
+            .await?;
+        let cap = messaging.max_marketing_per_contact_per_week;
+        if let Some(frees) = cap_frees_at(&sent, cap, now) {
+            let said = format!("{cap} marketing templates in the last seven days");
+            hold = Some((HoldReason::FrequencyCap, frees, said));
+        }
+    }
+    let Some((reason, until, said)) = hold else {
+        return Ok(None);
+    };
+    let mut tx = s.store.begin(None).await?;
+    tx.hold_message(message, reason, until).await?;
+    tx.commit("").await?;
+    tracing::info!(message_id = message.id, until = %crate::clock::rfc3339(until), "{}: {said}", reason.for_people());
+    Ok(Some(StepError::Deferred {
+        reason: format!(
+            "{} until {}: {said}",
+            reason.for_people(),
+            crate::clock::for_people(until)
+        ),
+        delay: Duration::from_millis(u64::try_from(until - now).unwrap_or(0)),
+    }))
 }
 
 /// Meta's `message_template_status_update`: the template's status, recorded for the sends.
@@ -486,6 +545,7 @@ async fn resend_once(
         invite_id: message.invite_id,
         referral_id: message.referral_id,
         run_at: s.now_ms() + duration_ms(not_before),
+        timing: message.timing,
         ..s.message(
             format!("{}:resend", message.idempotency_key),
             message.purpose,

@@ -13,6 +13,7 @@ use crate::domain::ids::HubSpotId;
 use crate::domain::inbox::hubspot_property;
 use crate::domain::messaging::{pick_language, MessagePurpose, OptOutSource};
 use crate::domain::phone::E164;
+use crate::domain::send_window::{LocalZone, SendTiming};
 use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
 use crate::store::{NewInvite, NewMessage, Tx};
@@ -27,6 +28,8 @@ struct Trigger {
     first_name: String,
     language: String,
     score: Option<NpsAnswer>,
+    /// The contact's time zone, when HubSpot knows it (an unknown name is ignored).
+    time_zone: Option<LocalZone>,
 }
 
 fn text<'a>(value: &'a Value, pointer: &str) -> Option<&'a str> {
@@ -62,6 +65,13 @@ fn parse_trigger(s: &Services, payload: &Value) -> Result<Option<Trigger>, StepE
         score: property(&settings.programme.nps_property)
             .or_else(|| property("score"))
             .and_then(|raw| eligibility::parse_nps(&raw)),
+        time_zone: property(&props.time_zone).and_then(|raw| match LocalZone::parse(&raw) {
+            Ok(zone) => Some(zone),
+            Err(e) => {
+                tracing::warn!(contact_id = %contact_id, error = %crate::telemetry::escape(&e.to_string()), "ignoring the contact's time zone");
+                None
+            }
+        }),
     }))
 }
 
@@ -127,6 +137,9 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         return record_ineligible(tx, invite, Ineligible::ConcurrentInvite.reason()).await;
     }
     let invite = tx.insert_invite(&invite).await?;
+    if let Some(zone) = &trigger.time_zone {
+        tx.record_time_zone(&phone, zone).await?;
+    }
     for message in invite_messages(s, invite.id, &phone, &trigger, &code) {
         tx.insert_message(&message).await?;
     }
@@ -180,8 +193,10 @@ fn invite_messages(s: &Services, invite_id: i64, phone: &E164, trigger: &Trigger
         );
         messages.push(NewMessage {
             invite_id: Some(invite_id),
-            // Right after the invite, in the recipient's next turn.
+            // Right after the invite, in the recipient's next turn; and, as it comes with
+            // the invite rather than answering a tap, in their daytime too.
             run_at: s.now_ms() + duration_ms(settings.whatsapp.pair_spacing),
+            timing: SendTiming::RecipientDaytime,
             ..s.message(
                 format!("flow:{invite_id}:template"),
                 MessagePurpose::Flow,

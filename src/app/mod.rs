@@ -176,6 +176,7 @@ impl Services {
             body: body.to_string(),
             run_at: self.now_ms(),
             max_attempts: self.max_attempts(),
+            timing: purpose.timing(),
         }
     }
 

@@ -10,6 +10,7 @@ use crate::catalogue::Catalogues;
 use crate::domain::nomination::NominationRefusal;
 use crate::domain::referral::FriendInviteMode;
 use crate::domain::reward::RewardKind;
+use crate::domain::send_window::{LocalZone, SendWindow};
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -52,6 +53,7 @@ pub struct Settings {
     pub hubspot: HubSpotSettings,
     pub stripe: StripeSettings,
     pub programme: ProgrammeSettings,
+    pub messaging: MessagingSettings,
     pub hubspot_properties: HubSpotProperties,
     pub templates: TemplateSettings,
     pub api: ApiSettings,
@@ -346,6 +348,18 @@ pub struct StripeSettings {
     pub webhook_secret: Option<SecretString>,
 }
 
+/// When unprompted messages may go out, and how many marketing templates one number gets.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MessagingSettings {
+    /// The recipient's local hours for the invite, a friend's invite and the share link.
+    pub send_window: Parsed<SendWindow>,
+    /// The zone when neither the contact's `hs_timezone` nor the number's country tells one.
+    pub default_timezone: Parsed<LocalZone>,
+    /// Marketing templates to one number in any seven days.
+    pub max_marketing_per_contact_per_week: NonZeroU32,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgrammeSettings {
@@ -389,6 +403,8 @@ pub struct HubSpotProperties {
     pub phone: Vec<String>,
     pub first_name: String,
     pub language: String,
+    /// The contact's time zone (`hs_timezone`), read from the trigger for quiet hours.
+    pub time_zone: String,
     pub referral_code: String,
     pub referral_status: String,
     pub referred_by_code: String,

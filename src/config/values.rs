@@ -149,6 +149,21 @@ impl FromSetting for url::Url {
     }
 }
 
+/// `messaging.send_window`: local hours such as `09:00-20:00`.
+impl FromSetting for crate::domain::send_window::SendWindow {
+    fn from_setting(text: &str) -> Result<Self, String> {
+        crate::domain::send_window::SendWindow::parse(text)
+    }
+}
+
+/// A time zone's IANA name (`Europe/Berlin`).
+impl FromSetting for crate::domain::send_window::LocalZone {
+    fn from_setting(text: &str) -> Result<Self, String> {
+        crate::domain::send_window::LocalZone::parse(text)
+            .map_err(|e| format!("{e}: give an IANA name such as `Europe/Berlin` or `UTC`"))
+    }
+}
+
 /// A setting that may be unset, written `""` (as `config/default.toml` leaves it), and is
 /// parsed when set.
 pub(super) mod blank_or_parsed {

@@ -26,6 +26,10 @@ pub struct FunnelCounts {
     pub converted: i64,
     /// Converted referrals with at least one reward issued.
     pub rewarded: i64,
+    /// Sends that waited for the recipient's daytime (each counted once).
+    pub held_quiet_hours: i64,
+    /// Sends that waited for the weekly frequency cap (each counted once).
+    pub held_frequency_cap: i64,
 }
 
 /// A step of the funnel, as tallied when something first reaches it.
@@ -39,6 +43,10 @@ pub enum Step {
     FriendReached,
     Converted,
     Rewarded,
+    /// Not a step of the chain: a send of the cohort held for quiet hours.
+    HeldQuietHours,
+    /// Not a step of the chain: a send of the cohort held by the frequency cap.
+    HeldFrequencyCap,
 }
 
 persisted!(Step {
@@ -50,6 +58,8 @@ persisted!(Step {
     FriendReached => "friend_reached",
     Converted => "converted",
     Rewarded => "rewarded",
+    HeldQuietHours => "held_quiet_hours",
+    HeldFrequencyCap => "held_frequency_cap",
 });
 
 impl FunnelCounts {
@@ -64,6 +74,8 @@ impl FunnelCounts {
             Step::FriendReached => &mut self.friend_reached,
             Step::Converted => &mut self.converted,
             Step::Rewarded => &mut self.rewarded,
+            Step::HeldQuietHours => &mut self.held_quiet_hours,
+            Step::HeldFrequencyCap => &mut self.held_frequency_cap,
         };
         *count += n;
     }
@@ -201,6 +213,7 @@ mod tests {
             friend_reached: 8,
             converted: 2,
             rewarded: 0,
+            ..FunnelCounts::default()
         };
         let steps = counts.steps();
         assert_eq!(steps.len(), 8);

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod code;
+pub mod country_zones;
 pub mod eligibility;
 pub mod flow_exchange;
 pub mod flow_token;
@@ -18,5 +19,6 @@ pub mod phone;
 pub mod referral;
 pub mod retry;
 pub mod reward;
+pub mod send_window;
 pub mod state;
 pub mod work;

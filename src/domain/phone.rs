@@ -116,6 +116,12 @@ impl E164 {
             .is_some_and(|id| id == phonenumber::country::Id::US)
     }
 
+    /// The number's country (ISO 3166 alpha-2), when its numbering plan names one.
+    pub fn country(&self) -> Option<String> {
+        let id = phonenumber::parse(None, &self.0).ok()?.country().id()?;
+        Some(id.as_ref().to_string())
+    }
+
     /// The national significant number, as HubSpot's searchable phone properties hold it.
     pub fn national_digits(&self) -> String {
         phonenumber::parse(None, &self.0)

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use super::problem::{ApiPath, ApiQuery, Caller, Problem};
 use super::wire::{
-    ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, FunnelAnswer, FunnelQuery, LimitQuery,
-    PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage, RetryAnswer,
+    ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, FunnelAnswer, FunnelQuery, HeldAnswer,
+    LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage, RetryAnswer,
     RewardAnswer, RewardSummaryAnswer, RewardsAnswer, StepAnswer, TimelineAnswer, TopReferrersAnswer,
 };
 use super::AppState;
@@ -55,6 +55,10 @@ pub async fn funnel(
         trigger,
         steps,
         days,
+        held: HeldAnswer {
+            quiet_hours: counts.held_quiet_hours,
+            frequency_cap: counts.held_frequency_cap,
+        },
     }))
 }
 

@@ -537,6 +537,10 @@ pub async fn funnel(
                 }
             }
             (funnel_chart(&steps))
+            p {
+                "Sends held for quiet hours: " strong data-held="quiet_hours" { (counts.held_quiet_hours) }
+                "; held by the weekly frequency cap: " strong data-held="frequency_cap" { (counts.held_frequency_cap) }
+            }
             h3 { "Triggers per day" }
             (daily_chart(&daily))
         }

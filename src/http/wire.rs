@@ -424,6 +424,16 @@ pub struct FunnelAnswer {
     pub trigger: Option<String>,
     pub steps: Vec<StepAnswer>,
     pub days: Vec<FunnelDay>,
+    pub held: HeldAnswer,
+}
+
+/// Sends of the cohort that waited without using an attempt, each counted once per reason.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HeldAnswer {
+    /// Held until the recipient's local send window opened (`messaging.send_window`).
+    pub quiet_hours: i64,
+    /// Held by `messaging.max_marketing_per_contact_per_week`.
+    pub frequency_cap: i64,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -5,10 +5,12 @@ use serde::Serialize;
 use sqlx::{AnyConnection, FromRow, Row};
 
 use super::jobs::NewJob;
-use super::tx::Tx;
-use super::{row_where, typed_column, Store, StoreError, StoredFlag, StoredPhone};
+use super::tx::{TallyKey, Tx};
+use super::{row_where, typed_column, Store, StoreError, StoredFlag, StoredName, StoredPhone};
+use crate::domain::funnel::Step;
 use crate::domain::messaging::{MessagePurpose, MessageStatus, TemplateEvent};
 use crate::domain::phone::E164;
+use crate::domain::send_window::{HoldReason, LocalZone, SendTiming};
 use crate::domain::state::{sql_list, Persisted};
 use crate::domain::work::Job;
 
@@ -31,6 +33,13 @@ pub struct MessageRow {
     pub error_code: Option<i64>,
     pub error_title: Option<String>,
     pub updated_at: i64,
+    /// Whether it waits for the recipient's send window.
+    #[sqlx(try_from = "String")]
+    pub timing: SendTiming,
+    /// Why and until when its send last waited without using an attempt.
+    #[sqlx(try_from = "StoredName")]
+    pub held_reason: Option<HoldReason>,
+    pub held_until: Option<i64>,
 }
 
 /// A message about to be sent, and what its send checks first.
@@ -41,6 +50,8 @@ pub struct MessageToSend {
     pub recipient_opted_out: bool,
     /// Its template's recorded status and reason.
     pub template: Option<(TemplateEvent, Option<String>)>,
+    /// The recipient's time zone, as their CRM record gave it.
+    pub recipient_zone: Option<LocalZone>,
 }
 
 /// One message's move in a batch of Meta's statuses.
@@ -67,10 +78,11 @@ pub struct NewMessage {
     pub body: String,
     pub run_at: i64,
     pub max_attempts: i64,
+    pub timing: SendTiming,
 }
 
 const MESSAGE_COLUMNS: &str = "id, idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, \
-    wamid, status, error_code, error_title, updated_at";
+    wamid, status, error_code, error_title, updated_at, timing, held_reason, held_until";
 
 async fn message_by_wamid_in(conn: &mut AnyConnection, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
     row_where(conn, MESSAGE_COLUMNS, "messages", "wamid", wamid.to_string()).await
@@ -83,7 +95,7 @@ impl Tx {
         let now = self.now_ms();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO messages (idempotency_key, purpose, to_phone, invite_id, referral_id, marketing, body, status, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             created_at, updated_at, timing) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
         )
         .bind(&message.idempotency_key)
@@ -95,6 +107,7 @@ impl Tx {
         .bind(&message.body)
         .bind(MessageStatus::Queued.as_str())
         .bind(now)
+        .bind(message.timing.as_str())
         .fetch_optional(self.write()?)
         .await?;
         let Some(id) = id else { return Ok(None) };
@@ -287,6 +300,46 @@ impl Tx {
         .await?;
         Ok(())
     }
+
+    /// Records that `message`'s send waits, for `reason`, until `until` (its timeline says
+    /// so). The first hold for a reason is counted in the funnel, under the message's
+    /// invite or referral. A compare-and-set on the reason the send held before: a lost
+    /// one is a conflict, and the step runs again.
+    pub async fn hold_message(
+        &mut self,
+        message: &MessageRow,
+        reason: HoldReason,
+        until: i64,
+    ) -> Result<(), StoreError> {
+        let before = message.held_reason.map_or("", |r| r.as_str());
+        let done = sqlx::query(
+            "UPDATE messages SET held_reason = $1, held_until = $2 WHERE id = $3 AND COALESCE(held_reason, '') = $4",
+        )
+        .bind(reason.as_str())
+        .bind(until)
+        .bind(message.id)
+        .bind(before)
+        .execute(self.write()?)
+        .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "message {} was held meanwhile",
+                message.id
+            )));
+        }
+        if message.held_reason != Some(reason) {
+            let step = match reason {
+                HoldReason::QuietHours => Step::HeldQuietHours,
+                HoldReason::FrequencyCap => Step::HeldFrequencyCap,
+            };
+            match (message.referral_id, message.invite_id) {
+                (Some(referral_id), _) => self.tally(TallyKey::Referral(referral_id), vec![step]),
+                (None, Some(invite_id)) => self.tally(TallyKey::Invite(invite_id), vec![step]),
+                (None, None) => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -312,7 +365,7 @@ impl Store {
             ),
         };
         let sql = format!(
-            "SELECT {}, COALESCE(w.opted_out, 0) AS recipient_opted_out, \
+            "SELECT {}, COALESCE(w.opted_out, 0) AS recipient_opted_out, w.time_zone AS recipient_zone, \
                     t.status AS template_status, t.reason AS template_reason \
              FROM messages m LEFT JOIN wa_users w ON w.phone = m.to_phone \
              LEFT JOIN template_status t ON t.name = {name} AND t.language = {language} \
@@ -334,6 +387,7 @@ impl Store {
             message: MessageRow::from_row(&row)?,
             recipient_opted_out: opted_out.into(),
             template,
+            recipient_zone: typed_column::<StoredName, _>(&row, "recipient_zone")?,
         }))
     }
 
@@ -372,13 +426,15 @@ impl Store {
     pub async fn mark_sending(&self, id: i64, from: MessageStatus) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
         self.faults.before_write()?;
-        let done = sqlx::query("UPDATE messages SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
-            .bind(MessageStatus::Sending.as_str())
-            .bind(self.now_ms())
-            .bind(id)
-            .bind(from.as_str())
-            .execute(&self.pool)
-            .await?;
+        // `sent_at`: handed to Meta now (what the frequency cap counts).
+        let done =
+            sqlx::query("UPDATE messages SET status = $1, updated_at = $2, sent_at = $2 WHERE id = $3 AND status = $4")
+                .bind(MessageStatus::Sending.as_str())
+                .bind(self.now_ms())
+                .bind(id)
+                .bind(from.as_str())
+                .execute(&self.pool)
+                .await?;
         if done.rows_affected() != 1 {
             return Err(StoreError::Conflict(format!(
                 "message {id} left {} meanwhile",
@@ -422,5 +478,33 @@ impl Store {
             ))),
             None => Ok(None),
         }
+    }
+
+    /// When the marketing templates handed to Meta for `phone` since `since` were sent,
+    /// oldest first (what the weekly frequency cap counts; refused ones do not count).
+    pub async fn marketing_sent_to(&self, phone: &E164, since: i64) -> Result<Vec<i64>, StoreError> {
+        let purposes: Vec<MessagePurpose> = MessagePurpose::ALL
+            .iter()
+            .copied()
+            .filter(|p| p.is_marketing_template())
+            .collect();
+        let statuses = [
+            MessageStatus::Sending,
+            MessageStatus::Accepted,
+            MessageStatus::Sent,
+            MessageStatus::Delivered,
+            MessageStatus::Read,
+        ];
+        let sql = format!(
+            "SELECT sent_at FROM messages WHERE to_phone = $1 AND sent_at > $2 AND purpose IN ({}) \
+             AND status IN ({}) ORDER BY sent_at",
+            sql_list(&purposes),
+            sql_list(&statuses)
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(phone.as_str())
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?)
     }
 }

@@ -5,13 +5,14 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{typed_column, ReferralRow, Store, StoreError};
+use super::{typed_column, ReferralRow, Store, StoreError, StoredName};
 use crate::domain::eligibility::TriggerKind;
 use crate::domain::funnel::{FunnelCounts, Period, Step, DAY_MS};
 use crate::domain::messaging::{MessagePurpose, MessageStatus};
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::reward::{Beneficiary, RewardKind, RewardState};
+use crate::domain::send_window::HoldReason;
 use crate::domain::state::{ConversionOutcome, ConversionSource, InviteState, Persisted, QueueState};
 
 /// One day of the funnel's daily chart (every day of the period, zero when quiet).
@@ -390,7 +391,7 @@ impl Store {
             ),
         });
         let messages = sqlx::query(
-            "SELECT purpose, status, error_code, error_title, created_at, updated_at FROM messages \
+            "SELECT purpose, status, error_code, error_title, created_at, updated_at, held_reason, held_until FROM messages \
              WHERE referral_id = $1 OR (invite_id = $2 AND referral_id IS NULL) ORDER BY id",
         )
         .bind(referral.id)
@@ -413,6 +414,18 @@ impl Store {
                 kind: "message",
                 what: format!("{purpose} message queued"),
             });
+            let held: Option<HoldReason> = typed_column::<StoredName, _>(m, "held_reason")?;
+            if let (Some(reason), Some(until)) = (held, m.try_get::<Option<i64>, _>("held_until")?) {
+                entries.push(TimelineEntry {
+                    at: m.try_get("created_at")?,
+                    kind: "message",
+                    what: format!(
+                        "{purpose} message {} until {}",
+                        reason.for_people(),
+                        crate::clock::for_people(until)
+                    ),
+                });
+            }
             entries.push(TimelineEntry {
                 at: m.try_get("updated_at")?,
                 kind: "message",

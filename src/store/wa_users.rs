@@ -7,6 +7,7 @@ use super::tx::Tx;
 use super::{Store, StoreError, StoredFlag};
 use crate::domain::messaging::OptOutSource;
 use crate::domain::phone::E164;
+use crate::domain::send_window::LocalZone;
 use crate::domain::state::Persisted;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +62,21 @@ async fn record_inbound_in<'e>(
 }
 
 impl Tx {
+    /// Records the number's time zone as its CRM contact gives it (the latest wins).
+    pub async fn record_time_zone(&mut self, phone: &E164, zone: &LocalZone) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        sqlx::query(
+            "INSERT INTO wa_users (phone, time_zone, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (phone) DO UPDATE SET time_zone = excluded.time_zone, updated_at = excluded.updated_at",
+        )
+        .bind(phone.as_str())
+        .bind(zone.name())
+        .bind(now)
+        .execute(self.write()?)
+        .await?;
+        Ok(())
+    }
+
     /// Notes an inbound message: it opens (or extends) the 24-hour service window.
     pub async fn record_inbound(&mut self, phone: &E164, at: i64) -> Result<(), StoreError> {
         let now = self.now_ms();

@@ -101,6 +101,9 @@ pub fn base_env(db_url: &str) -> Vec<(String, String)> {
         ("REFERLOOP_WORKER__POLL_INTERVAL_MS", "20"),
         // Meta's pair limit is tested on its own; elsewhere it would only slow the tests.
         ("REFERLOOP_WHATSAPP__PAIR_SPACING_MS", "0"),
+        // Quiet hours are tested on their own (tests/api/quiet_hours.rs); elsewhere the
+        // time of day the suite runs at would decide what is sent.
+        ("REFERLOOP_MESSAGING__SEND_WINDOW", "00:00-24:00"),
         ("REFERLOOP_LOG__LEVEL", "warn"),
         ("DATABASE_URL", db_url),
     ]
@@ -229,6 +232,7 @@ pub fn test_message(
         body: body.to_string(),
         run_at: referloop::clock::system_ms(),
         max_attempts: 3,
+        timing: purpose.timing(),
     }
 }
 

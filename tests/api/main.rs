@@ -28,6 +28,7 @@ mod metrics;
 mod outside;
 mod pacing;
 mod queue;
+mod quiet_hours;
 mod restart;
 mod reward_property;
 mod rewards;

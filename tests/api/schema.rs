@@ -364,6 +364,8 @@ fn expected_state_sets() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("wa_users_opted_out", BTreeSet::from(["1".to_string()])),
         // Free codes: `reward_id IS NULL` names no literal.
         ("reward_codes_free", BTreeSet::new()),
+        // Sent messages, which the frequency cap counts: `sent_at IS NOT NULL`.
+        ("messages_recipient_sent", BTreeSet::new()),
         ("inbox_events_state", names(QueueState::ALL)),
         ("jobs_state", names(QueueState::ALL)),
     ])
