@@ -149,6 +149,11 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         status: InviteState::Invited,
         code: Some(code.clone()),
     }));
+    let reminders = &s.settings.reminders;
+    if reminders.promoter {
+        let due = s.now_ms() + duration_ms(*reminders.promoter_after);
+        tx.enqueue(s.job_at(Job::PromoterReminder { invite_id: invite.id }, due));
+    }
     let committed = tx
         .commit(format!("invite {} queued with code {code}", invite.id))
         .await?;

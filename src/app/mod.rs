@@ -23,6 +23,7 @@ pub mod inbox;
 pub mod invite;
 pub mod nomination;
 pub mod opt_out;
+pub mod reminder;
 pub mod reward;
 pub mod transition;
 
@@ -182,7 +183,12 @@ impl Services {
 
     /// A job due now, with the configured attempts.
     pub fn job(&self, job: Job) -> NewJob {
-        NewJob::new(&job, self.max_attempts(), self.now_ms())
+        self.job_at(job, self.now_ms())
+    }
+
+    /// A job due at `run_at` (Unix ms), with the configured attempts.
+    pub fn job_at(&self, job: Job, run_at: i64) -> NewJob {
+        NewJob::new(&job, self.max_attempts(), run_at)
     }
 
     /// Attempts for the jobs the steps queue (from the retry schedule).

@@ -54,6 +54,7 @@ pub struct Settings {
     pub stripe: StripeSettings,
     pub programme: ProgrammeSettings,
     pub messaging: MessagingSettings,
+    pub reminders: ReminderSettings,
     pub hubspot_properties: HubSpotProperties,
     pub templates: TemplateSettings,
     pub api: ApiSettings,
@@ -360,6 +361,16 @@ pub struct MessagingSettings {
     pub max_marketing_per_contact_per_week: NonZeroU32,
 }
 
+/// The reminders referloop sends on its own, each with its kill switch.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReminderSettings {
+    /// Remind a promoter who neither tapped "Refer someone" nor nominated, once.
+    pub promoter: bool,
+    /// How long after the invite.
+    pub promoter_after: Parsed<Duration>,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProgrammeSettings {
@@ -442,6 +453,9 @@ pub struct TemplateSettings {
     pub thanks_body: Vec<TemplateParameter>,
     pub reward: String,
     pub reward_body: Vec<TemplateParameter>,
+    /// The promoter's reminder; its buttons are laid out as the invite's.
+    pub reminder: String,
+    pub reminder_body: Vec<TemplateParameter>,
 }
 
 /// A value a template body parameter can carry.

@@ -156,6 +156,14 @@ impl FromSetting for crate::domain::send_window::SendWindow {
     }
 }
 
+/// A duration written for people: `"3d"`, `"12h"`, `"5s"` (humantime's units).
+impl FromSetting for std::time::Duration {
+    fn from_setting(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text.trim())
+            .map_err(|e| format!("`{text}` is not a duration such as \"3d\", \"12h\" or \"5s\": {e}"))
+    }
+}
+
 /// A time zone's IANA name (`Europe/Berlin`).
 impl FromSetting for crate::domain::send_window::LocalZone {
     fn from_setting(text: &str) -> Result<Self, String> {

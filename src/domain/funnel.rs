@@ -30,6 +30,12 @@ pub struct FunnelCounts {
     pub held_quiet_hours: i64,
     /// Sends that waited for the weekly frequency cap (each counted once).
     pub held_frequency_cap: i64,
+    /// Promoters' reminders queued (at most one per invite).
+    pub reminded: i64,
+    /// Nominations from invites that had been reminded, made after the reminder.
+    pub nominated_after_reminder: i64,
+    /// Conversions of those nominations.
+    pub converted_after_reminder: i64,
 }
 
 /// A step of the funnel, as tallied when something first reaches it.
@@ -47,6 +53,12 @@ pub enum Step {
     HeldQuietHours,
     /// Not a step of the chain: a send of the cohort held by the frequency cap.
     HeldFrequencyCap,
+    /// Not a step of the chain: a promoter reminded.
+    Reminded,
+    /// Not a step of the chain: a nomination after a reminder.
+    NominatedAfterReminder,
+    /// Not a step of the chain: a conversion of a nomination after a reminder.
+    ConvertedAfterReminder,
 }
 
 persisted!(Step {
@@ -60,6 +72,9 @@ persisted!(Step {
     Rewarded => "rewarded",
     HeldQuietHours => "held_quiet_hours",
     HeldFrequencyCap => "held_frequency_cap",
+    Reminded => "reminded",
+    NominatedAfterReminder => "nominated_after_reminder",
+    ConvertedAfterReminder => "converted_after_reminder",
 });
 
 impl FunnelCounts {
@@ -76,6 +91,9 @@ impl FunnelCounts {
             Step::Rewarded => &mut self.rewarded,
             Step::HeldQuietHours => &mut self.held_quiet_hours,
             Step::HeldFrequencyCap => &mut self.held_frequency_cap,
+            Step::Reminded => &mut self.reminded,
+            Step::NominatedAfterReminder => &mut self.nominated_after_reminder,
+            Step::ConvertedAfterReminder => &mut self.converted_after_reminder,
         };
         *count += n;
     }

@@ -106,6 +106,8 @@ pub enum MessagePurpose {
     Reward,
     /// A reply inside the service window (opt-out acknowledgement, refusals).
     Reply,
+    /// `tmpl_referral_reminder` to a customer who did not act on the invite.
+    Reminder,
 }
 
 persisted!(MessagePurpose {
@@ -118,6 +120,7 @@ persisted!(MessagePurpose {
     Thanks => "thanks",
     Reward => "reward",
     Reply => "reply",
+    Reminder => "reminder",
 });
 
 /// Meta's `event` in a `message_template_status_update`, as recorded per template and

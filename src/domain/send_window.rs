@@ -36,9 +36,10 @@ impl MessagePurpose {
     /// an opt-out acknowledgement, the welcome of a friend who wrote first) go at once.
     pub fn timing(self) -> SendTiming {
         match self {
-            MessagePurpose::Invite | MessagePurpose::FriendInvite | MessagePurpose::ShareLink => {
-                SendTiming::RecipientDaytime
-            }
+            MessagePurpose::Invite
+            | MessagePurpose::FriendInvite
+            | MessagePurpose::ShareLink
+            | MessagePurpose::Reminder => SendTiming::RecipientDaytime,
             MessagePurpose::Flow
             | MessagePurpose::FriendWelcome
             | MessagePurpose::Refusal
@@ -50,7 +51,10 @@ impl MessagePurpose {
 
     /// Marketing templates, which the per-contact frequency cap counts.
     pub fn is_marketing_template(self) -> bool {
-        matches!(self, MessagePurpose::Invite | MessagePurpose::FriendInvite)
+        matches!(
+            self,
+            MessagePurpose::Invite | MessagePurpose::FriendInvite | MessagePurpose::Reminder
+        )
     }
 }
 
@@ -235,7 +239,7 @@ pub const CAP_PERIOD: Duration = Duration::from_secs(7 * 24 * 3600);
 /// send times (Unix ms) of the recipient's marketing templates in the last period,
 /// oldest first.
 pub fn cap_frees_at(sent: &[i64], cap: NonZeroU32, now: i64) -> Option<i64> {
-    let period = crate::clock::duration_ms(CAP_PERIOD);
+    let period = i64::try_from(CAP_PERIOD.as_millis()).unwrap_or(i64::MAX);
     let in_period: Vec<i64> = sent.iter().copied().filter(|at| *at > now - period).collect();
     let cap = cap.get() as usize;
     if in_period.len() < cap {

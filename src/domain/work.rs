@@ -57,6 +57,10 @@ pub enum Job {
     /// The referrer's counters from the ledger; `cause` names the change that asked.
     #[serde(rename = "hubspot.referrer_counters")]
     ReferrerCounters { contact_id: String, cause: String },
+    /// The promoter's reminder, due `reminders.promoter_after` after the invite; it does
+    /// nothing once the invite moved on (a tap, a nomination) or the number opted out.
+    #[serde(rename = "reminder.promoter")]
+    PromoterReminder { invite_id: i64 },
     /// A contact's credit property from the ledger.
     #[serde(rename = "hubspot.credit_total")]
     CreditTotal {
@@ -81,6 +85,7 @@ pub enum JobKind {
     LinkReferral,
     ReferrerCounters,
     CreditTotal,
+    PromoterReminder,
 }
 
 persisted!(JobKind {
@@ -96,6 +101,7 @@ persisted!(JobKind {
     LinkReferral => "hubspot.link_referral",
     ReferrerCounters => "hubspot.referrer_counters",
     CreditTotal => "hubspot.credit_total",
+    PromoterReminder => "reminder.promoter",
 });
 
 /// What a queue item is, decoded from its stored `kind` with its queue known (the two
@@ -165,6 +171,7 @@ impl Job {
             Job::LinkReferral { referral_id } => format!("hubspot.link:{referral_id}"),
             Job::ReferrerCounters { cause, .. } => format!("hubspot.counters:{cause}"),
             Job::CreditTotal { reward_id, .. } => format!("hubspot.credit:{reward_id}"),
+            Job::PromoterReminder { invite_id } => format!("reminder.promoter:{invite_id}"),
         }
     }
 
@@ -182,6 +189,7 @@ impl Job {
             Job::LinkReferral { .. } => JobKind::LinkReferral,
             Job::ReferrerCounters { .. } => JobKind::ReferrerCounters,
             Job::CreditTotal { .. } => JobKind::CreditTotal,
+            Job::PromoterReminder { .. } => JobKind::PromoterReminder,
         }
     }
 
@@ -248,6 +256,7 @@ mod tests {
                 contact_id: "90001".into(),
                 property: "referral_credit".into(),
             },
+            Job::PromoterReminder { invite_id: 13 },
         ]
     }
 

@@ -13,8 +13,9 @@ use serde::Serialize;
 use super::problem::{ApiPath, ApiQuery, Caller, Problem};
 use super::wire::{
     ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, FunnelAnswer, FunnelQuery, HeldAnswer,
-    LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage, RetryAnswer,
-    RewardAnswer, RewardSummaryAnswer, RewardsAnswer, StepAnswer, TimelineAnswer, TopReferrersAnswer,
+    LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage,
+    RemindersAnswer, RetryAnswer, RewardAnswer, RewardSummaryAnswer, RewardsAnswer, StepAnswer, TimelineAnswer,
+    TopReferrersAnswer,
 };
 use super::AppState;
 use crate::domain::access::Role;
@@ -58,6 +59,11 @@ pub async fn funnel(
         held: HeldAnswer {
             quiet_hours: counts.held_quiet_hours,
             frequency_cap: counts.held_frequency_cap,
+        },
+        reminders: RemindersAnswer {
+            reminded: counts.reminded,
+            nominated_after: counts.nominated_after_reminder,
+            converted_after: counts.converted_after_reminder,
         },
     }))
 }

@@ -541,6 +541,11 @@ pub async fn funnel(
                 "Sends held for quiet hours: " strong data-held="quiet_hours" { (counts.held_quiet_hours) }
                 "; held by the weekly frequency cap: " strong data-held="frequency_cap" { (counts.held_frequency_cap) }
             }
+            p {
+                "Promoters reminded: " strong data-reminders="reminded" { (counts.reminded) }
+                "; nominations after a reminder: " strong data-reminders="nominated_after" { (counts.nominated_after_reminder) }
+                "; conversions of those: " strong data-reminders="converted_after" { (counts.converted_after_reminder) }
+            }
             h3 { "Triggers per day" }
             (daily_chart(&daily))
         }

@@ -425,6 +425,19 @@ pub struct FunnelAnswer {
     pub steps: Vec<StepAnswer>,
     pub days: Vec<FunnelDay>,
     pub held: HeldAnswer,
+    pub reminders: RemindersAnswer,
+}
+
+/// The promoters' reminders of the cohort, and what came after them.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RemindersAnswer {
+    /// Reminders queued (at most one per invite; one skipped for the frequency cap or an
+    /// opt-out is not counted).
+    pub reminded: i64,
+    /// Nominations made after a reminder, from the reminded invites.
+    pub nominated_after: i64,
+    /// Conversions of those nominations.
+    pub converted_after: i64,
 }
 
 /// Sends of the cohort that waited without using an attempt, each counted once per reason.

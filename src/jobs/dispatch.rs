@@ -5,7 +5,7 @@
 
 use crate::app::conversion;
 use crate::app::inbox::InboundEvent;
-use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reward};
+use crate::app::{crm, delivery, friend, invite, nomination, opt_out, reminder, reward};
 use crate::app::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::messaging::OptOutSource;
 use crate::domain::work::{ItemKind, Job};
@@ -82,6 +82,7 @@ pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResu
         Job::CreditTotal {
             contact_id, property, ..
         } => crm::credit_total(s, work, &contact_id, &property).await,
+        Job::PromoterReminder { invite_id } => reminder::promoter(s, work, invite_id).await,
     }
 }
 

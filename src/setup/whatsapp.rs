@@ -14,7 +14,7 @@ use crate::integrations::whatsapp::WhatsAppClient;
 use crate::whatsapp::render;
 
 /// The templates, each as (the name configured for it, its file in `templates/`).
-fn templates(settings: &Settings) -> [(String, &'static str); 5] {
+fn templates(settings: &Settings) -> [(String, &'static str); 6] {
     let t = &settings.templates;
     [
         (t.invite.clone(), "tmpl_referral_invite"),
@@ -22,12 +22,13 @@ fn templates(settings: &Settings) -> [(String, &'static str); 5] {
         (t.friend_invite.clone(), "tmpl_referral_friend_invite"),
         (t.thanks.clone(), "tmpl_referral_thanks"),
         (t.reward.clone(), "tmpl_referral_reward"),
+        (t.reminder.clone(), "tmpl_referral_reminder"),
     ]
 }
 
 /// Every built-in template definition: (file name, language, JSON). The en_US files have
 /// no language in their name.
-const DEFINITIONS: [(&str, &str, &str); 25] = [
+const DEFINITIONS: [(&str, &str, &str); 30] = [
     (
         "tmpl_referral_invite",
         "en_US",
@@ -152,6 +153,31 @@ const DEFINITIONS: [(&str, &str, &str); 25] = [
         "tmpl_referral_reward",
         "de",
         include_str!("../../templates/tmpl_referral_reward.de.json"),
+    ),
+    (
+        "tmpl_referral_reminder",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_reminder.json"),
+    ),
+    (
+        "tmpl_referral_reminder",
+        "es",
+        include_str!("../../templates/tmpl_referral_reminder.es.json"),
+    ),
+    (
+        "tmpl_referral_reminder",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_reminder.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_reminder",
+        "fr",
+        include_str!("../../templates/tmpl_referral_reminder.fr.json"),
+    ),
+    (
+        "tmpl_referral_reminder",
+        "de",
+        include_str!("../../templates/tmpl_referral_reminder.de.json"),
     ),
 ];
 

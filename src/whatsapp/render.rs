@@ -139,6 +139,25 @@ pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &
     })
 }
 
+/// `tmpl_referral_reminder`: the invite again, in other words, with its buttons.
+pub fn reminder(settings: &Settings, to: &str, language: &str, name: &str, code: &str, invite_id: i64) -> Value {
+    let t = &settings.templates;
+    let first = name_or(name, &settings.catalogues.get(language).replies.unknown_name);
+    let values = Params::recipient(&first, code);
+    template(Template {
+        to,
+        name: &t.reminder,
+        language,
+        body_params: params(&t.reminder_body, &values),
+        copy_code: Some((t.invite_copy_code_button, code)),
+        quick_replies: vec![
+            (t.invite_refer_button, format!("refer:{invite_id}")),
+            (t.invite_stop_button, "stop".into()),
+        ],
+        flow_button: None,
+    })
+}
+
 /// `tmpl_referral_flow`: the nomination Flow as a template (outside any window).
 pub fn flow_template(settings: &Settings, to: &str, language: &str, name: &str, code: &str, token: &str) -> Value {
     let t = &settings.templates;

@@ -17,12 +17,13 @@ use crate::helpers::*;
 use crate::setup::Properties;
 
 const WABA: &str = "100000000000101";
-const TEMPLATES: [&str; 5] = [
+const TEMPLATES: [&str; 6] = [
     "tmpl_referral_invite",
     "tmpl_referral_flow",
     "tmpl_referral_friend_invite",
     "tmpl_referral_thanks",
     "tmpl_referral_reward",
+    "tmpl_referral_reminder",
 ];
 
 struct Account {

@@ -127,12 +127,19 @@ async fn settle_delivering(lc: &Lifecycle, refused: Option<&str>) {
     }
 }
 
+/// Every item ended, but for those scheduled for days ahead (a promoter's reminder).
 async fn idle(lc: &Lifecycle) -> bool {
+    let later = lc.app.store.now_ms() + 60_000;
     for queue in [Queue::Inbox, Queue::Jobs] {
         let Ok(items) = lc.app.store.list(queue, None, 10_000).await else {
             return false;
         };
-        if items.iter().any(|i| !matches!(i.state.as_str(), "done" | "dead")) {
+        let open = |i: &&referloop::store::QueueRow| {
+            let ended = matches!(i.state.as_str(), "done" | "dead");
+            let scheduled_later = i.state.as_str() == "queued" && i.run_at > later;
+            !(ended || scheduled_later)
+        };
+        if items.iter().any(|i| open(&i)) {
             return false;
         }
     }

@@ -29,6 +29,7 @@ mod outside;
 mod pacing;
 mod queue;
 mod quiet_hours;
+mod reminders;
 mod restart;
 mod reward_property;
 mod rewards;

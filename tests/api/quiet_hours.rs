@@ -203,6 +203,9 @@ async fn quiet_hours_hold_until_the_recipients_window_opens(backend: Backend) {
 async fn the_weekly_cap_holds_a_marketing_template_over_it(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
         set_env(env, "REFERLOOP_MESSAGING__MAX_MARKETING_PER_CONTACT_PER_WEEK", "1");
+        // The week this test waits through would bring the promoters' reminders (tested
+        // with the cap in tests/api/reminders.rs).
+        set_env(env, "REFERLOOP_REMINDERS__PROMOTER", "false");
     })
     .await;
     // Two contacts share one number: the second invite is a second marketing template to

@@ -34,18 +34,22 @@ async fn sandbox_carries_a_referral_to_the_invited_friend(backend: Backend) {
         eventually(std::time::Duration::from_secs(15), || {
             let store = store.clone();
             async move {
-                let inbox = store
-                    .count_by_state(referloop::store::Queue::Inbox)
-                    .await
-                    .unwrap_or_default();
-                let jobs = store
-                    .count_by_state(referloop::store::Queue::Jobs)
-                    .await
-                    .unwrap_or_default();
-                inbox
-                    .iter()
-                    .chain(jobs.iter())
-                    .all(|(s, n)| *n == 0 || s.as_str() == "done")
+                // Settled: nothing running or due within a minute (a promoter's reminder
+                // waits days), and nothing failed.
+                let now = store.now_ms();
+                let mut settled = true;
+                for queue in [referloop::store::Queue::Inbox, referloop::store::Queue::Jobs] {
+                    let counts = store.count_by_state(queue).await.unwrap_or_default();
+                    let failed = counts
+                        .iter()
+                        .any(|(s, n)| *n > 0 && matches!(s.as_str(), "failed" | "dead"));
+                    settled &= !failed
+                        && store
+                            .outlook(queue, now)
+                            .await
+                            .is_ok_and(|o| o.busy == 0 && o.next_run_at.is_none_or(|at| at > now + 60_000));
+                }
+                settled
             }
         })
         .await

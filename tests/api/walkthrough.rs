@@ -61,4 +61,9 @@ fn the_readme_walk_through_works_as_pasted() {
     assert!(output.status.success(), "the walk-through failed:\n{said}");
     assert!(said.contains("converted"), "the referral converted:\n{said}");
     assert_eq!(said.matches(" issued ").count(), 2, "both rewards issued:\n{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.contains("reminder") && l.contains("+44******3458") && l.contains("accepted")),
+        "Ben was reminded:\n{said}"
+    );
 }

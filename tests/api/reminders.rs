@@ -1,0 +1,237 @@
+//! The promoter's reminder, end to end on both stores with the app's controlled clock:
+//! sent once, `reminders.promoter_after` after an invite nobody acted on; cancelled by a
+//! tap (and so by the nomination after it) or an opt-out, also when the tap arrives while
+//! the reminder is due; counted in the funnel with the nominations that came after it.
+
+use std::time::Duration;
+
+use referloop::domain::funnel::Period;
+use referloop::domain::messaging::{MessagePurpose, MessageStatus};
+use referloop::domain::state::QueueState;
+use referloop::domain::work::{ItemKind, JobKind};
+use referloop::store::{Backend, Queue, QueueRow};
+use serde_json::{json, Value};
+
+use crate::both_backends;
+use crate::fakes::*;
+use crate::helpers::*;
+
+const THREE_DAYS: Duration = Duration::from_secs(3 * 86_400);
+
+async fn trigger(lc: &Lifecycle, contact: &str, phone: &str) {
+    let body = json!({"hs_object_id": contact, "firstname": "Ana", "mobilephone": phone,
+                      "hs_feedback_last_nps_rating": "10"});
+    assert_eq!(lc.trigger("trigger=nps", body).await, 200);
+}
+
+async fn reminders_to(lc: &Lifecycle, phone: &str) -> Vec<Value> {
+    let digits = phone.trim_start_matches('+');
+    lc.sent_of("tmpl_referral_reminder")
+        .await
+        .into_iter()
+        .filter(|body| body["to"].as_str().map(|to| to.trim_start_matches('+')) == Some(digits))
+        .collect()
+}
+
+async fn invite_of(lc: &Lifecycle, phone: &str) -> i64 {
+    lc.app
+        .store
+        .list_invites(50)
+        .await
+        .expect("invites")
+        .into_iter()
+        .find(|i| i.phone.as_ref().map(|p| p.as_str()) == Some(phone))
+        .map(|i| i.id)
+        .expect("an invite")
+}
+
+async fn reminder_job(lc: &Lifecycle, invite_id: i64) -> QueueRow {
+    lc.app
+        .store
+        .list(Queue::Jobs, None, 200)
+        .await
+        .expect("jobs")
+        .into_iter()
+        .find(|j| {
+            j.kind == ItemKind::Job(JobKind::PromoterReminder) && j.key == format!("reminder.promoter:{invite_id}")
+        })
+        .expect("the reminder's job")
+}
+
+fn funnel_now(lc: &Lifecycle) -> Period {
+    Period::last_days(30, lc.app.store.now_ms()).expect("a period")
+}
+
+async fn a_promoter_who_does_nothing_is_reminded_once(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    trigger(&lc, "93001", REFERRER_PHONE).await;
+    lc.settle().await;
+    assert_eq!(lc.sent_of("tmpl_referral_invite").await.len(), 1);
+    // A day before it is due: nothing.
+    lc.app.store.clock().advance(THREE_DAYS - Duration::from_secs(86_400));
+    lc.settle().await;
+    assert!(reminders_to(&lc, REFERRER_PHONE).await.is_empty());
+    // Due: one reminder, with the code and a "Refer someone" button for the invite.
+    lc.app.store.clock().advance(Duration::from_secs(86_400 + 1));
+    lc.settle().await;
+    let invite_id = invite_of(&lc, REFERRER_PHONE).await;
+    let sent = reminders_to(&lc, REFERRER_PHONE).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let components = sent[0]["template"]["components"].to_string();
+    assert!(components.contains(&format!("refer:{invite_id}")), "{components}");
+    // Never a second one.
+    lc.app.store.clock().advance(THREE_DAYS * 3);
+    lc.settle().await;
+    assert_eq!(reminders_to(&lc, REFERRER_PHONE).await.len(), 1);
+
+    // The reminder's "Refer someone" opens the Flow; the nomination counts as one after a
+    // reminder.
+    assert_eq!(
+        lc.inbound(refer_tap(REFERRER_PHONE, "wamid.RTAP", invite_id)).await,
+        200
+    );
+    lc.settle().await;
+    let flows = lc.sent_of("interactive").await;
+    let token = flows[0]["interactive"]["action"]["parameters"]["flow_token"]
+        .as_str()
+        .expect("a token");
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.RR1",
+        "x",
+        crate::lifecycle::nomination(Some(token), FRIEND_PHONE, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+    let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
+    assert_eq!((counts.reminded, counts.nominated_after_reminder), (1, 1));
+    let answer: Value = lc
+        .app
+        .client
+        .get(lc.app.url("/api/v1/funnel?days=30"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        answer["reminders"],
+        json!({"reminded": 1, "nominated_after": 1, "converted_after": 0})
+    );
+    lc.shutdown().await;
+}
+
+async fn a_tap_or_an_opt_out_cancels_the_reminder(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let stopper = "+447911123460";
+    trigger(&lc, "93101", REFERRER_PHONE).await;
+    trigger(&lc, "93102", stopper).await;
+    lc.settle().await;
+    let tapped = invite_of(&lc, REFERRER_PHONE).await;
+    let stopped = invite_of(&lc, stopper).await;
+    assert_eq!(lc.inbound(refer_tap(REFERRER_PHONE, "wamid.CTAP", tapped)).await, 200);
+    assert_eq!(lc.inbound(text_message(stopper, "wamid.CSTOP", "STOP")).await, 200);
+    lc.settle().await;
+    // The tap ended the reminder's job at once; the opt-out leaves it to find out.
+    let job = reminder_job(&lc, tapped).await;
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(job.note.as_deref(), Some("cancelled: the customer is flow_sent now"));
+    lc.app.store.clock().advance(THREE_DAYS + Duration::from_secs(1));
+    lc.settle().await;
+    assert!(reminders_to(&lc, REFERRER_PHONE).await.is_empty());
+    assert!(reminders_to(&lc, stopper).await.is_empty());
+    let job = reminder_job(&lc, stopped).await;
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(job.note.as_deref(), Some("cancelled: the customer opted out"));
+    let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
+    assert_eq!(counts.reminded, 0);
+    lc.shutdown().await;
+}
+
+async fn a_reminder_over_the_weekly_cap_is_skipped_not_held(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_MESSAGING__MAX_MARKETING_PER_CONTACT_PER_WEEK", "1");
+    })
+    .await;
+    trigger(&lc, "93301", REFERRER_PHONE).await;
+    lc.settle().await;
+    lc.app.store.clock().advance(THREE_DAYS + Duration::from_secs(1));
+    lc.settle().await;
+    assert!(reminders_to(&lc, REFERRER_PHONE).await.is_empty());
+    let job = reminder_job(&lc, invite_of(&lc, REFERRER_PHONE).await).await;
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(
+        job.note.as_deref(),
+        Some("skipped: 1 marketing templates in the last seven days")
+    );
+    let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
+    assert_eq!((counts.reminded, counts.held_frequency_cap), (0, 0));
+    lc.shutdown().await;
+}
+
+/// Taps arriving while their reminders fall due, for several customers at once: whichever
+/// commits first, each reminder job ends done, a reminder still queued when its tap
+/// commits is never sent, and none is sent twice.
+async fn a_tap_racing_the_due_reminder_sends_one_at_most(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_WORKER__JOB_CONCURRENCY", "4");
+        set_env(env, "REFERLOOP_WORKER__INBOX_CONCURRENCY", "3");
+    })
+    .await;
+    let phones: Vec<String> = (0..6).map(|n| format!("+4479111235{n:02}")).collect();
+    for (n, phone) in phones.iter().enumerate() {
+        trigger(&lc, &format!("9320{n}"), phone).await;
+    }
+    lc.settle().await;
+    let mut invites = Vec::new();
+    for phone in &phones {
+        invites.push(invite_of(&lc, phone).await);
+    }
+    lc.app.store.clock().advance(THREE_DAYS + Duration::from_secs(1));
+    // All the taps in one webhook (Meta batches), handled by three inbox loops while four
+    // job loops run the reminders that just fell due.
+    let taps: Vec<Value> = phones
+        .iter()
+        .zip(&invites)
+        .enumerate()
+        .map(|(n, (phone, invite))| refer_tap(phone, &format!("wamid.RACE{n}"), *invite))
+        .collect();
+    assert_eq!(lc.whatsapp("messages", json!({"messages": taps})).await, 200);
+    lc.settle().await;
+    let messages = lc.app.store.list_messages(200).await.expect("messages");
+    for (phone, invite) in phones.iter().zip(&invites) {
+        let reminders: Vec<_> = messages
+            .iter()
+            .filter(|m| m.purpose == MessagePurpose::Reminder && m.invite_id == Some(*invite))
+            .collect();
+        assert!(reminders.len() <= 1, "{reminders:?}");
+        let sent = reminders_to(&lc, phone).await.len();
+        match reminders.first() {
+            None => assert_eq!(sent, 0),
+            Some(m) if m.status == MessageStatus::Suppressed => assert_eq!(sent, 0, "{m:?}"),
+            Some(m) => {
+                assert_eq!(sent, 1, "{m:?}");
+                assert!(m.wamid.is_some(), "{m:?}");
+            }
+        }
+        let job = reminder_job(&lc, *invite).await;
+        assert_eq!(job.state, QueueState::Done, "{job:?}");
+    }
+    let dead = lc
+        .app
+        .store
+        .list(Queue::Jobs, Some(QueueState::Dead), 50)
+        .await
+        .expect("jobs");
+    assert!(dead.is_empty(), "{dead:?}");
+    lc.shutdown().await;
+}
+
+both_backends!(
+    a_promoter_who_does_nothing_is_reminded_once,
+    a_tap_or_an_opt_out_cancels_the_reminder,
+    a_reminder_over_the_weekly_cap_is_skipped_not_held,
+    a_tap_racing_the_due_reminder_sends_one_at_most,
+);
