@@ -40,6 +40,7 @@ pub struct ReplyTexts {
     pub share_link: String,
     pub share_prefill: String,
     pub friend_welcome: String,
+    pub friend_reminder: String,
     pub opt_out_ack: String,
     pub default_personal_message: String,
     pub unknown_name: String,

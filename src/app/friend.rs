@@ -26,6 +26,18 @@ pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> Step
         ..EventContext::default()
     };
     let applied = transition::apply(s, &mut tx, referral.id, &ReferralEvent::FriendArrived, ctx).await?;
+    // The friend opened a 24-hour window: one reminder may go inside it (keyed by the
+    // referral, so once however often they write).
+    let reminders = &s.settings.reminders;
+    if reminders.friend {
+        let due = s.now_ms() + crate::clock::duration_ms(*reminders.friend_reminder_after);
+        tx.enqueue(s.job_at(
+            Job::FriendReminder {
+                referral_id: referral.id,
+            },
+            due,
+        ));
+    }
     let note = format!("friend arrived for referral {} ({applied})", referral.id);
     Ok(tx.commit(note).await?.into())
 }

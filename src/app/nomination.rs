@@ -103,6 +103,15 @@ pub async fn on_flow_reply(
                 code: None,
             }));
             tx.advance_invite(invite.id, InviteState::Nominated).await?;
+            let reminders = &s.settings.reminders;
+            if reminders.nudge {
+                let due = s.now_ms() + crate::clock::duration_ms(*reminders.friend_after);
+                let nudge = Job::ReferrerNudge {
+                    referral_id: id,
+                    business_number: message.business_number.clone(),
+                };
+                tx.enqueue(s.job_at(nudge, due));
+            }
             tracing::info!(referral_id = id, friend = %mask_phone(nomination.friend_phone.as_str()), "friend nominated");
             format!("referral {id} nominated")
         }

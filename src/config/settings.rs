@@ -369,6 +369,14 @@ pub struct ReminderSettings {
     pub promoter: bool,
     /// How long after the invite.
     pub promoter_after: Parsed<Duration>,
+    /// Nudge the referrer, once, about a nominated friend who has not converted.
+    pub nudge: bool,
+    /// How long after the nomination.
+    pub friend_after: Parsed<Duration>,
+    /// Remind a friend who wrote to us, once, inside the window they opened.
+    pub friend: bool,
+    /// How long after the friend's message.
+    pub friend_reminder_after: Parsed<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -456,6 +464,10 @@ pub struct TemplateSettings {
     /// The promoter's reminder; its buttons are laid out as the invite's.
     pub reminder: String,
     pub reminder_body: Vec<TemplateParameter>,
+    /// The referrer's nudge about a friend who has not converted.
+    pub nudge: String,
+    pub nudge_body: Vec<TemplateParameter>,
+    pub nudge_stop_button: u8,
 }
 
 /// A value a template body parameter can carry.
@@ -468,16 +480,19 @@ pub enum TemplateParameter {
     ReferrerName,
     PersonalMessage,
     Reward,
+    /// The click-to-chat link with the referral code in its text (the referrer's nudge).
+    ShareLink,
 }
 
 impl TemplateParameter {
-    pub const ALL: [TemplateParameter; 6] = [
+    pub const ALL: [TemplateParameter; 7] = [
         TemplateParameter::FirstName,
         TemplateParameter::Code,
         TemplateParameter::FriendName,
         TemplateParameter::ReferrerName,
         TemplateParameter::PersonalMessage,
         TemplateParameter::Reward,
+        TemplateParameter::ShareLink,
     ];
 }
 

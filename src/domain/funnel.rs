@@ -36,6 +36,12 @@ pub struct FunnelCounts {
     pub nominated_after_reminder: i64,
     /// Conversions of those nominations.
     pub converted_after_reminder: i64,
+    /// Referrers nudged about a friend who had not converted (at most one per referral).
+    pub nudged: i64,
+    /// Nudged referrals that converted after the nudge.
+    pub converted_after_nudge: i64,
+    /// Friends reminded inside the window they opened (at most one per referral).
+    pub friend_reminded: i64,
 }
 
 /// A step of the funnel, as tallied when something first reaches it.
@@ -59,6 +65,12 @@ pub enum Step {
     NominatedAfterReminder,
     /// Not a step of the chain: a conversion of a nomination after a reminder.
     ConvertedAfterReminder,
+    /// Not a step of the chain: a referrer nudged.
+    Nudged,
+    /// Not a step of the chain: a nudged referral converted.
+    ConvertedAfterNudge,
+    /// Not a step of the chain: a friend reminded.
+    FriendReminded,
 }
 
 persisted!(Step {
@@ -75,6 +87,9 @@ persisted!(Step {
     Reminded => "reminded",
     NominatedAfterReminder => "nominated_after_reminder",
     ConvertedAfterReminder => "converted_after_reminder",
+    Nudged => "nudged",
+    ConvertedAfterNudge => "converted_after_nudge",
+    FriendReminded => "friend_reminded",
 });
 
 impl FunnelCounts {
@@ -94,6 +109,9 @@ impl FunnelCounts {
             Step::Reminded => &mut self.reminded,
             Step::NominatedAfterReminder => &mut self.nominated_after_reminder,
             Step::ConvertedAfterReminder => &mut self.converted_after_reminder,
+            Step::Nudged => &mut self.nudged,
+            Step::ConvertedAfterNudge => &mut self.converted_after_nudge,
+            Step::FriendReminded => &mut self.friend_reminded,
         };
         *count += n;
     }

@@ -108,6 +108,10 @@ pub enum MessagePurpose {
     Reply,
     /// `tmpl_referral_reminder` to a customer who did not act on the invite.
     Reminder,
+    /// `tmpl_referral_nudge` to a referrer whose friend has not converted.
+    Nudge,
+    /// A free-form reminder to a friend, inside the window their message opened.
+    FriendReminder,
 }
 
 persisted!(MessagePurpose {
@@ -121,6 +125,8 @@ persisted!(MessagePurpose {
     Reward => "reward",
     Reply => "reply",
     Reminder => "reminder",
+    Nudge => "nudge",
+    FriendReminder => "friend_reminder",
 });
 
 /// Meta's `event` in a `message_template_status_update`, as recorded per template and

@@ -71,6 +71,12 @@ persisted!(ReferralState {
 });
 
 impl ReferralState {
+    /// States after which the referrer's nudge and the friend's reminder are pointless:
+    /// the friend bought, or the referral was refused or expired.
+    pub fn ends_nudging(self) -> bool {
+        matches!(self, Self::Converted | Self::Refused | Self::Expired)
+    }
+
     /// Still occupying the friend's number (blocks other nominations of it, counts
     /// against `programme.max_open_referrals`). The migrations' partial unique index
     /// `referrals_open_friend` lists the same states.

@@ -39,7 +39,9 @@ impl MessagePurpose {
             MessagePurpose::Invite
             | MessagePurpose::FriendInvite
             | MessagePurpose::ShareLink
-            | MessagePurpose::Reminder => SendTiming::RecipientDaytime,
+            | MessagePurpose::Reminder
+            | MessagePurpose::Nudge
+            | MessagePurpose::FriendReminder => SendTiming::RecipientDaytime,
             MessagePurpose::Flow
             | MessagePurpose::FriendWelcome
             | MessagePurpose::Refusal
@@ -53,7 +55,7 @@ impl MessagePurpose {
     pub fn is_marketing_template(self) -> bool {
         matches!(
             self,
-            MessagePurpose::Invite | MessagePurpose::FriendInvite | MessagePurpose::Reminder
+            MessagePurpose::Invite | MessagePurpose::FriendInvite | MessagePurpose::Reminder | MessagePurpose::Nudge
         )
     }
 }

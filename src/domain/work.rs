@@ -61,6 +61,16 @@ pub enum Job {
     /// nothing once the invite moved on (a tap, a nomination) or the number opted out.
     #[serde(rename = "reminder.promoter")]
     PromoterReminder { invite_id: i64 },
+    /// The referrer's nudge, due `reminders.friend_after` after the nomination; it does
+    /// nothing once the referral converted, was refused or expired. The business number
+    /// is the one the nomination came to (for the share link).
+    #[serde(rename = "reminder.nudge")]
+    ReferrerNudge { referral_id: i64, business_number: String },
+    /// The friend's reminder, due `reminders.friend_reminder_after` after they wrote; it
+    /// does nothing once the referral converted, was refused or expired, or the window
+    /// their message opened has closed.
+    #[serde(rename = "reminder.friend")]
+    FriendReminder { referral_id: i64 },
     /// A contact's credit property from the ledger.
     #[serde(rename = "hubspot.credit_total")]
     CreditTotal {
@@ -86,6 +96,8 @@ pub enum JobKind {
     ReferrerCounters,
     CreditTotal,
     PromoterReminder,
+    ReferrerNudge,
+    FriendReminder,
 }
 
 persisted!(JobKind {
@@ -102,6 +114,8 @@ persisted!(JobKind {
     ReferrerCounters => "hubspot.referrer_counters",
     CreditTotal => "hubspot.credit_total",
     PromoterReminder => "reminder.promoter",
+    ReferrerNudge => "reminder.nudge",
+    FriendReminder => "reminder.friend",
 });
 
 /// What a queue item is, decoded from its stored `kind` with its queue known (the two
@@ -172,6 +186,8 @@ impl Job {
             Job::ReferrerCounters { cause, .. } => format!("hubspot.counters:{cause}"),
             Job::CreditTotal { reward_id, .. } => format!("hubspot.credit:{reward_id}"),
             Job::PromoterReminder { invite_id } => format!("reminder.promoter:{invite_id}"),
+            Job::ReferrerNudge { referral_id, .. } => format!("reminder.nudge:{referral_id}"),
+            Job::FriendReminder { referral_id } => format!("reminder.friend:{referral_id}"),
         }
     }
 
@@ -190,6 +206,8 @@ impl Job {
             Job::ReferrerCounters { .. } => JobKind::ReferrerCounters,
             Job::CreditTotal { .. } => JobKind::CreditTotal,
             Job::PromoterReminder { .. } => JobKind::PromoterReminder,
+            Job::ReferrerNudge { .. } => JobKind::ReferrerNudge,
+            Job::FriendReminder { .. } => JobKind::FriendReminder,
         }
     }
 
@@ -257,6 +275,11 @@ mod tests {
                 property: "referral_credit".into(),
             },
             Job::PromoterReminder { invite_id: 13 },
+            Job::ReferrerNudge {
+                referral_id: 14,
+                business_number: "15550001234".into(),
+            },
+            Job::FriendReminder { referral_id: 15 },
         ]
     }
 

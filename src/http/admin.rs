@@ -64,6 +64,9 @@ pub async fn funnel(
             reminded: counts.reminded,
             nominated_after: counts.nominated_after_reminder,
             converted_after: counts.converted_after_reminder,
+            nudged: counts.nudged,
+            converted_after_nudge: counts.converted_after_nudge,
+            friend_reminded: counts.friend_reminded,
         },
     }))
 }

@@ -546,6 +546,11 @@ pub async fn funnel(
                 "; nominations after a reminder: " strong data-reminders="nominated_after" { (counts.nominated_after_reminder) }
                 "; conversions of those: " strong data-reminders="converted_after" { (counts.converted_after_reminder) }
             }
+            p {
+                "Referrers nudged about a friend: " strong data-reminders="nudged" { (counts.nudged) }
+                "; of those referrals, converted since: " strong data-reminders="converted_after_nudge" { (counts.converted_after_nudge) }
+                "; friends reminded inside their window: " strong data-reminders="friend_reminded" { (counts.friend_reminded) }
+            }
             h3 { "Triggers per day" }
             (daily_chart(&daily))
         }

@@ -438,6 +438,12 @@ pub struct RemindersAnswer {
     pub nominated_after: i64,
     /// Conversions of those nominations.
     pub converted_after: i64,
+    /// Referrers nudged about a friend who had not converted.
+    pub nudged: i64,
+    /// Nudged referrals that converted after the nudge.
+    pub converted_after_nudge: i64,
+    /// Friends reminded inside the window they opened.
+    pub friend_reminded: i64,
 }
 
 /// Sends of the cohort that waited without using an attempt, each counted once per reason.

@@ -83,6 +83,11 @@ pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResu
             contact_id, property, ..
         } => crm::credit_total(s, work, &contact_id, &property).await,
         Job::PromoterReminder { invite_id } => reminder::promoter(s, work, invite_id).await,
+        Job::ReferrerNudge {
+            referral_id,
+            business_number,
+        } => reminder::nudge(s, work, referral_id, &business_number).await,
+        Job::FriendReminder { referral_id } => reminder::friend(s, work, referral_id).await,
     }
 }
 

@@ -345,7 +345,15 @@ async fn whatsapp(s: &Services, d: &mut Diagnosis) {
     }
     flow_endpoint_key(s, d).await;
     let t = &s.settings.templates;
-    for name in [&t.invite, &t.flow, &t.friend_invite, &t.thanks, &t.reward, &t.reminder] {
+    for name in [
+        &t.invite,
+        &t.flow,
+        &t.friend_invite,
+        &t.thanks,
+        &t.reward,
+        &t.reminder,
+        &t.nudge,
+    ] {
         let path = format!(
             "/{waba}/message_templates?name={}&fields=name,language,status,category,rejected_reason",
             path_segment(name)

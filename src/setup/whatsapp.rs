@@ -14,7 +14,7 @@ use crate::integrations::whatsapp::WhatsAppClient;
 use crate::whatsapp::render;
 
 /// The templates, each as (the name configured for it, its file in `templates/`).
-fn templates(settings: &Settings) -> [(String, &'static str); 6] {
+fn templates(settings: &Settings) -> [(String, &'static str); 7] {
     let t = &settings.templates;
     [
         (t.invite.clone(), "tmpl_referral_invite"),
@@ -23,12 +23,13 @@ fn templates(settings: &Settings) -> [(String, &'static str); 6] {
         (t.thanks.clone(), "tmpl_referral_thanks"),
         (t.reward.clone(), "tmpl_referral_reward"),
         (t.reminder.clone(), "tmpl_referral_reminder"),
+        (t.nudge.clone(), "tmpl_referral_nudge"),
     ]
 }
 
 /// Every built-in template definition: (file name, language, JSON). The en_US files have
 /// no language in their name.
-const DEFINITIONS: [(&str, &str, &str); 30] = [
+const DEFINITIONS: [(&str, &str, &str); 35] = [
     (
         "tmpl_referral_invite",
         "en_US",
@@ -178,6 +179,31 @@ const DEFINITIONS: [(&str, &str, &str); 30] = [
         "tmpl_referral_reminder",
         "de",
         include_str!("../../templates/tmpl_referral_reminder.de.json"),
+    ),
+    (
+        "tmpl_referral_nudge",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_nudge.json"),
+    ),
+    (
+        "tmpl_referral_nudge",
+        "es",
+        include_str!("../../templates/tmpl_referral_nudge.es.json"),
+    ),
+    (
+        "tmpl_referral_nudge",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_nudge.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_nudge",
+        "fr",
+        include_str!("../../templates/tmpl_referral_nudge.fr.json"),
+    ),
+    (
+        "tmpl_referral_nudge",
+        "de",
+        include_str!("../../templates/tmpl_referral_nudge.de.json"),
     ),
 ];
 

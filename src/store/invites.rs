@@ -8,9 +8,8 @@ use super::tx::{TallyKey, Tx};
 use super::{row_where, Store, StoreError, StoredName, StoredPhone};
 use crate::domain::eligibility::{IneligibleReason, TriggerKind};
 use crate::domain::funnel::{invite_steps, Step};
-use crate::domain::messaging::MessageStatus;
 use crate::domain::phone::E164;
-use crate::domain::state::{sql_list, InviteState, Persisted, QueueState};
+use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -191,35 +190,11 @@ impl Tx {
         Ok(())
     }
 
-    /// A customer who acted on the invite needs no reminder: its job, if still waiting,
-    /// ends (done, saying why), and its message, if queued and not yet handed to Meta, is
-    /// suppressed. A job already running decides on the invite it reads locked, after this.
+    /// A customer who acted on the invite needs no reminder.
     async fn cancel_promoter_reminder(&mut self, id: i64, to: InviteState) -> Result<(), StoreError> {
-        let now = self.now_ms();
         let why = format!("cancelled: the customer is {} now", to.as_str());
-        let sql = format!(
-            "UPDATE jobs SET state = '{}', note = $1, finished_at = $2 WHERE idempotency_key = $3 AND state IN ({})",
-            QueueState::Done.as_str(),
-            sql_list(QueueState::WAITING)
-        );
-        sqlx::query(&sql)
-            .bind(&why)
-            .bind(now)
-            .bind(Job::PromoterReminder { invite_id: id }.idempotency_key())
-            .execute(self.write()?)
-            .await?;
-        sqlx::query(
-            "UPDATE messages SET status = $1, error_title = $2, updated_at = $3 \
-             WHERE idempotency_key = $4 AND status = $5",
-        )
-        .bind(MessageStatus::Suppressed.as_str())
-        .bind(&why)
-        .bind(now)
-        .bind(format!("reminder:{id}"))
-        .bind(MessageStatus::Queued.as_str())
-        .execute(self.write()?)
-        .await?;
-        Ok(())
+        let job = Job::PromoterReminder { invite_id: id };
+        self.cancel_reminder(&job, &format!("reminder:{id}"), &why).await
     }
 }
 

@@ -4,7 +4,8 @@
 use sqlx::{AnyConnection, Row};
 
 use super::{Store, StoreError};
-use crate::domain::state::{Persisted, QueueState};
+use crate::domain::messaging::MessageStatus;
+use crate::domain::state::{sql_list, Persisted, QueueState};
 use crate::domain::work::{Job, JobKind};
 
 /// A job row to insert: a [`Job`] in its stored form.
@@ -112,6 +113,38 @@ pub(super) async fn insert_jobs(conn: &mut AnyConnection, jobs: &[NewJob], now: 
     }
     insert.execute(conn).await?;
     Ok(())
+}
+
+impl super::Tx {
+    /// A reminder made pointless by this step's transition: its job, if still waiting,
+    /// ends (done, saying why), and its message, if queued and not yet handed to Meta, is
+    /// suppressed. A job already running decides on the row it reads locked, after this.
+    pub async fn cancel_reminder(&mut self, job: &Job, message_key: &str, why: &str) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let sql = format!(
+            "UPDATE jobs SET state = '{}', note = $1, finished_at = $2 WHERE idempotency_key = $3 AND state IN ({})",
+            QueueState::Done.as_str(),
+            sql_list(QueueState::WAITING)
+        );
+        sqlx::query(&sql)
+            .bind(why)
+            .bind(now)
+            .bind(job.idempotency_key())
+            .execute(self.write()?)
+            .await?;
+        sqlx::query(
+            "UPDATE messages SET status = $1, error_title = $2, updated_at = $3 \
+             WHERE idempotency_key = $4 AND status = $5",
+        )
+        .bind(MessageStatus::Suppressed.as_str())
+        .bind(why)
+        .bind(now)
+        .bind(message_key)
+        .bind(MessageStatus::Queued.as_str())
+        .execute(self.write()?)
+        .await?;
+        Ok(())
+    }
 }
 
 impl Store {

@@ -7,11 +7,12 @@ use sqlx::AnyConnection;
 
 use super::tx::{TallyKey, Tx};
 use super::{row_where, Store, StoreError, StoredFlag, StoredName, StoredPhone};
-use crate::domain::funnel::referral_steps;
+use crate::domain::funnel::{referral_steps, Step};
 use crate::domain::nomination::ReferralReason;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
 use crate::domain::state::{sql_list, Persisted};
+use crate::domain::work::Job;
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct ReferralRow {
@@ -210,7 +211,36 @@ impl Tx {
             )));
         }
         self.tally(TallyKey::Referral(id), referral_steps(Some(from), to));
+        if to.ends_nudging() {
+            let why = format!("cancelled: the referral is {} now", to.as_str());
+            // The job's key is its referral's alone.
+            let job = Job::ReferrerNudge {
+                referral_id: id,
+                business_number: String::new(),
+            };
+            self.cancel_reminder(&job, &format!("nudge:{id}"), &why).await?;
+            let job = Job::FriendReminder { referral_id: id };
+            self.cancel_reminder(&job, &format!("friend_reminder:{id}"), &why)
+                .await?;
+        }
         self.record_transition(id, Some(from), to, reason).await
+    }
+
+    /// Notes that the referrer's nudge was queued (the funnel counts it, and the
+    /// referral's conversion after it).
+    pub async fn mark_nudged(&mut self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE referrals SET nudged_at = $1 WHERE id = $2")
+            .bind(self.now_ms())
+            .bind(id)
+            .execute(self.write()?)
+            .await?;
+        self.tally(TallyKey::Referral(id), vec![Step::Nudged]);
+        Ok(())
+    }
+
+    /// Counts a friend's reminder queued.
+    pub fn tally_friend_reminded(&mut self, id: i64) {
+        self.tally(TallyKey::Referral(id), vec![Step::FriendReminded]);
     }
 
     /// Notes a referral's change of state for its timeline.

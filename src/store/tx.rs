@@ -233,25 +233,31 @@ impl Tx {
                 .execute(self.write()?)
                 .await?;
             if let (TallyKey::Referral(id), Step::Nominated | Step::Converted) = (key, step) {
-                // The reminder's lift: the same step again, under its own name, when the
-                // referral's invite had been reminded (before this step, necessarily: a
-                // reminder is only queued for an invite nobody acted on).
-                let after = match step {
-                    Step::Nominated => Step::NominatedAfterReminder,
-                    _ => Step::ConvertedAfterReminder,
-                };
-                let sql = format!(
-                    "INSERT INTO funnel_tally (day, trigger, step, slot, n) \
-                     SELECT i.created_at / {DAY_MS}, i.trigger, $1, $2, 1 FROM referrals r \
-                     JOIN invites i ON i.id = r.invite_id WHERE r.id = $3 AND i.reminded_at IS NOT NULL \
-                     ON CONFLICT (day, trigger, step, slot) DO UPDATE SET n = funnel_tally.n + 1"
-                );
-                sqlx::query(&sql)
-                    .bind(after.as_str())
-                    .bind(id.rem_euclid(TALLY_SLOTS))
-                    .bind(id)
-                    .execute(self.write()?)
-                    .await?;
+                // What came after a reminder: the same step again, under its own name,
+                // when the referral's invite had been reminded (before this step,
+                // necessarily: a reminder is only queued for an invite nobody acted on),
+                // and a conversion of a referral whose referrer had been nudged.
+                let mut after = vec![match step {
+                    Step::Nominated => (Step::NominatedAfterReminder, "i.reminded_at"),
+                    _ => (Step::ConvertedAfterReminder, "i.reminded_at"),
+                }];
+                if step == Step::Converted {
+                    after.push((Step::ConvertedAfterNudge, "r.nudged_at"));
+                }
+                for (after, marked) in after {
+                    let sql = format!(
+                        "INSERT INTO funnel_tally (day, trigger, step, slot, n) \
+                         SELECT i.created_at / {DAY_MS}, i.trigger, $1, $2, 1 FROM referrals r \
+                         JOIN invites i ON i.id = r.invite_id WHERE r.id = $3 AND {marked} IS NOT NULL \
+                         ON CONFLICT (day, trigger, step, slot) DO UPDATE SET n = funnel_tally.n + 1"
+                    );
+                    sqlx::query(&sql)
+                        .bind(after.as_str())
+                        .bind(id.rem_euclid(TALLY_SLOTS))
+                        .bind(id)
+                        .execute(self.write()?)
+                        .await?;
+                }
                 sqlx::query(
                     "INSERT INTO referrer_tally (contact_id, step, n) \
                      SELECT referrer_contact_id, $1, 1 FROM referrals WHERE id = $2 \

@@ -80,6 +80,7 @@ pub struct Params<'a> {
     pub referrer_name: &'a str,
     pub personal_message: &'a str,
     pub reward: &'a str,
+    pub share_link: &'a str,
 }
 
 impl<'a> Params<'a> {
@@ -92,6 +93,7 @@ impl<'a> Params<'a> {
             referrer_name: first_name,
             personal_message: first_name,
             reward: first_name,
+            share_link: first_name,
         }
     }
 }
@@ -106,6 +108,7 @@ fn params(order: &[TemplateParameter], p: &Params<'_>) -> Vec<String> {
             TemplateParameter::ReferrerName => p.referrer_name,
             TemplateParameter::PersonalMessage => p.personal_message,
             TemplateParameter::Reward => p.reward,
+            TemplateParameter::ShareLink => p.share_link,
         })
         .map(str::to_string)
         .collect()
@@ -306,6 +309,7 @@ pub fn friend_invite(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Val
         referrer_name: &referrer,
         personal_message: &personal,
         reward: r.code,
+        share_link: r.code,
     };
     template(Template {
         to,
@@ -319,8 +323,9 @@ pub fn friend_invite(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Val
     })
 }
 
-/// The forwardable message with a click-to-chat link, to the referrer.
-pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_number: &str) -> Value {
+/// `https://wa.me/<business number>?text=<the prefilled text with the code>`: the configured
+/// number, else the one Meta's webhook displayed.
+fn click_to_chat(settings: &Settings, r: &ReferralText<'_>, business_number: &str) -> String {
     let configured = &settings.whatsapp.business_number;
     let number: String = if configured.is_empty() {
         business_number
@@ -330,12 +335,38 @@ pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_
     .chars()
     .filter(char::is_ascii_digit)
     .collect();
-    let texts = &r.texts(settings).replies;
-    let prefilled = fill(&texts.share_prefill, &[("code", r.code)]);
-    let link = format!(
+    let prefilled = fill(&r.texts(settings).replies.share_prefill, &[("code", r.code)]);
+    format!(
         "https://wa.me/{number}?text={}",
         url::form_urlencoded::byte_serialize(prefilled.as_bytes()).collect::<String>()
-    );
+    )
+}
+
+/// `tmpl_referral_nudge` to the referrer: the friend has not converted; a link to forward.
+pub fn nudge(settings: &Settings, r: &ReferralText<'_>, to: &str, business_number: &str) -> Value {
+    let t = &settings.templates;
+    let (friend, referrer) = (r.friend_first(settings), r.referrer_first(settings));
+    let link = click_to_chat(settings, r, business_number);
+    let values = Params {
+        friend_name: &friend,
+        share_link: &link,
+        ..Params::recipient(&referrer, r.code)
+    };
+    template(Template {
+        to,
+        name: &t.nudge,
+        language: r.language,
+        body_params: params(&t.nudge_body, &values),
+        copy_code: None,
+        quick_replies: vec![(t.nudge_stop_button, "stop".into())],
+        flow_button: None,
+    })
+}
+
+/// The forwardable message with a click-to-chat link, to the referrer.
+pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_number: &str) -> Value {
+    let texts = &r.texts(settings).replies;
+    let link = click_to_chat(settings, r, business_number);
     let (friend, referrer, personal) = r.names(settings);
     let body = fill(
         &texts.share_link,
@@ -346,6 +377,16 @@ pub fn share_link(settings: &Settings, r: &ReferralText<'_>, to: &str, business_
             ("code", r.code),
             ("link", &link),
         ],
+    );
+    text(to, &body)
+}
+
+/// The friend's reminder, inside the window their message opened.
+pub fn friend_reminder(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Value {
+    let (friend, referrer) = (r.friend_first(settings), r.referrer_first(settings));
+    let body = fill(
+        &r.texts(settings).replies.friend_reminder,
+        &[("friend_name", &friend), ("referrer_name", &referrer), ("code", r.code)],
     );
     text(to, &body)
 }

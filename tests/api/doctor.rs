@@ -17,13 +17,14 @@ use crate::helpers::*;
 use crate::setup::Properties;
 
 const WABA: &str = "100000000000101";
-const TEMPLATES: [&str; 6] = [
+const TEMPLATES: [&str; 7] = [
     "tmpl_referral_invite",
     "tmpl_referral_flow",
     "tmpl_referral_friend_invite",
     "tmpl_referral_thanks",
     "tmpl_referral_reward",
     "tmpl_referral_reminder",
+    "tmpl_referral_nudge",
 ];
 
 struct Account {

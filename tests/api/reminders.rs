@@ -1,7 +1,9 @@
-//! The promoter's reminder, end to end on both stores with the app's controlled clock:
+//! Reminders, end to end on both stores with the app's controlled clock. The promoter's:
 //! sent once, `reminders.promoter_after` after an invite nobody acted on; cancelled by a
 //! tap (and so by the nomination after it) or an opt-out, also when the tap arrives while
-//! the reminder is due; counted in the funnel with the nominations that came after it.
+//! the reminder is due; skipped over the weekly cap. The referrer's nudge: once,
+//! `reminders.friend_after` after a nomination that has not converted, with a link to
+//! forward; cancelled by the conversion. Each counted in the funnel with what came after.
 
 use std::time::Duration;
 
@@ -118,7 +120,8 @@ async fn a_promoter_who_does_nothing_is_reminded_once(backend: Backend) {
         .expect("json");
     assert_eq!(
         answer["reminders"],
-        json!({"reminded": 1, "nominated_after": 1, "converted_after": 0})
+        json!({"reminded": 1, "nominated_after": 1, "converted_after": 0, "nudged": 0,
+               "converted_after_nudge": 0, "friend_reminded": 0})
     );
     lc.shutdown().await;
 }
@@ -168,6 +171,155 @@ async fn a_reminder_over_the_weekly_cap_is_skipped_not_held(backend: Backend) {
     );
     let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
     assert_eq!((counts.reminded, counts.held_frequency_cap), (0, 0));
+    lc.shutdown().await;
+}
+
+async fn nudges_to(lc: &Lifecycle) -> Vec<Value> {
+    lc.sent_of("tmpl_referral_nudge").await
+}
+
+fn nudge_job(jobs: &[QueueRow]) -> Option<&QueueRow> {
+    jobs.iter().find(|j| j.kind == ItemKind::Job(JobKind::ReferrerNudge))
+}
+
+async fn a_referrer_is_nudged_once_about_a_friend_who_has_not_converted(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    crate::lifecycle::nominate_friend(&lc, true).await;
+    assert_eq!(lc.sent_of("tmpl_referral_friend_invite").await.len(), 1);
+    // Six days on: nothing yet.
+    lc.app.store.clock().advance(Duration::from_secs(6 * 86_400));
+    lc.settle().await;
+    assert!(nudges_to(&lc).await.is_empty());
+    lc.app.store.clock().advance(Duration::from_secs(86_400 + 1));
+    lc.settle().await;
+    let nudges = nudges_to(&lc).await;
+    assert_eq!(nudges.len(), 1, "{nudges:?}");
+    assert_eq!(
+        nudges[0]["to"].as_str().map(|to| to.trim_start_matches('+')),
+        Some(REFERRER_PHONE.trim_start_matches('+'))
+    );
+    let code = lc.app.store.list_referrals(1).await.expect("referrals")[0]
+        .referral_code
+        .clone();
+    let params = nudges[0]["template"]["components"][0]["parameters"].to_string();
+    assert!(params.contains("Zo"), "the friend's name: {params}");
+    assert!(
+        params.contains("https://wa.me/") && params.contains(&code),
+        "a link with the code: {params}"
+    );
+    // Never a second one.
+    lc.app.store.clock().advance(Duration::from_secs(14 * 86_400));
+    lc.settle().await;
+    assert_eq!(nudges_to(&lc).await.len(), 1);
+    // The friend buys after the nudge: counted as a conversion after it.
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-nudged", "referral_code": code}))
+        .await;
+    assert!(status < 300, "{status}");
+    lc.settle().await;
+    let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
+    assert_eq!((counts.nudged, counts.converted_after_nudge), (1, 1));
+    lc.shutdown().await;
+}
+
+async fn a_conversion_before_the_nudge_cancels_it(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    crate::lifecycle::nominate_friend(&lc, true).await;
+    let code = lc.app.store.list_referrals(1).await.expect("referrals")[0]
+        .referral_code
+        .clone();
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-early", "referral_code": code}))
+        .await;
+    assert!(status < 300, "{status}");
+    lc.settle().await;
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let job = nudge_job(&jobs).expect("the nudge's job");
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(job.note.as_deref(), Some("cancelled: the referral is converted now"));
+    lc.app.store.clock().advance(Duration::from_secs(8 * 86_400));
+    lc.settle().await;
+    assert!(nudges_to(&lc).await.is_empty());
+    let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
+    assert_eq!((counts.nudged, counts.converted_after_nudge), (0, 0));
+    lc.shutdown().await;
+}
+
+/// The friend arrives through the share link (Ana's nomination without consent): their
+/// text opens a 24-hour window.
+async fn friend_writes(lc: &Lifecycle) -> String {
+    crate::lifecycle::nominate_friend(lc, false).await;
+    let code = lc.app.store.list_referrals(1).await.expect("referrals")[0]
+        .referral_code
+        .clone();
+    let hello = text_now(
+        lc,
+        "wamid.FHELLO",
+        &format!("Hi! I'd like to join. My referral code is {code}"),
+    );
+    assert_eq!(lc.inbound(hello).await, 200);
+    lc.settle().await;
+    code
+}
+
+/// A text from the friend, sent now by the app's clock (its time opens the window).
+fn text_now(lc: &Lifecycle, wamid: &str, body: &str) -> Value {
+    let mut message = text_message(FRIEND_PHONE, wamid, body);
+    message["timestamp"] = json!((lc.app.store.now_ms() / 1000).to_string());
+    message
+}
+
+async fn friend_reminders(lc: &Lifecycle) -> Vec<String> {
+    lc.sent_of("text")
+        .await
+        .iter()
+        .filter(|t| t["to"] == FRIEND_PHONE)
+        .filter_map(|t| t["text"]["body"].as_str().map(str::to_string))
+        .filter(|body| body.contains("Just a reminder"))
+        .collect()
+}
+
+async fn a_friend_who_wrote_is_reminded_once_inside_their_window(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let code = friend_writes(&lc).await;
+    assert!(friend_reminders(&lc).await.is_empty());
+    // Writing again does not make a second one.
+    let again = text_now(&lc, "wamid.FAGAIN", "Hello?");
+    assert_eq!(lc.inbound(again).await, 200);
+    lc.app.store.clock().advance(Duration::from_secs(2 * 3600 + 1));
+    lc.settle().await;
+    let sent = friend_reminders(&lc).await;
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].contains(&code), "{}", sent[0]);
+    lc.app.store.clock().advance(Duration::from_secs(3 * 3600));
+    lc.settle().await;
+    assert_eq!(friend_reminders(&lc).await.len(), 1);
+    // A free-form text, never a template to a friend who did not consent.
+    assert!(lc.sent_of("tmpl_referral_friend_invite").await.is_empty());
+    let counts = lc.app.store.funnel(funnel_now(&lc), None).await.expect("funnel");
+    assert_eq!(counts.friend_reminded, 1);
+    lc.shutdown().await;
+}
+
+async fn a_friend_reminder_is_skipped_once_the_window_would_close(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_REMINDERS__FRIEND_REMINDER_AFTER", "1day");
+    })
+    .await;
+    friend_writes(&lc).await;
+    lc.app.store.clock().advance(Duration::from_secs(86_400 + 1));
+    lc.settle().await;
+    assert!(friend_reminders(&lc).await.is_empty());
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let job = jobs
+        .iter()
+        .find(|j| j.kind == ItemKind::Job(JobKind::FriendReminder))
+        .expect("the friend reminder's job");
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(
+        job.note.as_deref(),
+        Some("skipped: the window the friend opened closes first")
+    );
     lc.shutdown().await;
 }
 
@@ -233,5 +385,9 @@ both_backends!(
     a_promoter_who_does_nothing_is_reminded_once,
     a_tap_or_an_opt_out_cancels_the_reminder,
     a_reminder_over_the_weekly_cap_is_skipped_not_held,
+    a_referrer_is_nudged_once_about_a_friend_who_has_not_converted,
+    a_conversion_before_the_nudge_cancels_it,
+    a_friend_who_wrote_is_reminded_once_inside_their_window,
+    a_friend_reminder_is_skipped_once_the_window_would_close,
     a_tap_racing_the_due_reminder_sends_one_at_most,
 );
