@@ -333,7 +333,7 @@ pub async fn on_stripe_event(s: &Services, work: &Work, kind: StripeEventKind, e
                 return Outcome::done("refund of a payment that converted no referral");
             };
             let mut tx = s.store.begin(Some(&work.lease)).await?;
-            let voided = tx.void_rewards(referral_id).await?;
+            let voided = tx.void_rewards(referral_id, s.cap_period_start()).await?;
             let note = format!("refund: {voided} pending reward(s) of referral {referral_id} voided");
             Ok(tx.commit(note).await?.into())
         }

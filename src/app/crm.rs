@@ -175,16 +175,19 @@ pub async fn referrer_counters(s: &Services, work: &Work, contact_id: &str) -> S
         work,
         contact_id,
         || s.store.referrer_counters(contact_id),
-        |(converted, total): &(i64, i64)| {
+        |(converted, total, bonuses): &(i64, i64, i64)| {
             let mut properties = Map::new();
             properties.insert(names.referrals_converted.clone(), string(converted.to_string()));
             properties.insert(names.referral_rewards_total.clone(), string(total.to_string()));
+            properties.insert(names.referral_bonus_total.clone(), string(bonuses.to_string()));
             properties
         },
     )
     .await?;
-    let (converted, total) = written.unwrap_or_default();
-    Outcome::done(format!("contact {contact_id}: {converted} converted, {total} rewarded"))
+    let (converted, total, bonuses) = written.unwrap_or_default();
+    Outcome::done(format!(
+        "contact {contact_id}: {converted} converted, {total} rewarded, {bonuses} in bonuses"
+    ))
 }
 
 /// A contact's credit property, from its issued `hubspot_credit` rewards.

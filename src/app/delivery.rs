@@ -252,7 +252,7 @@ async fn hold_for_recipient(
     if hold.is_none() && message.purpose.is_marketing_template() {
         let sent = s
             .store
-            .marketing_sent_to(&message.to_phone, now - duration_ms(CAP_PERIOD))
+            .marketing_sent_to(&message.to_phone, now - duration_ms(CAP_PERIOD), Some(message.id))
             .await?;
         let cap = messaging.max_marketing_per_contact_per_week;
         if let Some(frees) = cap_frees_at(&sent, cap, now) {

@@ -200,4 +200,9 @@ impl Services {
     pub fn attribution_window_start(&self) -> i64 {
         self.now_ms() - duration_ms(self.settings.programme.attribution_window)
     }
+
+    /// Where the referrer's cap period (`programme.reward_cap_period_days`) starts now.
+    pub fn cap_period_start(&self) -> i64 {
+        self.now_ms() - duration_ms(self.settings.programme.reward_cap_period)
+    }
 }

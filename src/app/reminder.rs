@@ -118,7 +118,10 @@ pub async fn nudge(s: &Services, work: &Work, referral_id: i64, business_number:
 /// Why a reminder to `phone` is skipped for the weekly cap, if it is.
 async fn over_cap(s: &Services, phone: &E164) -> Result<Option<String>, StepError> {
     let now = s.now_ms();
-    let sent = s.store.marketing_sent_to(phone, now - duration_ms(CAP_PERIOD)).await?;
+    let sent = s
+        .store
+        .marketing_sent_to(phone, now - duration_ms(CAP_PERIOD), None)
+        .await?;
     let cap = s.settings.messaging.max_marketing_per_contact_per_week;
     Ok(cap_frees_at(&sent, cap, now).map(|_| format!("skipped: {cap} marketing templates in the last seven days")))
 }

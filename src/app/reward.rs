@@ -22,10 +22,20 @@ use crate::store::{NewConversion, NewJob, NewMessage, NewReward, ReferralRow, Re
 use crate::whatsapp::render;
 
 impl Services {
-    fn reward_side(&self, beneficiary: Beneficiary) -> &RewardSide {
-        match beneficiary {
-            Beneficiary::Referrer => &self.settings.rewards.referrer,
-            Beneficiary::Friend => &self.settings.rewards.friend,
+    /// How a reward is fulfilled: its side's settings, or for a bonus its milestone's.
+    fn reward_side(&self, reward: &RewardRow) -> Result<&RewardSide, StepError> {
+        let rewards = &self.settings.rewards;
+        match reward.beneficiary {
+            Beneficiary::Referrer => Ok(&rewards.referrer),
+            Beneficiary::Friend => Ok(&rewards.friend),
+            Beneficiary::ReferrerBonus => {
+                let conversions = reward.milestone.unwrap_or_default();
+                rewards.milestone(conversions).map(|m| &m.reward).ok_or_else(|| {
+                    StepError::Permanent(format!(
+                        "no milestone at {conversions} conversions is configured any more (rewards.milestones)"
+                    ))
+                })
+            }
         }
     }
 }
@@ -44,8 +54,11 @@ pub async fn grant(
     let available_at = now + duration_ms(programme.reward_hold);
     let since = now - duration_ms(programme.reward_cap_period);
     let rewarded = tx.referrer_rewards_since(&r.referrer_contact_id, since).await?;
-    for beneficiary in [Beneficiary::Referrer, Beneficiary::Friend] {
-        let side = s.reward_side(beneficiary);
+    let sides = [
+        (Beneficiary::Referrer, &s.settings.rewards.referrer),
+        (Beneficiary::Friend, &s.settings.rewards.friend),
+    ];
+    for (beneficiary, side) in sides {
         if side.kind == RewardKind::None {
             continue;
         }
@@ -63,6 +76,8 @@ pub async fn grant(
                 r.friend_name.clone(),
                 conversion.and_then(|c| c.stripe_customer.clone()),
             ),
+            // Granted by `grant_bonus`, never as a side.
+            Beneficiary::ReferrerBonus => continue,
         };
         let new = NewReward {
             beneficiary,
@@ -76,10 +91,14 @@ pub async fn grant(
             currency: side.currency.clone(),
             stripe_customer: customer,
             available_at,
+            milestone: None,
         };
         let Some(id) = tx.insert_reward(r.id, &new).await? else {
             continue;
         };
+        if beneficiary == Beneficiary::Referrer && state == RewardState::Pending {
+            grant_bonus(s, tx, r, rewarded + 1, since, available_at).await?;
+        }
         match state {
             RewardState::Pending => {
                 let issue = NewJob::new(&Job::IssueReward { reward_id: id }, s.max_attempts(), available_at);
@@ -93,6 +112,51 @@ pub async fn grant(
             }
             RewardState::Issuing | RewardState::Issued | RewardState::Failed | RewardState::Void => {}
         }
+    }
+    Ok(())
+}
+
+/// The milestone bonus reached with this referral, if `rewarded` (this referral's reward
+/// included) is a milestone's number and the referrer has no bonus for it in the period
+/// yet: granted in the converting transaction, with the referrer locked, held like the
+/// referrer's reward.
+async fn grant_bonus(
+    s: &Services,
+    tx: &mut Tx,
+    r: &ReferralRow,
+    rewarded: i64,
+    since: i64,
+    available_at: i64,
+) -> Result<(), StepError> {
+    let Some(milestone) = s.settings.rewards.milestone(rewarded) else {
+        return Ok(());
+    };
+    if tx.bonus_granted_since(&r.referrer_contact_id, rewarded, since).await? {
+        return Ok(());
+    }
+    let side = &milestone.reward;
+    let bonus = NewReward {
+        beneficiary: Beneficiary::ReferrerBonus,
+        contact_id: Some(r.referrer_contact_id.clone()),
+        phone: r.referrer_phone.clone(),
+        first_name: r.referrer_name.clone(),
+        language: r.language.clone(),
+        kind: side.kind,
+        state: RewardState::Pending,
+        amount: side.amount,
+        currency: side.currency.clone(),
+        stripe_customer: None,
+        available_at,
+        milestone: Some(rewarded),
+    };
+    if let Some(id) = tx.insert_reward(r.id, &bonus).await? {
+        tx.enqueue(NewJob::new(
+            &Job::IssueReward { reward_id: id },
+            s.max_attempts(),
+            available_at,
+        ));
+        tx.tally_bonus(r.id);
+        tracing::info!(referral_id = r.id, milestone = rewarded, "milestone bonus granted");
     }
     Ok(())
 }
@@ -119,7 +183,7 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     // Voided or issued since it was read: a conflict, so the step runs again and reads
     // what happened.
     s.store.claim_reward(reward.id).await?;
-    let side = s.reward_side(beneficiary).clone();
+    let side = s.reward_side(&reward)?.clone();
     let (code, external_ref) = match fulfil(s, &reward, &referral, beneficiary, &side, work.job_id()).await {
         Ok(done) => done,
         Err(error) => {
@@ -159,7 +223,7 @@ async fn reward_message(
         return Ok(None);
     };
     let may_message = match beneficiary {
-        Beneficiary::Referrer => true,
+        Beneficiary::Referrer | Beneficiary::ReferrerBonus => true,
         Beneficiary::Friend if referral.consent => true,
         Beneficiary::Friend => {
             let last = s.store.last_inbound_at(&phone).await?;
@@ -169,7 +233,17 @@ async fn reward_message(
     if !may_message {
         return Ok(None);
     }
-    let body = render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given);
+    let body = match reward.milestone {
+        Some(conversions) => render::bonus(
+            &s.settings,
+            phone.as_str(),
+            &reward.language,
+            &reward.first_name,
+            conversions,
+            given,
+        ),
+        None => render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given),
+    };
     let key = format!("reward:{}:message", reward.id);
     Ok(Some(NewMessage {
         referral_id: Some(reward.referral_id),
@@ -188,15 +262,19 @@ fn recording_jobs(
 ) -> Vec<NewJob> {
     let contact = reward.contact_id.clone().or_else(|| match beneficiary {
         Beneficiary::Friend => referral.friend_contact_id.clone(),
-        Beneficiary::Referrer => Some(referral.referrer_contact_id.clone()),
+        Beneficiary::Referrer | Beneficiary::ReferrerBonus => Some(referral.referrer_contact_id.clone()),
     });
     let mut jobs = Vec::new();
     if let Some(contact) = contact {
-        jobs.push(s.job(Job::RewardRecorded {
-            reward_id: reward.id,
-            contact_id: contact.clone(),
-            given: given.to_string(),
-        }));
+        // A bonus is recorded in the referrer's counters (`referral_bonus_total`), not as
+        // the referral's reward.
+        if beneficiary != Beneficiary::ReferrerBonus {
+            jobs.push(s.job(Job::RewardRecorded {
+                reward_id: reward.id,
+                contact_id: contact.clone(),
+                given: given.to_string(),
+            }));
+        }
         if side.kind == RewardKind::HubspotCredit {
             jobs.push(s.job(Job::CreditTotal {
                 reward_id: reward.id,
@@ -205,7 +283,7 @@ fn recording_jobs(
             }));
         }
     }
-    if beneficiary == Beneficiary::Referrer {
+    if matches!(beneficiary, Beneficiary::Referrer | Beneficiary::ReferrerBonus) {
         jobs.push(s.job(Job::ReferrerCounters {
             contact_id: referral.referrer_contact_id.clone(),
             cause: format!("reward:{}", reward.id),
@@ -348,7 +426,7 @@ async fn fulfil_by_webhook(
 /// As [`void`], for a person: the void and the record of who asked commit together.
 pub async fn void_by(s: &Services, referral_id: i64, actor: &str) -> Result<u64, StepError> {
     let mut tx = s.store.begin(None).await?;
-    let voided = tx.void_rewards(referral_id).await?;
+    let voided = tx.void_rewards(referral_id, s.cap_period_start()).await?;
     tx.record_admin_action(actor, "void", &format!("referral:{referral_id}"))
         .await?;
     tx.commit("").await?;

@@ -147,6 +147,22 @@ impl Settings {
                 return Err(ConfigError::Invalid { key, problem });
             }
         }
+        let mut reached = std::collections::BTreeSet::new();
+        for (n, milestone) in self.rewards.milestones.iter().enumerate() {
+            if !reached.insert(milestone.conversions) {
+                let problem = format!("two milestones at {} conversions", milestone.conversions);
+                return invalid("rewards.milestones", problem);
+            }
+            if milestone.reward.kind == RewardKind::None {
+                return invalid(
+                    "rewards.milestones",
+                    format!("milestone {n}: kind \"none\" grants nothing"),
+                );
+            }
+            if let Some(problem) = milestone.reward.problem() {
+                return invalid("rewards.milestones", format!("milestone {n}: {problem}"));
+            }
+        }
         if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
             return invalid("hubspot.webhook_api_key_header", "is not a valid header name".into());
         }

@@ -115,8 +115,29 @@ pub struct ApiSettings {
 #[serde(deny_unknown_fields)]
 pub struct RewardSettings {
     pub pool_low_watermark: i64,
+    /// Bonuses at the referrer's Nth rewarded referral in the cap period.
+    #[serde(default)]
+    pub milestones: Vec<Milestone>,
     pub referrer: RewardSide,
     pub friend: RewardSide,
+}
+
+/// `[[rewards.milestones]]`: the bonus for the referrer's `conversions`th rewarded
+/// referral in `programme.reward_cap_period_days`.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Milestone {
+    pub conversions: NonZeroU32,
+    pub reward: RewardSide,
+}
+
+impl RewardSettings {
+    /// The milestone reached at `conversions` rewarded referrals, if one is configured.
+    pub fn milestone(&self, conversions: i64) -> Option<&Milestone> {
+        self.milestones
+            .iter()
+            .find(|m| i64::from(m.conversions.get()) == conversions)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -130,8 +151,12 @@ pub struct RewardSide {
     /// The description in other languages (language code → text), chosen like templates.
     #[serde(default)]
     pub descriptions: std::collections::BTreeMap<String, String>,
+    /// What only some kinds need may be left out (a milestone's reward names only its own).
+    #[serde(default)]
     pub static_code: String,
+    #[serde(default)]
     pub stripe_coupon: String,
+    #[serde(default)]
     pub hubspot_property: String,
     /// Where a `webhook` reward is posted; `""` when none is.
     #[serde(default, with = "blank_or_parsed")]
@@ -432,6 +457,7 @@ pub struct HubSpotProperties {
     pub lifecycle_stage: String,
     pub referrals_converted: String,
     pub referral_rewards_total: String,
+    pub referral_bonus_total: String,
     pub referral_reward: String,
 }
 
@@ -468,6 +494,9 @@ pub struct TemplateSettings {
     pub nudge: String,
     pub nudge_body: Vec<TemplateParameter>,
     pub nudge_stop_button: u8,
+    /// The milestone bonus, to the referrer.
+    pub bonus: String,
+    pub bonus_body: Vec<TemplateParameter>,
 }
 
 /// A value a template body parameter can carry.
@@ -480,12 +509,16 @@ pub enum TemplateParameter {
     ReferrerName,
     PersonalMessage,
     Reward,
-    /// The click-to-chat link with the referral code in its text (the referrer's nudge).
+    // The click-to-chat link with the referral code in its text (the referrer's nudge).
+    // (Plain comments: documented variants would make the schema's list of names a
+    // `oneOf`, which the configuration's shape check reads only when all are documented.)
     ShareLink,
+    // The number of rewarded referrals a milestone bonus was reached at.
+    Milestone,
 }
 
 impl TemplateParameter {
-    pub const ALL: [TemplateParameter; 7] = [
+    pub const ALL: [TemplateParameter; 8] = [
         TemplateParameter::FirstName,
         TemplateParameter::Code,
         TemplateParameter::FriendName,
@@ -493,6 +526,7 @@ impl TemplateParameter {
         TemplateParameter::PersonalMessage,
         TemplateParameter::Reward,
         TemplateParameter::ShareLink,
+        TemplateParameter::Milestone,
     ];
 }
 

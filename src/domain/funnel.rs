@@ -42,6 +42,8 @@ pub struct FunnelCounts {
     pub converted_after_nudge: i64,
     /// Friends reminded inside the window they opened (at most one per referral).
     pub friend_reminded: i64,
+    /// Milestone bonuses granted (a later void may cancel one; the rewards list shows it).
+    pub bonuses_granted: i64,
 }
 
 /// A step of the funnel, as tallied when something first reaches it.
@@ -71,6 +73,8 @@ pub enum Step {
     ConvertedAfterNudge,
     /// Not a step of the chain: a friend reminded.
     FriendReminded,
+    /// Not a step of the chain: a milestone bonus granted.
+    BonusGranted,
 }
 
 persisted!(Step {
@@ -90,6 +94,7 @@ persisted!(Step {
     Nudged => "nudged",
     ConvertedAfterNudge => "converted_after_nudge",
     FriendReminded => "friend_reminded",
+    BonusGranted => "bonus_granted",
 });
 
 impl FunnelCounts {
@@ -112,6 +117,7 @@ impl FunnelCounts {
             Step::Nudged => &mut self.nudged,
             Step::ConvertedAfterNudge => &mut self.converted_after_nudge,
             Step::FriendReminded => &mut self.friend_reminded,
+            Step::BonusGranted => &mut self.bonuses_granted,
         };
         *count += n;
     }

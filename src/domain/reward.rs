@@ -9,11 +9,15 @@ use super::state::persisted;
 pub enum Beneficiary {
     Referrer,
     Friend,
+    /// The referrer again, for a milestone bonus (`rewards.milestones`) reached with this
+    /// referral.
+    ReferrerBonus,
 }
 
 persisted!(Beneficiary {
     Referrer => "referrer",
     Friend => "friend",
+    ReferrerBonus => "referrer_bonus",
 });
 
 /// `pending` → `issuing` → `issued` | `failed` (retried; re-drivable when dead);
@@ -96,6 +100,7 @@ pub fn promotion_code(referral_code: &str, referral_id: i64, beneficiary: Benefi
     let side = match beneficiary {
         Beneficiary::Referrer => "R",
         Beneficiary::Friend => "F",
+        Beneficiary::ReferrerBonus => "B",
     };
     format!("{referral_code}{side}{referral_id}")
 }

@@ -68,6 +68,7 @@ pub async fn funnel(
             converted_after_nudge: counts.converted_after_nudge,
             friend_reminded: counts.friend_reminded,
         },
+        bonuses_granted: counts.bonuses_granted,
     }))
 }
 

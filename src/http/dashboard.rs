@@ -551,6 +551,7 @@ pub async fn funnel(
                 "; of those referrals, converted since: " strong data-reminders="converted_after_nudge" { (counts.converted_after_nudge) }
                 "; friends reminded inside their window: " strong data-reminders="friend_reminded" { (counts.friend_reminded) }
             }
+            p { "Milestone bonuses granted: " strong data-bonuses="granted" { (counts.bonuses_granted) } }
             h3 { "Triggers per day" }
             (daily_chart(&daily))
         }

@@ -426,6 +426,8 @@ pub struct FunnelAnswer {
     pub days: Vec<FunnelDay>,
     pub held: HeldAnswer,
     pub reminders: RemindersAnswer,
+    /// Milestone bonuses granted to the cohort's referrers (`rewards.milestones`).
+    pub bonuses_granted: i64,
 }
 
 /// The promoters' reminders of the cohort, and what came after them.

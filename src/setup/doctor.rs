@@ -353,6 +353,7 @@ async fn whatsapp(s: &Services, d: &mut Diagnosis) {
         &t.reward,
         &t.reminder,
         &t.nudge,
+        &t.bonus,
     ] {
         let path = format!(
             "/{waba}/message_templates?name={}&fields=name,language,status,category,rejected_reason",

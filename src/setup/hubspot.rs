@@ -46,6 +46,7 @@ fn wanted(settings: &Settings) -> Vec<Wanted> {
         (p.referral_reward.clone(), "Referral reward", Kind::Text),
         (p.referrals_converted.clone(), "Referrals converted", Kind::Number),
         (p.referral_rewards_total.clone(), "Referral rewards total", Kind::Number),
+        (p.referral_bonus_total.clone(), "Referral bonus total", Kind::Number),
     ];
     for side in [&settings.rewards.referrer, &settings.rewards.friend] {
         let property = side.hubspot_property.clone();

@@ -14,7 +14,7 @@ use crate::integrations::whatsapp::WhatsAppClient;
 use crate::whatsapp::render;
 
 /// The templates, each as (the name configured for it, its file in `templates/`).
-fn templates(settings: &Settings) -> [(String, &'static str); 7] {
+fn templates(settings: &Settings) -> [(String, &'static str); 8] {
     let t = &settings.templates;
     [
         (t.invite.clone(), "tmpl_referral_invite"),
@@ -24,12 +24,13 @@ fn templates(settings: &Settings) -> [(String, &'static str); 7] {
         (t.reward.clone(), "tmpl_referral_reward"),
         (t.reminder.clone(), "tmpl_referral_reminder"),
         (t.nudge.clone(), "tmpl_referral_nudge"),
+        (t.bonus.clone(), "tmpl_referral_bonus"),
     ]
 }
 
 /// Every built-in template definition: (file name, language, JSON). The en_US files have
 /// no language in their name.
-const DEFINITIONS: [(&str, &str, &str); 35] = [
+const DEFINITIONS: [(&str, &str, &str); 40] = [
     (
         "tmpl_referral_invite",
         "en_US",
@@ -204,6 +205,31 @@ const DEFINITIONS: [(&str, &str, &str); 35] = [
         "tmpl_referral_nudge",
         "de",
         include_str!("../../templates/tmpl_referral_nudge.de.json"),
+    ),
+    (
+        "tmpl_referral_bonus",
+        "en_US",
+        include_str!("../../templates/tmpl_referral_bonus.json"),
+    ),
+    (
+        "tmpl_referral_bonus",
+        "es",
+        include_str!("../../templates/tmpl_referral_bonus.es.json"),
+    ),
+    (
+        "tmpl_referral_bonus",
+        "pt_BR",
+        include_str!("../../templates/tmpl_referral_bonus.pt_BR.json"),
+    ),
+    (
+        "tmpl_referral_bonus",
+        "fr",
+        include_str!("../../templates/tmpl_referral_bonus.fr.json"),
+    ),
+    (
+        "tmpl_referral_bonus",
+        "de",
+        include_str!("../../templates/tmpl_referral_bonus.de.json"),
     ),
 ];
 

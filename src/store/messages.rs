@@ -481,8 +481,14 @@ impl Store {
     }
 
     /// When the marketing templates handed to Meta for `phone` since `since` were sent,
-    /// oldest first (what the weekly frequency cap counts; refused ones do not count).
-    pub async fn marketing_sent_to(&self, phone: &E164, since: i64) -> Result<Vec<i64>, StoreError> {
+    /// oldest first (what the weekly frequency cap counts; refused ones do not count), but
+    /// `excluding` (the send asking: an interrupted attempt of its own is not another).
+    pub async fn marketing_sent_to(
+        &self,
+        phone: &E164,
+        since: i64,
+        excluding: Option<i64>,
+    ) -> Result<Vec<i64>, StoreError> {
         let purposes: Vec<MessagePurpose> = MessagePurpose::ALL
             .iter()
             .copied()
@@ -497,13 +503,14 @@ impl Store {
         ];
         let sql = format!(
             "SELECT sent_at FROM messages WHERE to_phone = $1 AND sent_at > $2 AND purpose IN ({}) \
-             AND status IN ({}) ORDER BY sent_at",
+             AND status IN ({}) AND id <> $3 ORDER BY sent_at",
             sql_list(&purposes),
             sql_list(&statuses)
         );
         Ok(sqlx::query_scalar(&sql)
             .bind(phone.as_str())
             .bind(since)
+            .bind(excluding.unwrap_or(0))
             .fetch_all(&self.pool)
             .await?)
     }

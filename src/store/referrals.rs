@@ -238,6 +238,11 @@ impl Tx {
         Ok(())
     }
 
+    /// Counts a milestone bonus granted with this referral.
+    pub fn tally_bonus(&mut self, id: i64) {
+        self.tally(TallyKey::Referral(id), vec![Step::BonusGranted]);
+    }
+
     /// Counts a friend's reminder queued.
     pub fn tally_friend_reminded(&mut self, id: i64) {
         self.tally(TallyKey::Referral(id), vec![Step::FriendReminded]);

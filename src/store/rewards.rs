@@ -53,6 +53,8 @@ pub struct NewReward {
     pub currency: String,
     pub stripe_customer: Option<String>,
     pub available_at: i64,
+    /// For a milestone bonus: the number of rewarded referrals it was reached at.
+    pub milestone: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -77,6 +79,7 @@ pub struct RewardRow {
     pub stripe_customer: Option<String>,
     pub last_error: Option<String>,
     pub available_at: i64,
+    pub milestone: Option<i64>,
 }
 
 /// What a conversion names its friend's referral by.
@@ -100,7 +103,7 @@ impl FriendKey {
 const CONVERSION_COLUMNS: &str =
     "id, source, external_id, referral_id, outcome, matched_by, amount, currency, created_at";
 const REWARD_COLUMNS: &str = "id, referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
-    amount, currency, code, external_ref, stripe_customer, last_error, available_at";
+    amount, currency, code, external_ref, stripe_customer, last_error, available_at, milestone";
 
 impl Tx {
     /// Records a conversion signal once per (source, external id). A signal seen before
@@ -213,13 +216,36 @@ impl Tx {
         Ok(n)
     }
 
+    /// Whether the referrer already has a bonus (not voided) for the milestone at
+    /// `conversions` since `since`. Asked after [`Tx::referrer_rewards_since`], which
+    /// locks the referrer, so two conversions cannot both find none.
+    pub async fn bonus_granted_since(
+        &mut self,
+        referrer_contact_id: &str,
+        conversions: i64,
+        since: i64,
+    ) -> Result<bool, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM rewards WHERE contact_id = $1 AND milestone = $2 AND beneficiary = $3 \
+             AND state <> $4 AND created_at >= $5",
+        )
+        .bind(referrer_contact_id)
+        .bind(conversions)
+        .bind(Beneficiary::ReferrerBonus.as_str())
+        .bind(RewardState::Void.as_str())
+        .bind(since)
+        .fetch_one(self.read())
+        .await?;
+        Ok(n > 0)
+    }
+
     /// Creates a reward, once per (referral, beneficiary); `None` when it exists.
     pub async fn insert_reward(&mut self, referral_id: i64, reward: &NewReward) -> Result<Option<i64>, StoreError> {
         let now = self.now_ms();
         let id: Option<i64> = sqlx::query_scalar(
             "INSERT INTO rewards (referral_id, beneficiary, contact_id, phone, first_name, language, kind, state, \
-             amount, currency, stripe_customer, available_at, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13) \
+             amount, currency, stripe_customer, available_at, created_at, updated_at, milestone) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14) \
              ON CONFLICT (referral_id, beneficiary) DO NOTHING RETURNING id",
         )
         .bind(referral_id)
@@ -235,6 +261,7 @@ impl Tx {
         .bind(&reward.stripe_customer)
         .bind(reward.available_at)
         .bind(now)
+        .bind(reward.milestone)
         .fetch_optional(self.write()?)
         .await?;
         if id.is_some() && reward.state == RewardState::Issued {
@@ -291,18 +318,60 @@ impl Tx {
     }
 
     /// Cancels a referral's rewards that are not issued yet; returns how many.
-    pub async fn void_rewards(&mut self, referral_id: i64) -> Result<u64, StoreError> {
+    /// Voids the referral's rewards that are not issued yet; and, when that takes away a
+    /// rewarded referral of its referrer, the referrer's milestone bonuses still held that
+    /// the count in the cap period (from `cap_since`) no longer reaches. The referrer is
+    /// locked first, as a conversion granting a bonus locks them.
+    pub async fn void_rewards(&mut self, referral_id: i64, cap_since: i64) -> Result<u64, StoreError> {
+        let referrer: Option<String> = sqlx::query_scalar("SELECT referrer_contact_id FROM referrals WHERE id = $1")
+            .bind(referral_id)
+            .fetch_optional(self.read())
+            .await?;
+        if let Some(referrer) = &referrer {
+            self.lock_customer(referrer).await?;
+        }
+        let now = self.now_ms();
         let sql = format!(
             "UPDATE rewards SET state = $1, updated_at = $2 WHERE referral_id = $3 AND state IN ({})",
             sql_list(RewardState::VOIDABLE)
         );
         let voided = sqlx::query(&sql)
             .bind(RewardState::Void.as_str())
-            .bind(self.now_ms())
+            .bind(now)
             .bind(referral_id)
             .execute(self.write()?)
+            .await?
+            .rows_affected();
+        let Some(referrer) = referrer.filter(|_| voided > 0) else {
+            return Ok(voided);
+        };
+        let count = format!(
+            "SELECT COUNT(*) FROM rewards WHERE contact_id = $1 AND beneficiary = $2 AND state IN ({}) \
+             AND created_at >= $3",
+            sql_list(RewardState::COUNTS_AGAINST_CAP)
+        );
+        let rewarded: i64 = sqlx::query_scalar(&count)
+            .bind(&referrer)
+            .bind(Beneficiary::Referrer.as_str())
+            .bind(cap_since)
+            .fetch_one(self.read())
             .await?;
-        Ok(voided.rows_affected())
+        let bonuses = format!(
+            "UPDATE rewards SET state = $1, updated_at = $2 WHERE contact_id = $3 AND beneficiary = $4 \
+             AND milestone > $5 AND created_at >= $6 AND state IN ({})",
+            sql_list(RewardState::VOIDABLE)
+        );
+        let cancelled = sqlx::query(&bonuses)
+            .bind(RewardState::Void.as_str())
+            .bind(now)
+            .bind(&referrer)
+            .bind(Beneficiary::ReferrerBonus.as_str())
+            .bind(rewarded)
+            .bind(cap_since)
+            .execute(self.write()?)
+            .await?
+            .rows_affected();
+        Ok(voided + cancelled)
     }
 }
 
@@ -402,20 +471,25 @@ impl Store {
 
     /// The referrer's counters from the ledger: converted referrals and the total amount
     /// of the referrer's issued rewards.
-    pub async fn referrer_counters(&self, referrer_contact_id: &str) -> Result<(i64, i64), StoreError> {
-        // One statement: both counters come from one snapshot, in one round trip.
-        let (converted, total): (i64, Option<i64>) = sqlx::query_as(
+    /// The referrer's counters for HubSpot: converted referrals, and the totals of their
+    /// issued rewards and of their issued milestone bonuses.
+    pub async fn referrer_counters(&self, referrer_contact_id: &str) -> Result<(i64, i64, i64), StoreError> {
+        // One statement: the counters come from one snapshot, in one round trip.
+        let (converted, total, bonuses): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT COUNT(*) FROM referrals WHERE referrer_contact_id = $1 AND state = $2), \
                     (SELECT CAST(SUM(amount) AS BIGINT) FROM rewards \
-                     WHERE contact_id = $1 AND beneficiary = $3 AND state = $4)",
+                     WHERE contact_id = $1 AND beneficiary = $3 AND state = $4), \
+                    (SELECT CAST(SUM(amount) AS BIGINT) FROM rewards \
+                     WHERE contact_id = $1 AND beneficiary = $5 AND state = $4)",
         )
         .bind(referrer_contact_id)
         .bind(ReferralState::Converted.as_str())
         .bind(Beneficiary::Referrer.as_str())
         .bind(RewardState::Issued.as_str())
+        .bind(Beneficiary::ReferrerBonus.as_str())
         .fetch_one(&self.pool)
         .await?;
-        Ok((converted, total.unwrap_or(0)))
+        Ok((converted, total.unwrap_or(0), bonuses.unwrap_or(0)))
     }
 
     /// Issued credit (hubspot_credit rewards) of a contact, from the ledger.

@@ -81,6 +81,7 @@ pub struct Params<'a> {
     pub personal_message: &'a str,
     pub reward: &'a str,
     pub share_link: &'a str,
+    pub milestone: &'a str,
 }
 
 impl<'a> Params<'a> {
@@ -94,6 +95,7 @@ impl<'a> Params<'a> {
             personal_message: first_name,
             reward: first_name,
             share_link: first_name,
+            milestone: first_name,
         }
     }
 }
@@ -109,6 +111,7 @@ fn params(order: &[TemplateParameter], p: &Params<'_>) -> Vec<String> {
             TemplateParameter::PersonalMessage => p.personal_message,
             TemplateParameter::Reward => p.reward,
             TemplateParameter::ShareLink => p.share_link,
+            TemplateParameter::Milestone => p.milestone,
         })
         .map(str::to_string)
         .collect()
@@ -310,6 +313,7 @@ pub fn friend_invite(settings: &Settings, r: &ReferralText<'_>, to: &str) -> Val
         personal_message: &personal,
         reward: r.code,
         share_link: r.code,
+        milestone: r.code,
     };
     template(Template {
         to,
@@ -443,6 +447,28 @@ pub fn reward(settings: &Settings, to: &str, language: &str, name: &str, given: 
         name: &t.reward,
         language,
         body_params: params(&t.reward_body, &values),
+        copy_code: None,
+        quick_replies: vec![],
+        flow_button: None,
+    })
+}
+
+/// `tmpl_referral_bonus` to a referrer who reached a milestone: `given` is the code or the
+/// description.
+pub fn bonus(settings: &Settings, to: &str, language: &str, name: &str, conversions: i64, given: &str) -> Value {
+    let t = &settings.templates;
+    let first = first_name(name);
+    let reached = conversions.to_string();
+    let values = Params {
+        reward: given,
+        milestone: &reached,
+        ..Params::recipient(&first, given)
+    };
+    template(Template {
+        to,
+        name: &t.bonus,
+        language,
+        body_params: params(&t.bonus_body, &values),
         copy_code: None,
         quick_replies: vec![],
         flow_button: None,

@@ -107,6 +107,7 @@ pub async fn seed(store: &Store) -> Vec<i64> {
                 currency: "usd".into(),
                 stripe_customer: None,
                 available_at: 0,
+                milestone: None,
             };
             tx.insert_reward(id, &reward).await.expect("reward");
         }

@@ -558,7 +558,7 @@ async fn the_go_live_commands_run_in_order_against_the_accounts() {
         let created = properties.0.lock().map(|all| all.len()).unwrap_or(0);
         assert!(created > 8, "the group and our properties exist in HubSpot ({created})");
         let state = graph.state.lock().expect("Graph state");
-        assert_eq!(state.templates.len(), 7, "the seven templates, in the one language");
+        assert_eq!(state.templates.len(), 8, "the eight templates, in the one language");
         assert_eq!(state.flows.len(), 1);
         assert_eq!(state.flows[0]["status"], "PUBLISHED");
         assert!(state.subscribed);

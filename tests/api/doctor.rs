@@ -17,7 +17,7 @@ use crate::helpers::*;
 use crate::setup::Properties;
 
 const WABA: &str = "100000000000101";
-const TEMPLATES: [&str; 7] = [
+const TEMPLATES: [&str; 8] = [
     "tmpl_referral_invite",
     "tmpl_referral_flow",
     "tmpl_referral_friend_invite",
@@ -25,6 +25,7 @@ const TEMPLATES: [&str; 7] = [
     "tmpl_referral_reward",
     "tmpl_referral_reminder",
     "tmpl_referral_nudge",
+    "tmpl_referral_bonus",
 ];
 
 struct Account {

@@ -136,7 +136,7 @@ impl TestApp {
     ) -> TestApp {
         let mut env = base_env(&db.url);
         adjust(&mut env);
-        let settings = Settings::load_from(None, env.clone()).expect("test settings");
+        let settings = load_settings(&env);
         let app = Application::build(settings)
             .await
             .expect("build app")
@@ -239,7 +239,7 @@ pub fn test_message(
 /// A worker over `app`'s store and settings, for a test to drive by hand (the app's own
 /// worker being off).
 pub fn hand_worker(app: &TestApp) -> referloop::jobs::Worker {
-    let settings = Settings::load_from(None, app.env.clone()).expect("settings");
+    let settings = load_settings(&app.env);
     let services = referloop::app::Services::new(
         app.store.clone(),
         std::sync::Arc::new(settings),
@@ -247,6 +247,16 @@ pub fn hand_worker(app: &TestApp) -> referloop::jobs::Worker {
     )
     .expect("services");
     referloop::jobs::Worker::new(std::sync::Arc::new(services))
+}
+
+/// The settings `env` gives, with the configuration file REFERLOOP_CONFIG names, if any,
+/// as the binary reads them.
+pub fn load_settings(env: &[(String, String)]) -> Settings {
+    let file = env
+        .iter()
+        .find(|(k, _)| k == "REFERLOOP_CONFIG")
+        .map(|(_, v)| std::path::PathBuf::from(v));
+    Settings::load_from(file.as_deref(), env.to_vec()).expect("test settings")
 }
 
 pub fn set_env(env: &mut Vec<(String, String)>, key: &str, value: &str) {

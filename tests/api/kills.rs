@@ -1,5 +1,7 @@
 //! Workers of the real binary killed with SIGKILL at random moments during whole
-//! referrals, from the trigger through both rewards. The HTTP side runs in the test
+//! referrals, from the trigger through both rewards, with the promoter's reminder before
+//! the tap, the referrer's nudge before the conversion, and a milestone bonus at each
+//! referrer's first rewarded referral. The HTTP side runs in the test
 //! (so webhooks are always acknowledged); the work runs only in worker processes
 //! (three on PostgreSQL, two on SQLite), each killed and restarted at random. Every
 //! message, contact, promotion code and reward still happens exactly once on the
@@ -121,6 +123,8 @@ async fn whole_referral(lc: &Lifecycle, outside: &Outside, pair: &Pair, n: usize
         .await;
     assert_eq!(trigger, 200);
     wait_for_send(outside, "tmpl_referral_invite", &pair.referrer).await;
+    // The promoter waits for the reminder (due a second after the invite) before tapping.
+    wait_for_send(outside, "tmpl_referral_reminder", &pair.referrer).await;
     let invites = lc.app.store.list_invites(1_000).await.expect("invites");
     let invite = invites
         .iter()
@@ -167,6 +171,33 @@ async fn whole_referral(lc: &Lifecycle, outside: &Outside, pair: &Pair, n: usize
             friend_referral().await.map(|r| r.state)
         );
     }
+    // The friend waits for the referrer's nudge (due two seconds after the nomination).
+    let nudged = eventually(Duration::from_secs(90), || {
+        std::future::ready(
+            outside
+                .graph
+                .of("tmpl_referral_nudge")
+                .iter()
+                .any(|b| b["to"] == pair.referrer.as_str()),
+        )
+    })
+    .await;
+    if !nudged {
+        let jobs = lc.app.store.list(Queue::Jobs, None, 10_000).await.unwrap_or_default();
+        let reminders: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.kind.to_string().starts_with("reminder."))
+            .collect();
+        let messages = lc.app.store.list_messages(10_000).await.unwrap_or_default();
+        let to_referrer: Vec<_> = messages
+            .iter()
+            .filter(|m| m.to_phone.as_str() == pair.referrer)
+            .collect();
+        panic!(
+            "the nudge to {} was never sent: {reminders:#?}; messages to the referrer: {to_referrer:#?}",
+            pair.referrer
+        );
+    }
     let code = friend_referral().await.expect("the referral").referral_code;
     let (status, body) = lc
         .api_conversion(json!({"external_id": format!("order-{n}"), "referral_code": code}))
@@ -198,8 +229,23 @@ async fn workers_killed_at_random_do_everything_once(backend: Backend) {
         })
         .filter(|range| !range.is_empty())
         .unwrap_or(100..900);
+    // A milestone at the first rewarded referral: every referrer earns a bonus.
+    let config = tempfile::tempdir().expect("dir");
+    let config_file = config.path().join("referloop.toml");
+    std::fs::write(
+        &config_file,
+        "[[rewards.milestones]]\nconversions = 1\nreward = { kind = \"static_code\", amount = 500, \
+         currency = \"usd\", description = \"a $5 bonus\", static_code = \"BONUS5\" }\n",
+    )
+    .expect("config file");
+    let config_path = config_file.to_string_lossy().to_string();
     let lc = Lifecycle::start(backend, |env| {
         chaos_env(env);
+        set_env(env, "REFERLOOP_CONFIG", &config_path);
+        set_env(env, "REFERLOOP_REMINDERS__PROMOTER_AFTER", "1s");
+        set_env(env, "REFERLOOP_REMINDERS__FRIEND_AFTER", "2s");
+        // The referrer gets three marketing templates here (invite, reminder, nudge).
+        set_env(env, "REFERLOOP_MESSAGING__MAX_MARKETING_PER_CONTACT_PER_WEEK", "3");
         set_env(env, "REFERLOOP_WORKER__ENABLED", "false");
         set_env(env, "REFERLOOP_WORKER__LEASE_SECONDS", "2");
         // An interrupted send waits this long for Meta's status before it is sent again
@@ -275,6 +321,9 @@ async fn workers_killed_at_random_do_everything_once(backend: Backend) {
     for pair in &pairs {
         for (template, to) in [
             ("tmpl_referral_invite", &pair.referrer),
+            ("tmpl_referral_reminder", &pair.referrer),
+            ("tmpl_referral_nudge", &pair.referrer),
+            ("tmpl_referral_bonus", &pair.referrer),
             ("interactive", &pair.referrer),
             ("tmpl_referral_friend_invite", &pair.friend),
             ("tmpl_referral_thanks", &pair.referrer),
@@ -295,7 +344,7 @@ async fn workers_killed_at_random_do_everything_once(backend: Backend) {
         "one promotion code per friend"
     );
     let rewards = lc.app.store.list_rewards(1_000).await.expect("rewards");
-    assert_eq!(rewards.len(), 2 * count);
+    assert_eq!(rewards.len(), 3 * count, "both sides' rewards and a bonus per referral");
     assert!(rewards.iter().all(|r| r.state.as_str() == "issued"), "{rewards:?}");
     let referrals = lc.app.store.list_referrals(1_000).await.expect("referrals");
     assert!(referrals.iter().all(|r| r.state.as_str() == "converted"));

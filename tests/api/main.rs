@@ -14,6 +14,7 @@ mod helpers;
 mod admin;
 mod api_document;
 mod attribution;
+mod bonuses;
 mod browser;
 mod fuzz;
 mod health;

@@ -245,6 +245,67 @@ async fn a_conversion_before_the_nudge_cancels_it(backend: Backend) {
     lc.shutdown().await;
 }
 
+async fn an_expired_referral_or_an_opted_out_referrer_is_not_nudged(backend: Backend) {
+    // The attribution window (5 days) ends before the nudge is due (7 days).
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_PROGRAMME__ATTRIBUTION_WINDOW_DAYS", "5");
+    })
+    .await;
+    crate::lifecycle::nominate_friend(&lc, true).await;
+    lc.app.store.clock().advance(Duration::from_secs(7 * 86_400 + 1));
+    lc.settle().await;
+    assert!(nudges_to(&lc).await.is_empty());
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let job = nudge_job(&jobs).expect("the nudge's job");
+    assert_eq!(job.note.as_deref(), Some("cancelled: past the attribution window"));
+    lc.shutdown().await;
+
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    crate::lifecycle::nominate_friend(&lc, true).await;
+    assert_eq!(
+        lc.inbound(text_message(REFERRER_PHONE, "wamid.NSTOP", "STOP")).await,
+        200
+    );
+    lc.settle().await;
+    lc.app.store.clock().advance(Duration::from_secs(7 * 86_400 + 1));
+    lc.settle().await;
+    assert!(nudges_to(&lc).await.is_empty());
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let job = nudge_job(&jobs).expect("the nudge's job");
+    assert_eq!(job.note.as_deref(), Some("cancelled: the referrer opted out"));
+    lc.shutdown().await;
+}
+
+/// A conversion arriving while the nudge falls due: whichever commits first, the nudge
+/// job ends done and a nudge still queued when the conversion commits is never sent.
+async fn a_conversion_racing_the_due_nudge_sends_one_at_most(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_WORKER__JOB_CONCURRENCY", "4");
+    })
+    .await;
+    crate::lifecycle::nominate_friend(&lc, true).await;
+    let code = lc.app.store.list_referrals(1).await.expect("referrals")[0]
+        .referral_code
+        .clone();
+    lc.app.store.clock().advance(Duration::from_secs(7 * 86_400 + 1));
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-race", "referral_code": code}))
+        .await;
+    assert!(status < 300, "{status}");
+    lc.settle().await;
+    let messages = lc.app.store.list_messages(200).await.expect("messages");
+    let nudges: Vec<_> = messages.iter().filter(|m| m.purpose == MessagePurpose::Nudge).collect();
+    assert!(nudges.len() <= 1, "{nudges:?}");
+    let sent = nudges_to(&lc).await.len();
+    match nudges.first() {
+        Some(m) if m.status != MessageStatus::Suppressed => assert_eq!(sent, 1, "{m:?}"),
+        _ => assert_eq!(sent, 0),
+    }
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    assert_eq!(nudge_job(&jobs).expect("the nudge's job").state, QueueState::Done);
+    lc.shutdown().await;
+}
+
 /// The friend arrives through the share link (Ana's nomination without consent): their
 /// text opens a 24-hour window.
 async fn friend_writes(lc: &Lifecycle) -> String {
@@ -387,6 +448,8 @@ both_backends!(
     a_reminder_over_the_weekly_cap_is_skipped_not_held,
     a_referrer_is_nudged_once_about_a_friend_who_has_not_converted,
     a_conversion_before_the_nudge_cancels_it,
+    an_expired_referral_or_an_opted_out_referrer_is_not_nudged,
+    a_conversion_racing_the_due_nudge_sends_one_at_most,
     a_friend_who_wrote_is_reminded_once_inside_their_window,
     a_friend_reminder_is_skipped_once_the_window_would_close,
     a_tap_racing_the_due_reminder_sends_one_at_most,

@@ -255,7 +255,7 @@ async fn run(backend: Backend, ops: Vec<Op>) -> Result<(), TestCaseError> {
     );
 
     // The newest counters written to HubSpot equal the ledger.
-    let (converted_count, total) = store.referrer_counters("90001").await.expect("counters");
+    let (converted_count, total, _bonuses) = store.referrer_counters("90001").await.expect("counters");
     let last_counters = calls
         .iter()
         .filter(|c| c.method == "PATCH" && c.url.ends_with("/contacts/90001"))

@@ -366,6 +366,8 @@ fn expected_state_sets() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("reward_codes_free", BTreeSet::new()),
         // Sent messages, which the frequency cap counts: `sent_at IS NOT NULL`.
         ("messages_recipient_sent", BTreeSet::new()),
+        // Milestone bonuses: `milestone IS NOT NULL`.
+        ("rewards_bonus", BTreeSet::new()),
         ("inbox_events_state", names(QueueState::ALL)),
         ("jobs_state", names(QueueState::ALL)),
     ])

@@ -436,12 +436,12 @@ async fn setup_whatsapp_submits_creates_publishes_and_subscribes_once() {
     assert!(first.ok(), "{:?}", first.lines());
     assert_eq!(
         first.created(),
-        41,
-        "seven templates and a Flow in each of five languages, the subscription"
+        46,
+        "eight templates and a Flow in each of five languages, the subscription"
     );
     {
         let state = account.state.lock().expect("state");
-        assert_eq!(state.templates.len(), 35);
+        assert_eq!(state.templates.len(), 40);
         assert_eq!(state.flows.len(), 5);
         let spanish_flow = state
             .templates
