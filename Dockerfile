@@ -7,7 +7,7 @@ COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && for bench in ingest_load dispatch reporting flow_endpoint referrals; do echo 'fn main() {}' > "benches/$bench.rs"; done \
+    && for bench in ingest_load dispatch reporting flow_endpoint referrals reminders; do echo 'fn main() {}' > "benches/$bench.rs"; done \
     && cargo build --release --locked --bin referloop \
     && rm -rf src benches
 COPY src src

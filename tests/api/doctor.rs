@@ -53,7 +53,7 @@ fn every_property() -> Properties {
     ] {
         all = all.with(&format!("/{name}"), text(name));
     }
-    for name in ["referrals_converted", "referral_rewards_total"] {
+    for name in ["referrals_converted", "referral_rewards_total", "referral_bonus_total"] {
         all = all.with(&format!("/{name}"), number(name));
     }
     all

@@ -200,6 +200,46 @@ async fn quiet_hours_hold_until_the_recipients_window_opens(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// Moves the app's clock forward to `at` (RFC 3339), which must be ahead of it.
+fn move_clock_to(lc: &Lifecycle, at: &str) {
+    let target = at.parse::<Timestamp>().expect("a timestamp").as_millisecond();
+    let by = target - lc.app.store.now_ms();
+    assert!(by > 0, "{at} is ahead of the clock");
+    lc.app.store.clock().advance(Duration::from_millis(by as u64));
+}
+
+async fn the_window_follows_daylight_saving_and_the_date_line(backend: Backend) {
+    let lc = Lifecycle::start(backend, |env| {
+        set_env(env, "REFERLOOP_MESSAGING__SEND_WINDOW", "09:00-20:00");
+    })
+    .await;
+    // 06:00 UTC on 2027-03-14, the night New York's clocks go forward: 01:00 EST there,
+    // and already 20:00 on the same date in Kiritimati (+14:00), the window just closed.
+    move_clock_to(&lc, "2027-03-14T06:00:00Z");
+    let ny = json!({"hs_object_id": "94001", "firstname": "Ana", "mobilephone": REFERRER_PHONE,
+                    "hs_feedback_last_nps_rating": "10", "hs_timezone": "america_slash_new_york"});
+    let kiritimati = json!({"hs_object_id": "94002", "firstname": "Ben", "mobilephone": BEN_PHONE,
+                            "hs_feedback_last_nps_rating": "10", "hs_timezone": "Pacific/Kiritimati"});
+    assert_eq!(lc.trigger("trigger=nps", ny).await, 200);
+    assert_eq!(lc.trigger("trigger=nps", kiritimati).await, 200);
+    lc.settle().await;
+    let at = |text: &str| text.parse::<Timestamp>().expect("a timestamp").as_millisecond();
+    // 09:00 EDT (UTC-4 after the change), not 09:00 EST.
+    let ana = &invite_messages(&lc, REFERRER_PHONE).await[0];
+    assert_eq!(ana.held_until, Some(at("2027-03-14T13:00:00Z")));
+    // 09:00 the next local day in Kiritimati: 19:00 UTC on the 14th.
+    let ben = &invite_messages(&lc, BEN_PHONE).await[0];
+    assert_eq!(ben.held_until, Some(at("2027-03-14T19:00:00Z")));
+    move_clock_to(&lc, "2027-03-14T13:00:01Z");
+    lc.settle().await;
+    assert_eq!(invites_sent_to(&lc, REFERRER_PHONE).await, 1);
+    assert_eq!(invites_sent_to(&lc, BEN_PHONE).await, 0);
+    move_clock_to(&lc, "2027-03-14T19:00:01Z");
+    lc.settle().await;
+    assert_eq!(invites_sent_to(&lc, BEN_PHONE).await, 1);
+    lc.shutdown().await;
+}
+
 async fn the_weekly_cap_holds_a_marketing_template_over_it(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
         set_env(env, "REFERLOOP_MESSAGING__MAX_MARKETING_PER_CONTACT_PER_WEEK", "1");
@@ -247,5 +287,6 @@ async fn the_weekly_cap_holds_a_marketing_template_over_it(backend: Backend) {
 
 both_backends!(
     quiet_hours_hold_until_the_recipients_window_opens,
+    the_window_follows_daylight_saving_and_the_date_line,
     the_weekly_cap_holds_a_marketing_template_over_it,
 );

@@ -362,6 +362,27 @@ async fn a_friend_who_wrote_is_reminded_once_inside_their_window(backend: Backen
     lc.shutdown().await;
 }
 
+async fn a_conversion_before_the_friends_reminder_cancels_it(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let code = friend_writes(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-f", "referral_code": code}))
+        .await;
+    assert!(status < 300, "{status}");
+    lc.settle().await;
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let job = jobs
+        .iter()
+        .find(|j| j.kind == ItemKind::Job(JobKind::FriendReminder))
+        .expect("the friend reminder's job");
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(job.note.as_deref(), Some("cancelled: the referral is converted now"));
+    lc.app.store.clock().advance(Duration::from_secs(2 * 3600 + 1));
+    lc.settle().await;
+    assert!(friend_reminders(&lc).await.is_empty());
+    lc.shutdown().await;
+}
+
 async fn a_friend_reminder_is_skipped_once_the_window_would_close(backend: Backend) {
     let lc = Lifecycle::start(backend, |env| {
         set_env(env, "REFERLOOP_REMINDERS__FRIEND_REMINDER_AFTER", "1day");
@@ -452,5 +473,6 @@ both_backends!(
     a_conversion_racing_the_due_nudge_sends_one_at_most,
     a_friend_who_wrote_is_reminded_once_inside_their_window,
     a_friend_reminder_is_skipped_once_the_window_would_close,
+    a_conversion_before_the_friends_reminder_cancels_it,
     a_tap_racing_the_due_reminder_sends_one_at_most,
 );
