@@ -51,7 +51,24 @@ fn pairs(n: usize) -> Vec<Pair> {
         .collect()
 }
 
-fn start_worker(env: &[(String, String)]) -> Child {
+/// A worker process, killed when dropped: a test that fails midway (its task dropped with
+/// the runtime) leaves no worker running on.
+struct Worker(Child);
+
+impl Worker {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn start_worker(env: &[(String, String)]) -> Worker {
     let mut command = Command::new(env!("CARGO_BIN_EXE_referloop"));
     command
         .arg("serve")
@@ -65,6 +82,7 @@ fn start_worker(env: &[(String, String)]) -> Child {
         .env("REFERLOOP_WORKER__ENABLED", "true")
         .env("REFERLOOP_SERVER__LISTEN", "127.0.0.1:0")
         .spawn()
+        .map(Worker)
         .expect("start a referloop worker")
 }
 
@@ -83,23 +101,19 @@ fn kill_at_random(
 ) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        let mut workers: Vec<Child> = (0..count).map(|_| start_worker(&env)).collect();
+        let mut workers: Vec<Worker> = (0..count).map(|_| start_worker(&env)).collect();
         let mut kills = 0;
         while phase.load(Ordering::SeqCst) == KILLING {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(interval_ms.clone()))).await;
             let victim = rng.gen_range(0..workers.len());
-            let _ = workers[victim].kill();
-            let _ = workers[victim].wait();
+            workers[victim].stop();
             kills += 1;
             workers[victim] = start_worker(&env);
         }
         while phase.load(Ordering::SeqCst) == CALM {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for mut worker in workers {
-            let _ = worker.kill();
-            let _ = worker.wait();
-        }
+        drop(workers);
         kills
     })
 }
