@@ -276,6 +276,31 @@ async fn an_expired_referral_or_an_opted_out_referrer_is_not_nudged(backend: Bac
     lc.shutdown().await;
 }
 
+async fn a_refused_nomination_is_not_nudged(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    // HubSpot knows the friend as a customer already: the screening refuses the nomination.
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
+            {"id": "777", "properties": {"mobilephone": FRIEND_PHONE, "lifecyclestage": "customer"}}]})),
+        )
+        .with_priority(1)
+        .mount(&lc.hubspot)
+        .await;
+    crate::lifecycle::nominate_friend(&lc, true).await;
+    let referral = lc.app.store.list_referrals(1).await.expect("referrals")[0].clone();
+    assert_eq!(referral.state, referloop::domain::referral::ReferralState::Refused);
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let job = nudge_job(&jobs).expect("the nudge's job");
+    assert_eq!(job.state, QueueState::Done);
+    assert_eq!(job.note.as_deref(), Some("cancelled: the referral is refused now"));
+    lc.app.store.clock().advance(Duration::from_secs(7 * 86_400 + 1));
+    lc.settle().await;
+    assert!(nudges_to(&lc).await.is_empty());
+    lc.shutdown().await;
+}
+
 /// A conversion arriving while the nudge falls due: whichever commits first, the nudge
 /// job ends done and a nudge still queued when the conversion commits is never sent.
 async fn a_conversion_racing_the_due_nudge_sends_one_at_most(backend: Backend) {
@@ -470,6 +495,7 @@ both_backends!(
     a_referrer_is_nudged_once_about_a_friend_who_has_not_converted,
     a_conversion_before_the_nudge_cancels_it,
     an_expired_referral_or_an_opted_out_referrer_is_not_nudged,
+    a_refused_nomination_is_not_nudged,
     a_conversion_racing_the_due_nudge_sends_one_at_most,
     a_friend_who_wrote_is_reminded_once_inside_their_window,
     a_friend_reminder_is_skipped_once_the_window_would_close,
