@@ -206,3 +206,14 @@ impl Services {
         self.now_ms() - duration_ms(self.settings.programme.reward_cap_period)
     }
 }
+
+/// A referral's texts as stored, for the messages about it.
+fn referral_text(r: &crate::store::ReferralRow) -> crate::whatsapp::render::ReferralText<'_> {
+    crate::whatsapp::render::ReferralText {
+        code: &r.referral_code,
+        referrer_name: &r.referrer_name,
+        friend_name: &r.friend_name,
+        personal_message: r.personal_message.as_deref(),
+        language: &r.language,
+    }
+}

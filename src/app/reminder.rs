@@ -14,8 +14,8 @@ use crate::domain::messaging::MessagePurpose;
 use crate::domain::phone::E164;
 use crate::domain::send_window::{cap_frees_at, LocalZone, CAP_PERIOD};
 use crate::domain::state::{InviteState, Persisted};
-use crate::store::NewMessage;
-use crate::whatsapp::render::{self, ReferralText};
+use crate::store::{NewMessage, ReferralRow, Tx};
+use crate::whatsapp::render;
 use jiff::Timestamp;
 
 /// The `reminder.promoter` job: `tmpl_referral_reminder` to a customer who was invited and
@@ -74,13 +74,10 @@ pub async fn nudge(s: &Services, work: &Work, referral_id: i64, business_number:
         return Outcome::done("skipped: reminders.nudge is off");
     }
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    let Some(r) = tx.referral_for_update(referral_id).await? else {
-        return Ok(tx.commit(format!("referral {referral_id} not found")).await?.into());
+    let r = match still_open(&mut tx, referral_id).await? {
+        Ok(r) => r,
+        Err(note) => return Ok(tx.commit(note).await?.into()),
     };
-    if r.state.ends_nudging() {
-        let note = format!("cancelled: the referral is {}", r.state.as_str());
-        return Ok(tx.commit(note).await?.into());
-    }
     // Referrals expire when a later nomination of the friend finds them past the window;
     // one past it is expired for the nudge too.
     if r.nominated_at < s.attribution_window_start() {
@@ -95,13 +92,7 @@ pub async fn nudge(s: &Services, work: &Work, referral_id: i64, business_number:
     if let Some(note) = over_cap(s, phone).await? {
         return Ok(tx.commit(note).await?.into());
     }
-    let text = ReferralText {
-        code: &r.referral_code,
-        referrer_name: &r.referrer_name,
-        friend_name: &r.friend_name,
-        personal_message: r.personal_message.as_deref(),
-        language: &r.language,
-    };
+    let text = super::referral_text(&r);
     let body = render::nudge(&s.settings, &text, phone.as_str(), business_number);
     let message = NewMessage {
         referral_id: Some(referral_id),
@@ -113,6 +104,18 @@ pub async fn nudge(s: &Services, work: &Work, referral_id: i64, business_number:
         .commit(format!("nudge queued for referral {referral_id}"))
         .await?
         .into())
+}
+
+/// The referral a reminder is about, read locked, while one may still help; otherwise why
+/// not (the job ends with it).
+async fn still_open(tx: &mut Tx, referral_id: i64) -> Result<Result<ReferralRow, String>, StepError> {
+    let Some(r) = tx.referral_for_update(referral_id).await? else {
+        return Ok(Err(format!("referral {referral_id} not found")));
+    };
+    if r.state.ends_nudging() {
+        return Ok(Err(format!("cancelled: the referral is {}", r.state.as_str())));
+    }
+    Ok(Ok(r))
 }
 
 /// Why a reminder to `phone` is skipped for the weekly cap, if it is.
@@ -134,13 +137,10 @@ pub async fn friend(s: &Services, work: &Work, referral_id: i64) -> StepResult {
         return Outcome::done("skipped: reminders.friend is off");
     }
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    let Some(r) = tx.referral_for_update(referral_id).await? else {
-        return Ok(tx.commit(format!("referral {referral_id} not found")).await?.into());
+    let r = match still_open(&mut tx, referral_id).await? {
+        Ok(r) => r,
+        Err(note) => return Ok(tx.commit(note).await?.into()),
     };
-    if r.state.ends_nudging() {
-        let note = format!("cancelled: the referral is {}", r.state.as_str());
-        return Ok(tx.commit(note).await?.into());
-    }
     let Some(phone) = &r.friend_phone else {
         return Ok(tx.commit("referral without the friend's number").await?.into());
     };
@@ -162,13 +162,7 @@ pub async fn friend(s: &Services, work: &Work, referral_id: i64) -> StepResult {
             .await?
             .into());
     }
-    let text = ReferralText {
-        code: &r.referral_code,
-        referrer_name: &r.referrer_name,
-        friend_name: &r.friend_name,
-        personal_message: r.personal_message.as_deref(),
-        language: &r.language,
-    };
+    let text = super::referral_text(&r);
     let body = render::friend_reminder(&s.settings, &text, phone.as_str());
     let message = NewMessage {
         referral_id: Some(referral_id),

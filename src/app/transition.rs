@@ -11,7 +11,7 @@ use crate::domain::referral::{self, friend_hubspot_status, Effect, ReferralEvent
 use crate::domain::state::Persisted;
 use crate::domain::work::Job;
 use crate::store::{NewConversion, NewMessage, ReferralRow, Tx};
-use crate::whatsapp::render::{self, ReferralText};
+use crate::whatsapp::render;
 
 /// What the event came with, beyond the event itself.
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,13 +116,7 @@ fn effect_message(
             .clone()
             .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into())),
     };
-    let text = ReferralText {
-        code: &r.referral_code,
-        referrer_name: &r.referrer_name,
-        friend_name: &r.friend_name,
-        personal_message: r.personal_message.as_deref(),
-        language: &r.language,
-    };
+    let text = super::referral_text(r);
     let (to, purpose, marketing, body) = match effect {
         Effect::SendFriendInvite => {
             let to = friend()?;

@@ -129,13 +129,35 @@ fn name_or(name: &str, fallback: &str) -> String {
 /// `tmpl_referral_invite`: the code (copy-code button), "Refer someone" and "Stop".
 pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &str, invite_id: i64) -> Value {
     let t = &settings.templates;
-    let first = name_or(name, &settings.catalogues.get(language).replies.unknown_name);
+    with_invite_buttons(
+        settings,
+        (&t.invite, &t.invite_body),
+        to,
+        language,
+        name,
+        code,
+        invite_id,
+    )
+}
+
+/// A template laid out as the invite: `(name, body parameters)`, with the invite's buttons.
+fn with_invite_buttons(
+    settings: &Settings,
+    (name, body): (&str, &[TemplateParameter]),
+    to: &str,
+    language: &str,
+    recipient: &str,
+    code: &str,
+    invite_id: i64,
+) -> Value {
+    let t = &settings.templates;
+    let first = name_or(recipient, &settings.catalogues.get(language).replies.unknown_name);
     let values = Params::recipient(&first, code);
     template(Template {
         to,
-        name: &t.invite,
+        name,
         language,
-        body_params: params(&t.invite_body, &values),
+        body_params: params(body, &values),
         copy_code: Some((t.invite_copy_code_button, code)),
         quick_replies: vec![
             (t.invite_refer_button, format!("refer:{invite_id}")),
@@ -148,20 +170,15 @@ pub fn invite(settings: &Settings, to: &str, language: &str, name: &str, code: &
 /// `tmpl_referral_reminder`: the invite again, in other words, with its buttons.
 pub fn reminder(settings: &Settings, to: &str, language: &str, name: &str, code: &str, invite_id: i64) -> Value {
     let t = &settings.templates;
-    let first = name_or(name, &settings.catalogues.get(language).replies.unknown_name);
-    let values = Params::recipient(&first, code);
-    template(Template {
+    with_invite_buttons(
+        settings,
+        (&t.reminder, &t.reminder_body),
         to,
-        name: &t.reminder,
         language,
-        body_params: params(&t.reminder_body, &values),
-        copy_code: Some((t.invite_copy_code_button, code)),
-        quick_replies: vec![
-            (t.invite_refer_button, format!("refer:{invite_id}")),
-            (t.invite_stop_button, "stop".into()),
-        ],
-        flow_button: None,
-    })
+        name,
+        code,
+        invite_id,
+    )
 }
 
 /// `tmpl_referral_flow`: the nomination Flow as a template (outside any window).
