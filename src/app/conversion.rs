@@ -16,12 +16,15 @@ use serde_json::Value;
 use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::code::normalise_code;
+use crate::domain::economics::{Currency, Decimal6, Measure};
 use crate::domain::ids::{HubSpotId, StripeId, StripeObject};
 use crate::domain::inbox::hubspot_property;
 use crate::domain::phone::E164;
 use crate::domain::referral::{ReferralEvent, ReferralState};
 use crate::domain::state::{ConversionOutcome, ConversionSource, MatchedBy, Persisted};
-use crate::store::{Committed, ConversionRow, FriendKey, InviteRow, Lease, NewConversion, NewReferral};
+use crate::store::{
+    Cohort, Committed, ConversionRow, EconomicsEntry, FriendKey, InviteRow, Lease, NewConversion, NewReferral, Tx,
+};
 
 /// How a conversion found its referral.
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +174,9 @@ pub async fn convert(
                     ..EventContext::default()
                 };
                 transition::apply(s, &mut tx, r.id, &ReferralEvent::Converted, ctx).await?;
+                if let Some(amount) = conversion.amount {
+                    tally_revenue(s, &mut tx, r.id, &conversion, amount);
+                }
                 ConversionOutcome::Converted
             }
         },
@@ -193,6 +199,26 @@ pub async fn convert(
         converted_now: outcome == ConversionOutcome::Converted,
         committed,
     })
+}
+
+/// Notes the converting purchase's amount (`amount` of its currency's minor unit) as the
+/// referral's revenue. Only this first purchase is counted. An amount given without a
+/// currency is taken to be in the reporting currency (`pricing.currency`).
+fn tally_revenue(s: &Services, tx: &mut Tx, referral_id: i64, conversion: &NewConversion, amount: i64) {
+    let currency = conversion
+        .currency
+        .as_deref()
+        .and_then(Currency::parse)
+        .unwrap_or_else(|| s.settings.pricing.currency.clone());
+    tx.tally_economics(
+        Cohort::Referral(referral_id),
+        EconomicsEntry {
+            measure: Measure::Revenue,
+            detail: conversion.source.as_str().to_string(),
+            currency: currency.as_str().to_string(),
+            micros: currency.micros_from_minor(amount),
+        },
+    );
 }
 
 fn code_only_referral(invite: &InviteRow, code: &str, buyer: Option<&E164>, conversion: &NewConversion) -> NewReferral {
@@ -255,16 +281,24 @@ pub async fn on_hubspot_conversion(s: &Services, work: &Work, payload: &Value) -
     if contacts.is_empty() {
         attribution = attribute(s, None, phone.as_deref(), code.as_deref()).await?;
     }
+    // HubSpot writes the deal's amount in major units ("1250.50"); we keep minor units.
+    let deal_currency = hubspot_property(record, "deal_currency_code");
     let amount = hubspot_property(record, "amount")
-        .and_then(|a| a.parse::<f64>().ok())
-        .map(|a| (a * 100.0).round() as i64);
+        .and_then(|a| Decimal6::parse(&a))
+        .map(|a| {
+            deal_currency
+                .as_deref()
+                .and_then(Currency::parse)
+                .unwrap_or_else(|| s.settings.pricing.currency.clone())
+                .minor_from_micros(a.micros())
+        });
     let conversion = NewConversion {
         source: ConversionSource::Hubspot,
         external_id,
         referral_id: None,
         matched_by: None,
         amount,
-        currency: hubspot_property(record, "deal_currency_code"),
+        currency: deal_currency,
         payment_ref: None,
         stripe_customer: None,
     };

@@ -12,7 +12,9 @@ use crate::domain::messaging::{classify, MessagePurpose, MessageStatus, OptOutSo
 use crate::domain::referral::ReferralEvent;
 use crate::domain::send_window::{cap_frees_at, HoldReason, LocalZone, SendTiming, CAP_PERIOD};
 use crate::domain::state::Persisted;
-use crate::store::{duration_ms, BatchLease, ItemEnd, MessageRow, MessageToSend, NewMessage, StatusMove, Tx};
+use crate::store::{
+    duration_ms, BatchLease, Cohort, DeliveredCharge, ItemEnd, MessageRow, MessageToSend, NewMessage, StatusMove, Tx,
+};
 use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
 use jiff::Timestamp;
 
@@ -391,6 +393,7 @@ pub async fn on_status_batch(
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     let messages = tx.messages_by_wamids_for_update(&wamids, &keys).await?;
     let mut moves = Vec::new();
+    let mut charges = Vec::new();
     // Messages found by their callback data, each claimed by one wamid only.
     let mut attached: Vec<i64> = Vec::new();
     for (wamid, group) in &by_wamid {
@@ -428,6 +431,7 @@ pub async fn on_status_batch(
         if attach.is_some() {
             attached.push(message.id);
         }
+        charges.extend(delivered_charge(s, message, group.iter().map(|b| &b.update)));
         let note = if to == message.status && attach.is_none() {
             format!("message {} stays {}", message.id, to.as_str())
         } else {
@@ -448,6 +452,7 @@ pub async fn on_status_batch(
         ended.extend(group.iter().map(|b| (b.item_id, note.clone())));
     }
     tx.set_message_statuses(&moves).await?;
+    tx.record_charges(&charges, &s.settings.pricing.currency).await?;
     tx.finish_batch(&ended).await?;
     outcome.settled = ended.into_iter().map(|(id, _)| id).collect();
     Ok(outcome)
@@ -490,6 +495,9 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
         }
         None => None,
     };
+    if let Some(charge) = delivered_charge(s, &message, std::iter::once(update)) {
+        tx.record_charges(&[charge], &s.settings.pricing.currency).await?;
+    }
     let status = changed.unwrap_or(message.status);
     let mut note = match changed {
         Some(next) => format!(
@@ -526,6 +534,37 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
         }
     }
     Ok(tx.commit(note).await?.into())
+}
+
+/// The charge for `message` when one of `statuses` reports it delivered (or read) with
+/// Meta's pricing: Meta bills a message when it is delivered, and puts the pricing object
+/// on `sent` and on the `delivered` or `read` that bills. Priced from the rate card by
+/// the recipient's country on the day it is recorded; recorded once (`record_charges`).
+fn delivered_charge<'a>(
+    s: &Services,
+    message: &MessageRow,
+    statuses: impl Iterator<Item = &'a StatusUpdate>,
+) -> Option<DeliveredCharge> {
+    let pricing = statuses
+        .filter(|u| u.status.is_some_and(MessageStatus::is_delivered))
+        .find_map(|u| u.pricing.as_ref())?;
+    let market = message.to_phone.market();
+    let charge = s
+        .settings
+        .pricing
+        .rate_card()
+        .charge(pricing, market.as_deref(), s.now_ms());
+    let cohort = match (message.referral_id, message.invite_id) {
+        (Some(id), _) => Cohort::Referral(id),
+        (None, Some(id)) => Cohort::Invite(id),
+        (None, None) => Cohort::Unattributed,
+    };
+    Some(DeliveredCharge {
+        message_id: message.id,
+        cohort,
+        market: market.unwrap_or_else(|| "unknown".into()),
+        charge,
+    })
 }
 
 /// A transient failure reported by a `failed` status: the message is sent again, once,

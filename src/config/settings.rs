@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::catalogue::Catalogues;
+use crate::domain::economics::{Currency, Decimal6, Exchange, MarketCard, RateCard};
 use crate::domain::nomination::NominationRefusal;
 use crate::domain::referral::FriendInviteMode;
 use crate::domain::reward::RewardKind;
@@ -59,6 +60,7 @@ pub struct Settings {
     pub templates: TemplateSettings,
     pub api: ApiSettings,
     pub rewards: RewardSettings,
+    pub pricing: PricingSettings,
     /// The texts referloop writes, per configured language (`templates/messages/`), loaded
     /// after the settings themselves.
     #[serde(skip)]
@@ -384,6 +386,34 @@ pub struct MessagingSettings {
     pub default_timezone: Parsed<LocalZone>,
     /// Marketing templates to one number in any seven days.
     pub max_marketing_per_contact_per_week: NonZeroU32,
+}
+
+/// What messages cost and what other currencies are worth, for the economics report.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PricingSettings {
+    /// The reporting currency, which the rate card's prices are in too.
+    #[schemars(with = "String")]
+    pub currency: Currency,
+    /// What one unit of another currency is worth in the reporting currency.
+    #[serde(default)]
+    pub exchange_rates: std::collections::BTreeMap<String, Decimal6>,
+    /// Each market's (ISO 3166 country code) price per delivered message by category.
+    #[serde(default)]
+    pub markets: std::collections::BTreeMap<String, MarketCard>,
+}
+
+impl PricingSettings {
+    pub fn rate_card(&self) -> RateCard<'_> {
+        RateCard { markets: &self.markets }
+    }
+
+    pub fn exchange(&self) -> Exchange<'_> {
+        Exchange {
+            reporting: &self.currency,
+            rates: &self.exchange_rates,
+        }
+    }
 }
 
 /// The reminders referloop sends on its own, each with its kill switch.

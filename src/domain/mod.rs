@@ -6,6 +6,7 @@
 pub mod access;
 pub mod code;
 pub mod country_zones;
+pub mod economics;
 pub mod eligibility;
 pub mod flow_exchange;
 pub mod flow_token;

@@ -122,6 +122,15 @@ impl E164 {
         Some(id.as_ref().to_string())
     }
 
+    /// The market Meta prices the number's messages in: the main country of its calling
+    /// code (+44 is GB, Guernsey's numbers included; +1 is US, Canada's included), as
+    /// Meta's rate card groups countries by calling code.
+    pub fn market(&self) -> Option<String> {
+        let code = phonenumber::parse(None, &self.0).ok()?.code().value();
+        let regions = phonenumber::metadata::DATABASE.region(&code)?;
+        regions.first().map(|id| id.to_string())
+    }
+
     /// The national significant number, as HubSpot's searchable phone properties hold it.
     pub fn national_digits(&self) -> String {
         phonenumber::parse(None, &self.0)
@@ -133,6 +142,19 @@ impl E164 {
 impl fmt::Display for E164 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod market_tests {
+    use super::E164;
+
+    #[test]
+    fn a_market_is_its_calling_codes_main_country() {
+        let market = |n: &str| E164::from_row(n).ok().and_then(|p| p.market());
+        assert_eq!(market("+447911123456").as_deref(), Some("GB"));
+        assert_eq!(market("+14165550100").as_deref(), Some("US"));
+        assert_eq!(market("+5511987654321").as_deref(), Some("BR"));
     }
 }
 

@@ -12,17 +12,18 @@ use serde::Serialize;
 
 use super::problem::{ApiPath, ApiQuery, Caller, Problem};
 use super::wire::{
-    ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, FunnelAnswer, FunnelQuery, HeldAnswer,
-    LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage,
-    RemindersAnswer, RetryAnswer, RewardAnswer, RewardSummaryAnswer, RewardsAnswer, StepAnswer, TimelineAnswer,
-    TopReferrersAnswer,
+    AmountLine, CohortAnswer, ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer,
+    EconomicsAnswer, FunnelAnswer, FunnelQuery, HeldAnswer, LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName,
+    ReferralAnswer, ReferralPath, ReferralsPage, RemindersAnswer, RetryAnswer, RewardAnswer, RewardSummaryAnswer,
+    RewardsAnswer, StepAnswer, TimelineAnswer, TopReferrersAnswer, UncountedAnswer,
 };
 use super::AppState;
 use crate::domain::access::Role;
+use crate::domain::economics::{self, CohortEconomics, Counted, MICROS_PER_UNIT};
 use crate::domain::funnel::{Period, PeriodError};
 use crate::domain::phone::E164;
 use crate::domain::state::{Persisted, QueueState};
-use crate::store::Queue;
+use crate::store::{Queue, StoreError};
 use crate::telemetry::mask_phone;
 
 /// The most items one list of dead work holds.
@@ -70,6 +71,168 @@ pub async fn funnel(
         },
         bonuses_granted: counts.bonuses_granted,
     }))
+}
+
+/// `GET /api/v1/economics`: what the period's triggers cost and earned, by trigger kind.
+pub async fn economics(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<FunnelQuery>,
+) -> Result<Json<EconomicsAnswer>, Problem> {
+    let period = query.period(state.store.now_ms()).map_err(bad_period)?;
+    Ok(Json(
+        economics_answer(&state, period, query.trigger.map(|t| t.0)).await?,
+    ))
+}
+
+/// `GET /api/v1/export/economics.csv`: the same, one row per cohort and one for the total.
+pub async fn economics_csv(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<FunnelQuery>,
+) -> Result<Response, Problem> {
+    let period = query.period(state.store.now_ms()).map_err(bad_period)?;
+    let answer = economics_answer(&state, period, query.trigger.map(|t| t.0)).await?;
+    let rows: Vec<EconomicsCsvRow> = answer
+        .cohorts
+        .iter()
+        .chain(std::iter::once(&answer.total))
+        .map(|c| EconomicsCsvRow::of(c, &answer.currency))
+        .collect();
+    csv_response("economics.csv", &rows)
+}
+
+/// The economics of the period's triggers, with the assumptions behind the figures.
+pub(super) async fn economics_answer(
+    state: &AppState,
+    period: Period,
+    trigger: Option<String>,
+) -> Result<EconomicsAnswer, StoreError> {
+    let pricing = &state.settings.pricing;
+    let (lines, conversions) = state.store.economics_lines(period, trigger.as_deref()).await?;
+    let report = economics::economics(&lines, &conversions, &pricing.exchange());
+    let major = |micros: i64| micros as f64 / MICROS_PER_UNIT as f64;
+    let amounts = |map: &std::collections::BTreeMap<String, Counted>| {
+        map.iter()
+            .map(|(key, c)| AmountLine {
+                key: key.clone(),
+                count: c.count,
+                amount: major(c.micros),
+            })
+            .collect::<Vec<_>>()
+    };
+    let cohort = |c: &CohortEconomics| CohortAnswer {
+        trigger: c.trigger.clone(),
+        messages: amounts(&c.messages),
+        message_cost: major(c.message_cost()),
+        free_messages: c.free_messages,
+        unpriced_messages: c.unpriced_messages,
+        rewards: amounts(&c.rewards),
+        reward_cost: major(c.reward_cost()),
+        cost: major(c.cost()),
+        revenue_by_source: amounts(&c.revenue),
+        revenue: major(c.revenue_total()),
+        conversions: c.conversions,
+        cost_per_acquisition: c.cost_per_acquisition().map(major),
+        return_on_cost: c.return_on_cost(),
+    };
+    let rates = if pricing.exchange_rates.is_empty() {
+        "none configured".to_string()
+    } else {
+        pricing
+            .exchange_rates
+            .iter()
+            .map(|(currency, rate)| {
+                format!(
+                    "1 {} = {} {}",
+                    currency.to_ascii_uppercase(),
+                    f64::from(*rate),
+                    pricing.currency
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let assumptions = vec![
+        "Cohort: the triggers received in the period; each cost and each purchase is counted under the trigger it came from, whenever it happened.".to_string(),
+        format!(
+            "Messages: Meta bills a message when it is delivered, in the pricing category its delivery status reports; each is priced from the configured rate card (pricing.markets: {} markets, {}) by the recipient's country on the day it was delivered. A market or category with no price is listed as unpriced, not guessed.",
+            pricing.markets.len(),
+            pricing.currency
+        ),
+        "Rewards: counted at the value they were issued at (the configured amount of their side or bonus), when issued; rewards held, capped or voided cost nothing.".to_string(),
+        "Revenue: the converting purchase of each referred customer (its HubSpot deal amount, Stripe amount or API amount; taken to be in the reporting currency when none is given). Later purchases and lifetime value are not counted, and refunds are not deducted.".to_string(),
+        format!("Exchange: fixed rates from pricing.exchange_rates ({rates}); no live rates. Money in a currency without a rate is listed as uncounted."),
+        "Cost per acquired customer: message and reward cost over conversions. Return: revenue over that cost.".to_string(),
+    ];
+    Ok(EconomicsAnswer {
+        period: period.into(),
+        trigger,
+        currency: pricing.currency.to_string(),
+        cohorts: report.cohorts.iter().map(cohort).collect(),
+        total: cohort(&report.total),
+        uncounted: report
+            .uncounted
+            .iter()
+            .map(|u| UncountedAnswer {
+                what: u.what.to_string(),
+                key: u.key.clone(),
+                count: u.count,
+                amount: major(u.micros),
+            })
+            .collect(),
+        assumptions,
+    })
+}
+
+/// A row of `economics.csv`: one cohort, amounts in the reporting currency with four
+/// decimals (a message costs a fraction of a cent).
+#[derive(Debug, Default, Serialize)]
+struct EconomicsCsvRow {
+    trigger: Defused,
+    currency: Defused,
+    conversions: i64,
+    billable_messages: i64,
+    free_messages: i64,
+    unpriced_messages: i64,
+    message_cost: String,
+    referrer_rewards: String,
+    friend_rewards: String,
+    bonus_rewards: String,
+    reward_cost: String,
+    cost: String,
+    revenue: String,
+    cost_per_acquisition: String,
+    return_on_cost: String,
+}
+
+impl EconomicsCsvRow {
+    fn of(c: &CohortAnswer, currency: &str) -> EconomicsCsvRow {
+        let amount = |v: f64| format!("{v:.4}");
+        let side = |name: &str| {
+            amount(
+                c.rewards
+                    .iter()
+                    .filter(|r| r.key == name)
+                    .fold(0.0, |sum, r| sum + r.amount),
+            )
+        };
+        EconomicsCsvRow {
+            trigger: Defused::new(c.trigger.clone()),
+            currency: Defused::new(currency),
+            conversions: c.conversions,
+            billable_messages: c.messages.iter().map(|m| m.count).sum(),
+            free_messages: c.free_messages,
+            unpriced_messages: c.unpriced_messages,
+            message_cost: amount(c.message_cost),
+            referrer_rewards: side("referrer"),
+            friend_rewards: side("friend"),
+            bonus_rewards: side("referrer_bonus"),
+            reward_cost: amount(c.reward_cost),
+            cost: amount(c.cost),
+            revenue: amount(c.revenue),
+            cost_per_acquisition: c.cost_per_acquisition.map(amount).unwrap_or_default(),
+            return_on_cost: c.return_on_cost.map(amount).unwrap_or_default(),
+        }
+    }
 }
 
 /// `GET /api/v1/dropouts`: why people dropped out in the period.

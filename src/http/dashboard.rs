@@ -77,6 +77,7 @@ fn layout(title: &str, session: Option<&AdminSession>, body: Markup) -> Markup {
                     @if let Some(session) = session {
                         nav aria-label="Main" {
                             a href="/admin" { "Funnel" }
+                            a href="/admin/economics" { "Economics" }
                             a href="/admin/referrals" { "Referrals" }
                             a href="/admin/operations" { "Operations" }
                         }
@@ -585,6 +586,119 @@ pub async fn funnel(
         }
     };
     Ok(html_page(StatusCode::OK, layout("Funnel", Some(&session), body)))
+}
+
+/// An amount of the reporting currency, as the page shows it.
+fn money(amount: f64, currency: &str) -> String {
+    format!("{amount:.2} {currency}")
+}
+
+/// `/admin/economics`: what the period's triggers cost and earned, by trigger kind, with
+/// what could not be counted and the assumptions behind the figures.
+pub async fn economics(
+    State(state): State<AppState>,
+    Viewer(session): Viewer,
+    PageQuery(query): PageQuery<DaysQuery>,
+) -> Result<Response, PageError> {
+    let days = query.days.unwrap_or(30);
+    let period = Period::last_days(days, state.store.now_ms()).map_err(|e| PageError::Unprocessable(e.to_string()))?;
+    let trigger = query.trigger.clone();
+    let (answer, triggers) = tokio::try_join!(
+        super::admin::economics_answer(&state, period, trigger.clone()),
+        state.store.funnel_triggers(period),
+    )?;
+    let currency = answer.currency.as_str();
+    let trigger = trigger.as_deref();
+    let optional = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
+    let body = html! {
+        nav aria-label="Period" class="periods" {
+            @for d in [7, 30, 90] {
+                @if d == days { strong aria-current="page" { (d) " days" } } @else { a href=(format!("/admin/economics?days={d}")) { (d) " days" } }
+            }
+            form method="get" action="/admin/economics" class="custom-period" {
+                label for="days" { "Last" }
+                input id="days" name="days" type="number" min="1" max="366" value=(days);
+                span { "days," }
+                label for="trigger" { "trigger" }
+                select id="trigger" name="trigger" {
+                    option value="" selected[trigger.is_none()] { "all" }
+                    @for kind in trigger_choices(&triggers) {
+                        option value=(kind) selected[trigger == Some(kind.as_str())] { (kind) }
+                    }
+                }
+                button type="submit" { "Show" }
+            }
+        }
+        section aria-labelledby="by-trigger" {
+            h2 id="by-trigger" { "Cost and return, last " (days) " days" @if let Some(t) = trigger { ", " (t) } }
+            p { "The triggers received in the period, each with everything it led to. Amounts in " (currency) "." }
+            table {
+                thead { tr {
+                    th scope="col" { "Trigger" } th scope="col" { "Conversions" } th scope="col" { "Messages" }
+                    th scope="col" { "Rewards" } th scope="col" { "Cost" } th scope="col" { "Revenue" }
+                    th scope="col" { "Cost per customer" } th scope="col" { "Return" }
+                } }
+                tbody {
+                    @for c in answer.cohorts.iter().chain(std::iter::once(&answer.total)) {
+                        tr data-cohort=(c.trigger) {
+                            th scope="row" { @if c.trigger == "all" { "All triggers" } @else { (c.trigger) } }
+                            td data-figure="conversions" { (c.conversions) }
+                            td data-figure="message_cost" { (money(c.message_cost, currency)) }
+                            td data-figure="reward_cost" { (money(c.reward_cost, currency)) }
+                            td data-figure="cost" { (money(c.cost, currency)) }
+                            td data-figure="revenue" { (money(c.revenue, currency)) }
+                            td data-figure="cost_per_acquisition" { (optional(c.cost_per_acquisition, &|v| money(v, currency))) }
+                            td data-figure="return_on_cost" { (optional(c.return_on_cost, &|v| format!("{v:.2}×"))) }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="breakdown" {
+            h2 id="breakdown" { "Where the money went" }
+            @let total = &answer.total;
+            h3 { "Messages, by Meta's pricing category" }
+            @if total.messages.is_empty() { p { "No billable message delivered." } } @else {
+                table { tbody { @for m in &total.messages {
+                    tr data-category=(m.key) { th scope="row" { (m.key) } td { (m.count) " delivered" } td data-figure="amount" { (format!("{:.4} {currency}", m.amount)) } }
+                } } }
+            }
+            p { "Delivered free of charge: " strong data-figure="free_messages" { (total.free_messages) }
+                "; billable without a price: " strong data-figure="unpriced_messages" { (total.unpriced_messages) } }
+            h3 { "Rewards, by side" }
+            @if total.rewards.is_empty() { p { "No reward issued." } } @else {
+                table { tbody { @for r in &total.rewards {
+                    tr data-side=(r.key) { th scope="row" title=(r.key) { (words::say(&r.key)) } td { (r.count) " issued" } td data-figure="amount" { (money(r.amount, currency)) } }
+                } } }
+            }
+            h3 { "Revenue, by source" }
+            @if total.revenue_by_source.is_empty() { p { "No converting purchase." } } @else {
+                table { tbody { @for r in &total.revenue_by_source {
+                    tr data-source=(r.key) { th scope="row" { (r.key) } td { (r.count) " purchases" } td data-figure="amount" { (money(r.amount, currency)) } }
+                } } }
+            }
+        }
+        section aria-labelledby="uncounted" {
+            h2 id="uncounted" { "Not counted" }
+            @if answer.uncounted.is_empty() { p { "Everything was priced and converted." } } @else {
+                table {
+                    thead { tr { th scope="col" { "What" } th scope="col" { "Which" } th scope="col" { "Count" } th scope="col" { "Amount, own currency" } } }
+                    tbody { @for u in &answer.uncounted {
+                        tr data-uncounted=(u.key) {
+                            td { @if u.what == "message" { "No price for market:category" } @else { "No exchange rate" } }
+                            td { (u.key) } td { (u.count) }
+                            td { @if u.what == "money" { (format!("{:.2} {}", u.amount, u.key)) } @else { "–" } }
+                        }
+                    } }
+                }
+            }
+        }
+        section aria-labelledby="assumptions" {
+            h2 id="assumptions" { "How these figures are made" }
+            ul { @for a in &answer.assumptions { li { (a) } } }
+        }
+    };
+    Ok(html_page(StatusCode::OK, layout("Economics", Some(&session), body)))
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -13,9 +13,9 @@ use serde_json::{json, Map, Value};
 
 use super::problem::ErrorAnswer;
 use super::wire::{
-    ConversionAnswer, ConversionRequest, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, FunnelAnswer,
-    FunnelQuery, LimitQuery, PageQuery, PeriodQuery, ReferralPath, ReferralsPage, RetryAnswer, RewardSummaryAnswer,
-    RewardsAnswer, TimelineAnswer, TopReferrersAnswer, VoidAnswer,
+    ConversionAnswer, ConversionRequest, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, EconomicsAnswer,
+    FunnelAnswer, FunnelQuery, LimitQuery, PageQuery, PeriodQuery, ReferralPath, ReferralsPage, RetryAnswer,
+    RewardSummaryAnswer, RewardsAnswer, TimelineAnswer, TopReferrersAnswer, VoidAnswer,
 };
 use super::{admin, api, AppState};
 use crate::domain::access::Role;
@@ -148,6 +148,32 @@ pub const OPERATIONS: &[Operation] = &[
         success: Success::Json(200, "the steps and the days", schema::<FunnelAnswer>),
         errors: &[BAD_PERIOD],
         handler: || get(admin::funnel),
+    },
+    Operation {
+        method: Method::Get,
+        path: "/api/v1/economics",
+        id: "economics",
+        role: Some(Role::Viewer),
+        summary: "What the period's triggers cost (messages, rewards) and earned, by trigger kind, with cost per acquired customer and return",
+        query: Some(object::<FunnelQuery>),
+        path_params: None,
+        body: None,
+        success: Success::Json(200, "each cohort, the total, what could not be counted, and the assumptions", schema::<EconomicsAnswer>),
+        errors: &[BAD_PERIOD],
+        handler: || get(admin::economics),
+    },
+    Operation {
+        method: Method::Get,
+        path: "/api/v1/export/economics.csv",
+        id: "exportEconomics",
+        role: Some(Role::Viewer),
+        summary: "The economics of the period, one row per trigger kind and one for the total, as CSV",
+        query: Some(object::<FunnelQuery>),
+        path_params: None,
+        body: None,
+        success: Success::Csv("CSV with a header row"),
+        errors: &[BAD_PERIOD],
+        handler: || get(admin::economics_csv),
     },
     Operation {
         method: Method::Get,

@@ -430,6 +430,72 @@ pub struct FunnelAnswer {
     pub bonuses_granted: i64,
 }
 
+/// What the programme cost and earned for the triggers of a period, in the reporting
+/// currency (`currency`), by trigger kind.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EconomicsAnswer {
+    pub period: PeriodAnswer,
+    pub trigger: Option<String>,
+    /// The reporting currency (`pricing.currency`); every amount is in its major unit.
+    pub currency: String,
+    /// Each trigger kind's cohort (`nps`, `milestone:KIND`; `unattributed` for messages
+    /// about no trigger, by the day they were charged).
+    pub cohorts: Vec<CohortAnswer>,
+    /// All the cohorts together.
+    pub total: CohortAnswer,
+    /// What could not be counted, and so is in no figure above.
+    pub uncounted: Vec<UncountedAnswer>,
+    /// How the figures were made, in words.
+    pub assumptions: Vec<String>,
+}
+
+/// One cohort's costs, revenue and what they make per customer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CohortAnswer {
+    pub trigger: String,
+    /// Billable messages delivered, by Meta's pricing category, with their cost.
+    pub messages: Vec<AmountLine>,
+    pub message_cost: f64,
+    /// Messages delivered free of charge (customer-service replies, free entry points).
+    pub free_messages: i64,
+    /// Billable messages the rate card has no price for (not in `message_cost`).
+    pub unpriced_messages: i64,
+    /// Rewards issued, by side (`referrer`, `friend`, `referrer_bonus`), at their value.
+    pub rewards: Vec<AmountLine>,
+    pub reward_cost: f64,
+    /// `message_cost` + `reward_cost`.
+    pub cost: f64,
+    /// The converting purchases, by source (`hubspot`, `stripe`, `api`).
+    pub revenue_by_source: Vec<AmountLine>,
+    pub revenue: f64,
+    /// Referrals converted (the funnel's step).
+    pub conversions: i64,
+    /// `cost` ÷ `conversions`; absent before the first conversion.
+    pub cost_per_acquisition: Option<f64>,
+    /// `revenue` ÷ `cost`; absent while nothing cost anything.
+    pub return_on_cost: Option<f64>,
+}
+
+/// A count and its amount, under a name.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AmountLine {
+    pub key: String,
+    pub count: i64,
+    pub amount: f64,
+}
+
+/// Something left out of the figures.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct UncountedAnswer {
+    /// `message`: billable messages with no price for their market (`key` is
+    /// `MARKET:category`); `money`: amounts in a currency with no exchange rate (`key`).
+    pub what: String,
+    pub key: String,
+    pub count: i64,
+    /// For money, the amount in its own currency.
+    pub amount: f64,
+}
+
 /// The promoters' reminders of the cohort, and what came after them.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct RemindersAnswer {

@@ -101,6 +101,7 @@ impl Diagnosis {
 pub async fn run(s: &Services) -> Diagnosis {
     let mut d = Diagnosis::default();
     configuration(s, &mut d);
+    pricing(s, &mut d);
     database(s, &mut d).await;
     // Each account is checked when it is live; a recorded one (sandbox until its
     // credential is set) is said so.
@@ -198,6 +199,53 @@ fn configuration(s: &Services, d: &mut Diagnosis) {
             "stripe.webhook_secret",
             "not set: Stripe conversions are off",
             "set it to the endpoint's whsec_… secret if purchases happen on Stripe",
+        );
+    }
+}
+
+/// Where the economics report's prices come from, and whether every reward's currency can
+/// be converted to the reporting one.
+fn pricing(s: &Services, d: &mut Diagnosis) {
+    let pricing = &s.settings.pricing;
+    let markets: Vec<&str> = pricing.markets.keys().map(String::as_str).collect();
+    let source = format!(
+        "the rate card in the configuration (pricing.markets: {} market(s){}{}, in {}); Meta's pricing analytics is not read",
+        markets.len(),
+        if markets.is_empty() { "" } else { ": " },
+        markets.join(", ").to_ascii_uppercase(),
+        pricing.currency
+    );
+    if markets.is_empty() {
+        d.warn(
+            "config",
+            "message prices",
+            format!("{source}: every billable message is reported unpriced"),
+            "add [pricing.markets.<country>] tables with Meta's prices for your markets",
+        );
+    } else {
+        d.add("config", "message prices", Status::Ok, source);
+    }
+    let rewards = &s.settings.rewards;
+    let sides = [&rewards.referrer, &rewards.friend]
+        .into_iter()
+        .chain(rewards.milestones.iter().map(|m| &m.reward));
+    let exchange = pricing.exchange();
+    let mut missing: Vec<String> = sides
+        .filter(|side| side.kind != crate::domain::reward::RewardKind::None)
+        .filter(|side| exchange.convert(0, &side.currency).is_none())
+        .map(|side| side.currency.to_ascii_uppercase())
+        .collect();
+    missing.dedup();
+    if !missing.is_empty() {
+        d.warn(
+            "config",
+            "exchange rates",
+            format!(
+                "rewards are paid in {} but pricing.exchange_rates has no rate into {}: their cost is reported as uncounted",
+                missing.join(", "),
+                pricing.currency
+            ),
+            "add the rate under [pricing.exchange_rates]",
         );
     }
 }

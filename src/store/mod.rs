@@ -3,6 +3,7 @@
 //! (job claiming, migrations) the backend is matched explicitly.
 
 mod admin_users;
+mod economics;
 mod faults;
 mod flag;
 mod group_commit;
@@ -33,6 +34,7 @@ pub use crate::clock::duration_ms;
 use crate::clock::Clock;
 pub use crate::domain::state::QueueState;
 pub use admin_users::{AdminSession, AdminUser};
+pub use economics::DeliveredCharge;
 pub use faults::{in_attempt, Faults};
 pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
@@ -47,7 +49,7 @@ pub use queue::{BatchableKind, ClaimedItem, Queue, QueueOutlook, QueueRow};
 pub use referrals::{NewReferral, ReferralInsert, ReferralRow};
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
-pub use tx::{BatchLease, Committed, ItemEnd, Lease, Tx};
+pub use tx::{BatchLease, Cohort, Committed, EconomicsEntry, ItemEnd, Lease, Tx};
 pub use wa_users::OptOutChange;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -3,9 +3,10 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::tx::{TallyKey, Tx};
+use super::tx::{Cohort, EconomicsEntry, TallyKey, Tx};
 use super::StoredName;
 use super::{typed_column, Backend, Store, StoreError, StoredPhone};
+use crate::domain::economics::{Currency, Measure};
 use crate::domain::funnel::Step;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
@@ -265,9 +266,34 @@ impl Tx {
         .fetch_optional(self.write()?)
         .await?;
         if id.is_some() && reward.state == RewardState::Issued {
+            self.tally_reward_cost(
+                referral_id,
+                reward.beneficiary.as_str().to_string(),
+                reward.amount,
+                reward.currency.clone(),
+            );
             self.note_rewarded(referral_id).await?;
         }
         Ok(id)
+    }
+
+    /// Notes an issued reward's cost to the programme: the value it was issued at
+    /// (`amount` of `currency`'s minor unit).
+    fn tally_reward_cost(&mut self, referral_id: i64, beneficiary: String, amount: i64, currency: String) {
+        let (currency, micros) = match Currency::parse(&currency) {
+            Some(c) => (c.as_str().to_string(), c.micros_from_minor(amount)),
+            // Not a currency code: reported as unconverted under its own name.
+            None => (currency, amount.saturating_mul(10_000)),
+        };
+        self.tally_economics(
+            Cohort::Referral(referral_id),
+            EconomicsEntry {
+                measure: Measure::RewardCost,
+                detail: beneficiary,
+                currency,
+                micros,
+            },
+        );
     }
 
     /// Tallies the funnel's "rewarded" step for the referral's first issued reward.
@@ -299,9 +325,9 @@ impl Tx {
         code: Option<&str>,
         external_ref: Option<&str>,
     ) -> Result<(), StoreError> {
-        let issued: Option<i64> = sqlx::query_scalar(
+        let issued = sqlx::query(
             "UPDATE rewards SET state = $1, code = $2, external_ref = $3, last_error = NULL, updated_at = $4 \
-             WHERE id = $5 AND state = $6 RETURNING referral_id",
+             WHERE id = $5 AND state = $6 RETURNING referral_id, beneficiary, amount, currency",
         )
         .bind(RewardState::Issued.as_str())
         .bind(code)
@@ -311,9 +337,17 @@ impl Tx {
         .bind(RewardState::Issuing.as_str())
         .fetch_optional(self.write()?)
         .await?;
-        let Some(referral_id) = issued else {
+        let Some(issued) = issued else {
             return Err(StoreError::Conflict(format!("reward {id} is no longer issuing")));
         };
+        let referral_id: i64 = issued.try_get("referral_id")?;
+        let beneficiary: String = issued.try_get("beneficiary")?;
+        self.tally_reward_cost(
+            referral_id,
+            beneficiary,
+            issued.try_get("amount")?,
+            issued.try_get("currency")?,
+        );
         self.note_rewarded(referral_id).await
     }
 

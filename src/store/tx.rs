@@ -15,6 +15,7 @@ use super::jobs::NewJob;
 use super::queue::{placeholders, Queue};
 use super::{Backend, Store, StoreError, WriteTurn};
 use crate::clock::Clock;
+use crate::domain::economics::Measure;
 use crate::domain::funnel::{Step, DAY_MS};
 use crate::domain::state::{Persisted, QueueState};
 
@@ -84,8 +85,29 @@ pub struct Tx {
     clock: Clock,
     /// Funnel steps reached in this transaction, tallied just before it commits.
     tally: Vec<(TallyKey, Step)>,
+    /// Costs and revenue incurred in this transaction, tallied just before it commits.
+    economics: Vec<(Cohort, EconomicsEntry)>,
     /// Jobs asked for in this transaction, written together when it commits.
     jobs: Vec<NewJob>,
+}
+
+/// The cohort a cost or revenue belongs to: the trigger behind an invite or a referral,
+/// or none (a message about no trigger, counted on the day it was charged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cohort {
+    Invite(i64),
+    Referral(i64),
+    Unattributed,
+}
+
+/// One cost or revenue for the economics tally.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EconomicsEntry {
+    pub measure: Measure,
+    pub detail: String,
+    /// Empty for a measure without a value (a free or unpriced message).
+    pub currency: String,
+    pub micros: i64,
 }
 
 /// What a funnel step was reached by; its cohort is the trigger behind it.
@@ -124,6 +146,7 @@ impl Store {
             hold,
             clock: self.clock().clone(),
             tally: Vec::new(),
+            economics: Vec::new(),
             jobs: Vec::new(),
         };
         // SQLite: take the write lock first (a transaction that reads and then writes can be
@@ -208,6 +231,49 @@ impl Tx {
         self.tally.extend(steps.into_iter().map(|step| (key, step)));
     }
 
+    /// Notes a cost or revenue of `cohort`, tallied when the transaction commits.
+    pub fn tally_economics(&mut self, cohort: Cohort, entry: EconomicsEntry) {
+        self.economics.push((cohort, entry));
+    }
+
+    /// Adds the costs and revenue noted to the economics tally, in a fixed order (as the
+    /// funnel's), each under its cohort's day and trigger kind.
+    async fn write_economics(&mut self) -> Result<(), StoreError> {
+        let mut entries = std::mem::take(&mut self.economics);
+        entries.sort();
+        for (cohort, entry) in entries {
+            let (source, id) = match cohort {
+                Cohort::Invite(id) => ("FROM invites i WHERE i.id = $7", id),
+                Cohort::Referral(id) => (
+                    "FROM referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $7",
+                    id,
+                ),
+                Cohort::Unattributed => ("", self.now_ms()),
+            };
+            let (day, trigger) = match cohort {
+                Cohort::Unattributed => (format!("CAST($7 AS BIGINT) / {DAY_MS}"), "'unattributed'".to_string()),
+                _ => (format!("i.created_at / {DAY_MS}"), "i.trigger".to_string()),
+            };
+            let sql = format!(
+                "INSERT INTO economics_tally (day, trigger, measure, detail, currency, slot, n, micros) \
+                 SELECT {day}, {trigger}, $1, $2, $3, $4, 1, $5 {source} \
+                 ON CONFLICT (day, trigger, measure, detail, currency, slot) \
+                 DO UPDATE SET n = economics_tally.n + 1, micros = economics_tally.micros + $6"
+            );
+            sqlx::query(&sql)
+                .bind(entry.measure.as_str())
+                .bind(&entry.detail)
+                .bind(&entry.currency)
+                .bind(id.rem_euclid(TALLY_SLOTS))
+                .bind(entry.micros)
+                .bind(entry.micros)
+                .bind(id)
+                .execute(self.write()?)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Adds the steps reached to the funnel's tally, last in the transaction and in a
     /// fixed order, so tally rows are held only briefly. (Every step today tallies one
     /// invite or referral; two transactions tallying several cohorts could wait on each
@@ -276,6 +342,7 @@ impl Tx {
     pub async fn finish(mut self, end: ItemEnd) -> Result<Committed, StoreError> {
         self.write_jobs().await?;
         self.write_tally().await?;
+        self.write_economics().await?;
         match std::mem::replace(&mut self.hold, Hold::Nothing) {
             Hold::Nothing => {}
             Hold::Item(lease) => {
@@ -317,6 +384,7 @@ impl Tx {
     pub async fn finish_batch(mut self, done: &[(i64, String)]) -> Result<(), StoreError> {
         self.write_jobs().await?;
         self.write_tally().await?;
+        self.write_economics().await?;
         let Hold::Batch(batch) = std::mem::replace(&mut self.hold, Hold::Nothing) else {
             return Err(StoreError::Misuse("finish_batch on a transaction without a batch"));
         };

@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::domain::economics::Pricing;
 use crate::domain::messaging::{MessageStatus, TemplateEvent};
 use crate::domain::phone::E164;
 
@@ -51,6 +52,8 @@ pub struct StatusUpdate {
     pub error_title: Option<String>,
     /// Our `biz_opaque_callback_data`, echoed: the message's idempotency key.
     pub callback: Option<String>,
+    /// Meta's `pricing` object (on `sent`, and on the `delivered` or `read` that bills).
+    pub pricing: Option<Pricing>,
 }
 
 /// A marketing-preference change the user made in WhatsApp.
@@ -281,6 +284,18 @@ struct RawStatus {
     errors: Vec<RawError>,
     #[serde(default)]
     biz_opaque_callback_data: Option<String>,
+    #[serde(default)]
+    pricing: Option<RawPricing>,
+}
+
+#[derive(Deserialize)]
+struct RawPricing {
+    #[serde(default)]
+    billable: Option<bool>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +399,9 @@ pub fn parse_status(payload: &str) -> Result<StatusUpdate, ShapeError> {
         error_code: first_error.as_ref().and_then(|e| e.code),
         error_title: first_error.and_then(|e| present(e.title).or(present(e.message))),
         callback: present(s.biz_opaque_callback_data),
+        pricing: s
+            .pricing
+            .map(|p| Pricing::from_meta(p.billable, p.kind.as_deref(), p.category.as_deref())),
     })
 }
 

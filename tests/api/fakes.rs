@@ -239,6 +239,14 @@ impl Lifecycle {
         self.whatsapp("messages", json!({"statuses": [item]})).await
     }
 
+    /// A status carrying Meta's `pricing` object (`billable`, `pricing_model`, `type`,
+    /// `category`), as Meta sends on `sent` and on the `delivered` or `read` that bills.
+    pub async fn status_priced(&self, wamid: &str, status: &str, billable: bool, kind: &str, category: &str) -> u16 {
+        let item = json!({"id": wamid, "status": status, "timestamp": "1795510900", "recipient_id": "447911123457",
+                          "pricing": {"billable": billable, "pricing_model": "PMP", "type": kind, "category": category}});
+        self.whatsapp("messages", json!({"statuses": [item]})).await
+    }
+
     /// Waits until nothing is running or due soon (queued or waiting for a retry within
     /// ten seconds) in either queue; items held for later (reward holds) are left alone.
     /// When all that is left is due soon, the app's clock is moved to it rather than

@@ -7,6 +7,7 @@ mod contract;
 mod dashboard;
 mod deploy;
 mod doctor;
+mod economics;
 mod fakes;
 mod flow_endpoint;
 mod helpers;

@@ -13,7 +13,7 @@ use crate::helpers::*;
 use crate::lifecycle::nominate_friend;
 
 /// Drives a referral to `friend_invited` (friend contact 95001). Returns (referral id, code).
-async fn invited_friend(lc: &Lifecycle) -> (i64, String) {
+pub async fn invited_friend(lc: &Lifecycle) -> (i64, String) {
     nominate_friend(lc, true).await;
     let messages = lc.app.store.list_messages(20).await.expect("messages");
     let wamid = messages
