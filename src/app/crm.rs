@@ -20,11 +20,21 @@ fn string(value: impl Into<String>) -> Value {
 pub async fn referrer_status(
     s: &Services,
     work: &Work,
+    invite_id: i64,
     contact_id: &str,
     status: InviteState,
     code: Option<&str>,
 ) -> StepResult {
-    let properties = s.referrer_properties(status.as_str(), code);
+    // The invite's variant goes with its code (one read, only while experiments run).
+    let variant = match (code, s.experiments.is_empty()) {
+        (Some(_), false) => s
+            .store
+            .invite(invite_id)
+            .await?
+            .and_then(|i| Some(format!("{}:{}", i.experiment?, i.variant?))),
+        _ => None,
+    };
+    let properties = s.referrer_properties(status.as_str(), code, variant);
     let written = update_status(s, work, contact_id, properties).await?;
     Outcome::done(format!(
         "contact {contact_id}: {} ({})",
@@ -90,7 +100,7 @@ pub(super) async fn update_status(
 
 /// The referrer's reward was capped.
 pub async fn referrer_capped(s: &Services, work: &Work, contact_id: &str) -> StepResult {
-    let properties = s.referrer_properties("reward_capped", None);
+    let properties = s.referrer_properties("reward_capped", None, None);
     let written = update_status(s, work, contact_id, properties).await?;
     Outcome::done(format!("contact {contact_id}: reward_capped ({})", written.as_str()))
 }

@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 use super::{opt_out, Outcome, Services, StepError, StepResult, Work};
 use crate::clock::duration_ms;
+use crate::config::Settings;
 use crate::domain::eligibility::{
     self, EligibilityRules, Ineligible, IneligibleReason, NpsAnswer, TriggerFacts, TriggerKind,
 };
@@ -136,11 +137,18 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         // Another trigger for this contact was invited at the same instant.
         return record_ineligible(tx, invite, Ineligible::ConcurrentInvite.reason()).await;
     }
-    let invite = tx.insert_invite(&invite).await?;
+    let mut invite = tx.insert_invite(&invite).await?;
+    // The variant is given with the invite and never changes: it is a hash of the
+    // experiment and the contact, recorded in this transaction.
+    if let Some(assigned) = s.experiments.assign(&s.store, &trigger.contact_id, s.now_ms()).await? {
+        tx.assign_variant(&mut invite, &assigned.experiment, &assigned.variant)
+            .await?;
+    }
+    let settings = s.settings_for(invite.experiment.as_deref(), invite.variant.as_deref());
     if let Some(zone) = &trigger.time_zone {
         tx.record_time_zone(&phone, zone).await?;
     }
-    for message in invite_messages(s, invite.id, &phone, &trigger, &code) {
+    for message in invite_messages(s, settings, invite.id, &phone, &trigger, &code) {
         tx.insert_message(&message).await?;
     }
     tx.enqueue(s.job(Job::ReferrerStatus {
@@ -149,7 +157,7 @@ pub async fn on_trigger(s: &Services, work: &Work, payload: &Value) -> StepResul
         status: InviteState::Invited,
         code: Some(code.clone()),
     }));
-    let reminders = &s.settings.reminders;
+    let reminders = &settings.reminders;
     if reminders.promoter {
         let due = s.now_ms() + duration_ms(*reminders.promoter_after);
         tx.enqueue(s.job_at(Job::PromoterReminder { invite_id: invite.id }, due));
@@ -172,8 +180,14 @@ async fn record_ineligible(mut tx: Tx, mut invite: NewInvite, reason: Ineligible
 }
 
 /// The invite template and, when configured, the Flow template right after it.
-fn invite_messages(s: &Services, invite_id: i64, phone: &E164, trigger: &Trigger, code: &str) -> Vec<NewMessage> {
-    let settings = &s.settings;
+fn invite_messages(
+    s: &Services,
+    settings: &Settings,
+    invite_id: i64,
+    phone: &E164,
+    trigger: &Trigger,
+    code: &str,
+) -> Vec<NewMessage> {
     let body = render::invite(
         settings,
         phone.as_str(),
@@ -282,13 +296,22 @@ impl Services {
         FlowToken { invite_id, nonce }.sign(&self.flow_token_secret)
     }
 
-    /// `referral_status` (and the code, when given) for the referrer's contact.
-    pub(super) fn referrer_properties(&self, status: &str, code: Option<&str>) -> Map<String, Value> {
+    /// `referral_status` (and the code, when given) for the referrer's contact; and the
+    /// experiment's variant they were given (`experiment:variant`), when given.
+    pub(super) fn referrer_properties(
+        &self,
+        status: &str,
+        code: Option<&str>,
+        variant: Option<String>,
+    ) -> Map<String, Value> {
         let names = &self.settings.hubspot_properties;
         let mut properties = Map::new();
         properties.insert(names.referral_status.clone(), Value::String(status.to_string()));
         if let Some(code) = code {
             properties.insert(names.referral_code.clone(), Value::String(code.to_string()));
+        }
+        if let Some(variant) = variant {
+            properties.insert(names.referral_experiment_variant.clone(), Value::String(variant));
         }
         properties
     }

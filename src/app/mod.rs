@@ -17,6 +17,7 @@ pub mod accounts;
 pub mod conversion;
 pub mod crm;
 pub mod delivery;
+pub mod experiments;
 pub mod flow_endpoint;
 pub mod friend;
 pub mod inbox;

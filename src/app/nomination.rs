@@ -103,7 +103,9 @@ pub async fn on_flow_reply(
                 code: None,
             }));
             tx.advance_invite(invite.id, InviteState::Nominated).await?;
-            let reminders = &s.settings.reminders;
+            let reminders = &s
+                .settings_for(invite.experiment.as_deref(), invite.variant.as_deref())
+                .reminders;
             if reminders.nudge {
                 let due = s.now_ms() + crate::clock::duration_ms(*reminders.friend_after);
                 let nudge = Job::ReferrerNudge {

@@ -21,7 +21,7 @@ use jiff::Timestamp;
 /// The `reminder.promoter` job: `tmpl_referral_reminder` to a customer who was invited and
 /// has neither tapped "Refer someone" nor nominated, once per invite.
 pub async fn promoter(s: &Services, work: &Work, invite_id: i64) -> StepResult {
-    if !s.settings.reminders.promoter {
+    if !s.settings_for_invite(invite_id).await?.reminders.promoter {
         return Outcome::done("skipped: reminders.promoter is off");
     }
     let mut tx = s.store.begin(Some(&work.lease)).await?;
@@ -70,7 +70,15 @@ pub async fn promoter(s: &Services, work: &Work, invite_id: i64) -> StepResult {
 /// The `reminder.nudge` job: `tmpl_referral_nudge` to the referrer, once per referral,
 /// when the friend has not converted; with a share link to forward.
 pub async fn nudge(s: &Services, work: &Work, referral_id: i64, business_number: &str) -> StepResult {
-    if !s.settings.reminders.nudge {
+    // As the referral's experiment variant has it (a read only while experiments run).
+    let on = match s.experiments.is_empty() {
+        true => s.settings.reminders.nudge,
+        false => match s.store.referral(referral_id).await? {
+            Some(r) => s.settings_for_invite(r.invite_id).await?.reminders.nudge,
+            None => s.settings.reminders.nudge,
+        },
+    };
+    if !on {
         return Outcome::done("skipped: reminders.nudge is off");
     }
     let mut tx = s.store.begin(Some(&work.lease)).await?;

@@ -22,9 +22,10 @@ use crate::store::{NewConversion, NewJob, NewMessage, NewReward, ReferralRow, Re
 use crate::whatsapp::render;
 
 impl Services {
-    /// How a reward is fulfilled: its side's settings, or for a bonus its milestone's.
-    fn reward_side(&self, reward: &RewardRow) -> Result<&RewardSide, StepError> {
-        let rewards = &self.settings.rewards;
+    /// How a reward is fulfilled: its side's settings (as its invite's variant has them),
+    /// or for a bonus its milestone's.
+    async fn reward_side(&self, reward: &RewardRow, invite_id: i64) -> Result<&RewardSide, StepError> {
+        let rewards = &self.settings_for_invite(invite_id).await?.rewards;
         match reward.beneficiary {
             Beneficiary::Referrer => Ok(&rewards.referrer),
             Beneficiary::Friend => Ok(&rewards.friend),
@@ -50,13 +51,15 @@ pub async fn grant(
     conversion: Option<&NewConversion>,
 ) -> Result<(), StepError> {
     let programme = &s.settings.programme;
+    // The sides as the invite's experiment variant has them.
+    let variant = s.settings_for_invite(r.invite_id).await?;
     let now = s.now_ms();
     let available_at = now + duration_ms(programme.reward_hold);
     let since = now - duration_ms(programme.reward_cap_period);
     let rewarded = tx.referrer_rewards_since(&r.referrer_contact_id, since).await?;
     let sides = [
-        (Beneficiary::Referrer, &s.settings.rewards.referrer),
-        (Beneficiary::Friend, &s.settings.rewards.friend),
+        (Beneficiary::Referrer, &variant.rewards.referrer),
+        (Beneficiary::Friend, &variant.rewards.friend),
     ];
     for (beneficiary, side) in sides {
         if side.kind == RewardKind::None {
@@ -183,7 +186,7 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     // Voided or issued since it was read: a conflict, so the step runs again and reads
     // what happened.
     s.store.claim_reward(reward.id).await?;
-    let side = s.reward_side(&reward)?.clone();
+    let side = s.reward_side(&reward, referral.invite_id).await?.clone();
     let (code, external_ref) = match fulfil(s, &reward, &referral, beneficiary, &side, work.job_id()).await {
         Ok(done) => done,
         Err(error) => {

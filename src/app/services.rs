@@ -22,6 +22,8 @@ pub struct Services {
     pub flow_token_secret: String,
     /// Refused submissions per open Flow (the endpoint's attempt limit).
     pub flow_refusals: crate::app::flow_endpoint::RefusalCounter,
+    /// The configured experiments, with each variant's settings.
+    pub experiments: Arc<crate::app::experiments::Experiments>,
 }
 
 impl Services {
@@ -30,6 +32,7 @@ impl Services {
         // programme whose messages are a rehearsal pays nothing out).
         let transport = |account| Outbound::new(&settings, settings.live(account), store.clone(), metrics.clone());
         let whatsapp = transport(Account::WhatsApp)?;
+        store.tally_experiments(!settings.experiments.is_empty());
         Ok(Services {
             whatsapp: WhatsAppClient::new(&settings.whatsapp, whatsapp.clone(), &store),
             hubspot: HubSpotClient::new(&settings.hubspot, transport(Account::HubSpot)?, &store),
@@ -37,9 +40,27 @@ impl Services {
             outbound: whatsapp,
             flow_token_secret: settings.flow_token_secret(),
             flow_refusals: Default::default(),
+            experiments: Arc::new(crate::app::experiments::Experiments::new(&settings)),
             store,
             settings,
             metrics,
+        })
+    }
+
+    /// The settings an invite's variant runs with (the base ones outside experiments).
+    pub fn settings_for(&self, experiment: Option<&str>, variant: Option<&str>) -> &Arc<Settings> {
+        self.experiments.settings(&self.settings, experiment, variant)
+    }
+
+    /// The settings of the variant an invite was given (one read, only while experiments
+    /// are configured).
+    pub async fn settings_for_invite(&self, invite_id: i64) -> Result<&Arc<Settings>, crate::store::StoreError> {
+        if self.experiments.is_empty() {
+            return Ok(&self.settings);
+        }
+        Ok(match self.store.invite(invite_id).await? {
+            Some(invite) => self.settings_for(invite.experiment.as_deref(), invite.variant.as_deref()),
+            None => &self.settings,
         })
     }
 

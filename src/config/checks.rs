@@ -163,6 +163,9 @@ impl Settings {
                 return invalid("rewards.milestones", format!("milestone {n}: {problem}"));
             }
         }
+        if let Some(problem) = self.experiments_problem() {
+            return invalid("experiments", problem);
+        }
         if axum::http::HeaderName::try_from(self.hubspot.webhook_api_key_header.as_str()).is_err() {
             return invalid("hubspot.webhook_api_key_header", "is not a valid header name".into());
         }
@@ -185,5 +188,77 @@ impl RewardSide {
             }
             _ => None,
         }
+    }
+}
+
+/// A name for an experiment or a variant: it goes in HubSpot and in URLs.
+fn is_plain_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+impl Settings {
+    /// What makes `[[experiments]]` unusable, said with the experiment's name.
+    fn experiments_problem(&self) -> Option<String> {
+        let mut spans: Vec<(&str, (i64, i64))> = Vec::new();
+        for e in &self.experiments {
+            let name = &e.name;
+            if !is_plain_name(name) {
+                return Some(format!("{name:?}: a name is 1 to 64 of a-z, 0-9, - and _"));
+            }
+            if spans.iter().any(|(other, _)| other == name) {
+                return Some(format!("two experiments are named {name:?}"));
+            }
+            let span = e.span_ms();
+            if e.ends < e.starts {
+                return Some(format!("{name}: ends before it starts"));
+            }
+            if let Some((other, _)) = spans.iter().find(|(_, s)| s.0 < span.1 && span.0 < s.1) {
+                return Some(format!("{name} and {other} overlap: one experiment runs at a time"));
+            }
+            spans.push((name, span));
+            let rates_make_sense = e.baseline_rate > 0.0
+                && e.baseline_rate < 1.0
+                && e.minimum_effect > 0.0
+                && e.baseline_rate + e.minimum_effect < 1.0;
+            if !rates_make_sense {
+                return Some(format!(
+                    "{name}: baseline_rate and minimum_effect are rates, with their sum below 1"
+                ));
+            }
+            if e.variants.len() < 2 {
+                return Some(format!("{name}: give a control and at least one variant"));
+            }
+            let mut seen = std::collections::BTreeSet::new();
+            for v in &e.variants {
+                if !is_plain_name(&v.name) || !seen.insert(v.name.as_str()) {
+                    return Some(format!(
+                        "{name}: variant {:?} needs a unique name of a-z, 0-9, - and _",
+                        v.name
+                    ));
+                }
+                let applied = v.apply(self);
+                for (side, settings) in [
+                    ("referrer", &applied.rewards.referrer),
+                    ("friend", &applied.rewards.friend),
+                ] {
+                    if let Some(problem) = settings.problem() {
+                        return Some(format!("{name}: variant {}: rewards.{side}: {problem}", v.name));
+                    }
+                }
+                if v.templates.invite.as_deref().is_some_and(str::is_empty) {
+                    return Some(format!("{name}: variant {}: templates.invite is empty", v.name));
+                }
+            }
+            if !e.variants[0].changes_nothing() {
+                return Some(format!(
+                    "{name}: the first variant ({}) is the control and changes nothing; move its settings to another variant",
+                    e.variants[0].name
+                ));
+            }
+        }
+        None
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 use crate::catalogue::Catalogues;
-use crate::domain::economics::{Currency, Decimal6, Exchange, MarketCard, RateCard};
+use crate::domain::economics::{CalendarDay, Currency, Decimal6, Exchange, MarketCard, RateCard};
 use crate::domain::nomination::NominationRefusal;
 use crate::domain::referral::FriendInviteMode;
 use crate::domain::reward::RewardKind;
@@ -61,6 +61,9 @@ pub struct Settings {
     pub api: ApiSettings,
     pub rewards: RewardSettings,
     pub pricing: PricingSettings,
+    /// Experiments on the offer, at most one running at a time.
+    #[serde(default)]
+    pub experiments: Vec<Experiment>,
     /// The texts referloop writes, per configured language (`templates/messages/`), loaded
     /// after the settings themselves.
     #[serde(skip)]
@@ -388,6 +391,196 @@ pub struct MessagingSettings {
     pub max_marketing_per_contact_per_week: NonZeroU32,
 }
 
+/// `[[experiments]]`: from `starts` to `ends` (both days included, UTC), each contact
+/// invited gets one of `variants` by weight; the first variant is the control and changes
+/// nothing. Contacts invited outside those days get the control and are not counted.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    pub name: String,
+    #[schemars(with = "String")]
+    pub starts: CalendarDay,
+    #[schemars(with = "String")]
+    pub ends: CalendarDay,
+    /// The control's expected conversion rate (converted ÷ invited), for the planned
+    /// sample size.
+    #[serde(default = "default_baseline_rate")]
+    pub baseline_rate: f64,
+    /// The smallest absolute change of that rate worth detecting.
+    #[serde(default = "default_minimum_effect")]
+    pub minimum_effect: f64,
+    pub variants: Vec<Variant>,
+}
+
+fn default_baseline_rate() -> f64 {
+    0.05
+}
+
+fn default_minimum_effect() -> f64 {
+    0.02
+}
+
+impl Experiment {
+    /// Unix milliseconds of its first moment and of the moment after its last day.
+    pub fn span_ms(&self) -> (i64, i64) {
+        (
+            self.starts.start_ms(),
+            self.ends.start_ms() + crate::domain::funnel::DAY_MS,
+        )
+    }
+
+    /// Invites each variant needs before a verdict.
+    pub fn planned_sample_size(&self) -> i64 {
+        crate::domain::experiment::planned_sample_size(self.baseline_rate, self.minimum_effect)
+    }
+}
+
+/// One arm of an experiment: its share (`weight`) and the settings it changes.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    pub weight: NonZeroU32,
+    #[serde(default, skip_serializing_if = "RewardOverrides::is_empty")]
+    pub rewards: RewardOverrides,
+    #[serde(default, skip_serializing_if = "TemplateOverrides::is_empty")]
+    pub templates: TemplateOverrides,
+    #[serde(default, skip_serializing_if = "ReminderOverrides::is_empty")]
+    pub reminders: ReminderOverrides,
+}
+
+/// A variant's rewards: either side's kind, amount, currency, description and code.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer: Option<SideOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub friend: Option<SideOverride>,
+}
+
+impl RewardOverrides {
+    fn is_empty(&self) -> bool {
+        self.referrer.is_none() && self.friend.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SideOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub kind: Option<RewardKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub static_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe_coupon: Option<String>,
+}
+
+impl SideOverride {
+    fn apply(&self, side: &mut RewardSide) {
+        if let Some(kind) = self.kind {
+            side.kind = kind;
+        }
+        if let Some(amount) = self.amount {
+            side.amount = amount;
+        }
+        if let Some(currency) = &self.currency {
+            side.currency = currency.clone();
+        }
+        if let Some(description) = &self.description {
+            // The other languages' descriptions told of the old reward.
+            side.description = description.clone();
+            side.descriptions.clear();
+        }
+        if let Some(code) = &self.static_code {
+            side.static_code = code.clone();
+        }
+        if let Some(coupon) = &self.stripe_coupon {
+            side.stripe_coupon = coupon.clone();
+        }
+    }
+}
+
+/// A variant's invite template: another approved template laid out as the invite.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+}
+
+impl TemplateOverrides {
+    fn is_empty(&self) -> bool {
+        self.invite.is_none()
+    }
+}
+
+/// A variant's reminders.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReminderOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoter: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub promoter_after: Option<Parsed<Duration>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudge: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub friend_after: Option<Parsed<Duration>>,
+}
+
+impl ReminderOverrides {
+    fn is_empty(&self) -> bool {
+        self.promoter.is_none() && self.promoter_after.is_none() && self.nudge.is_none() && self.friend_after.is_none()
+    }
+}
+
+impl Variant {
+    /// A control changes nothing.
+    pub fn changes_nothing(&self) -> bool {
+        self.rewards.is_empty() && self.templates.is_empty() && self.reminders.is_empty()
+    }
+
+    /// `base` as this variant runs it.
+    pub fn apply(&self, base: &Settings) -> Settings {
+        let mut settings = base.clone();
+        if let Some(side) = &self.rewards.referrer {
+            side.apply(&mut settings.rewards.referrer);
+        }
+        if let Some(side) = &self.rewards.friend {
+            side.apply(&mut settings.rewards.friend);
+        }
+        if let Some(invite) = &self.templates.invite {
+            settings.templates.invite = invite.clone();
+        }
+        let r = &self.reminders;
+        if let Some(on) = r.promoter {
+            settings.reminders.promoter = on;
+        }
+        if let Some(after) = &r.promoter_after {
+            settings.reminders.promoter_after = after.clone();
+        }
+        if let Some(on) = r.nudge {
+            settings.reminders.nudge = on;
+        }
+        if let Some(after) = &r.friend_after {
+            settings.reminders.friend_after = after.clone();
+        }
+        // Variants do not nest.
+        settings.experiments.clear();
+        settings
+    }
+}
+
 /// What messages cost and what other currencies are worth, for the economics report.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -489,6 +682,8 @@ pub struct HubSpotProperties {
     pub referral_rewards_total: String,
     pub referral_bonus_total: String,
     pub referral_reward: String,
+    /// The experiment and variant the referrer's invite was given (`experiment:variant`).
+    pub referral_experiment_variant: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

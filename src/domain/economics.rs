@@ -203,7 +203,7 @@ impl Pricing {
 pub struct MarketRates {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
-    pub from: Option<RateDay>,
+    pub from: Option<CalendarDay>,
     #[serde(default)]
     pub marketing: Option<Decimal6>,
     #[serde(default)]
@@ -233,28 +233,30 @@ impl MarketRates {
     }
 }
 
-/// The day a market's rates apply from, `YYYY-MM-DD`.
+/// A day of the calendar (UTC), `YYYY-MM-DD`: when a market's rates apply from, or an
+/// experiment starts and ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(into = "String")]
-pub struct RateDay(NaiveDate);
+pub struct CalendarDay(NaiveDate);
 
-impl RateDay {
-    fn start_ms(self) -> i64 {
+impl CalendarDay {
+    /// Unix milliseconds at the day's start (UTC).
+    pub fn start_ms(self) -> i64 {
         self.0.signed_duration_since(NaiveDate::default()).num_days() * DAY_MS
     }
 }
 
-impl From<RateDay> for String {
-    fn from(day: RateDay) -> String {
+impl From<CalendarDay> for String {
+    fn from(day: CalendarDay) -> String {
         day.0.format("%Y-%m-%d").to_string()
     }
 }
 
-impl<'de> Deserialize<'de> for RateDay {
+impl<'de> Deserialize<'de> for CalendarDay {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         NaiveDate::parse_from_str(&text, "%Y-%m-%d")
-            .map(RateDay)
+            .map(CalendarDay)
             .map_err(|_| serde::de::Error::custom(format!("{text:?} is not a date (YYYY-MM-DD)")))
     }
 }
@@ -276,7 +278,7 @@ impl MarketCard {
             MarketCard::Dated(list) => list
                 .iter()
                 .filter(applies)
-                .max_by_key(|r| r.from.map_or(i64::MIN, RateDay::start_ms)),
+                .max_by_key(|r| r.from.map_or(i64::MIN, CalendarDay::start_ms)),
         }
     }
 }

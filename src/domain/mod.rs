@@ -8,6 +8,7 @@ pub mod code;
 pub mod country_zones;
 pub mod economics;
 pub mod eligibility;
+pub mod experiment;
 pub mod flow_exchange;
 pub mod flow_token;
 pub mod funnel;

@@ -12,17 +12,22 @@ use serde::Serialize;
 
 use super::problem::{ApiPath, ApiQuery, Caller, Problem};
 use super::wire::{
-    AmountLine, CohortAnswer, ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer,
-    EconomicsAnswer, FunnelAnswer, FunnelQuery, HeldAnswer, LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName,
-    ReferralAnswer, ReferralPath, ReferralsPage, RemindersAnswer, RetryAnswer, RewardAnswer, RewardSummaryAnswer,
-    RewardsAnswer, StepAnswer, TimelineAnswer, TopReferrersAnswer, UncountedAnswer,
+    AmountLine, CohortAnswer, ComparisonAnswer, ConversionItem, ConversionsAnswer, DeadAnswer, DeadItemPath,
+    DropoutsAnswer, EconomicsAnswer, ExperimentAnswer, ExperimentPath, ExperimentsAnswer, FunnelAnswer, FunnelQuery,
+    HeldAnswer, LimitQuery, PageQuery, PeriodQuery, QueueItem, QueueName, ReferralAnswer, ReferralPath, ReferralsPage,
+    RemindersAnswer, RetryAnswer, RewardAnswer, RewardSummaryAnswer, RewardsAnswer, StepAnswer, TimelineAnswer,
+    TopReferrersAnswer, UncountedAnswer, VariantAnswer,
 };
 use super::AppState;
+use crate::config::{Experiment, Variant};
 use crate::domain::access::Role;
-use crate::domain::economics::{self, CohortEconomics, Counted, MICROS_PER_UNIT};
+use crate::domain::economics::{self, CohortEconomics, Counted, Measure, TallyLine, MICROS_PER_UNIT};
+use crate::domain::experiment::{self, Arm};
+use crate::domain::funnel::{FunnelCounts, Step};
 use crate::domain::funnel::{Period, PeriodError};
 use crate::domain::phone::E164;
 use crate::domain::state::{Persisted, QueueState};
+use crate::store::STEP_MEASURE;
 use crate::store::{Queue, StoreError};
 use crate::telemetry::mask_phone;
 
@@ -180,6 +185,172 @@ pub(super) async fn economics_answer(
             })
             .collect(),
         assumptions,
+    })
+}
+
+/// `GET /api/v1/experiments`: every configured experiment with its results.
+pub async fn experiments(State(state): State<AppState>) -> Result<Json<ExperimentsAnswer>, Problem> {
+    let mut experiments = Vec::new();
+    for config in &state.settings.experiments {
+        experiments.push(experiment_answer(&state, config).await?);
+    }
+    Ok(Json(ExperimentsAnswer { experiments }))
+}
+
+/// `GET /api/v1/experiments/{name}`: one experiment's results.
+pub async fn experiment(
+    State(state): State<AppState>,
+    ApiPath(path): ApiPath<ExperimentPath>,
+) -> Result<Json<ExperimentAnswer>, Problem> {
+    let config = state
+        .settings
+        .experiments
+        .iter()
+        .find(|e| e.name == path.name.0)
+        .ok_or(Problem::NotFound("no such experiment"))?;
+    Ok(Json(experiment_answer(&state, config).await?))
+}
+
+/// The settings a variant changes, as `key = value` lines.
+fn changes(variant: &Variant) -> Vec<String> {
+    fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    let key = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    flatten(&key, value, out);
+                }
+            }
+            other => out.push(format!("{prefix} = {other}")),
+        }
+    }
+    let mut out = Vec::new();
+    let parts = [
+        ("rewards", serde_json::to_value(&variant.rewards)),
+        ("templates", serde_json::to_value(&variant.templates)),
+        ("reminders", serde_json::to_value(&variant.reminders)),
+    ];
+    for (name, value) in parts {
+        if let Ok(value) = value {
+            flatten(name, &value, &mut out);
+        }
+    }
+    // An empty table flattens to nothing; a `null` left by a skipped field is not a change.
+    out.retain(|line| !line.ends_with("= null") && !line.ends_with("= {}"));
+    out
+}
+
+/// An experiment's results, from its tally: each variant's funnel and economics, its
+/// conversion rate with a Wilson interval, and the two-proportion z-test against the
+/// control, held back as "not yet conclusive" until both have the planned sample.
+pub(super) async fn experiment_answer(state: &AppState, config: &Experiment) -> Result<ExperimentAnswer, StoreError> {
+    let lines = state.store.experiment_lines(&config.name).await?;
+    let now = state.store.now_ms();
+    let refused = state
+        .services
+        .experiments
+        .refused_now(&state.store, &config.name)
+        .await?;
+    let (start, end) = config.span_ms();
+    let status = match (&refused, now) {
+        (Some(_), now) if now < end => "refused",
+        (_, now) if now < start => "scheduled",
+        (_, now) if now < end => "running",
+        _ => "ended",
+    };
+    let mut funnels: std::collections::BTreeMap<String, FunnelCounts> = Default::default();
+    let mut money = Vec::new();
+    for line in &lines {
+        if line.measure == STEP_MEASURE {
+            if let Some(step) = Step::parse(&line.detail) {
+                funnels.entry(line.variant.clone()).or_default().add(step, line.n);
+            }
+        } else if let Some(measure) = Measure::parse(&line.measure) {
+            money.push(TallyLine {
+                trigger: line.variant.clone(),
+                measure,
+                detail: line.detail.clone(),
+                currency: line.currency.clone(),
+                n: line.n,
+                micros: line.micros,
+            });
+        }
+    }
+    let conversions = funnels.iter().map(|(v, f)| (v.clone(), f.converted)).collect();
+    let report = economics::economics(&money, &conversions, &state.settings.pricing.exchange());
+    let planned = config.planned_sample_size();
+    let arm = |variant: &str| {
+        let f = funnels.get(variant).copied().unwrap_or_default();
+        Arm {
+            invited: f.invited,
+            converted: f.converted,
+        }
+    };
+    let control = config.variants.first().map(|v| arm(&v.name)).unwrap_or_default();
+    let major = |micros: i64| micros as f64 / MICROS_PER_UNIT as f64;
+    let variants = config
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(index, v)| {
+            let f = funnels.get(&v.name).copied().unwrap_or_default();
+            let this = arm(&v.name);
+            let money = report
+                .cohorts
+                .iter()
+                .find(|c| c.trigger == v.name)
+                .cloned()
+                .unwrap_or_default();
+            let versus = (index > 0).then(|| experiment::compare(control, this)).flatten();
+            VariantAnswer {
+                name: v.name.clone(),
+                weight: v.weight.get(),
+                control: index == 0,
+                changes: changes(v),
+                invited: f.invited,
+                flow_sent: f.flow_sent,
+                nominated: f.nominated,
+                friend_reached: f.friend_reached,
+                converted: f.converted,
+                rewarded: f.rewarded,
+                conversion_rate: this.rate(),
+                conversion_rate_interval: this.interval().map(|(low, high)| [low, high]),
+                cost: major(money.cost()),
+                revenue: major(money.revenue_total()),
+                cost_per_acquisition: money.cost_per_acquisition().map(major),
+                versus_control: versus.map(|c| ComparisonAnswer {
+                    difference: c.difference,
+                    interval: [c.low, c.high],
+                    z: c.z,
+                    p_value: c.p_value,
+                }),
+                verdict: if index == 0 {
+                    "control".to_string()
+                } else {
+                    experiment::verdict(control, this, planned).words().to_string()
+                },
+            }
+        })
+        .collect();
+    Ok(ExperimentAnswer {
+        name: config.name.clone(),
+        starts: String::from(config.starts),
+        ends: String::from(config.ends),
+        status: status.to_string(),
+        refused_because: refused,
+        planned_sample_size: planned,
+        method: format!(
+            "Conversion rate is converted referrals over invites given the variant. Each variant is compared with the control ({}) by a two-proportion z-test at 95 %, with the difference's interval; no verdict is given before both have {planned} invites (planned from a {:.1} % baseline and a {:.1}-point effect, 80 % power), so looking early cannot end the experiment on noise.",
+            config.variants.first().map(|v| v.name.as_str()).unwrap_or("none"),
+            config.baseline_rate * 100.0,
+            config.minimum_effect * 100.0
+        ),
+        currency: state.settings.pricing.currency.to_string(),
+        variants,
     })
 }
 

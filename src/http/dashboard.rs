@@ -78,6 +78,7 @@ fn layout(title: &str, session: Option<&AdminSession>, body: Markup) -> Markup {
                         nav aria-label="Main" {
                             a href="/admin" { "Funnel" }
                             a href="/admin/economics" { "Economics" }
+                            a href="/admin/experiments" { "Experiments" }
                             a href="/admin/referrals" { "Referrals" }
                             a href="/admin/operations" { "Operations" }
                         }
@@ -699,6 +700,62 @@ pub async fn economics(
         }
     };
     Ok(html_page(StatusCode::OK, layout("Economics", Some(&session), body)))
+}
+
+/// `/admin/experiments`: each configured experiment, its variants' funnels, conversion
+/// rates with their intervals, cost per customer and verdict against the control.
+pub async fn experiments(State(state): State<AppState>, Viewer(session): Viewer) -> Result<Response, PageError> {
+    let mut answers = Vec::new();
+    for config in &state.settings.experiments {
+        answers.push(super::admin::experiment_answer(&state, config).await?);
+    }
+    let rate = |r: Option<f64>| r.map_or("–".to_string(), |r| format!("{:.1} %", r * 100.0));
+    let body = html! {
+        @if answers.is_empty() {
+            p { "No experiment is configured. Add one under " code { "[[experiments]]" } " in the configuration." }
+        }
+        @for e in &answers {
+            section aria-labelledby=(format!("experiment-{}", e.name)) data-experiment=(e.name) {
+                h2 id=(format!("experiment-{}", e.name)) { (e.name) }
+                p {
+                    (e.starts) " to " (e.ends) " · " strong data-figure="status" { (e.status) }
+                    " · planned sample: " strong data-figure="planned_sample_size" { (e.planned_sample_size) } " invites per variant"
+                }
+                @if let Some(reason) = &e.refused_because { p class="refused" { "Refused: " (reason) } }
+                table {
+                    thead { tr {
+                        th scope="col" { "Variant" } th scope="col" { "Changes" } th scope="col" { "Invited" }
+                        th scope="col" { "Nominated" } th scope="col" { "Converted" } th scope="col" { "Conversion rate (95 % interval)" }
+                        th scope="col" { "Difference to control (95 % interval)" } th scope="col" { "Cost per customer" } th scope="col" { "Verdict" }
+                    } }
+                    tbody {
+                        @for v in &e.variants {
+                            tr data-variant=(v.name) {
+                                th scope="row" { (v.name) @if v.control { " (control)" } }
+                                td { @if v.changes.is_empty() { "nothing" } @else { @for c in &v.changes { code { (c) } " " } } }
+                                td data-figure="invited" { (v.invited) }
+                                td data-figure="nominated" { (v.nominated) }
+                                td data-figure="converted" { (v.converted) }
+                                td data-figure="conversion_rate" {
+                                    (rate(v.conversion_rate))
+                                    @if let Some([low, high]) = v.conversion_rate_interval { " (" (rate(Some(low))) "–" (rate(Some(high))) ")" }
+                                }
+                                td data-figure="difference" {
+                                    @if let Some(c) = &v.versus_control {
+                                        (format!("{:+.1} points ({:+.1} to {:+.1}), p = {:.3}", c.difference * 100.0, c.interval[0] * 100.0, c.interval[1] * 100.0, c.p_value))
+                                    } @else { "–" }
+                                }
+                                td data-figure="cost_per_acquisition" { (v.cost_per_acquisition.map_or("–".to_string(), |c| money(c, &e.currency))) }
+                                td data-figure="verdict" { (v.verdict) }
+                            }
+                        }
+                    }
+                }
+                p { small { (e.method) } }
+            }
+        }
+    };
+    Ok(html_page(StatusCode::OK, layout("Experiments", Some(&session), body)))
 }
 
 #[derive(Debug, Default, Deserialize)]

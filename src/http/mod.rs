@@ -82,6 +82,7 @@ pub fn router_with(state: AppState, operations: &[openapi::Operation]) -> Router
         .route("/admin/login", get(dashboard::login_form).post(dashboard::login))
         .route("/admin/logout", post(dashboard::logout))
         .route("/admin/economics", get(dashboard::economics))
+        .route("/admin/experiments", get(dashboard::experiments))
         .route("/admin/referrals", get(dashboard::referrals))
         .route("/admin/referrals/{id}", get(dashboard::referral))
         .route("/admin/operations", get(dashboard::operations))

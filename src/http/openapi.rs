@@ -14,8 +14,9 @@ use serde_json::{json, Map, Value};
 use super::problem::ErrorAnswer;
 use super::wire::{
     ConversionAnswer, ConversionRequest, ConversionsAnswer, DeadAnswer, DeadItemPath, DropoutsAnswer, EconomicsAnswer,
-    FunnelAnswer, FunnelQuery, LimitQuery, PageQuery, PeriodQuery, ReferralPath, ReferralsPage, RetryAnswer,
-    RewardSummaryAnswer, RewardsAnswer, TimelineAnswer, TopReferrersAnswer, VoidAnswer,
+    ExperimentAnswer, ExperimentPath, ExperimentsAnswer, FunnelAnswer, FunnelQuery, LimitQuery, PageQuery, PeriodQuery,
+    ReferralPath, ReferralsPage, RetryAnswer, RewardSummaryAnswer, RewardsAnswer, TimelineAnswer, TopReferrersAnswer,
+    VoidAnswer,
 };
 use super::{admin, api, AppState};
 use crate::domain::access::Role;
@@ -174,6 +175,32 @@ pub const OPERATIONS: &[Operation] = &[
         success: Success::Csv("CSV with a header row"),
         errors: &[BAD_PERIOD],
         handler: || get(admin::economics_csv),
+    },
+    Operation {
+        method: Method::Get,
+        path: "/api/v1/experiments",
+        id: "listExperiments",
+        role: Some(Role::Viewer),
+        summary: "The configured experiments, each variant with its funnel, conversion rate and interval, cost per customer and comparison with the control",
+        query: None,
+        path_params: None,
+        body: None,
+        success: Success::Json(200, "the experiments and their results", schema::<ExperimentsAnswer>),
+        errors: &[],
+        handler: || get(admin::experiments),
+    },
+    Operation {
+        method: Method::Get,
+        path: "/api/v1/experiments/{name}",
+        id: "experimentResults",
+        role: Some(Role::Viewer),
+        summary: "One experiment's results",
+        query: None,
+        path_params: Some(object::<ExperimentPath>),
+        body: None,
+        success: Success::Json(200, "its variants and their results", schema::<ExperimentAnswer>),
+        errors: &[(404, "no such experiment", Body::Error)],
+        handler: || get(admin::experiment),
     },
     Operation {
         method: Method::Get,

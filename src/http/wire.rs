@@ -174,6 +174,14 @@ patterned!(
 );
 
 patterned!(
+    /// An experiment's name (`[[experiments]]`).
+    ExperimentName,
+    "^[a-z0-9_-]{1,64}$",
+    |s| all_of(s, 1, 64, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'),
+    "an experiment's name is 1 to 64 of a-z, 0-9, - and _"
+);
+
+patterned!(
     /// A page's cursor: the `next_cursor` of the page before.
     Cursor,
     "^[0-9]{1,18}$",
@@ -347,6 +355,79 @@ pub struct PageQuery {
     pub cursor: Option<Cursor>,
     /// Referrals per page (default 50).
     pub limit: Option<Limit>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct ExperimentPath {
+    /// The experiment.
+    pub name: ExperimentName,
+}
+
+/// The configured experiments, each with its results.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExperimentsAnswer {
+    pub experiments: Vec<ExperimentAnswer>,
+}
+
+/// An experiment and what its variants did.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExperimentAnswer {
+    pub name: String,
+    /// Its first and last day (UTC, both included).
+    pub starts: String,
+    pub ends: String,
+    /// `scheduled`, `running`, `ended`, or `refused` (a variant names a template Meta has
+    /// not approved: every contact gets the control until it is).
+    pub status: String,
+    pub refused_because: Option<String>,
+    /// Invites each variant needs before a verdict (from `baseline_rate` and
+    /// `minimum_effect`, at 5 % two-sided and 80 % power).
+    pub planned_sample_size: i64,
+    /// How variants are compared, in words.
+    pub method: String,
+    /// The reporting currency of every amount.
+    pub currency: String,
+    /// The control first.
+    pub variants: Vec<VariantAnswer>,
+}
+
+/// One variant's funnel, conversion, economics and comparison with the control.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VariantAnswer {
+    pub name: String,
+    pub weight: u32,
+    pub control: bool,
+    /// The settings it changes, as `key = value`.
+    pub changes: Vec<String>,
+    /// Invites given this variant (eligible triggers).
+    pub invited: i64,
+    pub flow_sent: i64,
+    pub nominated: i64,
+    pub friend_reached: i64,
+    pub converted: i64,
+    pub rewarded: i64,
+    /// `converted` ÷ `invited`.
+    pub conversion_rate: Option<f64>,
+    /// Its 95 % interval (Wilson).
+    pub conversion_rate_interval: Option<[f64; 2]>,
+    pub cost: f64,
+    pub revenue: f64,
+    pub cost_per_acquisition: Option<f64>,
+    /// Against the control (absent for the control, and while either has no invite).
+    pub versus_control: Option<ComparisonAnswer>,
+    /// `not yet conclusive` until both this variant and the control have the planned
+    /// sample; then `better than control`, `worse than control` or `no difference detected`.
+    pub verdict: String,
+}
+
+/// A variant's conversion rate against the control's.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ComparisonAnswer {
+    /// The variant's rate minus the control's, with its 95 % interval.
+    pub difference: f64,
+    pub interval: [f64; 2],
+    pub z: f64,
+    pub p_value: f64,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -66,11 +66,11 @@ pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResu
             business_number,
         } => nomination::screen(s, work, referral_id, &business_number).await,
         Job::ReferrerStatus {
+            invite_id,
             contact_id,
             status,
             code,
-            ..
-        } => crm::referrer_status(s, work, &contact_id, status, code.as_deref()).await,
+        } => crm::referrer_status(s, work, invite_id, &contact_id, status, code.as_deref()).await,
         Job::ReferrerCapped { contact_id, .. } => crm::referrer_capped(s, work, &contact_id).await,
         Job::CreateFriendContact { referral_id } => friend::create_contact(s, work, referral_id).await,
         Job::SyncFriend { referral_id, .. } => friend::sync_contact(s, work, referral_id).await,

@@ -103,6 +103,7 @@ pub async fn run(s: &Services) -> Diagnosis {
     configuration(s, &mut d);
     pricing(s, &mut d);
     database(s, &mut d).await;
+    experiments(s, &mut d).await;
     // Each account is checked when it is live; a recorded one (sandbox until its
     // credential is set) is said so.
     let recorded = |d: &mut Diagnosis, area| {
@@ -247,6 +248,44 @@ fn pricing(s: &Services, d: &mut Diagnosis) {
             ),
             "add the rate under [pricing.exchange_rates]",
         );
+    }
+}
+
+/// Each experiment that has not ended: refused when a variant names a template Meta has
+/// not approved (its contacts get the control until it is).
+async fn experiments(s: &Services, d: &mut Diagnosis) {
+    let now = s.now_ms();
+    for e in &s.settings.experiments {
+        let name = format!("experiment {}", e.name);
+        if e.span_ms().1 <= now {
+            d.add("config", name, Status::Ok, "ended");
+            continue;
+        }
+        match s.experiments.refused_now(&s.store, &e.name).await {
+            Ok(None) => d.add(
+                "config",
+                name,
+                Status::Ok,
+                format!(
+                    "{} variants, {} to {}",
+                    e.variants.len(),
+                    String::from(e.starts),
+                    String::from(e.ends)
+                ),
+            ),
+            Ok(Some(reason)) => d.fail(
+                "config",
+                name,
+                format!("refused: {reason}"),
+                "submit the template (`referloop setup whatsapp`) and wait for Meta's approval, or remove the variant",
+            ),
+            Err(_) => d.fail(
+                "config",
+                name,
+                "could not be checked: the database did not answer",
+                "run `referloop doctor` again once the database answers",
+            ),
+        }
     }
 }
 

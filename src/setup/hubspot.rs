@@ -47,6 +47,11 @@ fn wanted(settings: &Settings) -> Vec<Wanted> {
         (p.referrals_converted.clone(), "Referrals converted", Kind::Number),
         (p.referral_rewards_total.clone(), "Referral rewards total", Kind::Number),
         (p.referral_bonus_total.clone(), "Referral bonus total", Kind::Number),
+        (
+            p.referral_experiment_variant.clone(),
+            "Referral experiment variant",
+            Kind::Text,
+        ),
     ];
     for side in [&settings.rewards.referrer, &settings.rewards.friend] {
         let property = side.hubspot_property.clone();

@@ -154,4 +154,62 @@ impl Store {
         }
         Ok((lines, by_trigger))
     }
+
+    /// An experiment's tally by variant: its funnel steps (measure `step`) and its
+    /// economics, as lines whose `trigger` is the variant.
+    pub async fn experiment_lines(&self, experiment: &str) -> Result<Vec<VariantLine>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT variant, measure, detail, currency, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(micros) AS BIGINT) AS micros \
+             FROM experiment_tally WHERE experiment = $1 \
+             GROUP BY variant, measure, detail, currency ORDER BY variant, measure, detail, currency",
+        )
+        .bind(experiment)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut lines = Vec::with_capacity(rows.len());
+        for row in &rows {
+            lines.push(VariantLine {
+                variant: row.try_get("variant")?,
+                measure: row.try_get("measure")?,
+                detail: row.try_get("detail")?,
+                currency: row.try_get("currency")?,
+                n: row.try_get::<Option<i64>, _>("n")?.unwrap_or(0),
+                micros: row.try_get::<Option<i64>, _>("micros")?.unwrap_or(0),
+            });
+        }
+        Ok(lines)
+    }
+
+    /// The experiment and variant of the invite behind a referral, when it has one.
+    pub async fn referral_variant(&self, referral_id: i64) -> Result<Option<(String, String)>, StoreError> {
+        let row = sqlx::query(
+            "SELECT i.experiment AS experiment, i.variant AS variant FROM referrals r \
+             JOIN invites i ON i.id = r.invite_id WHERE r.id = $1",
+        )
+        .bind(referral_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => match (
+                row.try_get::<Option<String>, _>("experiment")?,
+                row.try_get::<Option<String>, _>("variant")?,
+            ) {
+                (Some(e), Some(v)) => Some((e, v)),
+                _ => None,
+            },
+            None => None,
+        })
+    }
+}
+
+/// One row of an experiment's tally, summed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantLine {
+    pub variant: String,
+    /// `step` (a funnel step, named by `detail`) or an economics measure.
+    pub measure: String,
+    pub detail: String,
+    pub currency: String,
+    pub n: i64,
+    pub micros: i64,
 }

@@ -29,6 +29,9 @@ pub struct InviteRow {
     #[sqlx(try_from = "StoredName")]
     pub reason: Option<IneligibleReason>,
     pub created_at: i64,
+    /// The experiment and variant it was given (`[[experiments]]`), if any.
+    pub experiment: Option<String>,
+    pub variant: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,7 +48,7 @@ pub struct NewInvite {
 }
 
 const INVITE_COLUMNS: &str = "id, trigger_key, contact_id, trigger, phone, first_name, language, referral_code, \
-    state, reason, created_at";
+    state, reason, created_at, experiment, variant";
 
 async fn invite_by_key_in(conn: &mut AnyConnection, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
     row_where(conn, INVITE_COLUMNS, "invites", "trigger_key", trigger_key.to_string()).await
@@ -176,6 +179,31 @@ impl Tx {
     /// The invite, locked until this step commits.
     pub async fn invite_for_update(&mut self, id: i64) -> Result<Option<InviteRow>, StoreError> {
         self.row_for_update(INVITE_COLUMNS, "invites", "id", id).await
+    }
+
+    /// Records the experiment's variant an invite was given, in the transaction that
+    /// creates it (an invite is given one at most).
+    pub async fn assign_variant(
+        &mut self,
+        invite: &mut InviteRow,
+        experiment: &str,
+        variant: &str,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE invites SET experiment = $1, variant = $2 WHERE id = $3 AND variant IS NULL")
+            .bind(experiment)
+            .bind(variant)
+            .bind(invite.id)
+            .execute(self.write()?)
+            .await?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Conflict(format!(
+                "invite {} has a variant already",
+                invite.id
+            )));
+        }
+        invite.experiment = Some(experiment.to_string());
+        invite.variant = Some(variant.to_string());
+        Ok(())
     }
 
     /// Notes that the promoter's reminder was queued (the funnel counts it, and what the

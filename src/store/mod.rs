@@ -34,7 +34,7 @@ pub use crate::clock::duration_ms;
 use crate::clock::Clock;
 pub use crate::domain::state::QueueState;
 pub use admin_users::{AdminSession, AdminUser};
-pub use economics::DeliveredCharge;
+pub use economics::{DeliveredCharge, VariantLine};
 pub use faults::{in_attempt, Faults};
 pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
@@ -49,7 +49,7 @@ pub use queue::{BatchableKind, ClaimedItem, Queue, QueueOutlook, QueueRow};
 pub use referrals::{NewReferral, ReferralInsert, ReferralRow};
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
-pub use tx::{BatchLease, Cohort, Committed, EconomicsEntry, ItemEnd, Lease, Tx};
+pub use tx::{BatchLease, Cohort, Committed, EconomicsEntry, ItemEnd, Lease, Tx, STEP_MEASURE};
 pub use wa_users::OptOutChange;
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -147,6 +147,9 @@ pub struct Store {
     /// loop can starve the others. Writers in this process queue here instead, in order.
     /// (PostgreSQL: none.)
     write_gate: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Whether steps also tally each experiment variant's funnel and economics (only
+    /// when experiments are configured: it costs a statement per step).
+    experiments: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The row of `table` whose `column` equals `value`, as `T` (`columns` names its fields).
@@ -241,11 +244,17 @@ impl Store {
             faults: Faults::default(),
             clock: Clock::system(),
             write_gate,
+            experiments: Arc::default(),
         })
     }
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Makes every clone's steps tally experiment variants too (see `experiment_tally`).
+    pub fn tally_experiments(&self, on: bool) {
+        self.experiments.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Waits for this process's turn to write (SQLite only; first come, first served).

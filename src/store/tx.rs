@@ -19,6 +19,9 @@ use crate::domain::economics::Measure;
 use crate::domain::funnel::{Step, DAY_MS};
 use crate::domain::state::{Persisted, QueueState};
 
+/// The `measure` of an experiment variant's funnel steps (the step is the detail).
+pub const STEP_MEASURE: &str = "step";
+
 /// Rows each (day, trigger, step) of the funnel's tally is spread over.
 const TALLY_SLOTS: i64 = 8;
 
@@ -89,6 +92,8 @@ pub struct Tx {
     economics: Vec<(Cohort, EconomicsEntry)>,
     /// Jobs asked for in this transaction, written together when it commits.
     jobs: Vec<NewJob>,
+    /// Whether the tallies also go to the invite's experiment variant.
+    experiments: bool,
 }
 
 /// The cohort a cost or revenue belongs to: the trigger behind an invite or a referral,
@@ -148,6 +153,7 @@ impl Store {
             tally: Vec::new(),
             economics: Vec::new(),
             jobs: Vec::new(),
+            experiments: self.experiments.load(std::sync::atomic::Ordering::Relaxed),
         };
         // SQLite: take the write lock first (a transaction that reads and then writes can be
         // refused by WAL when another writer went between). PostgreSQL checks the lease
@@ -270,7 +276,42 @@ impl Tx {
                 .bind(id)
                 .execute(self.write()?)
                 .await?;
+            if self.experiments && cohort != Cohort::Unattributed {
+                let measure = entry.measure.as_str();
+                self.tally_variant(source, id, measure, &entry.detail, &entry.currency, entry.micros)
+                    .await?;
+            }
         }
+        Ok(())
+    }
+
+    /// Adds one event (worth `micros`) to the variant of the invite `source` selects as
+    /// `i` (with `$7` its id), when it has one.
+    async fn tally_variant(
+        &mut self,
+        source: &str,
+        id: i64,
+        measure: &str,
+        detail: &str,
+        currency: &str,
+        micros: i64,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO experiment_tally (experiment, variant, measure, detail, currency, slot, n, micros) \
+             SELECT i.experiment, i.variant, $1, $2, $3, $4, 1, $5 {source} AND i.variant IS NOT NULL \
+             ON CONFLICT (experiment, variant, measure, detail, currency, slot) \
+             DO UPDATE SET n = experiment_tally.n + 1, micros = experiment_tally.micros + $6"
+        );
+        sqlx::query(&sql)
+            .bind(measure)
+            .bind(detail)
+            .bind(currency)
+            .bind(id.rem_euclid(TALLY_SLOTS))
+            .bind(micros)
+            .bind(micros)
+            .bind(id)
+            .execute(self.write()?)
+            .await?;
         Ok(())
     }
 
@@ -298,6 +339,14 @@ impl Tx {
                 .bind(id)
                 .execute(self.write()?)
                 .await?;
+            if self.experiments {
+                let source = match key {
+                    TallyKey::Invite(_) => "FROM invites i WHERE i.id = $7",
+                    TallyKey::Referral(_) => "FROM referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $7",
+                };
+                self.tally_variant(source, id, STEP_MEASURE, step.as_str(), "", 0)
+                    .await?;
+            }
             if let (TallyKey::Referral(id), Step::Nominated | Step::Converted) = (key, step) {
                 // What came after a reminder: the same step again, under its own name,
                 // when the referral's invite had been reminded (before this step,

@@ -246,10 +246,15 @@ async fn workers_killed_at_random_do_everything_once(backend: Backend) {
     // A milestone at the first rewarded referral: every referrer earns a bonus.
     let config = tempfile::tempdir().expect("dir");
     let config_file = config.path().join("referloop.toml");
+    // And every referral inside an experiment whose variant doubles the referrer's reward:
+    // a contact's variant must never change, whatever the kills and the three workers do.
     std::fs::write(
         &config_file,
         "[[rewards.milestones]]\nconversions = 1\nreward = { kind = \"static_code\", amount = 500, \
-         currency = \"usd\", description = \"a $5 bonus\", static_code = \"BONUS5\" }\n",
+         currency = \"usd\", description = \"a $5 bonus\", static_code = \"BONUS5\" }\n\
+         [[experiments]]\nname = \"kills\"\nstarts = \"2020-01-01\"\nends = \"2099-12-31\"\n\
+         [[experiments.variants]]\nname = \"control\"\nweight = 1\n\
+         [[experiments.variants]]\nname = \"double\"\nweight = 1\nrewards.referrer.amount = 2000\n",
     )
     .expect("config file");
     let config_path = config_file.to_string_lossy().to_string();
@@ -362,6 +367,27 @@ async fn workers_killed_at_random_do_everything_once(backend: Backend) {
     assert!(rewards.iter().all(|r| r.state.as_str() == "issued"), "{rewards:?}");
     let referrals = lc.app.store.list_referrals(1_000).await.expect("referrals");
     assert!(referrals.iter().all(|r| r.state.as_str() == "converted"));
+    // Each invite carries the variant its contact's hash names, and the referrer's reward
+    // is that variant's.
+    for r in &referrals {
+        let invite = lc.app.store.invite(r.invite_id).await.expect("read").expect("invite");
+        let expected = match referloop::domain::experiment::assign("kills", &invite.contact_id, &[1, 1]) {
+            Some(0) => "control",
+            _ => "double",
+        };
+        assert_eq!(
+            invite.variant.as_deref(),
+            Some(expected),
+            "invite {} (seed {seed})",
+            invite.id
+        );
+        let referrer = rewards
+            .iter()
+            .find(|w| w.referral_id == r.id && w.beneficiary.as_str() == "referrer")
+            .expect("the referrer's reward");
+        let amount = if expected == "double" { 2000 } else { 1000 };
+        assert_eq!(referrer.amount, amount, "referral {} (seed {seed})", r.id);
+    }
     let jobs = lc.app.store.list(Queue::Jobs, None, 10_000).await.expect("jobs");
     assert!(jobs.iter().all(|j| j.state.as_str() == "done"), "no dead job: {jobs:?}");
     assert_funnel(&lc, count as i64).await;

@@ -8,6 +8,7 @@ mod dashboard;
 mod deploy;
 mod doctor;
 mod economics;
+mod experiments;
 mod fakes;
 mod flow_endpoint;
 mod helpers;
