@@ -50,6 +50,7 @@ fn every_property() -> Properties {
         "referrer_contact_id",
         "whatsapp_marketing_opt_out",
         "referral_reward",
+        "referral_experiment_variant",
     ] {
         all = all.with(&format!("/{name}"), text(name));
     }

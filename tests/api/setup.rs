@@ -108,7 +108,7 @@ async fn setup_hubspot_creates_once_then_changes_nothing() {
         .expect("first run");
     println!("{}", first.lines().join("\n"));
     assert!(first.ok());
-    assert_eq!(first.created(), 10, "the group and nine properties");
+    assert_eq!(first.created(), 11, "the group and ten properties");
     let definition = properties
         .0
         .lock()
@@ -167,7 +167,7 @@ async fn dry_run_creates_nothing() {
             .iter()
             .filter(|f| matches!(f, Finding::WouldCreate { .. }))
             .count(),
-        10
+        11
     );
     assert!(report
         .lines()
