@@ -2,7 +2,8 @@
 //! million) over the last 120 days, each from its own trigger, with two messages each and
 //! rewards for the converted ones, then times the admin API's answers through HTTP: the
 //! 90-day funnel, the first page of each list, a timeline, the drop-outs and the top
-//! referrers; then the dashboard's pages, signed in. Prints the median and the slowest of
+//! referrers, the economics and an experiment's results; then the dashboard's pages,
+//! signed in. Prints the median and the slowest of
 //! several runs of each. The funnel's
 //! tally is filled by the same backfill its migration runs on existing data.
 //!
@@ -44,7 +45,7 @@ fn seed_sql(n: i64, now: i64) -> Vec<String> {
             "INSERT INTO invites (id, trigger_key, contact_id, trigger, phone, first_name, language, referral_code, state, reason, created_at, updated_at) \
              SELECT i, 'seed:' || i, CAST(100000 + i % 200000 AS TEXT), CASE WHEN i % 3 = 0 THEN 'milestone' ELSE 'nps' END, \
                '+4479' || LPAD(CAST(i AS TEXT), 8, '0'), 'Customer', 'en_US', 'SEED' || i, \
-               CASE WHEN i % 10 = 0 THEN 'ineligible' ELSE 'nominated' END, CASE WHEN i % 10 = 0 THEN 'detractor' END, {at}, {at} \
+               CASE WHEN i % 10 = 0 THEN 'ineligible' ELSE 'nominated' END, CASE WHEN i % 10 = 0 THEN 'not_a_promoter: score 6' END, {at}, {at} \
              FROM generate_series(1, {n}) AS i"
         ),
         format!(
@@ -53,7 +54,7 @@ fn seed_sql(n: i64, now: i64) -> Vec<String> {
              SELECT i, i, 'token-' || i, CAST(100000 + i % 200000 AS TEXT), '+4479' || LPAD(CAST(i AS TEXT), 8, '0'), 'Customer', 'SEED' || i, \
                '+4478' || LPAD(CAST(i AS TEXT), 8, '0'), 'Friend', 1, 'en_US', \
                CASE WHEN i % 20 = 1 THEN 'converted' WHEN i % 4 = 2 THEN 'refused' WHEN i % 4 = 3 THEN 'expired' ELSE 'friend_invited' END, \
-               CASE WHEN i % 4 = 2 THEN 'friend_is_customer' END, {at}, {at} \
+               CASE WHEN i % 4 = 2 THEN 'already_customer' END, {at}, {at} \
              FROM generate_series(1, {n}) AS i"
         ),
         format!(
@@ -68,6 +69,41 @@ fn seed_sql(n: i64, now: i64) -> Vec<String> {
              SELECT i, b, '+4479' || LPAD(CAST(i AS TEXT), 8, '0'), 'en_US', 'static_code', 'issued', 1000, 'usd', 0, {at}, {at} \
              FROM generate_series(1, {n}) AS i, (VALUES ('referrer'), ('friend')) AS s(b) WHERE i % 20 = 1"
         ),
+    ]
+}
+
+/// The economics and experiment tallies for the seed, as the steps would have written
+/// them: each referral's two messages delivered as GB marketing (0.0529 each), each
+/// converted referral's two rewards (10.00 each) and a purchase of 49.00; every invite in
+/// the experiment `bench-offer`, alternately control and `bigger`.
+fn economics_sql() -> Vec<String> {
+    let day = format!("i.created_at / {DAY_MS}");
+    vec![
+        format!(
+            "INSERT INTO economics_tally (day, trigger, measure, detail, currency, slot, n, micros) \
+             SELECT {day}, i.trigger, 'message_cost', 'marketing', 'USD', i.id % 8, 2 * COUNT(*), 2 * 52900 * COUNT(*) \
+             FROM invites i WHERE i.state <> 'ineligible' GROUP BY {day}, i.trigger, i.id % 8"
+        ),
+        format!(
+            "INSERT INTO economics_tally (day, trigger, measure, detail, currency, slot, n, micros) \
+             SELECT {day}, i.trigger, m.measure, m.detail, 'USD', r.id % 8, m.k * COUNT(*), m.v * COUNT(*) \
+             FROM referrals r JOIN invites i ON i.id = r.invite_id, \
+               (VALUES ('reward_cost', 'referrer', 1, 10000000), ('reward_cost', 'friend', 1, 10000000), ('revenue', 'api', 1, 49000000)) AS m(measure, detail, k, v) \
+             WHERE r.state = 'converted' GROUP BY {day}, i.trigger, m.measure, m.detail, m.k, m.v, r.id % 8"
+        ),
+        "UPDATE invites SET experiment = 'bench-offer', variant = CASE WHEN id % 2 = 0 THEN 'control' ELSE 'bigger' END \
+         WHERE state <> 'ineligible'"
+            .to_string(),
+        "INSERT INTO experiment_tally (experiment, variant, measure, detail, currency, slot, n, micros) \
+         SELECT i.experiment, i.variant, 'step', s.step, '', i.id % 8, COUNT(*), 0 \
+         FROM invites i, (VALUES ('triggers'), ('eligible'), ('invited')) AS s(step) \
+         WHERE i.variant IS NOT NULL GROUP BY i.experiment, i.variant, s.step, i.id % 8"
+            .to_string(),
+        "INSERT INTO experiment_tally (experiment, variant, measure, detail, currency, slot, n, micros) \
+         SELECT i.experiment, i.variant, 'step', 'converted', '', r.id % 8, COUNT(*), 0 \
+         FROM referrals r JOIN invites i ON i.id = r.invite_id \
+         WHERE i.variant IS NOT NULL AND r.state = 'converted' GROUP BY i.experiment, i.variant, r.id % 8"
+            .to_string(),
     ]
 }
 
@@ -98,7 +134,11 @@ async fn main() {
         .await
         .expect("connect");
     let seeding = Instant::now();
-    for sql in seed_sql(args.referrals, now).into_iter().chain(tally_sql()) {
+    for sql in seed_sql(args.referrals, now)
+        .into_iter()
+        .chain(tally_sql())
+        .chain(economics_sql())
+    {
         conn.execute(sql.as_str()).await.expect("seed");
     }
     // As autovacuum leaves a table at rest: statistics and the visibility map (index-only scans).
@@ -120,7 +160,16 @@ async fn main() {
         ("DATABASE_URL", database_url.as_str()),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
-    let settings = Settings::load_from(None, env).expect("settings");
+    // The experiment the seed's invites are in (lists of tables come from a file).
+    let config = std::env::temp_dir().join(format!("referloop-bench-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        "[[experiments]]\nname = \"bench-offer\"\nstarts = \"2020-01-01\"\nends = \"2099-12-31\"\n\
+         [[experiments.variants]]\nname = \"control\"\nweight = 1\n\
+         [[experiments.variants]]\nname = \"bigger\"\nweight = 1\nrewards.referrer.amount = 2000\n",
+    )
+    .expect("config file");
+    let settings = Settings::load_from(Some(&config), env).expect("settings");
     let app = Application::build(settings).await.expect("start referloop");
     let base = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
@@ -141,6 +190,9 @@ async fn main() {
         "/api/v1/dropouts?days=90".to_string(),
         "/api/v1/rewards/summary?days=90".to_string(),
         "/api/v1/referrers/top".to_string(),
+        "/api/v1/economics?days=90".to_string(),
+        "/api/v1/economics?days=90&trigger=milestone".to_string(),
+        "/api/v1/experiments/bench-offer".to_string(),
     ];
     // A dashboard user, signed in, for the pages.
     let hash = referloop::app::accounts::hash_password("bench password 1234").expect("hash");
@@ -171,6 +223,8 @@ async fn main() {
         "/admin/referrals?q=SEED500000".to_string(),
         format!("/admin/referrals/{middle}"),
         "/admin/operations".to_string(),
+        "/admin/economics?days=90".to_string(),
+        "/admin/experiments".to_string(),
     ];
     println!("{:<48} {:>10} {:>10}", "request", "median ms", "max ms");
     let page_requests = pages.iter().map(|p| (p, true));

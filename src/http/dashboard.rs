@@ -731,7 +731,7 @@ pub async fn experiments(State(state): State<AppState>, Viewer(session): Viewer)
                     tbody {
                         @for v in &e.variants {
                             tr data-variant=(v.name) {
-                                th scope="row" { (v.name) @if v.control { " (control)" } }
+                                th scope="row" { (v.name) @if v.control && v.name != "control" { " (control)" } }
                                 td { @if v.changes.is_empty() { "nothing" } @else { @for c in &v.changes { code { (c) } " " } } }
                                 td data-figure="invited" { (v.invited) }
                                 td data-figure="nominated" { (v.nominated) }

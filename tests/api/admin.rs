@@ -7,7 +7,10 @@ use referloop::domain::nomination::ReferralReason;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
 use referloop::domain::state::{InviteState, Persisted};
-use referloop::store::{Backend, NewInvite, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store};
+use referloop::domain::economics::Measure;
+use referloop::store::{
+    Backend, Cohort, EconomicsEntry, NewInvite, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store,
+};
 use serde_json::Value;
 
 use crate::api_document::checked;
@@ -110,12 +113,68 @@ pub async fn seed(store: &Store) -> Vec<i64> {
                 milestone: None,
             };
             tx.insert_reward(id, &reward).await.expect("reward");
+            // What it cost and earned besides: two marketing templates delivered in GB
+            // (0.0529 each) and a purchase of 49.00 through the API.
+            for (measure, detail, micros) in [
+                (Measure::MessageCost, "marketing", 52_900),
+                (Measure::MessageCost, "marketing", 52_900),
+                (Measure::Revenue, "api", 49_000_000),
+            ] {
+                let entry = EconomicsEntry {
+                    measure,
+                    detail: detail.into(),
+                    currency: "USD".into(),
+                    micros,
+                };
+                tx.tally_economics(Cohort::Referral(id), entry);
+            }
         }
         referrals.push(id);
         n += 1;
     }
     tx.commit("").await.expect("commit");
     referrals
+}
+
+/// An experiment's arms for the browser test: 30 invites in each of `control` and
+/// `bigger` (of the experiment `browser-offer`), of which 3 and 6 converted.
+pub async fn seed_experiment(store: &Store) {
+    let mut tx = store.begin(None).await.expect("begin");
+    for n in 0..60 {
+        let variant = if n < 30 { "control" } else { "bigger" };
+        let mut row = tx
+            .insert_invite(&NewInvite {
+                trigger_key: format!("experiment:{n}"),
+                contact_id: format!("{}", 96_000 + n),
+                ..invite(100 + n, InviteState::Invited)
+            })
+            .await
+            .expect("invite");
+        tx.assign_variant(&mut row, "browser-offer", variant).await.expect("variant");
+        let converts = (n < 30 && n < 3) || (30..36).contains(&n);
+        if converts {
+            let referral = NewReferral {
+                invite_id: row.id,
+                flow_token: format!("experiment-token-{n}"),
+                referrer_contact_id: row.contact_id.clone(),
+                referrer_phone: row.phone.clone(),
+                referrer_name: row.first_name.clone(),
+                referral_code: format!("EXP{n:03}"),
+                friend_phone: Some(e164(&format!("+4479112{:05}", n))),
+                friend_name: format!("Friend {n}"),
+                personal_message: None,
+                consent: true,
+                language: "en_US".into(),
+            };
+            let ReferralInsert::Created(id) = tx.insert_referral(&referral).await.expect("referral") else {
+                panic!("referral {n} not created");
+            };
+            tx.move_referral(id, ReferralState::Nominated, ReferralState::Converted, None)
+                .await
+                .expect("move");
+        }
+    }
+    tx.commit("").await.expect("commit");
 }
 
 /// A job of an unknown kind, claimed and ended dead ("unknown kind"); returns its id.

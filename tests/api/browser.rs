@@ -186,8 +186,21 @@ async fn job_state(app: &TestApp, id: i64) -> QueueState {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
+    // An experiment for the experiments page (seeded below, after the funnel is read).
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("referloop.toml");
+    std::fs::write(
+        &config,
+        "[[experiments]]\nname = \"browser-offer\"\nstarts = \"2020-01-01\"\nends = \"2099-12-31\"\n\
+         baseline_rate = 0.10\nminimum_effect = 0.05\n\
+         [[experiments.variants]]\nname = \"control\"\nweight = 1\n\
+         [[experiments.variants]]\nname = \"bigger\"\nweight = 1\nrewards.referrer.amount = 2000\n",
+    )
+    .expect("config file");
+    let config = config.to_string_lossy().to_string();
     let app = TestApp::spawn_with(Backend::Postgres, |env| {
-        set_env(env, "REFERLOOP_WORKER__ENABLED", "false")
+        set_env(env, "REFERLOOP_WORKER__ENABLED", "false");
+        set_env(env, "REFERLOOP_CONFIG", &config);
     })
     .await;
     let hash = hash_password(PASSWORD).expect("hash");
@@ -230,6 +243,71 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
         ("/admin/referrals", "referrals-390"),
         ("/admin/referrals?q=SEED011", "search-390"),
     ] {
+        chrome.goto(&app.url(path)).await;
+        let overflow = chrome
+            .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+            .await;
+        assert!(
+            overflow.as_i64().is_some_and(|o| o <= 0),
+            "{path} scrolls sideways by {overflow} px at 390 px"
+        );
+        chrome.screenshot(name).await;
+    }
+    chrome.resize(1280, 900).await;
+
+    // The economics of the seed: its converted referral's friend reward (10.00 USD), two
+    // marketing templates (0.0529 each) and a purchase of 49.00.
+    chrome.goto(&app.url("/admin/economics?days=7")).await;
+    for (figure, shown) in [
+        ("conversions", "1"),
+        ("message_cost", "0.11 USD"),
+        ("reward_cost", "10.00 USD"),
+        ("cost", "10.11 USD"),
+        ("revenue", "49.00 USD"),
+        ("cost_per_acquisition", "10.11 USD"),
+        ("return_on_cost", "4.85×"),
+    ] {
+        assert_eq!(
+            chrome
+                .text(&format!("tr[data-cohort=\"all\"] td[data-figure=\"{figure}\"]"))
+                .await,
+            shown,
+            "{figure} on the economics page"
+        );
+    }
+    assert_eq!(
+        chrome
+            .text("tr[data-category=\"marketing\"] td[data-figure=\"amount\"]")
+            .await,
+        "0.1058 USD"
+    );
+    assert!(chrome.text("#assumptions + ul").await.contains("rate card"));
+    chrome.screenshot("economics").await;
+    chrome.assert_words_not_internals("the economics page").await;
+
+    // An experiment's results: 3 of 30 converted in the control, 6 of 30 in `bigger`.
+    crate::admin::seed_experiment(&app.store).await;
+    chrome.goto(&app.url("/admin/experiments")).await;
+    let cell = |variant: &str, figure: &str| {
+        format!("section[data-experiment=\"browser-offer\"] tr[data-variant=\"{variant}\"] td[data-figure=\"{figure}\"]")
+    };
+    for (variant, invited, converted, rate) in [("control", "30", "3", "10.0 %"), ("bigger", "30", "6", "20.0 %")] {
+        assert_eq!(chrome.text(&cell(variant, "invited")).await, invited);
+        assert_eq!(chrome.text(&cell(variant, "converted")).await, converted);
+        assert!(chrome.text(&cell(variant, "conversion_rate")).await.starts_with(rate));
+    }
+    assert!(chrome
+        .text(&cell("bigger", "difference"))
+        .await
+        .starts_with("+10.0 points"));
+    assert_eq!(chrome.text(&cell("bigger", "verdict")).await, "not yet conclusive");
+    assert_eq!(
+        chrome.text("[data-figure=\"planned_sample_size\"]").await,
+        "686"
+    );
+    chrome.screenshot("experiment").await;
+    chrome.resize(390, 844).await;
+    for (path, name) in [("/admin/economics?days=7", "economics-390"), ("/admin/experiments", "experiment-390")] {
         chrome.goto(&app.url(path)).await;
         let overflow = chrome
             .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
