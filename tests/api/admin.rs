@@ -2,12 +2,12 @@
 //! in every state, cursor pagination, a timeline, dead work retried by an operator and
 //! refused to a viewer, the CSV export, and the tokens' roles.
 
+use referloop::domain::economics::Measure;
 use referloop::domain::eligibility::{IneligibleCode, IneligibleReason, TriggerKind};
 use referloop::domain::nomination::ReferralReason;
 use referloop::domain::referral::ReferralState;
 use referloop::domain::reward::{Beneficiary, RewardKind, RewardState};
 use referloop::domain::state::{InviteState, Persisted};
-use referloop::domain::economics::Measure;
 use referloop::store::{
     Backend, Cohort, EconomicsEntry, NewInvite, NewReferral, NewReward, Queue, QueueState, ReferralInsert, Store,
 };
@@ -150,7 +150,9 @@ pub async fn seed_experiment(store: &Store) {
             })
             .await
             .expect("invite");
-        tx.assign_variant(&mut row, "browser-offer", variant).await.expect("variant");
+        tx.assign_variant(&mut row, "browser-offer", variant)
+            .await
+            .expect("variant");
         let converts = (n < 30 && n < 3) || (30..36).contains(&n);
         if converts {
             let referral = NewReferral {

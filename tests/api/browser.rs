@@ -289,7 +289,9 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
     crate::admin::seed_experiment(&app.store).await;
     chrome.goto(&app.url("/admin/experiments")).await;
     let cell = |variant: &str, figure: &str| {
-        format!("section[data-experiment=\"browser-offer\"] tr[data-variant=\"{variant}\"] td[data-figure=\"{figure}\"]")
+        format!(
+            "section[data-experiment=\"browser-offer\"] tr[data-variant=\"{variant}\"] td[data-figure=\"{figure}\"]"
+        )
     };
     for (variant, invited, converted, rate) in [("control", "30", "3", "10.0 %"), ("bigger", "30", "6", "20.0 %")] {
         assert_eq!(chrome.text(&cell(variant, "invited")).await, invited);
@@ -301,13 +303,13 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
         .await
         .starts_with("+10.0 points"));
     assert_eq!(chrome.text(&cell("bigger", "verdict")).await, "not yet conclusive");
-    assert_eq!(
-        chrome.text("[data-figure=\"planned_sample_size\"]").await,
-        "686"
-    );
+    assert_eq!(chrome.text("[data-figure=\"planned_sample_size\"]").await, "686");
     chrome.screenshot("experiment").await;
     chrome.resize(390, 844).await;
-    for (path, name) in [("/admin/economics?days=7", "economics-390"), ("/admin/experiments", "experiment-390")] {
+    for (path, name) in [
+        ("/admin/economics?days=7", "economics-390"),
+        ("/admin/experiments", "experiment-390"),
+    ] {
         chrome.goto(&app.url(path)).await;
         let overflow = chrome
             .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
