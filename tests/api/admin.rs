@@ -153,7 +153,7 @@ pub async fn seed_experiment(store: &Store) {
         tx.assign_variant(&mut row, "browser-offer", variant)
             .await
             .expect("variant");
-        let converts = (n < 30 && n < 3) || (30..36).contains(&n);
+        let converts = n < 3 || (30..36).contains(&n);
         if converts {
             let referral = NewReferral {
                 invite_id: row.id,

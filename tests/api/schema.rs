@@ -359,7 +359,7 @@ fn expected_state_sets() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("referrals_open_friend", names(ReferralState::OPEN)),
         ("referrals_refused", names(&[ReferralState::Refused])),
         ("invites_ineligible", names(&[InviteState::Ineligible])),
-        ("messages_failed", names(&[MessageStatus::Failed])),
+        ("messages_failed_error", names(&[MessageStatus::Failed])),
         // Booleans are stored as 0 and 1 on both stores.
         ("wa_users_opted_out", BTreeSet::from(["1".to_string()])),
         // Free codes: `reward_id IS NULL` names no literal.
