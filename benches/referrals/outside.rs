@@ -83,8 +83,9 @@ impl Outside {
         }
     }
 
-    /// Posts `sent`, `delivered` and `read` of one send, each its own webhook.
-    fn report(&self, wamid: String, to: String, callback: Option<String>) {
+    /// Posts `sent`, `delivered` and `read` of one send, each its own webhook, with Meta's
+    /// pricing object on the first two.
+    fn report(&self, wamid: String, to: String, callback: Option<String>, pricing: Value) {
         let outside = self.clone();
         tokio::spawn(async move {
             for (status, after) in [("sent", 20), ("delivered", 40), ("read", 100)] {
@@ -93,6 +94,10 @@ impl Outside {
                                       "recipient_id": to.trim_start_matches('+')});
                 if let Some(callback) = &callback {
                     item["biz_opaque_callback_data"] = json!(callback);
+                }
+                // Meta puts the pricing on `sent` and on the `delivered` that bills.
+                if status != "read" {
+                    item["pricing"] = pricing.clone();
                 }
                 let body = json!({"object": "whatsapp_business_account",
                     "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": {
@@ -157,7 +162,18 @@ async fn graph_send(
         *sent.entry((to.clone(), kind.clone())).or_default() += 1;
     }
     let callback = body["biz_opaque_callback_data"].as_str().map(str::to_string);
-    outside.report(wamid.clone(), to.clone(), callback);
+    // As Meta prices it: the invite, reminders and a friend's invite are marketing, other
+    // templates utility, and a reply inside the window free customer service.
+    let pricing = match body["template"]["name"].as_str() {
+        Some(name) if ["invite", "reminder", "nudge"].iter().any(|k| name.contains(k)) => {
+            json!({"billable": true, "pricing_model": "PMP", "type": "regular", "category": "marketing"})
+        }
+        Some(_) => json!({"billable": true, "pricing_model": "PMP", "type": "regular", "category": "utility"}),
+        None => {
+            json!({"billable": false, "pricing_model": "PMP", "type": "free_customer_service", "category": "service"})
+        }
+    };
+    outside.report(wamid.clone(), to.clone(), callback, pricing);
     let _ = outside.sends.send(Sent {
         to: to.clone(),
         kind,

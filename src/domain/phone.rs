@@ -126,9 +126,14 @@ impl E164 {
     /// code (+44 is GB, Guernsey's numbers included; +1 is US, Canada's included), as
     /// Meta's rate card groups countries by calling code.
     pub fn market(&self) -> Option<String> {
-        let code = phonenumber::parse(None, &self.0).ok()?.code().value();
-        let regions = phonenumber::metadata::DATABASE.region(&code)?;
-        regions.first().map(|id| id.to_string())
+        // Calling codes are prefix-free: the first of the number's 1-, 2- and 3-digit
+        // prefixes that is one is its code (a lookup, not a parse: this runs for every
+        // delivered message).
+        let digits = self.digits();
+        (1..=3)
+            .filter_map(|n| digits.get(..n)?.parse::<u16>().ok())
+            .find_map(|code| phonenumber::metadata::DATABASE.region(&code))
+            .and_then(|regions| regions.first().map(|id| id.to_string()))
     }
 
     /// The national significant number, as HubSpot's searchable phone properties hold it.
@@ -155,6 +160,8 @@ mod market_tests {
         assert_eq!(market("+447911123456").as_deref(), Some("GB"));
         assert_eq!(market("+14165550100").as_deref(), Some("US"));
         assert_eq!(market("+5511987654321").as_deref(), Some("BR"));
+        assert_eq!(market("+35312345678").as_deref(), Some("IE"));
+        assert_eq!(market("+79161234567").as_deref(), Some("RU"));
     }
 }
 

@@ -246,37 +246,74 @@ impl Tx {
     /// funnel's), each under its cohort's day and trigger kind.
     async fn write_economics(&mut self) -> Result<(), StoreError> {
         let mut entries = std::mem::take(&mut self.economics);
+        if entries.is_empty() {
+            return Ok(());
+        }
         entries.sort();
-        for (cohort, entry) in entries {
-            let (source, id) = match cohort {
-                Cohort::Invite(id) => ("FROM invites i WHERE i.id = $7", id),
-                Cohort::Referral(id) => (
-                    "FROM referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $7",
-                    id,
-                ),
-                Cohort::Unattributed => ("", self.now_ms()),
-            };
-            let (day, trigger) = match cohort {
-                Cohort::Unattributed => (format!("CAST($7 AS BIGINT) / {DAY_MS}"), "'unattributed'".to_string()),
-                _ => (format!("i.created_at / {DAY_MS}"), "i.trigger".to_string()),
-            };
+        let now = self.now_ms();
+        // One statement for the transaction's entries (a batch of statuses charges many
+        // messages): summed per tally row in SQL, in a fixed order so that transactions
+        // take the rows' locks in the same order.
+        for chunk in entries.chunks(100) {
+            let values = (0..chunk.len())
+                .map(|n| {
+                    let p = 2 + 7 * n;
+                    format!(
+                        "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), \
+                         CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5,
+                        p + 6
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             let sql = format!(
-                "INSERT INTO economics_tally (day, trigger, measure, detail, currency, slot, n, micros) \
-                 SELECT {day}, {trigger}, $1, $2, $3, $4, 1, $5 {source} \
+                "WITH v (kind, id, measure, detail, currency, slot, micros) AS (VALUES {values}) \
+                 INSERT INTO economics_tally (day, trigger, measure, detail, currency, slot, n, micros) \
+                 SELECT CASE WHEN v.kind = 'u' THEN CAST($1 AS BIGINT) / {DAY_MS} ELSE i.created_at / {DAY_MS} END AS day, \
+                   COALESCE(i.trigger, 'unattributed') AS trigger, v.measure, v.detail, v.currency, v.slot, \
+                   COUNT(*), SUM(v.micros) \
+                 FROM v \
+                 LEFT JOIN referrals r ON v.kind = 'r' AND r.id = v.id \
+                 LEFT JOIN invites i ON i.id = CASE WHEN v.kind = 'r' THEN r.invite_id WHEN v.kind = 'i' THEN v.id END \
+                 WHERE v.kind = 'u' OR i.id IS NOT NULL \
+                 GROUP BY 1, 2, v.measure, v.detail, v.currency, v.slot ORDER BY 1, 2, 3, 4, 5, 6 \
                  ON CONFLICT (day, trigger, measure, detail, currency, slot) \
-                 DO UPDATE SET n = economics_tally.n + 1, micros = economics_tally.micros + $6"
+                 DO UPDATE SET n = economics_tally.n + excluded.n, micros = economics_tally.micros + excluded.micros"
             );
-            sqlx::query(&sql)
-                .bind(entry.measure.as_str())
-                .bind(&entry.detail)
-                .bind(&entry.currency)
-                .bind(id.rem_euclid(TALLY_SLOTS))
-                .bind(entry.micros)
-                .bind(entry.micros)
-                .bind(id)
-                .execute(self.write()?)
-                .await?;
-            if self.experiments && cohort != Cohort::Unattributed {
+            let mut insert = sqlx::query(&sql).bind(now);
+            for (cohort, entry) in chunk {
+                let (kind, id) = match cohort {
+                    Cohort::Invite(id) => ("i", *id),
+                    Cohort::Referral(id) => ("r", *id),
+                    Cohort::Unattributed => ("u", now),
+                };
+                insert = insert
+                    .bind(kind)
+                    .bind(id)
+                    .bind(entry.measure.as_str())
+                    .bind(entry.detail.clone())
+                    .bind(entry.currency.clone())
+                    .bind(id.rem_euclid(TALLY_SLOTS))
+                    .bind(entry.micros);
+            }
+            insert.execute(self.write()?).await?;
+        }
+        if self.experiments {
+            for (cohort, entry) in entries {
+                let (source, id) = match cohort {
+                    Cohort::Invite(id) => ("FROM invites i WHERE i.id = $7", id),
+                    Cohort::Referral(id) => (
+                        "FROM referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $7",
+                        id,
+                    ),
+                    Cohort::Unattributed => continue,
+                };
                 let measure = entry.measure.as_str();
                 self.tally_variant(source, id, measure, &entry.detail, &entry.currency, entry.micros)
                     .await?;
