@@ -368,7 +368,13 @@ pub async fn on_stripe_event(s: &Services, work: &Work, kind: StripeEventKind, e
             };
             let mut tx = s.store.begin(Some(&work.lease)).await?;
             let voided = tx.void_rewards(referral_id, s.cap_period_start()).await?;
-            let note = format!("refund: {voided} pending reward(s) of referral {referral_id} voided");
+            let mut note = format!("refund: {voided} pending reward(s) of referral {referral_id} voided");
+            // A full refund takes the purchase's revenue back (a partial one does not).
+            if object.pointer("/refunded").and_then(Value::as_bool) == Some(true)
+                && tx.refund_conversion(referral_id, &s.settings.pricing.currency).await?
+            {
+                note.push_str("; its revenue taken back");
+            }
             Ok(tx.commit(note).await?.into())
         }
     }

@@ -164,7 +164,7 @@ pub(super) async fn economics_answer(
             pricing.currency
         ),
         "Rewards: counted at the value they were issued at (the configured amount of their side or bonus), when issued; rewards held, capped or voided cost nothing.".to_string(),
-        "Revenue: the converting purchase of each referred customer (its HubSpot deal amount, Stripe amount or API amount; taken to be in the reporting currency when none is given). Later purchases and lifetime value are not counted, and refunds are not deducted.".to_string(),
+        "Revenue: the converting purchase of each referred customer (its HubSpot deal amount, Stripe amount or API amount; taken to be in the reporting currency when none is given). Later purchases and lifetime value are not counted. A payment refunded in full on Stripe takes its revenue back (under `refunded`); partial refunds are not deducted.".to_string(),
         format!("Exchange: fixed rates from pricing.exchange_rates ({rates}); no live rates. Money in a currency without a rate is listed as uncounted."),
         "Cost per acquired customer: message and reward cost over conversions. Return: revenue over that cost.".to_string(),
     ];

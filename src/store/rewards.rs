@@ -175,6 +175,42 @@ impl Tx {
         Ok(())
     }
 
+    /// A full refund of the payment that converted the referral: its converting purchase's
+    /// revenue is taken back, once (a redelivered refund finds it refunded already).
+    /// True when it was taken back now.
+    /// (`reporting`: the currency of an amount recorded without one, as the revenue was.)
+    pub async fn refund_conversion(&mut self, referral_id: i64, reporting: &Currency) -> Result<bool, StoreError> {
+        let refunded = sqlx::query(
+            "UPDATE conversions SET refunded_at = $1 WHERE referral_id = $2 AND outcome = $3 \
+             AND refunded_at IS NULL AND amount IS NOT NULL RETURNING amount, currency",
+        )
+        .bind(self.now_ms())
+        .bind(referral_id)
+        .bind(ConversionOutcome::Converted.as_str())
+        .fetch_all(self.write()?)
+        .await?;
+        for row in &refunded {
+            let amount: i64 = row.try_get("amount")?;
+            let currency: Option<String> = row.try_get("currency")?;
+            let currency = currency
+                .as_deref()
+                .and_then(Currency::parse)
+                .unwrap_or_else(|| reporting.clone());
+            let micros = currency.micros_from_minor(amount);
+            let currency = currency.as_str().to_string();
+            self.tally_economics(
+                Cohort::Referral(referral_id),
+                EconomicsEntry {
+                    measure: Measure::Revenue,
+                    detail: "refunded".into(),
+                    currency,
+                    micros: -micros,
+                },
+            );
+        }
+        Ok(!refunded.is_empty())
+    }
+
     pub async fn set_conversion_outcome(&mut self, id: i64, outcome: ConversionOutcome) -> Result<(), StoreError> {
         sqlx::query("UPDATE conversions SET outcome = $1 WHERE id = $2")
             .bind(outcome.as_str())

@@ -1,7 +1,7 @@
 //! The economics report on both stores: messages priced from Meta's `pricing` in their
 //! delivery statuses (billable or free, every category, once whatever is redelivered), a
 //! missing price reported rather than guessed, rewards at their issued value, revenue by
-//! source, money converted with the configured rates (and reported when no rate exists),
+//! source (a full refund taking it back, once), money converted with the configured rates (and reported when no rate exists),
 //! and the figures of a whole referral against a hand-computed fixture, in the API's JSON
 //! (checked against its document) and its CSV.
 
@@ -206,6 +206,22 @@ async fn revenue_is_counted_by_source(backend: Backend) {
         cohort(&report, "nps")["revenue_by_source"],
         json!([{"key": "stripe", "count": 1, "amount": 49.0}])
     );
+    // Refunded in full (twice, as two events): the revenue is taken back once.
+    for id in ["evt_refund_1", "evt_refund_2"] {
+        let refund = json!({"id": id, "object": "event", "type": "charge.refunded", "api_version": "2025-09-30.clover",
+                            "data": {"object": {"id": "ch_rev", "object": "charge", "payment_intent": "pi_cs_rev",
+                                                "amount_refunded": 4900, "refunded": true}}});
+        assert_eq!(lc.stripe_event(refund).await, 200);
+    }
+    lc.settle().await;
+    let report = economics(&lc).await;
+    let nps = cohort(&report, "nps");
+    assert_eq!(
+        nps["revenue_by_source"],
+        json!([{"key": "refunded", "count": 1, "amount": -49.0}, {"key": "stripe", "count": 1, "amount": 49.0}]),
+        "{nps}"
+    );
+    assert!(close(&nps["revenue"], 0.0));
     lc.shutdown().await;
 
     // HubSpot: the deal's amount in major units; with no currency, the reporting one.
