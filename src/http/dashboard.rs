@@ -485,6 +485,31 @@ fn trigger_choices(seen: &[String]) -> Vec<String> {
     choices
 }
 
+/// The period's links (7, 30, 90 days) and the form for any number of days and a trigger
+/// kind, for the page at `path`.
+fn period_nav(path: &str, days: i64, trigger: Option<&str>, triggers: &[String]) -> Markup {
+    html! {
+        nav aria-label="Period" class="periods" {
+            @for d in [7, 30, 90] {
+                @if d == days { strong aria-current="page" { (d) " days" } } @else { a href=(format!("{path}?days={d}")) { (d) " days" } }
+            }
+            form method="get" action=(path) class="custom-period" {
+                label for="days" { "Last" }
+                input id="days" name="days" type="number" min="1" max="366" value=(days);
+                span { "days," }
+                label for="trigger" { "trigger" }
+                select id="trigger" name="trigger" {
+                    option value="" selected[trigger.is_none()] { "all" }
+                    @for kind in trigger_choices(triggers) {
+                        option value=(kind) selected[trigger == Some(kind.as_str())] { (kind) }
+                    }
+                }
+                button type="submit" { "Show" }
+            }
+        }
+    }
+}
+
 /// `/admin`: the funnel, why people dropped out, rewards and top referrers.
 pub async fn funnel(
     State(state): State<AppState>,
@@ -510,24 +535,7 @@ pub async fn funnel(
         .iter()
         .any(|side| side.kind == crate::domain::reward::RewardKind::CodePool);
     let body = html! {
-        nav aria-label="Period" class="periods" {
-            @for d in [7, 30, 90] {
-                @if d == days { strong aria-current="page" { (d) " days" } } @else { a href=(format!("/admin?days={d}")) { (d) " days" } }
-            }
-            form method="get" action="/admin" class="custom-period" {
-                label for="days" { "Last" }
-                input id="days" name="days" type="number" min="1" max="366" value=(days);
-                span { "days," }
-                label for="trigger" { "trigger" }
-                select id="trigger" name="trigger" {
-                    option value="" selected[trigger.is_none()] { "all" }
-                    @for kind in trigger_choices(&triggers) {
-                        option value=(kind) selected[trigger == Some(kind.as_str())] { (kind) }
-                    }
-                }
-                button type="submit" { "Show" }
-            }
-        }
+        (period_nav("/admin", days, trigger, &triggers))
         section aria-labelledby="funnel" {
             h2 id="funnel" { "Funnel, last " (days) " days" @if let Some(t) = trigger { ", " (t) } }
             table {
@@ -612,24 +620,7 @@ pub async fn economics(
     let trigger = trigger.as_deref();
     let optional = |v: Option<f64>, f: &dyn Fn(f64) -> String| v.map_or("–".to_string(), f);
     let body = html! {
-        nav aria-label="Period" class="periods" {
-            @for d in [7, 30, 90] {
-                @if d == days { strong aria-current="page" { (d) " days" } } @else { a href=(format!("/admin/economics?days={d}")) { (d) " days" } }
-            }
-            form method="get" action="/admin/economics" class="custom-period" {
-                label for="days" { "Last" }
-                input id="days" name="days" type="number" min="1" max="366" value=(days);
-                span { "days," }
-                label for="trigger" { "trigger" }
-                select id="trigger" name="trigger" {
-                    option value="" selected[trigger.is_none()] { "all" }
-                    @for kind in trigger_choices(&triggers) {
-                        option value=(kind) selected[trigger == Some(kind.as_str())] { (kind) }
-                    }
-                }
-                button type="submit" { "Show" }
-            }
-        }
+        (period_nav("/admin/economics", days, trigger, &triggers))
         section aria-labelledby="by-trigger" {
             h2 id="by-trigger" { "Cost and return, last " (days) " days" @if let Some(t) = trigger { ", " (t) } }
             p { "The triggers received in the period, each with everything it led to. Amounts in " (currency) "." }

@@ -9,7 +9,7 @@ use sqlx::Row;
 use super::tx::{Cohort, EconomicsEntry, Tx};
 use super::{Store, StoreError};
 use crate::domain::economics::{Currency, Measure, MessageCharge, TallyLine};
-use crate::domain::funnel::{Period, Step, DAY_MS};
+use crate::domain::funnel::{Period, Step};
 use crate::domain::state::Persisted;
 
 /// A delivered message's charge, to be recorded once.
@@ -106,7 +106,7 @@ impl Store {
         period: Period,
         trigger: Option<&str>,
     ) -> Result<(Vec<TallyLine>, BTreeMap<String, i64>), StoreError> {
-        let (first, end) = (period.from.div_euclid(DAY_MS), (period.to - 1).div_euclid(DAY_MS) + 1);
+        let (first, end) = super::reporting::tally_days(period);
         let filter =
             "(CAST($3 AS TEXT) IS NULL OR trigger = CAST($3 AS TEXT) OR trigger LIKE CAST($3 AS TEXT) || ':%')";
         let rows = sqlx::query(&format!(

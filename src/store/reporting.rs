@@ -75,7 +75,7 @@ pub struct TimelineEntry {
 
 /// The tally's days covering `period`: from the day `from` falls in up to and including
 /// the day of the period's last moment.
-fn tally_days(period: Period) -> (i64, i64) {
+pub(super) fn tally_days(period: Period) -> (i64, i64) {
     (period.from.div_euclid(DAY_MS), (period.to - 1).div_euclid(DAY_MS) + 1)
 }
 

@@ -164,6 +164,24 @@ impl Chrome {
         assert!(internal.is_empty(), "{page} shows {internal:?}:\n{shown}");
     }
 
+    /// At a phone's width (390 px) each page fits: nothing scrolls sideways. Each is saved
+    /// as a screenshot under its name; the window is set back to 1,280 px after.
+    async fn assert_fit_a_phone(&self, app: &TestApp, pages: &[(&str, &str)]) {
+        self.resize(390, 844).await;
+        for (path, name) in pages {
+            self.goto(&app.url(path)).await;
+            let overflow = self
+                .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
+                .await;
+            assert!(
+                overflow.as_i64().is_some_and(|o| o <= 0),
+                "{path} scrolls sideways by {overflow} px at 390 px"
+            );
+            self.screenshot(name).await;
+        }
+        self.resize(1280, 900).await;
+    }
+
     async fn sign_in(&self, app: &TestApp, name: &str) {
         self.goto(&app.url("/admin/login")).await;
         self.type_into("#name", name).await;
@@ -237,23 +255,16 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
     chrome.screenshot("funnel").await;
     chrome.assert_words_not_internals("the funnel").await;
     // At a phone's width (390 px) every page fits: nothing scrolls sideways.
-    chrome.resize(390, 844).await;
-    for (path, name) in [
-        ("/admin?days=7", "funnel-390"),
-        ("/admin/referrals", "referrals-390"),
-        ("/admin/referrals?q=SEED011", "search-390"),
-    ] {
-        chrome.goto(&app.url(path)).await;
-        let overflow = chrome
-            .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
-            .await;
-        assert!(
-            overflow.as_i64().is_some_and(|o| o <= 0),
-            "{path} scrolls sideways by {overflow} px at 390 px"
-        );
-        chrome.screenshot(name).await;
-    }
-    chrome.resize(1280, 900).await;
+    chrome
+        .assert_fit_a_phone(
+            &app,
+            &[
+                ("/admin?days=7", "funnel-390"),
+                ("/admin/referrals", "referrals-390"),
+                ("/admin/referrals?q=SEED011", "search-390"),
+            ],
+        )
+        .await;
 
     // The economics of the seed: its converted referral's friend reward (10.00 USD), two
     // marketing templates (0.0529 each) and a purchase of 49.00.
@@ -305,22 +316,15 @@ async fn a_person_signs_in_reads_the_funnel_and_acts_as_their_role_allows() {
     assert_eq!(chrome.text(&cell("bigger", "verdict")).await, "not yet conclusive");
     assert_eq!(chrome.text("[data-figure=\"planned_sample_size\"]").await, "686");
     chrome.screenshot("experiment").await;
-    chrome.resize(390, 844).await;
-    for (path, name) in [
-        ("/admin/economics?days=7", "economics-390"),
-        ("/admin/experiments", "experiment-390"),
-    ] {
-        chrome.goto(&app.url(path)).await;
-        let overflow = chrome
-            .script("return document.documentElement.scrollWidth - document.documentElement.clientWidth;")
-            .await;
-        assert!(
-            overflow.as_i64().is_some_and(|o| o <= 0),
-            "{path} scrolls sideways by {overflow} px at 390 px"
-        );
-        chrome.screenshot(name).await;
-    }
-    chrome.resize(1280, 900).await;
+    chrome
+        .assert_fit_a_phone(
+            &app,
+            &[
+                ("/admin/economics?days=7", "economics-390"),
+                ("/admin/experiments", "experiment-390"),
+            ],
+        )
+        .await;
 
     // A referral's timeline, found by its code.
     chrome.goto(&app.url("/admin/referrals?q=SEED011")).await;

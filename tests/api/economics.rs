@@ -8,14 +8,12 @@
 use referloop::domain::state::Persisted;
 use referloop::store::Backend;
 use serde_json::{json, Value};
-use wiremock::matchers::{header, method, path};
-use wiremock::{Mock, ResponseTemplate};
 
 use crate::api_document::checked;
 use crate::both_backends;
 use crate::fakes::*;
 use crate::helpers::*;
-use crate::rewards::{checkout_event, invited_friend};
+use crate::rewards::{checkout_event, deal_of_the_friend, invited_friend};
 
 /// The referrer is rewarded in euros (with a rate), the friend in pounds (without one).
 const PRICING: &str = r#"
@@ -226,13 +224,7 @@ async fn revenue_is_counted_by_source(backend: Backend) {
 
     // HubSpot: the deal's amount in major units; with no currency, the reporting one.
     let (lc, _dir) = start(backend).await;
-    Mock::given(method("GET"))
-        .and(path("/crm/v4/objects/deal/556/associations/contact"))
-        .and(header("authorization", format!("Bearer {HUBSPOT_TOKEN}").as_str()))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
-            {"toObjectId": 95001, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 3, "label": null}]}]})))
-        .mount(&lc.hubspot)
-        .await;
+    deal_of_the_friend(&lc, 556).await;
     invited_friend(&lc).await;
     let deal = json!({"portalId": 1, "dealId": 556, "isDeleted": false,
                       "properties": {"hs_is_closed_won": {"value": "true"}, "amount": {"value": "1250.50"}}});

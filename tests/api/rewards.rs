@@ -28,6 +28,18 @@ pub async fn invited_friend(lc: &Lifecycle) -> (i64, String) {
     (referral.id, referral.referral_code)
 }
 
+/// HubSpot answers that deal `deal_id`'s contact is the friend's (95001), as the v4
+/// associations API does.
+pub async fn deal_of_the_friend(lc: &Lifecycle, deal_id: u64) {
+    Mock::given(method("GET"))
+        .and(path(format!("/crm/v4/objects/deal/{deal_id}/associations/contact")))
+        .and(header("authorization", format!("Bearer {HUBSPOT_TOKEN}").as_str()))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
+            {"toObjectId": 95001, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 3, "label": null}]}]})))
+        .mount(&lc.hubspot)
+        .await;
+}
+
 pub fn checkout_event(id: &str, session: &str, extra: Value) -> Value {
     let mut object = json!({"id": session, "object": "checkout.session", "mode": "payment", "status": "complete",
         "payment_status": "paid", "amount_total": 4900, "currency": "usd", "customer": "cus_friend",
@@ -127,13 +139,7 @@ async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
 
 async fn hubspot_deal_conversion_uses_its_contacts(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
-    Mock::given(method("GET"))
-        .and(path("/crm/v4/objects/deal/555/associations/contact"))
-        .and(header("authorization", format!("Bearer {HUBSPOT_TOKEN}").as_str()))
-        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"results": [
-            {"toObjectId": 95001, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": 3, "label": null}]}]})))
-        .mount(&lc.hubspot)
-        .await;
+    deal_of_the_friend(&lc, 555).await;
     invited_friend(&lc).await;
     let deal = json!({"portalId": 1, "dealId": 555, "isDeleted": false,
                       "properties": {"hs_is_closed_won": {"value": "true"}, "amount": {"value": "49.00"}}});
