@@ -115,6 +115,32 @@ pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given:
     Outcome::done(format!("contact {contact_id}: rewarded ({})", written.as_str()))
 }
 
+/// The referrer's reward issued: `rewarded`, the reward given and the counters from the
+/// ledger, in one write (one HubSpot write for the moment, where a reward and a counter
+/// job made two). The counters are then read again until they match what was written.
+pub async fn referrer_rewarded(s: &Services, work: &Work, contact_id: &str, given: &str) -> StepResult {
+    let names = &s.settings.hubspot_properties;
+    let counters = s.store.referrer_counters(contact_id).await?;
+    let mut properties = counter_properties(s, &counters);
+    properties.insert(names.referral_status.clone(), string("rewarded"));
+    properties.insert(names.referral_reward.clone(), string(given));
+    let written = update_status(s, work, contact_id, properties).await?;
+    let (converted, total, bonuses) = write_until_stable(
+        s,
+        work,
+        contact_id,
+        Some(counters),
+        || s.store.referrer_counters(contact_id),
+        |counters| counter_properties(s, counters),
+    )
+    .await?
+    .unwrap_or_default();
+    Outcome::done(format!(
+        "contact {contact_id}: rewarded ({}), {converted} converted, {total} rewarded, {bonuses} in bonuses",
+        written.as_str()
+    ))
+}
+
 /// Mirrors an opt-out (or its lifting) onto every HubSpot contact with that number.
 pub async fn sync_opt_out(s: &Services, work: &Work, phone: &E164, opted_out: bool) -> StepResult {
     // Stored ids that are not valid HubSpot ids are skipped, never sent.
@@ -148,12 +174,14 @@ pub async fn sync_opt_out(s: &Services, work: &Work, phone: &E164, opted_out: bo
     Outcome::done(format!("opt-out mirrored to {} contact(s)", ids.len()))
 }
 
-/// Writes `read()` to the contact until what was written equals a fresh reading: another
-/// job may have written an older reading after ours.
+/// Writes `read()` to the contact until what was written (`written`, when the caller
+/// wrote it already) equals a fresh reading: another job may have written an older
+/// reading after ours.
 async fn write_until_stable<T, F, Fut>(
     s: &Services,
     work: &Work,
     contact_id: &str,
+    mut written: Option<T>,
     mut read: F,
     properties: impl Fn(&T) -> Map<String, Value>,
 ) -> Result<Option<T>, StepError>
@@ -163,7 +191,6 @@ where
     Fut: std::future::Future<Output = Result<T, crate::store::StoreError>>,
 {
     let contact = HubSpotId::parse(contact_id)?;
-    let mut written = None;
     for _ in 0..3 {
         let reading = read().await?;
         if written.as_ref() == Some(&reading) {
@@ -177,21 +204,26 @@ where
     Ok(written)
 }
 
+/// The referrer's counters as HubSpot properties: converted referrals, rewards issued,
+/// bonuses.
+fn counter_properties(s: &Services, (converted, total, bonuses): &(i64, i64, i64)) -> Map<String, Value> {
+    let names = &s.settings.hubspot_properties;
+    let mut properties = Map::new();
+    properties.insert(names.referrals_converted.clone(), string(converted.to_string()));
+    properties.insert(names.referral_rewards_total.clone(), string(total.to_string()));
+    properties.insert(names.referral_bonus_total.clone(), string(bonuses.to_string()));
+    properties
+}
+
 /// The referrer's counters, from the ledger (never incremented).
 pub async fn referrer_counters(s: &Services, work: &Work, contact_id: &str) -> StepResult {
-    let names = &s.settings.hubspot_properties;
     let written = write_until_stable(
         s,
         work,
         contact_id,
+        None,
         || s.store.referrer_counters(contact_id),
-        |(converted, total, bonuses): &(i64, i64, i64)| {
-            let mut properties = Map::new();
-            properties.insert(names.referrals_converted.clone(), string(converted.to_string()));
-            properties.insert(names.referral_rewards_total.clone(), string(total.to_string()));
-            properties.insert(names.referral_bonus_total.clone(), string(bonuses.to_string()));
-            properties
-        },
+        |counters| counter_properties(s, counters),
     )
     .await?;
     let (converted, total, bonuses) = written.unwrap_or_default();
@@ -206,6 +238,7 @@ pub async fn credit_total(s: &Services, work: &Work, contact_id: &str, property:
         s,
         work,
         contact_id,
+        None,
         || s.store.contact_credit_total(contact_id),
         |total: &i64| {
             let mut properties = Map::new();

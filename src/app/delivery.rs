@@ -144,10 +144,12 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
 /// (matched by its callback data while this request was in flight), in which case the
 /// message has moved on and only its wamid is missing, if anything.
 async fn record_acceptance(s: &Services, work: &Work, message_id: i64, wamid: &str) -> StepResult {
-    let mut tx = s.store.begin(Some(&work.lease)).await?;
-    if tx.accept_sending(message_id, wamid).await? {
-        return Ok(tx.commit(format!("accepted as {wamid}")).await?.into());
+    // Nothing moved the message: one statement, and the job ends with the others that
+    // finish meanwhile (the acceptance causes nothing else to commit with it).
+    if s.store.accept_sending(message_id, wamid).await? {
+        return Outcome::done(format!("accepted as {wamid}"));
     }
+    let mut tx = s.store.begin(Some(&work.lease)).await?;
     let Some(message) = tx.message_for_update(message_id).await? else {
         return Err(StepError::Permanent(format!(
             "message {message_id} vanished while sending"

@@ -49,7 +49,7 @@ pub async fn grant(
     tx: &mut Tx,
     r: &ReferralRow,
     conversion: Option<&NewConversion>,
-) -> Result<(), StepError> {
+) -> Result<Granted, StepError> {
     let programme = &s.settings.programme;
     // The sides as the invite's experiment variant has them.
     let variant = s.settings_for_invite(r.invite_id).await?;
@@ -57,6 +57,7 @@ pub async fn grant(
     let available_at = now + duration_ms(programme.reward_hold);
     let since = now - duration_ms(programme.reward_cap_period);
     let rewarded = tx.referrer_rewards_since(&r.referrer_contact_id, since).await?;
+    let mut granted = Granted::default();
     let sides = [
         (Beneficiary::Referrer, &variant.rewards.referrer),
         (Beneficiary::Friend, &variant.rewards.friend),
@@ -106,6 +107,9 @@ pub async fn grant(
             RewardState::Pending => {
                 let issue = NewJob::new(&Job::IssueReward { reward_id: id }, s.max_attempts(), available_at);
                 tx.enqueue(issue);
+                if beneficiary == Beneficiary::Referrer && available_at <= now {
+                    granted.referrer_issued_now = true;
+                }
             }
             RewardState::Capped => {
                 tx.enqueue(s.job(Job::ReferrerCapped {
@@ -116,7 +120,15 @@ pub async fn grant(
             RewardState::Issuing | RewardState::Issued | RewardState::Failed | RewardState::Void => {}
         }
     }
-    Ok(())
+    Ok(granted)
+}
+
+/// What [`grant`] queued that the conversion's other updates depend on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Granted {
+    /// The referrer's reward is issued now (no hold): its HubSpot write carries the
+    /// referrer's counters, so the conversion need not write them separately.
+    pub referrer_issued_now: bool,
 }
 
 /// The milestone bonus reached with this referral, if `rewarded` (this referral's reward
@@ -170,6 +182,15 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
         return Err(StepError::Permanent(format!("reward {reward_id} not found")));
     };
     if !reward.state.can_issue() {
+        // A referrer's reward granted for issue at once was to carry the counters of its
+        // conversion (`Granted`); voided before it was issued, it writes them alone. (A
+        // held reward's conversion wrote them itself; a second write of the ledger's
+        // figures changes nothing.)
+        if reward.beneficiary == Beneficiary::Referrer && reward.state == RewardState::Void {
+            if let Some(contact) = &reward.contact_id {
+                return super::crm::referrer_counters(s, work, contact).await;
+            }
+        }
         return Outcome::done(format!("reward is {:?}", reward.state));
     }
     let wait = reward.available_at - s.now_ms();
@@ -269,14 +290,20 @@ fn recording_jobs(
     });
     let mut jobs = Vec::new();
     if let Some(contact) = contact {
-        // A bonus is recorded in the referrer's counters (`referral_bonus_total`), not as
-        // the referral's reward.
-        if beneficiary != Beneficiary::ReferrerBonus {
-            jobs.push(s.job(Job::RewardRecorded {
+        // The referrer's reward and counters go in one write. A bonus is recorded in the
+        // referrer's counters (`referral_bonus_total`), not as the referral's reward.
+        match beneficiary {
+            Beneficiary::Referrer => jobs.push(s.job(Job::ReferrerRewarded {
                 reward_id: reward.id,
                 contact_id: contact.clone(),
                 given: given.to_string(),
-            }));
+            })),
+            Beneficiary::Friend => jobs.push(s.job(Job::RewardRecorded {
+                reward_id: reward.id,
+                contact_id: contact.clone(),
+                given: given.to_string(),
+            })),
+            Beneficiary::ReferrerBonus => {}
         }
         if side.kind == RewardKind::HubspotCredit {
             jobs.push(s.job(Job::CreditTotal {
@@ -286,7 +313,8 @@ fn recording_jobs(
             }));
         }
     }
-    if matches!(beneficiary, Beneficiary::Referrer | Beneficiary::ReferrerBonus) {
+    // The referrer's reward wrote the counters with it.
+    if beneficiary == Beneficiary::ReferrerBonus {
         jobs.push(s.job(Job::ReferrerCounters {
             contact_id: referral.referrer_contact_id.clone(),
             cause: format!("reward:{}", reward.id),

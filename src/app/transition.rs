@@ -63,10 +63,13 @@ pub async fn apply(
     // The row is locked (or the database has one writer), so this cannot lose; if it
     // ever did, the conflict reruns the step.
     tx.move_referral(current.id, from, transition.state, reason).await?;
+    let mut granted = reward::Granted::default();
     for effect in &transition.effects {
-        write_effect(s, tx, &current, effect, ctx).await?;
+        if let Some(rewards) = write_effect(s, tx, &current, effect, ctx).await? {
+            granted = rewards;
+        }
     }
-    queue_crm_updates(s, tx, &current, transition.state).await?;
+    queue_crm_updates(s, tx, &current, transition.state, granted).await?;
     tracing::info!(
         referral_id = current.id,
         from = from.as_str(),
@@ -85,15 +88,14 @@ async fn write_effect(
     r: &ReferralRow,
     effect: &Effect,
     ctx: EventContext<'_>,
-) -> Result<(), StepError> {
+) -> Result<Option<reward::Granted>, StepError> {
     if let Effect::GrantRewards = effect {
-        reward::grant(s, tx, r, ctx.conversion).await?;
-        return Ok(());
+        return Ok(Some(reward::grant(s, tx, r, ctx.conversion).await?));
     }
     if let Some(message) = effect_message(s, r, effect, ctx)? {
         tx.insert_message(&message).await?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The message an effect asks for, keyed by the referral and the effect (so asked once).
@@ -154,8 +156,15 @@ fn effect_message(
 }
 
 /// The friend's contact and status in HubSpot follow the referral; a conversion also
-/// links the two contacts and refreshes the referrer's counters.
-async fn queue_crm_updates(s: &Services, tx: &mut Tx, r: &ReferralRow, to: ReferralState) -> Result<(), StepError> {
+/// links the two contacts and refreshes the referrer's counters (unless the referrer's
+/// reward, issued now, writes them with it).
+async fn queue_crm_updates(
+    s: &Services,
+    tx: &mut Tx,
+    r: &ReferralRow,
+    to: ReferralState,
+    granted: reward::Granted,
+) -> Result<(), StepError> {
     if friend_hubspot_status(to).is_some() {
         // Until the friend's contact is recorded, its creation carries the status (and
         // queues the sync for a state that moved meanwhile: `friend::create_contact`),
@@ -174,10 +183,12 @@ async fn queue_crm_updates(s: &Services, tx: &mut Tx, r: &ReferralRow, to: Refer
         if s.settings.hubspot.record_referral_links {
             tx.enqueue(s.job(Job::LinkReferral { referral_id: r.id }));
         }
-        tx.enqueue(s.job(Job::ReferrerCounters {
-            contact_id: r.referrer_contact_id.clone(),
-            cause: format!("{}:converted", r.id),
-        }));
+        if !granted.referrer_issued_now {
+            tx.enqueue(s.job(Job::ReferrerCounters {
+                contact_id: r.referrer_contact_id.clone(),
+                cause: format!("{}:converted", r.id),
+            }));
+        }
     }
     Ok(())
 }

@@ -51,6 +51,14 @@ pub enum Job {
         contact_id: String,
         given: String,
     },
+    /// The referrer's reward issued: `rewarded`, the reward given and the counters from
+    /// the ledger, in one write to the referrer's contact.
+    #[serde(rename = "hubspot.referrer_rewarded")]
+    ReferrerRewarded {
+        reward_id: i64,
+        contact_id: String,
+        given: String,
+    },
     /// Referrer and friend associated, with a timeline note.
     #[serde(rename = "hubspot.link_referral")]
     LinkReferral { referral_id: i64 },
@@ -92,6 +100,7 @@ pub enum JobKind {
     SyncOptOut,
     IssueReward,
     RewardRecorded,
+    ReferrerRewarded,
     LinkReferral,
     ReferrerCounters,
     CreditTotal,
@@ -110,6 +119,7 @@ persisted!(JobKind {
     SyncOptOut => "hubspot.sync_opt_out",
     IssueReward => "reward.issue",
     RewardRecorded => "hubspot.reward_recorded",
+    ReferrerRewarded => "hubspot.referrer_rewarded",
     LinkReferral => "hubspot.link_referral",
     ReferrerCounters => "hubspot.referrer_counters",
     CreditTotal => "hubspot.credit_total",
@@ -182,6 +192,7 @@ impl Job {
             }
             Job::IssueReward { reward_id } => format!("reward.issue:{reward_id}"),
             Job::RewardRecorded { reward_id, .. } => format!("hubspot.reward:{reward_id}"),
+            Job::ReferrerRewarded { reward_id, .. } => format!("hubspot.referrer_reward:{reward_id}"),
             Job::LinkReferral { referral_id } => format!("hubspot.link:{referral_id}"),
             Job::ReferrerCounters { cause, .. } => format!("hubspot.counters:{cause}"),
             Job::CreditTotal { reward_id, .. } => format!("hubspot.credit:{reward_id}"),
@@ -202,6 +213,7 @@ impl Job {
             Job::SyncOptOut { .. } => JobKind::SyncOptOut,
             Job::IssueReward { .. } => JobKind::IssueReward,
             Job::RewardRecorded { .. } => JobKind::RewardRecorded,
+            Job::ReferrerRewarded { .. } => JobKind::ReferrerRewarded,
             Job::LinkReferral { .. } => JobKind::LinkReferral,
             Job::ReferrerCounters { .. } => JobKind::ReferrerCounters,
             Job::CreditTotal { .. } => JobKind::CreditTotal,
@@ -261,6 +273,11 @@ mod tests {
             Job::IssueReward { reward_id: 8 },
             Job::RewardRecorded {
                 reward_id: 9,
+                contact_id: "90001".into(),
+                given: "£10 credit".into(),
+            },
+            Job::ReferrerRewarded {
+                reward_id: 16,
                 contact_id: "90001".into(),
                 given: "£10 credit".into(),
             },

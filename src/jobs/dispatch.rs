@@ -77,6 +77,7 @@ pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResu
         Job::SyncOptOut { phone, opted_out, .. } => crm::sync_opt_out(s, work, &phone, opted_out).await,
         Job::IssueReward { reward_id } => reward::issue(s, work, reward_id).await,
         Job::RewardRecorded { contact_id, given, .. } => crm::reward_recorded(s, work, &contact_id, &given).await,
+        Job::ReferrerRewarded { contact_id, given, .. } => crm::referrer_rewarded(s, work, &contact_id, &given).await,
         Job::LinkReferral { referral_id } => crm::link_referral(s, work, referral_id).await,
         Job::ReferrerCounters { contact_id, .. } => crm::referrer_counters(s, work, &contact_id).await,
         Job::CreditTotal {

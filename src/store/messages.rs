@@ -222,25 +222,6 @@ impl Tx {
         self.message_by_wamid_for_update(wamid).await
     }
 
-    /// Records Meta's acceptance of a send still `sending` with no other wamid, as the
-    /// attempt that sent it left it: one compare-and-set, no read. False when the message
-    /// moved meanwhile (its status was recorded first, another attempt): the caller then
-    /// reads it and decides.
-    pub async fn accept_sending(&mut self, id: i64, wamid: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
-             WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2)",
-        )
-        .bind(MessageStatus::Accepted.as_str())
-        .bind(wamid)
-        .bind(self.now_ms())
-        .bind(id)
-        .bind(MessageStatus::Sending.as_str())
-        .execute(self.write()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
     /// Moves a message's status from `from` to `to` (compare-and-set, on a row the
     /// caller read with [`Tx::message_for_update`]), with Meta's error and, when given,
     /// the wamid. [`StoreError::Conflict`] when the message was no longer in `from`.
@@ -444,6 +425,17 @@ impl Store {
         Ok(())
     }
 
+    /// Records Meta's acceptance of a send that nothing moved since it was marked
+    /// `sending`, on its own: the send job then ends through the shared completions, and
+    /// a crash in between only reruns a job that finds its message accepted. False when
+    /// the message moved (the caller then records it in a transaction).
+    pub async fn accept_sending(&self, id: i64, wamid: &str) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        self.faults.before_write()?;
+        let mut conn = self.pool.acquire().await?;
+        accept_sending(&mut conn, id, wamid, self.now_ms()).await
+    }
+
     /// Records Meta's final refusal of a send (committed at once: only the attempt that got
     /// the answer knows it).
     pub async fn record_refusal(&self, id: i64, code: Option<i64>, title: &str) -> Result<(), StoreError> {
@@ -514,4 +506,20 @@ impl Store {
             .fetch_all(&self.pool)
             .await?)
     }
+}
+
+/// Compare-and-set from `sending` to `accepted` with Meta's wamid.
+async fn accept_sending(conn: &mut AnyConnection, id: i64, wamid: &str, now: i64) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
+         WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2)",
+    )
+    .bind(MessageStatus::Accepted.as_str())
+    .bind(wamid)
+    .bind(now)
+    .bind(id)
+    .bind(MessageStatus::Sending.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
