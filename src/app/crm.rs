@@ -11,12 +11,18 @@ use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::ids::HubSpotId;
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
+use crate::store::InviteForCrm;
 
 fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
 }
 
-/// `referral_status` (and the code, on the invite) on the referrer's contact.
+/// `referral_status` (and the code, on the invite) on the referrer's contact. The status
+/// written is the invite's when the job runs, never older than the job's own: the jobs
+/// of one invite (its tap's, its nomination's) may run side by side or out of order. So
+/// a job overtaken by its invite writes nothing but its code, and each write is read
+/// back until the invite stands still. An opt-out owns the status, as in
+/// [`update_status`]; the invite and the opt-out are read in one statement.
 pub async fn referrer_status(
     s: &Services,
     work: &Work,
@@ -25,21 +31,66 @@ pub async fn referrer_status(
     status: InviteState,
     code: Option<&str>,
 ) -> StepResult {
-    // The invite's variant goes with its code (one read, only while experiments run).
-    let variant = match (code, s.experiments.is_empty()) {
-        (Some(_), false) => s
-            .store
-            .invite(invite_id)
+    let contact = HubSpotId::parse(contact_id)?;
+    let status_name = &s.settings.hubspot_properties.referral_status;
+    let read = || async {
+        s.store
+            .invite_for_crm(invite_id)
             .await?
-            .and_then(|i| Some(format!("{}:{}", i.experiment?, i.variant?))),
-        _ => None,
+            .ok_or_else(|| StepError::Permanent(format!("invite {invite_id} not found")))
     };
-    let properties = s.referrer_properties(status.as_str(), code, variant);
-    let written = update_status(s, work, contact_id, properties).await?;
+    // The job's status, or the invite's when it has moved past it.
+    let newest = |seen: &InviteForCrm| {
+        if status.may_advance_to(seen.state) {
+            seen.state
+        } else {
+            status
+        }
+    };
+    let mut seen = read().await?;
+    if code.is_none() && newest(&seen) != status {
+        return Outcome::done(format!(
+            "contact {contact_id}: {} overtaken by {}, whose job writes it",
+            status.as_str(),
+            seen.state.as_str()
+        ));
+    }
+    // The invite's variant goes with its code.
+    let variant = code.and_then(|_| Some(format!("{}:{}", seen.experiment.as_deref()?, seen.variant.as_deref()?)));
+    let mut properties = s.referrer_properties(newest(&seen).as_str(), code, variant);
+    let mut written = None;
+    for _ in 0..3 {
+        if seen.contact_opted_out {
+            properties.remove(status_name);
+            let outcome = if written.is_some() {
+                properties.insert(status_name.clone(), string("opted_out"));
+                StatusWrite::OptedOutMeanwhile
+            } else {
+                StatusWrite::LeftOptedOut
+            };
+            if !properties.is_empty() {
+                s.hubspot
+                    .update_contact(&contact, &properties, Some(work.job_id()))
+                    .await?;
+            }
+            return Outcome::done(format!("contact {contact_id}: {}", outcome.as_str()));
+        }
+        let state = newest(&seen);
+        if written == Some(state) {
+            break;
+        }
+        properties.insert(status_name.clone(), string(state.as_str()));
+        s.hubspot
+            .update_contact(&contact, &properties, Some(work.job_id()))
+            .await?;
+        written = Some(state);
+        properties = Map::new();
+        seen = read().await?;
+    }
     Outcome::done(format!(
         "contact {contact_id}: {} ({})",
-        status.as_str(),
-        written.as_str()
+        written.map_or("-", InviteState::as_str),
+        StatusWrite::Written.as_str()
     ))
 }
 

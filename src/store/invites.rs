@@ -5,12 +5,24 @@ use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
 use super::tx::{TallyKey, Tx};
-use super::{row_where, Store, StoreError, StoredName, StoredPhone};
+use super::{row_where, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::eligibility::{IneligibleReason, TriggerKind};
 use crate::domain::funnel::{invite_steps, Step};
 use crate::domain::phone::E164;
 use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
+
+/// An invite as its referrer's HubSpot status sees it ([`Store::invite_for_crm`]).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct InviteForCrm {
+    #[sqlx(try_from = "String")]
+    pub state: InviteState,
+    pub experiment: Option<String>,
+    pub variant: Option<String>,
+    /// Whether a number of the invite's contact opted out of marketing.
+    #[sqlx(try_from = "StoredFlag")]
+    pub contact_opted_out: bool,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct InviteRow {
@@ -242,6 +254,21 @@ impl Store {
     pub async fn invite_by_trigger_key(&self, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         invite_by_key_in(&mut conn, trigger_key).await
+    }
+
+    /// What the referrer's HubSpot status reads, before and after each write: the
+    /// invite's state and variant, and whether its contact's number opted out.
+    pub async fn invite_for_crm(&self, id: i64) -> Result<Option<InviteForCrm>, StoreError> {
+        let sql = format!(
+            "SELECT i.state, i.experiment, i.variant, \
+             CAST(CASE WHEN EXISTS ({}) THEN 1 ELSE 0 END AS BIGINT) AS contact_opted_out \
+             FROM invites AS i WHERE i.id = $1",
+            super::wa_users::CONTACT_OPTED_OUT.replace("$1", "i.contact_id")
+        );
+        Ok(sqlx::query_as::<_, InviteForCrm>(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn invite(&self, id: i64) -> Result<Option<InviteRow>, StoreError> {

@@ -38,7 +38,7 @@ pub use economics::{DeliveredCharge, VariantLine};
 pub use faults::{in_attempt, Faults};
 pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
-pub use invites::{InviteRow, NewInvite};
+pub use invites::{InviteForCrm, InviteRow, NewInvite};
 pub use jobs::{EnqueueOutcome, NewJob};
 pub use messages::{MessageRow, MessageToSend, NewMessage, StatusMove};
 pub use named::StoredName;

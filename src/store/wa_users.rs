@@ -137,6 +137,11 @@ impl Tx {
     }
 }
 
+/// The opted-out numbers of contact `$1` (as customer or as friend).
+pub(super) const CONTACT_OPTED_OUT: &str = "SELECT phone FROM wa_users WHERE opted_out = 1 AND phone IN \
+     (SELECT phone FROM invites WHERE contact_id = $1 AND phone IS NOT NULL \
+      UNION SELECT friend_phone FROM referrals WHERE friend_contact_id = $1)";
+
 impl Store {
     /// Notes an inbound message on its own (the latest time wins, so repeating it is harmless).
     /// One statement, committed on its own (no transaction around it).
@@ -163,14 +168,11 @@ impl Store {
     /// Whether a number we know for this HubSpot contact (as customer or as friend) has
     /// opted out of marketing.
     pub async fn contact_opted_out(&self, contact_id: &str) -> Result<bool, StoreError> {
-        let found: Option<String> = sqlx::query_scalar(
-            "SELECT phone FROM wa_users WHERE opted_out = 1 AND phone IN \
-             (SELECT phone FROM invites WHERE contact_id = $1 AND phone IS NOT NULL \
-              UNION SELECT friend_phone FROM referrals WHERE friend_contact_id = $1) LIMIT 1",
-        )
-        .bind(contact_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql = format!("{CONTACT_OPTED_OUT} LIMIT 1");
+        let found: Option<String> = sqlx::query_scalar(&sql)
+            .bind(contact_id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(found.is_some())
     }
 

@@ -2,9 +2,9 @@
 
 use referloop::domain::eligibility::IneligibleCode;
 use referloop::domain::nomination::ReferralReason;
-use referloop::domain::state::Persisted;
-use referloop::domain::work::{ItemKind, JobKind};
-use referloop::store::{Backend, Queue, QueueState};
+use referloop::domain::state::{InviteState, Persisted};
+use referloop::domain::work::{ItemKind, Job, JobKind};
+use referloop::store::{Backend, NewJob, Queue, QueueState};
 use serde_json::{json, Value};
 
 use wiremock::ResponseTemplate;
@@ -876,7 +876,60 @@ async fn statuses_of_other_senders_are_settled_at_once(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// A referrer's status job that runs after its invite moved on (jobs of one invite run
+/// side by side, in any order) never sets HubSpot back: without a code it writes nothing,
+/// with one it writes the code and the invite's newer status.
+async fn late_referrer_status_jobs_never_set_hubspot_back(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    nominate_friend(&lc, true).await;
+    let invite_id = lc.invite_id().await;
+    let before = lc.hubspot_calls().await.len();
+    // The tap's and the trigger's jobs, as if they had been held up until now.
+    for (n, status, code) in [
+        (1, InviteState::FlowSent, None),
+        (2, InviteState::Invited, Some("LATE42".to_string())),
+    ] {
+        let job = Job::ReferrerStatus {
+            invite_id,
+            contact_id: ANA.to_string(),
+            status,
+            code,
+        };
+        let late = NewJob {
+            idempotency_key: format!("test:late:{n}"),
+            ..NewJob::new(&job, 3, lc.app.store.now_ms())
+        };
+        lc.app.store.enqueue_job(&late).await.expect("enqueue");
+    }
+    lc.settle().await;
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let note = |key: &str| {
+        jobs.iter()
+            .find(|j| j.key == key)
+            .and_then(|j| j.note.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        note("test:late:1").contains("overtaken by nominated"),
+        "{}",
+        note("test:late:1")
+    );
+    let calls = lc.hubspot_calls().await;
+    let late: Vec<_> = calls[before..]
+        .iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.ends_with(&format!("/contacts/{ANA}")))
+        .map(|(_, _, b)| b["properties"].clone())
+        .collect();
+    assert_eq!(
+        late,
+        vec![json!({"referral_code": "LATE42", "referral_status": "nominated"})],
+        "only the job with a code wrote, and the status it wrote is the invite's"
+    );
+    lc.shutdown().await;
+}
+
 both_backends!(
+    late_referrer_status_jobs_never_set_hubspot_back,
     statuses_of_other_senders_are_settled_at_once,
     happy_path_with_every_webhook_twice,
     statuses_out_of_order_never_move_back,
