@@ -42,7 +42,8 @@ pub fn postgres_cpu_time() -> std::time::Duration {
         }
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        ticks += field(11) + field(12);
+        // Its own time, and its ended children's (the postmaster's backends that closed).
+        ticks += field(11) + field(12) + field(13) + field(14);
     }
     std::time::Duration::from_millis(ticks * 10)
 }

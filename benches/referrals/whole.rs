@@ -191,7 +191,7 @@ pub async fn run(
         })
     };
     let started = Instant::now();
-    let cpu_before = super::common::cpu_time();
+    let (cpu_before, postgres_before) = (super::common::cpu_time(), super::common::postgres_cpu_time());
     let triggered_at: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let triggers = {
         let (driver, triggered_at) = (driver.clone(), triggered_at.clone());
@@ -246,6 +246,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     let cpu = super::common::cpu_time().saturating_sub(cpu_before);
+    let postgres_cpu = super::common::postgres_cpu_time().saturating_sub(postgres_before);
     let _ = triggers.await;
 
     // Let the last HubSpot updates and statuses finish before counting effects.
@@ -334,9 +335,12 @@ pub async fn run(
         inbox_done as f64 / seconds,
         jobs_done as f64 / seconds
     );
+    // CPU time moves less with a noisy neighbour than the rate does: compare it too.
+    let per_referral = |d: Duration| d.as_secs_f64() * 1000.0 / count.max(1) as f64;
     println!(
-        "CPU (app, worker, fakes and driver, this process): {:.1} ms per referral",
-        cpu.as_secs_f64() * 1000.0 / count.max(1) as f64
+        "CPU (app, worker, fakes and driver, this process): {:.1} ms per referral; PostgreSQL: {:.1} ms per referral",
+        per_referral(cpu),
+        per_referral(postgres_cpu)
     );
     println!(
         "trigger to friend invited: p50 {} ms, p99 {} ms; conversion to both rewards: p50 {} ms, p99 {} ms",
