@@ -32,7 +32,6 @@ pub async fn referrer_status(
     code: Option<&str>,
 ) -> StepResult {
     let contact = HubSpotId::parse(contact_id)?;
-    let status_name = &s.settings.hubspot_properties.referral_status;
     let read = || async {
         s.store
             .invite_for_crm(invite_id)
@@ -47,7 +46,7 @@ pub async fn referrer_status(
             status
         }
     };
-    let mut seen = read().await?;
+    let seen = read().await?;
     if code.is_none() && newest(&seen) != status {
         return Outcome::done(format!(
             "contact {contact_id}: {} overtaken by {}, whose job writes it",
@@ -57,10 +56,51 @@ pub async fn referrer_status(
     }
     // The invite's variant goes with its code.
     let variant = code.and_then(|_| Some(format!("{}:{}", seen.experiment.as_deref()?, seen.variant.as_deref()?)));
-    let mut properties = s.referrer_properties(newest(&seen).as_str(), code, variant);
+    let properties = s.referrer_properties(newest(&seen).as_str(), code, variant);
+    let (outcome, written) = write_status_until_still(
+        s,
+        work,
+        &contact,
+        seen,
+        read,
+        |seen| Some(newest(seen).as_str()),
+        |seen| seen.contact_opted_out,
+        properties,
+    )
+    .await?;
+    Outcome::done(format!(
+        "contact {contact_id}: {} ({})",
+        written.unwrap_or("-"),
+        outcome.as_str()
+    ))
+}
+
+/// Writes `properties` with the contact's `referral_status` as `status_of` reads it from
+/// `seen`, then reads again (`read`) and writes the status again until it stands still
+/// (at most three writes): jobs about one contact run side by side and in any order, so
+/// the last write must be of the newest reading. An opt-out owns the status, as in
+/// [`update_status`]: left out when the contact opted out, and `opted_out` written again
+/// when the opt-out came while a write was on its way. Returns what was done and the
+/// last status written.
+#[allow(clippy::too_many_arguments)] // each is one part of the one loop
+pub(super) async fn write_status_until_still<T, F, Fut>(
+    s: &Services,
+    work: &Work,
+    contact: &HubSpotId,
+    mut seen: T,
+    mut read: F,
+    status_of: impl Fn(&T) -> Option<&'static str>,
+    opted_out: impl Fn(&T) -> bool,
+    mut properties: Map<String, Value>,
+) -> Result<(StatusWrite, Option<&'static str>), StepError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StepError>>,
+{
+    let status_name = &s.settings.hubspot_properties.referral_status;
     let mut written = None;
     for _ in 0..3 {
-        if seen.contact_opted_out {
+        if opted_out(&seen) {
             properties.remove(status_name);
             let outcome = if written.is_some() {
                 properties.insert(status_name.clone(), string("opted_out"));
@@ -70,28 +110,26 @@ pub async fn referrer_status(
             };
             if !properties.is_empty() {
                 s.hubspot
-                    .update_contact(&contact, &properties, Some(work.job_id()))
+                    .update_contact(contact, &properties, Some(work.job_id()))
                     .await?;
             }
-            return Outcome::done(format!("contact {contact_id}: {}", outcome.as_str()));
+            return Ok((outcome, written));
         }
-        let state = newest(&seen);
-        if written == Some(state) {
+        let Some(status) = status_of(&seen) else {
+            break;
+        };
+        if written == Some(status) {
             break;
         }
-        properties.insert(status_name.clone(), string(state.as_str()));
+        properties.insert(status_name.clone(), string(status));
         s.hubspot
-            .update_contact(&contact, &properties, Some(work.job_id()))
+            .update_contact(contact, &properties, Some(work.job_id()))
             .await?;
-        written = Some(state);
+        written = Some(status);
         properties = Map::new();
         seen = read().await?;
     }
-    Outcome::done(format!(
-        "contact {contact_id}: {} ({})",
-        written.map_or("-", InviteState::as_str),
-        StatusWrite::Written.as_str()
-    ))
+    Ok((StatusWrite::Written, written))
 }
 
 /// What [`update_status`] did with `referral_status`.

@@ -9,9 +9,10 @@ use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::code::codes_in_text;
 use crate::domain::ids::HubSpotId;
 use crate::domain::phone::E164;
-use crate::domain::referral::{friend_hubspot_status, ReferralEvent};
+use crate::domain::referral::{friend_crm_status, friend_hubspot_status, ReferralEvent, ReferralState};
+use crate::domain::state::Persisted;
 use crate::domain::work::Job;
-use crate::store::ReferralRow;
+use crate::store::{ReferralForCrm, ReferralRow};
 
 /// A text from someone who may be a friend arriving through a share link.
 pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> StepResult {
@@ -109,25 +110,62 @@ fn properties(s: &Services, referral: &ReferralRow) -> Map<String, Value> {
     properties
 }
 
-/// The `hubspot.sync_friend` job: the friend's properties from the referral's current
-/// state (so an older job cannot write a stale status).
-pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64) -> StepResult {
-    let Some(referral) = s.store.referral(referral_id).await? else {
-        return Err(StepError::Permanent(format!("referral {referral_id} not found")));
+/// The `hubspot.sync_friend` job: the friend's properties from the referral as it is
+/// when the job runs. A job whose state the referral has left writes nothing (the newer
+/// state's job, or the contact's creation, writes it); the status is read back after
+/// each write until it stands still, and a converted friend whose reward was issued is
+/// `rewarded`, so a late conversion update cannot undo the reward's.
+pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64, state: ReferralState) -> StepResult {
+    let read = || async {
+        s.store
+            .referral_for_crm(referral_id)
+            .await?
+            .ok_or_else(|| StepError::Permanent(format!("referral {referral_id} not found")))
     };
-    if friend_hubspot_status(referral.state).is_none() {
+    let seen = read().await?;
+    if seen.state != state {
+        return Outcome::done(format!(
+            "{} overtaken by {}, whose update writes it",
+            state.as_str(),
+            seen.state.as_str()
+        ));
+    }
+    if friend_crm_status(seen.state, seen.friend_rewarded).is_none() {
         return Outcome::done("nothing to record for this state");
     }
     // Queued only once the contact is recorded (see `create_contact`); a job queued by
     // an older binary may still come first, and waits.
-    let Some(contact_id) = referral.friend_contact_id.as_deref() else {
+    let Some(contact_id) = seen.friend_contact_id.clone() else {
         return Err(StepError::retry_after(
             "waiting for the friend's contact",
             std::time::Duration::from_secs(2),
         ));
     };
-    let properties = properties(s, &referral);
-    let written = super::crm::update_status(s, work, contact_id, properties).await?;
-    let status = friend_hubspot_status(referral.state).unwrap_or_default();
-    Outcome::done(format!("friend contact {contact_id}: {status} ({})", written.as_str()))
+    let contact = HubSpotId::parse(&contact_id)?;
+    let names = &s.settings.hubspot_properties;
+    let mut properties = Map::new();
+    properties.insert(
+        names.referred_by_code.clone(),
+        Value::String(seen.referral_code.clone()),
+    );
+    properties.insert(
+        names.referrer_contact_id.clone(),
+        Value::String(seen.referrer_contact_id.clone()),
+    );
+    let (outcome, written) = super::crm::write_status_until_still(
+        s,
+        work,
+        &contact,
+        seen,
+        read,
+        |seen: &ReferralForCrm| friend_crm_status(seen.state, seen.friend_rewarded),
+        |seen: &ReferralForCrm| seen.contact_opted_out,
+        properties,
+    )
+    .await?;
+    Outcome::done(format!(
+        "friend contact {contact_id}: {} ({})",
+        written.unwrap_or("-"),
+        outcome.as_str()
+    ))
 }

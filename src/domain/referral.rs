@@ -217,6 +217,16 @@ pub fn apply(state: ReferralState, mode: FriendInviteMode, consent: bool, event:
     }
 }
 
+/// The friend's `referral_status` in HubSpot: the referral's, and `rewarded` once the
+/// friend's reward is issued (so the conversion's update and the reward's agree,
+/// whichever runs last).
+pub fn friend_crm_status(state: ReferralState, friend_rewarded: bool) -> Option<&'static str> {
+    match (state, friend_rewarded) {
+        (ReferralState::Converted, true) => Some("rewarded"),
+        _ => friend_hubspot_status(state),
+    }
+}
+
 /// `referral_status` on the friend's HubSpot contact for each state (documented in README).
 pub fn friend_hubspot_status(state: ReferralState) -> Option<&'static str> {
     match state {
@@ -238,6 +248,17 @@ mod tests {
     use FriendInviteMode as M;
     use ReferralEvent as E;
     use ReferralState as S;
+
+    #[test]
+    fn a_rewarded_friend_stays_rewarded_whatever_the_state_says() {
+        assert_eq!(friend_crm_status(ReferralState::Converted, true), Some("rewarded"));
+        assert_eq!(friend_crm_status(ReferralState::Converted, false), Some("converted"));
+        assert_eq!(
+            friend_crm_status(ReferralState::FriendInvited, false),
+            Some("friend_invited")
+        );
+        assert_eq!(friend_crm_status(ReferralState::Refused, false), None);
+    }
 
     #[test]
     fn happy_paths() {

@@ -73,7 +73,7 @@ pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResu
         } => crm::referrer_status(s, work, invite_id, &contact_id, status, code.as_deref()).await,
         Job::ReferrerCapped { contact_id, .. } => crm::referrer_capped(s, work, &contact_id).await,
         Job::CreateFriendContact { referral_id } => friend::create_contact(s, work, referral_id).await,
-        Job::SyncFriend { referral_id, .. } => friend::sync_contact(s, work, referral_id).await,
+        Job::SyncFriend { referral_id, state } => friend::sync_contact(s, work, referral_id, state).await,
         Job::SyncOptOut { phone, opted_out, .. } => crm::sync_opt_out(s, work, &phone, opted_out).await,
         Job::IssueReward { reward_id } => reward::issue(s, work, reward_id).await,
         Job::RewardRecorded { contact_id, given, .. } => crm::reward_recorded(s, work, &contact_id, &given).await,

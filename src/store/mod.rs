@@ -46,7 +46,7 @@ pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
 pub use phone::StoredPhone;
 pub use queue::{BatchableKind, ClaimedItem, Queue, QueueOutlook, QueueRow};
-pub use referrals::{NewReferral, ReferralInsert, ReferralRow};
+pub use referrals::{NewReferral, ReferralForCrm, ReferralInsert, ReferralRow};
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
 pub use tx::{BatchLease, Cohort, Committed, EconomicsEntry, ItemEnd, Lease, Tx, STEP_MEASURE};

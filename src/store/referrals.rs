@@ -11,6 +11,7 @@ use crate::domain::funnel::{referral_steps, Step};
 use crate::domain::nomination::ReferralReason;
 use crate::domain::phone::E164;
 use crate::domain::referral::ReferralState;
+use crate::domain::reward::{Beneficiary, RewardState};
 use crate::domain::state::{sql_list, Persisted};
 use crate::domain::work::Job;
 
@@ -38,6 +39,22 @@ pub struct ReferralRow {
     pub reason: Option<ReferralReason>,
     pub friend_contact_id: Option<String>,
     pub nominated_at: i64,
+}
+
+/// A referral as its friend's HubSpot status sees it ([`Store::referral_for_crm`]).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ReferralForCrm {
+    #[sqlx(try_from = "String")]
+    pub state: ReferralState,
+    pub friend_contact_id: Option<String>,
+    pub referral_code: String,
+    pub referrer_contact_id: String,
+    /// Whether the friend's reward was issued.
+    #[sqlx(try_from = "StoredFlag")]
+    pub friend_rewarded: bool,
+    /// Whether a number of the friend's contact opted out of marketing.
+    #[sqlx(try_from = "StoredFlag")]
+    pub contact_opted_out: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -284,6 +301,27 @@ impl Tx {
 }
 
 impl Store {
+    /// What the friend's HubSpot status reads, before and after each write: the
+    /// referral's state and friend contact, whether the friend's reward was issued, and
+    /// whether the friend's contact opted out.
+    pub async fn referral_for_crm(&self, id: i64) -> Result<Option<ReferralForCrm>, StoreError> {
+        let sql = format!(
+            "SELECT r.state, r.friend_contact_id, r.referral_code, r.referrer_contact_id, \
+             CAST(CASE WHEN EXISTS (SELECT 1 FROM rewards AS w WHERE w.referral_id = r.id \
+                 AND w.beneficiary = $2 AND w.state = $3) THEN 1 ELSE 0 END AS BIGINT) AS friend_rewarded, \
+             CAST(CASE WHEN r.friend_contact_id IS NOT NULL AND EXISTS ({}) THEN 1 ELSE 0 END AS BIGINT) \
+                 AS contact_opted_out \
+             FROM referrals AS r WHERE r.id = $1",
+            super::wa_users::CONTACT_OPTED_OUT.replace("$1", "r.friend_contact_id")
+        );
+        Ok(sqlx::query_as::<_, ReferralForCrm>(&sql)
+            .bind(id)
+            .bind(Beneficiary::Friend.as_str())
+            .bind(RewardState::Issued.as_str())
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     pub async fn referral(&self, id: i64) -> Result<Option<ReferralRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         referral_in(&mut conn, id).await

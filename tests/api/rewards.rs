@@ -1,8 +1,9 @@
 //! Conversions and rewards end to end, against fakes of HubSpot, the Graph API and Stripe.
 
+use referloop::domain::referral::ReferralState;
 use referloop::domain::state::Persisted;
-use referloop::domain::work::{ItemKind, JobKind};
-use referloop::store::{Backend, Queue, QueueState};
+use referloop::domain::work::{ItemKind, Job, JobKind};
+use referloop::store::{Backend, NewJob, Queue, QueueState};
 use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
@@ -566,7 +567,53 @@ async fn fulfilment_webhook_is_signed(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// The friend's status jobs of one referral run side by side and in any order: a late
+/// one never sets HubSpot back. Overtaken by the referral it writes nothing; the
+/// conversion's, after the friend's reward, writes `rewarded` as the reward's did.
+async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let (referral_id, code) = invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    let before = lc.hubspot_calls().await.len();
+    for (n, state) in [(1, ReferralState::FriendInvited), (2, ReferralState::Converted)] {
+        let late = NewJob {
+            idempotency_key: format!("test:late:{n}"),
+            ..NewJob::new(&Job::SyncFriend { referral_id, state }, 3, lc.app.store.now_ms())
+        };
+        lc.app.store.enqueue_job(&late).await.expect("enqueue");
+    }
+    lc.settle().await;
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    let note = |key: &str| {
+        jobs.iter()
+            .find(|j| j.key == key)
+            .and_then(|j| j.note.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        note("test:late:1").contains("overtaken by converted"),
+        "{}",
+        note("test:late:1")
+    );
+    let late: Vec<_> = lc.hubspot_calls().await[before..]
+        .iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/contacts/95001"))
+        .map(|(_, _, b)| b["properties"].clone())
+        .collect();
+    assert_eq!(
+        late,
+        vec![json!({"referral_status": "rewarded", "referred_by_code": code, "referrer_contact_id": "90001"})],
+        "only the conversion's job wrote, and it kept the reward's status"
+    );
+    lc.shutdown().await;
+}
+
 both_backends!(
+    late_friend_status_jobs_never_set_hubspot_back,
     one_conversion_from_three_sources_each_three_times,
     hubspot_deal_conversion_uses_its_contacts,
     stripe_checkout_matched_by_typed_code_and_phone,
