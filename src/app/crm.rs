@@ -152,45 +152,40 @@ impl StatusWrite {
     }
 }
 
-/// Writes `properties`, which carry `referral_status`, to a contact. An opt-out owns that
-/// status (`sync_opt_out` writes `opted_out`): for a contact whose number opted out the
-/// status is left out, and when the opt-out was recorded while this update was on its
+/// Writes `properties` with `referral_status` = `status` to a contact. An opt-out owns
+/// that status (`sync_opt_out` writes `opted_out`): for a contact whose number opted out
+/// the status is left out, and when the opt-out was recorded while this update was on its
 /// way, `opted_out` is written again after it. So whichever of the two jobs runs last,
 /// HubSpot ends with `opted_out`. Every write of `referral_status` but the opt-out's own
-/// goes through here.
+/// goes through here or through [`write_status_until_still`], whose loop this is with the
+/// opt-out as the only reading.
 pub(super) async fn update_status(
     s: &Services,
     work: &Work,
     contact_id: &str,
-    mut properties: Map<String, Value>,
+    status: &'static str,
+    properties: Map<String, Value>,
 ) -> Result<StatusWrite, StepError> {
     let contact = HubSpotId::parse(contact_id)?;
-    let status = &s.settings.hubspot_properties.referral_status;
-    if s.store.contact_opted_out(contact_id).await? {
-        properties.remove(status);
-        if !properties.is_empty() {
-            s.hubspot
-                .update_contact(&contact, &properties, Some(work.job_id()))
-                .await?;
-        }
-        return Ok(StatusWrite::LeftOptedOut);
-    }
-    s.hubspot
-        .update_contact(&contact, &properties, Some(work.job_id()))
-        .await?;
-    if properties.contains_key(status) && s.store.contact_opted_out(contact_id).await? {
-        let mut opted = Map::new();
-        opted.insert(status.clone(), string("opted_out"));
-        s.hubspot.update_contact(&contact, &opted, Some(work.job_id())).await?;
-        return Ok(StatusWrite::OptedOutMeanwhile);
-    }
-    Ok(StatusWrite::Written)
+    let read = || async { s.store.contact_opted_out(contact_id).await.map_err(StepError::from) };
+    let opted_out = read().await?;
+    let (outcome, _) = write_status_until_still(
+        s,
+        work,
+        &contact,
+        opted_out,
+        read,
+        |_| Some(status),
+        |opted_out| *opted_out,
+        properties,
+    )
+    .await?;
+    Ok(outcome)
 }
 
 /// The referrer's reward was capped.
 pub async fn referrer_capped(s: &Services, work: &Work, contact_id: &str) -> StepResult {
-    let properties = s.referrer_properties("reward_capped", None, None);
-    let written = update_status(s, work, contact_id, properties).await?;
+    let written = update_status(s, work, contact_id, "reward_capped", Map::new()).await?;
     Outcome::done(format!("contact {contact_id}: reward_capped ({})", written.as_str()))
 }
 
@@ -198,9 +193,8 @@ pub async fn referrer_capped(s: &Services, work: &Work, contact_id: &str) -> Ste
 pub async fn reward_recorded(s: &Services, work: &Work, contact_id: &str, given: &str) -> StepResult {
     let names = &s.settings.hubspot_properties;
     let mut properties = Map::new();
-    properties.insert(names.referral_status.clone(), string("rewarded"));
     properties.insert(names.referral_reward.clone(), string(given));
-    let written = update_status(s, work, contact_id, properties).await?;
+    let written = update_status(s, work, contact_id, "rewarded", properties).await?;
     Outcome::done(format!("contact {contact_id}: rewarded ({})", written.as_str()))
 }
 
@@ -211,9 +205,8 @@ pub async fn referrer_rewarded(s: &Services, work: &Work, contact_id: &str, give
     let names = &s.settings.hubspot_properties;
     let counters = s.store.referrer_counters(contact_id).await?;
     let mut properties = counter_properties(s, &counters);
-    properties.insert(names.referral_status.clone(), string("rewarded"));
     properties.insert(names.referral_reward.clone(), string(given));
-    let written = update_status(s, work, contact_id, properties).await?;
+    let written = update_status(s, work, contact_id, "rewarded", properties).await?;
     let (converted, total, bonuses) = write_until_stable(
         s,
         work,

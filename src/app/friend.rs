@@ -12,7 +12,7 @@ use crate::domain::phone::E164;
 use crate::domain::referral::{friend_crm_status, friend_hubspot_status, ReferralEvent, ReferralState};
 use crate::domain::state::Persisted;
 use crate::domain::work::Job;
-use crate::store::{ReferralForCrm, ReferralRow};
+use crate::store::ReferralForCrm;
 
 /// A text from someone who may be a friend arriving through a share link.
 pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> StepResult {
@@ -67,7 +67,9 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
         Some(contact) => (HubSpotId::parse(&contact.id)?, None),
         None => {
             let names = &s.settings.hubspot_properties;
-            let mut create = properties(s, &referral);
+            let mut create = properties(s, &referral.referral_code, &referral.referrer_contact_id);
+            let status = friend_hubspot_status(referral.state).unwrap_or("nominated");
+            create.insert(names.referral_status.clone(), Value::String(status.into()));
             create.insert("phone".into(), Value::String(phone.as_str().into()));
             create.insert(names.first_name.clone(), Value::String(referral.friend_name.clone()));
             let id = s.hubspot.create_contact(&create, Some(work.job_id())).await?;
@@ -93,19 +95,14 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
     Ok(tx.commit(note).await?.into())
 }
 
-/// The friend's referral properties from the referral's current state.
-fn properties(s: &Services, referral: &ReferralRow) -> Map<String, Value> {
+/// The friend's referral properties besides the status: the code and the referrer.
+fn properties(s: &Services, referral_code: &str, referrer_contact_id: &str) -> Map<String, Value> {
     let names = &s.settings.hubspot_properties;
-    let status = friend_hubspot_status(referral.state).unwrap_or("nominated");
     let mut properties = Map::new();
-    properties.insert(names.referral_status.clone(), Value::String(status.into()));
-    properties.insert(
-        names.referred_by_code.clone(),
-        Value::String(referral.referral_code.clone()),
-    );
+    properties.insert(names.referred_by_code.clone(), Value::String(referral_code.into()));
     properties.insert(
         names.referrer_contact_id.clone(),
-        Value::String(referral.referrer_contact_id.clone()),
+        Value::String(referrer_contact_id.into()),
     );
     properties
 }
@@ -142,16 +139,7 @@ pub async fn sync_contact(s: &Services, work: &Work, referral_id: i64, state: Re
         ));
     };
     let contact = HubSpotId::parse(&contact_id)?;
-    let names = &s.settings.hubspot_properties;
-    let mut properties = Map::new();
-    properties.insert(
-        names.referred_by_code.clone(),
-        Value::String(seen.referral_code.clone()),
-    );
-    properties.insert(
-        names.referrer_contact_id.clone(),
-        Value::String(seen.referrer_contact_id.clone()),
-    );
+    let properties = properties(s, &seen.referral_code, &seen.referrer_contact_id);
     let (outcome, written) = super::crm::write_status_until_still(
         s,
         work,

@@ -364,6 +364,27 @@ impl Lifecycle {
             .as_u16()
     }
 
+    /// Queues `job` under idempotency key `key`: the same work as a job already done, as
+    /// if it had been held up until now.
+    pub async fn enqueue_as(&self, key: &str, job: &referloop::domain::work::Job) {
+        let late = referloop::store::NewJob {
+            idempotency_key: key.to_string(),
+            ..referloop::store::NewJob::new(job, 3, self.app.store.now_ms())
+        };
+        self.app.store.enqueue_job(&late).await.expect("enqueue");
+    }
+
+    /// A reader of the jobs' notes by idempotency key (empty when none).
+    pub async fn job_notes(&self) -> impl Fn(&str) -> String {
+        let jobs = self.app.store.list(Queue::Jobs, None, 500).await.expect("jobs");
+        move |key| {
+            jobs.iter()
+                .find(|j| j.key == key)
+                .and_then(|j| j.note.clone())
+                .unwrap_or_default()
+        }
+    }
+
     pub async fn invite_id(&self) -> i64 {
         let invites = self.app.store.list_invites(10).await.expect("invites");
         invites

@@ -4,7 +4,7 @@ use referloop::domain::eligibility::IneligibleCode;
 use referloop::domain::nomination::ReferralReason;
 use referloop::domain::state::{InviteState, Persisted};
 use referloop::domain::work::{ItemKind, Job, JobKind};
-use referloop::store::{Backend, NewJob, Queue, QueueState};
+use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
 use wiremock::ResponseTemplate;
@@ -895,20 +895,10 @@ async fn late_referrer_status_jobs_never_set_hubspot_back(backend: Backend) {
             status,
             code,
         };
-        let late = NewJob {
-            idempotency_key: format!("test:late:{n}"),
-            ..NewJob::new(&job, 3, lc.app.store.now_ms())
-        };
-        lc.app.store.enqueue_job(&late).await.expect("enqueue");
+        lc.enqueue_as(&format!("test:late:{n}"), &job).await;
     }
     lc.settle().await;
-    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
-    let note = |key: &str| {
-        jobs.iter()
-            .find(|j| j.key == key)
-            .and_then(|j| j.note.clone())
-            .unwrap_or_default()
-    };
+    let note = lc.job_notes().await;
     assert!(
         note("test:late:1").contains("overtaken by nominated"),
         "{}",

@@ -3,7 +3,7 @@
 use referloop::domain::referral::ReferralState;
 use referloop::domain::state::Persisted;
 use referloop::domain::work::{ItemKind, Job, JobKind};
-use referloop::store::{Backend, NewJob, Queue, QueueState};
+use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 use wiremock::matchers::{header, method, path, query_param};
 use wiremock::{Mock, ResponseTemplate};
@@ -53,6 +53,18 @@ pub fn checkout_event(id: &str, session: &str, extra: Value) -> Value {
     }
     json!({"id": id, "object": "event", "type": "checkout.session.completed", "api_version": "2025-09-30.clover",
            "data": {"object": object}})
+}
+
+/// The properties of each PATCH to the referrer's contact (90001) that wrote its counters.
+async fn referrer_counter_writes(lc: &Lifecycle) -> Vec<Value> {
+    lc.hubspot_calls()
+        .await
+        .into_iter()
+        .filter(|(m, p, b)| {
+            m == "PATCH" && p.ends_with("/contacts/90001") && b["properties"].get("referrals_converted").is_some()
+        })
+        .map(|(_, _, b)| b["properties"].clone())
+        .collect()
 }
 
 pub async fn rewards(lc: &Lifecycle) -> Vec<referloop::store::RewardRow> {
@@ -117,19 +129,15 @@ async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
 
     // Counters come from the ledger. The referrer's reward, issued at once, carries them:
     // one write for the moment (status, reward and counters), not one per fact.
-    let counters: Vec<_> = lc
-        .hubspot_calls()
+    let counters: Vec<_> = referrer_counter_writes(&lc)
         .await
         .into_iter()
-        .filter(|(m, p, b)| {
-            m == "PATCH" && p.ends_with("/contacts/90001") && b["properties"].get("referrals_converted").is_some()
-        })
-        .map(|(_, _, b)| {
+        .map(|p| {
             (
-                b["properties"]["referrals_converted"].clone(),
-                b["properties"]["referral_rewards_total"].clone(),
-                b["properties"]["referral_status"].clone(),
-                b["properties"]["referral_reward"].is_string(),
+                p["referrals_converted"].clone(),
+                p["referral_rewards_total"].clone(),
+                p["referral_status"].clone(),
+                p["referral_reward"].is_string(),
             )
         })
         .collect();
@@ -429,19 +437,10 @@ async fn held_rewards_can_be_voided(backend: Backend) {
     lc.settle().await;
     assert!(rewards(&lc).await.iter().all(|r| r.state.as_str() == "pending"), "held");
     // A held reward does not carry its conversion's counters: the conversion wrote them.
-    let counters: Vec<_> = lc
-        .hubspot_calls()
+    let counters: Vec<_> = referrer_counter_writes(&lc)
         .await
         .into_iter()
-        .filter(|(m, p, b)| {
-            m == "PATCH" && p.ends_with("/contacts/90001") && b["properties"].get("referrals_converted").is_some()
-        })
-        .map(|(_, _, b)| {
-            (
-                b["properties"]["referrals_converted"].clone(),
-                b["properties"]["referral_rewards_total"].clone(),
-            )
-        })
+        .map(|p| (p["referrals_converted"].clone(), p["referral_rewards_total"].clone()))
         .collect();
     assert_eq!(counters, vec![(json!("1"), json!("0"))]);
     let (status, body) = lc.void(referral_id).await;
@@ -580,20 +579,11 @@ async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
     lc.settle().await;
     let before = lc.hubspot_calls().await.len();
     for (n, state) in [(1, ReferralState::FriendInvited), (2, ReferralState::Converted)] {
-        let late = NewJob {
-            idempotency_key: format!("test:late:{n}"),
-            ..NewJob::new(&Job::SyncFriend { referral_id, state }, 3, lc.app.store.now_ms())
-        };
-        lc.app.store.enqueue_job(&late).await.expect("enqueue");
+        lc.enqueue_as(&format!("test:late:{n}"), &Job::SyncFriend { referral_id, state })
+            .await;
     }
     lc.settle().await;
-    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
-    let note = |key: &str| {
-        jobs.iter()
-            .find(|j| j.key == key)
-            .and_then(|j| j.note.clone())
-            .unwrap_or_default()
-    };
+    let note = lc.job_notes().await;
     assert!(
         note("test:late:1").contains("overtaken by converted"),
         "{}",
