@@ -17,12 +17,18 @@ fn string(value: impl Into<String>) -> Value {
     Value::String(value.into())
 }
 
+/// Once the referrer's reward for a referral of the invite is issued or capped, its jobs
+/// (`referrer_rewarded`, `referrer_capped`) own the referrer's status.
+const REWARD_OWNS_STATUS: &str = "the referrer's reward";
+
 /// `referral_status` (and the code, on the invite) on the referrer's contact. The status
 /// written is the invite's when the job runs, never older than the job's own: the jobs
 /// of one invite (its tap's, its nomination's) may run side by side or out of order. So
 /// a job overtaken by its invite writes nothing but its code, and each write is read
-/// back until the invite stands still. An opt-out owns the status, as in
-/// [`update_status`]; the invite and the opt-out are read in one statement.
+/// back until the invite stands still. A job held up until after the referrer's reward
+/// (a HubSpot outage's retries run in any order) writes only its code: `rewarded` or
+/// `reward_capped` stays. An opt-out owns the status, as in [`update_status`]. The
+/// invite, its referrer's reward and the opt-out are read in one statement.
 pub async fn referrer_status(
     s: &Services,
     work: &Work,
@@ -47,23 +53,39 @@ pub async fn referrer_status(
         }
     };
     let seen = read().await?;
-    if code.is_none() && newest(&seen) != status {
+    let overtaken_by = if seen.referrer_reward_settled {
+        Some(REWARD_OWNS_STATUS)
+    } else {
+        (newest(&seen) != status).then(|| seen.state.as_str())
+    };
+    if let (None, Some(by)) = (code, overtaken_by) {
         return Outcome::done(format!(
-            "contact {contact_id}: {} overtaken by {}, whose job writes it",
-            status.as_str(),
-            seen.state.as_str()
+            "contact {contact_id}: {} overtaken by {by}, whose job writes it",
+            status.as_str()
         ));
     }
     // The invite's variant goes with its code.
     let variant = code.and_then(|_| Some(format!("{}:{}", seen.experiment.as_deref()?, seen.variant.as_deref()?)));
-    let properties = s.referrer_properties(newest(&seen).as_str(), code, variant);
+    let mut properties = s.referrer_properties(newest(&seen).as_str(), code, variant);
+    if seen.referrer_reward_settled {
+        // The code still belongs on the contact; the status is the reward's.
+        properties.remove(&s.settings.hubspot_properties.referral_status);
+        s.hubspot
+            .update_contact(&contact, &properties, Some(work.job_id()))
+            .await?;
+        return Outcome::done(format!(
+            "contact {contact_id}: code only, {} overtaken by {REWARD_OWNS_STATUS}",
+            status.as_str()
+        ));
+    }
     let (outcome, written) = write_status_until_still(
         s,
         work,
         &contact,
         seen,
         read,
-        |seen| Some(newest(seen).as_str()),
+        // A reward settled meanwhile takes the status over: nothing more is written.
+        |seen| (!seen.referrer_reward_settled).then(|| newest(seen).as_str()),
         |seen| seen.contact_opted_out,
         properties,
     )

@@ -9,7 +9,8 @@ use super::{row_where, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::eligibility::{IneligibleReason, TriggerKind};
 use crate::domain::funnel::{invite_steps, Step};
 use crate::domain::phone::E164;
-use crate::domain::state::{InviteState, Persisted};
+use crate::domain::reward::{Beneficiary, RewardState};
+use crate::domain::state::{sql_list, InviteState, Persisted};
 use crate::domain::work::Job;
 
 /// An invite as its referrer's HubSpot status sees it ([`Store::invite_for_crm`]).
@@ -22,6 +23,11 @@ pub struct InviteForCrm {
     /// Whether a number of the invite's contact opted out of marketing.
     #[sqlx(try_from = "StoredFlag")]
     pub contact_opted_out: bool,
+    /// Whether the referrer's reward for a referral of this invite was issued or capped:
+    /// from then on the referral's jobs own the referrer's status (`rewarded`,
+    /// `reward_capped`), and the invite's steps are behind it.
+    #[sqlx(try_from = "StoredFlag")]
+    pub referrer_reward_settled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -259,14 +265,19 @@ impl Store {
     /// What the referrer's HubSpot status reads, before and after each write: the
     /// invite's state and variant, and whether its contact's number opted out.
     pub async fn invite_for_crm(&self, id: i64) -> Result<Option<InviteForCrm>, StoreError> {
+        let settled = sql_list(&[RewardState::Issued, RewardState::Capped]);
         let sql = format!(
             "SELECT i.state, i.experiment, i.variant, \
-             CAST(CASE WHEN EXISTS ({}) THEN 1 ELSE 0 END AS BIGINT) AS contact_opted_out \
+             CAST(CASE WHEN EXISTS ({}) THEN 1 ELSE 0 END AS BIGINT) AS contact_opted_out, \
+             CAST(CASE WHEN EXISTS (SELECT 1 FROM referrals AS r JOIN rewards AS w ON w.referral_id = r.id \
+                 WHERE r.invite_id = i.id AND w.beneficiary = $2 AND w.state IN ({settled})) \
+             THEN 1 ELSE 0 END AS BIGINT) AS referrer_reward_settled \
              FROM invites AS i WHERE i.id = $1",
             super::wa_users::CONTACT_OPTED_OUT.replace("$1", "i.contact_id")
         );
         Ok(sqlx::query_as::<_, InviteForCrm>(&sql)
             .bind(id)
+            .bind(Beneficiary::Referrer.as_str())
             .fetch_optional(&self.pool)
             .await?)
     }

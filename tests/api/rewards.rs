@@ -1,7 +1,7 @@
 //! Conversions and rewards end to end, against fakes of HubSpot, the Graph API and Stripe.
 
 use referloop::domain::referral::ReferralState;
-use referloop::domain::state::Persisted;
+use referloop::domain::state::{InviteState, Persisted};
 use referloop::domain::work::{ItemKind, Job, JobKind};
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
@@ -602,8 +602,54 @@ async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// A referrer's invite jobs held up until after the referrer's reward (a HubSpot
+/// outage's retries run in any order) never take `rewarded` away: without a code such a
+/// job writes nothing, with one it writes only the code.
+async fn late_invite_jobs_leave_the_referrers_reward_status(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    invited_friend(&lc).await;
+    let (status, _) = lc
+        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
+        .await;
+    assert_eq!(status, 201);
+    lc.settle().await;
+    let invite_id = lc.invite_id().await;
+    let before = lc.hubspot_calls().await.len();
+    for (n, status, code) in [
+        (1, InviteState::Nominated, None),
+        (2, InviteState::Invited, Some("LATE42".to_string())),
+    ] {
+        let job = Job::ReferrerStatus {
+            invite_id,
+            contact_id: "90001".to_string(),
+            status,
+            code,
+        };
+        lc.enqueue_as(&format!("test:late:{n}"), &job).await;
+    }
+    lc.settle().await;
+    let note = lc.job_notes().await;
+    assert!(
+        note("test:late:1").contains("overtaken by the referrer's reward"),
+        "{}",
+        note("test:late:1")
+    );
+    let late: Vec<_> = lc.hubspot_calls().await[before..]
+        .iter()
+        .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/contacts/90001"))
+        .map(|(_, _, b)| b["properties"].clone())
+        .collect();
+    assert_eq!(
+        late,
+        vec![json!({"referral_code": "LATE42"})],
+        "only the job with a code wrote, and it left the status as the reward wrote it"
+    );
+    lc.shutdown().await;
+}
+
 both_backends!(
     late_friend_status_jobs_never_set_hubspot_back,
+    late_invite_jobs_leave_the_referrers_reward_status,
     one_conversion_from_three_sources_each_three_times,
     hubspot_deal_conversion_uses_its_contacts,
     stripe_checkout_matched_by_typed_code_and_phone,
