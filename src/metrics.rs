@@ -114,6 +114,8 @@ pub struct Metrics {
     pub inbox_backlog: Gauge,
     pub inbox_oldest_age_seconds: Gauge,
     pub inbox_backlogged: Gauge,
+    /// Finished items deleted by the worker's upkeep, by queue.
+    pub queue_pruned: Family<QueueNameLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -154,6 +156,12 @@ impl Metrics {
         let outside_calls = Family::<OutsideCallLabels, Counter>::default();
         let rewards = Family::<RewardLabels, Gauge>::default();
         let flow_endpoint_answers = Family::<FlowAnswerLabels, Counter>::default();
+        let queue_pruned = Family::<QueueNameLabels, Counter>::default();
+        registry.register(
+            "queue_pruned",
+            "Finished inbox events and jobs deleted after worker.keep_done_days (statuses: worker.keep_done_statuses_seconds)",
+            queue_pruned.clone(),
+        );
         let (inbox_backlog, inbox_oldest_age_seconds, inbox_backlogged) =
             (Gauge::default(), Gauge::default(), Gauge::default());
         registry.register(
@@ -268,6 +276,7 @@ impl Metrics {
             inbox_backlog,
             inbox_oldest_age_seconds,
             inbox_backlogged,
+            queue_pruned,
         }
     }
 
@@ -312,6 +321,12 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    pub fn queue_pruned(&self, queue: &str, n: u64) {
+        self.queue_pruned
+            .get_or_create(&QueueNameLabels { queue: queue.into() })
+            .inc_by(n);
     }
 
     pub fn reward_pool_exhausted(&self) {

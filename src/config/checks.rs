@@ -45,6 +45,15 @@ impl Settings {
                 "must be longer than server.request_timeout_seconds".into(),
             );
         }
+        if self.worker.keep_done < Duration::from_secs(24 * 60 * 60) {
+            return invalid(
+                "worker.keep_done_days",
+                "must be at least 1 (Meta redelivers a webhook for up to 7 days)".into(),
+            );
+        }
+        if self.worker.keep_done_statuses < Duration::from_secs(60) {
+            return invalid("worker.keep_done_statuses_seconds", "must be at least 60".into());
+        }
         if self.database.acquire_timeout.is_zero() {
             return invalid("database.acquire_timeout_ms", "must be at least 1".into());
         }

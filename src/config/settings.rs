@@ -287,6 +287,17 @@ pub struct WorkerSettings {
     #[schemars(with = "Vec<u64>")]
     pub retry_schedule: Vec<Duration>,
     pub retry_jitter: f64,
+    /// How long finished inbox events and jobs are kept before the worker deletes them
+    /// (dead ones stay until an operator acts): as long as Meta redelivers a webhook, so
+    /// a redelivery is still recognised.
+    #[serde(rename = "keep_done_days", with = "whole_days")]
+    #[schemars(with = "u64")]
+    pub keep_done: Duration,
+    /// How long Meta's finished statuses are kept: three for every message sent, and one
+    /// applied again changes nothing.
+    #[serde(rename = "keep_done_statuses_seconds", with = "whole_seconds")]
+    #[schemars(with = "u64")]
+    pub keep_done_statuses: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]

@@ -291,6 +291,23 @@ fn a_count_or_rate_of_zero_is_refused_naming_its_key() {
 }
 
 #[test]
+fn finished_work_is_kept_long_enough_to_recognise_redeliveries() {
+    let defaults = Settings::load_from(None, env(&[])).expect("defaults");
+    assert_eq!(defaults.worker.keep_done, Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(defaults.worker.keep_done_statuses, Duration::from_secs(3600));
+    for (variable, key) in [
+        ("REFERLOOP_WORKER__KEEP_DONE_DAYS", "worker.keep_done_days"),
+        (
+            "REFERLOOP_WORKER__KEEP_DONE_STATUSES_SECONDS",
+            "worker.keep_done_statuses_seconds",
+        ),
+    ] {
+        let error = Settings::load_from(None, env(&[(variable, "0")])).expect_err("zero refused");
+        assert!(error.to_string().contains(key), "{key}: {error}");
+    }
+}
+
+#[test]
 fn parsed_settings_are_refused_with_their_key() {
     for (variable, value, key, problem) in [
         (

@@ -10,6 +10,7 @@
 
 mod completions;
 mod dispatch;
+mod upkeep;
 
 use std::sync::Arc;
 
@@ -92,6 +93,9 @@ impl Worker {
         let mut claimer = self.clone();
         claimer.owner = format!("{}-{}", self.owner, Queue::Jobs.name());
         claimer.completions = Some(Completions::start(self.store.clone(), Queue::Jobs));
+        let upkeep = self.clone();
+        let upkeep_shutdown = shutdown.clone();
+        loops.spawn(async move { upkeep.run_upkeep(upkeep_shutdown).await });
         loops.spawn(async move { claimer.run_jobs(shutdown).await });
         while loops.join_next().await.is_some() {}
         tracing::info!(owner = %self.owner, "worker stopped");

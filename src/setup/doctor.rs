@@ -304,6 +304,17 @@ async fn database(s: &Services, d: &mut Diagnosis) {
             "check database.url, then run `referloop migrate`",
         ),
     }
+    match s.store.autovacuum_runs().await {
+        Ok(Some(true)) => d.add("database", "autovacuum", Status::Ok, "on"),
+        Ok(Some(false)) => d.warn(
+            "database",
+            "autovacuum",
+            "off: the rows the queues finish with are never reclaimed, and claims slow as the tables grow",
+            "set `autovacuum = on` in postgresql.conf and reload PostgreSQL",
+        ),
+        Ok(None) => {}
+        Err(_) => d.warn("database", "autovacuum", "cannot be read", "check the database"),
+    }
     let uses_pool = [&s.settings.rewards.referrer, &s.settings.rewards.friend]
         .iter()
         .any(|side| side.kind == RewardKind::CodePool);

@@ -45,7 +45,7 @@ pub use named::StoredName;
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
 pub use phone::StoredPhone;
-pub use queue::{BatchableKind, ClaimedItem, Queue, QueueOutlook, QueueRow};
+pub use queue::{BatchableKind, ClaimedItem, Finished, Queue, QueueOutlook, QueueRow};
 pub use referrals::{NewReferral, ReferralForCrm, ReferralInsert, ReferralRow};
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
@@ -289,6 +289,21 @@ impl Store {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         self.backend.migrator().run(&self.pool).await?;
         Ok(())
+    }
+
+    /// Whether PostgreSQL's autovacuum runs; `None` on SQLite, which needs none. Without
+    /// it the rows the queues finish with and delete are never reclaimed, so every claim
+    /// walks further past them as the tables grow.
+    pub async fn autovacuum_runs(&self) -> Result<Option<bool>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(None),
+            Backend::Postgres => {
+                let setting: String = sqlx::query_scalar("SELECT setting FROM pg_settings WHERE name = 'autovacuum'")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(Some(setting == "on"))
+            }
+        }
     }
 
     /// Ready when the database answers and every migration this binary knows is applied.

@@ -82,6 +82,17 @@ impl BatchableKind {
     }
 }
 
+/// Which of a queue's finished items a prune deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// Of every kind.
+    Any,
+    /// Only the batchable kind's (Meta's statuses, kept for less time).
+    Only(BatchableKind),
+    /// Of every kind but the batchable one.
+    AllBut(BatchableKind),
+}
+
 /// An item a worker holds the lease on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClaimedItem {
@@ -434,6 +445,35 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(deferred.rows_affected() == 1)
+    }
+
+    /// Deletes up to `limit` of `queue`'s items that finished (`done`) before `before`
+    /// (ms), the oldest first; returns how many. Dead items are never deleted here: they
+    /// wait for a person. Replicas pruning at once skip each other's rows.
+    pub async fn prune_done(
+        &self,
+        queue: Queue,
+        which: Finished,
+        before: i64,
+        limit: usize,
+    ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
+        let table = queue.table();
+        // The kind is ours, not input: written into the statement like the claims'.
+        let kind = match which {
+            Finished::Any => String::new(),
+            Finished::Only(kind) => format!(" AND kind = '{}'", kind.as_str()),
+            Finished::AllBut(kind) => format!(" AND kind <> '{}'", kind.as_str()),
+        };
+        let sql = format!(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} \
+                 WHERE state = '{}' AND finished_at < $1{kind} ORDER BY finished_at LIMIT {} {})",
+            q(QueueState::Done),
+            limit.max(1),
+            self.skip_locked()
+        );
+        let pruned = sqlx::query(&sql).bind(before).execute(&self.pool).await?;
+        Ok(pruned.rows_affected())
     }
 
     /// Re-queues a dead item with a fresh set of attempts. False when it is not dead.

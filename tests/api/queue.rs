@@ -249,7 +249,28 @@ async fn concurrent_workers_never_claim_the_same_job(backend: Backend) {
     assert!(counts.contains(&(QueueState::Done, total as i64)), "{counts:?}");
 }
 
+/// The doctor reads whether PostgreSQL's autovacuum runs as the server has it; SQLite
+/// has none to report.
+async fn autovacuum_is_read_as_the_server_has_it(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let read = store.autovacuum_runs().await.expect("read");
+    match backend {
+        Backend::Sqlite => assert_eq!(read, None),
+        Backend::Postgres => {
+            let pool = sqlx::PgPool::connect(&db.url).await.expect("connect");
+            let shown: String = sqlx::query_scalar("SHOW autovacuum")
+                .fetch_one(&pool)
+                .await
+                .expect("show");
+            assert_eq!(read, Some(shown == "on"), "SHOW autovacuum says {shown}");
+            pool.close().await;
+        }
+    }
+}
+
 both_backends!(
+    autovacuum_is_read_as_the_server_has_it,
     enqueue_is_idempotent,
     claim_complete_and_ownership,
     completions_together_keep_each_owner_check,

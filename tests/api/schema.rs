@@ -356,6 +356,8 @@ fn expected_state_sets() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("inbox_events_due_statuses", due_statuses),
         ("inbox_events_leased", names(&[QueueState::Running])),
         ("jobs_leased", names(&[QueueState::Running])),
+        ("inbox_events_finished", names(&[QueueState::Done])),
+        ("jobs_finished", names(&[QueueState::Done])),
         ("referrals_open_friend", names(ReferralState::OPEN)),
         ("referrals_refused", names(&[ReferralState::Refused])),
         ("invites_ineligible", names(&[InviteState::Ineligible])),

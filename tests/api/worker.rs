@@ -159,8 +159,102 @@ async fn a_send_failed_in_its_status_ends_done(backend: Backend) {
     app.shutdown().await;
 }
 
+/// A status webhook for a message nobody sent (no callback data of ours): settled at once.
+fn stranger_status(wamid: &str) -> Vec<u8> {
+    json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "100000000000101", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "12025550100", "phone_number_id": "100000000000202"},
+            "statuses": [{"id": wamid, "status": "delivered", "timestamp": "1795510803",
+                          "recipient_id": "12025550101"}]
+        }}]}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Finished items are deleted once they are older than their keep: Meta's statuses after
+/// `worker.keep_done_statuses_seconds` (an hour), other events and jobs after
+/// `worker.keep_done_days` (a week). Dead items and items not yet due stay, however old.
+/// A status redelivered after its item was deleted is stored again and changes nothing.
+async fn finished_items_are_deleted_after_their_keep(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
+    let worker = hand_worker(&app);
+    let store = app.store.clone();
+    assert_eq!(app.post_signed_whatsapp(stranger_status("wamid.STRANGER1")).await, 200);
+    assert_eq!(app.post_signed_whatsapp(crate::whatsapp::texts_body()).await, 200);
+    enqueue_unknown_job(&app, "from.the.future", "future:dead", 1, store.now_ms()).await;
+    let month = 30 * 24 * 3_600_000;
+    let later = enqueue_unknown_job(&app, "from.the.future", "future:later", 5, store.now_ms() + month).await;
+    let db = raw_database(&app).await;
+    sqlx::query(
+        "INSERT INTO jobs (kind, payload, idempotency_key, state, max_attempts, run_at, created_at, finished_at) \
+         VALUES ('hubspot.link', '{}', 'done:1', 'done', 5, $1, $1, $1)",
+    )
+    .bind(store.now_ms())
+    .execute(&db)
+    .await
+    .expect("a finished job");
+    while worker.work_once().await.expect("work") {}
+    let count = |queue, state: QueueState| {
+        let store = store.clone();
+        async move { store.list(queue, Some(state), 100).await.expect("list").len() }
+    };
+    assert_eq!(
+        count(Queue::Inbox, QueueState::Done).await,
+        4,
+        "a status and three texts"
+    );
+    assert_eq!(count(Queue::Jobs, QueueState::Dead).await, 1);
+
+    assert_eq!(worker.prune_finished().await.expect("prune"), 0, "nothing is old yet");
+    store.clock().advance(Duration::from_secs(2 * 3600));
+    assert_eq!(
+        worker.prune_finished().await.expect("prune"),
+        1,
+        "the status, after an hour"
+    );
+    let kinds: Vec<String> = store
+        .list(Queue::Inbox, None, 100)
+        .await
+        .expect("list")
+        .iter()
+        .map(|row| row.key.clone())
+        .collect();
+    assert_eq!(kinds.len(), 3);
+    assert!(kinds.iter().all(|key| !key.contains("STRANGER1")), "{kinds:?}");
+
+    // Deleted, the status is a stranger again: stored anew, and it changes nothing.
+    assert_eq!(app.post_signed_whatsapp(stranger_status("wamid.STRANGER1")).await, 200);
+    while worker.work_once().await.expect("work") {}
+    assert_eq!(count(Queue::Inbox, QueueState::Done).await, 4);
+
+    store.clock().advance(Duration::from_secs(7 * 24 * 3600));
+    assert_eq!(
+        worker.prune_finished().await.expect("prune"),
+        5,
+        "after a week: the texts, the status stored again and the finished job"
+    );
+    assert_eq!(count(Queue::Inbox, QueueState::Done).await, 0);
+    let jobs = store.list(Queue::Jobs, None, 100).await.expect("list");
+    let left: Vec<(String, QueueState)> = jobs.iter().map(|row| (row.key.clone(), row.state)).collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "the dead job waits for a person, the one due in a month for its time: {left:?}"
+    );
+    assert!(jobs
+        .iter()
+        .any(|row| row.id == later && row.state == QueueState::Queued));
+    assert!(jobs.iter().any(|row| row.state == QueueState::Dead));
+    db.close().await;
+    app.shutdown().await;
+}
+
 both_backends!(
     a_send_failed_in_its_status_ends_done,
+    finished_items_are_deleted_after_their_keep,
     stored_events_are_processed_once,
     unknown_job_kinds_go_dead_and_stay_visible,
     sends_are_not_starved_by_an_inbox_flood,
