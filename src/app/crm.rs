@@ -52,8 +52,18 @@ pub async fn referrer_status(
             status
         }
     };
+    // Once the referrer's reward is settled, its status is the reward's.
+    let reward_status = |seen: &InviteForCrm| {
+        if seen.referrer_rewarded {
+            Some("rewarded")
+        } else if seen.referrer_capped {
+            Some("reward_capped")
+        } else {
+            None
+        }
+    };
     let seen = read().await?;
-    let overtaken_by = if seen.referrer_reward_settled {
+    let overtaken_by = if reward_status(&seen).is_some() {
         Some(REWARD_OWNS_STATUS)
     } else {
         (newest(&seen) != status).then(|| seen.state.as_str())
@@ -67,7 +77,7 @@ pub async fn referrer_status(
     // The invite's variant goes with its code.
     let variant = code.and_then(|_| Some(format!("{}:{}", seen.experiment.as_deref()?, seen.variant.as_deref()?)));
     let mut properties = s.referrer_properties(newest(&seen).as_str(), code, variant);
-    if seen.referrer_reward_settled {
+    if reward_status(&seen).is_some() {
         // The code still belongs on the contact; the status is the reward's.
         properties.remove(&s.settings.hubspot_properties.referral_status);
         s.hubspot
@@ -84,8 +94,9 @@ pub async fn referrer_status(
         &contact,
         seen,
         read,
-        // A reward settled meanwhile takes the status over: nothing more is written.
-        |seen| (!seen.referrer_reward_settled).then(|| newest(seen).as_str()),
+        // A reward settled while this job's write was on its way: its status again, in
+        // case this write landed after the reward's.
+        |seen| reward_status(seen).or(Some(newest(seen).as_str())),
         |seen| seen.contact_opted_out,
         properties,
     )

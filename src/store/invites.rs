@@ -10,7 +10,7 @@ use crate::domain::eligibility::{IneligibleReason, TriggerKind};
 use crate::domain::funnel::{invite_steps, Step};
 use crate::domain::phone::E164;
 use crate::domain::reward::{Beneficiary, RewardState};
-use crate::domain::state::{sql_list, InviteState, Persisted};
+use crate::domain::state::{InviteState, Persisted};
 use crate::domain::work::Job;
 
 /// An invite as its referrer's HubSpot status sees it ([`Store::invite_for_crm`]).
@@ -23,11 +23,13 @@ pub struct InviteForCrm {
     /// Whether a number of the invite's contact opted out of marketing.
     #[sqlx(try_from = "StoredFlag")]
     pub contact_opted_out: bool,
-    /// Whether the referrer's reward for a referral of this invite was issued or capped:
+    /// Whether the referrer's reward for a referral of this invite was issued, or capped:
     /// from then on the referral's jobs own the referrer's status (`rewarded`,
     /// `reward_capped`), and the invite's steps are behind it.
     #[sqlx(try_from = "StoredFlag")]
-    pub referrer_reward_settled: bool,
+    pub referrer_rewarded: bool,
+    #[sqlx(try_from = "StoredFlag")]
+    pub referrer_capped: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -263,21 +265,30 @@ impl Store {
     }
 
     /// What the referrer's HubSpot status reads, before and after each write: the
-    /// invite's state and variant, and whether its contact's number opted out.
+    /// invite's state and variant, whether its contact's number opted out, and whether the
+    /// referrer's reward for one of its referrals was issued or capped.
     pub async fn invite_for_crm(&self, id: i64) -> Result<Option<InviteForCrm>, StoreError> {
-        let settled = sql_list(&[RewardState::Issued, RewardState::Capped]);
+        let referrer_reward_in = |placeholder: &str| {
+            format!(
+                "CAST(CASE WHEN EXISTS (SELECT 1 FROM referrals AS r JOIN rewards AS w ON w.referral_id = r.id \
+                 WHERE r.invite_id = i.id AND w.beneficiary = $2 AND w.state = {placeholder}) \
+                 THEN 1 ELSE 0 END AS BIGINT)"
+            )
+        };
         let sql = format!(
             "SELECT i.state, i.experiment, i.variant, \
              CAST(CASE WHEN EXISTS ({}) THEN 1 ELSE 0 END AS BIGINT) AS contact_opted_out, \
-             CAST(CASE WHEN EXISTS (SELECT 1 FROM referrals AS r JOIN rewards AS w ON w.referral_id = r.id \
-                 WHERE r.invite_id = i.id AND w.beneficiary = $2 AND w.state IN ({settled})) \
-             THEN 1 ELSE 0 END AS BIGINT) AS referrer_reward_settled \
+             {} AS referrer_rewarded, {} AS referrer_capped \
              FROM invites AS i WHERE i.id = $1",
-            super::wa_users::CONTACT_OPTED_OUT.replace("$1", "i.contact_id")
+            super::wa_users::CONTACT_OPTED_OUT.replace("$1", "i.contact_id"),
+            referrer_reward_in("$3"),
+            referrer_reward_in("$4"),
         );
         Ok(sqlx::query_as::<_, InviteForCrm>(&sql)
             .bind(id)
             .bind(Beneficiary::Referrer.as_str())
+            .bind(RewardState::Issued.as_str())
+            .bind(RewardState::Capped.as_str())
             .fetch_optional(&self.pool)
             .await?)
     }

@@ -1,7 +1,7 @@
 //! The job queue: the outbox for calls to outside APIs, one row per idempotency key.
 //! Jobs are written in the transaction of the step that asks for them.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::{Store, StoreError};
 use crate::domain::messaging::MessageStatus;
@@ -63,12 +63,13 @@ async fn insert_job(conn: &mut AnyConnection, job: &NewJob, now: i64) -> Result<
     .await?)
 }
 
-async fn existing_id(conn: &mut AnyConnection, key: &str) -> Result<EnqueueOutcome, StoreError> {
-    let existing = sqlx::query("SELECT id FROM jobs WHERE idempotency_key = $1")
+/// The id of the job queued under `key`; none when it is gone (a finished job pruned
+/// since the insert found it).
+async fn existing_id(conn: &mut AnyConnection, key: &str) -> Result<Option<i64>, StoreError> {
+    Ok(sqlx::query_scalar("SELECT id FROM jobs WHERE idempotency_key = $1")
         .bind(key)
-        .fetch_one(conn)
-        .await?;
-    Ok(EnqueueOutcome::AlreadyQueued(existing.try_get("id")?))
+        .fetch_optional(conn)
+        .await?)
 }
 
 /// Jobs one insert carries at most (seven parameters each).
@@ -152,9 +153,19 @@ impl Store {
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
         let _turn = self.write_turn().await;
         let mut conn = self.pool.acquire().await?;
-        match insert_job(&mut conn, job, self.now_ms()).await? {
-            Some(id) => Ok(EnqueueOutcome::Created(id)),
-            None => existing_id(&mut conn, &job.idempotency_key).await,
+        // Twice at most: a key that conflicts and is then gone was pruned in between, and
+        // the second insert finds it free.
+        for _ in 0..2 {
+            if let Some(id) = insert_job(&mut conn, job, self.now_ms()).await? {
+                return Ok(EnqueueOutcome::Created(id));
+            }
+            if let Some(id) = existing_id(&mut conn, &job.idempotency_key).await? {
+                return Ok(EnqueueOutcome::AlreadyQueued(id));
+            }
         }
+        Err(StoreError::Conflict(format!(
+            "job {} neither inserted nor found",
+            job.idempotency_key
+        )))
     }
 }

@@ -350,13 +350,16 @@ fn expected_state_sets() -> BTreeMap<&'static str, BTreeSet<String>> {
     let waiting = names(QueueState::WAITING);
     let mut due_statuses = waiting.clone();
     due_statuses.insert(BatchableKind::WhatsAppStatus.as_str().to_string());
+    let mut finished_statuses = names(&[QueueState::Done]);
+    finished_statuses.insert(BatchableKind::WhatsAppStatus.as_str().to_string());
     BTreeMap::from([
         ("inbox_events_claimable", waiting.clone()),
         ("jobs_claimable", waiting),
         ("inbox_events_due_statuses", due_statuses),
         ("inbox_events_leased", names(&[QueueState::Running])),
         ("jobs_leased", names(&[QueueState::Running])),
-        ("inbox_events_finished", names(&[QueueState::Done])),
+        ("inbox_events_finished", finished_statuses.clone()),
+        ("inbox_events_finished_statuses", finished_statuses),
         ("jobs_finished", names(&[QueueState::Done])),
         ("referrals_open_friend", names(ReferralState::OPEN)),
         ("referrals_refused", names(&[ReferralState::Refused])),
