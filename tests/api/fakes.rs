@@ -374,6 +374,38 @@ impl Lifecycle {
         self.app.store.enqueue_job(&late).await.expect("enqueue");
     }
 
+    /// The properties of each PATCH to `contact` among the HubSpot calls after the first
+    /// `before`.
+    pub async fn contact_writes_since(&self, before: usize, contact: &str) -> Vec<Value> {
+        let suffix = format!("/contacts/{contact}");
+        self.hubspot_calls()
+            .await
+            .into_iter()
+            .skip(before)
+            .filter(|(m, p, _)| m == "PATCH" && p.ends_with(&suffix))
+            .map(|(_, _, b)| b["properties"].clone())
+            .collect()
+    }
+
+    /// Queues the referrer's status jobs `late` of `invite_id`, as if each had been held
+    /// up until now, under the keys `test:late:1`, `test:late:2`, ….
+    pub async fn enqueue_late_referrer_statuses(
+        &self,
+        invite_id: i64,
+        contact: &str,
+        late: &[(referloop::domain::state::InviteState, Option<&str>)],
+    ) {
+        for (n, (status, code)) in late.iter().enumerate() {
+            let job = referloop::domain::work::Job::ReferrerStatus {
+                invite_id,
+                contact_id: contact.to_string(),
+                status: *status,
+                code: code.map(str::to_string),
+            };
+            self.enqueue_as(&format!("test:late:{}", n + 1), &job).await;
+        }
+    }
+
     /// A reader of the jobs' notes by idempotency key (empty when none).
     pub async fn job_notes(&self) -> impl Fn(&str) -> String {
         let jobs = self.app.store.list(Queue::Jobs, None, 500).await.expect("jobs");

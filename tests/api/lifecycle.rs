@@ -3,7 +3,7 @@
 use referloop::domain::eligibility::IneligibleCode;
 use referloop::domain::nomination::ReferralReason;
 use referloop::domain::state::{InviteState, Persisted};
-use referloop::domain::work::{ItemKind, Job, JobKind};
+use referloop::domain::work::{ItemKind, JobKind};
 use referloop::store::{Backend, Queue, QueueState};
 use serde_json::{json, Value};
 
@@ -884,19 +884,13 @@ async fn late_referrer_status_jobs_never_set_hubspot_back(backend: Backend) {
     nominate_friend(&lc, true).await;
     let invite_id = lc.invite_id().await;
     let before = lc.hubspot_calls().await.len();
-    // The tap's and the trigger's jobs, as if they had been held up until now.
-    for (n, status, code) in [
-        (1, InviteState::FlowSent, None),
-        (2, InviteState::Invited, Some("LATE42".to_string())),
-    ] {
-        let job = Job::ReferrerStatus {
-            invite_id,
-            contact_id: ANA.to_string(),
-            status,
-            code,
-        };
-        lc.enqueue_as(&format!("test:late:{n}"), &job).await;
-    }
+    // The tap's and the trigger's jobs.
+    lc.enqueue_late_referrer_statuses(
+        invite_id,
+        ANA,
+        &[(InviteState::FlowSent, None), (InviteState::Invited, Some("LATE42"))],
+    )
+    .await;
     lc.settle().await;
     let note = lc.job_notes().await;
     assert!(
@@ -904,14 +898,8 @@ async fn late_referrer_status_jobs_never_set_hubspot_back(backend: Backend) {
         "{}",
         note("test:late:1")
     );
-    let calls = lc.hubspot_calls().await;
-    let late: Vec<_> = calls[before..]
-        .iter()
-        .filter(|(m, p, _)| m == "PATCH" && p.ends_with(&format!("/contacts/{ANA}")))
-        .map(|(_, _, b)| b["properties"].clone())
-        .collect();
     assert_eq!(
-        late,
+        lc.contact_writes_since(before, ANA).await,
         vec![json!({"referral_code": "LATE42", "referral_status": "nominated"})],
         "only the job with a code wrote, and the status it wrote is the invite's"
     );

@@ -589,13 +589,8 @@ async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
         "{}",
         note("test:late:1")
     );
-    let late: Vec<_> = lc.hubspot_calls().await[before..]
-        .iter()
-        .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/contacts/95001"))
-        .map(|(_, _, b)| b["properties"].clone())
-        .collect();
     assert_eq!(
-        late,
+        lc.contact_writes_since(before, "95001").await,
         vec![json!({"referral_status": "rewarded", "referred_by_code": code, "referrer_contact_id": "90001"})],
         "only the conversion's job wrote, and it kept the reward's status"
     );
@@ -615,18 +610,12 @@ async fn late_invite_jobs_leave_the_referrers_reward_status(backend: Backend) {
     lc.settle().await;
     let invite_id = lc.invite_id().await;
     let before = lc.hubspot_calls().await.len();
-    for (n, status, code) in [
-        (1, InviteState::Nominated, None),
-        (2, InviteState::Invited, Some("LATE42".to_string())),
-    ] {
-        let job = Job::ReferrerStatus {
-            invite_id,
-            contact_id: "90001".to_string(),
-            status,
-            code,
-        };
-        lc.enqueue_as(&format!("test:late:{n}"), &job).await;
-    }
+    lc.enqueue_late_referrer_statuses(
+        invite_id,
+        "90001",
+        &[(InviteState::Nominated, None), (InviteState::Invited, Some("LATE42"))],
+    )
+    .await;
     lc.settle().await;
     let note = lc.job_notes().await;
     assert!(
@@ -634,13 +623,8 @@ async fn late_invite_jobs_leave_the_referrers_reward_status(backend: Backend) {
         "{}",
         note("test:late:1")
     );
-    let late: Vec<_> = lc.hubspot_calls().await[before..]
-        .iter()
-        .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/contacts/90001"))
-        .map(|(_, _, b)| b["properties"].clone())
-        .collect();
     assert_eq!(
-        late,
+        lc.contact_writes_since(before, "90001").await,
         vec![json!({"referral_code": "LATE42"})],
         "only the job with a code wrote, and it left the status as the reward wrote it"
     );
