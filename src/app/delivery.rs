@@ -471,9 +471,13 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
     };
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     let mut found = tx.message_by_wamid_for_update(&update.wamid).await?;
+    // Found by its callback data: a send whose acceptance was never recorded (its job
+    // was interrupted), perhaps refused since by the send's retry.
+    let mut attached = false;
     if found.is_none() {
         if let Some(key) = &update.callback {
             found = tx.attach_wamid(key, &update.wamid).await?;
+            attached = found.is_some();
         }
     }
     let Some(message) = found else {
@@ -510,7 +514,15 @@ pub async fn on_status(s: &Services, work: &Work, update: &StatusUpdate) -> Step
         ),
         None => format!("message {} stays {}", message.id, message.status.as_str()),
     };
-    if status == MessageStatus::Failed {
+    // What a refusal means (a resend, an opt-out, the referral's move) commits with the
+    // status that records it, or with the send job that recorded it, which reruns it when
+    // interrupted unless a status has attached its wamid since. So a status that finds
+    // its message failed under this wamid already changes nothing: a `sent` after the
+    // `failed`, or a `failed` Meta delivers again once its key was pruned. Applying the
+    // refusal again could opt out a number that has opted back in since.
+    if status == MessageStatus::Failed && changed.is_none() && !attached {
+        note.push_str("; its refusal was handled when recorded");
+    } else if status == MessageStatus::Failed {
         // The refusal is the one recorded: a `sent` that arrives after the `failed` (Meta
         // sends them apart, in either order) carries no error and must not be read as one.
         let code = if changed.is_some() {

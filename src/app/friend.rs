@@ -43,9 +43,13 @@ pub async fn on_text(s: &Services, work: &Work, from: &E164, body: &str) -> Step
     Ok(tx.commit(note).await?.into())
 }
 
+/// How long screening's search for the friend's phone stands in for the contact
+/// creation's own: one search per nominated friend, where HubSpot allows four a second.
+const SCREENING_SEARCH_TRUSTED_MS: i64 = 30_000;
+
 /// The `hubspot.create_friend` job: finds the friend's contact by phone or creates it,
 /// then records its id; the status updates (`hubspot.sync_friend`) wait for it.
-pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> StepResult {
+pub async fn create_contact(s: &Services, work: &Work, referral_id: i64, searched_at: Option<i64>) -> StepResult {
     let Some(referral) = s.store.referral(referral_id).await? else {
         return Err(StepError::Permanent(format!("referral {referral_id} not found")));
     };
@@ -56,11 +60,18 @@ pub async fn create_contact(s: &Services, work: &Work, referral_id: i64) -> Step
         .friend_phone
         .clone()
         .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into()))?;
-    let region = &s.settings.programme.default_region;
-    let found = s
-        .hubspot
-        .search_by_phone(&phone, &[], region, Some(work.job_id()))
-        .await?;
+    // Screening's search found no contact moments ago: a first attempt trusts it. A retry
+    // searches (an interrupted attempt may have created the contact), and so does a job
+    // that ran late (the friend may have given the business their details meanwhile).
+    let trusted = searched_at.is_some_and(|at| work.attempts <= 1 && s.now_ms() - at <= SCREENING_SEARCH_TRUSTED_MS);
+    let found = if trusted {
+        Vec::new()
+    } else {
+        let region = &s.settings.programme.default_region;
+        s.hubspot
+            .search_by_phone(&phone, &[], region, Some(work.job_id()))
+            .await?
+    };
     // The status the contact carries once this job is done: none for a contact found
     // (the sync writes it), the read state's for one created with it.
     let (id, written) = match found.first() {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::transition::{self, EventContext};
 use super::{Outcome, Services, StepError, StepResult, Work};
 use crate::domain::flow_token::FlowToken;
+use crate::domain::ids::HubSpotId;
 use crate::domain::messaging::MessagePurpose;
 use crate::domain::nomination::{
     self, check_standing, parse_flow_reply, FlowReply, Nomination, NominationRefusal, Standing,
@@ -155,7 +156,11 @@ async fn refuse(
 }
 
 /// The `referral.screen` job: checks that need HubSpot (is the friend already a
-/// customer?) and the store (did the friend opt out?), then the machine's choice.
+/// customer?) and the store (did the friend opt out?), then the machine's choice. The
+/// one search by the friend's phone also answers which contact is theirs: a friend who
+/// passes has a contact found recorded now, and one not found is created without a
+/// second search, so a nomination costs one of HubSpot's searches (four a second per
+/// account), not two.
 pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number: &str) -> StepResult {
     let Some(referral) = s.store.referral(referral_id).await? else {
         return Err(StepError::Permanent(format!("referral {referral_id} not found")));
@@ -168,22 +173,34 @@ pub async fn screen(s: &Services, work: &Work, referral_id: i64, business_number
         .clone()
         .ok_or_else(|| StepError::Permanent("the referral has no friend's number".into()))?;
     let opted_out = s.store.is_opted_out(&friend).await?;
-    let is_customer = match opted_out {
+    let searched_at = s.now_ms();
+    let found = match opted_out {
         true => None,
-        false => Some(is_customer(s, &friend, Some(work.job_id())).await?),
+        false => Some(search_friend(s, &friend, Some(work.job_id())).await?),
     };
     let refusal = check_standing(&Standing {
         friend_opted_out: Some(opted_out),
-        friend_is_customer: is_customer,
+        friend_is_customer: found.as_deref().map(|contacts| any_customer(s, contacts)),
         ..Standing::default()
     })
     .err();
+    let passed = refusal.is_none();
     let mut tx = s.store.begin(Some(&work.lease)).await?;
-    let ctx = EventContext {
+    let mut ctx = EventContext {
         business_number,
         ..EventContext::default()
     };
-    let applied = transition::apply(s, &mut tx, referral_id, &ReferralEvent::Screened { refusal }, ctx).await?;
+    match found.as_deref() {
+        Some([contact, ..]) if passed => {
+            // Recorded before the move, which then queues the friend's status sync.
+            let id = HubSpotId::parse(&contact.id)?;
+            tx.set_friend_contact_id(referral_id, id.as_str()).await?;
+        }
+        Some([]) => ctx.friend_searched_at = Some(searched_at),
+        _ => {}
+    }
+    let event = ReferralEvent::Screened { refusal };
+    let applied = transition::apply(s, &mut tx, referral_id, &event, ctx).await?;
     let note = format!("referral {referral_id} {applied}");
     Ok(tx.commit(note).await?.into())
 }
@@ -217,18 +234,17 @@ pub async fn check(
     Ok(check_standing(&standing).map(|()| nomination))
 }
 
-/// Whether HubSpot has the number as a contact at the customer lifecycle stage.
-pub async fn is_customer(s: &Services, friend: &E164, job_id: Option<i64>) -> Result<bool, StepError> {
-    let contacts = s
-        .hubspot
+/// The contacts HubSpot has for the number, with their lifecycle stage (a customer's is
+/// `programme.customer_lifecycle_stage`).
+async fn search_friend(s: &Services, friend: &E164, job_id: Option<i64>) -> Result<Vec<FoundContact>, StepError> {
+    Ok(s.hubspot
         .search_by_phone(
             friend,
             &[stage_property(s)],
             &s.settings.programme.default_region,
             job_id,
         )
-        .await?;
-    Ok(any_customer(s, &contacts))
+        .await?)
 }
 
 /// The same, if the search pace has a place within `limit` (`None` when it has not).

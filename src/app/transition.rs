@@ -22,6 +22,9 @@ pub struct EventContext<'a> {
     pub business_number: &'a str,
     /// The conversion that converts the referral (the friend's Stripe customer).
     pub conversion: Option<&'a NewConversion>,
+    /// When screening searched HubSpot by the friend's phone and found no contact: the
+    /// contact's creation, if queued, need not search again.
+    pub friend_searched_at: Option<i64>,
 }
 
 /// What applying an event did.
@@ -69,7 +72,7 @@ pub async fn apply(
             granted = rewards;
         }
     }
-    queue_crm_updates(s, tx, &current, transition.state, granted).await?;
+    queue_crm_updates(s, tx, &current, transition.state, granted, ctx.friend_searched_at).await?;
     tracing::info!(
         referral_id = current.id,
         from = from.as_str(),
@@ -164,6 +167,7 @@ async fn queue_crm_updates(
     r: &ReferralRow,
     to: ReferralState,
     granted: reward::Granted,
+    friend_searched_at: Option<i64>,
 ) -> Result<(), StepError> {
     if friend_hubspot_status(to).is_some() {
         // Until the friend's contact is recorded, its creation carries the status (and
@@ -171,7 +175,10 @@ async fn queue_crm_updates(
         // so a sync never runs only to wait for the contact. The row is locked, so the
         // two cannot miss each other.
         let job = match r.friend_contact_id {
-            None => Job::CreateFriendContact { referral_id: r.id },
+            None => Job::CreateFriendContact {
+                referral_id: r.id,
+                searched_at: friend_searched_at,
+            },
             Some(_) => Job::SyncFriend {
                 referral_id: r.id,
                 state: to,

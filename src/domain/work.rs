@@ -32,9 +32,15 @@ pub enum Job {
     /// The referrer's reward was capped: say so on the contact.
     #[serde(rename = "hubspot.referrer_capped")]
     ReferrerCapped { referral_id: i64, contact_id: String },
-    /// Find or create the friend's contact, once per referral.
+    /// Find or create the friend's contact, once per referral. `searched_at`: when
+    /// screening searched HubSpot by the friend's phone and found no contact (ms since
+    /// the epoch); a first attempt soon after trusts that search rather than make another.
     #[serde(rename = "hubspot.create_friend")]
-    CreateFriendContact { referral_id: i64 },
+    CreateFriendContact {
+        referral_id: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        searched_at: Option<i64>,
+    },
     /// The friend's referral properties from the referral's current state.
     #[serde(rename = "hubspot.sync_friend")]
     SyncFriend { referral_id: i64, state: ReferralState },
@@ -184,7 +190,7 @@ impl Job {
                 format!("hubspot.referrer:{invite_id}:{}", status.as_str())
             }
             Job::ReferrerCapped { referral_id, .. } => format!("hubspot.capped:{referral_id}"),
-            Job::CreateFriendContact { referral_id } => format!("hubspot.friend_create:{referral_id}"),
+            Job::CreateFriendContact { referral_id, .. } => format!("hubspot.friend_create:{referral_id}"),
             Job::SyncFriend { referral_id, state } => format!("hubspot.friend:{referral_id}:{}", state.as_str()),
             Job::SyncOptOut { phone, opted_out, at } => {
                 let value = if *opted_out { "stop" } else { "resume" };
@@ -260,7 +266,14 @@ mod tests {
                 referral_id: 4,
                 contact_id: "90001".into(),
             },
-            Job::CreateFriendContact { referral_id: 5 },
+            Job::CreateFriendContact {
+                referral_id: 5,
+                searched_at: None,
+            },
+            Job::CreateFriendContact {
+                referral_id: 55,
+                searched_at: Some(1_795_510_800_000),
+            },
             Job::SyncFriend {
                 referral_id: 6,
                 state: ReferralState::AwaitingFriend,
@@ -314,6 +327,14 @@ mod tests {
             kinds.insert(kind);
         }
         assert_eq!(kinds.len(), JobKind::ALL.len(), "every kind is tried");
+        // Queued by a binary from before screening's search was passed on.
+        assert_eq!(
+            Job::decode(JobKind::CreateFriendContact, r#"{"referral_id": 5}"#),
+            Ok(Job::CreateFriendContact {
+                referral_id: 5,
+                searched_at: None
+            })
+        );
     }
 
     #[test]

@@ -72,7 +72,10 @@ pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResu
             code,
         } => crm::referrer_status(s, work, invite_id, &contact_id, status, code.as_deref()).await,
         Job::ReferrerCapped { contact_id, .. } => crm::referrer_capped(s, work, &contact_id).await,
-        Job::CreateFriendContact { referral_id } => friend::create_contact(s, work, referral_id).await,
+        Job::CreateFriendContact {
+            referral_id,
+            searched_at,
+        } => friend::create_contact(s, work, referral_id, searched_at).await,
         Job::SyncFriend { referral_id, state } => friend::sync_contact(s, work, referral_id, state).await,
         Job::SyncOptOut { phone, opted_out, .. } => crm::sync_opt_out(s, work, &phone, opted_out).await,
         Job::IssueReward { reward_id } => reward::issue(s, work, reward_id).await,

@@ -164,6 +164,19 @@ async fn happy_path_with_every_webhook_twice(backend: Backend) {
     assert_eq!(created[0].2["properties"]["phone"], FRIEND_PHONE);
     assert_eq!(created[0].2["properties"]["referred_by_code"], code.as_str());
     assert_eq!(created[0].2["properties"]["referrer_contact_id"], ANA);
+    assert_eq!(
+        created[0].2["properties"]["referral_status"], "invite_sent",
+        "created with the status screening moved the referral to"
+    );
+    let searches: Vec<_> = calls
+        .iter()
+        .filter(|(m, p, _)| m == "POST" && p == "/crm/v3/objects/contacts/search")
+        .collect();
+    assert_eq!(
+        searches.len(),
+        1,
+        "one HubSpot search for the friend: screening's, which the contact's creation trusts: {searches:?}"
+    );
     let friend_statuses: Vec<_> = calls
         .iter()
         .filter(|(m, p, _)| m == "PATCH" && p.ends_with("/contacts/95001"))
@@ -183,6 +196,7 @@ async fn happy_path_with_every_webhook_twice(backend: Backend) {
         friend_jobs.iter().all(|j| j.attempts == 1),
         "no HubSpot job waited for the friend's contact: {friend_jobs:?}"
     );
+
     assert_eq!(lc.sent().await.len(), 3, "invite, Flow, friend invite: nothing else");
     lc.shutdown().await;
 }
@@ -307,6 +321,56 @@ async fn reply_without_token_is_matched_by_context_id(backend: Backend) {
     assert_eq!(lc.inbound(reply).await, 200);
     lc.settle().await;
     assert_eq!(lc.sent_of("tmpl_referral_friend_invite").await.len(), 1);
+    lc.shutdown().await;
+}
+
+/// HubSpot already has the friend as a lead: screening's search, which found them not a
+/// customer, also records their contact; nothing is created and nobody searches again,
+/// and the friend's status goes to that contact.
+async fn a_friend_known_to_hubspot_is_recorded_by_screening(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
+            {"id": "777", "properties": {"mobilephone": "+44 7911 123457", "lifecyclestage": "lead"}}]})),
+        )
+        .with_priority(1)
+        .mount(&lc.hubspot)
+        .await;
+    let (_, token, flow_wamid) = to_flow(&lc).await;
+    let reply = flow_reply(
+        REFERRER_PHONE,
+        "wamid.R1",
+        &flow_wamid,
+        nomination(Some(&token), FRIEND_PHONE, true),
+    );
+    assert_eq!(lc.inbound(reply).await, 200);
+    lc.settle().await;
+    assert_eq!(lc.sent_of("tmpl_referral_friend_invite").await.len(), 1);
+    let referral = &lc.app.store.list_referrals(1).await.expect("referrals")[0];
+    assert_eq!(referral.friend_contact_id.as_deref(), Some("777"));
+    let calls = lc.hubspot_calls().await;
+    let count = |method: &str, path: &str| calls.iter().filter(|(m, p, _)| m == method && p == path).count();
+    assert_eq!(count("POST", "/crm/v3/objects/contacts/search"), 1, "{calls:?}");
+    assert_eq!(
+        count("POST", "/crm/v3/objects/contacts"),
+        0,
+        "nothing created: {calls:?}"
+    );
+    assert_eq!(
+        lc.contact_writes_since(0, "777").await,
+        vec![
+            json!({"referred_by_code": referral.referral_code, "referrer_contact_id": ANA,
+                    "referral_status": "invite_sent"})
+        ],
+        "the friend's status on the contact found"
+    );
+    let jobs = lc.app.store.list(Queue::Jobs, None, 100).await.expect("jobs");
+    assert!(
+        !jobs.iter().any(|j| j.key.starts_with("hubspot.friend_create:")),
+        "{jobs:?}"
+    );
     lc.shutdown().await;
 }
 
@@ -672,6 +736,59 @@ async fn account_level_error_keeps_the_referral(backend: Backend) {
     lc.shutdown().await;
 }
 
+/// Meta delivers the 131050 `failed` of the invite again, after its key was pruned (an
+/// hour on) and after the customer opted back in: the refusal was handled when it was
+/// recorded, so the number stays opted in.
+async fn a_failed_status_delivered_again_keeps_a_later_resume(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    assert_eq!(lc.nps(ANA, REFERRER_PHONE, "Ana", "10", "1").await, 200);
+    lc.settle().await;
+    let wamid = lc.app.store.list_messages(5).await.expect("messages")[0]
+        .wamid
+        .clone()
+        .expect("invite wamid");
+    let refused = Some((131050, "User has stopped marketing messages"));
+    assert_eq!(lc.status(&wamid, "failed", refused).await, 200);
+    lc.settle().await;
+    let opted_out = || async { lc.app.store.is_opted_out(&e164(REFERRER_PHONE)).await.expect("query") };
+    assert!(opted_out().await, "131050 records the opt-out");
+    let resume = json!({"user_preferences": [{"wa_id": "447911123456", "detail": "resume", "category": "marketing_messages",
+                                              "value": "resume", "timestamp": 1795511800}]});
+    assert_eq!(lc.whatsapp("user_preferences", resume).await, 200);
+    lc.settle().await;
+    assert!(!opted_out().await, "opted back in");
+
+    // As the hourly prune of finished statuses does.
+    let db = raw_database(&lc.app).await;
+    let key = format!("status:{wamid}:failed");
+    let pruned = sqlx::query("DELETE FROM inbox_events WHERE dedupe_key = $1")
+        .bind(&key)
+        .execute(&db)
+        .await
+        .expect("prune the status");
+    assert_eq!(pruned.rows_affected(), 1);
+    assert_eq!(lc.status(&wamid, "failed", refused).await, 200);
+    lc.settle().await;
+    assert!(
+        !opted_out().await,
+        "the repeated refusal does not opt the number out again"
+    );
+    let events = lc.app.store.list(Queue::Inbox, None, 100).await.expect("inbox");
+    let again = events
+        .iter()
+        .find(|e| e.key.ends_with(&key))
+        .unwrap_or_else(|| panic!("the repeated status, stored anew: {events:?}"));
+    assert_eq!(again.state, QueueState::Done);
+    assert!(
+        again
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("its refusal was handled when recorded")),
+        "{again:?}"
+    );
+    lc.shutdown().await;
+}
+
 async fn stop_keyword_and_user_preferences(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     // HubSpot knows the number as Ana's contact.
@@ -915,6 +1032,7 @@ both_backends!(
     refusals_reply_to_the_referrer,
     reply_without_token_is_matched_by_context_id,
     friend_already_nominated_or_customer,
+    a_friend_known_to_hubspot_is_recorded_by_screening,
     share_link_mode_and_the_friend_arriving,
     auto_mode_falls_back_to_a_share_link_after_131049,
     auto_mode_without_consent_uses_a_share_link,
@@ -924,6 +1042,7 @@ both_backends!(
     account_level_error_keeps_the_referral,
     direct_mode_has_no_fallback,
     stop_button_and_131050_opt_out,
+    a_failed_status_delivered_again_keeps_a_later_resume,
     graph_500_then_success_sends_once,
     graph_429_honours_retry_after,
     permanent_meta_error_is_recorded_not_retried,
