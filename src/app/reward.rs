@@ -1,7 +1,8 @@
 //! Step 6: both sides' rewards. Converting a referral grants them (inside the converting
-//! transaction, where the referrer's cap is decided); the `reward.issue` job fulfils
-//! each by its kind, once, then records it, messages the beneficiary and updates
-//! HubSpot in one transaction.
+//! transaction, where the referrer's cap is decided). A reward that is not held and
+//! needs no outside call (a static code, a HubSpot credit) is issued there too;
+//! otherwise the `reward.issue` job fulfils it by its kind, once. Either way the issue,
+//! the beneficiary's message and the HubSpot updates commit together.
 
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ pub async fn grant(
             continue;
         }
         let state = reward::initial_state(beneficiary, rewarded, programme.max_rewarded_referrals_per_referrer);
+        // Issued now: inserted as being issued, then marked issued below, as the job would.
+        let issue_now = state == RewardState::Pending && available_at <= now && side.kind.is_fulfilled_locally();
         let (contact_id, phone, name, customer) = match beneficiary {
             Beneficiary::Referrer => (
                 Some(r.referrer_contact_id.clone()),
@@ -90,7 +93,7 @@ pub async fn grant(
             first_name: name,
             language: r.language.clone(),
             kind: side.kind,
-            state,
+            state: if issue_now { RewardState::Issuing } else { state },
             amount: side.amount,
             currency: side.currency.clone(),
             stripe_customer: customer,
@@ -104,6 +107,12 @@ pub async fn grant(
             grant_bonus(s, tx, r, rewarded + 1, since, available_at).await?;
         }
         match state {
+            RewardState::Pending if issue_now => {
+                issue_locally(s, tx, id, r, side).await?;
+                if beneficiary == Beneficiary::Referrer {
+                    granted.referrer_issued_now = true;
+                }
+            }
             RewardState::Pending => {
                 let issue = NewJob::new(&Job::IssueReward { reward_id: id }, s.max_attempts(), available_at);
                 tx.enqueue(issue);
@@ -218,7 +227,11 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     let given = code
         .clone()
         .unwrap_or_else(|| side.description_in(&reward.language).to_string());
-    let message = reward_message(s, &reward, &referral, beneficiary, &given).await?;
+    let last_inbound_at = match window_to_check(&reward, &referral) {
+        Some(phone) => s.store.last_inbound_at(&phone).await?,
+        None => None,
+    };
+    let message = reward_message(s, &reward, &referral, last_inbound_at, &given);
     let jobs = recording_jobs(s, &reward, &referral, beneficiary, &side, &given);
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     tx.mark_reward_issued(reward.id, code.as_deref(), external_ref.as_deref())
@@ -233,29 +246,67 @@ pub async fn issue(s: &Services, work: &Work, reward_id: i64) -> StepResult {
     Ok(tx.commit(note).await?.into())
 }
 
+/// Issues a reward of a kind fulfilled locally (see [`RewardKind::is_fulfilled_locally`])
+/// inside the transaction that granted it (`issuing`): no job and no outside call, and
+/// the same record, message and HubSpot jobs as [`issue`] commits.
+async fn issue_locally(
+    s: &Services,
+    tx: &mut Tx,
+    reward_id: i64,
+    referral: &ReferralRow,
+    side: &RewardSide,
+) -> Result<(), StepError> {
+    let code = match side.kind {
+        RewardKind::StaticCode => Some(side.static_code.clone()),
+        _ => None,
+    };
+    tx.mark_reward_issued(reward_id, code.as_deref(), None).await?;
+    let reward = tx
+        .reward(reward_id)
+        .await?
+        .ok_or_else(|| StepError::Permanent(format!("reward {reward_id} not found")))?;
+    let given = code.unwrap_or_else(|| side.description_in(&reward.language).to_string());
+    // Read in the transaction: it holds a connection, and another could be long coming.
+    let last_inbound_at = match window_to_check(&reward, referral) {
+        Some(phone) => tx.last_inbound_at(&phone).await?,
+        None => None,
+    };
+    if let Some(message) = reward_message(s, &reward, referral, last_inbound_at, &given) {
+        tx.insert_message(&message).await?;
+    }
+    for job in recording_jobs(s, &reward, referral, reward.beneficiary, side, &given) {
+        tx.enqueue(job);
+    }
+    Ok(())
+}
+
+/// The number whose last message decides whether the beneficiary may be messaged: a
+/// friend who gave no consent, only inside a window they opened.
+fn window_to_check(reward: &RewardRow, referral: &ReferralRow) -> Option<E164> {
+    match reward.beneficiary {
+        Beneficiary::Friend if !referral.consent => reward.phone.clone(),
+        Beneficiary::Friend | Beneficiary::Referrer | Beneficiary::ReferrerBonus => None,
+    }
+}
+
 /// The reward message, when the beneficiary may be messaged: a friend who gave no consent
-/// only inside a window they opened. (An opted-out number is suppressed at send time;
-/// the reward is still issued and recorded in HubSpot.)
-async fn reward_message(
+/// only inside a window they opened (`last_inbound_at`, read for [`window_to_check`]'s
+/// number). (An opted-out number is suppressed at send time; the reward is still issued
+/// and recorded in HubSpot.)
+fn reward_message(
     s: &Services,
     reward: &RewardRow,
     referral: &ReferralRow,
-    beneficiary: Beneficiary,
+    last_inbound_at: Option<i64>,
     given: &str,
-) -> Result<Option<NewMessage>, StepError> {
-    let Some(phone) = reward.phone.clone() else {
-        return Ok(None);
-    };
-    let may_message = match beneficiary {
-        Beneficiary::Referrer | Beneficiary::ReferrerBonus => true,
-        Beneficiary::Friend if referral.consent => true,
-        Beneficiary::Friend => {
-            let last = s.store.last_inbound_at(&phone).await?;
-            last.is_some_and(|at| s.now_ms() - at < DAY_MS)
-        }
+) -> Option<NewMessage> {
+    let phone = reward.phone.clone()?;
+    let may_message = match window_to_check(reward, referral) {
+        None => true,
+        Some(_) => last_inbound_at.is_some_and(|at| s.now_ms() - at < DAY_MS),
     };
     if !may_message {
-        return Ok(None);
+        return None;
     }
     let body = match reward.milestone {
         Some(conversions) => render::bonus(
@@ -269,10 +320,10 @@ async fn reward_message(
         None => render::reward(&s.settings, phone.as_str(), &reward.language, &reward.first_name, given),
     };
     let key = format!("reward:{}:message", reward.id);
-    Ok(Some(NewMessage {
+    Some(NewMessage {
         referral_id: Some(reward.referral_id),
         ..s.message(key, MessagePurpose::Reward, &phone, true, body)
-    }))
+    })
 }
 
 /// HubSpot updates that record an issued reward.

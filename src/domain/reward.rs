@@ -86,6 +86,22 @@ persisted!(RewardKind {
     Webhook => "webhook",
 });
 
+impl RewardKind {
+    /// Fulfilled from the programme's own settings, with no outside call (a static code;
+    /// a HubSpot credit, whose total a HubSpot job records): a reward of such a kind that
+    /// is not held is issued in the transaction that grants it.
+    pub fn is_fulfilled_locally(self) -> bool {
+        match self {
+            RewardKind::StaticCode | RewardKind::HubspotCredit => true,
+            RewardKind::None
+            | RewardKind::StripePromotionCode
+            | RewardKind::StripeBalanceCredit
+            | RewardKind::CodePool
+            | RewardKind::Webhook => false,
+        }
+    }
+}
+
 /// The referrer's reward is capped once they have this many rewarded referrals in the
 /// period; the friend's never is.
 pub fn initial_state(beneficiary: Beneficiary, referrer_rewards_in_period: i64, cap: i64) -> RewardState {

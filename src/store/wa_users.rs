@@ -131,6 +131,15 @@ impl Tx {
         Ok(OptOutChange::AlreadyOptedOut(since.unwrap_or(now)))
     }
 
+    /// When the number last wrote to us, read in this step's transaction.
+    pub async fn last_inbound_at(&mut self, phone: &E164) -> Result<Option<i64>, StoreError> {
+        let at: Option<Option<i64>> = sqlx::query_scalar("SELECT last_inbound_at FROM wa_users WHERE phone = $1")
+            .bind(phone.as_str())
+            .fetch_optional(self.read())
+            .await?;
+        Ok(at.flatten())
+    }
+
     /// Whether the number opted out of marketing, read in this step's transaction.
     pub async fn is_opted_out(&mut self, phone: &E164) -> Result<bool, StoreError> {
         opted_out_in(self.read(), phone).await

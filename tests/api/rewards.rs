@@ -79,6 +79,22 @@ async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
     let (first_status, first) = lc.api_conversion(api_body.clone()).await;
     assert_eq!(first_status, 201, "{first}");
     assert_eq!(first["referral_state"], "converted");
+    // Static codes, not held: issued in the conversion's own commit, with their messages.
+    let issued = rewards(&lc).await;
+    assert_eq!(issued.len(), 2);
+    assert!(issued.iter().all(|r| r.state.as_str() == "issued"), "{issued:?}");
+    let keys: Vec<String> = lc
+        .app
+        .store
+        .list_messages(20)
+        .await
+        .expect("messages")
+        .into_iter()
+        .map(|m| m.idempotency_key)
+        .collect();
+    for reward in &issued {
+        assert!(keys.contains(&format!("reward:{}:message", reward.id)), "{keys:?}");
+    }
     for _ in 0..2 {
         let (status, again) = lc.api_conversion(api_body.clone()).await;
         assert_eq!((status, &again), (200, &first), "a repeat answers the same");
@@ -118,6 +134,11 @@ async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
     let rewards = rewards(&lc).await;
     assert_eq!(rewards.len(), 2, "one reward per side");
     assert!(rewards.iter().all(|r| r.state.as_str() == "issued"), "{rewards:?}");
+    let jobs = lc.app.store.list(Queue::Jobs, None, 200).await.expect("jobs");
+    assert!(
+        !jobs.iter().any(|j| j.key.starts_with("reward.issue:")),
+        "no job to issue them: {jobs:?}"
+    );
     assert_eq!(lc.sent_of("tmpl_referral_thanks").await.len(), 1, "one thank-you");
     let reward_messages = lc.sent_of("tmpl_referral_reward").await;
     assert_eq!(reward_messages.len(), 2, "one reward message each");
