@@ -109,8 +109,10 @@ pub async fn grant(
         match state {
             RewardState::Pending if issue_now => {
                 issue_locally(s, tx, id, r, side).await?;
-                if beneficiary == Beneficiary::Referrer {
-                    granted.referrer_issued_now = true;
+                match beneficiary {
+                    Beneficiary::Referrer => granted.referrer_issued_now = true,
+                    Beneficiary::Friend => granted.friend_issued_in_commit = true,
+                    Beneficiary::ReferrerBonus => {}
                 }
             }
             RewardState::Pending => {
@@ -138,6 +140,10 @@ pub struct Granted {
     /// The referrer's reward is issued now (no hold): its HubSpot write carries the
     /// referrer's counters, so the conversion need not write them separately.
     pub referrer_issued_now: bool,
+    /// The friend's reward is issued in the converting transaction itself: its HubSpot
+    /// record (`hubspot.reward_recorded`, queued there for a known contact) writes
+    /// `rewarded`, so a write of `converted` first would only be overwritten.
+    pub friend_issued_in_commit: bool,
 }
 
 /// The milestone bonus reached with this referral, if `rewarded` (this referral's reward

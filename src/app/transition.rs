@@ -175,16 +175,20 @@ async fn queue_crm_updates(
         // so a sync never runs only to wait for the contact. The row is locked, so the
         // two cannot miss each other.
         let job = match r.friend_contact_id {
-            None => Job::CreateFriendContact {
+            None => Some(Job::CreateFriendContact {
                 referral_id: r.id,
                 searched_at: friend_searched_at,
-            },
-            Some(_) => Job::SyncFriend {
+            }),
+            // The friend's reward, issued in this commit, records `rewarded` on the contact.
+            Some(_) if to == ReferralState::Converted && granted.friend_issued_in_commit => None,
+            Some(_) => Some(Job::SyncFriend {
                 referral_id: r.id,
                 state: to,
-            },
+            }),
         };
-        tx.enqueue(s.job(job));
+        if let Some(job) = job {
+            tx.enqueue(s.job(job));
+        }
     }
     if to == ReferralState::Converted {
         if s.settings.hubspot.record_referral_links {

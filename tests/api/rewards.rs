@@ -74,6 +74,7 @@ pub async fn rewards(lc: &Lifecycle) -> Vec<referloop::store::RewardRow> {
 async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     let (referral_id, _) = invited_friend(&lc).await;
+    let before = lc.hubspot_calls().await.len();
     let api_body =
         json!({"external_id": "order-1001", "friend_phone": FRIEND_PHONE, "amount": 4900, "currency": "usd"});
     let (first_status, first) = lc.api_conversion(api_body.clone()).await;
@@ -166,6 +167,12 @@ async fn one_conversion_from_three_sources_each_three_times(backend: Backend) {
         counters,
         vec![(json!("1"), json!("1000"), json!("rewarded"), true)],
         "one write of the counters, with the reward"
+    );
+    // The friend's reward, issued with the conversion, writes `rewarded`: no `converted`
+    // first, only to be overwritten.
+    assert_eq!(
+        lc.contact_writes_since(before, "95001").await,
+        vec![json!({"referral_reward": "WELCOME10", "referral_status": "rewarded"})]
     );
     lc.shutdown().await;
 }
