@@ -1,8 +1,8 @@
 //! The jobs referloop queues, as one typed enum. A job is stored as its `kind` and its
 //! JSON payload; its idempotency key is derived from what it is for, so that queuing the
 //! same work twice yields one job. The worker decodes a stored job with [`Job::decode`]
-//! and dispatches it with an exhaustive `match`; a kind this binary does not know is a
-//! [`DecodeError`] and the job ends dead with that reason.
+//! and dispatches it with an exhaustive `match`; a kind this binary does not know is
+//! retried on the schedule (a newer replica may take it) and ends dead saying so.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -137,7 +137,7 @@ persisted!(JobKind {
 /// What a queue item is, decoded from its stored `kind` with its queue known (the two
 /// queues' names overlap: `whatsapp.send` would read as a WhatsApp field): an inbox
 /// event's kind, a job's, or a name this binary does not know (a newer binary's), kept
-/// so the item stays listed and ends dead saying so.
+/// so the item stays listed, is left for a newer replica, and ends dead saying so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ItemKind {
     Event(InboxKind),

@@ -1,7 +1,9 @@
 //! Decoding a claimed item into its typed form and handing it to its use case, with an
 //! exhaustive `match`: adding a job or event kind is a compile error here until it is
-//! handled. A kind this binary does not know ends dead with the reason, never silently
-//! done.
+//! handled. A kind this binary does not know (a newer binary's, queued by a replica
+//! already upgraded during a rolling deploy) is retried on the schedule, so that a newer
+//! replica can take it, and ends dead with the reason once its attempts are spent; it is
+//! never silently done.
 
 use crate::app::conversion;
 use crate::app::inbox::InboundEvent;
@@ -12,9 +14,18 @@ use crate::domain::work::{ItemKind, Job};
 use crate::store::ClaimedItem;
 use crate::whatsapp::inbound::{Content, InboundMessage};
 
+/// An item of a kind this binary has no handler for: worth another attempt, which a
+/// newer replica may be the one to make.
+fn unknown_kind(what: &str, kind: &ItemKind) -> StepError {
+    StepError::retry(format!(
+        "no handler in this binary for {what} kind `{kind}`: retried for a newer replica (a rolling deploy), \
+         dead once its attempts are spent"
+    ))
+}
+
 pub async fn inbox_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResult {
     let ItemKind::Event(kind) = &item.kind else {
-        return Err(StepError::Permanent(format!("unknown event kind `{}`", item.kind)));
+        return Err(unknown_kind("event", &item.kind));
     };
     let event = InboundEvent::decode(kind, &item.payload).map_err(StepError::Permanent)?;
     match event {
@@ -53,10 +64,7 @@ async fn on_message(s: &Services, work: &Work, message: &InboundMessage) -> Step
 
 pub async fn job_item(s: &Services, work: &Work, item: &ClaimedItem) -> StepResult {
     let ItemKind::Job(kind) = item.kind else {
-        return Err(StepError::Permanent(format!(
-            "no handler: unknown job kind `{}`",
-            item.kind
-        )));
+        return Err(unknown_kind("job", &item.kind));
     };
     let job = Job::decode(kind, &item.payload).map_err(|e| StepError::Permanent(format!("no handler: {e}")))?;
     match job {
