@@ -44,12 +44,16 @@ async fn unknown_job_kinds_wait_for_a_newer_replica_then_go_dead(backend: Backen
     let tried = eventually(Duration::from_secs(10), || {
         let store = store.clone();
         async move {
+            // Tried, and the outcome recorded (a claimed job is `running` until then).
             let rows = store.list(Queue::Jobs, None, 10).await.unwrap_or_default();
-            rows.iter().filter(|r| r.attempts >= 1).count() == 2
+            rows.iter()
+                .filter(|r| r.attempts >= 1 && r.state != QueueState::Running)
+                .count()
+                == 2
         }
     })
     .await;
-    assert!(tried, "both were tried");
+    assert!(tried, "both were tried and their outcomes recorded");
     let rows = app.store.list(Queue::Jobs, None, 10).await.expect("list");
     let row = |id: i64| rows.iter().find(|r| r.id == id).expect("listed");
     let (waiting, spent) = (row(waiting), row(spent));
