@@ -53,7 +53,7 @@ pub async fn grant(
 ) -> Result<Granted, StepError> {
     let programme = &s.settings.programme;
     // The sides as the invite's experiment variant has them.
-    let variant = s.settings_for_invite(r.invite_id).await?;
+    let variant = s.settings_for_invite_in(tx, r.invite_id).await?;
     let now = s.now_ms();
     let available_at = now + duration_ms(programme.reward_hold);
     let since = now - duration_ms(programme.reward_cap_period);

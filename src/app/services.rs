@@ -64,6 +64,22 @@ impl Services {
         })
     }
 
+    /// The same, read in `tx`: a step that holds a connection must not wait for another
+    /// from the pool (under load, every connection may be held by such a step).
+    pub async fn settings_for_invite_in(
+        &self,
+        tx: &mut crate::store::Tx,
+        invite_id: i64,
+    ) -> Result<&Arc<Settings>, crate::store::StoreError> {
+        if self.experiments.is_empty() {
+            return Ok(&self.settings);
+        }
+        Ok(match tx.invite_variant(invite_id).await? {
+            Some((experiment, variant)) => self.settings_for(experiment.as_deref(), variant.as_deref()),
+            None => &self.settings,
+        })
+    }
+
     /// Milliseconds since the Unix epoch, by the store's clock (which tests move).
     pub fn now_ms(&self) -> i64 {
         self.store.now_ms()

@@ -75,6 +75,16 @@ async fn invite_by_key_in(conn: &mut AnyConnection, trigger_key: &str) -> Result
 }
 
 impl Tx {
+    /// The experiment and variant an invite was given, read in this step's transaction.
+    pub async fn invite_variant(&mut self, id: i64) -> Result<Option<(Option<String>, Option<String>)>, StoreError> {
+        Ok(sqlx::query_as::<_, (Option<String>, Option<String>)>(
+            "SELECT experiment, variant FROM invites WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.read())
+        .await?)
+    }
+
     /// The contact's referral code, created on first use. `generate` proposes codes; a
     /// collision with another contact's code is retried under the unique constraint.
     pub async fn customer_code(
@@ -149,9 +159,11 @@ impl Tx {
         cooldown_start: i64,
         max_invites: i64,
     ) -> Result<bool, StoreError> {
+        // `<=`: a cooldown of 0 lets a second trigger through even within the same
+        // millisecond (with `<` it lost the gate as a concurrent invite).
         let gate = sqlx::query(
             "UPDATE customers SET last_invite_at = $1, invite_count = invite_count + 1 WHERE contact_id = $2 \
-             AND (last_invite_at IS NULL OR last_invite_at < $3) AND invite_count < $4",
+             AND (last_invite_at IS NULL OR last_invite_at <= $3) AND invite_count < $4",
         )
         .bind(self.now_ms())
         .bind(contact_id)
