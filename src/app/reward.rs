@@ -266,11 +266,7 @@ async fn issue_locally(
         RewardKind::StaticCode => Some(side.static_code.clone()),
         _ => None,
     };
-    tx.mark_reward_issued(reward_id, code.as_deref(), None).await?;
-    let reward = tx
-        .reward(reward_id)
-        .await?
-        .ok_or_else(|| StepError::Permanent(format!("reward {reward_id} not found")))?;
+    let reward = tx.mark_reward_issued(reward_id, code.as_deref(), None).await?;
     let given = code.unwrap_or_else(|| side.description_in(&reward.language).to_string());
     // Read in the transaction: it holds a connection, and another could be long coming.
     let last_inbound_at = match window_to_check(&reward, referral) {

@@ -353,38 +353,39 @@ impl Tx {
             .await?)
     }
 
-    /// Marks a reward that is being issued as issued. [`StoreError::Conflict`] when it is
-    /// no longer `issuing` (another attempt, whose lease lapsed, issued it first).
+    /// Marks a reward that is being issued as issued; returns it as it is now.
+    /// [`StoreError::Conflict`] when it is no longer `issuing` (another attempt, whose
+    /// lease lapsed, issued it first).
     pub async fn mark_reward_issued(
         &mut self,
         id: i64,
         code: Option<&str>,
         external_ref: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let issued = sqlx::query(
+    ) -> Result<RewardRow, StoreError> {
+        let sql = format!(
             "UPDATE rewards SET state = $1, code = $2, external_ref = $3, last_error = NULL, updated_at = $4 \
-             WHERE id = $5 AND state = $6 RETURNING referral_id, beneficiary, amount, currency",
-        )
-        .bind(RewardState::Issued.as_str())
-        .bind(code)
-        .bind(external_ref)
-        .bind(self.now_ms())
-        .bind(id)
-        .bind(RewardState::Issuing.as_str())
-        .fetch_optional(self.write()?)
-        .await?;
+             WHERE id = $5 AND state = $6 RETURNING {REWARD_COLUMNS}"
+        );
+        let issued = sqlx::query_as::<_, RewardRow>(&sql)
+            .bind(RewardState::Issued.as_str())
+            .bind(code)
+            .bind(external_ref)
+            .bind(self.now_ms())
+            .bind(id)
+            .bind(RewardState::Issuing.as_str())
+            .fetch_optional(self.write()?)
+            .await?;
         let Some(issued) = issued else {
             return Err(StoreError::Conflict(format!("reward {id} is no longer issuing")));
         };
-        let referral_id: i64 = issued.try_get("referral_id")?;
-        let beneficiary: String = issued.try_get("beneficiary")?;
         self.tally_reward_cost(
-            referral_id,
-            beneficiary,
-            issued.try_get("amount")?,
-            issued.try_get("currency")?,
+            issued.referral_id,
+            issued.beneficiary.as_str().to_string(),
+            issued.amount,
+            issued.currency.clone(),
         );
-        self.note_rewarded(referral_id).await
+        self.note_rewarded(issued.referral_id).await?;
+        Ok(issued)
     }
 
     /// Cancels a referral's rewards that are not issued yet; returns how many.

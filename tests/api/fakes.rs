@@ -374,6 +374,21 @@ impl Lifecycle {
         self.app.store.enqueue_job(&late).await.expect("enqueue");
     }
 
+    /// HubSpot's contact search finds `contact` (one result, in HubSpot's shape), ahead
+    /// of the default empty answer; only for a search whose body names `phone`, when given.
+    pub async fn hubspot_search_finds(&self, phone: Option<&str>, contact: Value) {
+        let mut search = wiremock::Mock::given(wiremock::matchers::method("POST"))
+            .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"));
+        if let Some(phone) = phone {
+            search = search.and(wiremock::matchers::body_string_contains(phone));
+        }
+        search
+            .respond_with(wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [contact]})))
+            .with_priority(1)
+            .mount(&self.hubspot)
+            .await;
+    }
+
     /// The properties of each PATCH to `contact` among the HubSpot calls after the first
     /// `before`.
     pub async fn contact_writes_since(&self, before: usize, contact: &str) -> Vec<Value> {

@@ -329,15 +329,11 @@ async fn reply_without_token_is_matched_by_context_id(backend: Backend) {
 /// and the friend's status goes to that contact.
 async fn a_friend_known_to_hubspot_is_recorded_by_screening(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
-            {"id": "777", "properties": {"mobilephone": "+44 7911 123457", "lifecyclestage": "lead"}}]})),
-        )
-        .with_priority(1)
-        .mount(&lc.hubspot)
-        .await;
+    lc.hubspot_search_finds(
+        None,
+        json!({"id": "777", "properties": {"mobilephone": "+44 7911 123457", "lifecyclestage": "lead"}}),
+    )
+    .await;
     let (_, token, flow_wamid) = to_flow(&lc).await;
     let reply = flow_reply(
         REFERRER_PHONE,
@@ -377,16 +373,11 @@ async fn a_friend_known_to_hubspot_is_recorded_by_screening(backend: Backend) {
 async fn friend_already_nominated_or_customer(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     // The HubSpot search finds the second friend as a customer.
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"))
-        .and(wiremock::matchers::body_string_contains("+447911123458"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
-            {"id": "777", "properties": {"mobilephone": "+44 7911 123458", "lifecyclestage": "customer"}}]})),
-        )
-        .with_priority(1)
-        .mount(&lc.hubspot)
-        .await;
+    lc.hubspot_search_finds(
+        Some("+447911123458"),
+        json!({"id": "777", "properties": {"mobilephone": "+44 7911 123458", "lifecyclestage": "customer"}}),
+    )
+    .await;
     let (_, token, _) = to_flow(&lc).await;
     let first = flow_reply(
         REFERRER_PHONE,
@@ -792,15 +783,11 @@ async fn a_failed_status_delivered_again_keeps_a_later_resume(backend: Backend) 
 async fn stop_keyword_and_user_preferences(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     // HubSpot knows the number as Ana's contact.
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
-            {"id": ANA, "properties": {"mobilephone": "07911 123456", "phone": ""}}]})),
-        )
-        .with_priority(1)
-        .mount(&lc.hubspot)
-        .await;
+    lc.hubspot_search_finds(
+        None,
+        json!({"id": ANA, "properties": {"mobilephone": "07911 123456", "phone": ""}}),
+    )
+    .await;
     for n in 0..2 {
         assert_eq!(
             lc.inbound(text_message(REFERRER_PHONE, &format!("wamid.STOP{n}"), " stop "))

@@ -279,15 +279,11 @@ async fn an_expired_referral_or_an_opted_out_referrer_is_not_nudged(backend: Bac
 async fn a_refused_nomination_is_not_nudged(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
     // HubSpot knows the friend as a customer already: the screening refuses the nomination.
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .and(wiremock::matchers::path("/crm/v3/objects/contacts/search"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200).set_body_json(json!({"total": 1, "results": [
-            {"id": "777", "properties": {"mobilephone": FRIEND_PHONE, "lifecyclestage": "customer"}}]})),
-        )
-        .with_priority(1)
-        .mount(&lc.hubspot)
-        .await;
+    lc.hubspot_search_finds(
+        None,
+        json!({"id": "777", "properties": {"mobilephone": FRIEND_PHONE, "lifecyclestage": "customer"}}),
+    )
+    .await;
     crate::lifecycle::nominate_friend(&lc, true).await;
     let referral = lc.app.store.list_referrals(1).await.expect("referrals")[0].clone();
     assert_eq!(referral.state, referloop::domain::referral::ReferralState::Refused);

@@ -597,14 +597,21 @@ async fn fulfilment_webhook_is_signed(backend: Backend) {
 /// The friend's status jobs of one referral run side by side and in any order: a late
 /// one never sets HubSpot back. Overtaken by the referral it writes nothing; the
 /// conversion's, after the friend's reward, writes `rewarded` as the reward's did.
-async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
-    let lc = Lifecycle::start(backend, |_| {}).await;
-    let (referral_id, code) = invited_friend(&lc).await;
+/// A friend invited and converted through the API, both sides rewarded and every job
+/// done: `(referral id, code)`.
+async fn rewarded_referral(lc: &Lifecycle) -> (i64, String) {
+    let invited = invited_friend(lc).await;
     let (status, _) = lc
         .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
         .await;
     assert_eq!(status, 201);
     lc.settle().await;
+    invited
+}
+
+async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
+    let lc = Lifecycle::start(backend, |_| {}).await;
+    let (referral_id, code) = rewarded_referral(&lc).await;
     let before = lc.hubspot_calls().await.len();
     for (n, state) in [(1, ReferralState::FriendInvited), (2, ReferralState::Converted)] {
         lc.enqueue_as(&format!("test:late:{n}"), &Job::SyncFriend { referral_id, state })
@@ -630,12 +637,7 @@ async fn late_friend_status_jobs_never_set_hubspot_back(backend: Backend) {
 /// job writes nothing, with one it writes only the code.
 async fn late_invite_jobs_leave_the_referrers_reward_status(backend: Backend) {
     let lc = Lifecycle::start(backend, |_| {}).await;
-    invited_friend(&lc).await;
-    let (status, _) = lc
-        .api_conversion(json!({"external_id": "order-1", "friend_phone": FRIEND_PHONE}))
-        .await;
-    assert_eq!(status, 201);
-    lc.settle().await;
+    rewarded_referral(&lc).await;
     let invite_id = lc.invite_id().await;
     let before = lc.hubspot_calls().await.len();
     lc.enqueue_late_referrer_statuses(
