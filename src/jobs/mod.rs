@@ -255,15 +255,42 @@ impl Worker {
         alone.extend(self.apply_statuses(queue, statuses).await);
         alone.sort_by_key(|item| item.id);
         let mut first_error = None;
+        // Plain completions of the items handled one by one, recorded together at the end
+        // (their leases are kept until then).
+        let mut ended = Vec::new();
         for item in alone {
             // One item's unrecorded outcome must not strand the others of the batch.
-            if let Err(e) = self.handle_one(item).await {
+            if let Err(e) = self.handle_one_ending(item, Some(&mut ended)).await {
                 tracing::error!(queue = queue.name(), error = %e, "worker could not record an item's outcome");
                 first_error.get_or_insert(e);
             }
         }
+        if let Err(e) = self.complete_ended(queue, ended).await {
+            tracing::error!(queue = queue.name(), error = %e, "worker could not record items' completions");
+            first_error.get_or_insert(e);
+        }
         heartbeat.abort();
         first_error.map_or(Ok(true), Err)
+    }
+
+    /// Records the plain completions `ended` in one statement.
+    async fn complete_ended(&self, queue: Queue, ended: Vec<(i64, String)>) -> Result<(), StoreError> {
+        if ended.is_empty() {
+            return Ok(());
+        }
+        let items: Vec<(i64, String, String)> = ended
+            .into_iter()
+            .map(|(id, note)| (id, self.owner.clone(), note))
+            .collect();
+        let held = self.store.complete_many(queue, &items).await?;
+        for (id, _, _) in items.iter().filter(|(id, _, _)| !held.contains(id)) {
+            tracing::warn!(
+                queue = queue.name(),
+                id,
+                "lease lost before completion; another worker owns the item now"
+            );
+        }
+        Ok(())
     }
 
     /// Applies a batch of status events in one transaction; returns those it left (for
@@ -313,6 +340,17 @@ impl Worker {
 
     /// Handles one claimed item inside its own span.
     async fn handle_one(&self, item: ClaimedItem) -> Result<(), StoreError> {
+        self.handle_one_ending(item, None).await
+    }
+
+    /// As [`Worker::handle_one`]; a plain completion (a step that committed nothing of its
+    /// own) is added to `ended` when given, for the caller to record with others, rather
+    /// than recorded at once.
+    async fn handle_one_ending(
+        &self,
+        item: ClaimedItem,
+        ended: Option<&mut Vec<(i64, String)>>,
+    ) -> Result<(), StoreError> {
         let span = tracing::info_span!(
             "work",
             queue = item.queue.name(),
@@ -320,10 +358,10 @@ impl Worker {
             kind = %crate::telemetry::escape(&item.kind.to_string()),
             attempt = item.attempts
         );
-        self.handle(item).instrument(span).await
+        self.handle(item, ended).instrument(span).await
     }
 
-    async fn handle(&self, item: ClaimedItem) -> Result<(), StoreError> {
+    async fn handle(&self, item: ClaimedItem, ended: Option<&mut Vec<(i64, String)>>) -> Result<(), StoreError> {
         let queue = item.queue.name();
         if item.attempts > item.max_attempts {
             // Its last attempt's worker vanished (the lease lapsed): nothing left to try.
@@ -369,6 +407,12 @@ impl Worker {
             }
         };
         match outcome {
+            Ok(Outcome::Done(note)) if ended.is_some() => {
+                if let Some(ended) = ended {
+                    ended.push((item.id, note));
+                }
+                self.metrics.worker_outcome(queue, QueueState::Done.as_str());
+            }
             Ok(Outcome::Done(note)) => {
                 let completed = match &self.completions {
                     Some(completions) if item.queue == Queue::Jobs => {

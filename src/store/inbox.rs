@@ -38,30 +38,51 @@ fn insert_sql(rows: usize) -> String {
     sql
 }
 
+/// Binds `events` to an [`insert_sql`] statement (after any rows already bound).
+fn bind_events<'q>(
+    mut insert: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    events: &'q [NewInboxEvent],
+    max_attempts: i64,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for event in events {
+        insert = insert
+            .bind(event.source.as_str())
+            .bind(event.dedupe_key.as_str())
+            .bind(event.kind.name())
+            .bind(event.payload.as_str())
+            .bind(max_attempts)
+            .bind(now);
+    }
+    insert
+}
+
 impl Store {
-    /// Stores a webhook's events in one transaction; redelivered events are skipped by
-    /// the unique key. Returns how many were new. The caller acknowledges only after this.
+    /// Stores a webhook's events atomically; redelivered events are skipped by the unique
+    /// key. Returns how many were new. The caller acknowledges only after this. Events
+    /// that fit one statement are written by it alone (no BEGIN and COMMIT round trips);
+    /// more take one transaction.
     pub async fn insert_inbox_events(&self, events: &[NewInboxEvent], max_attempts: i64) -> Result<u64, StoreError> {
         let _turn = self.write_turn().await;
         if events.is_empty() {
             return Ok(0);
         }
         let now = self.now_ms();
+        if events.len() <= INSERT_CHUNK {
+            let sql = insert_sql(events.len());
+            let inserted = bind_events(sqlx::query(&sql), events, max_attempts, now)
+                .execute(&self.pool)
+                .await?;
+            return Ok(inserted.rows_affected());
+        }
         let mut tx = self.pool.begin().await?;
         let mut inserted = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = insert_sql(chunk.len());
-            let mut insert = sqlx::query(&sql);
-            for event in chunk {
-                insert = insert
-                    .bind(event.source.as_str())
-                    .bind(event.dedupe_key.as_str())
-                    .bind(event.kind.name())
-                    .bind(event.payload.as_str())
-                    .bind(max_attempts)
-                    .bind(now);
-            }
-            inserted += insert.execute(&mut *tx).await?.rows_affected();
+            inserted += bind_events(sqlx::query(&sql), chunk, max_attempts, now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         }
         tx.commit().await?;
         Ok(inserted)
@@ -86,15 +107,7 @@ impl Store {
         let sql = format!("{} RETURNING source, dedupe_key", insert_sql(rows));
         let mut insert = sqlx::query(&sql);
         for (events, max_attempts) in requests {
-            for event in events.iter() {
-                insert = insert
-                    .bind(event.source.as_str())
-                    .bind(event.dedupe_key.as_str())
-                    .bind(event.kind.name())
-                    .bind(event.payload.as_str())
-                    .bind(*max_attempts)
-                    .bind(now);
-            }
+            insert = bind_events(insert, events, *max_attempts, now);
         }
         let inserted = insert
             .fetch_all(&self.pool)

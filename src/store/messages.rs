@@ -5,6 +5,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, FromRow, Row};
 
 use super::jobs::NewJob;
+use super::queue::{padded, placeholders};
 use super::tx::{TallyKey, Tx};
 use super::{row_where, typed_column, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::funnel::Step;
@@ -144,15 +145,17 @@ impl Tx {
         } else {
             format!(
                 " OR (wamid IS NULL AND idempotency_key IN ({}))",
-                super::queue::placeholders(1 + wamids.len(), keys.len())
+                placeholders(1 + wamids.len(), keys.len())
             )
         };
         let sql = format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE wamid IN ({}){by_key} ORDER BY id{}",
-            super::queue::placeholders(1, wamids.len()),
+            placeholders(1, wamids.len()),
             self.lock_clause()
         );
-        let mut select = sqlx::query_as::<_, MessageRow>(&sql);
+        // Planned afresh each time: a generic plan of a list lookup, made while `messages`
+        // was small (a new install), scans the table whole long after it has grown.
+        let mut select = sqlx::query_as::<_, MessageRow>(&sql).persistent(false);
         for value in wamids.iter().chain(keys) {
             select = select.bind(*value);
         }
@@ -166,7 +169,7 @@ impl Tx {
         if moves.is_empty() {
             return Ok(());
         }
-        let rows = (0..moves.len())
+        let rows = (0..padded(moves.len()))
             .map(|n| format!("(${}, ${}, ${}, ${})", 2 + 4 * n, 3 + 4 * n, 4 + 4 * n, 5 + 4 * n))
             .collect::<Vec<_>>()
             .join(", ");
@@ -185,6 +188,13 @@ impl Tx {
                 .bind(m.from.as_str())
                 .bind(m.to.as_str())
                 .bind(m.wamid.as_deref());
+        }
+        for _ in moves.len()..padded(moves.len()) {
+            update = update
+                .bind(None::<i64>)
+                .bind(None::<String>)
+                .bind(None::<String>)
+                .bind(None::<String>);
         }
         let done = update.execute(self.write()?).await?;
         if done.rows_affected() != moves.len() as u64 {

@@ -165,6 +165,18 @@ impl ListedRow {
     }
 }
 
+/// The number of rows a batched statement is written for when it carries `count`: the
+/// next power of two. The rows past `count` are bound to NULLs, which match nothing, so
+/// that each batched statement has a handful of texts rather than one per batch size:
+/// each is then prepared once per connection and, once warm, runs a generic plan rather
+/// than being parsed and planned for every new size. Only statements that reach their
+/// rows by primary key (`… FROM (VALUES …) WHERE t.id = v.id`) are padded: their generic
+/// plan is the same index lookup whatever the table's size when it was made. A lookup
+/// by a list of other keys is planned afresh instead (see `messages_by_wamids_for_update`).
+pub(super) fn padded(count: usize) -> usize {
+    count.max(1).next_power_of_two()
+}
+
 /// `$first, $first+1, …`: `count` numbered placeholders (both backends accept `$n`).
 pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
@@ -177,6 +189,13 @@ pub(super) fn placeholders(first: usize, count: usize) -> String {
 fn q(state: QueueState) -> &'static str {
     state.as_str()
 }
+
+/// The oldest due items an inbox loop claims at a time, besides its batch of statuses.
+/// The events other than statuses are about one a referral step (a trigger, a tap, a
+/// Flow reply): claimed one at a time, they cost a claim each, the dearest statement of
+/// the inbox (it is planned afresh, see [`Store::claim_where`]). They change only the
+/// database, so a loop runs a few in a row in little time.
+pub const OLDEST_PER_CLAIM: usize = 4;
 
 impl Store {
     /// Claims the next due item for `owner` until `now + lease_ms`.
@@ -222,11 +241,10 @@ impl Store {
         self.claim_where(queue, owner, lease_ms, &candidates).await
     }
 
-    /// Claims, for `owner` until `now + lease_ms`, the oldest due item of any kind (or
-    /// one whose lease lapsed) and with it up to `limit` due items of the batchable
-    /// `kind` (Meta's statuses, found through their own index): a loop handles the
-    /// batch together and the rest as usual, so other events keep the latency and the
-    /// parallelism of one claim each.
+    /// Claims, for `owner` until `now + lease_ms`, the [`OLDEST_PER_CLAIM`] (at most
+    /// `limit`) oldest due items of any kind, one whose lease lapsed, and with them up to
+    /// `limit` due items of the batchable `kind` (Meta's statuses, found through their own
+    /// index): a loop handles the batch together and the rest one by one, in arrival order.
     pub async fn claim_batch(
         &self,
         queue: Queue,
@@ -239,12 +257,14 @@ impl Store {
         let (waiting, running) = (sql_list(QueueState::WAITING), QueueState::Running.as_str());
         let lock = self.skip_locked();
         let limit = limit.min(crate::config::MAX_INBOX_BATCH);
+        // A batch of one means each event alone: then the oldest are taken one at a time too.
+        let oldest = OLDEST_PER_CLAIM.min(limit);
         // The kind is written into the statement (it is ours, not input), so that the
         // planner can use the partial index that names it.
         let kind = kind.as_str();
         let candidates = format!(
             "SELECT id FROM (SELECT id FROM {table} \
-                 WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT 1 {lock}) AS due \
+                 WHERE state IN ({waiting}) AND run_at <= $3 ORDER BY run_at, id LIMIT {oldest} {lock}) AS due \
              UNION \
              SELECT id FROM (SELECT id FROM {table} \
                  WHERE state = '{running}' AND lease_until < $3 ORDER BY lease_until LIMIT 1 {lock}) AS lapsed \
@@ -362,7 +382,7 @@ impl Store {
         }
         let _turn = self.write_turn().await;
         let table = queue.table();
-        let rows = (0..items.len())
+        let rows = (0..padded(items.len()))
             .map(|n| format!("(${}, ${}, ${})", 2 + 3 * n, 3 + 3 * n, 4 + 3 * n))
             .collect::<Vec<_>>()
             .join(", ");
@@ -377,6 +397,9 @@ impl Store {
         let mut update = sqlx::query_scalar(&sql).bind(self.now_ms());
         for (id, owner, note) in items {
             update = update.bind(*id).bind(owner.as_str()).bind(note.as_str());
+        }
+        for _ in items.len()..padded(items.len()) {
+            update = update.bind(None::<i64>).bind(None::<String>).bind(None::<String>);
         }
         Ok(update.fetch_all(&self.pool).await?)
     }

@@ -12,7 +12,7 @@ use sqlx::{Any, AnyConnection, Transaction};
 
 use super::faults::Faults;
 use super::jobs::NewJob;
-use super::queue::{placeholders, Queue};
+use super::queue::{padded, placeholders, Queue};
 use super::{Backend, Store, StoreError, WriteTurn};
 use crate::clock::Clock;
 use crate::domain::economics::Measure;
@@ -113,6 +113,16 @@ pub struct EconomicsEntry {
     /// Empty for a measure without a value (a free or unpriced message).
     pub currency: String,
     pub micros: i64,
+}
+
+/// One row of the funnel tally's statement: a step reached by an invite (`i`) or a
+/// referral (`r`), counted only when the referral was `after` a reminder or a nudge
+/// (when given).
+struct TallyRow {
+    kind: &'static str,
+    id: i64,
+    step: Step,
+    after: Option<&'static str>,
 }
 
 /// What a funnel step was reached by; its cohort is the trigger behind it.
@@ -255,7 +265,7 @@ impl Tx {
         // messages): summed per tally row in SQL, in a fixed order so that transactions
         // take the rows' locks in the same order.
         for chunk in entries.chunks(100) {
-            let values = (0..chunk.len())
+            let values = (0..padded(chunk.len()))
                 .map(|n| {
                     let p = 2 + 7 * n;
                     format!(
@@ -301,6 +311,17 @@ impl Tx {
                     .bind(entry.currency.clone())
                     .bind(id.rem_euclid(TALLY_SLOTS))
                     .bind(entry.micros);
+            }
+            // Padding rows have no kind: neither `u` nor a cohort found, so none is counted.
+            for _ in chunk.len()..padded(chunk.len()) {
+                insert = insert
+                    .bind(None::<String>)
+                    .bind(None::<i64>)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+                    .bind(None::<String>)
+                    .bind(None::<i64>)
+                    .bind(None::<i64>);
             }
             insert.execute(self.write()?).await?;
         }
@@ -352,73 +373,134 @@ impl Tx {
         Ok(())
     }
 
-    /// Adds the steps reached to the funnel's tally, last in the transaction and in a
-    /// fixed order, so tally rows are held only briefly. (Every step today tallies one
-    /// invite or referral; two transactions tallying several cohorts could wait on each
-    /// other, which PostgreSQL detects, failing one step, which is retried.) Each cohort's
-    /// counts are spread over a few rows so that busy days do not serialise.
+    /// Adds the steps reached to the funnel's tally, last in the transaction, in one
+    /// statement whose rows are taken in a fixed order (tally rows are held only briefly,
+    /// and two transactions lock shared rows in the same order), and the referrers' own
+    /// tally in another. Each cohort's counts are spread over a few rows so that busy
+    /// days do not serialise.
     async fn write_tally(&mut self) -> Result<(), StoreError> {
         let mut tally = std::mem::take(&mut self.tally);
+        if tally.is_empty() {
+            return Ok(());
+        }
         tally.sort();
-        for (key, step) in tally {
-            let (source, id) = match key {
-                TallyKey::Invite(id) => ("invites i WHERE i.id = $3", id),
-                TallyKey::Referral(id) => ("referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $3", id),
+        let mut steps: Vec<TallyRow> = Vec::with_capacity(tally.len() * 2);
+        let mut referrers: Vec<(i64, &'static str)> = Vec::new();
+        for &(key, step) in &tally {
+            let (kind, id) = match key {
+                TallyKey::Invite(id) => ("i", id),
+                TallyKey::Referral(id) => ("r", id),
             };
-            let sql = format!(
-                "INSERT INTO funnel_tally (day, trigger, step, slot, n) \
-                 SELECT i.created_at / {DAY_MS}, i.trigger, $1, $2, 1 FROM {source} \
-                 ON CONFLICT (day, trigger, step, slot) DO UPDATE SET n = funnel_tally.n + 1"
-            );
-            sqlx::query(&sql)
-                .bind(step.as_str())
-                .bind(id.rem_euclid(TALLY_SLOTS))
-                .bind(id)
-                .execute(self.write()?)
-                .await?;
-            if self.experiments {
-                let source = match key {
-                    TallyKey::Invite(_) => "FROM invites i WHERE i.id = $7",
-                    TallyKey::Referral(_) => "FROM referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $7",
-                };
-                self.tally_variant(source, id, STEP_MEASURE, step.as_str(), "", 0)
-                    .await?;
-            }
+            steps.push(TallyRow {
+                kind,
+                id,
+                step,
+                after: None,
+            });
             if let (TallyKey::Referral(id), Step::Nominated | Step::Converted) = (key, step) {
                 // What came after a reminder: the same step again, under its own name,
                 // when the referral's invite had been reminded (before this step,
                 // necessarily: a reminder is only queued for an invite nobody acted on),
                 // and a conversion of a referral whose referrer had been nudged.
-                let mut after = vec![match step {
-                    Step::Nominated => (Step::NominatedAfterReminder, "i.reminded_at"),
-                    _ => (Step::ConvertedAfterReminder, "i.reminded_at"),
-                }];
+                let after_reminder = match step {
+                    Step::Nominated => Step::NominatedAfterReminder,
+                    _ => Step::ConvertedAfterReminder,
+                };
+                steps.push(TallyRow {
+                    kind,
+                    id,
+                    step: after_reminder,
+                    after: Some("reminded"),
+                });
                 if step == Step::Converted {
-                    after.push((Step::ConvertedAfterNudge, "r.nudged_at"));
+                    steps.push(TallyRow {
+                        kind,
+                        id,
+                        step: Step::ConvertedAfterNudge,
+                        after: Some("nudged"),
+                    });
                 }
-                for (after, marked) in after {
-                    let sql = format!(
-                        "INSERT INTO funnel_tally (day, trigger, step, slot, n) \
-                         SELECT i.created_at / {DAY_MS}, i.trigger, $1, $2, 1 FROM referrals r \
-                         JOIN invites i ON i.id = r.invite_id WHERE r.id = $3 AND {marked} IS NOT NULL \
-                         ON CONFLICT (day, trigger, step, slot) DO UPDATE SET n = funnel_tally.n + 1"
-                    );
-                    sqlx::query(&sql)
-                        .bind(after.as_str())
-                        .bind(id.rem_euclid(TALLY_SLOTS))
-                        .bind(id)
-                        .execute(self.write()?)
-                        .await?;
-                }
-                sqlx::query(
-                    "INSERT INTO referrer_tally (contact_id, step, n) \
-                     SELECT referrer_contact_id, $1, 1 FROM referrals WHERE id = $2 \
-                     ON CONFLICT (contact_id, step) DO UPDATE SET n = referrer_tally.n + 1",
+                referrers.push((id, step.as_str()));
+            }
+        }
+        let rows = (0..padded(steps.len()))
+            .map(|n| {
+                let p = 1 + 5 * n;
+                format!(
+                    "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS TEXT))",
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
                 )
-                .bind(step.as_str())
-                .bind(id)
-                .execute(self.write()?)
-                .await?;
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A row marked `reminded` or `nudged` counts only when its referral was; padding
+        // rows (no kind) find no invite.
+        let sql = format!(
+            "WITH v (kind, id, step, slot, after) AS (VALUES {rows}) \
+             INSERT INTO funnel_tally (day, trigger, step, slot, n) \
+             SELECT i.created_at / {DAY_MS}, i.trigger, v.step, v.slot, COUNT(*) \
+             FROM v \
+             LEFT JOIN referrals r ON v.kind = 'r' AND r.id = v.id \
+             JOIN invites i ON i.id = CASE WHEN v.kind = 'r' THEN r.invite_id WHEN v.kind = 'i' THEN v.id END \
+             WHERE v.after IS NULL OR (v.after = 'reminded' AND i.reminded_at IS NOT NULL) \
+                OR (v.after = 'nudged' AND r.nudged_at IS NOT NULL) \
+             GROUP BY 1, 2, v.step, v.slot ORDER BY 1, 2, 3, 4 \
+             ON CONFLICT (day, trigger, step, slot) DO UPDATE SET n = funnel_tally.n + excluded.n"
+        );
+        let mut insert = sqlx::query(&sql);
+        for row in &steps {
+            insert = insert
+                .bind(row.kind)
+                .bind(row.id)
+                .bind(row.step.as_str())
+                .bind(row.id.rem_euclid(TALLY_SLOTS))
+                .bind(row.after);
+        }
+        for _ in steps.len()..padded(steps.len()) {
+            insert = insert
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<String>)
+                .bind(None::<i64>)
+                .bind(None::<String>);
+        }
+        insert.execute(self.write()?).await?;
+        if !referrers.is_empty() {
+            let rows = (0..padded(referrers.len()))
+                .map(|n| format!("(CAST(${} AS BIGINT), CAST(${} AS TEXT))", 1 + 2 * n, 2 + 2 * n))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "WITH v (id, step) AS (VALUES {rows}) \
+                 INSERT INTO referrer_tally (contact_id, step, n) \
+                 SELECT r.referrer_contact_id, v.step, COUNT(*) FROM v JOIN referrals r ON r.id = v.id \
+                 WHERE v.step IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2 \
+                 ON CONFLICT (contact_id, step) DO UPDATE SET n = referrer_tally.n + excluded.n"
+            );
+            let mut insert = sqlx::query(&sql);
+            for (id, step) in &referrers {
+                insert = insert.bind(*id).bind(*step);
+            }
+            for _ in referrers.len()..padded(referrers.len()) {
+                insert = insert.bind(None::<i64>).bind(None::<String>);
+            }
+            insert.execute(self.write()?).await?;
+        }
+        if self.experiments {
+            for (key, step) in tally {
+                let (source, id) = match key {
+                    TallyKey::Invite(id) => ("FROM invites i WHERE i.id = $7", id),
+                    TallyKey::Referral(id) => (
+                        "FROM referrals r JOIN invites i ON i.id = r.invite_id WHERE r.id = $7",
+                        id,
+                    ),
+                };
+                self.tally_variant(source, id, STEP_MEASURE, step.as_str(), "", 0)
+                    .await?;
             }
         }
         Ok(())
@@ -478,7 +560,7 @@ impl Tx {
             return Err(StoreError::Misuse("finish_batch given an item outside the batch"));
         }
         if !done.is_empty() {
-            let rows = (0..done.len())
+            let rows = (0..padded(done.len()))
                 .map(|n| format!("(${}, ${})", 3 + 2 * n, 4 + 2 * n))
                 .collect::<Vec<_>>()
                 .join(", ");
@@ -493,6 +575,9 @@ impl Tx {
             let mut end = sqlx::query(&sql).bind(self.now_ms()).bind(&batch.owner);
             for (id, note) in done {
                 end = end.bind(*id).bind(note.as_str());
+            }
+            for _ in done.len()..padded(done.len()) {
+                end = end.bind(None::<i64>).bind(None::<String>);
             }
             let ended = end.execute(self.write()?).await?;
             if ended.rows_affected() != done.len() as u64 {
