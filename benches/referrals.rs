@@ -22,7 +22,9 @@
 //!
 //!   cargo bench --bench referrals -- --status-flood 1000 --seconds 60
 //!
-//! The last line is for scripts:
+//! Before it, `machine speed:` reads this machine's speed (SHA-256 on one core) before and
+//! after the run: the kind of machine it runs on drifts by up to half within minutes, so
+//! only runs with similar readings compare. The last line is for scripts:
 //! `status flood: R messages/s, E status events/s, backlog bounded: yes|no`
 //! (bounded: after the last second of posting, at most two seconds' worth of events
 //! were still waiting).
@@ -113,9 +115,18 @@ fn status_webhook(n: u64, status: &str) -> Vec<u8> {
 async fn main() {
     let args = Args::parse();
     let database_url = common::fresh_postgres().await;
-    match args.referrals {
-        Some(count) => whole_referrals(&args, &database_url, count).await,
+    let speed_before = common::machine_speed();
+    let for_scripts = match args.referrals {
+        Some(count) => Some(whole_referrals(&args, &database_url, count).await),
         None => status_flood(&args, &database_url).await,
+    };
+    println!(
+        "machine speed: SHA-256 at {speed_before:.0} MB/s on one core before, {:.0} after \
+         (it drifts; compare runs with similar readings)",
+        common::machine_speed()
+    );
+    if let Some(line) = for_scripts {
+        println!("{line}");
     }
 }
 
@@ -140,7 +151,8 @@ fn settings(args: &Args, database_url: &str, extra: &[(&str, String)]) -> Settin
     Settings::load_from(None, env).expect("settings")
 }
 
-async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
+/// Returns the line for scripts.
+async fn whole_referrals(args: &Args, database_url: &str, count: u64) -> String {
     let (outside, base, accepted) = outside::Outside::start(APP_SECRET).await;
     let token_hash = {
         use sha2::Digest;
@@ -177,8 +189,9 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) {
         "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} jobs at once (claimed {}+ at a time), pool {}",
         args.rate, args.inbox_loops, args.job_concurrency * args.job_batch, args.job_batch, args.pool
     );
-    whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
+    let for_scripts = whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
     store.close().await;
+    for_scripts
 }
 
 /// One replica's worker alone drains `waiting` events: its rate, and the CPU per event
@@ -213,7 +226,8 @@ where
     );
 }
 
-async fn status_flood(args: &Args, database_url: &str) {
+/// Returns the line for scripts (none with `--worker-after`).
+async fn status_flood(args: &Args, database_url: &str) -> Option<String> {
     let mut settings = settings(args, database_url, &[]);
     let worker_settings = settings.clone();
     // With --worker-after, the events are only stored while posting; a worker drains them after.
@@ -365,14 +379,14 @@ async fn status_flood(args: &Args, database_url: &str) {
     if args.worker_after {
         // Nothing was handled while posting: the figure above is the drain.
         store.close().await;
-        return;
+        return None;
     }
     let bounded = backlog_at_end <= i64::try_from(2 * 3 * args.status_flood).unwrap_or(i64::MAX);
-    println!(
+    store.close().await;
+    Some(format!(
         "status flood: {} messages/s, {} status events/s, backlog bounded: {}",
         args.status_flood,
         args.status_flood * 3,
         if bounded { "yes" } else { "no" }
-    );
-    store.close().await;
+    ))
 }

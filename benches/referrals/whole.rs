@@ -3,7 +3,7 @@
 //! people would (the customer taps "Refer someone" on the invite, fills the Flow with a
 //! consenting friend); a friend invited buys (a conversion through the API); Meta's
 //! statuses come back from the Graph fake. It reports rates, latencies and the largest
-//! backlog, then checks that every effect happened exactly once.
+//! backlog, then checks that every effect happened exactly once. Returns the line for scripts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -170,7 +170,7 @@ pub async fn run(
     mut accepted: mpsc::UnboundedReceiver<Sent>,
     count: u64,
     rate: u64,
-) {
+) -> String {
     let driver = Driver {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(64)
@@ -364,5 +364,5 @@ pub async fn run(
         missing
     );
     let per_second = if once { referrals_done as f64 / seconds } else { 0.0 };
-    println!("whole referrals per second: {per_second:.0}");
+    format!("whole referrals per second: {per_second:.0}")
 }
