@@ -45,7 +45,7 @@ pub use named::StoredName;
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};
 pub use phone::StoredPhone;
-pub use queue::{BatchableKind, ClaimedItem, Finished, Queue, QueueOutlook, QueueRow};
+pub use queue::{BatchableKind, ClaimedItem, Finished, Queue, QueueOutlook, QueueRow, OLDEST_PER_CLAIM};
 pub use referrals::{NewReferral, ReferralForCrm, ReferralInsert, ReferralRow};
 pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCounts, RewardTotal, TimelineEntry};
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};

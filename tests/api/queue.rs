@@ -5,9 +5,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use referloop::clock::system_ms;
+use referloop::domain::inbox::{InboxKind, NewInboxEvent, Source};
 use referloop::domain::state::Persisted;
 use referloop::domain::work::{ItemKind, JobKind};
-use referloop::store::{Backend, EnqueueOutcome, NewJob, Queue, QueueState, Store};
+use referloop::store::{Backend, BatchableKind, EnqueueOutcome, NewJob, Queue, QueueState, Store, OLDEST_PER_CLAIM};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -279,7 +280,56 @@ both_backends!(
     release_returns_the_attempt,
     concurrent_workers_never_claim_the_same_job,
     invite_gate_admits_one_of_concurrent_invites,
+    an_inbox_claim_takes_the_oldest_few_and_the_statuses,
 );
+
+/// An inbox loop's claim: the oldest events of any kind, a few at a time, and with them
+/// the statuses due (up to the batch); a batch of one takes one of each.
+async fn an_inbox_claim_takes_the_oldest_few_and_the_statuses(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let store = db.store().await;
+    let event = |n: usize, kind: InboxKind| NewInboxEvent {
+        source: Source::WhatsApp,
+        dedupe_key: format!("event:{n}"),
+        kind,
+        payload: "{}".into(),
+    };
+    // Six messages (a tap, a Flow reply, …) then three statuses, in arrival order.
+    let mut events: Vec<NewInboxEvent> = (0..6).map(|n| event(n, InboxKind::WhatsAppMessage)).collect();
+    events.extend((6..9).map(|n| event(n, InboxKind::WhatsAppStatus)));
+    for one in &events {
+        // One webhook each, so that they arrive in order.
+        store
+            .insert_inbox_events(std::slice::from_ref(one), 3)
+            .await
+            .expect("store");
+    }
+    let statuses = BatchableKind::WhatsAppStatus;
+    let kinds = |claimed: &[referloop::store::ClaimedItem]| -> Vec<String> {
+        claimed.iter().map(|item| item.kind.to_string()).collect()
+    };
+    let one_each = store
+        .claim_batch(Queue::Inbox, "a", 60_000, statuses, 1)
+        .await
+        .expect("claim");
+    assert_eq!(kinds(&one_each), ["whatsapp.message", "whatsapp.status"]);
+    let claimed = store
+        .claim_batch(Queue::Inbox, "b", 60_000, statuses, 100)
+        .await
+        .expect("claim");
+    let mut expected = vec!["whatsapp.message"; OLDEST_PER_CLAIM];
+    expected.extend(["whatsapp.status"; 2]);
+    assert_eq!(
+        kinds(&claimed),
+        expected,
+        "the {OLDEST_PER_CLAIM} oldest and every status left"
+    );
+    let rest = store
+        .claim_batch(Queue::Inbox, "c", 60_000, statuses, 100)
+        .await
+        .expect("claim");
+    assert_eq!(kinds(&rest), ["whatsapp.message"], "the one message left");
+}
 
 /// Two triggers for one contact handled at the same instant: the invite gate admits one.
 async fn invite_gate_admits_one_of_concurrent_invites(backend: Backend) {
