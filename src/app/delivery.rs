@@ -13,7 +13,8 @@ use crate::domain::referral::ReferralEvent;
 use crate::domain::send_window::{cap_frees_at, HoldReason, LocalZone, SendTiming, CAP_PERIOD};
 use crate::domain::state::Persisted;
 use crate::store::{
-    duration_ms, BatchLease, Cohort, DeliveredCharge, ItemEnd, MessageRow, MessageToSend, NewMessage, StatusMove, Tx,
+    duration_ms, Acceptance, BatchLease, Cohort, DeliveredCharge, ItemEnd, MessageRow, MessageToSend, NewMessage,
+    StatusMove, Tx,
 };
 use crate::whatsapp::inbound::{StatusUpdate, TemplateCategoryUpdate, TemplateQualityUpdate, TemplateStatusUpdate};
 use jiff::Timestamp;
@@ -144,10 +145,14 @@ pub async fn send(s: &Services, work: &Work, message_id: i64) -> StepResult {
 /// (matched by its callback data while this request was in flight), in which case the
 /// message has moved on and only its wamid is missing, if anything.
 async fn record_acceptance(s: &Services, work: &Work, message_id: i64, wamid: &str) -> StepResult {
-    // Nothing moved the message: one statement, and the job ends with the others that
-    // finish meanwhile (the acceptance causes nothing else to commit with it).
-    if s.store.accept_sending(message_id, wamid).await? {
-        return Outcome::done(format!("accepted as {wamid}"));
+    // Nothing moved the message: one statement, which on PostgreSQL ends the job too (the
+    // acceptance causes nothing else to commit with it).
+    let note = format!("accepted as {wamid}");
+    match s.store.accept_sending(message_id, wamid, &work.lease, &note).await? {
+        Acceptance::Ended(committed) => return Ok(committed.into()),
+        // The job ends with the others that finish meanwhile (or, its lease lost, says so).
+        Acceptance::Recorded => return Outcome::done(note),
+        Acceptance::Moved => {}
     }
     let mut tx = s.store.begin(Some(&work.lease)).await?;
     let Some(message) = tx.message_for_update(message_id).await? else {

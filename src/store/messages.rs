@@ -6,14 +6,26 @@ use sqlx::{AnyConnection, FromRow, Row};
 
 use super::jobs::NewJob;
 use super::queue::{padded, placeholders};
-use super::tx::{TallyKey, Tx};
-use super::{row_where, typed_column, Store, StoreError, StoredFlag, StoredName, StoredPhone};
+use super::tx::{Committed, ItemEnd, Lease, TallyKey, Tx};
+use super::{row_where, typed_column, Backend, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::funnel::Step;
 use crate::domain::messaging::{MessagePurpose, MessageStatus, TemplateEvent};
 use crate::domain::phone::E164;
 use crate::domain::send_window::{HoldReason, LocalZone, SendTiming};
-use crate::domain::state::{sql_list, Persisted};
+use crate::domain::state::{sql_list, Persisted, QueueState};
 use crate::domain::work::Job;
+
+/// What [`Store::accept_sending`] did.
+#[derive(Debug)]
+pub enum Acceptance {
+    /// The message had moved since it was marked `sending` (a status recorded first, a
+    /// lapsed attempt): nothing written.
+    Moved,
+    /// The acceptance is recorded; the job is still to be completed.
+    Recorded,
+    /// The acceptance is recorded and the job ended with it, in one commit.
+    Ended(Committed),
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct MessageRow {
@@ -436,14 +448,57 @@ impl Store {
     }
 
     /// Records Meta's acceptance of a send that nothing moved since it was marked
-    /// `sending`, on its own: the send job then ends through the shared completions, and
-    /// a crash in between only reruns a job that finds its message accepted. False when
-    /// the message moved (the caller then records it in a transaction).
-    pub async fn accept_sending(&self, id: i64, wamid: &str) -> Result<bool, StoreError> {
+    /// `sending`, in one statement. On PostgreSQL the same statement ends the send job
+    /// (`job`, still held by its owner) with `note`: the work and the completion in one
+    /// round trip. On SQLite the job ends through the worker's completion, and a crash in
+    /// between only reruns a job that finds its message accepted.
+    pub async fn accept_sending(
+        &self,
+        id: i64,
+        wamid: &str,
+        job: &Lease,
+        note: &str,
+    ) -> Result<Acceptance, StoreError> {
         let _turn = self.write_turn().await;
         self.faults.before_write()?;
         let mut conn = self.pool.acquire().await?;
-        accept_sending(&mut conn, id, wamid, self.now_ms()).await
+        let now = self.now_ms();
+        if self.backend != Backend::Postgres {
+            let accepted = accept_sending(&mut conn, id, wamid, now).await?;
+            return Ok(if accepted {
+                Acceptance::Recorded
+            } else {
+                Acceptance::Moved
+            });
+        }
+        let sql = format!(
+            "WITH accepted AS (UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
+                 WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2) RETURNING id), \
+             ended AS (UPDATE {jobs} SET state = '{done}', finished_at = $3, lease_until = NULL, note = $6 \
+                 WHERE id = $7 AND state = '{running}' AND lease_owner = $8 AND EXISTS (SELECT 1 FROM accepted) \
+                 RETURNING id) \
+             SELECT (SELECT COUNT(*) FROM accepted) AS accepted, (SELECT COUNT(*) FROM ended) AS ended",
+            jobs = job.queue.table(),
+            done = QueueState::Done.as_str(),
+            running = QueueState::Running.as_str(),
+        );
+        let row = sqlx::query(&sql)
+            .bind(MessageStatus::Accepted.as_str())
+            .bind(wamid)
+            .bind(now)
+            .bind(id)
+            .bind(MessageStatus::Sending.as_str())
+            .bind(note)
+            .bind(job.id)
+            .bind(job.owner.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+        let (accepted, ended): (i64, i64) = (row.try_get("accepted")?, row.try_get("ended")?);
+        Ok(match (accepted, ended) {
+            (0, _) => Acceptance::Moved,
+            (_, 0) => Acceptance::Recorded,
+            _ => Acceptance::Ended(Committed::ended_with_its_work(ItemEnd::Done(note.to_string()))),
+        })
     }
 
     /// Records Meta's final refusal of a send (committed at once: only the attempt that got

@@ -40,7 +40,7 @@ pub use flag::StoredFlag;
 pub use group_commit::InboxWriter;
 pub use invites::{InviteForCrm, InviteRow, NewInvite};
 pub use jobs::{EnqueueOutcome, NewJob};
-pub use messages::{MessageRow, MessageToSend, NewMessage, StatusMove};
+pub use messages::{Acceptance, MessageRow, MessageToSend, NewMessage, StatusMove};
 pub use named::StoredName;
 pub use outbound::OutboundCall;
 pub use pacing::{now_us, Reservation};

@@ -53,12 +53,18 @@ enum Hold {
 }
 
 /// Proof that a step's transaction committed, and how its item ended. Only
-/// [`Tx::commit`] and [`Tx::finish`] make one (its field is private to this module), and
+/// [`Tx::commit`], [`Tx::finish`] and a statement that ends its item with its work
+/// ([`Store::accept_sending`]) make one (its field is private to this module), and
 /// `app::Outcome::Committed` holds one: a step cannot report a commit it did not make.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed(ItemEnd);
 
 impl Committed {
+    /// An item ended by the statement that did its work (an autocommit), with `end`.
+    pub(super) fn ended_with_its_work(end: ItemEnd) -> Committed {
+        Committed(end)
+    }
+
     /// How the item ended.
     pub fn end(&self) -> &ItemEnd {
         &self.0

@@ -4,7 +4,7 @@ use referloop::clock::system_ms;
 use referloop::domain::inbox::{InboxKind, NewInboxEvent, Source};
 use referloop::domain::messaging::{MessagePurpose, MessageStatus};
 use referloop::domain::state::Persisted;
-use referloop::store::{Backend, Queue, QueueState};
+use referloop::store::{Acceptance, Backend, Lease, Queue, QueueState};
 use serde_json::json;
 
 use crate::both_backends;
@@ -271,7 +271,88 @@ both_backends!(
     unknown_job_kinds_wait_for_a_newer_replica_then_go_dead,
     sends_are_not_starved_by_an_inbox_flood,
     statuses_are_applied_in_batches,
+    a_sends_acceptance_ends_its_job_in_the_same_statement,
 );
+
+/// Meta's acceptance of a send is recorded by one statement, which on PostgreSQL also ends
+/// the send job, but only for the job's owner; a message that moved meanwhile is left to
+/// the caller's transaction.
+async fn a_sends_acceptance_ends_its_job_in_the_same_statement(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |env| set_env(env, "REFERLOOP_WORKER__ENABLED", "false")).await;
+    let store = app.store.clone();
+    let mut sending = Vec::new();
+    for key in ["accept:owner", "accept:stranger"] {
+        let body = json!({"messaging_product": "whatsapp", "to": "+447911123456", "type": "text",
+                          "text": {"body": "hello"}, "biz_opaque_callback_data": key});
+        let mut tx = store.begin(None).await.expect("begin");
+        let id = tx
+            .insert_message(&test_message(key, MessagePurpose::Reply, "+447911123456", &body))
+            .await
+            .expect("insert")
+            .expect("new");
+        tx.commit("").await.expect("commit");
+        let job = store
+            .claim(Queue::Jobs, "sender", 60_000)
+            .await
+            .expect("claim")
+            .expect("its send job");
+        store.mark_sending(id, MessageStatus::Queued).await.expect("sending");
+        sending.push((id, job.id));
+    }
+    let lease = |job: i64, owner: &str| Lease {
+        queue: Queue::Jobs,
+        id: job,
+        owner: owner.into(),
+    };
+    let job_state = |job: i64| {
+        let store = store.clone();
+        async move {
+            let jobs = store.list(Queue::Jobs, None, 10).await.expect("jobs");
+            let row = jobs.into_iter().find(|j| j.id == job).expect("the job");
+            (row.state, row.note)
+        }
+    };
+
+    // Its owner's: recorded, and on PostgreSQL the job ended with it.
+    let (id, job) = sending[0];
+    let accepted = store
+        .accept_sending(id, "wamid.OWNER", &lease(job, "sender"), "accepted as wamid.OWNER")
+        .await
+        .expect("accept");
+    match backend {
+        Backend::Postgres => {
+            assert!(matches!(accepted, Acceptance::Ended(_)), "{accepted:?}");
+            assert_eq!(
+                job_state(job).await,
+                (QueueState::Done, Some("accepted as wamid.OWNER".into()))
+            );
+        }
+        Backend::Sqlite => {
+            assert!(matches!(accepted, Acceptance::Recorded), "{accepted:?}");
+            assert_eq!(job_state(job).await.0, QueueState::Running, "the worker completes it");
+        }
+    }
+    let again = store
+        .accept_sending(id, "wamid.OWNER", &lease(job, "sender"), "again")
+        .await
+        .expect("accept again");
+    assert!(matches!(again, Acceptance::Moved), "already accepted: {again:?}");
+
+    // Another owner's lease (this one's lapsed and was taken): recorded, the job left alone.
+    let (id, job) = sending[1];
+    let accepted = store
+        .accept_sending(id, "wamid.STRANGER", &lease(job, "someone-else"), "accepted")
+        .await
+        .expect("accept");
+    assert!(matches!(accepted, Acceptance::Recorded), "{accepted:?}");
+    assert_eq!(job_state(job).await.0, QueueState::Running);
+    let messages = store.list_messages(10).await.expect("messages");
+    assert!(
+        messages.iter().all(|m| m.status == MessageStatus::Accepted),
+        "{messages:?}"
+    );
+    app.shutdown().await;
+}
 
 /// Meta's statuses are applied in batches: one claim takes them all, the statuses that
 /// only move a status are applied together (and a `read` that changes nothing writes
