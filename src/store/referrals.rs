@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::AnyConnection;
 
 use super::tx::{TallyKey, Tx};
-use super::{row_where, Store, StoreError, StoredFlag, StoredName, StoredPhone};
+use super::{row_where, Backend, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::funnel::{referral_steps, Step};
 use crate::domain::nomination::ReferralReason;
 use crate::domain::phone::E164;
@@ -211,16 +211,24 @@ impl Tx {
         to: ReferralState,
         reason: Option<ReferralReason>,
     ) -> Result<(), StoreError> {
-        let moved = sqlx::query(
-            "UPDATE referrals SET state = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND state = $5",
-        )
-        .bind(to.as_str())
-        .bind(reason.map(ReferralReason::as_str))
-        .bind(self.now_ms())
-        .bind(id)
-        .bind(from.as_str())
-        .execute(self.write()?)
-        .await?;
+        // On PostgreSQL the move and its line in the timeline are one statement.
+        let together = self.backend() == Backend::Postgres;
+        let sql = if together {
+            "WITH moved AS (UPDATE referrals SET state = $1, reason = COALESCE($2, reason), updated_at = $3 \
+                 WHERE id = $4 AND state = $5 RETURNING id) \
+             INSERT INTO referral_transitions (referral_id, from_state, to_state, reason, at) \
+             SELECT id, $5, $1, $2, $3 FROM moved"
+        } else {
+            "UPDATE referrals SET state = $1, reason = COALESCE($2, reason), updated_at = $3 WHERE id = $4 AND state = $5"
+        };
+        let moved = sqlx::query(sql)
+            .bind(to.as_str())
+            .bind(reason.map(ReferralReason::as_str))
+            .bind(self.now_ms())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(self.write()?)
+            .await?;
         if moved.rows_affected() != 1 {
             return Err(StoreError::Conflict(format!(
                 "referral {id} left {} meanwhile",
@@ -239,6 +247,9 @@ impl Tx {
             let job = Job::FriendReminder { referral_id: id };
             self.cancel_reminder(&job, &format!("friend_reminder:{id}"), &why)
                 .await?;
+        }
+        if together {
+            return Ok(());
         }
         self.record_transition(id, Some(from), to, reason).await
     }
