@@ -407,18 +407,17 @@ impl Worker {
             }
         };
         match outcome {
-            Ok(Outcome::Done(note)) if ended.is_some() => {
-                if let Some(ended) = ended {
-                    ended.push((item.id, note));
-                }
-                self.metrics.worker_outcome(queue, QueueState::Done.as_str());
-            }
             Ok(Outcome::Done(note)) => {
-                let completed = match &self.completions {
-                    Some(completions) if item.queue == Queue::Jobs => {
+                let completed = match (ended, &self.completions) {
+                    // Recorded by the caller, with the others of its turn.
+                    (Some(ended), _) => {
+                        ended.push((item.id, note));
+                        true
+                    }
+                    (None, Some(completions)) if item.queue == Queue::Jobs => {
                         completions.complete(item.id, &self.owner, note).await?
                     }
-                    _ => {
+                    (None, _) => {
                         self.store
                             .complete(item.queue, item.id, &self.owner, Some(&note))
                             .await?

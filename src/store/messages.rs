@@ -5,7 +5,7 @@ use serde::Serialize;
 use sqlx::{AnyConnection, FromRow, Row};
 
 use super::jobs::NewJob;
-use super::queue::{padded, placeholders};
+use super::queue::{padded, placeholders, value_rows};
 use super::tx::{Committed, ItemEnd, Lease, TallyKey, Tx};
 use super::{row_where, typed_column, Backend, Store, StoreError, StoredFlag, StoredName, StoredPhone};
 use crate::domain::funnel::Step;
@@ -181,10 +181,7 @@ impl Tx {
         if moves.is_empty() {
             return Ok(());
         }
-        let rows = (0..padded(moves.len()))
-            .map(|n| format!("(${}, ${}, ${}, ${})", 2 + 4 * n, 3 + 4 * n, 4 + 4 * n, 5 + 4 * n))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = value_rows(2, padded(moves.len()), &["", "", "", ""]);
         // A wamid is recorded only on a message that has none (compare-and-set too).
         let sql = format!(
             "WITH moved (id, from_status, to_status, wamid) AS (VALUES {rows}) \
@@ -472,8 +469,7 @@ impl Store {
             });
         }
         let sql = format!(
-            "WITH accepted AS (UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
-                 WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2) RETURNING id), \
+            "WITH accepted AS ({ACCEPT_SENDING} RETURNING id), \
              ended AS (UPDATE {jobs} SET state = '{done}', finished_at = $3, lease_until = NULL, note = $6 \
                  WHERE id = $7 AND state = '{running}' AND lease_owner = $8 AND EXISTS (SELECT 1 FROM accepted) \
                  RETURNING id) \
@@ -482,12 +478,7 @@ impl Store {
             done = QueueState::Done.as_str(),
             running = QueueState::Running.as_str(),
         );
-        let row = sqlx::query(&sql)
-            .bind(MessageStatus::Accepted.as_str())
-            .bind(wamid)
-            .bind(now)
-            .bind(id)
-            .bind(MessageStatus::Sending.as_str())
+        let row = bind_acceptance(sqlx::query(&sql), id, wamid, now)
             .bind(note)
             .bind(job.id)
             .bind(job.owner.as_str())
@@ -573,18 +564,29 @@ impl Store {
     }
 }
 
-/// Compare-and-set from `sending` to `accepted` with Meta's wamid.
+/// Compare-and-set from `sending` to `accepted` with Meta's wamid (bound by
+/// [`bind_acceptance`]).
+const ACCEPT_SENDING: &str = "UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
+     WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2)";
+
+/// Binds `$1`–`$5` of [`ACCEPT_SENDING`].
+fn bind_acceptance<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    id: i64,
+    wamid: &'q str,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(MessageStatus::Accepted.as_str())
+        .bind(wamid)
+        .bind(now)
+        .bind(id)
+        .bind(MessageStatus::Sending.as_str())
+}
+
 async fn accept_sending(conn: &mut AnyConnection, id: i64, wamid: &str, now: i64) -> Result<bool, StoreError> {
-    let done = sqlx::query(
-        "UPDATE messages SET status = $1, wamid = $2, updated_at = $3 \
-         WHERE id = $4 AND status = $5 AND (wamid IS NULL OR wamid = $2)",
-    )
-    .bind(MessageStatus::Accepted.as_str())
-    .bind(wamid)
-    .bind(now)
-    .bind(id)
-    .bind(MessageStatus::Sending.as_str())
-    .execute(conn)
-    .await?;
+    let done = bind_acceptance(sqlx::query(ACCEPT_SENDING), id, wamid, now)
+        .execute(conn)
+        .await?;
     Ok(done.rows_affected() == 1)
 }

@@ -177,6 +177,31 @@ pub(super) fn padded(count: usize) -> usize {
     count.max(1).next_power_of_two()
 }
 
+/// `rows` rows of numbered placeholders for a `VALUES` list, from `$first` on, one per
+/// column of `columns`: each column is cast to the SQL type it names, or left bare where
+/// it names none (`""`). So `value_rows(2, 2, &["BIGINT", ""])` is
+/// `(CAST($2 AS BIGINT), $3), (CAST($4 AS BIGINT), $5)`.
+pub(super) fn value_rows(first: usize, rows: usize, columns: &[&str]) -> String {
+    (0..rows)
+        .map(|row| {
+            let cells: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(column, cast)| {
+                    let n = first + row * columns.len() + column;
+                    if cast.is_empty() {
+                        format!("${n}")
+                    } else {
+                        format!("CAST(${n} AS {cast})")
+                    }
+                })
+                .collect();
+            format!("({})", cells.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `$first, $first+1, …`: `count` numbered placeholders (both backends accept `$n`).
 pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
@@ -382,10 +407,7 @@ impl Store {
         }
         let _turn = self.write_turn().await;
         let table = queue.table();
-        let rows = (0..padded(items.len()))
-            .map(|n| format!("(${}, ${}, ${})", 2 + 3 * n, 3 + 3 * n, 4 + 3 * n))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = value_rows(2, padded(items.len()), &["", "", ""]);
         let sql = format!(
             "WITH ended (id, owner, note) AS (VALUES {rows}) \
              UPDATE {table} SET state = '{}', finished_at = $1, lease_until = NULL, note = ended.note \
@@ -627,5 +649,18 @@ mod tests {
         let kind = BatchableKind::WhatsAppStatus;
         assert_eq!(kind.kind().to_string(), kind.as_str());
         assert_eq!(Queue::Inbox.kind_named(kind.as_str()), kind.kind());
+    }
+
+    #[test]
+    fn value_rows_number_each_cell_and_cast_where_asked() {
+        assert_eq!(
+            value_rows(2, 2, &["BIGINT", ""]),
+            "(CAST($2 AS BIGINT), $3), (CAST($4 AS BIGINT), $5)"
+        );
+        assert_eq!(value_rows(3, 1, &["", ""]), "($3, $4)");
+        assert_eq!(
+            (padded(0), padded(1), padded(3), padded(64), padded(65)),
+            (1, 1, 4, 64, 128)
+        );
     }
 }

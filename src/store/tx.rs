@@ -12,7 +12,7 @@ use sqlx::{Any, AnyConnection, Transaction};
 
 use super::faults::Faults;
 use super::jobs::NewJob;
-use super::queue::{padded, placeholders, Queue};
+use super::queue::{padded, placeholders, value_rows, Queue};
 use super::{Backend, Store, StoreError, WriteTurn};
 use crate::clock::Clock;
 use crate::domain::economics::Measure;
@@ -271,23 +271,11 @@ impl Tx {
         // messages): summed per tally row in SQL, in a fixed order so that transactions
         // take the rows' locks in the same order.
         for chunk in entries.chunks(100) {
-            let values = (0..padded(chunk.len()))
-                .map(|n| {
-                    let p = 2 + 7 * n;
-                    format!(
-                        "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS TEXT), \
-                         CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                        p,
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5,
-                        p + 6
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = value_rows(
+                2,
+                padded(chunk.len()),
+                &["TEXT", "BIGINT", "TEXT", "TEXT", "TEXT", "BIGINT", "BIGINT"],
+            );
             let sql = format!(
                 "WITH v (kind, id, measure, detail, currency, slot, micros) AS (VALUES {values}) \
                  INSERT INTO economics_tally (day, trigger, measure, detail, currency, slot, n, micros) \
@@ -429,20 +417,7 @@ impl Tx {
                 referrers.push((id, step.as_str()));
             }
         }
-        let rows = (0..padded(steps.len()))
-            .map(|n| {
-                let p = 1 + 5 * n;
-                format!(
-                    "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS TEXT))",
-                    p,
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let rows = value_rows(1, padded(steps.len()), &["TEXT", "BIGINT", "TEXT", "BIGINT", "TEXT"]);
         // A row marked `reminded` or `nudged` counts only when its referral was; padding
         // rows (no kind) find no invite.
         let sql = format!(
@@ -476,10 +451,7 @@ impl Tx {
         }
         insert.execute(self.write()?).await?;
         if !referrers.is_empty() {
-            let rows = (0..padded(referrers.len()))
-                .map(|n| format!("(CAST(${} AS BIGINT), CAST(${} AS TEXT))", 1 + 2 * n, 2 + 2 * n))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let rows = value_rows(1, padded(referrers.len()), &["BIGINT", "TEXT"]);
             let sql = format!(
                 "WITH v (id, step) AS (VALUES {rows}) \
                  INSERT INTO referrer_tally (contact_id, step, n) \
@@ -566,10 +538,7 @@ impl Tx {
             return Err(StoreError::Misuse("finish_batch given an item outside the batch"));
         }
         if !done.is_empty() {
-            let rows = (0..padded(done.len()))
-                .map(|n| format!("(${}, ${})", 3 + 2 * n, 4 + 2 * n))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let rows = value_rows(3, padded(done.len()), &["", ""]);
             let table = batch.queue.table();
             let sql = format!(
                 "WITH ended (id, note) AS (VALUES {rows}) \
