@@ -10,7 +10,8 @@
 //!   cargo bench --bench referrals -- --referrals 3000 --rate 150
 //!
 //! It ends with `whole referrals per second: N` (0 when any effect was missing or
-//! repeated).
+//! repeated). When the server loads `pg_stat_statements`, it also prints the statements
+//! per referral and the five dearest (where PostgreSQL's time goes).
 //!
 //! Without `--referrals`, the status flood: every message we send comes back as `sent`,
 //! `delivered` and `read`, each its own signed webhook, so 1,000 sends a second are

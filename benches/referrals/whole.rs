@@ -161,6 +161,82 @@ async fn scalar(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.unwrap_or(-1)
 }
 
+/// What PostgreSQL ran for this database, per statement text, from `pg_stat_statements`
+/// (when the server loads it): calls and milliseconds (executing, lock waits included,
+/// and planning). None when it is not loaded.
+async fn statements(pool: &PgPool) -> Option<HashMap<String, (i64, f64)>> {
+    // The view needs the extension in this (fresh) database; the counts are the server's.
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(pool)
+        .await
+        .ok()?;
+    let rows: Vec<(String, i64, f64)> = sqlx::query_as(
+        "SELECT query, CAST(calls AS BIGINT), total_exec_time + total_plan_time FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(pool)
+    .await
+    .ok()?;
+    let mut by_text: HashMap<String, (i64, f64)> = HashMap::new();
+    for (query, calls, ms) in rows {
+        let entry = by_text.entry(query).or_default();
+        entry.0 += calls;
+        entry.1 += ms;
+    }
+    Some(by_text)
+}
+
+/// Statements per referral between two readings of [`statements`], and the dearest five:
+/// where PostgreSQL's time goes, for the engineer sizing a deployment. (The benchmark's
+/// own polling is in it: about one statement a referral.)
+fn statements_report(
+    before: Option<HashMap<String, (i64, f64)>>,
+    after: Option<HashMap<String, (i64, f64)>>,
+    count: u64,
+) {
+    let (Some(before), Some(after)) = (before, after) else {
+        println!(
+            "statements per referral: not measured (PostgreSQL does not load pg_stat_statements; \
+             add it to shared_preload_libraries to see them)"
+        );
+        return;
+    };
+    let per = |n: f64| n / count.max(1) as f64;
+    let mut spent: Vec<(String, i64, f64)> = after
+        .into_iter()
+        .map(|(query, (calls, ms))| {
+            let (calls_before, ms_before) = before.get(&query).copied().unwrap_or_default();
+            (query, calls - calls_before, ms - ms_before)
+        })
+        .filter(|(_, calls, _)| *calls > 0)
+        .collect();
+    let calls: i64 = spent.iter().map(|(_, calls, _)| calls).sum();
+    let ms: f64 = spent.iter().map(|(_, _, ms)| ms).sum();
+    let begins: i64 = spent
+        .iter()
+        .filter(|(query, _, _)| query.eq_ignore_ascii_case("begin"))
+        .map(|(_, calls, _)| calls)
+        .sum();
+    println!(
+        "statements per referral: {:.0}, {:.1} of them BEGIN, {:.1} ms of PostgreSQL's time (lock \
+         waits included; pg_stat_statements); the dearest, a referral:",
+        per(calls as f64),
+        per(begins as f64),
+        per(ms)
+    );
+    spent.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (query, calls, ms) in spent.iter().take(5) {
+        let text: String = query
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(90)
+            .collect();
+        println!("  {:.2} ms in {:.1} calls: {text}", per(*ms), per(*calls as f64));
+    }
+}
+
 /// Drives `count` whole referrals, offered at `rate` triggers a second; prints the
 /// figures and, last, `whole referrals per second: N`.
 pub async fn run(
@@ -190,6 +266,7 @@ pub async fn run(
             }
         })
     };
+    let statements_before = statements(pool).await;
     let started = Instant::now();
     let (cpu_before, postgres_before) = (super::common::cpu_time(), super::common::postgres_cpu_time());
     let triggered_at: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
@@ -247,6 +324,7 @@ pub async fn run(
     let elapsed = started.elapsed();
     let cpu = super::common::cpu_time().saturating_sub(cpu_before);
     let postgres_cpu = super::common::postgres_cpu_time().saturating_sub(postgres_before);
+    let statements_after = statements(pool).await;
     let _ = triggers.await;
 
     // Let the last HubSpot updates and statuses finish before counting effects.
@@ -342,6 +420,7 @@ pub async fn run(
         per_referral(cpu),
         per_referral(postgres_cpu)
     );
+    statements_report(statements_before, statements_after, count);
     println!(
         "trigger to friend invited: p50 {} ms, p99 {} ms; conversion to both rewards: p50 {} ms, p99 {} ms",
         percentile(&to_invited, 0.5),
