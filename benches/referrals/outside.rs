@@ -38,6 +38,8 @@ pub struct Outside {
     pub sent: Arc<Mutex<HashMap<(String, String), u32>>>,
     pub contacts_created: Arc<AtomicU64>,
     pub hubspot_calls: Arc<AtomicU64>,
+    /// Contact property writes, one per contact a `PATCH` or a batch update carried.
+    pub hubspot_writes: Arc<AtomicU64>,
     /// Requests refused (a wrong token or a body that is not JSON).
     pub refused: Arc<AtomicU64>,
     webhooks: reqwest::Client,
@@ -56,6 +58,7 @@ impl Outside {
             sent: Arc::default(),
             contacts_created: Arc::default(),
             hubspot_calls: Arc::default(),
+            hubspot_writes: Arc::default(),
             refused: Arc::default(),
             webhooks: reqwest::Client::builder()
                 .pool_max_idle_per_host(64)
@@ -68,6 +71,7 @@ impl Outside {
             .route("/{version}/{phone_number_id}/messages", post(graph_send))
             .route("/crm/v3/objects/contacts/search", post(hubspot_search))
             .route("/crm/v3/objects/contacts", post(hubspot_create))
+            .route("/crm/v3/objects/contacts/batch/update", post(hubspot_batch_update))
             .route("/crm/v3/objects/contacts/{id}", patch(hubspot_update))
             .with_state(outside.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -220,5 +224,28 @@ async fn hubspot_update(
         return hubspot_refused(&outside);
     }
     outside.hubspot_calls.fetch_add(1, Ordering::Relaxed);
+    outside.hubspot_writes.fetch_add(1, Ordering::Relaxed);
     (StatusCode::OK, Json(json!({"id": id, "properties": {}})))
+}
+
+/// Several contacts' properties in one call: each input's contact, in `results`.
+async fn hubspot_batch_update(
+    State(outside): State<Outside>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> (StatusCode, Json<Value>) {
+    if !bearer_is(&headers, HUBSPOT_TOKEN) {
+        return hubspot_refused(&outside);
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return hubspot_refused(&outside);
+    };
+    let inputs = body["inputs"].as_array().cloned().unwrap_or_default();
+    outside.hubspot_calls.fetch_add(1, Ordering::Relaxed);
+    outside.hubspot_writes.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+    let results: Vec<Value> = inputs
+        .iter()
+        .map(|i| json!({"id": i["id"], "properties": {}}))
+        .collect();
+    (StatusCode::OK, Json(json!({"status": "COMPLETE", "results": results})))
 }

@@ -341,6 +341,7 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let drained_after = quiet_since.elapsed();
     answering.abort();
 
     let referrals_done = scalar(pool, "SELECT COUNT(*) FROM referrals WHERE state = 'converted'").await;
@@ -429,11 +430,16 @@ pub async fn run(
         percentile(&to_rewarded, 0.99)
     );
     println!(
-        "outside: {} sends, {} HubSpot calls, {contacts} friend contacts created; requests refused: {} by the fakes, {} by the app",
+        "outside: {} sends, {} HubSpot calls ({} contact writes), {contacts} friend contacts created; requests refused: {} by the fakes, {} by the app",
         sent.values().sum::<u32>(),
         outside.hubspot_calls.load(Ordering::Relaxed),
+        outside.hubspot_writes.load(Ordering::Relaxed),
         outside.refused.load(Ordering::Relaxed),
         driver.refused.load(Ordering::Relaxed)
+    );
+    println!(
+        "the last HubSpot updates and statuses done {:.1} s after the last reward",
+        drained_after.as_secs_f64()
     );
     println!(
         "exactly once: {} (rewards {rewards}, issued {rewards_issued}, conversions {conversions}, dead items {dead}, \

@@ -1,6 +1,7 @@
 //! HubSpot CRM client (bearer token: a private-app token or a service key): update,
 //! search and create contacts, kept under the account's limits, backing off on 429 by
-//! the policy HubSpot names.
+//! the policy HubSpot names. Property writes of jobs running at once go together, as
+//! batch updates (`contact_writes`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 
+use super::contact_writes::ContactWrites;
 use super::pacer::Pacer;
 use super::{Outbound, OutboundRequest, OutboundResponse};
 use crate::config::HubSpotSettings;
@@ -51,6 +53,7 @@ pub struct HubSpotClient {
     token: Option<String>,
     requests: Arc<Pacer>,
     searches: Arc<Pacer>,
+    writes: ContactWrites,
 }
 
 /// The phone properties a search candidate is re-checked against.
@@ -73,6 +76,7 @@ impl HubSpotClient {
             token: settings.access_token.as_ref().map(|t| t.expose_secret().to_string()),
             requests: Arc::new(requests),
             searches: Arc::new(searches),
+            writes: ContactWrites::default(),
         }
     }
 
@@ -109,8 +113,22 @@ impl HubSpotClient {
         }
     }
 
-    /// Sets properties on a contact (`""` clears one).
+    /// Sets properties on a contact (`""` clears one), sent with the other writes
+    /// waiting (live; sandbox records each write as its own call).
     pub async fn update_contact(
+        &self,
+        id: &HubSpotId,
+        properties: &Map<String, Value>,
+        job_id: Option<i64>,
+    ) -> Result<(), HubSpotError> {
+        if self.is_sandbox() {
+            return self.patch_contact(id, properties, job_id).await;
+        }
+        self.writes.write(self, id, properties, job_id).await
+    }
+
+    /// One contact's properties, in a request of their own.
+    pub(super) async fn patch_contact(
         &self,
         id: &HubSpotId,
         properties: &Map<String, Value>,
@@ -120,6 +138,15 @@ impl HubSpotClient {
         self.call(reqwest::Method::PATCH, url, json!({"properties": properties}), job_id)
             .await
             .map(|_| ())
+    }
+
+    /// Several contacts' properties in one request (`inputs`: `{id, properties}` each,
+    /// at most 100, no id twice); HubSpot's answer, whose `results` are the contacts
+    /// updated.
+    pub(super) async fn batch_update_contacts(&self, inputs: Vec<Value>) -> Result<Option<Value>, HubSpotError> {
+        let url = format!("{}/batch/update", self.contacts_url);
+        self.call(reqwest::Method::POST, url, json!({"inputs": inputs}), None)
+            .await
     }
 
     /// Creates a contact; a conflict with an existing one returns that contact's id.

@@ -3,6 +3,7 @@
 //! that makes no network call and records each request in full in the database
 //! (`referloop outbound list`).
 
+mod contact_writes;
 pub mod hubspot;
 mod pacer;
 pub mod stripe;

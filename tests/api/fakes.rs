@@ -38,6 +38,45 @@ impl Respond for GraphAccepts {
     }
 }
 
+/// HubSpot's batch update of contacts, as it answers one that updated every input: 200
+/// with each contact under `results`. A batch that names a contact twice is refused
+/// (400), as HubSpot refuses duplicate ids.
+pub struct HubSpotBatchUpdates;
+
+/// The batch update path (`POST`), beside `/crm/v3/objects/contacts/{id}`.
+pub const HUBSPOT_BATCH_UPDATE_PATH: &str = "/crm/v3/objects/contacts/batch/update";
+
+/// The contact ids a batch update's body carries, in order.
+pub fn batch_update_ids(body: &Value) -> Vec<String> {
+    body["inputs"]
+        .as_array()
+        .map(|inputs| {
+            inputs
+                .iter()
+                .filter_map(|i| i["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Respond for HubSpotBatchUpdates {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+        let ids = batch_update_ids(&body);
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        if ids.is_empty() || distinct.len() != ids.len() || ids.len() > 100 {
+            return ResponseTemplate::new(400).set_body_json(json!({"status": "error",
+                "message": "Duplicate IDs found in batch input", "correlationId": "test", "category": "VALIDATION_ERROR"}));
+        }
+        let results: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": id, "properties": {}, "archived": false}))
+            .collect();
+        ResponseTemplate::new(200).set_body_json(json!({"status": "COMPLETE", "results": results,
+            "startedAt": "2026-12-05T09:00:00.000Z", "completedAt": "2026-12-05T09:00:00.100Z"}))
+    }
+}
+
 /// A Graph error in Meta's shape.
 pub fn graph_error(status: u16, code: i64, message: &str) -> ResponseTemplate {
     ResponseTemplate::new(status).set_body_json(json!({
@@ -97,6 +136,13 @@ impl Lifecycle {
             .and(path("/crm/v3/objects/contacts/search"))
             .and(header("authorization", bearer.as_str()))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({"total": 0, "results": []})))
+            .with_priority(10)
+            .mount(&hubspot)
+            .await;
+        Mock::given(method("POST"))
+            .and(path(HUBSPOT_BATCH_UPDATE_PATH))
+            .and(header("authorization", bearer.as_str()))
+            .respond_with(HubSpotBatchUpdates)
             .with_priority(10)
             .mount(&hubspot)
             .await;
@@ -312,17 +358,28 @@ impl Lifecycle {
     }
 
     /// HubSpot requests as (method, path, body).
+    /// HubSpot's calls, in order, each a method, a path and a body; a batch update of
+    /// contacts counts as the `PATCH` of each contact it carries, in its order (the jobs
+    /// running at once write together; what each wrote is what the tests check).
     pub async fn hubspot_calls(&self) -> Vec<(String, String, Value)> {
-        self.hubspot
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| {
-                let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-                (r.method.to_string(), r.url.path().to_string(), body)
-            })
-            .collect()
+        let mut calls = Vec::new();
+        for r in self.hubspot.received_requests().await.unwrap_or_default() {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            match (r.method.as_str(), r.url.path()) {
+                ("POST", HUBSPOT_BATCH_UPDATE_PATH) => {
+                    for input in body["inputs"].as_array().cloned().unwrap_or_default() {
+                        let id = input["id"].as_str().unwrap_or_default();
+                        calls.push((
+                            "PATCH".to_string(),
+                            format!("/crm/v3/objects/contacts/{id}"),
+                            json!({"properties": input["properties"]}),
+                        ));
+                    }
+                }
+                (m, p) => calls.push((m.to_string(), p.to_string(), body)),
+            }
+        }
+        calls
     }
 
     /// `POST /api/v1/conversions` with the test token.

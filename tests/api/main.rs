@@ -22,6 +22,7 @@ mod fuzz;
 mod health;
 mod hostile;
 mod hubspot;
+mod hubspot_writes;
 mod interruptions;
 mod kills;
 mod languages;
