@@ -12,10 +12,11 @@
 //! timeout) is every write's answer, for each job to retry on its schedule.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use super::hubspot::{HubSpotClient, HubSpotError};
 use crate::domain::ids::HubSpotId;
@@ -32,10 +33,10 @@ struct ContactWrite {
 }
 
 /// The handle a client's writes go through; clones share one writer task, started on
-/// the first write.
+/// the first write (and again if it stopped, with the runtime it ran on).
 #[derive(Clone, Default)]
 pub(super) struct ContactWrites {
-    sender: Arc<OnceLock<mpsc::Sender<ContactWrite>>>,
+    sender: Arc<Mutex<Option<mpsc::Sender<ContactWrite>>>>,
 }
 
 impl ContactWrites {
@@ -48,11 +49,7 @@ impl ContactWrites {
         properties: &Map<String, Value>,
         job_id: Option<i64>,
     ) -> Result<(), HubSpotError> {
-        let sender = self.sender.get_or_init(|| {
-            let (sender, waiting) = mpsc::channel(4 * MOST);
-            tokio::spawn(send_groups(client.clone(), waiting));
-            sender
-        });
+        let sender = self.writer(client);
         let (written, answer) = oneshot::channel();
         let write = ContactWrite {
             contact: contact.clone(),
@@ -66,6 +63,20 @@ impl ContactWrites {
         answer
             .await
             .unwrap_or_else(|_| Err(HubSpotError::Retryable("the HubSpot writer stopped mid-write".into())))
+    }
+
+    /// The running writer's queue, started when there is none.
+    fn writer(&self, client: &HubSpotClient) -> mpsc::Sender<ContactWrite> {
+        let mut slot = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = slot.as_ref().filter(|sender| !sender.is_closed()) {
+            return sender.clone();
+        }
+        let (sender, waiting) = mpsc::channel(4 * MOST);
+        // The writer's client has no handle on this queue, so the queue closes (and the
+        // writer ends) when the last client that writes through it is dropped.
+        tokio::spawn(send_groups(client.writing_alone(), waiting));
+        *slot = Some(sender.clone());
+        sender
     }
 }
 
@@ -119,18 +130,38 @@ async fn send_group(client: &HubSpotClient, mut group: Vec<ContactWrite>) {
             return;
         }
         // Refused for its content: which write was at fault, each alone tells.
-        Err(_) => HashSet::new(),
+        Err(refused) => {
+            tracing::warn!(
+                writes = group.len(),
+                error = %crate::telemetry::escape(&refused.to_string()),
+                "HubSpot refused a batch update; writing each contact alone"
+            );
+            HashSet::new()
+        }
     };
-    for write in group {
-        let answer = if updated.contains(write.contact.as_str()) {
-            Ok(())
-        } else {
-            client
-                .patch_contact(&write.contact, &write.properties, write.job_id)
-                .await
-        };
-        let _ = write.written.send(answer);
+    let (done, left): (Vec<ContactWrite>, Vec<ContactWrite>) = group
+        .into_iter()
+        .partition(|write| updated.contains(write.contact.as_str()));
+    for write in done {
+        let _ = write.written.send(Ok(()));
     }
+    write_each_alone(client, left).await;
+}
+
+/// Writes each of `writes` in a request of its own, side by side (each still takes its
+/// place in HubSpot's pace), and gives each its answer.
+async fn write_each_alone(client: &HubSpotClient, writes: Vec<ContactWrite>) {
+    let mut alone = JoinSet::new();
+    for write in writes {
+        let client = client.clone();
+        alone.spawn(async move {
+            let answer = client
+                .patch_contact(&write.contact, &write.properties, write.job_id)
+                .await;
+            let _ = write.written.send(answer);
+        });
+    }
+    while alone.join_next().await.is_some() {}
 }
 
 /// The ids a batch update answered as updated (`results[].id`; 200, or 207 with the

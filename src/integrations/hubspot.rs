@@ -127,6 +127,14 @@ impl HubSpotClient {
         self.writes.write(self, id, properties, job_id).await
     }
 
+    /// This client, its contact writes each sent alone (for the writer that batches them).
+    pub(super) fn writing_alone(&self) -> HubSpotClient {
+        HubSpotClient {
+            writes: ContactWrites::default(),
+            ..self.clone()
+        }
+    }
+
     /// One contact's properties, in a request of their own.
     pub(super) async fn patch_contact(
         &self,

@@ -162,6 +162,15 @@ async fn a_contact_the_batch_left_out_is_written_alone(backend: Backend) {
             alone_after,
             "{left_out}, left out of a batch, was written alone after it"
         );
+        // The batch's others were written by it: none again alone (but the contact
+        // with a second job of its own).
+        let batch = &batches[seen_batches - 1];
+        for contact in batch.iter().take(batch.len() - 1).filter(|c| *c != CONTACTS[0]) {
+            let again = calls[n + 1..]
+                .iter()
+                .any(|c| c.method.as_str() == "PATCH" && c.url.path().ends_with(&format!("/{contact}")));
+            assert!(!again, "{contact} was updated by the batch, not written again");
+        }
     }
     assert_eq!(counter_jobs(&lc, QueueState::Done).await.len(), 7);
     lc.shutdown().await;
