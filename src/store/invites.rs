@@ -273,7 +273,9 @@ impl Store {
 
     pub async fn invite_by_trigger_key(&self, trigger_key: &str) -> Result<Option<InviteRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        invite_by_key_in(&mut conn, trigger_key).await
+        let found = invite_by_key_in(&mut conn, trigger_key).await;
+        conn.settle(&found);
+        found
     }
 
     /// What the referrer's HubSpot status reads, before and after each write: the
@@ -307,7 +309,9 @@ impl Store {
 
     pub async fn invite(&self, id: i64) -> Result<Option<InviteRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        row_where(&mut conn, INVITE_COLUMNS, "invites", "id", id).await
+        let found = row_where(&mut conn, INVITE_COLUMNS, "invites", "id", id).await;
+        conn.settle(&found);
+        found
     }
 
     /// The contact's newest invite that passed the gate (a code-only referral hangs off it).

@@ -153,13 +153,19 @@ impl Store {
     pub async fn enqueue_job(&self, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
         let _turn = self.write_turn().await;
         let mut conn = self.pool.acquire().await?;
+        let outcome = self.enqueue_job_on(&mut conn, job).await;
+        conn.settle(&outcome);
+        outcome
+    }
+
+    async fn enqueue_job_on(&self, conn: &mut AnyConnection, job: &NewJob) -> Result<EnqueueOutcome, StoreError> {
         // Twice at most: a key that conflicts and is then gone was pruned in between, and
         // the second insert finds it free.
         for _ in 0..2 {
-            if let Some(id) = insert_job(&mut conn, job, self.now_ms()).await? {
+            if let Some(id) = insert_job(conn, job, self.now_ms()).await? {
                 return Ok(EnqueueOutcome::Created(id));
             }
-            if let Some(id) = existing_id(&mut conn, &job.idempotency_key).await? {
+            if let Some(id) = existing_id(conn, &job.idempotency_key).await? {
                 return Ok(EnqueueOutcome::AlreadyQueued(id));
             }
         }

@@ -345,7 +345,9 @@ impl Tx {
 impl Store {
     pub async fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        row_where(&mut conn, MESSAGE_COLUMNS, "messages", "id", id).await
+        let found = row_where(&mut conn, MESSAGE_COLUMNS, "messages", "id", id).await;
+        conn.settle(&found);
+        found
     }
 
     /// A message about to be sent, with what every send checks first, read together (one
@@ -393,7 +395,9 @@ impl Store {
 
     pub async fn message_by_wamid(&self, wamid: &str) -> Result<Option<MessageRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        message_by_wamid_in(&mut conn, wamid).await
+        let found = message_by_wamid_in(&mut conn, wamid).await;
+        conn.settle(&found);
+        found
     }
 
     pub async fn list_messages(&self, limit: i64) -> Result<Vec<MessageRow>, StoreError> {
@@ -459,9 +463,22 @@ impl Store {
         let _turn = self.write_turn().await;
         self.faults.before_write()?;
         let mut conn = self.pool.acquire().await?;
+        let accepted = self.accept_sending_on(&mut conn, id, wamid, job, note).await;
+        conn.settle(&accepted);
+        accepted
+    }
+
+    async fn accept_sending_on(
+        &self,
+        conn: &mut AnyConnection,
+        id: i64,
+        wamid: &str,
+        job: &Lease,
+        note: &str,
+    ) -> Result<Acceptance, StoreError> {
         let now = self.now_ms();
         if self.backend != Backend::Postgres {
-            let accepted = accept_sending(&mut conn, id, wamid, now).await?;
+            let accepted = accept_sending(conn, id, wamid, now).await?;
             return Ok(if accepted {
                 Acceptance::Recorded
             } else {
@@ -482,7 +499,7 @@ impl Store {
             .bind(note)
             .bind(job.id)
             .bind(job.owner.as_str())
-            .fetch_one(&mut *conn)
+            .fetch_one(conn)
             .await?;
         let (accepted, ended): (i64, i64) = (row.try_get("accepted")?, row.try_get("ended")?);
         Ok(match (accepted, ended) {

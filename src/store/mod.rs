@@ -21,6 +21,7 @@ mod reporting;
 mod rewards;
 mod tx;
 mod wa_users;
+mod warm_pool;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{AnyPool, ConnectOptions};
+use sqlx::ConnectOptions;
 
 pub use crate::clock::duration_ms;
 use crate::clock::Clock;
@@ -51,6 +52,7 @@ pub use reporting::{AdminAction, Dropouts, FunnelDay, ReasonCount, ReferrerCount
 pub use rewards::{ConversionRow, FriendKey, NewConversion, NewReward, RewardRow};
 pub use tx::{BatchLease, Cohort, Committed, EconomicsEntry, ItemEnd, Lease, Tx, STEP_MEASURE};
 pub use wa_users::OptOutChange;
+pub use warm_pool::{Conn, WarmPool, WarmTransaction};
 
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -138,7 +140,7 @@ impl NotReady {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pool: WarmPool,
     backend: Backend,
     faults: Faults,
     /// The time every step reads; shared by every clone (tests move it).
@@ -237,7 +239,8 @@ impl Store {
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
         // No ping before each use of a pooled connection: it would double the round trips
         // of every statement. A connection broken by a database restart fails its next
-        // statement instead, which is retried like any other database error.
+        // statement instead, which is retried like any other database error. Nor one after
+        // each use: `WarmPool` takes connections back itself.
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(acquire_timeout)
@@ -247,6 +250,7 @@ impl Store {
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
         }
+        let pool = WarmPool::new(pool);
         let write_gate = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
         Ok(Store {
             pool,
@@ -297,7 +301,7 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        self.backend.migrator().run(&self.pool).await?;
+        self.backend.migrator().run(self.pool.inner()).await?;
         Ok(())
     }
 

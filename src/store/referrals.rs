@@ -335,7 +335,9 @@ impl Store {
 
     pub async fn referral(&self, id: i64) -> Result<Option<ReferralRow>, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        referral_in(&mut conn, id).await
+        let found = referral_in(&mut conn, id).await;
+        conn.settle(&found);
+        found
     }
 
     pub async fn list_referrals(&self, limit: i64) -> Result<Vec<ReferralRow>, StoreError> {

@@ -8,7 +8,7 @@
 //! (on SQLite, a first statement also takes the write lock and checks it early): a worker
 //! whose lease lapsed cannot commit effects that the new owner will also commit.
 
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::AnyConnection;
 
 use super::faults::Faults;
 use super::jobs::NewJob;
@@ -85,7 +85,7 @@ pub enum ItemEnd {
 }
 
 pub struct Tx {
-    tx: Transaction<'static, Any>,
+    tx: super::warm_pool::WarmTransaction,
     /// This process's turn at writing (SQLite), held until the transaction ends.
     _turn: WriteTurn,
     backend: Backend,

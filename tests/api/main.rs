@@ -43,5 +43,6 @@ mod setup;
 mod stripe;
 mod templates;
 mod walkthrough;
+mod warm_pool;
 mod whatsapp;
 mod worker;

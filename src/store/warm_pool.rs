@@ -1,0 +1,403 @@
+//! Connections kept warm between uses.
+//!
+//! sqlx's pool checks every connection it gets back with a round trip to the server (a
+//! `Sync` on PostgreSQL), so that a transaction a dropped future left open is rolled back
+//! at once. A statement run on the pool therefore cost two round trips, and a referral
+//! about a hundred round trips that carried nothing (a quarter of the machine's CPU in the
+//! end-to-end benchmark). [`WarmPool`] hands out sqlx's connections and takes them back
+//! itself: a connection that ended cleanly goes straight to the next user. One that may
+//! need looking at goes back through sqlx, which checks it: one left in a transaction (we
+//! roll it back first), one that failed at the connection level (a broken socket), and one
+//! nobody wanted for [`WARM_FOR`]. Users who find none ready wait here for the next one
+//! given back, or opened while the pool is below its size.
+
+use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Describe, Either, Execute, Executor};
+use tokio::sync::oneshot;
+
+/// How long a connection may wait unused here before it goes back to sqlx's pool (whose
+/// idle timeout then applies to it).
+pub const WARM_FOR: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct WarmPool {
+    pool: AnyPool,
+    warm: Arc<Mutex<Warm>>,
+}
+
+#[derive(Default)]
+struct Warm {
+    /// Ready connections, the most recently used last.
+    idle: Vec<(PoolConnection<Any>, Instant)>,
+    /// Users waiting for a connection, the longest waiting first: a connection given back
+    /// goes to the first still waiting, as it is.
+    waiting: VecDeque<oneshot::Sender<Result<PoolConnection<Any>, sqlx::Error>>>,
+    /// Connections being opened for waiters.
+    opening: usize,
+    closed: bool,
+}
+
+impl std::fmt::Debug for WarmPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmPool").finish_non_exhaustive()
+    }
+}
+
+impl WarmPool {
+    pub fn new(pool: AnyPool) -> Self {
+        WarmPool {
+            pool,
+            warm: Arc::default(),
+        }
+    }
+
+    /// sqlx's pool itself (migrations, which take it whole).
+    pub fn inner(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Warm> {
+        lock(&self.warm)
+    }
+
+    /// A connection: a warm one if any; else the next one given back here or got from
+    /// sqlx's pool by a task of its own (an opening abandoned half-way would be wasted). A wait ends with sqlx's
+    /// `PoolTimedOut` after the pool's acquire timeout, and an opening that fails hands its
+    /// error to the first waiter.
+    pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
+        let handed = {
+            let mut warm = self.lock();
+            if let Some((conn, _)) = warm.idle.pop() {
+                return Ok(self.hold(conn));
+            }
+            // Registered under the same lock as the check: a connection given back from now
+            // on comes to the first waiter.
+            let (hand, handed) = oneshot::channel();
+            warm.waiting.push_back(hand);
+            // One task per waiter, up to the pool's size, asks sqlx's pool too: it opens a
+            // connection while below its size, or passes on one it has (retired or checked
+            // here, or still on its way back to it).
+            let max = self.pool.options().get_max_connections() as usize;
+            if warm.opening < warm.waiting.len().min(max) {
+                warm.opening += 1;
+                let (pool, warm) = (self.pool.clone(), self.warm.clone());
+                tokio::spawn(async move {
+                    let opened = pool.acquire().await;
+                    lock(&warm).opening -= 1;
+                    match opened {
+                        Ok(conn) => give_back(&warm, conn),
+                        // Every connection was in use all along: the waiters' own timeouts
+                        // say so, if nothing is given back meanwhile.
+                        Err(sqlx::Error::PoolTimedOut) => {}
+                        Err(e) => hand_error(&warm, e),
+                    }
+                });
+            }
+            handed
+        };
+        match tokio::time::timeout(self.pool.options().get_acquire_timeout(), handed).await {
+            Ok(Ok(Ok(conn))) => Ok(self.hold(conn)),
+            Ok(Ok(Err(e))) => Err(e),
+            // Dropped unanswered only when the pool closes.
+            Ok(Err(_)) => Err(sqlx::Error::PoolClosed),
+            // A connection handed over as the wait ends is given back by the dropped channel.
+            Err(_) => Err(sqlx::Error::PoolTimedOut),
+        }
+    }
+
+    fn hold(&self, conn: PoolConnection<Any>) -> Conn {
+        Conn {
+            conn: Some(conn),
+            warm: self.warm.clone(),
+            after: After::Reuse,
+        }
+    }
+
+    /// Begins a transaction on a connection of its own.
+    pub async fn begin(&self) -> Result<WarmTransaction, sqlx::Error> {
+        let mut conn = self.acquire().await?;
+        // Before the BEGIN is sent: a caller that gives up while it is in flight must not
+        // leave a transaction open on a connection someone else reuses. (A ROLLBACK with
+        // no transaction open is only a warning.)
+        conn.after = After::RollBack;
+        let begun = (&mut *conn).execute("BEGIN").await;
+        conn.settle(&begun);
+        begun?;
+        Ok(WarmTransaction { conn })
+    }
+
+    /// Gives every warm connection back to sqlx's pool and closes it (waiting for the
+    /// connections in use; they go back to sqlx too).
+    pub async fn close(&self) {
+        let idle = {
+            let mut warm = self.lock();
+            warm.closed = true;
+            std::mem::take(&mut warm.idle)
+        };
+        drop(idle);
+        self.pool.close().await;
+    }
+}
+
+fn lock(warm: &Mutex<Warm>) -> MutexGuard<'_, Warm> {
+    // A panic while holding this lock leaves the list intact (pushes and pops only).
+    warm.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Gives `conn` back: to the first user still waiting, else to the warm list; to sqlx's
+/// pool (which checks it) when the pool is closing.
+fn give_back(warm: &Mutex<Warm>, mut conn: PoolConnection<Any>) {
+    let now = Instant::now();
+    let (stale, refused) = {
+        let mut warm = lock(warm);
+        // The longest unused is first; at most one is retired per return, which is enough
+        // to drain a list that is not in use.
+        let stale = match warm.idle.first() {
+            Some((_, since)) if now.duration_since(*since) > WARM_FOR => Some(warm.idle.remove(0).0),
+            _ => None,
+        };
+        if warm.closed {
+            (stale, Some(conn))
+        } else {
+            loop {
+                let Some(waiter) = warm.waiting.pop_front() else {
+                    warm.idle.push((conn, now));
+                    break;
+                };
+                // A waiter that gave up has gone.
+                match waiter.send(Ok(conn)) {
+                    Ok(()) => break,
+                    Err(unsent) => match unsent {
+                        Ok(unsent) => conn = unsent,
+                        Err(_) => break,
+                    },
+                }
+            }
+            (stale, None)
+        }
+    };
+    // Dropped outside the lock: sqlx's pool takes them back in a task of its own.
+    drop(stale);
+    drop(refused);
+}
+
+/// Hands `error` (opening a connection failed) to the first user still waiting.
+fn hand_error(warm: &Mutex<Warm>, mut error: sqlx::Error) {
+    let mut warm = lock(warm);
+    while let Some(waiter) = warm.waiting.pop_front() {
+        match waiter.send(Err(error)) {
+            Ok(()) => return,
+            Err(Err(unsent)) => error = unsent,
+            Err(Ok(_)) => return,
+        }
+    }
+}
+
+/// What happens to a connection when its holder lets go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// Ended cleanly: reused as it is.
+    Reuse,
+    /// A transaction is open on it: rolled back, then reused.
+    RollBack,
+    /// It failed at the connection level: sqlx's pool checks it (and closes it if broken).
+    Check,
+}
+
+/// A connection held from a [`WarmPool`]; given back when dropped.
+pub struct Conn {
+    conn: Option<PoolConnection<Any>>,
+    warm: Arc<Mutex<Warm>>,
+    after: After,
+}
+
+impl Conn {
+    /// Notes the outcome of a statement run on this connection: one that failed at the
+    /// connection level (not a statement the database refused) sends it to be checked.
+    pub fn settle<T, E: AsConnectionError>(&mut self, outcome: &Result<T, E>) {
+        if let Err(e) = outcome {
+            if e.as_sqlx().is_some_and(breaks_connection) {
+                self.after = After::Check;
+            }
+        }
+    }
+}
+
+impl Deref for Conn {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        // Present until dropped.
+        self.conn.as_deref().expect("connection held")
+    }
+}
+
+impl DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        self.conn.as_deref_mut().expect("connection held")
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        match self.after {
+            After::Reuse => give_back(&self.warm, conn),
+            // Dropped: sqlx's pool checks it in a task of its own.
+            After::Check => drop(conn),
+            After::RollBack => {
+                let warm = self.warm.clone();
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    // No runtime left to roll back on: the connection closes with the process.
+                    return;
+                };
+                runtime.spawn(async move {
+                    match (&mut *conn).execute("ROLLBACK").await {
+                        Ok(_) => give_back(&warm, conn),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "could not roll back a transaction left open; the connection goes to be checked");
+                            drop(conn);
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A transaction on a [`Conn`]: rolled back if dropped before [`WarmTransaction::commit`].
+pub struct WarmTransaction {
+    conn: Conn,
+}
+
+impl WarmTransaction {
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        // Until COMMIT answers, dropping this (a caller giving up) still rolls back.
+        let committed = (&mut *self.conn).execute("COMMIT").await;
+        match &committed {
+            Ok(_) => self.conn.after = After::Reuse,
+            // Whether it committed is unknown: the connection is checked, not reused.
+            Err(_) => self.conn.after = After::Check,
+        }
+        committed.map(|_| ())
+    }
+}
+
+impl Deref for WarmTransaction {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for WarmTransaction {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.conn
+    }
+}
+
+/// Errors after which a connection cannot be trusted to be in step with its server.
+fn breaks_connection(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
+    )
+}
+
+/// An error that may carry sqlx's (for [`Conn::settle`]).
+pub trait AsConnectionError {
+    fn as_sqlx(&self) -> Option<&sqlx::Error>;
+}
+
+impl AsConnectionError for sqlx::Error {
+    fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        Some(self)
+    }
+}
+
+impl AsConnectionError for super::StoreError {
+    fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        match self {
+            super::StoreError::Database(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// A statement run on the pool itself, as on sqlx's pool: on a connection of its own for
+/// the statement's length. Its rows are read whole before they are handed on (every use
+/// here reads them all).
+impl<'c> Executor<'c> for &'c WarmPool {
+    type Database = Any;
+
+    fn fetch_many<'e, 'q: 'e, E>(self, query: E) -> BoxStream<'e, Result<Either<AnyQueryResult, AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        async move {
+            let mut conn = self.acquire().await?;
+            let fetched: Result<Vec<_>, sqlx::Error> = conn.fetch_many(query).try_collect().await;
+            conn.settle(&fetched);
+            fetched
+        }
+        .map(|fetched| match fetched {
+            Ok(items) => futures_util::stream::iter(items.into_iter().map(Ok)).boxed(),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+        })
+        .flatten_stream()
+        .boxed()
+    }
+
+    fn fetch_optional<'e, 'q: 'e, E>(self, query: E) -> BoxFuture<'e, Result<Option<AnyRow>, sqlx::Error>>
+    where
+        'c: 'e,
+        E: 'q + Execute<'q, Any>,
+    {
+        async move {
+            let mut conn = self.acquire().await?;
+            let fetched = conn.fetch_optional(query).await;
+            conn.settle(&fetched);
+            fetched
+        }
+        .boxed()
+    }
+
+    fn prepare_with<'e, 'q: 'e>(
+        self,
+        sql: &'q str,
+        parameters: &'e [AnyTypeInfo],
+    ) -> BoxFuture<'e, Result<AnyStatement<'q>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        async move {
+            let mut conn = self.acquire().await?;
+            let prepared = conn.prepare_with(sql, parameters).await;
+            conn.settle(&prepared);
+            prepared
+        }
+        .boxed()
+    }
+
+    fn describe<'e, 'q: 'e>(self, sql: &'q str) -> BoxFuture<'e, Result<Describe<Any>, sqlx::Error>>
+    where
+        'c: 'e,
+    {
+        async move {
+            let mut conn = self.acquire().await?;
+            let described = conn.describe(sql).await;
+            conn.settle(&described);
+            described
+        }
+        .boxed()
+    }
+}

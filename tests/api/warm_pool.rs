@@ -1,0 +1,120 @@
+//! The store's connections are taken back by `WarmPool`, not checked by sqlx's pool after
+//! each use: what that check was for must still hold. Each test runs on a pool of one
+//! connection, so the connection a test gets back is the one it gave up.
+
+use std::time::Duration;
+
+use referloop::store::{Backend, WarmPool};
+use sqlx::{Executor, Row};
+
+use crate::both_backends;
+use crate::helpers::*;
+
+/// The test database's URL, creating the SQLite file on first connection.
+fn creating(db: &TestDatabase) -> String {
+    match db.url.starts_with("sqlite:") {
+        true => format!("{}?mode=rwc", db.url),
+        false => db.url.clone(),
+    }
+}
+
+async fn one_connection(db: &TestDatabase) -> WarmPool {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(&creating(db))
+        .await
+        .expect("connect");
+    let warm = WarmPool::new(pool);
+    warm.execute("CREATE TABLE notes (n BIGINT NOT NULL)")
+        .await
+        .expect("create table");
+    warm
+}
+
+async fn count(warm: &WarmPool) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM notes")
+        .fetch_one(warm)
+        .await
+        .expect("count")
+        .get::<i64, _>("n")
+}
+
+/// A transaction dropped without a commit (a step that failed half-way) is rolled back
+/// before its connection serves anyone else: its write is gone, and the next statement on
+/// that connection commits on its own, seen by another connection at once.
+async fn a_transaction_given_up_is_rolled_back_before_its_connection_is_reused(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let warm = one_connection(&db).await;
+    let mut tx = warm.begin().await.expect("begin");
+    sqlx::query("INSERT INTO notes (n) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    drop(tx);
+
+    // The only connection: this waits for the rollback, then gets it.
+    assert_eq!(count(&warm).await, 0, "the dropped transaction's write was kept");
+    sqlx::query("INSERT INTO notes (n) VALUES (2)")
+        .execute(&warm)
+        .await
+        .expect("insert");
+    warm.close().await;
+
+    let other = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    let seen: i64 = sqlx::query("SELECT COUNT(*) AS n FROM notes WHERE n = 2")
+        .fetch_one(&other)
+        .await
+        .expect("count")
+        .get("n");
+    assert_eq!(
+        seen, 1,
+        "the statement after the rollback ran inside a transaction left open"
+    );
+    other.close().await;
+}
+
+/// A committed transaction's connection is reused as it is, and what it wrote stays.
+async fn a_committed_transaction_keeps_its_writes(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let warm = one_connection(&db).await;
+    let mut tx = warm.begin().await.expect("begin");
+    sqlx::query("INSERT INTO notes (n) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    assert_eq!(count(&warm).await, 1);
+    warm.close().await;
+}
+
+/// A connection given back while another user waits on sqlx's pool (every connection
+/// out) goes to that user at once, not after the acquire timeout.
+async fn a_connection_given_back_goes_to_whoever_waits(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    let warm = one_connection(&db).await;
+    let held = warm.acquire().await.expect("acquire");
+    let waiter = {
+        let warm = warm.clone();
+        tokio::spawn(async move { count(&warm).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!waiter.is_finished(), "the waiter ran without a connection");
+    drop(held);
+    let counted = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was not handed the connection given back");
+    assert_eq!(counted.expect("waiter"), 0);
+    warm.close().await;
+}
+
+both_backends!(
+    a_transaction_given_up_is_rolled_back_before_its_connection_is_reused,
+    a_committed_transaction_keeps_its_writes,
+    a_connection_given_back_goes_to_whoever_waits,
+);
