@@ -70,9 +70,9 @@ impl WarmPool {
     }
 
     /// A connection: a warm one if any; else the next one given back here or got from
-    /// sqlx's pool by a task of its own (an opening abandoned half-way would be wasted). A wait ends with sqlx's
-    /// `PoolTimedOut` after the pool's acquire timeout, and an opening that fails hands its
-    /// error to the first waiter.
+    /// sqlx's pool by a task of its own (an opening abandoned half-way would be wasted). A
+    /// wait ends with sqlx's `PoolTimedOut` after the pool's acquire timeout, and an
+    /// opening that fails hands its error to the first waiter.
     pub async fn acquire(&self) -> Result<Conn, sqlx::Error> {
         let handed = {
             let mut warm = self.lock();
