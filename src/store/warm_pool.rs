@@ -305,11 +305,17 @@ impl DerefMut for WarmTransaction {
 }
 
 /// Errors after which a connection cannot be trusted to be in step with its server.
+/// PostgreSQL ends a session with an error of SQLSTATE class 57P (the server shutting down,
+/// an operator ending the backend) or 08 (a connection exception) before it closes the
+/// socket: the connection is as good as broken.
 fn breaks_connection(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed
-    )
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        _ => false,
+    }
 }
 
 /// An error that may carry sqlx's (for [`Conn::settle`]).

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use referloop::store::{Backend, WarmPool};
-use sqlx::{Executor, Row};
+use sqlx::{Connection, Executor, Row};
 
 use crate::both_backends;
 use crate::helpers::*;
@@ -33,12 +33,11 @@ async fn one_connection(db: &TestDatabase) -> WarmPool {
     warm
 }
 
-async fn count(warm: &WarmPool) -> i64 {
-    sqlx::query("SELECT COUNT(*) AS n FROM notes")
+async fn count(warm: &WarmPool) -> Result<i64, sqlx::Error> {
+    Ok(sqlx::query("SELECT COUNT(*) AS n FROM notes")
         .fetch_one(warm)
-        .await
-        .expect("count")
-        .get::<i64, _>("n")
+        .await?
+        .get::<i64, _>("n"))
 }
 
 /// A transaction dropped without a commit (a step that failed half-way) is rolled back
@@ -55,7 +54,7 @@ async fn a_transaction_given_up_is_rolled_back_before_its_connection_is_reused(b
     drop(tx);
 
     // The only connection: this waits for the rollback, then gets it.
-    assert_eq!(count(&warm).await, 0, "the dropped transaction's write was kept");
+    assert_eq!(count(&warm).await.expect("count"), 0, "the dropped transaction's write was kept");
     sqlx::query("INSERT INTO notes (n) VALUES (2)")
         .execute(&warm)
         .await
@@ -89,7 +88,7 @@ async fn a_committed_transaction_keeps_its_writes(backend: Backend) {
         .await
         .expect("insert");
     tx.commit().await.expect("commit");
-    assert_eq!(count(&warm).await, 1);
+    assert_eq!(count(&warm).await.expect("count"), 1);
     warm.close().await;
 }
 
@@ -109,7 +108,37 @@ async fn a_connection_given_back_goes_to_whoever_waits(backend: Backend) {
     let counted = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .expect("the waiter was not handed the connection given back");
-    assert_eq!(counted.expect("waiter"), 0);
+    assert_eq!(counted.expect("waiter").expect("count"), 0);
+    warm.close().await;
+}
+
+/// A connection whose session the server ended (a restart, an operator) fails the
+/// statement that finds out, and is not handed out again: the next statement runs on a new
+/// connection. (PostgreSQL: SQLite has no server to end a session.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_ended_is_replaced() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let warm = one_connection(&db).await;
+    let pid: i32 = sqlx::query("SELECT pg_backend_pid() AS pid")
+        .fetch_one(&warm)
+        .await
+        .expect("pid")
+        .get("pid");
+    let mut admin = sqlx::PgConnection::connect(&admin_url()).await.expect("connect");
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate");
+    assert!(ended);
+    // The server may take a moment to end it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(count(&warm).await.is_err(), "a statement ran on an ended session");
+    let after = tokio::time::timeout(Duration::from_secs(5), count(&warm))
+        .await
+        .expect("no connection after the ended one");
+    assert_eq!(after.expect("the ended connection was handed out again"), 0);
+    admin.close().await.expect("close");
     warm.close().await;
 }
 
