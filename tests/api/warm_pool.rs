@@ -54,7 +54,11 @@ async fn a_transaction_given_up_is_rolled_back_before_its_connection_is_reused(b
     drop(tx);
 
     // The only connection: this waits for the rollback, then gets it.
-    assert_eq!(count(&warm).await.expect("count"), 0, "the dropped transaction's write was kept");
+    assert_eq!(
+        count(&warm).await.expect("count"),
+        0,
+        "the dropped transaction's write was kept"
+    );
     sqlx::query("INSERT INTO notes (n) VALUES (2)")
         .execute(&warm)
         .await
