@@ -63,7 +63,7 @@ impl Store {
     /// that fit one statement are written by it alone (no BEGIN and COMMIT round trips);
     /// more take one transaction.
     pub async fn insert_inbox_events(&self, events: &[NewInboxEvent], max_attempts: i64) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         if events.is_empty() {
             return Ok(0);
         }
@@ -76,6 +76,7 @@ impl Store {
             return Ok(inserted.rows_affected());
         }
         let mut tx = self.pool.begin().await?;
+        tx.keep_until_ended(turn);
         let mut inserted = 0;
         for chunk in events.chunks(INSERT_CHUNK) {
             let sql = insert_sql(chunk.len());

@@ -578,8 +578,9 @@ impl Store {
 
     /// Loads codes into the pool; codes already there are skipped. Returns how many were new.
     pub async fn load_reward_codes(&self, codes: &[String]) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await;
+        let turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
+        tx.keep_until_ended(turn);
         let mut loaded = 0;
         for code in codes {
             loaded +=

@@ -13,7 +13,7 @@ use sqlx::AnyConnection;
 use super::faults::Faults;
 use super::jobs::NewJob;
 use super::queue::{padded, placeholders, value_rows, Queue};
-use super::{Backend, Store, StoreError, WriteTurn};
+use super::{Backend, Store, StoreError};
 use crate::clock::Clock;
 use crate::domain::economics::Measure;
 use crate::domain::funnel::{Step, DAY_MS};
@@ -86,8 +86,6 @@ pub enum ItemEnd {
 
 pub struct Tx {
     tx: super::warm_pool::WarmTransaction,
-    /// This process's turn at writing (SQLite), held until the transaction ends.
-    _turn: WriteTurn,
     backend: Backend,
     faults: Faults,
     hold: Hold,
@@ -158,10 +156,11 @@ impl Store {
 
     async fn begin_holding(&self, hold: Hold) -> Result<Tx, StoreError> {
         let turn = self.write_turn().await;
-        let tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin().await?;
+        // This process's turn at writing (SQLite), held until the transaction has ended.
+        tx.keep_until_ended(turn);
         let mut tx = Tx {
             tx,
-            _turn: turn,
             backend: self.backend,
             faults: self.faults.clone(),
             hold,

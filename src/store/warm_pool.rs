@@ -5,11 +5,12 @@
 //! at once. A statement run on the pool therefore cost two round trips, and a referral
 //! about a hundred round trips that carried nothing (a quarter of the machine's CPU in the
 //! end-to-end benchmark). [`WarmPool`] hands out sqlx's connections and takes them back
-//! itself: a connection that ended cleanly goes straight to the next user. One that may
-//! need looking at goes back through sqlx, which checks it: one left in a transaction (we
-//! roll it back first), one that failed at the connection level (a broken socket), and one
-//! nobody wanted for [`WARM_FOR`]. Users who find none ready wait here for the next one
-//! given back, or opened while the pool is below its size.
+//! itself: a connection that ended cleanly goes straight to the next user. One left in a
+//! transaction is rolled back first, and one given up in the middle of a statement is
+//! drained first (what sqlx's check did); one that cannot be, or that failed at the
+//! connection level, is closed. One nobody wanted for [`WARM_FOR`] goes back to sqlx's
+//! pool. Users who find none ready wait here for the next one given back, or opened while
+//! the pool is below its size.
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
@@ -21,8 +22,10 @@ use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
 use sqlx::any::{AnyQueryResult, AnyRow, AnyStatement, AnyTypeInfo};
 use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Describe, Either, Execute, Executor};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Describe, Either, Execute, Executor};
 use tokio::sync::oneshot;
+
+use super::WriteTurn;
 
 /// How long a connection may wait unused here before it goes back to sqlx's pool (whose
 /// idle timeout then applies to it).
@@ -83,25 +86,7 @@ impl WarmPool {
             // on comes to the first waiter.
             let (hand, handed) = oneshot::channel();
             warm.waiting.push_back(hand);
-            // One task per waiter, up to the pool's size, asks sqlx's pool too: it opens a
-            // connection while below its size, or passes on one it has (retired or checked
-            // here, or still on its way back to it).
-            let max = self.pool.options().get_max_connections() as usize;
-            if warm.opening < warm.waiting.len().min(max) {
-                warm.opening += 1;
-                let (pool, warm) = (self.pool.clone(), self.warm.clone());
-                tokio::spawn(async move {
-                    let opened = pool.acquire().await;
-                    lock(&warm).opening -= 1;
-                    match opened {
-                        Ok(conn) => give_back(&warm, conn),
-                        // Every connection was in use all along: the waiters' own timeouts
-                        // say so, if nothing is given back meanwhile.
-                        Err(sqlx::Error::PoolTimedOut) => {}
-                        Err(e) => hand_error(&warm, e),
-                    }
-                });
-            }
+            ensure_openers(&self.pool, &self.warm, &mut warm);
             handed
         };
         match tokio::time::timeout(self.pool.options().get_acquire_timeout(), handed).await {
@@ -118,7 +103,9 @@ impl WarmPool {
         Conn {
             conn: Some(conn),
             warm: self.warm.clone(),
-            after: After::Reuse,
+            // Until a statement's outcome is settled: given up half-way.
+            after: After::Drain,
+            turn: None,
         }
     }
 
@@ -127,10 +114,15 @@ impl WarmPool {
         let mut conn = self.acquire().await?;
         // Before the BEGIN is sent: a caller that gives up while it is in flight must not
         // leave a transaction open on a connection someone else reuses. (A ROLLBACK with
-        // no transaction open is only a warning.)
+        // no transaction open is only a warning on PostgreSQL; on SQLite it fails, and the
+        // connection is closed.)
         conn.after = After::RollBack;
         let begun = (&mut *conn).execute("BEGIN").await;
-        conn.settle(&begun);
+        if let Err(e) = &begun {
+            if breaks_connection(e) {
+                conn.after = After::Close;
+            }
+        }
         begun?;
         Ok(WarmTransaction { conn })
     }
@@ -138,13 +130,40 @@ impl WarmPool {
     /// Gives every warm connection back to sqlx's pool and closes it (waiting for the
     /// connections in use; they go back to sqlx too).
     pub async fn close(&self) {
-        let idle = {
+        let (idle, waiting) = {
             let mut warm = self.lock();
             warm.closed = true;
-            std::mem::take(&mut warm.idle)
+            (std::mem::take(&mut warm.idle), std::mem::take(&mut warm.waiting))
         };
         drop(idle);
+        // Their users get `PoolClosed`.
+        drop(waiting);
         self.pool.close().await;
+    }
+}
+
+/// Starts tasks that ask sqlx's pool for a connection for the waiters: one per waiter, up
+/// to the pool's size. sqlx's pool opens one while below its size, or passes on one it
+/// has (retired here, or dropped with a waiter that gave up). Run whenever waiters may
+/// have been left without one: when a user starts waiting, and when such a task ends.
+fn ensure_openers(pool: &AnyPool, shared: &Arc<Mutex<Warm>>, warm: &mut Warm) {
+    warm.waiting.retain(|waiter| !waiter.is_closed());
+    let max = pool.options().get_max_connections() as usize;
+    while warm.opening < warm.waiting.len().min(max) && !warm.closed {
+        warm.opening += 1;
+        let (pool, shared) = (pool.clone(), shared.clone());
+        tokio::spawn(async move {
+            match pool.acquire().await {
+                Ok(conn) => give_back(&shared, conn),
+                // Every connection was in use all along: the waiters' own timeouts say so,
+                // if nothing is given back meanwhile.
+                Err(sqlx::Error::PoolTimedOut) => {}
+                Err(e) => hand_error(&shared, e),
+            }
+            let mut warm = lock(&shared);
+            warm.opening -= 1;
+            ensure_openers(&pool, &shared, &mut warm);
+        });
     }
 }
 
@@ -207,10 +226,13 @@ fn hand_error(warm: &Mutex<Warm>, mut error: sqlx::Error) {
 enum After {
     /// Ended cleanly: reused as it is.
     Reuse,
-    /// A transaction is open on it: rolled back, then reused.
+    /// A transaction may be open on it: rolled back, then reused.
     RollBack,
-    /// It failed at the connection level: sqlx's pool checks it (and closes it if broken).
-    Check,
+    /// Given up in the middle of a statement, whose answer may still be on its way: read
+    /// to its end (a `Sync` and its answer), then reused.
+    Drain,
+    /// It failed at the connection level: closed.
+    Close,
 }
 
 /// A connection held from a [`WarmPool`]; given back when dropped.
@@ -218,17 +240,20 @@ pub struct Conn {
     conn: Option<PoolConnection<Any>>,
     warm: Arc<Mutex<Warm>>,
     after: After,
+    /// The SQLite write turn of the transaction on this connection, let go only once the
+    /// transaction has ended (a rollback included).
+    turn: WriteTurn,
 }
 
 impl Conn {
-    /// Notes the outcome of a statement run on this connection: one that failed at the
-    /// connection level (not a statement the database refused) sends it to be checked.
+    /// Notes the outcome of a statement run on this connection: a statement that ended
+    /// (well, or refused by the database) leaves it reusable; one that failed at the
+    /// connection level has it closed.
     pub fn settle<T, E: AsConnectionError>(&mut self, outcome: &Result<T, E>) {
-        if let Err(e) = outcome {
-            if e.as_sqlx().is_some_and(breaks_connection) {
-                self.after = After::Check;
-            }
-        }
+        self.after = match outcome {
+            Err(e) if e.as_sqlx().is_some_and(breaks_connection) => After::Close,
+            _ => After::Reuse,
+        };
     }
 }
 
@@ -249,28 +274,53 @@ impl DerefMut for Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         let Some(mut conn) = self.conn.take() else { return };
-        match self.after {
+        let turn = self.turn.take();
+        let after = self.after;
+        match after {
             After::Reuse => give_back(&self.warm, conn),
-            // Dropped: sqlx's pool checks it in a task of its own.
-            After::Check => drop(conn),
-            After::RollBack => {
+            After::Close => {
+                conn.close_on_drop();
+                drop(conn);
+            }
+            After::RollBack | After::Drain => {
                 let warm = self.warm.clone();
                 let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    // No runtime left to roll back on: the connection closes with the process.
+                    // No runtime left to tidy it on: the socket closes with the process.
+                    drop(conn.leak());
                     return;
                 };
                 runtime.spawn(async move {
-                    match (&mut *conn).execute("ROLLBACK").await {
-                        Ok(_) => give_back(&warm, conn),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not roll back a transaction left open; the connection goes to be checked");
-                            drop(conn);
-                        }
+                    if tidy(&mut conn, after).await {
+                        give_back(&warm, conn);
+                    } else {
+                        conn.close_on_drop();
+                        drop(conn);
                     }
+                    // Only now may the next SQLite writer begin.
+                    drop(turn);
                 });
             }
         }
     }
+}
+
+/// Rolls back or drains a connection given up; false when it could not be, and must be
+/// closed. Twice at most: the first attempt may only read the error that the statement
+/// given up ended with.
+async fn tidy(conn: &mut AnyConnection, after: After) -> bool {
+    for _ in 0..2 {
+        let tidied = match after {
+            After::RollBack => conn.execute("ROLLBACK").await.map(|_| ()),
+            _ => conn.ping().await,
+        };
+        match tidied {
+            Ok(()) => return true,
+            Err(e) if breaks_connection(&e) => break,
+            Err(_) => {}
+        }
+    }
+    tracing::warn!("a connection given up could not be tidied (a transaction left open, or an answer unread); closed");
+    false
 }
 
 /// A transaction on a [`Conn`]: rolled back if dropped before [`WarmTransaction::commit`].
@@ -279,13 +329,21 @@ pub struct WarmTransaction {
 }
 
 impl WarmTransaction {
+    /// Keeps `turn` (SQLite's write turn) until the transaction has ended, a rollback of a
+    /// transaction given up included.
+    pub fn keep_until_ended(&mut self, turn: WriteTurn) {
+        self.conn.turn = turn;
+    }
+
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
-        // Until COMMIT answers, dropping this (a caller giving up) still rolls back.
+        // Until COMMIT answers, dropping this (a caller giving up) still rolls back. A
+        // COMMIT the database refused (SQLite busy) may leave the transaction open: it is
+        // rolled back too. Only a broken connection is closed.
         let committed = (&mut *self.conn).execute("COMMIT").await;
         match &committed {
             Ok(_) => self.conn.after = After::Reuse,
-            // Whether it committed is unknown: the connection is checked, not reused.
-            Err(_) => self.conn.after = After::Check,
+            Err(e) if breaks_connection(e) => self.conn.after = After::Close,
+            Err(_) => {}
         }
         committed.map(|_| ())
     }

@@ -146,6 +146,64 @@ async fn a_connection_the_server_ended_is_replaced() {
     warm.close().await;
 }
 
+/// A statement that fails a moment after it is sent, given up before it answers.
+const LATE_FAILURE: &str = "DO $$ BEGIN PERFORM pg_sleep(0.3); RAISE EXCEPTION 'late failure'; END $$";
+
+/// A statement given up before its answer came (a request timed out) leaves that answer
+/// on the connection: the next user must not read it as its own. (PostgreSQL: SQLite runs
+/// a statement to its end before anything else sees the connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_given_up_leaves_nothing_for_the_next_user() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let warm = one_connection(&db).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(50), warm.execute(LATE_FAILURE)).await;
+    assert!(given_up.is_err(), "the statement answered before it was given up");
+    let next = tokio::time::timeout(Duration::from_secs(5), count(&warm))
+        .await
+        .expect("no connection after the statement given up");
+    assert_eq!(next.expect("the next user read the answer of a statement given up"), 0);
+    warm.close().await;
+}
+
+/// A transaction given up while its statement was in flight, a statement that then fails:
+/// the rollback must still happen, though the first thing read on the connection is that
+/// failure. The next user's statement then commits on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_given_up_mid_statement_is_rolled_back() {
+    let db = TestDatabase::new(Backend::Postgres).await;
+    let warm = one_connection(&db).await;
+    let mut tx = warm.begin().await.expect("begin");
+    sqlx::query("INSERT INTO notes (n) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    let given_up = tokio::time::timeout(Duration::from_millis(50), (&mut *tx).execute(LATE_FAILURE)).await;
+    assert!(given_up.is_err(), "the statement answered before it was given up");
+    drop(tx);
+
+    let next = tokio::time::timeout(Duration::from_secs(5), count(&warm))
+        .await
+        .expect("no connection after the transaction given up");
+    assert_eq!(next.expect("count"), 0, "the transaction given up kept its write");
+    sqlx::query("INSERT INTO notes (n) VALUES (2)")
+        .execute(&warm)
+        .await
+        .expect("insert");
+    warm.close().await;
+    let other = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    let seen: i64 = sqlx::query("SELECT COUNT(*) AS n FROM notes WHERE n = 2")
+        .fetch_one(&other)
+        .await
+        .expect("count")
+        .get("n");
+    assert_eq!(seen, 1, "the statement after the transaction given up ran inside it");
+    other.close().await;
+}
+
 both_backends!(
     a_transaction_given_up_is_rolled_back_before_its_connection_is_reused,
     a_committed_transaction_keeps_its_writes,
