@@ -40,6 +40,28 @@ async fn count(warm: &WarmPool) -> Result<i64, sqlx::Error> {
         .get::<i64, _>("n"))
 }
 
+/// Whether a write on `warm`'s connection commits on its own: another connection sees it
+/// at once (it would not, were it inside a transaction left open). Closes `warm`.
+async fn commits_on_its_own(warm: WarmPool, db: &TestDatabase) -> bool {
+    sqlx::query("INSERT INTO notes (n) VALUES (2)")
+        .execute(&warm)
+        .await
+        .expect("insert");
+    warm.close().await;
+    let other = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .expect("connect");
+    let seen: i64 = sqlx::query("SELECT COUNT(*) AS n FROM notes WHERE n = 2")
+        .fetch_one(&other)
+        .await
+        .expect("count")
+        .get("n");
+    other.close().await;
+    seen == 1
+}
+
 /// A transaction dropped without a commit (a step that failed half-way) is rolled back
 /// before its connection serves anyone else: its write is gone, and the next statement on
 /// that connection commits on its own, seen by another connection at once.
@@ -59,27 +81,10 @@ async fn a_transaction_given_up_is_rolled_back_before_its_connection_is_reused(b
         0,
         "the dropped transaction's write was kept"
     );
-    sqlx::query("INSERT INTO notes (n) VALUES (2)")
-        .execute(&warm)
-        .await
-        .expect("insert");
-    warm.close().await;
-
-    let other = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .expect("connect");
-    let seen: i64 = sqlx::query("SELECT COUNT(*) AS n FROM notes WHERE n = 2")
-        .fetch_one(&other)
-        .await
-        .expect("count")
-        .get("n");
-    assert_eq!(
-        seen, 1,
+    assert!(
+        commits_on_its_own(warm, &db).await,
         "the statement after the rollback ran inside a transaction left open"
     );
-    other.close().await;
 }
 
 /// A committed transaction's connection is reused as it is, and what it wrote stays.
@@ -185,23 +190,10 @@ async fn a_transaction_given_up_mid_statement_is_rolled_back() {
         .await
         .expect("no connection after the transaction given up");
     assert_eq!(next.expect("count"), 0, "the transaction given up kept its write");
-    sqlx::query("INSERT INTO notes (n) VALUES (2)")
-        .execute(&warm)
-        .await
-        .expect("insert");
-    warm.close().await;
-    let other = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&db.url)
-        .await
-        .expect("connect");
-    let seen: i64 = sqlx::query("SELECT COUNT(*) AS n FROM notes WHERE n = 2")
-        .fetch_one(&other)
-        .await
-        .expect("count")
-        .get("n");
-    assert_eq!(seen, 1, "the statement after the transaction given up ran inside it");
-    other.close().await;
+    assert!(
+        commits_on_its_own(warm, &db).await,
+        "the statement after the transaction given up ran inside it"
+    );
 }
 
 both_backends!(
