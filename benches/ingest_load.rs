@@ -226,7 +226,7 @@ async fn start_referloop(args: &Args) -> (String, String) {
         ("DATABASE_URL", database_url.as_str()),
     ]
     .map(|(k, v)| (k.to_string(), v.to_string()));
-    let settings = Settings::load_from(None, env).expect("settings");
+    let settings = Settings::load_from(None, common::with_overrides(env)).expect("settings");
     let app = Application::build(settings).await.expect("start referloop");
     let url = format!("http://127.0.0.1:{}/webhooks/whatsapp", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));

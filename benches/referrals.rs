@@ -156,7 +156,7 @@ fn settings(args: &Args, database_url: &str, extra: &[(&str, String)]) -> Settin
     .map(|(k, v)| (k.to_string(), v))
     .into();
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    Settings::load_from(None, env).expect("settings")
+    Settings::load_from(None, common::with_overrides(env)).expect("settings")
 }
 
 /// Returns the line for scripts.

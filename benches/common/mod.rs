@@ -63,3 +63,12 @@ pub fn machine_speed() -> f64 {
     std::hint::black_box(hasher.finalize());
     64.0 / started.elapsed().as_secs_f64()
 }
+
+/// The settings `env` names, with any `REFERLOOP_…` variable of this process's environment
+/// on top, for trying a setting: `REFERLOOP_SERVER__INGEST_WRITERS=1 cargo bench …`.
+#[allow(dead_code)] // not every benchmark starts referloop from settings
+pub fn with_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    env.into_iter()
+        .chain(std::env::vars().filter(|(name, _)| name.starts_with("REFERLOOP_")))
+        .collect()
+}
