@@ -9,12 +9,13 @@
 //! transaction is rolled back first, and one given up in the middle of a statement is
 //! drained first (what sqlx's check did); one that cannot be, or that failed at the
 //! connection level, is closed. One nobody wanted for [`WARM_FOR`] goes back to sqlx's
-//! pool. Users who find none ready wait here for the next one given back, or opened while
+//! pool (checked on every return, and every half of that time by a task of the pool's, so
+//! an idle replica does not keep its connections). Users who find none ready wait here for the next one given back, or opened while
 //! the pool is below its size.
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
@@ -41,6 +42,8 @@ pub struct WarmPool {
 struct Warm {
     /// Ready connections, the most recently used last.
     idle: Vec<(PoolConnection<Any>, Instant)>,
+    /// How long one may stay in `idle` unused ([`WARM_FOR`] but in tests).
+    warm_for: Duration,
     /// Users waiting for a connection, the longest waiting first: a connection given back
     /// goes to the first still waiting, as it is.
     waiting: VecDeque<oneshot::Sender<Result<PoolConnection<Any>, sqlx::Error>>>,
@@ -57,10 +60,20 @@ impl std::fmt::Debug for WarmPool {
 
 impl WarmPool {
     pub fn new(pool: AnyPool) -> Self {
-        WarmPool {
-            pool,
-            warm: Arc::default(),
+        Self::warm_for(pool, WARM_FOR)
+    }
+
+    /// As [`WarmPool::new`], a connection unused for `warm_for` going back to sqlx's pool.
+    pub fn warm_for(pool: AnyPool, warm_for: Duration) -> Self {
+        let warm = Arc::new(Mutex::new(Warm {
+            warm_for,
+            ..Warm::default()
+        }));
+        // Without a runtime (a tool built outside one), connections are retired on return only.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(retire_unused(Arc::downgrade(&warm), warm_for));
         }
+        WarmPool { pool, warm }
     }
 
     /// sqlx's pool itself (migrations, which take it whole).
@@ -142,6 +155,33 @@ impl WarmPool {
     }
 }
 
+/// Every half of `warm_for`, gives the connections unused for longer back to sqlx's pool
+/// (whose idle timeout then closes them), until the pool closes or is dropped.
+async fn retire_unused(warm: Weak<Mutex<Warm>>, warm_for: Duration) {
+    let mut ticks = tokio::time::interval(warm_for / 2);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(warm) = warm.upgrade() else { return };
+        let stale: Vec<PoolConnection<Any>> = {
+            let mut warm = lock(&warm);
+            if warm.closed {
+                return;
+            }
+            // The longest unused are first.
+            let now = Instant::now();
+            let unused = warm
+                .idle
+                .iter()
+                .take_while(|(_, since)| now.duration_since(*since) > warm_for)
+                .count();
+            warm.idle.drain(..unused).map(|(conn, _)| conn).collect()
+        };
+        // Dropped outside the lock: sqlx's pool takes them back in a task of its own.
+        drop(stale);
+    }
+}
+
 /// Starts tasks that ask sqlx's pool for a connection for the waiters: one per waiter, up
 /// to the pool's size. sqlx's pool opens one while below its size, or passes on one it
 /// has (retired here, or dropped with a waiter that gave up). Run whenever waiters may
@@ -181,7 +221,7 @@ fn give_back(warm: &Mutex<Warm>, mut conn: PoolConnection<Any>) {
         // The longest unused is first; at most one is retired per return, which is enough
         // to drain a list that is not in use.
         let stale = match warm.idle.first() {
-            Some((_, since)) if now.duration_since(*since) > WARM_FOR => Some(warm.idle.remove(0).0),
+            Some((_, since)) if now.duration_since(*since) > warm.warm_for => Some(warm.idle.remove(0).0),
             _ => None,
         };
         if warm.closed {

@@ -196,8 +196,34 @@ async fn a_transaction_given_up_mid_statement_is_rolled_back() {
     );
 }
 
+/// A connection nobody uses goes back to sqlx's pool after its time warm, even when no
+/// other statement follows (an idle replica), so that sqlx's idle timeout can close it.
+async fn a_connection_left_unused_goes_back_to_sqlx(backend: Backend) {
+    let db = TestDatabase::new(backend).await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&creating(&db))
+        .await
+        .expect("connect");
+    let warm = WarmPool::warm_for(pool, Duration::from_millis(200));
+    sqlx::query("SELECT 1").execute(&warm).await.expect("select");
+    // Warm here: sqlx counts it as in use.
+    assert_eq!(warm.inner().num_idle(), 0, "the connection was not kept warm");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while warm.inner().num_idle() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an unused connection was still held 5 s after its 200 ms warm"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    warm.close().await;
+}
+
 both_backends!(
     a_transaction_given_up_is_rolled_back_before_its_connection_is_reused,
     a_committed_transaction_keeps_its_writes,
     a_connection_given_back_goes_to_whoever_waits,
+    a_connection_left_unused_goes_back_to_sqlx,
 );
