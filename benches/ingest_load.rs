@@ -193,8 +193,9 @@ async fn thinnest_handler(
     }
 }
 
-/// Starts the thinnest handler on a fresh database; returns its URL and pool.
-async fn start_baseline(args: &Args) -> (String, sqlx::PgPool) {
+/// Starts the thinnest handler on a fresh database; returns its URL, its pool and the
+/// database's URL.
+async fn start_baseline(args: &Args) -> (String, sqlx::PgPool, String) {
     let database_url = common::fresh_postgres().await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(32)
@@ -211,7 +212,7 @@ async fn start_baseline(args: &Args) -> (String, sqlx::PgPool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (format!("http://127.0.0.1:{port}/thin"), pool)
+    (format!("http://127.0.0.1:{port}/thin"), pool, database_url)
 }
 
 /// Starts referloop in-process on a fresh database, worker off; returns the webhook URL
@@ -237,14 +238,17 @@ async fn start_referloop(args: &Args) -> (String, String) {
 async fn main() {
     let args = Args::parse();
     let baseline = if args.url.is_none() && args.only != "referloop" {
-        let (url, pool) = start_baseline(&args).await;
+        let (url, pool, database_url) = start_baseline(&args).await;
         let count = || async {
             sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM thin_events")
                 .fetch_one(&pool)
                 .await
                 .expect("count")
         };
-        Some(measure(&args, "thinnest handler (verify, one INSERT)", &url, count).await)
+        let measured = measure(&args, "thinnest handler (verify, one INSERT)", &url, count).await;
+        pool.close().await;
+        common::drop_postgres(&database_url).await;
+        Some(measured)
     } else {
         None
     };
@@ -274,5 +278,10 @@ async fn main() {
             referloop.ok,
             baseline.ok,
         );
+    }
+    store.close().await;
+    // Only the database this run made: one named by `--database-url` is left as it is.
+    if args.url.is_none() {
+        common::drop_postgres(&database_url).await;
     }
 }

@@ -136,6 +136,7 @@ async fn main() {
     if let Some(line) = for_scripts {
         println!("{line}");
     }
+    common::drop_postgres(&database_url).await;
 }
 
 /// The settings of the replica under test, with `extra` on top.

@@ -2,11 +2,17 @@
 
 use sqlx::{Connection, Executor};
 
+/// The URL of the PostgreSQL server's database the benchmarks create theirs from:
+/// TEST_DATABASE_URL, else the local server's.
+fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
 /// A new, empty database on the PostgreSQL server of TEST_DATABASE_URL (else the local
-/// one); `scripts/test` drops such databases afterwards.
+/// one); `scripts/test` drops such databases afterwards, and a benchmark that ends drops
+/// its own ([`drop_postgres`]).
 pub async fn fresh_postgres() -> String {
-    let admin =
-        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = admin_url();
     let mut conn = sqlx::PgConnection::connect(&admin).await.expect("PostgreSQL reachable");
     let name = format!("referloop_load_{}", uuid::Uuid::new_v4().simple());
     conn.execute(format!("CREATE DATABASE {name}").as_str())
@@ -71,4 +77,27 @@ pub fn with_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<(S
     env.into_iter()
         .chain(std::env::vars().filter(|(name, _)| name.starts_with("REFERLOOP_")))
         .collect()
+}
+
+/// Drops a database [`fresh_postgres`] made (its URL), its sessions ended first: a run by
+/// hand leaves nothing behind. Said, not fatal, when it cannot.
+#[allow(dead_code)] // not every benchmark uses PostgreSQL to the end
+pub async fn drop_postgres(database_url: &str) {
+    let Some((_, name)) = database_url.rsplit_once('/') else {
+        return;
+    };
+    // Only ours: never a database named on the command line.
+    if !name.starts_with("referloop_load_") || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return;
+    }
+    let dropped = match sqlx::PgConnection::connect(&admin_url()).await {
+        Ok(mut conn) => conn
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = dropped {
+        eprintln!("could not drop the benchmark's database {name}: {e}");
+    }
 }
