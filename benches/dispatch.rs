@@ -210,4 +210,5 @@ async fn main() {
     let seconds: Vec<String> = per_second.values().map(usize::to_string).collect();
     println!("sends in each second at the fake: {}", seconds.join(" "));
     store.close().await;
+    common::drop_postgres(&url).await;
 }

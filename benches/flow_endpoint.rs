@@ -300,4 +300,6 @@ async fn main() {
         "  HubSpot searched for {searched} of them within the budget; the others finished without the customer check \
          (the worker makes it after the Flow completes)"
     );
+    // A SQLite file goes with its temporary directory.
+    common::drop_postgres(&database_url).await;
 }

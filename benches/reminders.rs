@@ -195,4 +195,5 @@ async fn main() {
         args.invites,
         if any_scan { "yes" } else { "none" }
     );
+    common::drop_postgres(&database_url).await;
 }

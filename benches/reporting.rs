@@ -253,4 +253,5 @@ async fn main() {
             ms(times[times.len() - 1])
         );
     }
+    common::drop_postgres(&database_url).await;
 }

@@ -81,7 +81,6 @@ pub fn with_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<(S
 
 /// Drops a database [`fresh_postgres`] made (its URL), its sessions ended first: a run by
 /// hand leaves nothing behind. Said, not fatal, when it cannot.
-#[allow(dead_code)] // not every benchmark uses PostgreSQL to the end
 pub async fn drop_postgres(database_url: &str) {
     let Some((_, name)) = database_url.rsplit_once('/') else {
         return;
