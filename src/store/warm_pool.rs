@@ -158,7 +158,8 @@ impl WarmPool {
 /// Every half of `warm_for`, gives the connections unused for longer back to sqlx's pool
 /// (whose idle timeout then closes them), until the pool closes or is dropped.
 async fn retire_unused(warm: Weak<Mutex<Warm>>, warm_for: Duration) {
-    let mut ticks = tokio::time::interval(warm_for / 2);
+    // (`interval` refuses a period of zero.)
+    let mut ticks = tokio::time::interval((warm_for / 2).max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
