@@ -162,6 +162,7 @@ where
     println!("  stored events: {stored} (expected {ok})");
     if stored != ok as i64 {
         eprintln!("MISMATCH: every 200 must be a stored event");
+        // The databases are kept for a look (`scripts/test` drops them).
         std::process::exit(1);
     }
     Measured {

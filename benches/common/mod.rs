@@ -70,12 +70,14 @@ pub fn machine_speed() -> f64 {
     64.0 / started.elapsed().as_secs_f64()
 }
 
-/// The settings `env` names, with any `REFERLOOP_…` variable of this process's environment
-/// on top, for trying a setting: `REFERLOOP_SERVER__INGEST_WRITERS=1 cargo bench …`.
+/// The settings `env` names, with any setting named in this process's environment on top,
+/// for trying one: `REFERLOOP_SERVER__INGEST_WRITERS=1 cargo bench …`. Only names with a
+/// section (`REFERLOOP_SECTION__KEY`) are settings: the test script's own `REFERLOOP_…`
+/// variables (`REFERLOOP_TOOLS_DIR`, …) would be refused as unknown settings.
 #[allow(dead_code)] // not every benchmark starts referloop from settings
 pub fn with_overrides(env: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
     env.into_iter()
-        .chain(std::env::vars().filter(|(name, _)| name.starts_with("REFERLOOP_")))
+        .chain(std::env::vars().filter(|(name, _)| name.starts_with("REFERLOOP_") && name.contains("__")))
         .collect()
 }
 
@@ -85,8 +87,13 @@ pub async fn drop_postgres(database_url: &str) {
     let Some((_, name)) = database_url.rsplit_once('/') else {
         return;
     };
-    // Only ours: never a database named on the command line.
-    if !name.starts_with("referloop_load_") || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+    // Only a name `fresh_postgres` makes (lower case, as PostgreSQL folds an unquoted
+    // name); a benchmark given a database of someone else's does not call this.
+    let ours = name.starts_with("referloop_load_")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ours {
         return;
     }
     let dropped = match sqlx::PgConnection::connect(&admin_url()).await {

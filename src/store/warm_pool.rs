@@ -9,9 +9,9 @@
 //! transaction is rolled back first, and one given up in the middle of a statement is
 //! drained first (what sqlx's check did); one that cannot be, or that failed at the
 //! connection level, is closed. One nobody wanted for [`WARM_FOR`] goes back to sqlx's
-//! pool (checked on every return, and every half of that time by a task of the pool's, so
-//! an idle replica does not keep its connections). Users who find none ready wait here for the next one given back, or opened while
-//! the pool is below its size.
+//! pool (looked for on every return, and every half of that time by a task of the pool's,
+//! so an idle replica does not keep its connections). Users who find none ready wait here
+//! for the next one given back, or opened while the pool is below its size.
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
@@ -42,7 +42,8 @@ pub struct WarmPool {
 struct Warm {
     /// Ready connections, the most recently used last.
     idle: Vec<(PoolConnection<Any>, Instant)>,
-    /// How long one may stay in `idle` unused ([`WARM_FOR`] but in tests).
+    /// How long one may stay in `idle` unused ([`WARM_FOR`] but in tests). Always set by
+    /// [`WarmPool::warm_for`]: the derived default, zero, would retire each at once.
     warm_for: Duration,
     /// Users waiting for a connection, the longest waiting first: a connection given back
     /// goes to the first still waiting, as it is.
@@ -157,15 +158,15 @@ impl WarmPool {
 
 /// Every half of `warm_for`, gives the connections unused for longer back to sqlx's pool
 /// (whose idle timeout then closes them), until the pool closes or is dropped.
-async fn retire_unused(warm: Weak<Mutex<Warm>>, warm_for: Duration) {
+async fn retire_unused(pool: Weak<Mutex<Warm>>, warm_for: Duration) {
     // (`interval` refuses a period of zero.)
     let mut ticks = tokio::time::interval((warm_for / 2).max(Duration::from_millis(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let Some(warm) = warm.upgrade() else { return };
+        let Some(shared) = pool.upgrade() else { return };
         let stale: Vec<PoolConnection<Any>> = {
-            let mut warm = lock(&warm);
+            let mut warm = lock(&shared);
             if warm.closed {
                 return;
             }
