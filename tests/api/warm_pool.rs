@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use referloop::store::{Backend, WarmPool};
+use referloop::store::{Backend, WarmPool, WarmTransaction};
 use sqlx::{Connection, Executor, Row};
 
 use crate::both_backends;
@@ -40,6 +40,16 @@ async fn count(warm: &WarmPool) -> Result<i64, sqlx::Error> {
         .get::<i64, _>("n"))
 }
 
+/// A transaction begun on `warm` that has written one note (`n = 1`), not yet committed.
+async fn began_with_a_note(warm: &WarmPool) -> WarmTransaction {
+    let mut tx = warm.begin().await.expect("begin");
+    sqlx::query("INSERT INTO notes (n) VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx
+}
+
 /// Whether a write on `warm`'s connection commits on its own: another connection sees it
 /// at once (it would not, were it inside a transaction left open). Closes `warm`.
 async fn commits_on_its_own(warm: WarmPool, db: &TestDatabase) -> bool {
@@ -68,11 +78,7 @@ async fn commits_on_its_own(warm: WarmPool, db: &TestDatabase) -> bool {
 async fn a_transaction_given_up_is_rolled_back_before_its_connection_is_reused(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let warm = one_connection(&db).await;
-    let mut tx = warm.begin().await.expect("begin");
-    sqlx::query("INSERT INTO notes (n) VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let tx = began_with_a_note(&warm).await;
     drop(tx);
 
     // The only connection: this waits for the rollback, then gets it.
@@ -91,11 +97,7 @@ async fn a_transaction_given_up_is_rolled_back_before_its_connection_is_reused(b
 async fn a_committed_transaction_keeps_its_writes(backend: Backend) {
     let db = TestDatabase::new(backend).await;
     let warm = one_connection(&db).await;
-    let mut tx = warm.begin().await.expect("begin");
-    sqlx::query("INSERT INTO notes (n) VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let tx = began_with_a_note(&warm).await;
     tx.commit().await.expect("commit");
     assert_eq!(count(&warm).await.expect("count"), 1);
     warm.close().await;
@@ -177,11 +179,7 @@ async fn a_statement_given_up_leaves_nothing_for_the_next_user() {
 async fn a_transaction_given_up_mid_statement_is_rolled_back() {
     let db = TestDatabase::new(Backend::Postgres).await;
     let warm = one_connection(&db).await;
-    let mut tx = warm.begin().await.expect("begin");
-    sqlx::query("INSERT INTO notes (n) VALUES (1)")
-        .execute(&mut *tx)
-        .await
-        .expect("insert");
+    let mut tx = began_with_a_note(&warm).await;
     let given_up = tokio::time::timeout(Duration::from_millis(50), (&mut *tx).execute(LATE_FAILURE)).await;
     assert!(given_up.is_err(), "the statement answered before it was given up");
     drop(tx);
