@@ -9,9 +9,11 @@
 //!
 //!   cargo bench --bench referrals -- --referrals 3000 --rate 150
 //!
-//! It ends with `whole referrals per second: N` (0 when any effect was missing or
-//! repeated). When the server loads `pg_stat_statements`, it also prints the statements
-//! per referral and the five dearest (where PostgreSQL's time goes).
+//! referloop runs on a Tokio runtime of its own, so the CPU per referral it prints is told
+//! apart: referloop's threads, the fakes' and driver's, and PostgreSQL's. It ends with
+//! `whole referrals per second: N` (0 when any effect was missing or repeated). When the
+//! server loads `pg_stat_statements`, it also prints the statements per referral and the
+//! five dearest (where PostgreSQL's time goes).
 //!
 //! Without `--referrals`, the status flood: every message we send comes back as `sent`,
 //! `delivered` and `read`, each its own signed webhook, so 1,000 sends a second are
@@ -191,18 +193,27 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) -> String 
             ("REFERLOOP_API__TOKENS", token_hash),
         ],
     );
-    let app = Application::build(settings).await.expect("start referloop");
+    // referloop runs on a runtime of its own, its threads named apart, so that its CPU
+    // can be told from the fakes' and the driver's (which run on this one).
+    let referloop = common::ReferloopRuntime::start();
+    let app = referloop
+        .handle()
+        .spawn(Application::build(settings))
+        .await
+        .expect("build task")
+        .expect("start referloop");
     let app_url = format!("http://127.0.0.1:{}", app.port());
     outside.post_statuses_to(format!("{app_url}/webhooks/whatsapp"));
     let store = app.store();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    referloop.handle().spawn(app.run_until_stopped(std::future::pending()));
     let pool = sqlx::PgPool::connect(database_url).await.expect("database");
     println!(
         "whole referrals: {count}, triggers offered at {}/s; {} inbox loops, {} jobs at once (claimed {}+ at a time), pool {}",
         args.rate, args.inbox_loops, args.job_concurrency * args.job_batch, args.job_batch, args.pool
     );
-    let for_scripts = whole::run(&app_url, &pool, &outside, accepted, count, args.rate).await;
+    let for_scripts = whole::run(&app_url, &pool, &outside, accepted, count, args.rate, &referloop).await;
     store.close().await;
+    referloop.stop();
     for_scripts
 }
 

@@ -107,3 +107,59 @@ pub async fn drop_postgres(database_url: &str) {
         eprintln!("could not drop the benchmark's database {name}: {e}");
     }
 }
+
+/// The name of the threads referloop runs on in a benchmark that tells its CPU from the
+/// rest of the process's ([`ReferloopRuntime`]).
+const REFERLOOP_THREADS: &str = "referloop-app";
+
+/// A tokio runtime for referloop alone, beside the benchmark's own (its fakes and its
+/// driver): its threads carry a name of their own, so that [`ReferloopRuntime::cpu_time`]
+/// is referloop's CPU and the rest of the process's is the benchmark's.
+#[allow(dead_code)] // only the whole-referral benchmark splits its CPU
+pub struct ReferloopRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+#[allow(dead_code)]
+impl ReferloopRuntime {
+    /// As many workers as the machine has cores, as `#[tokio::main]` would start.
+    pub fn start() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name(REFERLOOP_THREADS)
+            // Blocking threads that end would take their CPU time out of the count.
+            .thread_keep_alive(std::time::Duration::from_secs(3600))
+            .enable_all()
+            .build()
+            .expect("referloop's runtime");
+        ReferloopRuntime { runtime: Some(runtime) }
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.as_ref().expect("running").handle()
+    }
+
+    /// CPU time (user + system) used so far by referloop's threads, from /proc.
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let mut ticks = 0;
+        for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let Some((name, rest)) = stat.split_once(") ") else {
+                continue;
+            };
+            if !name.ends_with(&format!("({REFERLOOP_THREADS}")) {
+                continue;
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            ticks += field(11) + field(12);
+        }
+        std::time::Duration::from_millis(ticks * 10)
+    }
+
+    /// Ends referloop's tasks without waiting for them (the benchmark is done with it).
+    pub fn stop(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}

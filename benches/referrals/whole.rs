@@ -246,6 +246,7 @@ pub async fn run(
     mut accepted: mpsc::UnboundedReceiver<Sent>,
     count: u64,
     rate: u64,
+    referloop: &super::common::ReferloopRuntime,
 ) -> String {
     let driver = Driver {
         client: reqwest::Client::builder()
@@ -269,6 +270,7 @@ pub async fn run(
     let statements_before = statements(pool).await;
     let started = Instant::now();
     let (cpu_before, postgres_before) = (super::common::cpu_time(), super::common::postgres_cpu_time());
+    let referloop_before = referloop.cpu_time();
     let triggered_at: Arc<Mutex<HashMap<String, i64>>> = Arc::default();
     let triggers = {
         let (driver, triggered_at) = (driver.clone(), triggered_at.clone());
@@ -324,6 +326,7 @@ pub async fn run(
     let elapsed = started.elapsed();
     let cpu = super::common::cpu_time().saturating_sub(cpu_before);
     let postgres_cpu = super::common::postgres_cpu_time().saturating_sub(postgres_before);
+    let referloop_cpu = referloop.cpu_time().saturating_sub(referloop_before);
     let statements_after = statements(pool).await;
     let _ = triggers.await;
 
@@ -420,6 +423,14 @@ pub async fn run(
         "CPU (app, worker, fakes and driver, this process): {:.1} ms per referral; PostgreSQL: {:.1} ms per referral",
         per_referral(cpu),
         per_referral(postgres_cpu)
+    );
+    // What a deployment pays, without the fakes of Meta and HubSpot and the driver.
+    println!(
+        "of it, referloop's own threads (HTTP and worker): {:.1} ms; the fakes and the driver: {:.1} ms; \
+         referloop and PostgreSQL together: {:.1} ms per referral",
+        per_referral(referloop_cpu),
+        per_referral(cpu.saturating_sub(referloop_cpu)),
+        per_referral(referloop_cpu + postgres_cpu)
     );
     statements_report(statements_before, statements_after, count);
     println!(
