@@ -213,7 +213,7 @@ async fn whole_referrals(args: &Args, database_url: &str, count: u64) -> String 
     );
     let for_scripts = whole::run(&app_url, &pool, &outside, accepted, count, args.rate, &referloop).await;
     store.close().await;
-    referloop.stop();
+    drop(referloop);
     for_scripts
 }
 

@@ -155,9 +155,12 @@ impl ReferloopRuntime {
         }
         std::time::Duration::from_millis(ticks * 10)
     }
+}
 
-    /// Ends referloop's tasks without waiting for them (the benchmark is done with it).
-    pub fn stop(mut self) {
+/// Dropped, it ends referloop's tasks without waiting for them (the benchmark is done with
+/// it). A runtime dropped as it is would block, which panics inside the benchmark's own.
+impl Drop for ReferloopRuntime {
+    fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
