@@ -34,23 +34,33 @@ pub fn cpu_time() -> std::time::Duration {
 }
 
 /// CPU time used so far by every PostgreSQL process on this machine (the server under
-/// test runs here), from /proc.
+/// test runs here), from /proc: its own time, and its ended children's (the postmaster's
+/// backends that closed).
 #[allow(dead_code)] // not every benchmark reports CPU
 pub fn postgres_cpu_time() -> std::time::Duration {
+    ticks_named("/proc", "postgres", &[11, 12, 13, 14])
+}
+
+/// The sum of `fields` (counted after the name; 11 and 12 are utime and stime, 13 and 14
+/// the ended children's) over the entries of `dir` (processes, or a process's threads)
+/// named `name`, as CPU time.
+fn ticks_named(dir: &str, name: &str, fields: &[usize]) -> std::time::Duration {
     let mut ticks = 0;
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        let Some((name, rest)) = stat.split_once(") ") else {
+        let Some((named, rest)) = stat.split_once(") ") else {
             continue;
         };
-        if !name.ends_with("(postgres") {
+        if named.rsplit_once('(').map(|(_, n)| n) != Some(name) {
             continue;
         }
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        // Its own time, and its ended children's (the postmaster's backends that closed).
-        ticks += field(11) + field(12) + field(13) + field(14);
+        let values: Vec<&str> = rest.split_whitespace().collect();
+        ticks += fields
+            .iter()
+            .filter_map(|i| values.get(*i).and_then(|v| v.parse::<u64>().ok()))
+            .sum::<u64>();
     }
+    // Clock ticks are hundredths of a second on Linux.
     std::time::Duration::from_millis(ticks * 10)
 }
 
@@ -140,20 +150,7 @@ impl ReferloopRuntime {
 
     /// CPU time (user + system) used so far by referloop's threads, from /proc.
     pub fn cpu_time(&self) -> std::time::Duration {
-        let mut ticks = 0;
-        for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let Some((name, rest)) = stat.split_once(") ") else {
-                continue;
-            };
-            if !name.ends_with(&format!("({REFERLOOP_THREADS}")) {
-                continue;
-            }
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            ticks += field(11) + field(12);
-        }
-        std::time::Duration::from_millis(ticks * 10)
+        ticks_named("/proc/self/task", REFERLOOP_THREADS, &[11, 12])
     }
 }
 

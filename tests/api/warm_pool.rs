@@ -18,15 +18,19 @@ fn creating(db: &TestDatabase) -> String {
     }
 }
 
-async fn one_connection(db: &TestDatabase) -> WarmPool {
+/// sqlx's pool of one connection to the test database.
+async fn pool_of_one(db: &TestDatabase) -> sqlx::AnyPool {
     sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
+    sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
         .connect(&creating(db))
         .await
-        .expect("connect");
-    let warm = WarmPool::new(pool);
+        .expect("connect")
+}
+
+async fn one_connection(db: &TestDatabase) -> WarmPool {
+    let warm = WarmPool::new(pool_of_one(db).await);
     warm.execute("CREATE TABLE notes (n BIGINT NOT NULL)")
         .await
         .expect("create table");
@@ -198,13 +202,7 @@ async fn a_transaction_given_up_mid_statement_is_rolled_back() {
 /// other statement follows (an idle replica), so that sqlx's idle timeout can close it.
 async fn a_connection_left_unused_goes_back_to_sqlx(backend: Backend) {
     let db = TestDatabase::new(backend).await;
-    sqlx::any::install_default_drivers();
-    let pool = sqlx::any::AnyPoolOptions::new()
-        .max_connections(1)
-        .connect(&creating(&db))
-        .await
-        .expect("connect");
-    let warm = WarmPool::warm_for(pool, Duration::from_millis(200));
+    let warm = WarmPool::warm_for(pool_of_one(&db).await, Duration::from_millis(200));
     sqlx::query("SELECT 1").execute(&warm).await.expect("select");
     // Warm here: sqlx counts it as in use.
     assert_eq!(warm.inner().num_idle(), 0, "the connection was not kept warm");
